@@ -1,0 +1,37 @@
+//! The periodic refill task: tollgate's `time.Ticker`.
+//!
+//! Every `refill_interval` it calls [`Registry::refill`], which moves the
+//! refill clock by the real time elapsed since the previous tick, so a
+//! tick that comes late (a busy runtime, a paused VM) still adds every
+//! token that was owed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::MissedTickBehavior;
+
+use super::Registry;
+
+/// Runs the refill tick until `shutdown` completes.
+///
+/// Missed ticks are **skipped**, not burst: one late tick already adds all
+/// the time that passed, so firing the missed ones back to back would only
+/// burn CPU on sweeps that add nothing, and `Delay` would shift the
+/// schedule for no gain.
+pub async fn run(registry: Arc<Registry>, interval: Duration, shutdown: impl Future<Output = ()>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let report = registry.refill();
+                if report.evicted > 0 {
+                    tracing::debug!(evicted = report.evicted, scanned = report.scanned, "evicted idle buckets");
+                }
+            }
+            () = &mut shutdown => break,
+        }
+    }
+}

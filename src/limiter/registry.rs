@@ -1,0 +1,704 @@
+//! The registry: from client key to token bucket, for millions of clients.
+//!
+//! # Layout
+//!
+//! Buckets live in a **slab**: fixed-size chunks of 40-byte slots, indexed
+//! by a `u32`. The key → slot map is split into shards, each a small
+//! `hashbrown` table of slot numbers (4 bytes an entry) behind its own
+//! `RwLock`. IP keys are compared against the address stored in the slot,
+//! so an IP client costs one slot plus one index entry, about 51 bytes at
+//! a million clients. API keys keep their text in the shard's own table.
+//!
+//! # Locking
+//!
+//! A check hashes the key, read-locks one shard (never a global lock),
+//! finds the slot and takes a token with one compare-and-swap while still
+//! holding the read lock. Everything that changes which client a slot
+//! belongs to, or a slot's limits (insert, evict, `set_limits`, restore),
+//! holds that shard's write lock, so a check can never charge a token to
+//! a slot that has just been handed to another client.
+//!
+//! # Refill and eviction
+//!
+//! [`Registry::refill`] is one tick: it advances the refill clock (which
+//! refills every bucket, see `bucket`) and walks a stretch of the slab in
+//! memory order looking for buckets that have been full for
+//! `idle_timeout`. Such a bucket is identical to a fresh one, so evicting
+//! it changes no decision. Buckets of clients in the client table
+//! (pinned) are never evicted.
+//!
+//! At `max_clients`, a new client first takes the slot of a full bucket in
+//! its shard; if there is none it is refused with [`RegistryError::Full`].
+
+use std::hash::BuildHasher;
+use std::num::NonZeroUsize;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use foldhash::quality::RandomState;
+use hashbrown::HashTable;
+
+use super::bucket::{
+    self, RefillTime, Slot, Take, KIND_API, KIND_FREE, KIND_IP, KIND_MASK, PINNED,
+};
+use super::clock::{Clock, MonotonicClock};
+use super::key::{ip_bits, ip_from_bits, ClientKey};
+use super::limits::Limits;
+use crate::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{read, write, Mutex, RwLock};
+
+const CHUNK_BITS: u32 = 12;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// Most clients the client table may pin at once (they do not count
+/// against `max_clients`).
+pub const MAX_PINNED: usize = 1 << 24;
+
+/// Largest accepted `max_clients`.
+pub const MAX_CLIENTS: usize = 1 << 31;
+
+/// Slots examined for eviction per refill tick: a full pass over a million
+/// clients takes 16 ticks (1.6 s at the default 100 ms interval).
+pub const SCAN_PER_TICK: usize = 65_536;
+
+/// Settings of a [`Registry`].
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Limits of clients that are not in the client table.
+    pub default_limits: Limits,
+    /// Most clients tracked at once, pinned clients not counted.
+    pub max_clients: NonZeroUsize,
+    /// How long a bucket must have been full before it is evicted.
+    pub idle_timeout: Duration,
+    /// Period of the refill tick; used to round `reset_after` up to the
+    /// tick at which a token really appears.
+    pub refill_interval: Duration,
+}
+
+/// Why the registry could not serve a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// `max_clients` reached and no bucket could be evicted.
+    #[error("client table full: {0} clients tracked and none idle")]
+    Full(usize),
+}
+
+/// The outcome of one rate-limit check, with what the response headers
+/// need. Computed lazily from the bucket's state at the check.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision {
+    take: Take,
+    tick_units: u64,
+}
+
+impl Decision {
+    /// Whether the request may pass.
+    pub fn allowed(&self) -> bool {
+        self.take.allowed
+    }
+
+    /// The bucket's capacity.
+    pub fn limit(&self) -> u32 {
+        self.take.capacity()
+    }
+
+    /// Whole tokens left after this check.
+    pub fn remaining(&self) -> u32 {
+        self.take.remaining()
+    }
+
+    /// Time until the next whole token is in the bucket, rounded up to the
+    /// refill tick that will put it there: `Some(ZERO)` when full, `None`
+    /// when the bucket never refills. For a denied request this is the
+    /// earliest moment a retry can succeed.
+    pub fn reset_after(&self) -> Option<Duration> {
+        let units = self.take.units_to_next_token()?;
+        let ticks = units.div_ceil(self.tick_units);
+        Some(bucket::duration(ticks.saturating_mul(self.tick_units)))
+    }
+
+    /// Time to refill from empty (`capacity / rate`); `None` at zero rate.
+    pub fn fill_time(&self) -> Option<Duration> {
+        bucket::fill_time(self.take.capacity(), self.take.emission())
+    }
+}
+
+/// What one refill tick did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefillReport {
+    /// Slots examined for eviction.
+    pub scanned: usize,
+    /// Buckets evicted.
+    pub evicted: usize,
+}
+
+/// A bucket as seen by [`Registry::for_each`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketView {
+    /// Whose bucket.
+    pub key: ClientKey,
+    /// Current level, fractions included.
+    pub tokens: f64,
+    /// Its capacity.
+    pub capacity: u32,
+    /// Whether the client is in the client table.
+    pub pinned: bool,
+}
+
+struct Slab {
+    chunks: Box<[OnceLock<Box<[Slot]>>]>,
+    high_water: AtomicU32,
+}
+
+impl Slab {
+    fn new(slots: usize) -> Self {
+        let chunks = slots.div_ceil(CHUNK);
+        Self {
+            chunks: (0..chunks).map(|_| OnceLock::new()).collect(),
+            high_water: AtomicU32::new(0),
+        }
+    }
+
+    fn get(&self, idx: u32) -> Option<&Slot> {
+        let chunk = self.chunks.get((idx >> CHUNK_BITS) as usize)?.get()?;
+        chunk.get(idx as usize & (CHUNK - 1))
+    }
+
+    /// A never-used slot, or `None` when the slab is exhausted.
+    fn bump(&self) -> Option<u32> {
+        let limit = u32::try_from(self.chunks.len() * CHUNK).unwrap_or(u32::MAX);
+        let idx = self
+            .high_water
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |hw| {
+                (hw < limit).then_some(hw + 1)
+            })
+            .ok()?;
+        self.chunks
+            .get((idx >> CHUNK_BITS) as usize)?
+            .get_or_init(|| (0..CHUNK).map(|_| Slot::default()).collect());
+        Some(idx)
+    }
+
+    fn high_water(&self) -> u32 {
+        self.high_water.load(Ordering::Acquire)
+    }
+}
+
+/// Cache-line aligned so that two shards' lock words never share a line.
+#[repr(align(128))]
+struct Shard {
+    index: RwLock<Index>,
+}
+
+#[derive(Default)]
+struct Index {
+    ips: HashTable<u32>,
+    keys: HashTable<(Box<str>, u32)>,
+    /// Slots freed by evictions from this shard, reused by its inserts.
+    free: Vec<u32>,
+}
+
+#[derive(Clone, Copy)]
+enum Probe<'a> {
+    Ip(u128),
+    Api(&'a str),
+}
+
+#[derive(Clone, Copy)]
+struct Lookup<'a> {
+    probe: Probe<'a>,
+    hash: u64,
+}
+
+fn slot_ip(slot: &Slot) -> u128 {
+    (u128::from(slot.key[0].load(Ordering::Relaxed)) << 64)
+        | u128::from(slot.key[1].load(Ordering::Relaxed))
+}
+
+/// Client key → token bucket, concurrent. See the module docs.
+pub struct Registry {
+    shards: Box<[Shard]>,
+    shard_mask: usize,
+    slab: Slab,
+    hasher: RandomState,
+    clock: Box<dyn Clock>,
+    /// The refill clock, in bucket units: the time of the last tick...
+    refill_now: AtomicU64,
+    /// ...and of the tick before it (for the carry, see `bucket`).
+    refill_prev: AtomicU64,
+    /// Serialises clock advances so the two words above move in order.
+    tick_lock: Mutex<()>,
+    tick_units: u64,
+    idle_units: u64,
+    default_limits: Limits,
+    max_clients: usize,
+    dynamic: AtomicUsize,
+    pinned: AtomicUsize,
+    cursor: AtomicU32,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("shards", &self.shards.len())
+            .field("clients", &self.len())
+            .field("max_clients", &self.max_clients)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// A registry on the process's monotonic clock.
+    pub fn new(config: RegistryConfig) -> Self {
+        Self::with_clock(config, MonotonicClock::new())
+    }
+
+    /// A registry on the given clock (tests use a fake one).
+    pub fn with_clock(config: RegistryConfig, clock: impl Clock) -> Self {
+        let max_clients = config.max_clients.get().min(MAX_CLIENTS);
+        let shards = std::thread::available_parallelism()
+            .map_or(2, NonZeroUsize::get)
+            .saturating_mul(16)
+            .next_power_of_two()
+            .clamp(16, 1024);
+        let clock: Box<dyn Clock> = Box::new(clock);
+        let now = bucket::units(clock.elapsed());
+        Self {
+            shards: (0..shards)
+                .map(|_| Shard {
+                    index: RwLock::new(Index::default()),
+                })
+                .collect(),
+            shard_mask: shards - 1,
+            slab: Slab::new(max_clients + MAX_PINNED),
+            hasher: RandomState::default(),
+            clock,
+            refill_now: AtomicU64::new(now),
+            refill_prev: AtomicU64::new(now),
+            tick_lock: Mutex::new(()),
+            tick_units: bucket::units(config.refill_interval).max(1),
+            idle_units: bucket::units(config.idle_timeout),
+            default_limits: config.default_limits,
+            max_clients,
+            dynamic: AtomicUsize::new(0),
+            pinned: AtomicUsize::new(0),
+            cursor: AtomicU32::new(0),
+        }
+    }
+
+    /// Limits given to clients that are not in the client table.
+    pub fn default_limits(&self) -> Limits {
+        self.default_limits
+    }
+
+    /// Clients tracked, pinned ones included.
+    pub fn len(&self) -> usize {
+        self.dynamic.load(Ordering::Relaxed) + self.pinned.load(Ordering::Relaxed)
+    }
+
+    /// Whether no client is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Clients pinned by the client table.
+    pub fn pinned_len(&self) -> usize {
+        self.pinned.load(Ordering::Relaxed)
+    }
+
+    /// Takes one token from `key`'s bucket, creating the bucket (full, on
+    /// the default limits) for a client seen for the first time.
+    pub fn check(&self, key: &ClientKey) -> Result<Decision, RegistryError> {
+        let at = self.refill_time();
+        let lookup = self.lookup(key);
+        let shard = self.shard(lookup.hash);
+        {
+            let index = read(&shard.index);
+            if let Some(slot) = self.find(&index, lookup).and_then(|i| self.slab.get(i)) {
+                return Ok(self.decide(bucket::try_take(slot, at)));
+            }
+        }
+        let mut index = write(&shard.index);
+        let idx = match self.find(&index, lookup) {
+            Some(idx) => idx,
+            None => self.insert(&mut index, lookup, false, &self.default_limits)?,
+        };
+        let slot = self.slab.get(idx).ok_or(RegistryError::Full(self.len()))?;
+        Ok(self.decide(bucket::try_take(slot, at)))
+    }
+
+    /// Gives `key` its own limits and pins it (the client table's clients
+    /// are never evicted). Its current tokens are kept, clamped to the new
+    /// capacity; a client not seen yet starts full.
+    pub fn set_limits(&self, key: &ClientKey, limits: Limits) -> Result<(), RegistryError> {
+        let now = self.refill_now.load(Ordering::Acquire);
+        let lookup = self.lookup(key);
+        let mut index = write(&self.shard(lookup.hash).index);
+        match self.find(&index, lookup).and_then(|i| self.slab.get(i)) {
+            Some(slot) => {
+                let flags = slot.flags.load(Ordering::Relaxed);
+                if flags & PINNED == 0 {
+                    slot.flags.store(flags | PINNED, Ordering::Release);
+                    self.dynamic.fetch_sub(1, Ordering::Relaxed);
+                    self.pinned.fetch_add(1, Ordering::Relaxed);
+                }
+                bucket::set_limits(slot, &limits, now);
+            }
+            None => {
+                self.insert(&mut index, lookup, true, &limits)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a pinned client back on the default limits and lets it be
+    /// evicted again. Returns whether `key` was pinned.
+    pub fn unpin(&self, key: &ClientKey) -> bool {
+        let now = self.refill_now.load(Ordering::Acquire);
+        let lookup = self.lookup(key);
+        let index = write(&self.shard(lookup.hash).index);
+        let Some(slot) = self.find(&index, lookup).and_then(|i| self.slab.get(i)) else {
+            return false;
+        };
+        let flags = slot.flags.load(Ordering::Relaxed);
+        if flags & PINNED == 0 {
+            return false;
+        }
+        bucket::set_limits(slot, &self.default_limits, now);
+        slot.flags.store(flags & !PINNED, Ordering::Release);
+        self.pinned.fetch_sub(1, Ordering::Relaxed);
+        self.dynamic.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Sets `key`'s level to `tokens` (clamped to its capacity), creating
+    /// its bucket on the default limits if it has none. Used to restore
+    /// snapshots.
+    pub fn set_tokens(&self, key: &ClientKey, tokens: f64) -> Result<(), RegistryError> {
+        let now = self.refill_now.load(Ordering::Acquire);
+        let lookup = self.lookup(key);
+        let mut index = write(&self.shard(lookup.hash).index);
+        let idx = match self.find(&index, lookup) {
+            Some(idx) => idx,
+            None => self.insert(&mut index, lookup, false, &self.default_limits)?,
+        };
+        if let Some(slot) = self.slab.get(idx) {
+            bucket::set_tokens(slot, now, tokens);
+        }
+        Ok(())
+    }
+
+    /// `key`'s current level in tokens, or `None` if it has no bucket (it
+    /// would start full).
+    pub fn tokens(&self, key: &ClientKey) -> Option<f64> {
+        let now = self.refill_now.load(Ordering::Acquire);
+        let lookup = self.lookup(key);
+        let index = read(&self.shard(lookup.hash).index);
+        let slot = self.find(&index, lookup).and_then(|i| self.slab.get(i))?;
+        Some(bucket::tokens(slot, now))
+    }
+
+    /// Calls `f` with every tracked bucket, one shard at a time (each shard
+    /// is read-locked while it is visited).
+    pub fn for_each(&self, mut f: impl FnMut(BucketView)) {
+        let now = self.refill_now.load(Ordering::Acquire);
+        for shard in self.shards.iter() {
+            let index = read(&shard.index);
+            let view = |key: ClientKey, idx: u32| {
+                let slot = self.slab.get(idx)?;
+                Some(BucketView {
+                    key,
+                    tokens: bucket::tokens(slot, now),
+                    capacity: slot.capacity.load(Ordering::Relaxed),
+                    pinned: slot.flags.load(Ordering::Relaxed) & PINNED != 0,
+                })
+            };
+            for &idx in index.ips.iter() {
+                if let Some(slot) = self.slab.get(idx) {
+                    if let Some(v) = view(ClientKey::Ip(ip_from_bits(slot_ip(slot))), idx) {
+                        f(v);
+                    }
+                }
+            }
+            for (text, idx) in index.keys.iter() {
+                if let Ok(key) = ClientKey::api(text) {
+                    if let Some(v) = view(key, *idx) {
+                        f(v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One refill tick: advances the refill clock by the real time elapsed
+    /// since the last tick (refilling every bucket) and evicts idle full
+    /// buckets from the next stretch of the slab.
+    pub fn refill(&self) -> RefillReport {
+        let at = self.advance_clock();
+        let high_water = self.slab.high_water();
+        if high_water == 0 {
+            return RefillReport::default();
+        }
+        let budget = SCAN_PER_TICK.min(high_water as usize) as u32;
+        let start = self.cursor.load(Ordering::Relaxed) % high_water;
+        let end = start.saturating_add(budget).min(high_water);
+        self.cursor.store(end % high_water, Ordering::Relaxed);
+        self.scan(start, end, at)
+    }
+
+    /// Advances the refill clock to the clock's time; returns the new
+    /// refill time.
+    pub(crate) fn advance_clock(&self) -> RefillTime {
+        let _serial = self
+            .tick_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = bucket::units(self.clock.elapsed());
+        let cur = self.refill_now.load(Ordering::Acquire);
+        if now > cur {
+            // prev first: a take that sees the new `now` sees this `prev`.
+            self.refill_prev.store(cur, Ordering::Release);
+            self.refill_now.store(now, Ordering::Release);
+        }
+        self.refill_time()
+    }
+
+    fn refill_time(&self) -> RefillTime {
+        let now = self.refill_now.load(Ordering::Acquire);
+        let prev = self.refill_prev.load(Ordering::Acquire).min(now);
+        RefillTime { now, prev }
+    }
+
+    /// Examines every slot for eviction at once, without advancing the
+    /// clock (a full pass; the refill tick spreads the same work over
+    /// several ticks).
+    pub fn evict_idle(&self) -> RefillReport {
+        self.scan(0, self.slab.high_water(), self.refill_time())
+    }
+
+    fn scan(&self, start: u32, end: u32, at: RefillTime) -> RefillReport {
+        let mut report = RefillReport::default();
+        for idx in start..end {
+            let Some(slot) = self.slab.get(idx) else {
+                continue;
+            };
+            report.scanned += 1;
+            let flags = slot.flags.load(Ordering::Acquire);
+            if flags & KIND_MASK == KIND_FREE || flags & PINNED != 0 {
+                continue;
+            }
+            if bucket::idle_full(slot, at, self.idle_units) && self.evict(idx, at) {
+                report.evicted += 1;
+            }
+        }
+        report
+    }
+
+    /// Evicts slot `idx` if, under its shard's write lock, it still belongs
+    /// to an unpinned client whose bucket is idle and full.
+    fn evict(&self, idx: u32, at: RefillTime) -> bool {
+        let Some(slot) = self.slab.get(idx) else {
+            return false;
+        };
+        let kind = slot.flags.load(Ordering::Acquire) & KIND_MASK;
+        let hash = match kind {
+            KIND_IP => self.hasher.hash_one(slot_ip(slot)),
+            KIND_API => slot.key[0].load(Ordering::Relaxed),
+            _ => return false,
+        };
+        let mut index = write(&self.shard(hash).index);
+        let flags = slot.flags.load(Ordering::Acquire);
+        if flags & KIND_MASK != kind
+            || flags & PINNED != 0
+            || !bucket::idle_full(slot, at, self.idle_units)
+        {
+            return false;
+        }
+        if !self.unlink(&mut index, idx, kind, hash) {
+            return false;
+        }
+        slot.flags.store(KIND_FREE, Ordering::Release);
+        index.free.push(idx);
+        self.dynamic.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Removes slot `idx` from `index`; false if it is not there.
+    fn unlink(&self, index: &mut Index, idx: u32, kind: u32, hash: u64) -> bool {
+        if kind == KIND_IP {
+            match index.ips.find_entry(hash, |&i| i == idx) {
+                Ok(entry) => {
+                    entry.remove();
+                    true
+                }
+                Err(_) => false,
+            }
+        } else {
+            match index.keys.find_entry(hash, |(_, i)| *i == idx) {
+                Ok(entry) => {
+                    entry.remove();
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+    }
+
+    fn lookup<'k>(&self, key: &'k ClientKey) -> Lookup<'k> {
+        match key {
+            ClientKey::Ip(ip) => {
+                let bits = ip_bits(*ip);
+                Lookup {
+                    probe: Probe::Ip(bits),
+                    hash: self.hasher.hash_one(bits),
+                }
+            }
+            ClientKey::Api(k) => Lookup {
+                probe: Probe::Api(k.as_str()),
+                hash: self.hasher.hash_one(k.as_str()),
+            },
+        }
+    }
+
+    fn shard(&self, hash: u64) -> &Shard {
+        // hashbrown places entries by the low bits and tags them with the
+        // top seven; the shard takes bits from neither.
+        &self.shards[(hash >> 32) as usize & self.shard_mask]
+    }
+
+    fn find(&self, index: &Index, lookup: Lookup<'_>) -> Option<u32> {
+        match lookup.probe {
+            Probe::Ip(bits) => index
+                .ips
+                .find(lookup.hash, |&i| {
+                    self.slab.get(i).is_some_and(|s| slot_ip(s) == bits)
+                })
+                .copied(),
+            Probe::Api(text) => index
+                .keys
+                .find(lookup.hash, |(k, _)| &**k == text)
+                .map(|(_, i)| *i),
+        }
+    }
+
+    /// Creates a bucket for a key that `index` does not hold. Caller holds
+    /// the shard's write lock.
+    fn insert(
+        &self,
+        index: &mut Index,
+        lookup: Lookup<'_>,
+        pinned: bool,
+        limits: &Limits,
+    ) -> Result<u32, RegistryError> {
+        let now = self.refill_now.load(Ordering::Acquire);
+        let idx = if pinned {
+            if self.pinned.load(Ordering::Relaxed) >= MAX_PINNED {
+                return Err(RegistryError::Full(self.len()));
+            }
+            let idx = self
+                .take_slot(index)
+                .ok_or(RegistryError::Full(self.len()))?;
+            self.pinned.fetch_add(1, Ordering::Relaxed);
+            idx
+        } else {
+            let reserved = self
+                .dynamic
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.max_clients).then_some(n + 1)
+                })
+                .is_ok();
+            if reserved {
+                match self.take_slot(index) {
+                    Some(idx) => idx,
+                    None => {
+                        self.dynamic.fetch_sub(1, Ordering::Relaxed);
+                        return Err(RegistryError::Full(self.len()));
+                    }
+                }
+            } else {
+                // Full: a full bucket is as good as a fresh one, so hand
+                // its slot over (the client count stays the same).
+                self.reclaim_full(index, self.refill_time())
+                    .ok_or(RegistryError::Full(self.len()))?
+            }
+        };
+        let Some(slot) = self.slab.get(idx) else {
+            return Err(RegistryError::Full(self.len()));
+        };
+        let pin = if pinned { PINNED } else { 0 };
+        match lookup.probe {
+            Probe::Ip(bits) => {
+                let key = [(bits >> 64) as u64, bits as u64];
+                bucket::init(slot, limits, now, KIND_IP | pin, key);
+                index.ips.insert_unique(lookup.hash, idx, |&i| {
+                    self.slab
+                        .get(i)
+                        .map_or(0, |s| self.hasher.hash_one(slot_ip(s)))
+                });
+            }
+            Probe::Api(text) => {
+                bucket::init(slot, limits, now, KIND_API | pin, [lookup.hash, 0]);
+                index
+                    .keys
+                    .insert_unique(lookup.hash, (text.into(), idx), |(k, _)| {
+                        self.hasher.hash_one(&**k)
+                    });
+            }
+        }
+        Ok(idx)
+    }
+
+    /// A free slot: this shard's free list, then a never-used slot, then
+    /// other shards' free lists (without waiting for their locks).
+    fn take_slot(&self, index: &mut Index) -> Option<u32> {
+        if let Some(idx) = index.free.pop() {
+            return Some(idx);
+        }
+        if let Some(idx) = self.slab.bump() {
+            return Some(idx);
+        }
+        self.shards.iter().find_map(|other| {
+            // try_write on our own shard fails (we hold it), which is fine.
+            let mut other = other.index.try_write().ok()?;
+            other.free.pop()
+        })
+    }
+
+    /// Frees the slot of some unpinned full bucket, in this shard first,
+    /// then in the others (without waiting for their locks), and returns it.
+    /// Only runs when `max_clients` is reached.
+    fn reclaim_full(&self, index: &mut Index, at: RefillTime) -> Option<u32> {
+        self.reclaim_in(index, at).or_else(|| {
+            self.shards.iter().find_map(|other| {
+                let mut other = other.index.try_write().ok()?;
+                self.reclaim_in(&mut other, at)
+            })
+        })
+    }
+
+    fn reclaim_in(&self, index: &mut Index, at: RefillTime) -> Option<u32> {
+        let evictable = |idx: u32| {
+            self.slab.get(idx).is_some_and(|s| {
+                s.flags.load(Ordering::Relaxed) & PINNED == 0 && bucket::idle_full(s, at, 0)
+            })
+        };
+        let (idx, kind, hash) = if let Some(&idx) = index.ips.iter().find(|&&i| evictable(i)) {
+            let hash = self
+                .slab
+                .get(idx)
+                .map_or(0, |s| self.hasher.hash_one(slot_ip(s)));
+            (idx, KIND_IP, hash)
+        } else {
+            let (text, idx) = index.keys.iter().find(|(_, i)| evictable(*i))?;
+            (*idx, KIND_API, self.hasher.hash_one(&**text))
+        };
+        self.unlink(index, idx, kind, hash).then_some(idx)
+    }
+
+    fn decide(&self, take: Take) -> Decision {
+        Decision {
+            take,
+            tick_units: self.tick_units,
+        }
+    }
+}
