@@ -16,6 +16,8 @@ mod bucket;
 mod clock;
 mod key;
 mod limits;
+#[cfg(all(test, tollgate_loom))]
+mod loom_tests;
 pub mod refill;
 mod registry;
 
