@@ -108,7 +108,7 @@ fn many_keys(c: &mut Criterion) {
     g.bench_function("tollgate", |b| {
         b.iter_custom(|iters| {
             two(iters, &|i| {
-                black_box(reg.check(&keys[i]).map(|d| d.allowed()));
+                let _ = black_box(reg.check(&keys[i]).map(|d| d.allowed()));
             })
         })
     });
@@ -148,7 +148,11 @@ fn sweep(c: &mut Criterion) {
     let mut g = c.benchmark_group("eviction_pass_1m");
     g.sample_size(20);
     g.bench_function("tollgate", |b| {
-        b.iter_batched(|| (), |()| black_box(reg.evict_idle()), BatchSize::SmallInput)
+        b.iter_batched(
+            || (),
+            |()| black_box(reg.evict_idle()),
+            BatchSize::SmallInput,
+        )
     });
     g.finish();
 }

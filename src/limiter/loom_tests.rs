@@ -52,7 +52,11 @@ fn take_take_refill_conserves_tokens() {
         let admitted = a.join().expect("taker") + b.join().expect("taker");
         let left = reg.tokens(&key()).expect("tracked");
         assert!(admitted >= 1, "a token was there from the start");
-        assert_eq!(admitted as f64 + left, 2.0, "admitted {admitted}, left {left}");
+        assert_eq!(
+            admitted as f64 + left,
+            2.0,
+            "admitted {admitted}, left {left}"
+        );
     });
 }
 
@@ -75,7 +79,11 @@ fn take_take_set_limits_never_over_admits() {
         s.join().expect("set_limits thread");
         let admitted = a.join().expect("taker") + b.join().expect("taker");
         let left = reg.tokens(&key()).expect("tracked");
-        assert_eq!(admitted as f64 + left, 1.0, "admitted {admitted}, left {left}");
+        assert_eq!(
+            admitted as f64 + left,
+            1.0,
+            "admitted {admitted}, left {left}"
+        );
         assert!(left <= 1.0);
     });
 }
@@ -107,7 +115,11 @@ fn take_refill_set_limits_conserve_tokens() {
         let admitted = a.join().expect("taker");
         let left = reg.tokens(&key()).expect("tracked");
         assert_eq!(admitted, 1, "a token was there from the start");
-        assert_eq!(admitted as f64 + left, 2.0, "admitted {admitted}, left {left}");
+        assert_eq!(
+            admitted as f64 + left,
+            2.0,
+            "admitted {admitted}, left {left}"
+        );
     });
 }
 
