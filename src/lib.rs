@@ -4,10 +4,26 @@
 //! The crate is a library with a thin binary (`src/main.rs`). Modules, one
 //! concern each:
 //!
+//! - [`config`]: `config.yaml`, defaults and validation.
 //! - [`limiter`]: token buckets, their registry and the periodic refill.
+//! - [`balancer`]: the backend pool and one file per balancing strategy.
+//! - [`proxy`]: the request path (identify, limit, balance, forward) and
+//!   the connection server with graceful drain.
+//! - [`error`]: errors a client sees, turned into JSON responses.
+//! - [`shutdown`]: signals and the in-process shutdown trigger.
+//! - [`demo`]: the demo backend.
+//! - [`app`]: wiring everything together; [`cli`]: the commands.
 
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod balancer;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
 pub mod limiter;
+pub mod proxy;
+pub mod shutdown;
 mod sync;

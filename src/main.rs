@@ -1,6 +1,48 @@
 //! The `tollgate` binary: parses the command line and hands over to the
 //! library.
 
-fn main() {
-    println!("tollgate {}", env!("CARGO_PKG_VERSION"));
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Layer-7 HTTP load balancer with per-client rate limiting.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (default: $TOLLGATE_CONFIG, else config.yaml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the balancer (the default).
+    Serve,
+    /// Start a demo backend for every loopback backend, then the balancer.
+    Demo,
+    /// Run one demo backend.
+    Backend {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Name reported in responses (default: the listen address).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Validate the config and exit 0, or print every problem and exit 2.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => tollgate::cli::serve(cli.config),
+        Command::Demo => tollgate::cli::demo(cli.config),
+        Command::Backend { listen, name } => tollgate::cli::backend(listen, name),
+        Command::Check => tollgate::cli::check(cli.config),
+    }
 }

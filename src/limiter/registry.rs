@@ -335,6 +335,20 @@ impl Registry {
         Ok(self.decide(bucket::try_take(slot, at)))
     }
 
+    /// Takes a token from `key`'s bucket only if `key` is pinned (in the
+    /// client table); `None` otherwise, without creating a bucket. The proxy
+    /// uses this for API keys, so invented keys cannot mint buckets.
+    pub fn check_pinned(&self, key: &ClientKey) -> Option<Decision> {
+        let at = self.refill_time();
+        let lookup = self.lookup(key);
+        let index = read(&self.shard(lookup.hash).index);
+        let slot = self.find(&index, lookup).and_then(|i| self.slab.get(i))?;
+        if slot.flags.load(Ordering::Relaxed) & PINNED == 0 {
+            return None;
+        }
+        Some(self.decide(bucket::try_take(slot, at)))
+    }
+
     /// Gives `key` its own limits and pins it (the client table's clients
     /// are never evicted). Its current tokens are kept, clamped to the new
     /// capacity; a client not seen yet starts full.

@@ -1,0 +1,190 @@
+//! Wiring: from a [`Config`] to running listeners and background tasks,
+//! and back down again on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::balancer::{strategy_for, Pool};
+use crate::config::{Config, LogConfig, LogFormat};
+use crate::limiter::{self, Registry, RegistryConfig};
+use crate::proxy::identity::Identifier;
+use crate::proxy::server::{serve, Drained, ServeOptions};
+use crate::proxy::{Proxy, ProxySettings};
+use crate::shutdown::{self, Trigger};
+
+/// Why tollgate could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address in the config.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// A started tollgate: its listeners are open and its tasks running.
+#[derive(Debug)]
+pub struct Running {
+    proxy_addr: SocketAddr,
+    proxy: Arc<Proxy>,
+    registry: Arc<Registry>,
+    trigger: Trigger,
+    server: JoinHandle<Drained>,
+    refill: JoinHandle<()>,
+}
+
+impl Running {
+    /// The address the public listener is bound to.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// The rate limiter (also when limiting is disabled, it exists).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The backend pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        self.proxy.pool()
+    }
+
+    /// Stops accepting, drains, stops background tasks.
+    pub async fn shutdown(self) -> Drained {
+        self.trigger.fire();
+        let drained = self.server.await.unwrap_or(Drained::TimedOut);
+        let _ = self.refill.await;
+        drained
+    }
+}
+
+/// Opens the listeners and starts every task.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    raise_open_file_limit();
+    let rl = &config.rate_limit;
+    let registry = Arc::new(Registry::new(RegistryConfig {
+        default_limits: rl.default,
+        max_clients: rl.max_clients,
+        idle_timeout: rl.idle_timeout.0,
+        refill_interval: rl.refill_interval.0,
+    }));
+    let pool = Arc::new(Pool::new(
+        config.backends.iter().map(|b| b.url.clone()),
+        strategy_for(config.balancing.strategy),
+    ));
+    let identifier = Identifier::new(rl.api_key_header.0.clone(), rl.trusted_proxies.clone());
+    let proxy = Arc::new(Proxy::new(
+        rl.enabled.then(|| registry.clone()),
+        pool,
+        identifier,
+        ProxySettings {
+            connect_timeout: config.proxy.connect_timeout.0,
+            request_timeout: config.proxy.request_timeout.0,
+        },
+    ));
+
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let proxy_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
+
+    let (trigger, signal) = shutdown::channel();
+    let refill = tokio::spawn(limiter::refill::run(
+        registry.clone(),
+        rl.refill_interval.0,
+        signal.clone().wait(),
+    ));
+    let options = ServeOptions {
+        header_read_timeout: config.server.header_read_timeout.0,
+        drain_timeout: config.server.drain_timeout.0,
+    };
+    let handler_proxy = proxy.clone();
+    let server = tokio::spawn(serve(
+        listener,
+        move |req, peer| {
+            let proxy = handler_proxy.clone();
+            async move { proxy.handle(req, peer).await }
+        },
+        options,
+        signal.wait(),
+    ));
+
+    tracing::info!(listen = %proxy_addr, "proxy listening");
+    tracing::info!(
+        backends = %config.backends.iter().map(|b| b.url.to_string()).collect::<Vec<_>>().join(", "),
+        strategy = ?config.balancing.strategy,
+        "backend pool"
+    );
+    tracing::info!(
+        enabled = rl.enabled,
+        capacity = rl.default.capacity(),
+        rate_per_sec = rl.default.rate_per_sec(),
+        "rate limiting"
+    );
+    Ok(Running {
+        proxy_addr,
+        proxy,
+        registry,
+        trigger,
+        server,
+        refill,
+    })
+}
+
+/// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run(config: &Config) -> Result<Drained, StartError> {
+    // Install the handlers before opening ports, so an early signal is
+    // not lost and does not kill the process mid-start.
+    let signal = tokio::spawn(shutdown::os_signal());
+    let running = start(config).await?;
+    match signal.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(StartError::Signals(e)),
+        Err(_) => {}
+    }
+    let drained = running.shutdown().await;
+    match drained {
+        Drained::Clean => tracing::info!("drained; bye"),
+        Drained::TimedOut => tracing::warn!("drain timeout reached; remaining requests cut"),
+    }
+    Ok(drained)
+}
+
+/// Sets up `tracing` output: `log.level` unless `RUST_LOG` says otherwise,
+/// text or JSON lines on stderr.
+pub fn init_logging(log: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(log.level.0.as_str().to_ascii_lowercase()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// `ab -c 1000` needs more descriptors than the usual soft limit of 1024:
+/// raise the soft limit to the hard limit.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}

@@ -1,0 +1,129 @@
+//! What each command-line command does; `main.rs` only parses arguments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::{self, Config};
+
+/// Exit status for an invalid configuration.
+pub const EXIT_CONFIG: u8 = 2;
+
+fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let path = config::resolve_path(path);
+    Config::load(&path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+/// `tollgate check`: validate, print every problem, exit 0 or 2.
+pub fn check(path: Option<PathBuf>) -> ExitCode {
+    let path = config::resolve_path(path);
+    match Config::load(&path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `tollgate serve`: run the balancer until a shutdown signal.
+pub fn serve(path: Option<PathBuf>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::app::init_logging(&config.log);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    finish(rt.block_on(crate::app::run(&config)))
+}
+
+/// `tollgate demo`: a demo backend for every loopback backend, then the
+/// balancer, in one process.
+pub fn demo(path: Option<PathBuf>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::app::init_logging(&config.log);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        for backend in config.backends.iter().filter(|b| b.url.is_loopback()) {
+            let authority = backend
+                .url
+                .authority
+                .as_str()
+                .replace("localhost", "127.0.0.1");
+            let listener = match tokio::net::TcpListener::bind(&authority).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("cannot start demo backend on {authority}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            tracing::info!(listen = %authority, "demo backend listening");
+            tokio::spawn(crate::demo::serve(
+                listener,
+                authority,
+                std::future::pending(),
+            ));
+        }
+        finish(crate::app::run(&config).await)
+    })
+}
+
+/// `tollgate backend`: one demo backend.
+pub fn backend(listen: SocketAddr, name: Option<String>) -> ExitCode {
+    crate::app::init_logging(&config::LogConfig::default());
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let name = name.unwrap_or_else(|| listen.to_string());
+        tracing::info!(%listen, %name, "demo backend listening");
+        crate::demo::serve(listener, name, async {
+            let _ = crate::shutdown::os_signal().await;
+        })
+        .await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn finish(result: Result<crate::proxy::server::Drained, crate::app::StartError>) -> ExitCode {
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The demo backend: a tiny HTTP service to balance across, used by
+//! `tollgate demo`, `tollgate backend`, the compose file and the tests.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /health` | 200 `ok` |
+//! | `GET /delay/{ms}` | waits `ms` milliseconds, then 200 JSON |
+//! | `GET /status/{code}` | that status, JSON body |
+//! | `POST /echo` | 200, the request body streamed back |
+//! | `GET /bytes/{n}` | 200, `n` bytes streamed |
+//! | `GET /headers` | 200, the request headers as a JSON object |
+//! | anything else | 200 JSON `{"backend","method","path"}` |
+//!
+//! Every answer carries `X-Backend: NAME`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+
+use crate::error::full;
+use crate::proxy::server::{serve as serve_http, Drained, ServeOptions};
+use crate::proxy::{Body, BoxError};
+
+/// Longest `/delay/{ms}` honoured, so a typo cannot park a request forever.
+const MAX_DELAY: Duration = Duration::from_secs(600);
+const CHUNK: usize = 64 * 1024;
+
+/// Serves the demo backend on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    name: String,
+    shutdown: impl Future<Output = ()>,
+) -> Drained {
+    let name: Arc<str> = name.into();
+    let options = ServeOptions {
+        header_read_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(5),
+    };
+    serve_http(
+        listener,
+        move |req, _peer: SocketAddr| handle(req, name.clone()),
+        options,
+        shutdown,
+    )
+    .await
+}
+
+async fn handle(req: Request<Incoming>, name: Arc<str>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut segments = path.trim_start_matches('/').splitn(2, '/');
+    let first = segments.next().unwrap_or("");
+    let arg = segments.next();
+    let mut response = match (&method, first, arg) {
+        (&Method::GET, "health", None) => Response::new(full("ok")),
+        (_, "delay", Some(ms)) => match ms.parse::<u64>() {
+            Ok(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms).min(MAX_DELAY)).await;
+                describe(&name, &method, &path)
+            }
+            Err(_) => crate::error::json_error(StatusCode::BAD_REQUEST, "delay wants milliseconds"),
+        },
+        (_, "status", Some(code)) => {
+            match code.parse::<u16>().ok().filter(|c| (200..=599).contains(c)) {
+                Some(code) => {
+                    let mut r = describe(&name, &method, &path);
+                    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+                    r
+                }
+                None => crate::error::json_error(StatusCode::BAD_REQUEST, "status wants 200-599"),
+            }
+        }
+        (&Method::POST, "echo", None) => {
+            let mut r = Response::new(req.into_body().map_err(BoxError::from).boxed_unsync());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r
+        }
+        (&Method::GET, "headers", None) => {
+            let mut seen = serde_json::Map::new();
+            for (name, value) in req.headers() {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                seen.insert(name.as_str().to_owned(), value.into());
+            }
+            let mut r = Response::new(full(serde_json::Value::Object(seen).to_string()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        (&Method::GET, "bytes", Some(n)) => match n.parse::<u64>() {
+            Ok(n) => Response::new(zeros(n)),
+            Err(_) => crate::error::json_error(StatusCode::BAD_REQUEST, "bytes wants a count"),
+        },
+        _ => describe(&name, &method, &path),
+    };
+    if let Ok(v) = HeaderValue::from_str(&name) {
+        response.headers_mut().insert("x-backend", v);
+    }
+    response
+}
+
+fn describe(name: &str, method: &Method, path: &str) -> Response<Body> {
+    let body = serde_json::json!({ "backend": name, "method": method.as_str(), "path": path });
+    let mut r = Response::new(full(body.to_string()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `n` bytes produced 64 KiB at a time, never held whole.
+fn zeros(n: u64) -> Body {
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    let stream = futures_util::stream::unfold(n, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let take = left.min(CHUNK as u64);
+            let data = chunk.slice(..take as usize);
+            Some((Ok::<_, BoxError>(Frame::data(data)), left - take))
+        }
+    });
+    StreamBody::new(stream).boxed_unsync()
+}

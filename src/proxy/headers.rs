@@ -1,0 +1,152 @@
+//! Header rules of the proxy: hop-by-hop removal, `X-Forwarded-*`, and
+//! the rate-limit headers.
+
+use std::time::Duration;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
+
+use crate::limiter::Decision;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// plus the proxy ones some clients still send.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including any named in `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(name);
+    }
+    h.remove("proxy-connection");
+}
+
+/// `X-Forwarded-For: <client>` policy: a trusted peer's chain is kept and
+/// extended with the peer; an untrusted peer's chain is replaced, so a
+/// backend never sees addresses a client made up.
+pub fn set_forwarded(
+    h: &mut HeaderMap,
+    peer: std::net::IpAddr,
+    peer_trusted: bool,
+    host: Option<HeaderValue>,
+) {
+    let chain = if peer_trusted {
+        let prior: Vec<&str> = h
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer.to_string()
+        } else {
+            format!("{}, {peer}", prior.join(", "))
+        }
+    } else {
+        peer.to_string()
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    match host {
+        Some(host) => {
+            h.insert("x-forwarded-host", host);
+        }
+        None => {
+            h.remove("x-forwarded-host");
+        }
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `Retry-After` seconds for a denied request: whole seconds, rounded up,
+/// so never before the token is there. `None` if no token will ever come.
+pub fn retry_after_secs(d: &Decision) -> Option<u64> {
+    d.reset_after().map(|t| ceil_secs(t).max(1))
+}
+
+/// `RateLimit-Policy` / `RateLimit` (IETF httpapi draft: `q` capacity,
+/// `w` seconds to fill from empty, `r` whole tokens left, `t` seconds to
+/// the next token) and `X-RateLimit-Limit` / `X-RateLimit-Remaining`.
+pub fn rate_limit(h: &mut HeaderMap, d: &Decision) {
+    let mut policy = format!("\"tollgate\";q={}", d.limit());
+    if let Some(w) = d.fill_time() {
+        policy.push_str(&format!(";w={}", ceil_secs(w)));
+    }
+    let mut state = format!("\"tollgate\";r={}", d.remaining());
+    if let Some(t) = d.reset_after() {
+        state.push_str(&format!(";t={}", ceil_secs(t)));
+    }
+    for (name, value) in [
+        ("ratelimit-policy", policy),
+        ("ratelimit", state),
+        ("x-ratelimit-limit", d.limit().to_string()),
+        ("x-ratelimit-remaining", d.remaining().to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_is_extended_only_for_trusted_peers() {
+        let peer: std::net::IpAddr = "10.0.0.9".parse().expect("ip");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        set_forwarded(
+            &mut h,
+            peer,
+            true,
+            Some(HeaderValue::from_static("example.com")),
+        );
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        set_forwarded(&mut h, peer, false, None);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+    }
+}

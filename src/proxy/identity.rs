@@ -1,0 +1,157 @@
+//! Who is this request from?
+//!
+//! The API key header names the client when it carries a key of a client
+//! in the client table; otherwise the client is its IP address. The IP is
+//! the TCP peer, unless the peer is a trusted proxy: then the right-most
+//! address in `X-Forwarded-For` that is not itself a trusted proxy. A
+//! client can therefore only look like another client by holding that
+//! client's key, and cannot escape its IP limit by inventing keys.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use ipnet::IpNet;
+
+use crate::limiter::{ApiKey, KeyError};
+
+/// Resolves client identities.
+#[derive(Debug, Clone)]
+pub struct Identifier {
+    api_key_header: http::HeaderName,
+    trusted: Vec<IpNet>,
+}
+
+impl Identifier {
+    /// An identifier reading keys from `api_key_header` and believing
+    /// `X-Forwarded-For` from peers in `trusted`.
+    pub fn new(api_key_header: http::HeaderName, trusted: Vec<IpNet>) -> Self {
+        Self {
+            api_key_header,
+            trusted,
+        }
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The API key the request presents, if any. A header that is present
+    /// but not a valid key is an error, not silently ignored.
+    pub fn api_key(&self, headers: &HeaderMap) -> Result<Option<ApiKey>, KeyError> {
+        match headers.get(&self.api_key_header) {
+            None => Ok(None),
+            Some(v) => {
+                let text = v.to_str().map_err(|_| KeyError::BadChar('\u{fffd}'))?;
+                ApiKey::new(text.trim()).map(Some)
+            }
+        }
+    }
+
+    /// The client's IP address (see the module docs).
+    pub fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let hops: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            // A hop we cannot parse ends what can be believed.
+            let Some(ip) = parse_hop(hop) else { break };
+            client = ip;
+            if !self.is_trusted(ip) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`
+/// or `[2001:db8::1]:5678`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    hop.parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|s| canonical(s.ip()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn ident(trusted: &[&str]) -> Identifier {
+        Identifier::new(
+            http::HeaderName::from_static("x-api-key"),
+            trusted.iter().filter_map(|s| s.parse().ok()).collect(),
+        )
+    }
+
+    fn xff(v: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static(v));
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_forge() {
+        let id = ident(&["10.0.0.0/8"]);
+        assert_eq!(
+            id.client_ip(&xff("6.6.6.6"), ip("192.0.2.7")),
+            ip("192.0.2.7")
+        );
+    }
+
+    #[test]
+    fn trusted_chain_gives_the_rightmost_untrusted_hop() {
+        let id = ident(&["10.0.0.0/8"]);
+        // client forged 6.6.6.6 in front; 198.51.100.1 is who reached our proxy.
+        let h = xff("6.6.6.6, 198.51.100.1, 10.1.1.1");
+        assert_eq!(id.client_ip(&h, ip("10.0.0.2")), ip("198.51.100.1"));
+        assert_eq!(
+            id.client_ip(&xff("[2001:db8::5]:443"), ip("10.0.0.2")),
+            ip("2001:db8::5")
+        );
+        assert_eq!(id.client_ip(&xff("junk"), ip("10.0.0.2")), ip("10.0.0.2"));
+        assert_eq!(
+            id.client_ip(&HeaderMap::new(), ip("::ffff:10.0.0.2")),
+            ip("10.0.0.2")
+        );
+    }
+
+    #[test]
+    fn api_keys() {
+        let id = ident(&[]);
+        let mut h = HeaderMap::new();
+        assert_eq!(id.api_key(&h), Ok(None));
+        h.insert("x-api-key", HeaderValue::from_static("user1"));
+        assert_eq!(
+            id.api_key(&h).ok().flatten().map(|k| k.to_string()),
+            Some("user1".into())
+        );
+        h.insert("x-api-key", HeaderValue::from_static("bad key"));
+        assert!(id.api_key(&h).is_err());
+    }
+}

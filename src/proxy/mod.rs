@@ -1,0 +1,211 @@
+//! The request path: identify → limit → balance → forward.
+//!
+//! [`Proxy::handle`] turns one client request into one response. Bodies
+//! stream both ways (nothing is buffered whole), hop-by-hop headers are
+//! dropped in both directions, `X-Forwarded-*` are set, and every answer,
+//! forwarded or refused, carries the client's rate-limit headers.
+
+pub mod headers;
+pub mod identity;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, Response, Uri};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::balancer::{InFlight, Pool};
+use crate::error::ProxyError;
+use crate::limiter::{ClientKey, Decision, Registry, RegistryError};
+use identity::Identifier;
+
+/// Boxed error carried by bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request and response tollgate produces.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Proxy settings taken from the config.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Time to open a connection to a backend.
+    pub connect_timeout: Duration,
+    /// Time for a backend to send response headers.
+    pub request_timeout: Duration,
+}
+
+/// Shared state of the request path.
+#[derive(Debug)]
+pub struct Proxy {
+    limiter: Option<Arc<Registry>>,
+    pool: Arc<Pool>,
+    identifier: Identifier,
+    client: Client<HttpConnector, Body>,
+    request_timeout: Duration,
+}
+
+impl Proxy {
+    /// A proxy over `pool`, limiting with `limiter` (`None`: no limits).
+    pub fn new(
+        limiter: Option<Arc<Registry>>,
+        pool: Arc<Pool>,
+        identifier: Identifier,
+        settings: ProxySettings,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Self {
+            limiter,
+            pool,
+            identifier,
+            client,
+            request_timeout: settings.request_timeout,
+        }
+    }
+
+    /// The backend pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Answers one client request.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let decision = match self.admit(&req, peer) {
+            Ok(d) => d,
+            Err(e) => return e.into_response(),
+        };
+        let mut response = match self.forward(req, peer).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+        if let Some(d) = &decision {
+            headers::rate_limit(response.headers_mut(), d);
+        }
+        response
+    }
+
+    /// Identifies the client and takes a token; `Ok(None)` when rate
+    /// limiting is off.
+    fn admit(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Option<Decision>, ProxyError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(None);
+        };
+        let api_key = self
+            .identifier
+            .api_key(req.headers())
+            .map_err(|e| ProxyError::BadApiKey(e.to_string()))?;
+        // A key counts only if it is in the client table; any other key
+        // is charged to the caller's address like no key at all.
+        let known = api_key.and_then(|k| limiter.check_pinned(&ClientKey::Api(k)));
+        let decision = match known {
+            Some(d) => d,
+            None => {
+                let ip = self.identifier.client_ip(req.headers(), peer.ip());
+                limiter
+                    .check(&ClientKey::Ip(ip))
+                    .map_err(|RegistryError::Full(_)| ProxyError::ClientTableFull)?
+            }
+        };
+        if decision.allowed() {
+            Ok(Some(decision))
+        } else {
+            Err(ProxyError::RateLimited(decision))
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, ProxyError> {
+        let backend = self.pool.pick().ok_or(ProxyError::NoHealthyBackend)?;
+        let in_flight = backend.start_request();
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(backend.url().authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| ProxyError::BadGateway(e.to_string()))?;
+        let host = parts.headers.get(header::HOST).cloned();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let trusted = self.identifier.is_trusted(peer.ip());
+        headers::set_forwarded(&mut parts.headers, peer.ip(), trusted, host);
+        // Let hyper speak HTTP/1.1 to the backend whatever the client spoke.
+        parts.version = http::Version::HTTP_11;
+        let upstream = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+
+        let response = tokio::time::timeout(self.request_timeout, self.client.request(upstream))
+            .await
+            .map_err(|_| ProxyError::GatewayTimeout)?
+            .map_err(|e| {
+                let what = if e.is_connect() {
+                    "backend connection failed"
+                } else {
+                    "backend closed the connection"
+                };
+                tracing::warn!(backend = %backend.url(), error = %e, "{what}");
+                ProxyError::BadGateway(what.into())
+            })?;
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let body = Tracked {
+            inner: body.map_err(BoxError::from).boxed_unsync(),
+            _in_flight: in_flight,
+        };
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
+    }
+}
+
+/// A response body that keeps its request counted as in flight until the
+/// body has been sent (or dropped), so `least_connections` sees streaming
+/// downloads as the load they are.
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
