@@ -4,14 +4,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::balancer::{strategy_for, Pool};
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::limiter::{self, Registry, RegistryConfig};
 use crate::proxy::identity::Identifier;
-use crate::proxy::server::{serve, Drained, ServeOptions};
+use crate::proxy::server::{bind_reuseport, serve_per_core, Drained, ServeOptions};
 use crate::proxy::{Proxy, ProxySettings};
 use crate::shutdown::{self, Trigger};
 
@@ -38,7 +37,7 @@ pub struct Running {
     proxy: Arc<Proxy>,
     registry: Arc<Registry>,
     trigger: Trigger,
-    server: JoinHandle<Drained>,
+    workers: Vec<std::thread::JoinHandle<Drained>>,
     refill: JoinHandle<()>,
 }
 
@@ -61,7 +60,21 @@ impl Running {
     /// Stops accepting, drains, stops background tasks.
     pub async fn shutdown(self) -> Drained {
         self.trigger.fire();
-        let drained = self.server.await.unwrap_or(Drained::TimedOut);
+        let workers = self.workers;
+        let drained = tokio::task::spawn_blocking(move || {
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or(Drained::TimedOut))
+                .fold(Drained::Clean, |all, one| {
+                    if one == Drained::Clean {
+                        all
+                    } else {
+                        one
+                    }
+                })
+        })
+        .await
+        .unwrap_or(Drained::TimedOut);
         let _ = self.refill.await;
         drained
     }
@@ -92,16 +105,18 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         },
     ));
 
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.server.listen,
-            source,
-        })?;
-    let proxy_addr = listener.local_addr().map_err(|source| StartError::Bind {
+    let bind_error = |source| StartError::Bind {
         addr: config.server.listen,
         source,
-    })?;
+    };
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let listeners = bind_reuseport(config.server.listen, threads).map_err(bind_error)?;
+    let proxy_addr = listeners
+        .first()
+        .map(std::net::TcpListener::local_addr)
+        .transpose()
+        .map_err(bind_error)?
+        .unwrap_or(config.server.listen);
 
     let (trigger, signal) = shutdown::channel();
     let refill = tokio::spawn(limiter::refill::run(
@@ -113,18 +128,23 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         header_read_timeout: config.server.header_read_timeout.0,
         drain_timeout: config.server.drain_timeout.0,
     };
-    let handler_proxy = proxy.clone();
-    let server = tokio::spawn(serve(
-        listener,
-        move |req, peer| {
-            let proxy = handler_proxy.clone();
-            async move { proxy.handle(req, peer).await }
+    // One proxy (and so one backend connection pool) per proxy thread.
+    let parts = proxy.clone();
+    let workers = serve_per_core(
+        listeners,
+        move || {
+            let proxy = Arc::new(parts.for_another_thread());
+            move |req, peer| {
+                let proxy = proxy.clone();
+                async move { proxy.handle(req, peer).await }
+            }
         },
         options,
-        signal.wait(),
-    ));
+        signal,
+    )
+    .map_err(bind_error)?;
 
-    tracing::info!(listen = %proxy_addr, "proxy listening");
+    tracing::info!(listen = %proxy_addr, threads, "proxy listening");
     tracing::info!(
         backends = %config.backends.iter().map(|b| b.url.to_string()).collect::<Vec<_>>().join(", "),
         strategy = ?config.balancing.strategy,
@@ -141,7 +161,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         proxy,
         registry,
         trigger,
-        server,
+        workers,
         refill,
     })
 }

@@ -7,6 +7,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc malloc: allocation was about a tenth of the
+/// proxy's CPU profile under load, and mimalloc's thread-local free lists
+/// suit the per-thread request path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Layer-7 HTTP load balancer with per-client rate limiting.
 #[derive(Debug, Parser)]
 #[command(version, about)]

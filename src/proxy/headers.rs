@@ -20,19 +20,32 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+
 /// Removes hop-by-hop headers, including any named in `Connection`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in &named {
+            h.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP.iter().chain([&PROXY_CONNECTION]) {
         h.remove(name);
     }
-    h.remove("proxy-connection");
 }
 
 /// `X-Forwarded-For: <client>` policy: a trusted peer's chain is kept and
@@ -46,7 +59,7 @@ pub fn set_forwarded(
 ) {
     let chain = if peer_trusted {
         let prior: Vec<&str> = h
-            .get_all("x-forwarded-for")
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
@@ -59,15 +72,15 @@ pub fn set_forwarded(
         peer.to_string()
     };
     if let Ok(v) = HeaderValue::from_str(&chain) {
-        h.insert("x-forwarded-for", v);
+        h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     match host {
         Some(host) => {
-            h.insert("x-forwarded-host", host);
+            h.insert(X_FORWARDED_HOST, host);
         }
         None => {
-            h.remove("x-forwarded-host");
+            h.remove(X_FORWARDED_HOST);
         }
     }
 }
@@ -95,10 +108,10 @@ pub fn rate_limit(h: &mut HeaderMap, d: &Decision) {
         state.push_str(&format!(";t={}", ceil_secs(t)));
     }
     for (name, value) in [
-        ("ratelimit-policy", policy),
-        ("ratelimit", state),
-        ("x-ratelimit-limit", d.limit().to_string()),
-        ("x-ratelimit-remaining", d.remaining().to_string()),
+        (RATELIMIT_POLICY, policy),
+        (RATELIMIT, state),
+        (X_RATELIMIT_LIMIT, d.limit().to_string()),
+        (X_RATELIMIT_REMAINING, d.remaining().to_string()),
     ] {
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(name, v);

@@ -51,7 +51,7 @@ pub struct Proxy {
     pool: Arc<Pool>,
     identifier: Identifier,
     client: Client<HttpConnector, Body>,
-    request_timeout: Duration,
+    settings: ProxySettings,
 }
 
 impl Proxy {
@@ -62,20 +62,25 @@ impl Proxy {
         identifier: Identifier,
         settings: ProxySettings,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         Self {
+            client: backend_client(&settings),
             limiter,
             pool,
             identifier,
-            client,
-            request_timeout: settings.request_timeout,
+            settings,
+        }
+    }
+
+    /// The same proxy with its own backend connection pool, for another
+    /// proxy thread (the pool's connections live on the thread that made
+    /// them).
+    pub fn for_another_thread(&self) -> Self {
+        Self {
+            client: backend_client(&self.settings),
+            limiter: self.limiter.clone(),
+            pool: self.pool.clone(),
+            identifier: self.identifier.clone(),
+            settings: self.settings.clone(),
         }
     }
 
@@ -160,18 +165,19 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         let upstream = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
 
-        let response = tokio::time::timeout(self.request_timeout, self.client.request(upstream))
-            .await
-            .map_err(|_| ProxyError::GatewayTimeout)?
-            .map_err(|e| {
-                let what = if e.is_connect() {
-                    "backend connection failed"
-                } else {
-                    "backend closed the connection"
-                };
-                tracing::warn!(backend = %backend.url(), error = %e, "{what}");
-                ProxyError::BadGateway(what.into())
-            })?;
+        let response =
+            tokio::time::timeout(self.settings.request_timeout, self.client.request(upstream))
+                .await
+                .map_err(|_| ProxyError::GatewayTimeout)?
+                .map_err(|e| {
+                    let what = if e.is_connect() {
+                        "backend connection failed"
+                    } else {
+                        "backend closed the connection"
+                    };
+                    tracing::warn!(backend = %backend.url(), error = %e, "{what}");
+                    ProxyError::BadGateway(what.into())
+                })?;
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         let body = Tracked {
@@ -180,6 +186,17 @@ impl Proxy {
         };
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
+}
+
+fn backend_client(settings: &ProxySettings) -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(settings.connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(connector)
 }
 
 /// A response body that keeps its request counted as in flight until the

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Load comparison in one run: a demo backend hit directly, tollgate, and
+# (when installed) nginx, all on 127.0.0.1, with wrk and ab.
+#
+#   scripts/bench.sh            # wrk 10 s per target, ab -n 5000 -c 1000
+#   DURATION=5s scripts/bench.sh
+#
+# Limits are set high enough that neither tollgate nor nginx ever rejects:
+# the numbers compare the cost of proxying plus limiting, not rejections.
+# Needs wrk and ab (Debian: wrk, apache2-utils); nginx is optional.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+AB_N=${AB_N:-5000}
+AB_C=${AB_C:-1000}
+BIN=target/release/tollgate
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+for tool in wrk ab; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk apache2-utils)" >&2; exit 1; }
+done
+[ -x "$BIN" ] || cargo build --release --quiet
+ulimit -n "$(ulimit -Hn)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
+
+B=(); for i in 1 2 3; do B+=("$(free_port)"); done
+for i in 0 1 2; do
+  "$BIN" backend --listen "127.0.0.1:${B[$i]}" --name "b$i" >/dev/null 2>&1 & PIDS+=($!)
+done
+for p in "${B[@]}"; do wait_http "http://127.0.0.1:$p/health"; done
+
+TG=$(free_port); ADMIN=$(free_port)
+cat > "$WORK/tollgate.yaml" <<YAML
+server: {listen: 127.0.0.1:$TG}
+admin: {listen: 127.0.0.1:$ADMIN}
+backends:
+  - url: http://127.0.0.1:${B[0]}
+  - url: http://127.0.0.1:${B[1]}
+  - url: http://127.0.0.1:${B[2]}
+rate_limit:
+  default: {capacity: 1000000000, rate_per_sec: 1000000000}
+log: {level: warn}
+YAML
+"$BIN" serve --config "$WORK/tollgate.yaml" >"$WORK/tollgate.log" 2>&1 & PIDS+=($!)
+wait_http "http://127.0.0.1:$TG/health"
+
+TARGETS=("direct http://127.0.0.1:${B[0]}/" "tollgate http://127.0.0.1:$TG/")
+if command -v nginx >/dev/null; then
+  NG=$(free_port)
+  cat > "$WORK/nginx.conf" <<NGINX
+worker_processes auto;
+worker_rlimit_nofile 20000;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  limit_req_zone \$binary_remote_addr zone=perip:10m rate=1000000r/s;
+  upstream pool {
+    server 127.0.0.1:${B[0]}; server 127.0.0.1:${B[1]}; server 127.0.0.1:${B[2]};
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$NG backlog=4096;
+    location / {
+      limit_req zone=perip burst=1000000 nodelay;
+      proxy_pass http://pool;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+  nginx -c "$WORK/nginx.conf" -p "$WORK" -e "$WORK/nginx-error.log"
+  wait_http "http://127.0.0.1:$NG/health"
+  TARGETS+=("nginx http://127.0.0.1:$NG/")
+else
+  echo "(nginx not installed: skipping the nginx column; apt-get install nginx-light)" >&2
+fi
+
+to_ms() { # wrk latency like 1.23ms / 456.00us / 1.02s
+  awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v+0 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000 } else print v }'
+}
+
+declare -A RPS
+ROWS=()
+for t in "${TARGETS[@]}"; do
+  name=${t%% *}; u=${t#* }
+  curl -fs -o /dev/null "$u"
+  out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$u")
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
+  p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
+  errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  RPS["wrk-$name"]=$rps
+  ROWS+=("$name|wrk -t1 -c$CONNS -d$DURATION|$rps|$p50|$p99|${errs:-0}")
+
+  out=$(ab -q -n "$AB_N" -c "$AB_C" "$u" 2>&1)
+  rps=$(awk '/^Requests per second/ {print $4}' <<<"$out")
+  failed=$(awk '/^Failed requests/ {print $3}' <<<"$out")
+  non2xx=$(awk '/^Non-2xx responses/ {print $3}' <<<"$out"); non2xx=${non2xx:-0}
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  RPS["ab-$name"]=$rps
+  ROWS+=("$name|ab -n $AB_N -c $AB_C|$rps|$p50|$p99|failed=$failed non2xx=$non2xx")
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else print "-" }'; }
+printf '\n| target | load | req/s | p50 ms | p99 ms | errors | vs direct | vs nginx |\n|---|---|---|---|---|---|---|---|\n'
+for row in "${ROWS[@]}"; do
+  IFS='|' read -r name load rps p50 p99 errs <<<"$row"
+  tool=${load%% *}
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$load" "$rps" "$p50" "$p99" "$errs" \
+    "$(ratio "$rps" "${RPS[$tool-direct]}")" "$(ratio "$rps" "${RPS[$tool-nginx]:-0}")"
+done
+echo
+echo "cores: $(nproc); $(date -u +%Y-%m-%dT%H:%MZ)"
