@@ -6,13 +6,17 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
+use crate::admin::AdminState;
 use crate::balancer::{strategy_for, Pool};
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::limiter::{self, Registry, RegistryConfig};
 use crate::proxy::identity::Identifier;
 use crate::proxy::server::{bind_reuseport, serve_per_core, Drained, ServeOptions};
 use crate::proxy::{Proxy, ProxySettings};
-use crate::shutdown::{self, Trigger};
+use crate::shutdown::{self, Signal, Trigger};
+use crate::store::snapshot::{self, Snapshotter};
+use crate::store::ClientStore;
+use tokio::net::TcpListener;
 
 /// Why tollgate could not start.
 #[derive(Debug, thiserror::Error)]
@@ -28,23 +32,45 @@ pub enum StartError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The client table could not be opened or read.
+    #[error("client table ({url}): {source}")]
+    Store {
+        /// `store.url`.
+        url: String,
+        /// Why.
+        source: crate::store::StoreError,
+    },
 }
 
 /// A started tollgate: its listeners are open and its tasks running.
 #[derive(Debug)]
 pub struct Running {
     proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
     proxy: Arc<Proxy>,
     registry: Arc<Registry>,
+    store: Arc<dyn ClientStore>,
     trigger: Trigger,
     workers: Vec<std::thread::JoinHandle<Drained>>,
     refill: JoinHandle<()>,
+    snapshots: JoinHandle<()>,
+    admin: JoinHandle<()>,
 }
 
 impl Running {
     /// The address the public listener is bound to.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy_addr
+    }
+
+    /// The address the admin API is bound to.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The client table.
+    pub fn store(&self) -> &Arc<dyn ClientStore> {
+        &self.store
     }
 
     /// The rate limiter (also when limiting is disabled, it exists).
@@ -76,6 +102,9 @@ impl Running {
         .await
         .unwrap_or(Drained::TimedOut);
         let _ = self.refill.await;
+        // The snapshot task writes a last snapshot when it sees the signal.
+        let _ = self.snapshots.await;
+        let _ = self.admin.await;
         drained
     }
 }
@@ -118,7 +147,59 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .map_err(bind_error)?
         .unwrap_or(config.server.listen);
 
+    let store_error = |source| StartError::Store {
+        url: config.store.url.clone(),
+        source,
+    };
+    let started = std::time::Instant::now();
+    let store = crate::store::open(&config.store.url)
+        .await
+        .map_err(store_error)?;
+    let (restored, states) = snapshot::restore(&registry, store.as_ref())
+        .await
+        .map_err(store_error)?;
+    tracing::info!(
+        url = %config.store.url,
+        clients = restored.clients,
+        buckets = restored.buckets,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "client table loaded"
+    );
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.admin.listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.admin.listen,
+            source,
+        })?;
+
     let (trigger, signal) = shutdown::channel();
+    let admin_state = AdminState::new(
+        registry.clone(),
+        store.clone(),
+        proxy.pool().clone(),
+        config.admin.token.clone(),
+    );
+    let admin_signal = signal.clone();
+    let admin = tokio::spawn(async move {
+        let app = crate::admin::router(admin_state);
+        if let Err(e) = axum::serve(admin_listener, app)
+            .with_graceful_shutdown(admin_signal.wait())
+            .await
+        {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    let snapshots = tokio::spawn(run_snapshots(
+        Snapshotter::new(registry.clone(), store.clone(), &states),
+        config.store.snapshot_interval.0,
+        signal.clone(),
+    ));
     let refill = tokio::spawn(limiter::refill::run(
         registry.clone(),
         rl.refill_interval.0,
@@ -145,6 +226,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     .map_err(bind_error)?;
 
     tracing::info!(listen = %proxy_addr, threads, "proxy listening");
+    tracing::info!(listen = %admin_addr, auth = config.admin.token.is_some(), "admin API listening");
     tracing::info!(
         backends = %config.backends.iter().map(|b| b.url.to_string()).collect::<Vec<_>>().join(", "),
         strategy = ?config.balancing.strategy,
@@ -158,12 +240,49 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     );
     Ok(Running {
         proxy_addr,
+        admin_addr,
         proxy,
         registry,
+        store,
         trigger,
         workers,
         refill,
+        snapshots,
+        admin,
     })
+}
+
+/// Writes a snapshot every `interval`, and a last one when shutdown starts.
+async fn run_snapshots(
+    mut snapshotter: Snapshotter,
+    interval: std::time::Duration,
+    signal: Signal,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate; nothing changed yet
+    let stop = signal.wait();
+    tokio::pin!(stop);
+    loop {
+        let last = tokio::select! {
+            _ = ticker.tick() => false,
+            () = &mut stop => true,
+        };
+        let started = std::time::Instant::now();
+        match snapshotter.snapshot().await {
+            Ok(stats) => tracing::debug!(
+                written = stats.written,
+                deleted = stats.deleted,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                final_snapshot = last,
+                "bucket snapshot"
+            ),
+            Err(e) => tracing::error!(error = %e, "bucket snapshot failed"),
+        }
+        if last {
+            break;
+        }
+    }
 }
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully.

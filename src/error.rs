@@ -59,6 +59,62 @@ impl ProxyError {
     }
 }
 
+/// Why an admin API request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Malformed input: the message says what is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or wrong bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// Unknown client or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// Known route, wrong method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// The client exists already, or the table is at its maximum.
+    #[error("{0}")]
+    Conflict(String),
+    /// Body over the size limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Body that is not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The database failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AdminError {
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The JSON response for this error.
+    pub fn to_response(&self) -> Response<Body> {
+        let mut response = json_error(self.status(), &self.to_string());
+        if matches!(self, Self::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
 /// `{"code":N,"message":"..."}` with status `N`.
 pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "code": status.as_u16(), "message": message }).to_string();

@@ -12,11 +12,14 @@
 //! - [`error`]: errors a client sees, turned into JSON responses.
 //! - [`shutdown`]: signals and the in-process shutdown trigger.
 //! - [`demo`]: the demo backend.
+//! - [`store`]: the client table and bucket snapshots (SQLite via sqlx).
+//! - [`admin`]: the admin API (axum).
 //! - [`app`]: wiring everything together; [`cli`]: the commands.
 
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod balancer;
 pub mod cli;
@@ -26,4 +29,5 @@ pub mod error;
 pub mod limiter;
 pub mod proxy;
 pub mod shutdown;
+pub mod store;
 mod sync;

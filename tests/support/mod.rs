@@ -109,7 +109,14 @@ pub fn config(backends: &[SocketAddr]) -> Config {
         })
         .collect();
     c.rate_limit.default = Limits::new(1_000_000, 1_000_000.0).expect("valid");
+    c.store.url = temp_db();
     c
+}
+
+/// A fresh SQLite file in its own temporary directory.
+pub fn temp_db() -> String {
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    format!("sqlite://{}", dir.join("tollgate.db").display())
 }
 
 /// Starts a balancer with `config`.

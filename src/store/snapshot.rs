@@ -1,0 +1,161 @@
+//! Bucket levels across restarts.
+//!
+//! Every `snapshot_interval`, and once more at shutdown, the levels of the
+//! buckets that are not full are written in one transaction; only rows
+//! whose level changed since the last snapshot are written, and rows of
+//! buckets that are full again (or gone) are deleted, since a missing row
+//! means "full". At start-up the levels are restored with the refill owed
+//! for the time the process was down, capped at capacity.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{now_ms, BucketState, ClientRecord, ClientStore, SnapshotDelta, StoreError};
+use crate::limiter::{ClientKey, Limits, Registry};
+
+/// `ip:<address>` or `key:<api key>`: how a bucket is named in the table.
+pub fn encode_key(key: &ClientKey) -> String {
+    match key {
+        ClientKey::Ip(ip) => format!("ip:{ip}"),
+        ClientKey::Api(k) => format!("key:{k}"),
+    }
+}
+
+/// The inverse of [`encode_key`]; `None` for a malformed row.
+pub fn decode_key(s: &str) -> Option<ClientKey> {
+    if let Some(ip) = s.strip_prefix("ip:") {
+        ip.parse().ok().map(ClientKey::Ip)
+    } else {
+        s.strip_prefix("key:").and_then(|k| ClientKey::api(k).ok())
+    }
+}
+
+/// Writes snapshots, remembering what it wrote last.
+#[derive(Debug)]
+pub struct Snapshotter {
+    registry: Arc<Registry>,
+    store: Arc<dyn ClientStore>,
+    saved: HashMap<String, f64>,
+}
+
+/// What one snapshot wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Rows inserted or updated.
+    pub written: usize,
+    /// Rows deleted.
+    pub deleted: usize,
+}
+
+impl Snapshotter {
+    /// A snapshotter that assumes the table holds `restored` (what start-up
+    /// just loaded), so unchanged levels are not written again.
+    pub fn new(
+        registry: Arc<Registry>,
+        store: Arc<dyn ClientStore>,
+        restored: &[BucketState],
+    ) -> Self {
+        Self {
+            registry,
+            store,
+            saved: restored
+                .iter()
+                .map(|s| (s.client_key.clone(), s.tokens))
+                .collect(),
+        }
+    }
+
+    /// Writes one snapshot.
+    pub async fn snapshot(&mut self) -> Result<SnapshotStats, StoreError> {
+        let now = now_ms();
+        let mut current: HashMap<String, f64> = HashMap::new();
+        self.registry.for_each(|b| {
+            if b.tokens < f64::from(b.capacity) {
+                current.insert(encode_key(&b.key), b.tokens);
+            }
+        });
+        let mut delta = SnapshotDelta::default();
+        for (key, tokens) in &current {
+            if self.saved.get(key) != Some(tokens) {
+                delta.upsert.push(BucketState {
+                    client_key: key.clone(),
+                    tokens: *tokens,
+                    saved_at_ms: now,
+                });
+            }
+        }
+        delta.delete = self
+            .saved
+            .keys()
+            .filter(|k| !current.contains_key(*k))
+            .cloned()
+            .collect();
+        self.store.save_bucket_states(&delta).await?;
+        self.saved = current;
+        Ok(SnapshotStats {
+            written: delta.upsert.len(),
+            deleted: delta.delete.len(),
+        })
+    }
+}
+
+/// What start-up restored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Clients loaded from the client table.
+    pub clients: usize,
+    /// Bucket levels restored (not full after the owed refill).
+    pub buckets: usize,
+}
+
+/// Loads the client table into the registry (pinning each client with its
+/// limits), then restores snapshotted levels with the refill owed since
+/// they were saved. Returns the loaded states for [`Snapshotter::new`].
+pub async fn restore(
+    registry: &Registry,
+    store: &dyn ClientStore,
+) -> Result<(RestoreStats, Vec<BucketState>), StoreError> {
+    let mut stats = RestoreStats::default();
+    let clients = store.list().await?;
+    let mut limits_of: HashMap<String, Limits> = HashMap::new();
+    for ClientRecord {
+        client_id,
+        capacity,
+        rate_per_sec,
+    } in clients
+    {
+        let (Ok(key), Ok(limits)) = (
+            ClientKey::api(&client_id),
+            Limits::new(u64::from(capacity), rate_per_sec),
+        ) else {
+            tracing::warn!(%client_id, "skipping an invalid row of the client table");
+            continue;
+        };
+        if registry.set_limits(&key, limits).is_ok() {
+            stats.clients += 1;
+            limits_of.insert(encode_key(&key), limits);
+        }
+    }
+    let states = store.load_bucket_states().await?;
+    let now = now_ms();
+    for s in &states {
+        let Some(key) = decode_key(&s.client_key) else {
+            continue;
+        };
+        let limits = limits_of
+            .get(&s.client_key)
+            .copied()
+            .unwrap_or(registry.default_limits());
+        let down_secs = (now - s.saved_at_ms).max(0) as f64 / 1000.0;
+        let tokens =
+            (s.tokens + limits.rate_per_sec() * down_secs).min(f64::from(limits.capacity()));
+        if tokens >= f64::from(limits.capacity()) {
+            continue;
+        }
+        // An IP client only if there is room; table clients always fit.
+        if registry.set_tokens(&key, tokens).is_ok() {
+            stats.buckets += 1;
+        }
+    }
+    Ok((stats, states))
+}
