@@ -312,6 +312,7 @@ pub fn init_logging(log: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new(log.level.0.as_str().to_ascii_lowercase()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match log.format {
         LogFormat::Text => builder.try_init(),

@@ -561,7 +561,7 @@ impl Config {
                 );
             }
         }
-        if self.server.listen == self.admin.listen {
+        if self.server.listen == self.admin.listen && self.admin.listen.port() != 0 {
             add(
                 "admin.listen",
                 format!("same address as server.listen ({})", self.server.listen),

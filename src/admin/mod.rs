@@ -144,7 +144,9 @@ fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, AdminError> {
                 AdminError::UnsupportedMediaType("Content-Type must be application/json".into())
             }
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                AdminError::PayloadTooLarge(format!("request body is larger than {MAX_BODY} bytes"))
+                AdminError::PayloadTooLarge(format!(
+                    "request body is larger than 64 KiB ({MAX_BODY} bytes)"
+                ))
             }
             other => AdminError::BadRequest(other.body_text()),
         })

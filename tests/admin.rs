@@ -1,0 +1,468 @@
+//! The admin API over HTTP, the client table behind it, and persistence.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::{backends, balancer, client, config, url};
+use tollgate::limiter::{ClientKey, Limits};
+
+async fn send(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let r = req.send().await.expect("request");
+    let status = r.status();
+    let text = r.text().await.expect("body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    };
+    (status, body)
+}
+
+#[tokio::test]
+async fn crud_round_trip_and_limits_apply_at_once() {
+    let bs = backends(1).await;
+    let mut cfg = config(&[bs[0].addr]);
+    cfg.rate_limit.default = Limits::new(100, 0.0).expect("valid");
+    let lb = balancer(&cfg).await;
+    let c = client();
+    let admin = |p: &str| url(lb.admin_addr(), p);
+
+    let (s, body) = send(
+        c.post(admin("/clients"))
+            .json(&json!({"client_id":"user1","capacity":2,"rate_per_sec":0})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(
+        body,
+        json!({"client_id":"user1","capacity":2,"rate_per_sec":0.0,"tokens":2.0})
+    );
+
+    // Applied to the very next request carrying the key.
+    let proxied = |key: &'static str| {
+        c.get(url(lb.proxy_addr(), "/"))
+            .header("x-api-key", key)
+            .send()
+    };
+    assert_eq!(
+        proxied("user1").await.expect("req").status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        proxied("user1").await.expect("req").status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        proxied("user1").await.expect("req").status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    let (s, body) = send(c.get(admin("/clients/user1"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["tokens"], json!(0.0));
+
+    let (s, body) = send(
+        c.put(admin("/clients/user1"))
+            .json(&json!({"capacity":5,"rate_per_sec":1.5})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["capacity"], 5);
+    assert_eq!(body["rate_per_sec"], 1.5);
+
+    let (s, body) = send(c.get(admin("/clients"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body.as_array().map(Vec::len), Some(1));
+    assert_eq!(body[0]["client_id"], "user1");
+
+    let (s, body) = send(c.delete(admin("/clients/user1"))).await;
+    assert_eq!((s, body), (StatusCode::NO_CONTENT, Value::Null));
+    let (s, body) = send(c.get(admin("/clients/user1"))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(body["code"], 404);
+    // Deleted: the key is no longer a client, requests are charged by IP.
+    assert!(!lb.registry().unpin(&ClientKey::api("user1").expect("key")));
+
+    let (s, body) = send(c.get(admin("/backends"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body[0]["url"], format!("http://{}", bs[0].addr));
+    assert_eq!(body[0]["healthy"], true);
+    let (s, body) = send(c.get(admin("/healthz"))).await;
+    assert_eq!((s, body["status"].clone()), (StatusCode::OK, json!("ok")));
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_a_4xx_json_error_and_writes_nothing() {
+    let lb = balancer(&config(&[support::closed_port()])).await;
+    let c = client();
+    let admin = |p: &str| url(lb.admin_addr(), p);
+    let (s, _) = send(
+        c.post(admin("/clients"))
+            .json(&json!({"client_id":"taken","capacity":1,"rate_per_sec":1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    let long_id = "x".repeat(257);
+    let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (
+            "unknown field",
+            c.post(admin("/clients"))
+                .json(&json!({"client_id":"a","capacity":1,"rate_per_sec":1,"burst":5})),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        (
+            "missing field",
+            c.post(admin("/clients"))
+                .json(&json!({"client_id":"a","capacity":1})),
+            StatusCode::BAD_REQUEST,
+            "rate_per_sec",
+        ),
+        (
+            "capacity as string",
+            c.post(admin("/clients"))
+                .json(&json!({"client_id":"a","capacity":"10","rate_per_sec":1})),
+            StatusCode::BAD_REQUEST,
+            "capacity",
+        ),
+        (
+            "fractional capacity",
+            c.post(admin("/clients"))
+                .json(&json!({"client_id":"a","capacity":1.5,"rate_per_sec":1})),
+            StatusCode::BAD_REQUEST,
+            "capacity",
+        ),
+        (
+            "zero capacity",
+            c.post(admin("/clients"))
+                .json(&json!({"client_id":"a","capacity":0,"rate_per_sec":1})),
+            StatusCode::BAD_REQUEST,
+            "capacity",
+        ),
+        (
+            "negative rate",
+            c.post(admin("/clients"))
+                .json(&json!({"client_id":"a","capacity":1,"rate_per_sec":-1})),
+            StatusCode::BAD_REQUEST,
+            "rate_per_sec",
+        ),
+        (
+            "huge rate",
+            c.post(admin("/clients"))
+                .json(&json!({"client_id":"a","capacity":1,"rate_per_sec":1e12})),
+            StatusCode::BAD_REQUEST,
+            "rate_per_sec",
+        ),
+        (
+            "bad id chars",
+            c.post(admin("/clients"))
+                .json(&json!({"client_id":"a b","capacity":1,"rate_per_sec":1})),
+            StatusCode::BAD_REQUEST,
+            "client_id",
+        ),
+        (
+            "long id",
+            c.post(admin("/clients"))
+                .json(&json!({"client_id":long_id,"capacity":1,"rate_per_sec":1})),
+            StatusCode::BAD_REQUEST,
+            "client_id",
+        ),
+        (
+            "empty id",
+            c.post(admin("/clients"))
+                .json(&json!({"client_id":"","capacity":1,"rate_per_sec":1})),
+            StatusCode::BAD_REQUEST,
+            "client_id",
+        ),
+        (
+            "malformed JSON",
+            c.post(admin("/clients"))
+                .header("content-type", "application/json")
+                .body("{\"client_id\":"),
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+        (
+            "not JSON",
+            c.post(admin("/clients"))
+                .header("content-type", "text/plain")
+                .body("client_id=a"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        ),
+        (
+            "too large",
+            c.post(admin("/clients"))
+                .header("content-type", "application/json")
+                .body(format!("{{\"client_id\":\"{}\"}}", "a".repeat(70_000))),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "64",
+        ),
+        (
+            "duplicate",
+            c.post(admin("/clients"))
+                .json(&json!({"client_id":"taken","capacity":1,"rate_per_sec":1})),
+            StatusCode::CONFLICT,
+            "exists",
+        ),
+        (
+            "update unknown",
+            c.put(admin("/clients/nobody"))
+                .json(&json!({"capacity":1,"rate_per_sec":1})),
+            StatusCode::NOT_FOUND,
+            "not found",
+        ),
+        (
+            "update with id field",
+            c.put(admin("/clients/taken"))
+                .json(&json!({"client_id":"x","capacity":1,"rate_per_sec":1})),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        (
+            "delete unknown",
+            c.delete(admin("/clients/nobody")),
+            StatusCode::NOT_FOUND,
+            "not found",
+        ),
+        (
+            "get bad id",
+            c.get(admin("/clients/a%20b")),
+            StatusCode::BAD_REQUEST,
+            "client_id",
+        ),
+        (
+            "unknown route",
+            c.get(admin("/nope")),
+            StatusCode::NOT_FOUND,
+            "route",
+        ),
+        (
+            "wrong method",
+            c.patch(admin("/clients")),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+        ),
+    ];
+    for (what, req, want, says) in cases {
+        let r = req.send().await.expect("request");
+        let status = r.status();
+        assert_eq!(
+            r.headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap_or("")),
+            Some("application/json"),
+            "{what}"
+        );
+        let body: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: body not JSON: {e}"));
+        assert_eq!(status, want, "{what}: {body}");
+        assert_eq!(body["code"], want.as_u16(), "{what}");
+        let message = body["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains(says),
+            "{what}: message {message:?} should mention {says:?}"
+        );
+    }
+    // Nothing half-written: only the one valid client exists, unchanged.
+    let (_, list) = send(c.get(admin("/clients"))).await;
+    assert_eq!(
+        list,
+        json!([{"client_id":"taken","capacity":1,"rate_per_sec":1.0,"tokens":1.0}])
+    );
+    assert_eq!(lb.registry().pinned_len(), 1);
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_leave_table_and_buckets_in_agreement() {
+    let lb = balancer(&config(&[support::closed_port()])).await;
+    let c = client();
+    let admin = lb.admin_addr();
+    let tasks: Vec<_> = (0..200u32)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let id = format!("c{}", i % 20);
+                let u = url(admin, "/clients");
+                let one = url(admin, &format!("/clients/{id}"));
+                let status = match i % 3 {
+                    0 => {
+                        c.post(u)
+                            .json(&json!({"client_id":id,"capacity":i + 1,"rate_per_sec":1}))
+                            .send()
+                            .await
+                    }
+                    1 => {
+                        c.put(one)
+                            .json(&json!({"capacity":i + 1,"rate_per_sec":2}))
+                            .send()
+                            .await
+                    }
+                    _ => c.delete(one).send().await,
+                }
+                .expect("request")
+                .status();
+                assert!(
+                    matches!(status.as_u16(), 201 | 200 | 204 | 404 | 409),
+                    "unexpected {status}"
+                );
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let table: BTreeMap<String, u32> = lb
+        .store()
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| (r.client_id, r.capacity))
+        .collect();
+    let mut live = BTreeMap::new();
+    lb.registry().for_each(|b| {
+        if b.pinned {
+            live.insert(b.key.to_string(), b.capacity);
+        }
+    });
+    assert_eq!(table, live);
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn bucket_levels_survive_a_restart_with_owed_refill() {
+    let bs = backends(1).await;
+    let mut cfg = config(&[bs[0].addr]);
+    cfg.rate_limit.default = Limits::new(10, 0.5).expect("valid");
+    let c = client();
+
+    let lb = balancer(&cfg).await;
+    let (s, _) = send(
+        c.post(url(lb.admin_addr(), "/clients"))
+            .json(&json!({"client_id":"user1","capacity":10,"rate_per_sec":0.1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    for _ in 0..7 {
+        let r = c
+            .get(url(lb.proxy_addr(), "/"))
+            .header("x-api-key", "user1")
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    for _ in 0..4 {
+        c.get(url(lb.proxy_addr(), "/")).send().await.expect("req");
+    }
+    let before = std::time::Instant::now();
+    lb.shutdown().await; // writes the final snapshot
+
+    let lb = balancer(&cfg).await;
+    let down = before.elapsed().as_secs_f64();
+    let (s, body) = send(c.get(url(lb.admin_addr(), "/clients/user1"))).await;
+    assert_eq!(s, StatusCode::OK);
+    let tokens = body["tokens"].as_f64().expect("tokens");
+    // 3 left, plus 0.1/s for the downtime, plus up to one refill tick.
+    assert!(
+        tokens >= 3.0 && tokens <= 3.0 + 0.1 * (down + 1.0),
+        "{tokens} after {down}s"
+    );
+    // The IP client (default 10 at 0.5/s) had 6 left.
+    let ip_tokens = lb
+        .registry()
+        .tokens(&ClientKey::Ip("127.0.0.1".parse().expect("ip")))
+        .expect("restored");
+    assert!(
+        ip_tokens >= 6.0 && ip_tokens <= 6.0 + 0.5 * (down + 1.0),
+        "{ip_tokens}"
+    );
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn bearer_token_is_required_when_configured() {
+    let mut cfg = config(&[support::closed_port()]);
+    cfg.admin.token = Some("s3cret-token-0123456789".into());
+    let lb = balancer(&cfg).await;
+    let c = client();
+    let u = url(lb.admin_addr(), "/clients");
+    let (s, body) = send(c.get(&u)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["code"], 401);
+    let (s, _) = send(c.get(&u).bearer_auth("wrong-token-0123456789")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = send(
+        c.post(&u)
+            .json(&json!({"client_id":"a","capacity":1,"rate_per_sec":1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        lb.store().list().await.expect("list").len(),
+        0,
+        "refused writes write nothing"
+    );
+    let (s, body) = send(c.get(&u).bearer_auth("s3cret-token-0123456789")).await;
+    assert_eq!((s, body), (StatusCode::OK, json!([])));
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_routes() {
+    let lb = balancer(&config(&[support::closed_port()])).await;
+    let c = client();
+    let (s, doc) = send(c.get(url(lb.admin_addr(), "/openapi.json"))).await;
+    assert_eq!(s, StatusCode::OK);
+    let paths = doc["paths"].as_object().expect("paths");
+    let all = ["get", "post", "put", "delete", "patch"];
+    let mut documented = 0;
+    for (path, ops) in paths {
+        let concrete = path.replace("{id}", "probe");
+        for method in all {
+            let req = c.request(
+                method.to_uppercase().parse().expect("method"),
+                url(lb.admin_addr(), &concrete),
+            );
+            let status = req.send().await.expect("request").status();
+            if ops.get(method).is_some() {
+                documented += 1;
+                assert!(
+                    status != StatusCode::METHOD_NOT_ALLOWED
+                        && !(status == StatusCode::NOT_FOUND && !path.contains("{id}")),
+                    "{method} {path} is documented but answered {status}"
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} is served but not documented"
+                );
+            }
+        }
+    }
+    assert_eq!(documented, 8, "the router serves 8 method+path pairs");
+    // The routes the router serves are all in the document.
+    for route in [
+        "/clients",
+        "/clients/{id}",
+        "/backends",
+        "/healthz",
+        "/openapi.json",
+    ] {
+        assert!(
+            paths.contains_key(route),
+            "{route} missing from the document"
+        );
+    }
+    lb.shutdown().await;
+}
