@@ -436,9 +436,11 @@ async fn openapi_document_matches_the_routes() {
             let status = req.send().await.expect("request").status();
             if ops.get(method).is_some() {
                 documented += 1;
+                // /clients/probe may be 404 (no such client), never a
+                // missing route.
+                let route_missing = status == StatusCode::NOT_FOUND && !path.contains("{id}");
                 assert!(
-                    status != StatusCode::METHOD_NOT_ALLOWED
-                        && !(status == StatusCode::NOT_FOUND && !path.contains("{id}")),
+                    status != StatusCode::METHOD_NOT_ALLOWED && !route_missing,
                     "{method} {path} is documented but answered {status}"
                 );
             } else {
