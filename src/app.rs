@@ -7,8 +7,9 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use crate::admin::AdminState;
-use crate::balancer::{strategy_for, Pool};
+use crate::balancer::{strategy_for, Pool, Thresholds};
 use crate::config::{Config, LogConfig, LogFormat};
+use crate::health::Checker;
 use crate::limiter::{self, Registry, RegistryConfig};
 use crate::proxy::identity::Identifier;
 use crate::proxy::server::{bind_reuseport, serve_per_core, Drained, ServeOptions};
@@ -55,6 +56,7 @@ pub struct Running {
     refill: JoinHandle<()>,
     snapshots: JoinHandle<()>,
     admin: JoinHandle<()>,
+    health: JoinHandle<()>,
 }
 
 impl Running {
@@ -102,6 +104,7 @@ impl Running {
         .await
         .unwrap_or(Drained::TimedOut);
         let _ = self.refill.await;
+        let _ = self.health.await;
         // The snapshot task writes a last snapshot when it sees the signal.
         let _ = self.snapshots.await;
         let _ = self.admin.await;
@@ -119,10 +122,21 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         idle_timeout: rl.idle_timeout.0,
         refill_interval: rl.refill_interval.0,
     }));
-    let pool = Arc::new(Pool::new(
-        config.backends.iter().map(|b| b.url.clone()),
-        strategy_for(config.balancing.strategy),
-    ));
+    let hc = &config.health_check;
+    let pool = Arc::new(
+        Pool::new(
+            config.backends.iter().map(|b| b.url.clone()),
+            strategy_for(config.balancing.strategy),
+        )
+        .with_thresholds(Thresholds {
+            unhealthy: hc.unhealthy_threshold.get(),
+            healthy: hc.healthy_threshold.get(),
+        }),
+    );
+    // One round before any listener opens: a dead backend at start never
+    // gets traffic, a live one gets it from the first request.
+    let checker = Checker::new(pool.clone(), &hc.path, hc.timeout.0);
+    checker.initial_round().await;
     let identifier = Identifier::new(rl.api_key_header.0.clone(), rl.trusted_proxies.clone());
     let proxy = Arc::new(Proxy::new(
         rl.enabled.then(|| registry.clone()),
@@ -200,6 +214,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         config.store.snapshot_interval.0,
         signal.clone(),
     ));
+    let health = tokio::spawn(checker.run(hc.interval.0, signal.clone()));
     let refill = tokio::spawn(limiter::refill::run(
         registry.clone(),
         rl.refill_interval.0,
@@ -249,6 +264,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         refill,
         snapshots,
         admin,
+        health,
     })
 }
 

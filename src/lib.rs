@@ -9,6 +9,7 @@
 //! - [`balancer`]: the backend pool and one file per balancing strategy.
 //! - [`proxy`]: the request path (identify, limit, balance, forward) and
 //!   the connection server with graceful drain.
+//! - [`health`]: active health checks (passive ones are in [`proxy`]).
 //! - [`error`]: errors a client sees, turned into JSON responses.
 //! - [`shutdown`]: signals and the in-process shutdown trigger.
 //! - [`demo`]: the demo backend.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod limiter;
 pub mod proxy;
 pub mod shutdown;

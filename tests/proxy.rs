@@ -260,12 +260,22 @@ async fn backend_failures_are_json_502_503_504() {
     let bs = backends(1).await;
     let c = client();
 
-    // 502: nothing listens on the backend's port.
-    let lb = balancer(&config(&[closed_port()])).await;
+    // 502: the backend passed its first health check, then went away.
+    let doomed = support::backend("doomed").await;
+    let mut cfg = config(&[doomed.addr]);
+    cfg.health_check.interval = Dur::secs(3600);
+    let lb = balancer(&cfg).await;
+    doomed.stop().await;
     let (status, body) =
         json_error(c.get(url(lb.proxy_addr(), "/")).send().await.expect("req")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(body["code"], 502);
+    lb.shutdown().await;
+
+    // 503 from the start: the only backend is dead when tollgate starts.
+    let lb = balancer(&config(&[closed_port()])).await;
+    let (status, _) = json_error(c.get(url(lb.proxy_addr(), "/")).send().await.expect("req")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     lb.shutdown().await;
 
     // 504: the backend answers after the request timeout.

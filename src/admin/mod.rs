@@ -277,6 +277,8 @@ struct BackendView {
     url: String,
     healthy: bool,
     in_flight: usize,
+    consecutive_successes: u32,
+    consecutive_failures: u32,
 }
 
 async fn backends(State(state): State<AdminState>) -> Json<Vec<BackendView>> {
@@ -289,6 +291,8 @@ async fn backends(State(state): State<AdminState>) -> Json<Vec<BackendView>> {
                 url: b.url().to_string(),
                 healthy: b.is_healthy(),
                 in_flight: b.in_flight(),
+                consecutive_successes: b.consecutive_successes(),
+                consecutive_failures: b.consecutive_failures(),
             })
             .collect(),
     )

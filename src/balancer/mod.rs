@@ -12,7 +12,7 @@ mod random;
 mod round_robin;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -44,6 +44,8 @@ pub struct Backend {
     url: BackendUrl,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
+    successes: AtomicU32,
+    failures: AtomicU32,
 }
 
 impl Backend {
@@ -53,6 +55,8 @@ impl Backend {
             url,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
+            successes: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
         }
     }
 
@@ -69,6 +73,17 @@ impl Backend {
     /// Whether it is in the pool of healthy backends.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Consecutive successful health results (0 after any failure).
+    pub fn consecutive_successes(&self) -> u32 {
+        self.successes.load(Ordering::Relaxed)
+    }
+
+    /// Consecutive failed health results, active or passive (0 after any
+    /// success).
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// Counts one request as in flight until the guard is dropped, which
@@ -96,12 +111,40 @@ impl Drop for InFlight {
     }
 }
 
+/// A backend's move in or out of the healthy pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Taken out after `unhealthy_threshold` consecutive failures.
+    Evicted,
+    /// Brought back after `healthy_threshold` consecutive successes.
+    Restored,
+}
+
+/// How many consecutive results flip a backend's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Failures that evict a healthy backend.
+    pub unhealthy: u32,
+    /// Successes that restore an evicted backend.
+    pub healthy: u32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            unhealthy: 2,
+            healthy: 2,
+        }
+    }
+}
+
 /// Every configured backend, and the healthy ones.
 #[derive(Debug)]
 pub struct Pool {
     all: Vec<Arc<Backend>>,
     healthy: ArcSwap<Vec<Arc<Backend>>>,
     strategy: Box<dyn Strategy>,
+    thresholds: Thresholds,
 }
 
 impl Pool {
@@ -115,7 +158,51 @@ impl Pool {
             healthy: ArcSwap::from_pointee(all.clone()),
             all,
             strategy,
+            thresholds: Thresholds::default(),
         }
+    }
+
+    /// The same pool with these health thresholds.
+    pub fn with_thresholds(mut self, thresholds: Thresholds) -> Self {
+        self.thresholds = thresholds;
+        self
+    }
+
+    /// Records one health result (an active check, or a failed proxy
+    /// attempt) and flips the backend after enough consecutive results.
+    /// Returns the transition, if this result caused one; each transition
+    /// is returned once, so it is logged once.
+    pub fn record(&self, backend: &Backend, ok: bool) -> Option<Transition> {
+        if ok {
+            backend.failures.store(0, Ordering::Relaxed);
+            let n = backend
+                .successes
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
+            (n >= self.thresholds.healthy && self.set_healthy(backend, true))
+                .then_some(Transition::Restored)
+        } else {
+            backend.successes.store(0, Ordering::Relaxed);
+            let n = backend
+                .failures
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
+            (n >= self.thresholds.unhealthy && self.set_healthy(backend, false))
+                .then_some(Transition::Evicted)
+        }
+    }
+
+    /// Sets a backend's health from the first check round alone, so a
+    /// backend dead at start-up never gets traffic.
+    pub fn record_initial(&self, backend: &Backend, ok: bool) {
+        let (hit, miss) = if ok {
+            (&backend.successes, &backend.failures)
+        } else {
+            (&backend.failures, &backend.successes)
+        };
+        hit.store(1, Ordering::Relaxed);
+        miss.store(0, Ordering::Relaxed);
+        self.set_healthy(backend, ok);
     }
 
     /// Every backend, healthy or not, in configuration order.

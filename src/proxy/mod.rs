@@ -143,41 +143,86 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, ProxyError> {
-        let backend = self.pool.pick().ok_or(ProxyError::NoHealthyBackend)?;
-        let in_flight = backend.start_request();
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(backend.url().authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| ProxyError::BadGateway(e.to_string()))?;
         let host = parts.headers.get(header::HOST).cloned();
         headers::strip_hop_by_hop(&mut parts.headers);
         let trusted = self.identifier.is_trusted(peer.ip());
         headers::set_forwarded(&mut parts.headers, peer.ip(), trusted, host);
-        // Let hyper speak HTTP/1.1 to the backend whatever the client spoke.
-        parts.version = http::Version::HTTP_11;
-        let upstream = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+        // Only a request that can be sent again unchanged is retried: an
+        // idempotent method and no body.
+        let retryable = is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body);
 
-        let response =
+        let first = self.pool.pick().ok_or(ProxyError::NoHealthyBackend)?;
+        let body = body.map_err(BoxError::from).boxed_unsync();
+        let again = retryable.then(|| parts.headers.clone());
+        match self
+            .attempt(&first, &parts, &path, parts.headers.clone(), body)
+            .await
+        {
+            Err(Failure::Connect(e)) => {
+                let (Some(headers), Some(second)) = (again, self.pool.pick_other(&first)) else {
+                    return Err(Failure::Connect(e).into());
+                };
+                tracing::debug!(from = %first.url(), to = %second.url(), "retrying on another backend");
+                let empty = http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                self.attempt(&second, &parts, &path, headers, empty)
+                    .await
+                    .map_err(ProxyError::from)
+            }
+            other => other.map_err(ProxyError::from),
+        }
+    }
+
+    /// One try against one backend. Connect failures and timeouts count
+    /// against the backend's health (passive checks).
+    async fn attempt(
+        &self,
+        backend: &Arc<crate::balancer::Backend>,
+        parts: &http::request::Parts,
+        path: &str,
+        headers: http::HeaderMap,
+        body: Body,
+    ) -> Result<Response<Body>, Failure> {
+        let in_flight = backend.start_request();
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(backend.url().authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| Failure::Other(e.to_string()))?;
+        let mut upstream = Request::new(body);
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = uri;
+        *upstream.headers_mut() = headers;
+        // HTTP/1.1 to the backend, whatever the client spoke.
+        *upstream.version_mut() = http::Version::HTTP_11;
+
+        let outcome =
             tokio::time::timeout(self.settings.request_timeout, self.client.request(upstream))
-                .await
-                .map_err(|_| ProxyError::GatewayTimeout)?
-                .map_err(|e| {
-                    let what = if e.is_connect() {
-                        "backend connection failed"
-                    } else {
-                        "backend closed the connection"
-                    };
-                    tracing::warn!(backend = %backend.url(), error = %e, "{what}");
-                    ProxyError::BadGateway(what.into())
-                })?;
+                .await;
+        let response = match outcome {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) if e.is_connect() => {
+                self.passive_failure(backend, "connect failed");
+                tracing::warn!(backend = %backend.url(), error = %e, "backend connection failed");
+                return Err(Failure::Connect(e.to_string()));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(backend = %backend.url(), error = %e, "backend broke the exchange");
+                return Err(Failure::Other("backend closed the connection".into()));
+            }
+            Err(_) => {
+                self.passive_failure(backend, "timed out");
+                return Err(Failure::Timeout);
+            }
+        };
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         let body = Tracked {
@@ -186,6 +231,46 @@ impl Proxy {
         };
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
+
+    fn passive_failure(&self, backend: &crate::balancer::Backend, what: &str) {
+        if let Some(t) = self.pool.record(backend, false) {
+            crate::health::log_transition(backend, t, what);
+        }
+    }
+}
+
+/// How one attempt failed.
+#[derive(Debug)]
+enum Failure {
+    /// No connection could be made: nothing was sent, so it can be retried.
+    Connect(String),
+    /// No response headers within `request_timeout`.
+    Timeout,
+    /// The exchange broke after the request may have been sent.
+    Other(String),
+}
+
+impl From<Failure> for ProxyError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Connect(_) => ProxyError::BadGateway("backend connection failed".into()),
+            Failure::Timeout => ProxyError::GatewayTimeout,
+            Failure::Other(what) => ProxyError::BadGateway(what),
+        }
+    }
+}
+
+fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(m)
 }
 
 fn backend_client(settings: &ProxySettings) -> Client<HttpConnector, Body> {

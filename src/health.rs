@@ -1,0 +1,109 @@
+//! Active health checks.
+//!
+//! Every `health_check.interval`, each backend gets `GET health_check.path`
+//! with `health_check.timeout`; a 2xx answer is a success, anything else
+//! (an error status, a refused connection, a timeout) a failure. The pool
+//! flips a backend only after `unhealthy_threshold` consecutive failures or
+//! `healthy_threshold` consecutive successes, as pingora's health checks
+//! do, so one lost packet does not evict and one lucky answer does not
+//! restore. Failed proxy attempts count as failures too (passive checks,
+//! see `proxy`), so a dead backend leaves the pool between two rounds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::time::MissedTickBehavior;
+
+use crate::balancer::{Backend, Pool, Transition};
+use crate::shutdown::Signal;
+
+/// Runs health-check rounds over a pool.
+#[derive(Debug, Clone)]
+pub struct Checker {
+    pool: Arc<Pool>,
+    client: reqwest::Client,
+    path: String,
+}
+
+impl Checker {
+    /// A checker of `pool` requesting `path` with `timeout`.
+    pub fn new(pool: Arc<Pool>, path: &str, timeout: Duration) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .no_proxy()
+            // A fresh connection for every check: a pooled one could hide
+            // a backend that no longer accepts connections.
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            pool,
+            client,
+            path: path.to_owned(),
+        }
+    }
+
+    async fn probe(&self, backend: &Backend) -> bool {
+        let url = format!("{}{}", backend.url(), self.path);
+        match self.client.get(&url).send().await {
+            Ok(r) => r.status().is_success(),
+            Err(_) => false,
+        }
+    }
+
+    /// The first round: each backend's health is set from its one result,
+    /// so a dead backend never gets traffic and a live one gets it at once.
+    pub async fn initial_round(&self) {
+        let results = join_all(self.pool.backends().iter().map(|b| self.probe(b))).await;
+        for (backend, ok) in self.pool.backends().iter().zip(results) {
+            self.pool.record_initial(backend, ok);
+            if !ok {
+                tracing::warn!(backend = %backend.url(), "backend failed its first health check: not in the pool");
+            }
+        }
+    }
+
+    /// One round: every backend checked concurrently, results recorded.
+    pub async fn round(&self) {
+        let results = join_all(self.pool.backends().iter().map(|b| self.probe(b))).await;
+        for (backend, ok) in self.pool.backends().iter().zip(results) {
+            if let Some(t) = self.pool.record(backend, ok) {
+                log_transition(backend, t, "active check");
+            }
+        }
+    }
+
+    /// Runs a round every `interval` until `shutdown`.
+    pub async fn run(self, interval: Duration, shutdown: Signal) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker.tick().await; // the initial round just ran
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.round().await,
+                () = &mut stop => break,
+            }
+        }
+    }
+}
+
+/// Logs a health transition: warn on eviction, info on restore.
+pub fn log_transition(backend: &Backend, t: Transition, by: &str) {
+    match t {
+        Transition::Evicted => tracing::warn!(
+            backend = %backend.url(),
+            failures = backend.consecutive_failures(),
+            by,
+            "backend evicted from the pool"
+        ),
+        Transition::Restored => tracing::info!(
+            backend = %backend.url(),
+            successes = backend.consecutive_successes(),
+            "backend restored to the pool"
+        ),
+    }
+}
