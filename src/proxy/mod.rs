@@ -164,9 +164,13 @@ impl Proxy {
             .attempt(&first, &parts, &path, parts.headers.clone(), body)
             .await
         {
-            Err(Failure::Connect(e)) => {
+            // No connection, or the connection broke (a keep-alive
+            // connection closed by a dying backend): an idempotent request
+            // without a body can safely be sent again. A timeout is not
+            // retried: it would double the wait.
+            Err(failure @ (Failure::Connect(_) | Failure::Other(_))) => {
                 let (Some(headers), Some(second)) = (again, self.pool.pick_other(&first)) else {
-                    return Err(Failure::Connect(e).into());
+                    return Err(failure.into());
                 };
                 tracing::debug!(from = %first.url(), to = %second.url(), "retrying on another backend");
                 let empty = http_body_util::Empty::new()
