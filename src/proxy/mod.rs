@@ -168,7 +168,7 @@ impl Proxy {
             // connection closed by a dying backend): an idempotent request
             // without a body can safely be sent again. A timeout is not
             // retried: it would double the wait.
-            Err(failure @ (Failure::Connect(_) | Failure::Other(_))) => {
+            Err(failure @ (Failure::Connect | Failure::Other(_))) => {
                 let (Some(headers), Some(second)) = (again, self.pool.pick_other(&first)) else {
                     return Err(failure.into());
                 };
@@ -216,7 +216,7 @@ impl Proxy {
             Ok(Err(e)) if e.is_connect() => {
                 self.passive_failure(backend, "connect failed");
                 tracing::warn!(backend = %backend.url(), error = %e, "backend connection failed");
-                return Err(Failure::Connect(e.to_string()));
+                return Err(Failure::Connect);
             }
             Ok(Err(e)) => {
                 tracing::warn!(backend = %backend.url(), error = %e, "backend broke the exchange");
@@ -247,7 +247,7 @@ impl Proxy {
 #[derive(Debug)]
 enum Failure {
     /// No connection could be made: nothing was sent, so it can be retried.
-    Connect(String),
+    Connect,
     /// No response headers within `request_timeout`.
     Timeout,
     /// The exchange broke after the request may have been sent.
@@ -257,7 +257,7 @@ enum Failure {
 impl From<Failure> for ProxyError {
     fn from(f: Failure) -> Self {
         match f {
-            Failure::Connect(_) => ProxyError::BadGateway("backend connection failed".into()),
+            Failure::Connect => ProxyError::BadGateway("backend connection failed".into()),
             Failure::Timeout => ProxyError::GatewayTimeout,
             Failure::Other(what) => ProxyError::BadGateway(what),
         }
