@@ -198,7 +198,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         store.clone(),
         proxy.pool().clone(),
         config.admin.token.clone(),
-    );
+    )
+    .with_metrics(crate::telemetry::install());
     let admin_signal = signal.clone();
     let admin = tokio::spawn(async move {
         let app = crate::admin::router(admin_state);
@@ -244,9 +245,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     tracing::info!(listen = %admin_addr, auth = config.admin.token.is_some(), "admin API listening");
     tracing::info!(
         backends = %config.backends.iter().map(|b| b.url.to_string()).collect::<Vec<_>>().join(", "),
-        strategy = ?config.balancing.strategy,
-        "backend pool"
+        healthy = proxy.pool().healthy_count(),
+        "backends"
     );
+    tracing::info!(strategy = ?config.balancing.strategy, "balancing");
     tracing::info!(
         enabled = rl.enabled,
         capacity = rl.default.capacity(),
@@ -285,7 +287,9 @@ async fn run_snapshots(
             () = &mut stop => true,
         };
         let started = std::time::Instant::now();
-        match snapshotter.snapshot().await {
+        let result = snapshotter.snapshot().await;
+        metrics::histogram!(crate::telemetry::SNAPSHOT).record(started.elapsed().as_secs_f64());
+        match result {
             Ok(stats) => tracing::debug!(
                 written = stats.written,
                 deleted = stats.deleted,

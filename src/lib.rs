@@ -15,6 +15,7 @@
 //! - [`demo`]: the demo backend.
 //! - [`store`]: the client table and bucket snapshots (SQLite via sqlx).
 //! - [`admin`]: the admin API (axum).
+//! - [`telemetry`]: Prometheus metrics.
 //! - [`app`]: wiring everything together; [`cli`]: the commands.
 
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
@@ -33,3 +34,4 @@ pub mod proxy;
 pub mod shutdown;
 pub mod store;
 mod sync;
+pub mod telemetry;

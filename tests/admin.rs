@@ -452,13 +452,14 @@ async fn openapi_document_matches_the_routes() {
             }
         }
     }
-    assert_eq!(documented, 8, "the router serves 8 method+path pairs");
+    assert_eq!(documented, 9, "the router serves 9 method+path pairs");
     // The routes the router serves are all in the document.
     for route in [
         "/clients",
         "/clients/{id}",
         "/backends",
         "/healthz",
+        "/metrics",
         "/openapi.json",
     ] {
         assert!(

@@ -72,3 +72,62 @@ fn a_missing_config_file_is_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tollgate.yaml"));
 }
+
+#[test]
+fn json_log_lines_parse_as_json() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.yaml");
+    let db = dir.path().join("t.db");
+    // A dead backend, so start-up also logs a warning.
+    std::fs::write(
+        &path,
+        format!(
+            "server: {{listen: 127.0.0.1:0}}\nadmin: {{listen: 127.0.0.1:0}}\n\
+             backends: [{{url: 'http://127.0.0.1:9'}}]\nstore: {{url: 'sqlite://{}'}}\n\
+             log: {{format: json, level: debug}}\n",
+            db.display()
+        ),
+    )
+    .expect("write config");
+    let mut child = tollgate()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        let done = line.contains("admin API listening");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(lines.len() >= 4, "{lines:?}");
+    let messages = lines.iter().filter(|l| l.contains("\"message\":")).count();
+    assert!(
+        messages >= 4,
+        "tollgate's own lines carry a message: {lines:?}"
+    );
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        assert!(v["target"].is_string(), "{line}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("\"level\":\"WARN\"")),
+        "the dead backend is warned about"
+    );
+}

@@ -40,6 +40,7 @@ pub struct AdminState {
     pool: Arc<Pool>,
     token: Option<Arc<str>>,
     locks: Arc<[tokio::sync::Mutex<()>]>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AdminState {
@@ -58,7 +59,17 @@ impl AdminState {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            metrics: None,
         }
+    }
+
+    /// Serves `/metrics` from this Prometheus handle.
+    pub fn with_metrics(
+        mut self,
+        handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Self {
+        self.metrics = handle;
+        self
     }
 
     async fn lock(&self, client_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
@@ -80,6 +91,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/backends", get(backends))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics_text))
         .fallback(|| async { AdminError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -304,6 +316,14 @@ async fn healthz(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "healthy_backends": state.pool.healthy_count(),
         "tracked_clients": state.registry.len(),
     }))
+}
+
+async fn metrics_text(State(state): State<AdminState>) -> Result<Response, AdminError> {
+    let handle = state.metrics.as_ref().ok_or_else(|| {
+        AdminError::NotFound("metrics are off: another metrics recorder was installed first".into())
+    })?;
+    let text = crate::telemetry::render(handle, &state.pool, &state.registry);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -42,6 +42,7 @@ pub fn strategy_for(name: StrategyName) -> Box<dyn Strategy> {
 #[derive(Debug)]
 pub struct Backend {
     url: BackendUrl,
+    label: String,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
     successes: AtomicU32,
@@ -52,6 +53,7 @@ impl Backend {
     /// A backend, healthy until told otherwise.
     pub fn new(url: BackendUrl) -> Self {
         Self {
+            label: url.to_string(),
             url,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
@@ -63,6 +65,11 @@ impl Backend {
     /// Its base URL.
     pub fn url(&self) -> &BackendUrl {
         &self.url
+    }
+
+    /// Its URL as text (log and metric label).
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// Requests currently being forwarded to it (bodies included).

@@ -26,7 +26,9 @@ pub async fn run(registry: Arc<Registry>, interval: Duration, shutdown: impl Fut
     loop {
         tokio::select! {
             _ = ticker.tick() => {
+                let started = std::time::Instant::now();
                 let report = registry.refill();
+                metrics::histogram!(crate::telemetry::REFILL_SWEEP).record(started.elapsed().as_secs_f64());
                 if report.evicted > 0 {
                     tracing::debug!(evicted = report.evicted, scanned = report.scanned, "evicted idle buckets");
                 }

@@ -27,6 +27,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::balancer::{InFlight, Pool};
 use crate::error::ProxyError;
 use crate::limiter::{ClientKey, Decision, Registry, RegistryError};
+use crate::telemetry;
 use identity::Identifier;
 
 /// Boxed error carried by bodies.
@@ -91,9 +92,14 @@ impl Proxy {
 
     /// Answers one client request.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = std::time::Instant::now();
         let decision = match self.admit(&req, peer) {
             Ok(d) => d,
-            Err(e) => return e.into_response(),
+            Err(e) => {
+                let response = e.into_response();
+                telemetry::request(response.status().as_u16(), None, started.elapsed());
+                return response;
+            }
         };
         let mut response = match self.forward(req, peer).await {
             Ok(r) => r,
@@ -102,6 +108,8 @@ impl Proxy {
         if let Some(d) = &decision {
             headers::rate_limit(response.headers_mut(), d);
         }
+        let backend = response.extensions().get::<ServedBy>().map(|s| s.0.label());
+        telemetry::request(response.status().as_u16(), backend, started.elapsed());
         response
     }
 
@@ -233,6 +241,7 @@ impl Proxy {
             inner: body.map_err(BoxError::from).boxed_unsync(),
             _in_flight: in_flight,
         };
+        parts.extensions.insert(ServedBy(backend.clone()));
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
 
@@ -242,6 +251,10 @@ impl Proxy {
         }
     }
 }
+
+/// Which backend answered (a response extension, for metrics).
+#[derive(Debug, Clone)]
+struct ServedBy(Arc<crate::balancer::Backend>);
 
 /// How one attempt failed.
 #[derive(Debug)]

@@ -1,0 +1,115 @@
+//! Metrics: names, recording helpers, and the Prometheus exporter behind
+//! `GET /metrics` on the admin listener.
+//!
+//! Counters and histograms are recorded where things happen, through the
+//! `metrics` facade; gauges that describe current state (backend health,
+//! in-flight requests, tracked clients) are read from the pool and the
+//! registry when `/metrics` is scraped, so they cost nothing per request.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::balancer::Pool;
+use crate::limiter::Registry;
+
+/// Requests answered, by `status` class (`2xx`...) and `backend`
+/// (`none` when no backend was involved).
+pub const REQUESTS: &str = "tollgate_requests_total";
+/// Requests refused with 429.
+pub const RATE_LIMITED: &str = "tollgate_rate_limited_total";
+/// Time from request to response headers, seconds.
+pub const REQUEST_DURATION: &str = "tollgate_request_duration_seconds";
+/// 1 if the backend is in the pool, else 0.
+pub const BACKEND_HEALTHY: &str = "tollgate_backend_healthy";
+/// Requests in flight per backend.
+pub const BACKEND_IN_FLIGHT: &str = "tollgate_backend_in_flight";
+/// Clients with a bucket.
+pub const CLIENTS_TRACKED: &str = "tollgate_clients_tracked";
+/// Clients pinned by the client table.
+pub const CLIENTS_PINNED: &str = "tollgate_clients_pinned";
+/// Duration of one refill tick, seconds.
+pub const REFILL_SWEEP: &str = "tollgate_refill_sweep_seconds";
+/// Duration of one bucket snapshot, seconds.
+pub const SNAPSHOT: &str = "tollgate_snapshot_seconds";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns its
+/// handle; `None` if another recorder was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ],
+                )
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(REQUESTS, "Requests answered, by status class and backend");
+    metrics::describe_counter!(RATE_LIMITED, "Requests refused with 429");
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time to response headers"
+    );
+    metrics::describe_gauge!(BACKEND_HEALTHY, "1 if the backend is in the pool");
+    metrics::describe_gauge!(BACKEND_IN_FLIGHT, "Requests in flight per backend");
+    metrics::describe_gauge!(CLIENTS_TRACKED, "Clients with a token bucket");
+    metrics::describe_gauge!(CLIENTS_PINNED, "Clients in the client table");
+    metrics::describe_histogram!(
+        REFILL_SWEEP,
+        metrics::Unit::Seconds,
+        "Duration of one refill tick"
+    );
+    metrics::describe_histogram!(
+        SNAPSHOT,
+        metrics::Unit::Seconds,
+        "Duration of one bucket snapshot"
+    );
+}
+
+/// Records one answered request.
+pub fn request(status: u16, backend: Option<&str>, took: Duration) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let backend = backend.unwrap_or("none").to_owned();
+    metrics::counter!(REQUESTS, "status" => class, "backend" => backend).increment(1);
+    metrics::histogram!(REQUEST_DURATION).record(took.as_secs_f64());
+    if status == 429 {
+        metrics::counter!(RATE_LIMITED).increment(1);
+    }
+}
+
+/// The Prometheus text for a scrape: state gauges are set from `pool` and
+/// `registry` first.
+pub fn render(handle: &PrometheusHandle, pool: &Pool, registry: &Registry) -> String {
+    for b in pool.backends() {
+        let name = b.url().to_string();
+        metrics::gauge!(BACKEND_HEALTHY, "backend" => name.clone())
+            .set(f64::from(u8::from(b.is_healthy())));
+        metrics::gauge!(BACKEND_IN_FLIGHT, "backend" => name).set(b.in_flight() as f64);
+    }
+    metrics::gauge!(CLIENTS_TRACKED).set(registry.len() as f64);
+    metrics::gauge!(CLIENTS_PINNED).set(registry.pinned_len() as f64);
+    handle.render()
+}

@@ -1,0 +1,123 @@
+//! `/metrics` after traffic: every family present with values that match
+//! the requests sent. Alone in its test binary because the metrics
+//! recorder is process-wide.
+
+mod support;
+
+use std::collections::HashMap;
+
+use support::{backends, balancer, client, config, url};
+use tollgate::limiter::Limits;
+
+/// `name{labels} value` lines into a map (comments skipped).
+fn parse(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    let bs = backends(2).await;
+    let mut cfg = config(&[bs[0].addr, bs[1].addr]);
+    cfg.rate_limit.default = Limits::new(10, 0.0).expect("valid");
+    cfg.store.snapshot_interval = tollgate::config::Dur::millis(100);
+    let lb = balancer(&cfg).await;
+    let c = client();
+    for _ in 0..10 {
+        assert_eq!(
+            c.get(url(lb.proxy_addr(), "/"))
+                .send()
+                .await
+                .expect("req")
+                .status(),
+            200
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            c.get(url(lb.proxy_addr(), "/"))
+                .send()
+                .await
+                .expect("req")
+                .status(),
+            429
+        );
+    }
+    let text = c
+        .get(url(lb.admin_addr(), "/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let m = parse(&text);
+    let get = |k: &str| {
+        m.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("{k} missing from:\n{text}"))
+    };
+    let b0 = format!("http://{}", bs[0].addr);
+    let b1 = format!("http://{}", bs[1].addr);
+    assert_eq!(
+        get(&format!(
+            "tollgate_requests_total{{status=\"2xx\",backend=\"{b0}\"}}"
+        )),
+        5.0
+    );
+    assert_eq!(
+        get(&format!(
+            "tollgate_requests_total{{status=\"2xx\",backend=\"{b1}\"}}"
+        )),
+        5.0
+    );
+    assert_eq!(
+        get("tollgate_requests_total{status=\"4xx\",backend=\"none\"}"),
+        3.0
+    );
+    assert_eq!(get("tollgate_rate_limited_total"), 3.0);
+    assert_eq!(get("tollgate_request_duration_seconds_count"), 13.0);
+    assert!(get("tollgate_request_duration_seconds_sum") > 0.0);
+    assert_eq!(
+        get(&format!("tollgate_backend_healthy{{backend=\"{b0}\"}}")),
+        1.0
+    );
+    assert_eq!(
+        get(&format!("tollgate_backend_in_flight{{backend=\"{b1}\"}}")),
+        0.0
+    );
+    assert_eq!(get("tollgate_clients_tracked"), 1.0);
+    assert_eq!(get("tollgate_clients_pinned"), 0.0);
+    // Refill ticks and snapshots run on their own schedule (100 ms here):
+    // scrape until each has been recorded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = c
+            .get(url(lb.admin_addr(), "/metrics"))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text");
+        let m = parse(&text);
+        let count = |k: &str| m.get(k).copied().unwrap_or(0.0);
+        if count("tollgate_refill_sweep_seconds_count") >= 1.0
+            && count("tollgate_snapshot_seconds_count") >= 1.0
+        {
+            assert!(text.contains("# TYPE tollgate_request_duration_seconds histogram"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refill/snapshot timings in:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    lb.shutdown().await;
+}
