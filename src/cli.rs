@@ -42,30 +42,27 @@ pub fn check(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// Loads the config, sets up logging and the runtime: what `serve` and
+/// `demo` both need before anything listens.
+fn prepare(path: Option<PathBuf>) -> Result<(Config, tokio::runtime::Runtime), ExitCode> {
+    let config = load(path)?;
+    crate::app::init_logging(&config.log);
+    Ok((config, runtime()?))
+}
+
 /// `tollgate serve`: run the balancer until a shutdown signal.
 pub fn serve(path: Option<PathBuf>) -> ExitCode {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    crate::app::init_logging(&config.log);
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    finish(rt.block_on(crate::app::run(&config)))
+    match prepare(path) {
+        Ok((config, rt)) => finish(rt.block_on(crate::app::run(&config))),
+        Err(code) => code,
+    }
 }
 
 /// `tollgate demo`: a demo backend for every loopback backend, then the
 /// balancer, in one process.
 pub fn demo(path: Option<PathBuf>) -> ExitCode {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    crate::app::init_logging(&config.log);
-    let rt = match runtime() {
-        Ok(rt) => rt,
+    let (config, rt) = match prepare(path) {
+        Ok(prepared) => prepared,
         Err(code) => return code,
     };
     rt.block_on(async {

@@ -66,11 +66,7 @@ async fn a_dead_backend_is_evicted_and_restored_without_failing_clients() {
     let evicted_after = killed.elapsed();
 
     // Back on the same port: restored after healthy_threshold good rounds.
-    let listener = tokio::net::TcpListener::bind(victim_addr)
-        .await
-        .expect("rebind");
-    let (trigger, signal) = tollgate::shutdown::channel();
-    let revived = tokio::spawn(tollgate::demo::serve(listener, "b1".into(), signal.wait()));
+    let revived = support::backend_on(victim_addr, "b1").await;
     let restarted = Instant::now();
     support::eventually("restore", || dead.is_healthy()).await;
     let restored_after = restarted.elapsed();
@@ -101,8 +97,7 @@ async fn a_dead_backend_is_evicted_and_restored_without_failing_clients() {
     );
     // Connect failures were retried on the others: no client saw an error.
     assert_eq!(failures.load(Ordering::Relaxed), 0);
-    trigger.fire();
-    let _ = revived.await;
+    revived.stop().await;
     lb.shutdown().await;
 }
 
@@ -131,13 +126,7 @@ async fn all_backends_down_is_503_and_recovery_is_automatic() {
         serde_json::json!({"code": 503, "message": "No healthy backends"})
     );
 
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
-    let (trigger, signal) = tollgate::shutdown::channel();
-    let revived = tokio::spawn(tollgate::demo::serve(
-        listener,
-        "only".into(),
-        signal.wait(),
-    ));
+    let revived = support::backend_on(addr, "only").await;
     support::eventually("restore", || pool.healthy_count() == 1).await;
     assert_eq!(
         c.get(url(lb.proxy_addr(), "/"))
@@ -147,8 +136,7 @@ async fn all_backends_down_is_503_and_recovery_is_automatic() {
             .status(),
         StatusCode::OK
     );
-    trigger.fire();
-    let _ = revived.await;
+    revived.stop().await;
     lb.shutdown().await;
 }
 

@@ -20,6 +20,16 @@ fn parse(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+async fn scrape(c: &reqwest::Client, admin: std::net::SocketAddr) -> String {
+    c.get(url(admin, "/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened() {
     let bs = backends(2).await;
@@ -48,14 +58,7 @@ async fn metrics_count_what_happened() {
             429
         );
     }
-    let text = c
-        .get(url(lb.admin_addr(), "/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let text = scrape(&c, lb.admin_addr()).await;
     let m = parse(&text);
     let get = |k: &str| {
         m.get(k)
@@ -97,14 +100,7 @@ async fn metrics_count_what_happened() {
     // scrape until each has been recorded.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let text = c
-            .get(url(lb.admin_addr(), "/metrics"))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("text");
+        let text = scrape(&c, lb.admin_addr()).await;
         let m = parse(&text);
         let count = |k: &str| m.get(k).copied().unwrap_or(0.0);
         if count("tollgate_refill_sweep_seconds_count") >= 1.0

@@ -42,6 +42,18 @@ async fn in_flight(admin: std::net::SocketAddr) -> u64 {
         .unwrap_or(0)
 }
 
+/// Polls the admin API until `n` requests are in flight (10 s at most).
+async fn wait_in_flight(admin: std::net::SocketAddr, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while in_flight(admin).await < n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} requests never got in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_accepted_requests_then_exits_0_with_state_saved() {
     let b = backend("b").await;
@@ -62,11 +74,7 @@ async fn sigterm_drains_accepted_requests_then_exits_0_with_state_saved() {
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while in_flight(p.admin).await < 50 {
-        assert!(Instant::now() < deadline, "50 requests never got in flight");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_in_flight(p.admin, 50).await;
     let signalled = Instant::now();
     signal(&p.child, "-TERM");
 
@@ -117,11 +125,7 @@ async fn a_request_past_the_drain_timeout_is_cut_and_the_process_exits() {
     let mut p = spawn_serve(&yaml);
     let u = url(p.proxy, "/delay/20000");
     let slow = tokio::spawn(async move { reqwest::get(&u).await.map(|r| r.status()) });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while in_flight(p.admin).await < 1 {
-        assert!(Instant::now() < deadline, "request never got in flight");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_in_flight(p.admin, 1).await;
     let signalled = Instant::now();
     signal(&p.child, "-INT");
     let (status, _) = exit_within(&mut p.child, Duration::from_secs(8)).await;
@@ -145,11 +149,7 @@ async fn a_second_signal_exits_at_once_with_a_failure_code() {
     let mut p = spawn_serve(&serve_yaml(&[b.addr], &temp_db(), ""));
     let u = url(p.proxy, "/delay/20000");
     let slow = tokio::spawn(async move { reqwest::get(&u).await.map(|r| r.status()) });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while in_flight(p.admin).await < 1 {
-        assert!(Instant::now() < deadline, "request never got in flight");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_in_flight(p.admin, 1).await;
     signal(&p.child, "-TERM");
     // Wait until the first signal has been handled (it is logged).
     loop {

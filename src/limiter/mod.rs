@@ -11,6 +11,35 @@
 //!
 //! How a bucket is represented, and why one tick refills every bucket in
 //! constant time, is explained in the `bucket` module's source.
+//!
+//! ```
+//! use std::num::NonZeroUsize;
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use tollgate::limiter::{ClientKey, FakeClock, Limits, Registry, RegistryConfig};
+//!
+//! let clock = Arc::new(FakeClock::new());
+//! let registry = Registry::with_clock(
+//!     RegistryConfig {
+//!         default_limits: Limits::new(2, 1.0).unwrap(), // burst 2, then 1/s
+//!         max_clients: NonZeroUsize::new(1000).unwrap(),
+//!         idle_timeout: Duration::from_secs(600),
+//!         refill_interval: Duration::from_millis(100),
+//!     },
+//!     clock.clone(),
+//! );
+//! let client = ClientKey::api("user1").unwrap();
+//! assert!(registry.check(&client).unwrap().allowed());
+//! assert!(registry.check(&client).unwrap().allowed());
+//! let denied = registry.check(&client).unwrap();
+//! assert!(!denied.allowed());
+//! assert_eq!(denied.reset_after(), Some(Duration::from_secs(1)));
+//!
+//! // What the refill task does every tick:
+//! clock.advance(Duration::from_secs(1));
+//! registry.refill();
+//! assert!(registry.check(&client).unwrap().allowed());
+//! ```
 
 mod bucket;
 mod clock;

@@ -67,7 +67,13 @@ impl TestBackend {
 
 /// Starts a demo backend on 127.0.0.1:0.
 pub async fn backend(name: &str) -> TestBackend {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    backend_on("127.0.0.1:0".parse().expect("addr"), name).await
+}
+
+/// Starts a demo backend on `addr` (a fixed address only to bring back
+/// one that was stopped).
+pub async fn backend_on(addr: SocketAddr, name: &str) -> TestBackend {
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .expect("bind a test backend");
     let addr = listener.local_addr().expect("local addr");
