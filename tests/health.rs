@@ -84,9 +84,12 @@ async fn a_dead_backend_is_evicted_and_restored_without_failing_clients() {
         "evicted after {evicted_after:?}, restored after {restored_after:?}, {} requests served",
         served.load(Ordering::Relaxed)
     );
-    // Eviction within interval x unhealthy_threshold + timeout (plus
-    // scheduling slack on a shared 2-core machine).
-    let slack = Duration::from_millis(300);
+    // Eviction within interval x unhealthy_threshold + timeout, restore
+    // within interval x healthy_threshold (+ timeout). The slack is wide on
+    // purpose: this checks that the flips happen in bounded time on a
+    // shared 2-core machine, not how fast they are (the printed times are
+    // the measurement).
+    let slack = Duration::from_secs(2);
     assert!(
         evicted_after <= INTERVAL * 2 + TIMEOUT + slack,
         "evicted after {evicted_after:?}"
