@@ -115,6 +115,8 @@ impl Running {
 /// Opens the listeners and starts every task.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     raise_open_file_limit();
+    // Before anything registers a metric handle.
+    let metrics = crate::telemetry::install();
     let rl = &config.rate_limit;
     let registry = Arc::new(Registry::new(RegistryConfig {
         default_limits: rl.default,
@@ -199,7 +201,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         proxy.pool().clone(),
         config.admin.token.clone(),
     )
-    .with_metrics(crate::telemetry::install());
+    .with_metrics(metrics);
     let admin_signal = signal.clone();
     let admin = tokio::spawn(async move {
         let app = crate::admin::router(admin_state);

@@ -83,20 +83,50 @@ fn describe() {
     );
 }
 
-/// Records one answered request.
-pub fn request(status: u16, backend: Option<&str>, took: Duration) {
-    let class = match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    let backend = backend.unwrap_or("none").to_owned();
-    metrics::counter!(REQUESTS, "status" => class, "backend" => backend).increment(1);
-    metrics::histogram!(REQUEST_DURATION).record(took.as_secs_f64());
+/// Counters of one backend (or of "no backend"), one per status class,
+/// registered once so that a request only bumps an atomic.
+#[derive(Debug)]
+pub struct RequestCounters([metrics::Counter; 5]);
+
+impl RequestCounters {
+    /// Registers the counters labelled with `backend`.
+    pub fn new(backend: &str) -> Self {
+        Self(["1xx", "2xx", "3xx", "4xx", "5xx"].map(
+            |class| metrics::counter!(REQUESTS, "status" => class, "backend" => backend.to_owned()),
+        ))
+    }
+
+    fn get(&self, status: u16) -> &metrics::Counter {
+        let i = usize::from(status / 100).clamp(1, 5) - 1;
+        &self.0[i]
+    }
+}
+
+struct Hot {
+    no_backend: RequestCounters,
+    duration: metrics::Histogram,
+    rate_limited: metrics::Counter,
+}
+
+static HOT: OnceLock<Hot> = OnceLock::new();
+
+fn hot() -> &'static Hot {
+    HOT.get_or_init(|| Hot {
+        no_backend: RequestCounters::new("none"),
+        duration: metrics::histogram!(REQUEST_DURATION),
+        rate_limited: metrics::counter!(RATE_LIMITED),
+    })
+}
+
+/// Records one answered request. Handles are registered on first use;
+/// call [`install`] before serving so they reach the exporter.
+pub fn request(status: u16, backend: Option<&crate::balancer::Backend>, took: Duration) {
+    let hot = hot();
+    let counters = backend.map_or(&hot.no_backend, |b| b.request_counters());
+    counters.get(status).increment(1);
+    hot.duration.record(took.as_secs_f64());
     if status == 429 {
-        metrics::counter!(RATE_LIMITED).increment(1);
+        hot.rate_limited.increment(1);
     }
 }
 

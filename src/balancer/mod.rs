@@ -43,6 +43,7 @@ pub fn strategy_for(name: StrategyName) -> Box<dyn Strategy> {
 pub struct Backend {
     url: BackendUrl,
     label: String,
+    counters: std::sync::OnceLock<crate::telemetry::RequestCounters>,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
     successes: AtomicU32,
@@ -54,6 +55,7 @@ impl Backend {
     pub fn new(url: BackendUrl) -> Self {
         Self {
             label: url.to_string(),
+            counters: std::sync::OnceLock::new(),
             url,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
@@ -70,6 +72,12 @@ impl Backend {
     /// Its URL as text (log and metric label).
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// Its request counters (registered on first use).
+    pub fn request_counters(&self) -> &crate::telemetry::RequestCounters {
+        self.counters
+            .get_or_init(|| crate::telemetry::RequestCounters::new(&self.label))
     }
 
     /// Requests currently being forwarded to it (bodies included).

@@ -108,7 +108,10 @@ impl Proxy {
         if let Some(d) = &decision {
             headers::rate_limit(response.headers_mut(), d);
         }
-        let backend = response.extensions().get::<ServedBy>().map(|s| s.0.label());
+        let backend = response
+            .extensions()
+            .get::<ServedBy>()
+            .map(|s| s.0.as_ref());
         telemetry::request(response.status().as_u16(), backend, started.elapsed());
         response
     }
@@ -167,9 +170,18 @@ impl Proxy {
 
         let first = self.pool.pick().ok_or(ProxyError::NoHealthyBackend)?;
         let body = body.map_err(BoxError::from).boxed_unsync();
-        let again = retryable.then(|| parts.headers.clone());
+        // Keep the headers for a retry only when one may happen; otherwise
+        // the first attempt takes them (no copy on the common path).
+        let (first_headers, again) = if retryable {
+            (
+                parts.headers.clone(),
+                Some(std::mem::take(&mut parts.headers)),
+            )
+        } else {
+            (std::mem::take(&mut parts.headers), None)
+        };
         match self
-            .attempt(&first, &parts, &path, parts.headers.clone(), body)
+            .attempt(&first, &parts, &path, first_headers, body)
             .await
         {
             // No connection, or the connection broke (a keep-alive
