@@ -110,14 +110,7 @@ async fn all_backends_down_is_503_and_recovery_is_automatic() {
     let addr = b.addr;
     let lb = balancer(&health_config(&[addr])).await;
     let c = client();
-    assert_eq!(
-        c.get(url(lb.proxy_addr(), "/"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(support::get_status(&c, lb.proxy_addr(), "/").await, 200);
     b.stop().await;
     let pool = lb.pool().clone();
     support::eventually("eviction", || pool.healthy_count() == 0).await;
@@ -131,14 +124,7 @@ async fn all_backends_down_is_503_and_recovery_is_automatic() {
 
     let revived = support::backend_on(addr, "only").await;
     support::eventually("restore", || pool.healthy_count() == 1).await;
-    assert_eq!(
-        c.get(url(lb.proxy_addr(), "/"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(support::get_status(&c, lb.proxy_addr(), "/").await, 200);
     revived.stop().await;
     lb.shutdown().await;
 }

@@ -39,24 +39,10 @@ async fn metrics_count_what_happened() {
     let lb = balancer(&cfg).await;
     let c = client();
     for _ in 0..10 {
-        assert_eq!(
-            c.get(url(lb.proxy_addr(), "/"))
-                .send()
-                .await
-                .expect("req")
-                .status(),
-            200
-        );
+        assert_eq!(support::get_status(&c, lb.proxy_addr(), "/").await, 200);
     }
     for _ in 0..3 {
-        assert_eq!(
-            c.get(url(lb.proxy_addr(), "/"))
-                .send()
-                .await
-                .expect("req")
-                .status(),
-            429
-        );
+        assert_eq!(support::get_status(&c, lb.proxy_addr(), "/").await, 429);
     }
     let text = scrape(&c, lb.admin_addr()).await;
     let m = parse(&text);

@@ -241,3 +241,13 @@ pub fn serve_yaml(backends: &[SocketAddr], db: &str, extra: &str) -> String {
          backends:\n{list}store:\n  url: {db}\nlog:\n  format: json\n{extra}"
     )
 }
+
+/// Status of `GET http://addr/path`.
+pub async fn get_status(c: &reqwest::Client, addr: SocketAddr, path: &str) -> u16 {
+    c.get(url(addr, path))
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
