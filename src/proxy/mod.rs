@@ -8,27 +8,23 @@
 pub mod headers;
 pub mod identity;
 pub mod server;
+mod upstream;
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Request, Response, Uri};
-use http_body::Frame;
+use http::{header, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
-use crate::balancer::{InFlight, Pool};
+use crate::balancer::Pool;
 use crate::error::ProxyError;
 use crate::limiter::{ClientKey, Decision, Registry, RegistryError};
 use crate::telemetry;
 use identity::Identifier;
+use upstream::{SendError, Upstreams};
 
 /// Boxed error carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,7 +47,7 @@ pub struct Proxy {
     limiter: Option<Arc<Registry>>,
     pool: Arc<Pool>,
     identifier: Identifier,
-    client: Client<HttpConnector, Body>,
+    upstreams: Upstreams,
     settings: ProxySettings,
 }
 
@@ -64,7 +60,7 @@ impl Proxy {
         settings: ProxySettings,
     ) -> Self {
         Self {
-            client: backend_client(&settings),
+            upstreams: Upstreams::new(settings.connect_timeout),
             limiter,
             pool,
             identifier,
@@ -77,7 +73,7 @@ impl Proxy {
     /// them).
     pub fn for_another_thread(&self) -> Self {
         Self {
-            client: backend_client(&self.settings),
+            upstreams: Upstreams::new(self.settings.connect_timeout),
             limiter: self.limiter.clone(),
             pool: self.pool.clone(),
             identifier: self.identifier.clone(),
@@ -155,15 +151,18 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let host = parts.headers.get(header::HOST).cloned();
+        // HTTP/2 clients name the host in the URI, not in a Host header.
+        let host = match parts.headers.get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        parts.uri = origin_form(&parts.uri);
         headers::strip_hop_by_hop(&mut parts.headers);
         let trusted = self.identifier.is_trusted(peer.ip());
-        headers::set_forwarded(&mut parts.headers, peer.ip(), trusted, host);
+        headers::set_forwarded(&mut parts.headers, peer.ip(), trusted, host.clone());
         // Only a request that can be sent again unchanged is retried: an
         // idempotent method and no body.
         let retryable = is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body);
@@ -181,7 +180,7 @@ impl Proxy {
             (std::mem::take(&mut parts.headers), None)
         };
         match self
-            .attempt(&first, &parts, &path, first_headers, body)
+            .attempt(&first, &parts, host.as_ref(), first_headers, body)
             .await
         {
             // No connection, or the connection broke (a keep-alive
@@ -196,7 +195,7 @@ impl Proxy {
                 let empty = http_body_util::Empty::new()
                     .map_err(|never| match never {})
                     .boxed_unsync();
-                self.attempt(&second, &parts, &path, headers, empty)
+                self.attempt(&second, &parts, host.as_ref(), headers, empty)
                     .await
                     .map_err(ProxyError::from)
             }
@@ -210,35 +209,39 @@ impl Proxy {
         &self,
         backend: &Arc<crate::balancer::Backend>,
         parts: &http::request::Parts,
-        path: &str,
-        headers: http::HeaderMap,
+        host: Option<&HeaderValue>,
+        mut headers: http::HeaderMap,
         body: Body,
     ) -> Result<Response<Body>, Failure> {
         let in_flight = backend.start_request();
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(backend.url().authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| Failure::Other(e.to_string()))?;
+        // HTTP/1.1 needs a Host; without one from the client, name the
+        // backend.
+        let host = match host {
+            Some(h) => h.clone(),
+            None => HeaderValue::from_str(backend.url().authority.as_str())
+                .map_err(|e| Failure::Other(e.to_string()))?,
+        };
+        headers.insert(header::HOST, host);
         let mut upstream = Request::new(body);
         *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = uri;
+        *upstream.uri_mut() = parts.uri.clone();
         *upstream.headers_mut() = headers;
         // HTTP/1.1 to the backend, whatever the client spoke.
         *upstream.version_mut() = http::Version::HTTP_11;
 
-        let outcome =
-            tokio::time::timeout(self.settings.request_timeout, self.client.request(upstream))
-                .await;
-        let response = match outcome {
+        let outcome = tokio::time::timeout(
+            self.settings.request_timeout,
+            self.upstreams.send(backend, upstream, in_flight),
+        )
+        .await;
+        let mut response = match outcome {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(SendError::Connect(e))) => {
                 self.passive_failure(backend, "connect failed");
                 tracing::warn!(backend = %backend.url(), error = %e, "backend connection failed");
                 return Err(Failure::Connect);
             }
-            Ok(Err(e)) => {
+            Ok(Err(SendError::Exchange(e))) => {
                 tracing::warn!(backend = %backend.url(), error = %e, "backend broke the exchange");
                 return Err(Failure::Other("backend closed the connection".into()));
             }
@@ -247,14 +250,9 @@ impl Proxy {
                 return Err(Failure::Timeout);
             }
         };
-        let (mut parts, body) = response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        let body = Tracked {
-            inner: body.map_err(BoxError::from).boxed_unsync(),
-            _in_flight: in_flight,
-        };
-        parts.extensions.insert(ServedBy(backend.clone()));
-        Ok(Response::from_parts(parts, body.boxed_unsync()))
+        headers::strip_hop_by_hop(response.headers_mut());
+        response.extensions_mut().insert(ServedBy(backend.clone()));
+        Ok(response)
     }
 
     fn passive_failure(&self, backend: &crate::balancer::Backend, what: &str) {
@@ -302,41 +300,13 @@ fn is_idempotent(m: &http::Method) -> bool {
     .contains(m)
 }
 
-fn backend_client(settings: &ProxySettings) -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(settings.connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(connector)
-}
-
-/// A response body that keeps its request counted as in flight until the
-/// body has been sent (or dropped), so `least_connections` sees streaming
-/// downloads as the load they are.
-struct Tracked {
-    inner: Body,
-    _in_flight: InFlight,
-}
-
-impl http_body::Body for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+/// The request target as sent to a backend: origin-form (`/path?query`).
+/// HTTP/2 and absolute-form requests carry scheme and authority in the URI;
+/// the authority travels in `Host` instead.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
+    uri.path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()))
 }

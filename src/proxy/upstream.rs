@@ -1,0 +1,260 @@
+//! Keep-alive connections to backends: one small pool per proxy thread.
+//!
+//! Each proxy thread owns one [`Upstreams`]; a connection is made, used and
+//! reused on the thread whose runtime drives it, so handing a request to a
+//! backend connection never wakes another thread. Idle connections are a
+//! LIFO stack per backend (the most recently used one is the one most
+//! likely to still be open and warm), and a connection goes back on the
+//! stack only once its response body was read to the end, so a
+//! half-read response can never be answered to the next request.
+//!
+//! Why not hyper-util's pooled `Client`: on this path it hashed a pool key
+//! with SipHash, took a mutex, built a URI and, whenever a response body was
+//! still streaming when the headers arrived, spawned a task per request
+//! just to return the connection later. Here returning a connection is a
+//! push onto a vector when the body ends (see `scripts/bench.sh` and the
+//! README's performance section for what that changed).
+//!
+//! A pooled connection can turn out to be closed by the backend just as a
+//! request is handed to it; hyper then gives the request back unsent, and
+//! it goes out on another connection. That is safe for any method, because
+//! nothing of it reached the backend.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Frame;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{Body, BoxError};
+use crate::balancer::{Backend, InFlight};
+
+/// Idle connections kept per backend and thread; more than this are closed
+/// when they fall idle.
+const MAX_IDLE_PER_BACKEND: usize = 1024;
+
+/// An idle connection older than this is closed instead of reused (backends
+/// commonly drop idle keep-alive connections after a minute or two).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why a request could not be sent or answered.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No connection could be opened: nothing was sent.
+    Connect(String),
+    /// The request may have reached the backend, but no response came.
+    Exchange(hyper::Error),
+}
+
+/// Backend connections of one proxy thread.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstreams {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    connect_timeout: Duration,
+    /// Keyed by the backend's address in memory; the entry holds the
+    /// backend, so the address cannot be reused by another while keyed.
+    idle: Mutex<HashMap<usize, IdleStack, foldhash::fast::RandomState>>,
+}
+
+/// A backend's idle connections, oldest first.
+#[derive(Debug)]
+struct IdleStack {
+    /// Held so the backend's address stays its key.
+    _backend: Arc<Backend>,
+    connections: VecDeque<Idle>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+impl Idle {
+    fn usable(&self, now: Instant) -> bool {
+        !self.sender.is_closed() && now.duration_since(self.since) < IDLE_TIMEOUT
+    }
+}
+
+impl Upstreams {
+    pub(crate) fn new(connect_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                connect_timeout,
+                idle: Mutex::new(HashMap::default()),
+            }),
+        }
+    }
+
+    /// Sends `req` to `backend` on an idle connection, or a new one when
+    /// none is left, and returns the response with its body wrapped so the
+    /// connection comes back to the pool when the body has been read.
+    /// `in_flight` stays alive until then too.
+    pub(crate) async fn send(
+        &self,
+        backend: &Arc<Backend>,
+        mut req: Request<Body>,
+        in_flight: InFlight,
+    ) -> Result<Response<Body>, SendError> {
+        loop {
+            let (mut sender, reused) = match self.checkout(backend) {
+                Some(idle) => (idle.sender, true),
+                None => (self.connect(backend).await?, false),
+            };
+            if reused && sender.ready().await.is_err() {
+                // Closed while idle: try the next one.
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    let body = Returning {
+                        body,
+                        finished: false,
+                        connection: Some((sender, self.inner.clone(), backend.clone())),
+                        _in_flight: in_flight,
+                    };
+                    return Ok(Response::from_parts(parts, Body::new(body)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the connection was found closed on the way.
+                    // A fresh connection failing like that is the backend
+                    // hanging up at once; reporting beats looping.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(SendError::Exchange(e.into_error())),
+                },
+            }
+        }
+    }
+
+    fn checkout(&self, backend: &Arc<Backend>) -> Option<Idle> {
+        let now = Instant::now();
+        let mut idle = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let stack = idle.get_mut(&key(backend))?;
+        while let Some(conn) = stack.connections.pop_back() {
+            if conn.usable(now) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self, backend: &Backend) -> Result<SendRequest<Body>, SendError> {
+        let authority = &backend.url().authority;
+        // An IPv6 literal comes bracketed in a URL, not in a socket address.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = authority.port_u16().unwrap_or(80);
+        let stream =
+            tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect((host, port)))
+                .await
+                .map_err(|_| SendError::Connect("connect timed out".into()))?
+                .map_err(|e| SendError::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        let label = backend.label().to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(backend = %label, error = %e, "backend connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl Inner {
+    fn give_back(&self, backend: Arc<Backend>, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let stack = &mut idle
+            .entry(key(&backend))
+            .or_insert_with(|| IdleStack {
+                _backend: backend,
+                connections: VecDeque::new(),
+            })
+            .connections;
+        // The oldest idle connections sit at the front; drop the stale ones
+        // here so a quiet backend does not keep dead sockets around.
+        while stack.front().is_some_and(|c| !c.usable(now)) {
+            stack.pop_front();
+        }
+        if stack.len() < MAX_IDLE_PER_BACKEND {
+            stack.push_back(Idle { sender, since: now });
+        }
+    }
+}
+
+fn key(backend: &Arc<Backend>) -> usize {
+    Arc::as_ptr(backend) as usize
+}
+
+/// A backend response body that hands its connection back to the pool once
+/// it has been read to the end, and keeps the request counted in flight
+/// until then (so `least_connections` sees streaming downloads as load).
+struct Returning {
+    body: Incoming,
+    finished: bool,
+    connection: Option<(SendRequest<Body>, Arc<Inner>, Arc<Backend>)>,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Returning {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finished = true,
+            Poll::Ready(Some(Err(_))) => self.connection = None,
+            _ => {}
+        }
+        polled.map_err(BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        // A body that was not read to the end leaves the connection
+        // mid-response; it closes with the sender instead.
+        if self.finished || http_body::Body::is_end_stream(&self.body) {
+            if let Some((sender, pool, backend)) = self.connection.take() {
+                pool.give_back(backend, sender);
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Backend connection reuse: kept when it is safe, never when it is not.
+//!
+//! These backends are raw TCP servers that count their connections, so the
+//! tests see what the balancer does on the wire, not only what it answers.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use support::{backend, balancer, client, config, url};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// How the raw backend ends each response.
+#[derive(Clone, Copy, PartialEq)]
+enum After {
+    /// Keep the connection open for the next request.
+    KeepAlive,
+    /// Say `Connection: close` and close.
+    Close,
+}
+
+/// A raw HTTP/1.1 backend answering `200 ok:<n>` (n = body bytes it read)
+/// to every request. Counts connections that carried a request other than
+/// a health probe.
+struct RawBackend {
+    addr: SocketAddr,
+    proxied_connections: Arc<AtomicUsize>,
+}
+
+async fn raw_backend(after: After) -> RawBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let proxied_connections = Arc::new(AtomicUsize::new(0));
+    let counter = proxied_connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                let mut counted = false;
+                loop {
+                    let mut request_line = String::new();
+                    if stream.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    if stream.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    if !counted && !request_line.contains("/health") {
+                        counted = true;
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let text = format!("ok:{length}");
+                    let connection = if after == After::Close {
+                        "connection: close\r\n"
+                    } else {
+                        ""
+                    };
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{connection}\r\n{text}",
+                        text.len()
+                    );
+                    if stream
+                        .get_mut()
+                        .write_all(response.as_bytes())
+                        .await
+                        .is_err()
+                        || after == After::Close
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    RawBackend {
+        addr,
+        proxied_connections,
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_connections_to_a_backend_are_reused() {
+    let b = raw_backend(After::KeepAlive).await;
+    let lb = balancer(&config(&[b.addr])).await;
+    let c = client();
+    for i in 0..50 {
+        let r = c
+            .post(url(lb.proxy_addr(), "/"))
+            .body(vec![b'x'; i])
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.text().await.expect("body"), format!("ok:{i}"));
+    }
+    // One client connection lands on one proxy thread, whose pool hands
+    // the same backend connection to each request in turn.
+    assert_eq!(b.proxied_connections.load(Ordering::SeqCst), 1);
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_the_backend_closes_is_never_reused() {
+    let b = raw_backend(After::Close).await;
+    let lb = balancer(&config(&[b.addr])).await;
+    let c = client();
+    for i in 0..20 {
+        // POST: not retried, so a reused dead connection would show as 502.
+        let r = c
+            .post(url(lb.proxy_addr(), "/"))
+            .body(vec![b'y'; i + 1])
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::OK, "request {i}");
+        assert_eq!(r.text().await.expect("body"), format!("ok:{}", i + 1));
+    }
+    assert_eq!(b.proxied_connections.load(Ordering::SeqCst), 20);
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_half_read_response_does_not_leak_into_the_next_request() {
+    let b = backend("solo").await;
+    let lb = balancer(&config(&[b.addr])).await;
+    let c = client();
+    for _ in 0..5 {
+        // Start a 64 MiB download, read one chunk, and hang up.
+        let mut r = c
+            .get(url(lb.proxy_addr(), "/bytes/67108864"))
+            .send()
+            .await
+            .expect("download starts");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.chunk().await.expect("first chunk").is_some());
+        drop(r);
+        // The next request must get its own, complete answer: had the
+        // backend connection gone back to the pool mid-body, this would
+        // read the rest of the download instead.
+        let r = c
+            .get(url(lb.proxy_addr(), "/"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: serde_json::Value = r.json().await.expect("json answer");
+        assert_eq!(v["backend"], "solo");
+        assert_eq!(v["path"], "/");
+    }
+    lb.shutdown().await;
+}
