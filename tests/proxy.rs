@@ -370,3 +370,66 @@ async fn disabled_rate_limiting_sends_no_headers_and_never_429s() {
     }
     lb.shutdown().await;
 }
+
+#[tokio::test]
+async fn h2c_clients_are_served_and_forwarded_over_http1() {
+    use http_body_util::{BodyExt, Empty};
+    let bs = backends(1).await;
+    let lb = balancer(&config(&[bs[0].addr])).await;
+    let tcp = tokio::net::TcpStream::connect(lb.proxy_addr())
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    for path in ["/", "/headers"] {
+        let req = http::Request::get(format!("http://app.example{path}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let r = sender.send_request(req).await.expect("h2 response");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.version(), http::Version::HTTP_2);
+        assert_eq!(r.headers()["x-backend"], "b0");
+        assert!(r.headers().contains_key("ratelimit"));
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        if path == "/headers" {
+            // The backend got HTTP/1.1 with the h2 authority as Host.
+            assert_eq!(v["host"], "app.example");
+            assert_eq!(v["x-forwarded-host"], "app.example");
+        } else {
+            assert_eq!(v["path"], "/");
+        }
+    }
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_does_not_hold_up_shutdown() {
+    let bs = backends(1).await;
+    let mut cfg = config(&[bs[0].addr]);
+    cfg.server.drain_timeout = Dur::secs(30);
+    cfg.server.header_read_timeout = Dur::secs(30);
+    let lb = balancer(&cfg).await;
+    let _silent = tokio::net::TcpStream::connect(lb.proxy_addr())
+        .await
+        .expect("connect");
+    // Let the proxy accept it before shutting down.
+    let c = client();
+    assert_eq!(
+        c.get(url(lb.proxy_addr(), "/"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        StatusCode::OK
+    );
+    let drained = tokio::time::timeout(Duration::from_secs(10), lb.shutdown())
+        .await
+        .expect("shutdown waited for a connection that sent nothing");
+    assert_eq!(drained, tollgate::proxy::server::Drained::Clean);
+}
