@@ -201,7 +201,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         proxy.pool().clone(),
         config.admin.token.clone(),
     )
-    .with_metrics(metrics);
+    .with_metrics(metrics.clone());
+    if let Some(handle) = metrics {
+        tokio::spawn(crate::telemetry::upkeep(
+            handle,
+            crate::telemetry::UPKEEP_INTERVAL,
+            signal.clone().wait(),
+        ));
+    }
     let admin_signal = signal.clone();
     let admin = tokio::spawn(async move {
         let app = crate::admin::router(admin_state);

@@ -130,6 +130,27 @@ pub fn request(status: u16, backend: Option<&crate::balancer::Backend>, took: Du
     }
 }
 
+/// How often histogram samples are folded into their buckets.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every `every` until
+/// `stop` completes.
+///
+/// The exporter queues every sample until someone renders or runs upkeep;
+/// without this, a balancer nobody scrapes grew by about 20 bytes per
+/// request (13-14 MB per 670k requests measured with wrk).
+pub async fn upkeep(handle: PrometheusHandle, every: Duration, stop: impl std::future::Future) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            _ = &mut stop => return,
+        }
+    }
+}
+
 /// The Prometheus text for a scrape: state gauges are set from `pool` and
 /// `registry` first.
 pub fn render(handle: &PrometheusHandle, pool: &Pool, registry: &Registry) -> String {
