@@ -171,13 +171,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let store = crate::store::open(&config.store.url)
         .await
         .map_err(store_error)?;
-    let (restored, states) = snapshot::restore(&registry, store.as_ref())
+    let restored = snapshot::restore(&registry, store.as_ref())
         .await
         .map_err(store_error)?;
     tracing::info!(
         url = %config.store.url,
-        clients = restored.clients,
-        buckets = restored.buckets,
+        clients = restored.stats.clients,
+        buckets = restored.stats.buckets,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "client table loaded"
     );
@@ -220,10 +220,21 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         }
     });
     let snapshots = tokio::spawn(run_snapshots(
-        Snapshotter::new(registry.clone(), store.clone(), &states),
+        Snapshotter::new(registry.clone(), store.clone(), &restored.states),
         config.store.snapshot_interval.0,
         signal.clone(),
     ));
+    if crate::store::is_shared(&config.store.url) {
+        tokio::spawn(crate::store::reload::run(
+            crate::store::reload::TableSync::new(
+                registry.clone(),
+                store.clone(),
+                &restored.clients,
+            ),
+            config.store.reload_interval.0,
+            signal.clone().wait(),
+        ));
+    }
     let health = tokio::spawn(checker.run(hc.interval.0, signal.clone()));
     let refill = tokio::spawn(limiter::refill::run(
         registry.clone(),

@@ -224,6 +224,9 @@ pub struct StoreConfig {
     pub url: String,
     /// Period of bucket-state snapshots.
     pub snapshot_interval: Dur,
+    /// PostgreSQL only: how often the client table is re-read to pick up
+    /// changes other replicas made.
+    pub reload_interval: Dur,
 }
 
 impl Default for StoreConfig {
@@ -231,6 +234,7 @@ impl Default for StoreConfig {
         Self {
             url: "sqlite://tollgate.db".into(),
             snapshot_interval: Dur::secs(5),
+            reload_interval: Dur::secs(5),
         }
     }
 }
@@ -588,10 +592,20 @@ impl Config {
                 self.rate_limit.refill_interval,
             ),
             ("store.snapshot_interval", self.store.snapshot_interval),
+            ("store.reload_interval", self.store.reload_interval),
         ] {
             if zero(d) {
                 add(field, "must be greater than 0".into());
             }
+        }
+        if !crate::store::is_supported(&self.store.url) {
+            add(
+                "store.url",
+                format!(
+                    "{:?} is not a supported database URL (sqlite://FILE or postgres://USER@HOST/DB)",
+                    self.store.url
+                ),
+            );
         }
         if self.rate_limit.max_clients.get() > crate::limiter::MAX_CLIENTS {
             add(
@@ -709,6 +723,27 @@ surprise: true
         assert!(
             problems[0].reason.contains("unknown field"),
             "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn store_urls_name_a_supported_database() {
+        for ok in [
+            "sqlite://x.db",
+            "sqlite::memory:",
+            "postgres://u@h/db",
+            "postgresql://u:p@h:5432/db",
+        ] {
+            let c = Config::parse(&format!("store:\n  url: \"{ok}\"\n"));
+            assert!(c.is_ok(), "{ok}: {c:?}");
+        }
+        let problems = Config::parse("store:\n  url: mysql://h/db\n").expect_err("mysql");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].field, "store.url");
+        assert!(
+            problems[0].reason.contains("postgres://"),
+            "{:?}",
             problems[0]
         );
     }

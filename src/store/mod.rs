@@ -2,17 +2,22 @@
 //!
 //! [`ClientStore`] is the interface; [`SqliteStore`] implements it with
 //! sqlx over one SQLite file (WAL journal, `synchronous=FULL`, so a write
-//! is on disk before it is acknowledged). Queries are checked at run time,
-//! not by sqlx's macros, so a build never needs a database and the
-//! PostgreSQL implementation can share them.
+//! is on disk before it is acknowledged), [`PostgresStore`] over a
+//! PostgreSQL database that several replicas can share. Both run the same
+//! statements (`sql`), checked at run time rather than by sqlx's macros, so
+//! a build never needs a database.
 
+mod postgres;
+pub mod reload;
 pub mod snapshot;
+mod sql;
 mod sqlite;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// A client in the client table.
@@ -57,7 +62,7 @@ pub enum StoreError {
     #[error("client {0:?} not found")]
     NotFound(String),
     /// `store.url` names a database this build does not support.
-    #[error("unsupported store URL {0:?} (expected sqlite://FILE)")]
+    #[error("unsupported store URL {0:?} (expected sqlite://FILE or postgres://USER@HOST/DB)")]
     UnsupportedUrl(String),
     /// The database failed.
     #[error("database error: {0}")]
@@ -86,10 +91,23 @@ pub trait ClientStore: Send + Sync + std::fmt::Debug + 'static {
     async fn load_bucket_states(&self) -> Result<Vec<BucketState>, StoreError>;
 }
 
+/// Whether `url` names a database other processes may write to as well
+/// (PostgreSQL), so its client table has to be re-read.
+pub fn is_shared(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Whether `url` names a database this build supports.
+pub fn is_supported(url: &str) -> bool {
+    url.starts_with("sqlite:") || is_shared(url)
+}
+
 /// Opens the store named by `store.url`.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn ClientStore>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+    } else if is_shared(url) {
+        Ok(std::sync::Arc::new(PostgresStore::open(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
     }

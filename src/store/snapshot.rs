@@ -108,13 +108,22 @@ pub struct RestoreStats {
     pub buckets: usize,
 }
 
+/// What start-up loaded: counts, and the rows themselves for
+/// [`Snapshotter::new`] and [`super::reload::TableSync::new`].
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    /// What was applied.
+    pub stats: RestoreStats,
+    /// The snapshotted bucket levels as read.
+    pub states: Vec<BucketState>,
+    /// The client table as read.
+    pub clients: Vec<ClientRecord>,
+}
+
 /// Loads the client table into the registry (pinning each client with its
 /// limits), then restores snapshotted levels with the refill owed since
-/// they were saved. Returns the loaded states for [`Snapshotter::new`].
-pub async fn restore(
-    registry: &Registry,
-    store: &dyn ClientStore,
-) -> Result<(RestoreStats, Vec<BucketState>), StoreError> {
+/// they were saved.
+pub async fn restore(registry: &Registry, store: &dyn ClientStore) -> Result<Restored, StoreError> {
     let mut stats = RestoreStats::default();
     let clients = store.list().await?;
     let mut limits_of: HashMap<String, Limits> = HashMap::new();
@@ -122,11 +131,11 @@ pub async fn restore(
         client_id,
         capacity,
         rate_per_sec,
-    } in clients
+    } in &clients
     {
         let (Ok(key), Ok(limits)) = (
-            ClientKey::api(&client_id),
-            Limits::new(u64::from(capacity), rate_per_sec),
+            ClientKey::api(client_id),
+            Limits::new(u64::from(*capacity), *rate_per_sec),
         ) else {
             tracing::warn!(%client_id, "skipping an invalid row of the client table");
             continue;
@@ -157,5 +166,9 @@ pub async fn restore(
             stats.buckets += 1;
         }
     }
-    Ok((stats, states))
+    Ok(Restored {
+        stats,
+        states,
+        clients,
+    })
 }
