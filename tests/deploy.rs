@@ -146,3 +146,44 @@ fn compose_services_ports_and_config_agree() {
             || compose["volumes"]["tollgate-data"].is_null()
     );
 }
+
+#[test]
+fn compose_scale_replicas_share_the_compose_postgres() {
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&repo("docker-compose.yml")).expect("compose YAML");
+    let pg = &compose["services"]["postgres"]["environment"];
+    let config =
+        Config::parse(&repo("deploy/compose-scale-config.yaml")).expect("scale config is valid");
+    let want = format!(
+        "postgres://{}:{}@postgres:5432/{}",
+        pg["POSTGRES_USER"].as_str().expect("user"),
+        pg["POSTGRES_PASSWORD"].as_str().expect("password"),
+        pg["POSTGRES_DB"].as_str().expect("db"),
+    );
+    assert_eq!(config.store.url, want);
+    for replica in ["tollgate-a", "tollgate-b"] {
+        let svc = &compose["services"][replica];
+        assert_eq!(svc["image"], compose["services"]["tollgate"]["image"]);
+        let command: Vec<&str> = svc["command"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{replica} missing"))
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(
+            command,
+            [
+                "serve",
+                "--config",
+                "/etc/tollgate/compose-scale-config.yaml"
+            ]
+        );
+        let depends: Vec<&str> = svc["depends_on"]
+            .as_sequence()
+            .expect("depends_on")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(depends.contains(&"postgres"), "{replica}: {depends:?}");
+    }
+}
