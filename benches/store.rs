@@ -1,7 +1,9 @@
 //! Client-table figures: admin write latency, start-up time with a large
 //! table, snapshot time for many non-full buckets.
 //!
-//! `cargo bench --bench store` prints `name=value` lines.
+//! `cargo bench --bench store` prints `name=value` lines for SQLite, and
+//! with `TOLLGATE_TEST_DATABASE_URL` set the same figures for PostgreSQL
+//! (prefixed `pg_`), each in a database created for the run and dropped.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -30,8 +32,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-async fn admin_writes(dir: &std::path::Path) {
-    let db = format!("sqlite://{}", dir.join("writes.db").display());
+async fn admin_writes(db: String, label: &str) {
     let running = tollgate::app::start(&config(&db)).await.expect("start");
     let c = reqwest::Client::new();
     let u = format!("http://{}/clients", running.admin_addr());
@@ -48,41 +49,62 @@ async fn admin_writes(dir: &std::path::Path) {
         lat.push(t.elapsed());
     }
     lat.sort();
-    println!("admin_post_p50_ms={:.3}", percentile(&lat, 0.5));
-    println!("admin_post_p99_ms={:.3}", percentile(&lat, 0.99));
+    println!("{label}admin_post_p50_ms={:.3}", percentile(&lat, 0.5));
+    println!("{label}admin_post_p99_ms={:.3}", percentile(&lat, 0.99));
     running.shutdown().await;
 }
 
-async fn startup_with_large_table(dir: &std::path::Path) {
-    let path = dir.join("big.db");
-    let db = format!("sqlite://{}", path.display());
+async fn startup_with_large_table(db: String, label: &str) {
     // Create the schema through the store, then bulk-load rows directly.
     drop(tollgate::store::open(&db).await.expect("open"));
-    let pool = sqlx::SqlitePool::connect(&db).await.expect("connect");
-    let mut tx = pool.begin().await.expect("begin");
-    for i in 0..TABLE {
-        sqlx::query("INSERT INTO clients (client_id, capacity, rate_per_sec, created_at, updated_at) VALUES (?, 100, 10, 0, 0)")
-            .bind(format!("client{i}"))
-            .execute(&mut *tx)
+    if db.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&db).await.expect("connect");
+        let mut tx = pool.begin().await.expect("begin");
+        for i in 0..TABLE {
+            sqlx::query("INSERT INTO clients (client_id, capacity, rate_per_sec, created_at, updated_at) VALUES (?, 100, 10, 0, 0)")
+                .bind(format!("client{i}"))
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+        }
+        tx.commit().await.expect("commit");
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(&db).await.expect("connect");
+        sqlx::query("INSERT INTO clients (client_id, capacity, rate_per_sec, created_at, updated_at) SELECT 'client' || g, 100, 10, 0, 0 FROM generate_series(0, $1 - 1) g")
+            .bind(TABLE as i64)
+            .execute(&pool)
             .await
             .expect("insert");
+        pool.close().await;
     }
-    tx.commit().await.expect("commit");
-    pool.close().await;
 
     let t = Instant::now();
     let running = tollgate::app::start(&config(&db)).await.expect("start");
     let elapsed = t.elapsed();
     assert_eq!(running.registry().pinned_len(), TABLE);
     println!(
-        "startup_100k_clients_ms={:.1}",
+        "{label}startup_100k_clients_ms={:.1}",
         elapsed.as_secs_f64() * 1000.0
+    );
+    // What a replica pays every store.reload_interval on a shared table.
+    let loaded = running.store().list().await.expect("list");
+    let mut sync = tollgate::store::reload::TableSync::new(
+        running.registry().clone(),
+        running.store().clone(),
+        &loaded,
+    );
+    let t = Instant::now();
+    let stats = sync.reload().await.expect("reload");
+    assert_eq!(stats.changed + stats.removed, 0);
+    println!(
+        "{label}reload_100k_clients_unchanged_ms={:.1}",
+        t.elapsed().as_secs_f64() * 1000.0
     );
     running.shutdown().await;
 }
 
-async fn snapshot_many(dir: &std::path::Path) {
-    let db = format!("sqlite://{}", dir.join("snap.db").display());
+async fn snapshot_many(db: String, label: &str) {
     let store = tollgate::store::open(&db).await.expect("open");
     let registry = Arc::new(Registry::new(RegistryConfig {
         default_limits: Limits::new(100, 1.0).expect("valid"),
@@ -101,13 +123,13 @@ async fn snapshot_many(dir: &std::path::Path) {
     let stats = snap.snapshot().await.expect("snapshot");
     assert_eq!(stats.written, TABLE);
     println!(
-        "snapshot_100k_first_ms={:.1}",
+        "{label}snapshot_100k_first_ms={:.1}",
         t.elapsed().as_secs_f64() * 1000.0
     );
     let t = Instant::now();
     let stats = snap.snapshot().await.expect("snapshot");
     println!(
-        "snapshot_100k_unchanged_ms={:.1} (rows written: {})",
+        "{label}snapshot_100k_unchanged_ms={:.1} (rows written: {})",
         t.elapsed().as_secs_f64() * 1000.0,
         stats.written
     );
@@ -119,7 +141,7 @@ async fn snapshot_many(dir: &std::path::Path) {
     let stats = snap.snapshot().await.expect("snapshot");
     assert_eq!(stats.written, TABLE);
     println!(
-        "snapshot_100k_all_changed_ms={:.1} (rows written: {})",
+        "{label}snapshot_100k_all_changed_ms={:.1} (rows written: {})",
         t.elapsed().as_secs_f64() * 1000.0,
         stats.written
     );
@@ -134,9 +156,52 @@ fn main() {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
     rt.block_on(async {
-        admin_writes(dir.path()).await;
-        startup_with_large_table(dir.path()).await;
-        snapshot_many(dir.path()).await;
+        admin_writes(sqlite("writes.db"), "").await;
+        startup_with_large_table(sqlite("big.db"), "").await;
+        snapshot_many(sqlite("snap.db"), "").await;
+        let Ok(server) = std::env::var("TOLLGATE_TEST_DATABASE_URL") else {
+            println!("(PostgreSQL figures skipped: TOLLGATE_TEST_DATABASE_URL is not set)");
+            return;
+        };
+        admin_writes(pg_database(&server, "writes").await, "pg_").await;
+        startup_with_large_table(pg_database(&server, "big").await, "pg_").await;
+        snapshot_many(pg_database(&server, "snap").await, "pg_").await;
+        for name in ["writes", "big", "snap"] {
+            drop_pg_database(&server, name).await;
+        }
     });
+}
+
+fn pg_name(name: &str) -> String {
+    format!("tollgate_bench_{name}")
+}
+
+/// A fresh database on the server of `server` (an existing one of the same
+/// name, left by an interrupted run, is replaced).
+async fn pg_database(server: &str, name: &str) -> String {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(server).await.expect("connect");
+    let name = pg_name(name);
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(&sql)
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+    }
+    let base = server.split('?').next().unwrap_or(server);
+    let (prefix, _) = base.rsplit_once('/').expect("URL with a database path");
+    format!("{prefix}/{name}")
+}
+
+async fn drop_pg_database(server: &str, name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(server).await {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg_name(name));
+        let _ = sqlx::query(&sql).execute(&mut conn).await;
+    }
 }
