@@ -10,10 +10,11 @@ use crate::admin::AdminState;
 use crate::balancer::{strategy_for, Pool, Thresholds};
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::health::Checker;
+use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{self, Registry, RegistryConfig};
 use crate::proxy::identity::Identifier;
 use crate::proxy::server::{bind_reuseport, serve_per_core, Drained, ServeOptions};
-use crate::proxy::{Proxy, ProxySettings};
+use crate::proxy::{Proxy, ProxySettings, SharedLimits};
 use crate::shutdown::{self, Signal, Trigger};
 use crate::store::snapshot::{self, Snapshotter};
 use crate::store::ClientStore;
@@ -41,6 +42,9 @@ pub enum StartError {
         /// Why.
         source: crate::store::StoreError,
     },
+    /// `rate_limit.shared.redis_url` could not be used.
+    #[error("shared rate limiter: {0}")]
+    SharedLimiter(String),
 }
 
 /// A started tollgate: its listeners are open and its tasks running.
@@ -140,7 +144,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let checker = Checker::new(pool.clone(), &hc.path, hc.timeout.0);
     checker.initial_round().await;
     let identifier = Identifier::new(rl.api_key_header.0.clone(), rl.trusted_proxies.clone());
-    let proxy = Arc::new(Proxy::new(
+    let mut proxy = Proxy::new(
         rl.enabled.then(|| registry.clone()),
         pool,
         identifier,
@@ -148,7 +152,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             connect_timeout: config.proxy.connect_timeout.0,
             request_timeout: config.proxy.request_timeout.0,
         },
-    ));
+    );
+    if let (true, Some(url)) = (rl.enabled, &rl.shared.redis_url) {
+        let limiter = SharedLimiter::new(url, &rl.shared.key_prefix, rl.shared.timeout.0)
+            .map_err(|e| StartError::SharedLimiter(e.to_string()))?;
+        tracing::info!(on_failure = ?rl.shared.on_failure, "limits shared through Redis");
+        proxy = proxy.with_shared_limits(SharedLimits {
+            limiter: Arc::new(limiter),
+            on_failure: rl.shared.on_failure,
+        });
+    }
+    let proxy = Arc::new(proxy);
 
     let bind_error = |source| StartError::Bind {
         addr: config.server.listen,

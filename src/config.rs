@@ -182,6 +182,43 @@ pub struct RateLimitConfig {
     pub max_clients: NonZeroUsize,
     /// A bucket full for this long is forgotten.
     pub idle_timeout: Dur,
+    /// One limit per client across replicas, through Redis.
+    pub shared: SharedLimitConfig,
+}
+
+/// `rate_limit.shared`: limits shared by replicas through Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedLimitConfig {
+    /// `redis://host:port[/db]`; `None`: every replica limits on its own.
+    pub redis_url: Option<String>,
+    /// What a request gets while Redis cannot answer.
+    pub on_failure: OnFailure,
+    /// Time Redis has to answer one check.
+    pub timeout: Dur,
+    /// Prefix of the Redis keys (several deployments can share a Redis).
+    pub key_prefix: String,
+}
+
+impl Default for SharedLimitConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            on_failure: OnFailure::Local,
+            timeout: Dur::millis(50),
+            key_prefix: "tollgate:".into(),
+        }
+    }
+}
+
+/// `rate_limit.shared.on_failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Decide with this replica's own buckets.
+    Local,
+    /// Answer 503.
+    Reject,
 }
 
 impl Default for RateLimitConfig {
@@ -194,6 +231,7 @@ impl Default for RateLimitConfig {
             refill_interval: Dur::millis(100),
             max_clients: NonZeroUsize::MIN.saturating_add(999_999),
             idle_timeout: Dur::secs(600),
+            shared: SharedLimitConfig::default(),
         }
     }
 }
@@ -593,9 +631,18 @@ impl Config {
             ),
             ("store.snapshot_interval", self.store.snapshot_interval),
             ("store.reload_interval", self.store.reload_interval),
+            ("rate_limit.shared.timeout", self.rate_limit.shared.timeout),
         ] {
             if zero(d) {
                 add(field, "must be greater than 0".into());
+            }
+        }
+        if let Some(url) = &self.rate_limit.shared.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+                add(
+                    "rate_limit.shared.redis_url",
+                    format!("{url:?} is not a Redis URL (redis://HOST:PORT[/DB])"),
+                );
             }
         }
         if !crate::store::is_supported(&self.store.url) {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::limiter::Decision;
+use crate::limiter::Verdict;
 use crate::proxy::{headers, Body};
 
 /// Why the proxy did not forward a request, or could not complete it.
@@ -15,10 +15,13 @@ use crate::proxy::{headers, Body};
 pub enum ProxyError {
     /// The client's bucket is empty.
     #[error("Rate limit exceeded")]
-    RateLimited(Decision),
+    RateLimited(Verdict),
     /// `max_clients` reached and no bucket could be evicted.
     #[error("Too many clients: rate-limit table is full")]
     ClientTableFull,
+    /// Shared limits are configured to reject while Redis cannot answer.
+    #[error("Rate limiter unavailable")]
+    LimiterUnavailable,
     /// Every backend is out of the pool.
     #[error("No healthy backends")]
     NoHealthyBackend,
@@ -38,7 +41,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::ClientTableFull | Self::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ClientTableFull | Self::NoHealthyBackend | Self::LimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::BadApiKey(_) => StatusCode::BAD_REQUEST,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,

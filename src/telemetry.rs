@@ -29,6 +29,8 @@ pub const BACKEND_IN_FLIGHT: &str = "tollgate_backend_in_flight";
 pub const CLIENTS_TRACKED: &str = "tollgate_clients_tracked";
 /// Clients pinned by the client table.
 pub const CLIENTS_PINNED: &str = "tollgate_clients_pinned";
+/// Checks the shared (Redis) limiter could not answer.
+pub const SHARED_LIMITER_FAILURES: &str = "tollgate_shared_limiter_failures_total";
 /// Duration of one refill tick, seconds.
 pub const REFILL_SWEEP: &str = "tollgate_refill_sweep_seconds";
 /// Duration of one bucket snapshot, seconds.
@@ -69,6 +71,10 @@ fn describe() {
     );
     metrics::describe_gauge!(BACKEND_HEALTHY, "1 if the backend is in the pool");
     metrics::describe_gauge!(BACKEND_IN_FLIGHT, "Requests in flight per backend");
+    metrics::describe_counter!(
+        SHARED_LIMITER_FAILURES,
+        "Checks the shared (Redis) limiter could not answer"
+    );
     metrics::describe_gauge!(CLIENTS_TRACKED, "Clients with a token bucket");
     metrics::describe_gauge!(CLIENTS_PINNED, "Clients in the client table");
     metrics::describe_histogram!(

@@ -161,6 +161,12 @@ fn compose_scale_replicas_share_the_compose_postgres() {
         pg["POSTGRES_DB"].as_str().expect("db"),
     );
     assert_eq!(config.store.url, want);
+    assert_eq!(
+        config.rate_limit.shared.redis_url.as_deref(),
+        Some("redis://redis:6379"),
+        "limits shared through the compose Redis"
+    );
+    assert!(compose["services"]["redis"].is_mapping());
     for replica in ["tollgate-a", "tollgate-b"] {
         let svc = &compose["services"][replica];
         assert_eq!(svc["image"], compose["services"]["tollgate"]["image"]);
@@ -184,6 +190,8 @@ fn compose_scale_replicas_share_the_compose_postgres() {
             .iter()
             .filter_map(|v| v.as_str())
             .collect();
-        assert!(depends.contains(&"postgres"), "{replica}: {depends:?}");
+        for needed in ["postgres", "redis"] {
+            assert!(depends.contains(&needed), "{replica}: {depends:?}");
+        }
     }
 }

@@ -125,6 +125,42 @@ impl Decision {
     pub fn fill_time(&self) -> Option<Duration> {
         bucket::fill_time(self.take.capacity(), self.take.emission())
     }
+
+    /// Time one token takes to come back (`1 / rate`); `None` at zero rate.
+    pub fn token_interval(&self) -> Option<Duration> {
+        match self.take.emission() {
+            0 => None,
+            e => Some(bucket::duration(e)),
+        }
+    }
+}
+
+/// What a rate-limit check decided, in the terms the response headers use.
+/// Built from a local [`Decision`] or from the shared limiter's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the request may pass.
+    pub allowed: bool,
+    /// The bucket's capacity.
+    pub limit: u32,
+    /// Whole tokens left after this check.
+    pub remaining: u32,
+    /// Time until the next whole token; `None` when none will come.
+    pub reset_after: Option<Duration>,
+    /// Time to refill from empty; `None` at zero rate.
+    pub fill_time: Option<Duration>,
+}
+
+impl From<&Decision> for Verdict {
+    fn from(d: &Decision) -> Self {
+        Self {
+            allowed: d.allowed(),
+            limit: d.limit(),
+            remaining: d.remaining(),
+            reset_after: d.reset_after(),
+            fill_time: d.fill_time(),
+        }
+    }
 }
 
 /// What one refill tick did.

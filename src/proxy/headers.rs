@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
-use crate::limiter::Decision;
+use crate::limiter::Verdict;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
 /// plus the proxy ones some clients still send.
@@ -100,32 +100,32 @@ fn ceil_secs(d: Duration) -> u64 {
 
 /// `Retry-After` seconds for a denied request: whole seconds, rounded up,
 /// so never before the token is there. `None` if no token will ever come.
-pub fn retry_after_secs(d: &Decision) -> Option<u64> {
-    d.reset_after().map(|t| ceil_secs(t).max(1))
+pub fn retry_after_secs(d: &Verdict) -> Option<u64> {
+    d.reset_after.map(|t| ceil_secs(t).max(1))
 }
 
 /// `RateLimit-Policy` / `RateLimit` (IETF httpapi draft: `q` capacity,
 /// `w` seconds to fill from empty, `r` whole tokens left, `t` seconds to
 /// the next token) and `X-RateLimit-Limit` / `X-RateLimit-Remaining`.
-pub fn rate_limit(h: &mut HeaderMap, d: &Decision) {
+pub fn rate_limit(h: &mut HeaderMap, d: &Verdict) {
     use std::fmt::Write;
     // The four values are written into one buffer and handed out as slices
     // of it: two allocations per response instead of eight.
     let mut text = String::with_capacity(96);
     let mut ends = [0usize; 4];
-    let _ = write!(text, "\"tollgate\";q={}", d.limit());
-    if let Some(w) = d.fill_time() {
+    let _ = write!(text, "\"tollgate\";q={}", d.limit);
+    if let Some(w) = d.fill_time {
         let _ = write!(text, ";w={}", ceil_secs(w));
     }
     ends[0] = text.len();
-    let _ = write!(text, "\"tollgate\";r={}", d.remaining());
-    if let Some(t) = d.reset_after() {
+    let _ = write!(text, "\"tollgate\";r={}", d.remaining);
+    if let Some(t) = d.reset_after {
         let _ = write!(text, ";t={}", ceil_secs(t));
     }
     ends[1] = text.len();
-    let _ = write!(text, "{}", d.limit());
+    let _ = write!(text, "{}", d.limit);
     ends[2] = text.len();
-    let _ = write!(text, "{}", d.remaining());
+    let _ = write!(text, "{}", d.remaining);
     ends[3] = text.len();
     let text = Bytes::from(text);
     let mut start = 0;

@@ -20,8 +20,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::balancer::Pool;
+use crate::config::OnFailure;
 use crate::error::ProxyError;
-use crate::limiter::{ClientKey, Decision, Registry, RegistryError};
+use crate::limiter::shared::SharedLimiter;
+use crate::limiter::{ClientKey, Registry, RegistryError, Verdict};
 use crate::telemetry;
 use identity::Identifier;
 use upstream::{SendError, Upstreams};
@@ -41,10 +43,20 @@ pub struct ProxySettings {
     pub request_timeout: Duration,
 }
 
+/// Limits shared with other replicas, and what to do without them.
+#[derive(Debug, Clone)]
+pub struct SharedLimits {
+    /// The Redis side.
+    pub limiter: Arc<SharedLimiter>,
+    /// What a request gets while Redis cannot answer.
+    pub on_failure: OnFailure,
+}
+
 /// Shared state of the request path.
 #[derive(Debug)]
 pub struct Proxy {
     limiter: Option<Arc<Registry>>,
+    shared: Option<SharedLimits>,
     pool: Arc<Pool>,
     identifier: Identifier,
     upstreams: Upstreams,
@@ -61,6 +73,7 @@ impl Proxy {
     ) -> Self {
         Self {
             upstreams: Upstreams::new(settings.connect_timeout),
+            shared: None,
             limiter,
             pool,
             identifier,
@@ -74,11 +87,19 @@ impl Proxy {
     pub fn for_another_thread(&self) -> Self {
         Self {
             upstreams: Upstreams::new(self.settings.connect_timeout),
+            shared: self.shared.clone(),
             limiter: self.limiter.clone(),
             pool: self.pool.clone(),
             identifier: self.identifier.clone(),
             settings: self.settings.clone(),
         }
+    }
+
+    /// The same proxy, checking every request against limits shared with
+    /// other replicas as well.
+    pub fn with_shared_limits(mut self, shared: SharedLimits) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// The backend pool.
@@ -89,7 +110,7 @@ impl Proxy {
     /// Answers one client request.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = std::time::Instant::now();
-        let decision = match self.admit(&req, peer) {
+        let decision = match self.admit(&req, peer).await {
             Ok(d) => d,
             Err(e) => {
                 let response = e.into_response();
@@ -113,12 +134,14 @@ impl Proxy {
     }
 
     /// Identifies the client and takes a token; `Ok(None)` when rate
-    /// limiting is off.
-    fn admit(
+    /// limiting is off. With shared limits the shared bucket decides; the
+    /// local one is charged too, so that a fallback to it starts from this
+    /// replica's recent traffic.
+    async fn admit(
         &self,
         req: &Request<Incoming>,
         peer: SocketAddr,
-    ) -> Result<Option<Decision>, ProxyError> {
+    ) -> Result<Option<Verdict>, ProxyError> {
         let Some(limiter) = &self.limiter else {
             return Ok(None);
         };
@@ -128,20 +151,33 @@ impl Proxy {
             .map_err(|e| ProxyError::BadApiKey(e.to_string()))?;
         // A key counts only if it is in the client table; any other key
         // is charged to the caller's address like no key at all.
-        let known = api_key.and_then(|k| limiter.check_pinned(&ClientKey::Api(k)));
-        let decision = match known {
+        let mut key = api_key.map(ClientKey::Api);
+        let decision = match key.as_ref().and_then(|k| limiter.check_pinned(k)) {
             Some(d) => d,
             None => {
-                let ip = self.identifier.client_ip(req.headers(), peer.ip());
-                limiter
-                    .check(&ClientKey::Ip(ip))
-                    .map_err(|RegistryError::Full(_)| ProxyError::ClientTableFull)?
+                let ip = ClientKey::Ip(self.identifier.client_ip(req.headers(), peer.ip()));
+                let d = limiter
+                    .check(&ip)
+                    .map_err(|RegistryError::Full(_)| ProxyError::ClientTableFull)?;
+                key = Some(ip);
+                d
             }
         };
-        if decision.allowed() {
-            Ok(Some(decision))
+        let verdict = match (&self.shared, &key) {
+            (Some(shared), Some(key)) => {
+                let name = crate::store::snapshot::encode_key(key);
+                match shared.limiter.check(&name, &decision).await {
+                    Ok(v) => v,
+                    Err(_) if shared.on_failure == OnFailure::Local => Verdict::from(&decision),
+                    Err(_) => return Err(ProxyError::LimiterUnavailable),
+                }
+            }
+            _ => Verdict::from(&decision),
+        };
+        if verdict.allowed {
+            Ok(Some(verdict))
         } else {
-            Err(ProxyError::RateLimited(decision))
+            Err(ProxyError::RateLimited(verdict))
         }
     }
 

@@ -1,0 +1,226 @@
+//! Limits shared by replicas through Redis: one bucket per client however
+//! many replicas it talks to, and a defined answer while Redis is away.
+//! Tests that need Redis read `TOLLGATE_TEST_REDIS_URL` and skip, saying
+//! so, without it (CI sets it).
+
+mod support;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use support::{backend, balancer, client, closed_port, config, url};
+use tollgate::config::{Dur, OnFailure};
+use tollgate::limiter::Limits;
+
+fn redis_url() -> Option<String> {
+    let url = std::env::var("TOLLGATE_TEST_REDIS_URL").ok();
+    if url.is_none() {
+        eprintln!("skipped: TOLLGATE_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379)");
+    }
+    url
+}
+
+/// A key prefix no other test (or earlier run) uses.
+fn prefix() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "tollgate-test:{}:{nanos}:{}:",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Removes the keys a test left (a zero-rate counter never expires).
+async fn forget(redis: &str, prefix: &str) {
+    let r = redis::Client::open(redis).expect("redis url");
+    let mut conn = r
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+    }
+}
+
+fn shared_config(
+    backend: std::net::SocketAddr,
+    redis: &str,
+    prefix: &str,
+    limits: Limits,
+) -> tollgate::config::Config {
+    let mut cfg = config(&[backend]);
+    cfg.rate_limit.default = limits;
+    cfg.rate_limit.shared.redis_url = Some(redis.to_owned());
+    cfg.rate_limit.shared.key_prefix = prefix.to_owned();
+    cfg.rate_limit.shared.timeout = Dur::millis(500);
+    cfg
+}
+
+#[tokio::test]
+async fn two_replicas_admit_one_clients_burst_once_between_them() {
+    let Some(redis) = redis_url() else { return };
+    let b = backend("solo").await;
+    // 6 tokens, refilling one per 1000 s: nothing comes back during the test.
+    let prefix = prefix();
+    let cfg = shared_config(
+        b.addr,
+        &redis,
+        &prefix,
+        Limits::new(6, 0.001).expect("valid"),
+    );
+    let a = balancer(&cfg).await;
+    let z = balancer(&cfg).await;
+    let c = client();
+    let mut statuses = Vec::new();
+    let mut remaining = Vec::new();
+    for i in 0..10 {
+        let replica = if i % 2 == 0 { &a } else { &z };
+        let r = c
+            .get(url(replica.proxy_addr(), "/"))
+            .send()
+            .await
+            .expect("request");
+        statuses.push(r.status().as_u16());
+        remaining.push(
+            r.headers()["x-ratelimit-remaining"]
+                .to_str()
+                .expect("ascii")
+                .to_owned(),
+        );
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            // Next token in ~1000 s: Retry-After says so, never less.
+            let retry: u64 = r.headers()["retry-after"]
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("seconds");
+            assert!((990..=1001).contains(&retry), "Retry-After {retry}");
+        }
+    }
+    // Each replica alone would have admitted 5 of its 5.
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429, 429, 429, 429]);
+    assert_eq!(remaining[..6], ["5", "4", "3", "2", "1", "0"]);
+    a.shutdown().await;
+    z.shutdown().await;
+    forget(&redis, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_zero_rate_allowance_is_shared_and_never_comes_back() {
+    let Some(redis) = redis_url() else { return };
+    let b = backend("solo").await;
+    let prefix = prefix();
+    let cfg = shared_config(b.addr, &redis, &prefix, Limits::new(3, 0.0).expect("valid"));
+    let a = balancer(&cfg).await;
+    let z = balancer(&cfg).await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let replica = if i % 2 == 0 { &a } else { &z };
+        let r = c
+            .get(url(replica.proxy_addr(), "/"))
+            .send()
+            .await
+            .expect("req");
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(
+                r.headers().get("retry-after").is_none(),
+                "no token will come"
+            );
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    a.shutdown().await;
+    z.shutdown().await;
+    forget(&redis, &prefix).await;
+}
+
+#[tokio::test]
+async fn shared_buckets_expire_when_they_would_be_full_again() {
+    let Some(redis) = redis_url() else { return };
+    let b = backend("solo").await;
+    let prefix = prefix();
+    // 4 tokens at 2/s: a bucket with one token taken is full after 0.5 s.
+    let cfg = shared_config(b.addr, &redis, &prefix, Limits::new(4, 2.0).expect("valid"));
+    let lb = balancer(&cfg).await;
+    let c = client();
+    assert_eq!(
+        c.get(url(lb.proxy_addr(), "/"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        StatusCode::OK
+    );
+    let r = redis::Client::open(redis.as_str()).expect("redis url");
+    let mut conn = r
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{prefix}ip:127.0.0.1"))
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    assert!((1..=501).contains(&ttl), "TTL {ttl} ms, expected about 500");
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_redis_the_failure_policy_decides() {
+    let b = backend("solo").await;
+    let dead = format!("redis://{}", closed_port());
+    let limits = Limits::new(3, 0.001).expect("valid");
+    let c = client();
+
+    // local: this replica's own buckets decide.
+    let mut cfg = shared_config(b.addr, &dead, "x:", limits);
+    cfg.rate_limit.shared.on_failure = OnFailure::Local;
+    let lb = balancer(&cfg).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            c.get(url(lb.proxy_addr(), "/"))
+                .send()
+                .await
+                .expect("req")
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    lb.shutdown().await;
+
+    // reject: 503 JSON, promptly (the pause after a failure skips Redis).
+    cfg.rate_limit.shared.on_failure = OnFailure::Reject;
+    let lb = balancer(&cfg).await;
+    for _ in 0..3 {
+        // An answer, not a hang: each check waits at most the timeout.
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.get(url(lb.proxy_addr(), "/")).send(),
+        )
+        .await
+        .expect("answered while Redis is down")
+        .expect("req");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(body["code"], 503);
+        assert_eq!(body["message"], "Rate limiter unavailable");
+    }
+    lb.shutdown().await;
+}
