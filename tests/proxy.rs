@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use support::{backends, balancer, client, closed_port, config, eventually, url};
+use support::{backends, balancer, client, closed_port, config, eventually, get_status, url};
 use tollgate::config::{Dur, StrategyName};
 use tollgate::limiter::{ClientKey, Limits};
 
@@ -419,15 +419,7 @@ async fn a_connection_that_never_sends_does_not_hold_up_shutdown() {
         .await
         .expect("connect");
     // Let the proxy accept it before shutting down.
-    let c = client();
-    assert_eq!(
-        c.get(url(lb.proxy_addr(), "/"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(get_status(&client(), lb.proxy_addr(), "/").await, 200);
     let drained = tokio::time::timeout(Duration::from_secs(10), lb.shutdown())
         .await
         .expect("shutdown waited for a connection that sent nothing");

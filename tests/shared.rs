@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use support::{backend, balancer, client, closed_port, config, url};
+use support::{backend, balancer, client, closed_port, config, get_status, url};
 use tollgate::config::{Dur, OnFailure};
 use tollgate::limiter::Limits;
 
@@ -157,15 +157,7 @@ async fn shared_buckets_expire_when_they_would_be_full_again() {
     // 4 tokens at 2/s: a bucket with one token taken is full after 0.5 s.
     let cfg = shared_config(b.addr, &redis, &prefix, Limits::new(4, 2.0).expect("valid"));
     let lb = balancer(&cfg).await;
-    let c = client();
-    assert_eq!(
-        c.get(url(lb.proxy_addr(), "/"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(get_status(&client(), lb.proxy_addr(), "/").await, 200);
     let r = redis::Client::open(redis.as_str()).expect("redis url");
     let mut conn = r
         .get_multiplexed_async_connection()
@@ -193,14 +185,7 @@ async fn without_redis_the_failure_policy_decides() {
     let lb = balancer(&cfg).await;
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        statuses.push(
-            c.get(url(lb.proxy_addr(), "/"))
-                .send()
-                .await
-                .expect("req")
-                .status()
-                .as_u16(),
-        );
+        statuses.push(get_status(&c, lb.proxy_addr(), "/").await);
     }
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
     lb.shutdown().await;
