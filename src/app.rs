@@ -153,12 +153,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             request_timeout: config.proxy.request_timeout.0,
         },
     );
+    let mut shared_limiter = None;
     if let (true, Some(url)) = (rl.enabled, &rl.shared.redis_url) {
         let limiter = SharedLimiter::new(url, &rl.shared.key_prefix, rl.shared.timeout.0)
             .map_err(|e| StartError::SharedLimiter(e.to_string()))?;
         tracing::info!(on_failure = ?rl.shared.on_failure, "limits shared through Redis");
+        let limiter = Arc::new(limiter);
+        shared_limiter = Some(limiter.clone());
         proxy = proxy.with_shared_limits(SharedLimits {
-            limiter: Arc::new(limiter),
+            limiter,
             on_failure: rl.shared.on_failure,
         });
     }
@@ -215,7 +218,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         proxy.pool().clone(),
         config.admin.token.clone(),
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_shared_limiter(shared_limiter);
     if let Some(handle) = metrics {
         tokio::spawn(crate::telemetry::upkeep(
             handle,

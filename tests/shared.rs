@@ -209,3 +209,67 @@ async fn without_redis_the_failure_policy_decides() {
     }
     lb.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_admin_api_reports_the_shared_level() {
+    let Some(redis) = redis_url() else { return };
+    let b = backend("solo").await;
+    let prefix = prefix();
+    let cfg = shared_config(
+        b.addr,
+        &redis,
+        &prefix,
+        Limits::new(100, 1.0).expect("valid"),
+    );
+    // Two replicas, each with its own client table holding the same client.
+    let a = balancer(&cfg).await;
+    let mut cfg_z = cfg.clone();
+    cfg_z.store.url = support::temp_db();
+    let z = balancer(&cfg_z).await;
+    let c = client();
+    for lb in [&a, &z] {
+        let r = c
+            .post(url(lb.admin_addr(), "/clients"))
+            .json(&serde_json::json!({"client_id": "team-9", "capacity": 5, "rate_per_sec": 0.001}))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    for lb in [&a, &a, &z] {
+        let r = c
+            .get(url(lb.proxy_addr(), "/"))
+            .header("x-api-key", "team-9")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // z took one token itself; its own bucket would say 4.
+    let v: serde_json::Value = c
+        .get(url(z.admin_addr(), "/clients/team-9"))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    let tokens = v["tokens"].as_f64().expect("tokens");
+    assert!(
+        (2.0..2.1).contains(&tokens),
+        "tokens {tokens}, expected 5 - 3"
+    );
+    let list: serde_json::Value = c
+        .get(url(a.admin_addr(), "/clients"))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    let tokens = list[0]["tokens"].as_f64().expect("tokens");
+    assert!((2.0..2.1).contains(&tokens), "tokens {tokens} in the list");
+    a.shutdown().await;
+    z.shutdown().await;
+    forget(&redis, &prefix).await;
+}

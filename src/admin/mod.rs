@@ -22,7 +22,9 @@ use serde::Deserialize;
 
 use crate::balancer::Pool;
 use crate::error::AdminError;
+use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{ClientKey, Limits, Registry, MAX_PINNED};
+use crate::store::snapshot::encode_key;
 use crate::store::{ClientRecord, ClientStore, StoreError};
 
 /// Largest accepted request body.
@@ -41,6 +43,7 @@ pub struct AdminState {
     token: Option<Arc<str>>,
     locks: Arc<[tokio::sync::Mutex<()>]>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    shared: Option<Arc<SharedLimiter>>,
 }
 
 impl AdminState {
@@ -60,7 +63,15 @@ impl AdminState {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             metrics: None,
+            shared: None,
         }
+    }
+
+    /// Reports clients' levels from the shared (Redis) buckets, which are
+    /// what every replica decides by.
+    pub fn with_shared_limiter(mut self, shared: Option<Arc<SharedLimiter>>) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// Serves `/metrics` from this Prometheus handle.
@@ -177,12 +188,55 @@ fn view(state: &AdminState, r: ClientRecord) -> ClientView {
         .ok()
         .and_then(|k| state.registry.tokens(&k))
         .unwrap_or(f64::from(r.capacity));
+    view_with(r, tokens)
+}
+
+fn view_with(r: ClientRecord, tokens: f64) -> ClientView {
     ClientView {
         client_id: r.client_id,
         capacity: r.capacity,
         rate_per_sec: r.rate_per_sec,
         tokens,
     }
+}
+
+/// Views of `records` with their current levels: the shared buckets' with
+/// shared limits (this replica's own if Redis cannot answer), else the
+/// local ones.
+async fn views(state: &AdminState, records: Vec<ClientRecord>) -> Vec<ClientView> {
+    if let Some(shared) = &state.shared {
+        let buckets: Vec<(String, u32, f64)> = records
+            .iter()
+            .filter_map(|r| {
+                let key = ClientKey::api(&r.client_id).ok()?;
+                Some((encode_key(&key), r.capacity, r.rate_per_sec))
+            })
+            .collect();
+        if buckets.len() == records.len() {
+            match shared.levels(&buckets).await {
+                Ok(levels) => {
+                    return records
+                        .into_iter()
+                        .zip(levels)
+                        .map(|(r, tokens)| view_with(r, tokens))
+                        .collect();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "shared levels unavailable; reporting this replica's");
+                }
+            }
+        }
+    }
+    records.into_iter().map(|r| view(state, r)).collect()
+}
+
+async fn view_one(state: &AdminState, record: ClientRecord) -> ClientView {
+    if state.shared.is_some() {
+        if let Some(v) = views(state, vec![record.clone()]).await.pop() {
+            return v;
+        }
+    }
+    view(state, record)
 }
 
 fn store_error(e: StoreError) -> AdminError {
@@ -202,7 +256,7 @@ async fn list_clients(
     State(state): State<AdminState>,
 ) -> Result<Json<Vec<ClientView>>, AdminError> {
     let records = state.store.list().await.map_err(store_error)?;
-    Ok(Json(records.into_iter().map(|r| view(&state, r)).collect()))
+    Ok(Json(views(&state, records).await))
 }
 
 async fn get_client(
@@ -212,7 +266,7 @@ async fn get_client(
     client_key(&id)?;
     let record = state.store.get(&id).await.map_err(store_error)?;
     let record = record.ok_or_else(|| AdminError::NotFound(format!("client {id:?} not found")))?;
-    Ok(Json(view(&state, record)))
+    Ok(Json(view_one(&state, record).await))
 }
 
 async fn create_client(
@@ -235,7 +289,7 @@ async fn create_client(
     let _serial = state.lock(&record.client_id).await;
     state.store.create(&record).await.map_err(store_error)?;
     apply(&state, &key, Some(limits));
-    Ok((StatusCode::CREATED, Json(view(&state, record))))
+    Ok((StatusCode::CREATED, Json(view_one(&state, record).await)))
 }
 
 async fn update_client(
@@ -254,7 +308,7 @@ async fn update_client(
     let _serial = state.lock(&record.client_id).await;
     state.store.update(&record).await.map_err(store_error)?;
     apply(&state, &key, Some(limits));
-    Ok(Json(view(&state, record)))
+    Ok(Json(view_one(&state, record).await))
 }
 
 async fn delete_client(

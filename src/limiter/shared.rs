@@ -49,6 +49,35 @@ end
 return {1, remaining, wait}
 ";
 
+/// Current levels of several shared buckets, without taking anything.
+/// ARGV holds capacity and emission (µs) for each key in turn. Levels go
+/// back as strings: Redis truncates Lua numbers to integers.
+const LEVELS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local capacity = tonumber(ARGV[2 * i - 1])
+  local emission = tonumber(ARGV[2 * i])
+  local level = capacity
+  local v = redis.call('GET', key)
+  if v then
+    if emission <= 0 then
+      level = capacity - tonumber(v)
+    else
+      local ahead = tonumber(v) - now
+      if ahead > 0 then level = (emission * capacity - ahead) / emission end
+    end
+  end
+  if level < 0 then level = 0 end
+  out[i] = string.format('%.6f', level)
+end
+return out
+";
+
+/// Rows per levels query: bounds one script's run time inside Redis.
+const LEVELS_BATCH: usize = 1000;
+
 /// Why the shared limiter gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
@@ -67,6 +96,7 @@ pub enum SharedError {
 pub struct SharedLimiter {
     connection: redis::aio::ConnectionManager,
     script: redis::Script,
+    levels_script: redis::Script,
     prefix: String,
     timeout: Duration,
     started: Instant,
@@ -97,6 +127,7 @@ impl SharedLimiter {
         Ok(Self {
             connection,
             script: redis::Script::new(SCRIPT),
+            levels_script: redis::Script::new(LEVELS),
             prefix: prefix.to_owned(),
             timeout,
             started: Instant::now(),
@@ -141,6 +172,38 @@ impl SharedLimiter {
         };
         self.failed(&failure);
         Err(failure)
+    }
+
+    /// The shared levels (tokens, fractions included) of `buckets`, each
+    /// named by its key and given its capacity and rate; takes nothing.
+    /// For the admin API, so it reports the level every replica decides by.
+    pub async fn levels(&self, buckets: &[(String, u32, f64)]) -> Result<Vec<f64>, SharedError> {
+        if self.now_ms() < self.paused_until_ms.load(Ordering::Relaxed) {
+            return Err(SharedError::Paused);
+        }
+        let mut levels = Vec::with_capacity(buckets.len());
+        for chunk in buckets.chunks(LEVELS_BATCH) {
+            let mut invocation = self.levels_script.prepare_invoke();
+            for (key, capacity, rate) in chunk {
+                let emission_us = if *rate > 0.0 { 1e6 / rate } else { 0.0 };
+                invocation
+                    .key(format!("{}{key}", self.prefix))
+                    .arg(*capacity)
+                    .arg(emission_us);
+            }
+            let mut connection = self.connection.clone();
+            let answer = tokio::time::timeout(
+                self.timeout.max(Duration::from_secs(1)),
+                invocation.invoke_async::<Vec<String>>(&mut connection),
+            )
+            .await;
+            match answer {
+                Ok(Ok(texts)) => levels.extend(texts.iter().map(|t| t.parse().unwrap_or(0.0))),
+                Ok(Err(e)) => return Err(SharedError::Redis(e)),
+                Err(_) => return Err(SharedError::Timeout(self.timeout)),
+            }
+        }
+        Ok(levels)
     }
 
     fn failed(&self, error: &SharedError) {
