@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh            # wrk 10 s per target, ab -n 5000 -c 1000 x3
 #   DURATION=5s AB_ROUNDS=5 scripts/bench.sh
+#   REDIS_URL=redis://127.0.0.1:6379 scripts/bench.sh   # adds tollgate+redis
 #
 # One ab run of 5000 requests lasts well under a second here, and its rate
 # swung by 2x between identical runs (the first burst also opens ~1000
@@ -47,22 +48,37 @@ for i in 0 1 2; do
 done
 for p in "${B[@]}"; do wait_http "http://127.0.0.1:$p/health"; done
 
-TG=$(free_port); ADMIN=$(free_port)
-cat > "$WORK/tollgate.yaml" <<YAML
-server: {listen: 127.0.0.1:$TG}
-admin: {listen: 127.0.0.1:$ADMIN}
+# start_tollgate NAME [SHARED]: a tollgate on free ports with limits that
+# never reject; SHARED is an extra rate_limit.shared line. Prints its port.
+start_tollgate() {
+  local port admin; port=$(free_port); admin=$(free_port)
+  cat > "$WORK/$1.yaml" <<YAML
+server: {listen: 127.0.0.1:$port}
+admin: {listen: 127.0.0.1:$admin}
 backends:
   - url: http://127.0.0.1:${B[0]}
   - url: http://127.0.0.1:${B[1]}
   - url: http://127.0.0.1:${B[2]}
 rate_limit:
   default: {capacity: 1000000000, rate_per_sec: 1000000000}
+${2:-}
+store: {url: 'sqlite://$WORK/$1.db'}
 log: {level: warn}
 YAML
-"$BIN" serve --config "$WORK/tollgate.yaml" >"$WORK/tollgate.log" 2>&1 & PIDS+=($!)
+  "$BIN" serve --config "$WORK/$1.yaml" >"$WORK/$1.log" 2>&1 &
+  echo "$! $port"
+}
+read -r pid TG < <(start_tollgate tollgate); PIDS+=("$pid")
 wait_http "http://127.0.0.1:$TG/health"
-
 TARGETS=("direct http://127.0.0.1:${B[0]}/" "tollgate http://127.0.0.1:$TG/")
+# With REDIS_URL, a second tollgate whose limits are shared through Redis:
+# the cost of one Redis round trip per request.
+if [ -n "${REDIS_URL:-}" ]; then
+  read -r pid TR < <(start_tollgate tollgate-redis \
+    "  shared: {redis_url: '$REDIS_URL', key_prefix: 'tollgate-bench:'}"); PIDS+=("$pid")
+  wait_http "http://127.0.0.1:$TR/health"
+  TARGETS+=("tollgate+redis http://127.0.0.1:$TR/")
+fi
 if command -v nginx >/dev/null; then
   NG=$(free_port)
   cat > "$WORK/nginx.conf" <<NGINX
