@@ -21,6 +21,9 @@ enum After {
     KeepAlive,
     /// Say `Connection: close` and close.
     Close,
+    /// Answer a request with a body before reading the body, then never
+    /// read from that connection again (bodiless requests as KeepAlive).
+    AnswerEarly,
 }
 
 /// A raw HTTP/1.1 backend answering `200 ok:<n>` (n = body bytes it read)
@@ -48,6 +51,7 @@ async fn raw_backend(after: After) -> RawBackend {
                         return;
                     }
                     let mut length = 0usize;
+                    let mut chunked = false;
                     loop {
                         let mut line = String::new();
                         if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
@@ -60,6 +64,13 @@ async fn raw_backend(after: After) -> RawBackend {
                         if let Some(v) = lower.strip_prefix("content-length:") {
                             length = v.trim().parse().unwrap_or(0);
                         }
+                        chunked |=
+                            lower.starts_with("transfer-encoding:") && lower.contains("chunked");
+                    }
+                    if after == After::AnswerEarly && (chunked || length > 0) {
+                        let early = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
+                        let _ = stream.get_mut().write_all(early.as_bytes()).await;
+                        std::future::pending::<()>().await;
                     }
                     let mut body = vec![0u8; length];
                     if stream.read_exact(&mut body).await.is_err() {
@@ -168,4 +179,46 @@ async fn a_half_read_response_does_not_leak_into_the_next_request() {
         assert_eq!(v["path"], "/");
     }
     lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_still_sending_an_upload_is_not_handed_to_the_next_request() {
+    let b = raw_backend(After::AnswerEarly).await;
+    let mut cfg = config(&[b.addr]);
+    cfg.proxy.request_timeout = tollgate::config::Dur::secs(30);
+    let lb = balancer(&cfg).await;
+    // An upload that never finishes, answered early by the backend.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(vec![b'u'; 1024])).await.expect("first chunk");
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let uploading = client()
+        .post(url(lb.proxy_addr(), "/upload"))
+        .body(body)
+        .send()
+        .await
+        .expect("early answer");
+    assert_eq!(uploading.status(), StatusCode::OK);
+    assert_eq!(uploading.text().await.expect("body"), "early");
+    // Fresh client connections spread over both proxy threads; on the
+    // uploader's thread, the pooled connection is still sending the body.
+    for i in 0..16 {
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client().get(url(lb.proxy_addr(), "/")).send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("request {i} queued behind the upload"))
+        .expect("request");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.text().await.expect("body"), "ok:0");
+    }
+    drop(tx);
+    lb.shutdown().await;
+}
+
+/// The receiving end of a channel as a stream of body chunks.
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

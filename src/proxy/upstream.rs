@@ -113,10 +113,6 @@ impl Upstreams {
                 Some(idle) => (idle.sender, true),
                 None => (self.connect(backend).await?, false),
             };
-            if reused && sender.ready().await.is_err() {
-                // Closed while idle: try the next one.
-                continue;
-            }
             match sender.try_send_request(req).await {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
@@ -146,10 +142,18 @@ impl Upstreams {
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let stack = idle.get_mut(&key(backend))?;
-        while let Some(conn) = stack.connections.pop_back() {
-            if conn.usable(now) {
-                return Some(conn);
+        let stack = &mut idle.get_mut(&key(backend))?.connections;
+        // The most recent usable connection that can take a request now.
+        // One that cannot yet stays: its last response is complete, but the
+        // request body may still be going out (a backend that answered
+        // early); waiting for it would queue this request behind an upload.
+        let mut i = stack.len();
+        while i > 0 {
+            i -= 1;
+            if !stack[i].usable(now) {
+                stack.remove(i);
+            } else if stack[i].sender.is_ready() {
+                return stack.remove(i);
             }
         }
         None
