@@ -20,6 +20,10 @@ struct Cli {
     /// Config file (default: $TOLLGATE_CONFIG, else config.yaml).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Validate the config and exit, like `tollgate check` (the spelling
+    /// the original brief uses).
+    #[arg(long)]
+    check_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -45,6 +49,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check_config {
+        return tollgate::cli::check(cli.config);
+    }
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => tollgate::cli::serve(cli.config),
         Command::Demo => tollgate::cli::demo(cli.config),

@@ -43,6 +43,24 @@ fn check_prints_every_problem_with_its_field_and_exits_2() {
         assert!(err.contains(field), "{field} missing from:\n{err}");
     }
     assert!(err.contains("rate_per_sec"), "{err}");
+
+    // The brief's spelling, `--check-config`, does the same.
+    let out = tollgate()
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run tollgate");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("balancing.strategy"));
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "log: {level: warn}\n").expect("write config");
+    let out = tollgate()
+        .args(["--check-config", "--config"])
+        .arg(&good)
+        .output()
+        .expect("run tollgate");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
 #[test]
