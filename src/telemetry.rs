@@ -29,6 +29,8 @@ pub const BACKEND_IN_FLIGHT: &str = "tollgate_backend_in_flight";
 pub const CLIENTS_TRACKED: &str = "tollgate_clients_tracked";
 /// Clients pinned by the client table.
 pub const CLIENTS_PINNED: &str = "tollgate_clients_pinned";
+/// Connections opened to each backend (a pool that works keeps this low).
+pub const BACKEND_CONNECTIONS: &str = "tollgate_backend_connections_opened_total";
 /// Checks the shared (Redis) limiter could not answer.
 pub const SHARED_LIMITER_FAILURES: &str = "tollgate_shared_limiter_failures_total";
 /// Duration of one refill tick, seconds.
@@ -71,6 +73,7 @@ fn describe() {
     );
     metrics::describe_gauge!(BACKEND_HEALTHY, "1 if the backend is in the pool");
     metrics::describe_gauge!(BACKEND_IN_FLIGHT, "Requests in flight per backend");
+    metrics::describe_counter!(BACKEND_CONNECTIONS, "Connections opened to each backend");
     metrics::describe_counter!(
         SHARED_LIMITER_FAILURES,
         "Checks the shared (Redis) limiter could not answer"

@@ -39,7 +39,14 @@ async fn metrics_count_what_happened() {
     let lb = balancer(&cfg).await;
     let c = client();
     for _ in 0..10 {
-        assert_eq!(support::get_status(&c, lb.proxy_addr(), "/").await, 200);
+        // Bodies read to the end, so the client keeps its one connection.
+        let r = c
+            .get(support::url(lb.proxy_addr(), "/"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+        r.bytes().await.expect("body");
     }
     for _ in 0..3 {
         assert_eq!(support::get_status(&c, lb.proxy_addr(), "/").await, 429);
@@ -80,6 +87,20 @@ async fn metrics_count_what_happened() {
         get(&format!("tollgate_backend_in_flight{{backend=\"{b1}\"}}")),
         0.0
     );
+    // Each backend served 5 requests. The client may open a second
+    // connection (its pool returns connections from another task), which
+    // can land on the other proxy thread; each thread's pool then opens at
+    // most one connection per backend and reuses it.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for b in [&b0, &b1] {
+        let opened = get(&format!(
+            "tollgate_backend_connections_opened_total{{backend=\"{b}\"}}"
+        ));
+        assert!(
+            (1.0..=threads.min(5.0)).contains(&opened),
+            "{b}: {opened} connections"
+        );
+    }
     assert_eq!(get("tollgate_clients_tracked"), 1.0);
     assert_eq!(get("tollgate_clients_pinned"), 0.0);
     // Refill ticks and snapshots run on their own schedule (100 ms here):

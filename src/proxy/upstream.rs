@@ -177,6 +177,8 @@ impl Upstreams {
             .await
             .map_err(|e| SendError::Connect(e.to_string()))?;
         let label = backend.label().to_owned();
+        metrics::counter!(crate::telemetry::BACKEND_CONNECTIONS, "backend" => label.clone())
+            .increment(1);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(backend = %label, error = %e, "backend connection ended");
