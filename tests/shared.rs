@@ -273,3 +273,120 @@ async fn the_admin_api_reports_the_shared_level() {
     z.shutdown().await;
     forget(&redis, &prefix).await;
 }
+
+/// A private `redis-server`, stopped when dropped (a failing test leaves
+/// no server behind).
+struct PrivateRedis(std::process::Child);
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A private `redis-server` on `port`, for tests that stop and restart
+/// Redis (the shared one must stay up); `None` if the binary is missing.
+fn private_redis(port: u16) -> Option<PrivateRedis> {
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()
+        .map(PrivateRedis)
+}
+
+async fn redis_answers(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    match client.get_multiplexed_async_connection().await {
+        Ok(mut c) => redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn until_redis_answers(url: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !redis_answers(url).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn shared_limits_come_back_when_redis_does() {
+    let port = closed_port().port();
+    let url_redis = format!("redis://127.0.0.1:{port}");
+    let Some(first) = private_redis(port) else {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    };
+    until_redis_answers(&url_redis).await;
+    let b = backend("solo").await;
+    // Zero rate: each request leaves a visible count in Redis.
+    let cfg = shared_config(
+        b.addr,
+        &url_redis,
+        "p:",
+        Limits::new(1000, 0.0).expect("valid"),
+    );
+    let lb = balancer(&cfg).await;
+    let c = client();
+    let used = |url: String| async move {
+        let client = redis::Client::open(url.as_str()).expect("url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        redis::cmd("GET")
+            .arg("p:ip:127.0.0.1")
+            .query_async::<Option<i64>>(&mut conn)
+            .await
+            .expect("GET")
+            .unwrap_or(0)
+    };
+    assert_eq!(get_status(&c, lb.proxy_addr(), "/").await, 200);
+    assert_eq!(used(url_redis.clone()).await, 1);
+
+    // Redis gone: the local policy answers, promptly.
+    drop(first);
+    for _ in 0..3 {
+        let status = tokio::time::timeout(
+            Duration::from_secs(10),
+            get_status(&c, lb.proxy_addr(), "/"),
+        )
+        .await
+        .expect("answered while Redis is down");
+        assert_eq!(status, 200);
+    }
+
+    // A new Redis on the same address: checks reach it again once the
+    // pause after the failure is over.
+    let Some(_second) = private_redis(port) else {
+        panic!("redis-server ran a moment ago");
+    };
+    until_redis_answers(&url_redis).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        assert_eq!(get_status(&c, lb.proxy_addr(), "/").await, 200);
+        if used(url_redis.clone()).await > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "checks never reached the restarted Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lb.shutdown().await;
+}
