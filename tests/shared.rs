@@ -69,20 +69,38 @@ fn shared_config(
     cfg
 }
 
+/// What the tests against the shared Redis start from.
+struct Setup {
+    redis: String,
+    prefix: String,
+    cfg: tollgate::config::Config,
+    _backend: support::TestBackend,
+}
+
+/// A backend and a config whose default `limits` are shared through the
+/// Redis of `TOLLGATE_TEST_REDIS_URL`, under a key prefix of its own;
+/// `None` (skip) without that variable.
+async fn setup(limits: Limits) -> Option<Setup> {
+    let redis = redis_url()?;
+    let backend = backend("solo").await;
+    let prefix = prefix();
+    let cfg = shared_config(backend.addr, &redis, &prefix, limits);
+    Some(Setup {
+        redis,
+        prefix,
+        cfg,
+        _backend: backend,
+    })
+}
+
 #[tokio::test]
 async fn two_replicas_admit_one_clients_burst_once_between_them() {
-    let Some(redis) = redis_url() else { return };
-    let b = backend("solo").await;
     // 6 tokens, refilling one per 1000 s: nothing comes back during the test.
-    let prefix = prefix();
-    let cfg = shared_config(
-        b.addr,
-        &redis,
-        &prefix,
-        Limits::new(6, 0.001).expect("valid"),
-    );
-    let a = balancer(&cfg).await;
-    let z = balancer(&cfg).await;
+    let Some(s) = setup(Limits::new(6, 0.001).expect("valid")).await else {
+        return;
+    };
+    let a = balancer(&s.cfg).await;
+    let z = balancer(&s.cfg).await;
     let c = client();
     let mut statuses = Vec::new();
     let mut remaining = Vec::new();
@@ -115,17 +133,16 @@ async fn two_replicas_admit_one_clients_burst_once_between_them() {
     assert_eq!(remaining[..6], ["5", "4", "3", "2", "1", "0"]);
     a.shutdown().await;
     z.shutdown().await;
-    forget(&redis, &prefix).await;
+    forget(&s.redis, &s.prefix).await;
 }
 
 #[tokio::test]
 async fn a_zero_rate_allowance_is_shared_and_never_comes_back() {
-    let Some(redis) = redis_url() else { return };
-    let b = backend("solo").await;
-    let prefix = prefix();
-    let cfg = shared_config(b.addr, &redis, &prefix, Limits::new(3, 0.0).expect("valid"));
-    let a = balancer(&cfg).await;
-    let z = balancer(&cfg).await;
+    let Some(s) = setup(Limits::new(3, 0.0).expect("valid")).await else {
+        return;
+    };
+    let a = balancer(&s.cfg).await;
+    let z = balancer(&s.cfg).await;
     let c = client();
     let mut statuses = Vec::new();
     for i in 0..6 {
@@ -146,25 +163,24 @@ async fn a_zero_rate_allowance_is_shared_and_never_comes_back() {
     assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
     a.shutdown().await;
     z.shutdown().await;
-    forget(&redis, &prefix).await;
+    forget(&s.redis, &s.prefix).await;
 }
 
 #[tokio::test]
 async fn shared_buckets_expire_when_they_would_be_full_again() {
-    let Some(redis) = redis_url() else { return };
-    let b = backend("solo").await;
-    let prefix = prefix();
     // 4 tokens at 2/s: a bucket with one token taken is full after 0.5 s.
-    let cfg = shared_config(b.addr, &redis, &prefix, Limits::new(4, 2.0).expect("valid"));
-    let lb = balancer(&cfg).await;
+    let Some(s) = setup(Limits::new(4, 2.0).expect("valid")).await else {
+        return;
+    };
+    let lb = balancer(&s.cfg).await;
     assert_eq!(get_status(&client(), lb.proxy_addr(), "/").await, 200);
-    let r = redis::Client::open(redis.as_str()).expect("redis url");
+    let r = redis::Client::open(s.redis.as_str()).expect("redis url");
     let mut conn = r
         .get_multiplexed_async_connection()
         .await
         .expect("redis connection");
     let ttl: i64 = redis::cmd("PTTL")
-        .arg(format!("{prefix}ip:127.0.0.1"))
+        .arg(format!("{}ip:127.0.0.1", s.prefix))
         .query_async(&mut conn)
         .await
         .expect("PTTL");
@@ -212,18 +228,12 @@ async fn without_redis_the_failure_policy_decides() {
 
 #[tokio::test]
 async fn the_admin_api_reports_the_shared_level() {
-    let Some(redis) = redis_url() else { return };
-    let b = backend("solo").await;
-    let prefix = prefix();
-    let cfg = shared_config(
-        b.addr,
-        &redis,
-        &prefix,
-        Limits::new(100, 1.0).expect("valid"),
-    );
+    let Some(s) = setup(Limits::new(100, 1.0).expect("valid")).await else {
+        return;
+    };
     // Two replicas, each with its own client table holding the same client.
-    let a = balancer(&cfg).await;
-    let mut cfg_z = cfg.clone();
+    let a = balancer(&s.cfg).await;
+    let mut cfg_z = s.cfg.clone();
     cfg_z.store.url = support::temp_db();
     let z = balancer(&cfg_z).await;
     let c = client();
@@ -271,7 +281,7 @@ async fn the_admin_api_reports_the_shared_level() {
     assert!((2.0..2.1).contains(&tokens), "tokens {tokens} in the list");
     a.shutdown().await;
     z.shutdown().await;
-    forget(&redis, &prefix).await;
+    forget(&s.redis, &s.prefix).await;
 }
 
 /// A private `redis-server`, stopped when dropped (a failing test leaves
