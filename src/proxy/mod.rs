@@ -250,14 +250,17 @@ impl Proxy {
         body: Body,
     ) -> Result<Response<Body>, Failure> {
         let in_flight = backend.start_request();
-        // HTTP/1.1 needs a Host; without one from the client, name the
+        // HTTP/1.1 needs a Host. An HTTP/1.1 client's is already there;
+        // an h2c client's authority becomes one; failing both, name the
         // backend.
-        let host = match host {
-            Some(h) => h.clone(),
-            None => HeaderValue::from_str(backend.url().authority.as_str())
-                .map_err(|e| Failure::Other(e.to_string()))?,
-        };
-        headers.insert(header::HOST, host);
+        if !headers.contains_key(header::HOST) {
+            let host = match host {
+                Some(h) => h.clone(),
+                None => HeaderValue::from_str(backend.url().authority.as_str())
+                    .map_err(|e| Failure::Other(e.to_string()))?,
+            };
+            headers.insert(header::HOST, host);
+        }
         let mut upstream = Request::new(body);
         *upstream.method_mut() = parts.method.clone();
         *upstream.uri_mut() = parts.uri.clone();
