@@ -16,6 +16,19 @@ pub(super) const BATCH: usize = 1000;
 /// `sqlx::Pool<$db>`.
 macro_rules! sql_store {
     ($store:ty, $db:ty) => {
+        impl $store {
+            fn client_row(
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<$crate::store::ClientRecord, sqlx::Error> {
+                use sqlx::Row;
+                $crate::store::sql::record(
+                    row.try_get("client_id")?,
+                    row.try_get("capacity")?,
+                    row.try_get("rate_per_sec")?,
+                )
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::ClientStore for $store {
             async fn list(
@@ -29,14 +42,7 @@ macro_rules! sql_store {
                 .await?;
                 Ok(rows
                     .iter()
-                    .map(|row| {
-                        use sqlx::Row;
-                        $crate::store::sql::record(
-                            row.try_get("client_id")?,
-                            row.try_get("capacity")?,
-                            row.try_get("rate_per_sec")?,
-                        )
-                    })
+                    .map(Self::client_row)
                     .collect::<Result<_, sqlx::Error>>()?)
             }
 
@@ -49,16 +55,7 @@ macro_rules! sql_store {
                 );
                 q.push_bind(client_id);
                 let row = q.build().fetch_optional(&self.pool).await?;
-                Ok(row
-                    .map(|row| {
-                        use sqlx::Row;
-                        $crate::store::sql::record(
-                            row.try_get("client_id")?,
-                            row.try_get("capacity")?,
-                            row.try_get("rate_per_sec")?,
-                        )
-                    })
-                    .transpose()?)
+                Ok(row.as_ref().map(Self::client_row).transpose()?)
             }
 
             async fn create(
