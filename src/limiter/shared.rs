@@ -142,45 +142,40 @@ impl SharedLimiter {
     /// Takes one token from `key`'s shared bucket, whose limits are those
     /// of `local` (the same client's local check, which knows its limits).
     pub async fn check(&self, key: &str, local: &Decision) -> Result<Verdict, SharedError> {
-        if self.now_ms() < self.paused_until_ms.load(Ordering::Relaxed) {
-            return Err(SharedError::Paused);
-        }
         let emission_us = local
             .token_interval()
             .map_or(0.0, |t| t.as_secs_f64() * 1e6);
-        let mut connection = self.connection.clone();
         let mut invocation = self.script.key(format!("{}{key}", self.prefix));
         invocation.arg(local.limit()).arg(emission_us);
-        let answer = tokio::time::timeout(
-            self.timeout,
-            invocation.invoke_async::<(i64, i64, i64)>(&mut connection),
-        )
-        .await;
-        let failure = match answer {
-            Ok(Ok((allowed, remaining, wait_us))) => {
+        match self
+            .invoke::<(i64, i64, i64)>(&invocation, self.timeout)
+            .await
+        {
+            Ok((allowed, remaining, wait_us)) => {
                 self.recovered();
-                return Ok(Verdict {
+                Ok(Verdict {
                     allowed: allowed == 1,
                     limit: local.limit(),
                     remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
                     reset_after: u64::try_from(wait_us).ok().map(Duration::from_micros),
                     fill_time: local.fill_time(),
-                });
+                })
             }
-            Ok(Err(e)) => SharedError::Redis(e),
-            Err(_) => SharedError::Timeout(self.timeout),
-        };
-        self.failed(&failure);
-        Err(failure)
+            Err(failure) => {
+                if !matches!(failure, SharedError::Paused) {
+                    self.failed(&failure);
+                }
+                Err(failure)
+            }
+        }
     }
 
     /// The shared levels (tokens, fractions included) of `buckets`, each
     /// named by its key and given its capacity and rate; takes nothing.
     /// For the admin API, so it reports the level every replica decides by.
     pub async fn levels(&self, buckets: &[(String, u32, f64)]) -> Result<Vec<f64>, SharedError> {
-        if self.now_ms() < self.paused_until_ms.load(Ordering::Relaxed) {
-            return Err(SharedError::Paused);
-        }
+        // An admin listing may carry many keys: more time than one check.
+        let wait = self.timeout.max(Duration::from_secs(1));
         let mut levels = Vec::with_capacity(buckets.len());
         for chunk in buckets.chunks(LEVELS_BATCH) {
             let mut invocation = self.levels_script.prepare_invoke();
@@ -191,19 +186,26 @@ impl SharedLimiter {
                     .arg(*capacity)
                     .arg(emission_us);
             }
-            let mut connection = self.connection.clone();
-            let answer = tokio::time::timeout(
-                self.timeout.max(Duration::from_secs(1)),
-                invocation.invoke_async::<Vec<String>>(&mut connection),
-            )
-            .await;
-            match answer {
-                Ok(Ok(texts)) => levels.extend(texts.iter().map(|t| t.parse().unwrap_or(0.0))),
-                Ok(Err(e)) => return Err(SharedError::Redis(e)),
-                Err(_) => return Err(SharedError::Timeout(self.timeout)),
-            }
+            let texts = self.invoke::<Vec<String>>(&invocation, wait).await?;
+            levels.extend(texts.iter().map(|t| t.parse().unwrap_or(0.0)));
         }
         Ok(levels)
+    }
+
+    /// Runs a script within `wait`, unless Redis failed recently.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        wait: Duration,
+    ) -> Result<T, SharedError> {
+        if self.now_ms() < self.paused_until_ms.load(Ordering::Relaxed) {
+            return Err(SharedError::Paused);
+        }
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(wait, invocation.invoke_async::<T>(&mut connection)).await {
+            Ok(answer) => answer.map_err(SharedError::Redis),
+            Err(_) => Err(SharedError::Timeout(wait)),
+        }
     }
 
     fn failed(&self, error: &SharedError) {
