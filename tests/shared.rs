@@ -93,6 +93,26 @@ async fn setup(limits: Limits) -> Option<Setup> {
     })
 }
 
+/// `n` requests from one client, alternating between replicas `a` and `z`.
+async fn alternate(
+    c: &reqwest::Client,
+    a: &tollgate::app::Running,
+    z: &tollgate::app::Running,
+    n: usize,
+) -> Vec<reqwest::Response> {
+    let mut responses = Vec::with_capacity(n);
+    for i in 0..n {
+        let replica = if i % 2 == 0 { a } else { z };
+        responses.push(
+            c.get(url(replica.proxy_addr(), "/"))
+                .send()
+                .await
+                .expect("request"),
+        );
+    }
+    responses
+}
+
 #[tokio::test]
 async fn two_replicas_admit_one_clients_burst_once_between_them() {
     // 6 tokens, refilling one per 1000 s: nothing comes back during the test.
@@ -101,16 +121,9 @@ async fn two_replicas_admit_one_clients_burst_once_between_them() {
     };
     let a = balancer(&s.cfg).await;
     let z = balancer(&s.cfg).await;
-    let c = client();
     let mut statuses = Vec::new();
     let mut remaining = Vec::new();
-    for i in 0..10 {
-        let replica = if i % 2 == 0 { &a } else { &z };
-        let r = c
-            .get(url(replica.proxy_addr(), "/"))
-            .send()
-            .await
-            .expect("request");
+    for r in alternate(&client(), &a, &z, 10).await {
         statuses.push(r.status().as_u16());
         remaining.push(
             r.headers()["x-ratelimit-remaining"]
@@ -143,15 +156,8 @@ async fn a_zero_rate_allowance_is_shared_and_never_comes_back() {
     };
     let a = balancer(&s.cfg).await;
     let z = balancer(&s.cfg).await;
-    let c = client();
     let mut statuses = Vec::new();
-    for i in 0..6 {
-        let replica = if i % 2 == 0 { &a } else { &z };
-        let r = c
-            .get(url(replica.proxy_addr(), "/"))
-            .send()
-            .await
-            .expect("req");
+    for r in alternate(&client(), &a, &z, 6).await {
         if r.status() == StatusCode::TOO_MANY_REQUESTS {
             assert!(
                 r.headers().get("retry-after").is_none(),
