@@ -9,8 +9,8 @@ use http::{header, HeaderMap, HeaderName, HeaderValue};
 use crate::limiter::Verdict;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus the proxy ones some clients still send.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// plus `Proxy-Connection`, which some clients still send.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -19,9 +19,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
 ];
 
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -31,29 +31,43 @@ const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
 /// Removes hop-by-hop headers, including any named in `Connection`.
+///
+/// One pass over the names present notes which hop-by-hop names occur
+/// (standard names compare as tags); only those are removed. Browsers send
+/// `Connection: keep-alive` on every HTTP/1.1 request, so this path is
+/// common: removing all nine names blindly, plus a `Vec` of the names in
+/// `Connection`, cost ~2,500 instructions per such request (callgrind).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names present (standard
-    // names compare as tags) instead of nine hashed removals.
-    if !h
-        .keys()
-        .any(|name| HOP_BY_HOP.contains(name) || name == PROXY_CONNECTION)
-    {
-        return;
-    }
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in &named {
-            h.remove(name);
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
+    for name in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+            any = true;
         }
     }
-    for name in HOP_BY_HOP.iter().chain([&PROXY_CONNECTION]) {
-        h.remove(name);
+    if !any {
+        return;
+    }
+    // `Connection` is HOP_BY_HOP[0]; the values it carries name further
+    // headers of this connection only.
+    if let http::header::Entry::Occupied(connection) = h.entry(header::CONNECTION) {
+        let values: Vec<HeaderValue> = connection.remove_entry_mult().1.collect();
+        for value in values {
+            let Ok(value) = value.to_str() else { continue };
+            for name in value.split(',').map(str::trim) {
+                // `close` and `keep-alive` are the usual tokens; `close`
+                // names no header and `keep-alive` is in the list anyway.
+                if !name.is_empty() && !name.eq_ignore_ascii_case("close") {
+                    h.remove(name);
+                }
+            }
+        }
+    }
+    for (hop, present) in HOP_BY_HOP.iter().zip(present).skip(1) {
+        if present {
+            h.remove(hop);
+        }
     }
 }
 
@@ -66,20 +80,18 @@ pub fn set_forwarded(
     peer_trusted: bool,
     host: Option<HeaderValue>,
 ) {
-    let chain = if peer_trusted {
-        let prior: Vec<&str> = h
+    let mut chain = String::new();
+    if peer_trusted {
+        for prior in h
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .collect();
-        if prior.is_empty() {
-            peer.to_string()
-        } else {
-            format!("{}, {peer}", prior.join(", "))
+        {
+            chain.push_str(prior);
+            chain.push_str(", ");
         }
-    } else {
-        peer.to_string()
-    };
+    }
+    push_ip(&mut chain, peer);
     if let Ok(v) = HeaderValue::from_str(&chain) {
         h.insert(X_FORWARDED_FOR, v);
     }
@@ -90,6 +102,29 @@ pub fn set_forwarded(
         }
         None => {
             h.remove(X_FORWARDED_HOST);
+        }
+    }
+}
+
+fn push_num(text: &mut String, n: impl itoa::Integer) {
+    text.push_str(itoa::Buffer::new().format(n));
+}
+
+/// Writes an address as `Display` does; IPv4 (the common case) without
+/// `core::fmt`, which cost ~1,300 instructions per request here.
+fn push_ip(text: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                push_num(text, octet);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(text, "{v6}");
         }
     }
 }
@@ -108,24 +143,29 @@ pub fn retry_after_secs(d: &Verdict) -> Option<u64> {
 /// `w` seconds to fill from empty, `r` whole tokens left, `t` seconds to
 /// the next token) and `X-RateLimit-Limit` / `X-RateLimit-Remaining`.
 pub fn rate_limit(h: &mut HeaderMap, d: &Verdict) {
-    use std::fmt::Write;
     // The four values are written into one buffer and handed out as slices
-    // of it: two allocations per response instead of eight.
+    // of it: two allocations per response instead of eight. Numbers go
+    // through `itoa`: `core::fmt` here cost ~1,700 instructions per
+    // response (callgrind), a fifth of the proxy's own header work.
     let mut text = String::with_capacity(96);
     let mut ends = [0usize; 4];
-    let _ = write!(text, "\"tollgate\";q={}", d.limit);
+    text.push_str("\"tollgate\";q=");
+    push_num(&mut text, d.limit);
     if let Some(w) = d.fill_time {
-        let _ = write!(text, ";w={}", ceil_secs(w));
+        text.push_str(";w=");
+        push_num(&mut text, ceil_secs(w));
     }
     ends[0] = text.len();
-    let _ = write!(text, "\"tollgate\";r={}", d.remaining);
+    text.push_str("\"tollgate\";r=");
+    push_num(&mut text, d.remaining);
     if let Some(t) = d.reset_after {
-        let _ = write!(text, ";t={}", ceil_secs(t));
+        text.push_str(";t=");
+        push_num(&mut text, ceil_secs(t));
     }
     ends[1] = text.len();
-    let _ = write!(text, "{}", d.limit);
+    push_num(&mut text, d.limit);
     ends[2] = text.len();
-    let _ = write!(text, "{}", d.remaining);
+    push_num(&mut text, d.remaining);
     ends[3] = text.len();
     let text = Bytes::from(text);
     let mut start = 0;
@@ -170,6 +210,30 @@ mod tests {
     }
 
     #[test]
+    fn every_connection_header_and_what_it_names_go() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive , X-Secret,,"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::HOST, HeaderValue::from_static("example.com"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::HOST));
+
+        // Nothing hop-by-hop: nothing touched.
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("example.com"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
     fn forwarded_for_is_extended_only_for_trusted_peers() {
         let peer: std::net::IpAddr = "10.0.0.9".parse().expect("ip");
         let mut h = HeaderMap::new();
@@ -187,5 +251,39 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         set_forwarded(&mut h, peer, false, None);
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.20.3.4",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("ip");
+            let mut text = String::new();
+            push_ip(&mut text, ip);
+            assert_eq!(text, ip.to_string());
+        }
+    }
+
+    #[test]
+    fn rate_limit_values() {
+        let d = Verdict {
+            allowed: true,
+            limit: 100,
+            remaining: 7,
+            fill_time: Some(Duration::from_millis(9_300)),
+            reset_after: Some(Duration::from_millis(100)),
+        };
+        let mut h = HeaderMap::new();
+        rate_limit(&mut h, &d);
+        assert_eq!(h["ratelimit-policy"], "\"tollgate\";q=100;w=10");
+        assert_eq!(h["ratelimit"], "\"tollgate\";r=7;t=1");
+        assert_eq!(h["x-ratelimit-limit"], "100");
+        assert_eq!(h["x-ratelimit-remaining"], "7");
     }
 }

@@ -19,7 +19,7 @@ use http::{header, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::balancer::Pool;
+use crate::balancer::{Backend, Pool};
 use crate::config::OnFailure;
 use crate::error::ProxyError;
 use crate::limiter::shared::SharedLimiter;
@@ -118,18 +118,18 @@ impl Proxy {
                 return response;
             }
         };
-        let mut response = match self.forward(req, peer).await {
-            Ok(r) => r,
-            Err(e) => e.into_response(),
+        let (mut response, backend) = match self.forward(req, peer).await {
+            Ok((r, backend)) => (r, Some(backend)),
+            Err(e) => (e.into_response(), None),
         };
         if let Some(d) = &decision {
             headers::rate_limit(response.headers_mut(), d);
         }
-        let backend = response
-            .extensions()
-            .get::<ServedBy>()
-            .map(|s| s.0.as_ref());
-        telemetry::request(response.status().as_u16(), backend, started.elapsed());
+        telemetry::request(
+            response.status().as_u16(),
+            backend.as_deref(),
+            started.elapsed(),
+        );
         response
     }
 
@@ -166,7 +166,10 @@ impl Proxy {
         let verdict = match (&self.shared, &key) {
             (Some(shared), Some(key)) => {
                 let name = crate::store::snapshot::encode_key(key);
-                match shared.limiter.check(&name, &decision).await {
+                // Boxed: the Redis exchange is a large future, and inline it
+                // would grow every request's future, which is moved several
+                // times per request, with or without shared limits.
+                match Box::pin(shared.limiter.check(&name, &decision)).await {
                     Ok(v) => v,
                     Err(_) if shared.on_failure == OnFailure::Local => Verdict::from(&decision),
                     Err(_) => return Err(ProxyError::LimiterUnavailable),
@@ -181,11 +184,13 @@ impl Proxy {
         }
     }
 
+    /// Sends the request on, with one retry where that is safe; returns
+    /// the response and the backend that gave it.
     async fn forward(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<(Response<Body>, Arc<Backend>), ProxyError> {
         let (mut parts, body) = req.into_parts();
         // HTTP/2 clients name the host in the URI, not in a Host header.
         let host = match parts.headers.get(header::HOST) {
@@ -231,11 +236,13 @@ impl Proxy {
                 let empty = http_body_util::Empty::new()
                     .map_err(|never| match never {})
                     .boxed_unsync();
-                self.attempt(&second, &parts, host.as_ref(), headers, empty)
-                    .await
-                    .map_err(ProxyError::from)
+                let response = self
+                    .attempt(&second, &parts, host.as_ref(), headers, empty)
+                    .await?;
+                Ok((response, second))
             }
-            other => other.map_err(ProxyError::from),
+            Ok(response) => Ok((response, first)),
+            Err(failure) => Err(failure.into()),
         }
     }
 
@@ -243,7 +250,7 @@ impl Proxy {
     /// against the backend's health (passive checks).
     async fn attempt(
         &self,
-        backend: &Arc<crate::balancer::Backend>,
+        backend: &Arc<Backend>,
         parts: &http::request::Parts,
         host: Option<&HeaderValue>,
         mut headers: http::HeaderMap,
@@ -290,20 +297,15 @@ impl Proxy {
             }
         };
         headers::strip_hop_by_hop(response.headers_mut());
-        response.extensions_mut().insert(ServedBy(backend.clone()));
         Ok(response)
     }
 
-    fn passive_failure(&self, backend: &crate::balancer::Backend, what: &str) {
+    fn passive_failure(&self, backend: &Backend, what: &str) {
         if let Some(t) = self.pool.record(backend, false) {
             crate::health::log_transition(backend, t, what);
         }
     }
 }
-
-/// Which backend answered (a response extension, for metrics).
-#[derive(Debug, Clone)]
-struct ServedBy(Arc<crate::balancer::Backend>);
 
 /// How one attempt failed.
 #[derive(Debug)]
