@@ -9,13 +9,13 @@ COPY src src
 COPY migrations migrations
 COPY benches benches
 COPY config.yaml config.yaml
-RUN cargo build --release --locked --bin tollgate
+RUN cargo build --profile production --locked --bin tollgate
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/tollgate tollgate \
  && mkdir -p /etc/tollgate /var/lib/tollgate \
  && chown tollgate:tollgate /var/lib/tollgate
-COPY --from=build /src/target/release/tollgate /usr/local/bin/tollgate
+COPY --from=build /src/target/production/tollgate /usr/local/bin/tollgate
 COPY config.yaml /etc/tollgate/config.yaml
 USER tollgate
 WORKDIR /var/lib/tollgate

@@ -42,6 +42,29 @@ fn dockerfile_is_multi_stage_non_root_and_stops_with_sigterm() {
             );
         }
     }
+    // The runtime stage copies the binary the build stage made: the
+    // profile named in `cargo build --profile P` exists in Cargo.toml, and
+    // its output directory is the one copied.
+    let build = instr("RUN")
+        .into_iter()
+        .find(|r| r.starts_with("cargo build"))
+        .expect("a cargo build step");
+    let profile = build
+        .split_whitespace()
+        .skip_while(|w| *w != "--profile")
+        .nth(1)
+        .expect("cargo build --profile P");
+    assert!(
+        repo("Cargo.toml").contains(&format!("[profile.{profile}]")),
+        "profile {profile} not in Cargo.toml"
+    );
+    assert!(
+        instr("COPY")
+            .iter()
+            .any(|c| c.starts_with("--from=build")
+                && c.contains(&format!("/target/{profile}/tollgate"))),
+        "the runtime stage does not copy target/{profile}/tollgate"
+    );
     // The shipped config's listeners are the exposed ports.
     let c = Config::parse(&repo("config.yaml")).expect("config.yaml");
     assert_eq!(c.server.listen.port(), 8080);
