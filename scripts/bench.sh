@@ -11,6 +11,11 @@
 # backend connections), so ab runs AB_ROUNDS times per target and the
 # table shows the median run, with the range of all runs beside it.
 #
+# Beside rate and latency the table gives the CPU time each target's own
+# processes spent per request, and ab's own: everything shares the same
+# cores, so a server's CPU per request decides how much is left for the
+# load generator and the backends.
+#
 # Limits are set high enough that neither tollgate nor nginx ever rejects:
 # the numbers compare the cost of proxying plus limiting, not rejections.
 # Needs wrk and ab (Debian: wrk, apache2-utils); nginx is optional.
@@ -22,7 +27,8 @@ CONNS=${CONNS:-64}
 AB_N=${AB_N:-5000}
 AB_C=${AB_C:-1000}
 AB_ROUNDS=${AB_ROUNDS:-3}
-BIN=target/release/tollgate
+# The production profile (fat LTO), as the Docker image ships it.
+BIN=target/production/tollgate
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -36,7 +42,7 @@ trap cleanup EXIT
 for tool in wrk ab; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk apache2-utils)" >&2; exit 1; }
 done
-[ -x "$BIN" ] || cargo build --release --quiet
+cargo build --profile production --quiet
 ulimit -n "$(ulimit -Hn)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -46,6 +52,9 @@ B=(); for i in 1 2 3; do B+=("$(free_port)"); done
 for i in 0 1 2; do
   "$BIN" backend --listen "127.0.0.1:${B[$i]}" --name "b$i" >/dev/null 2>&1 & PIDS+=($!)
 done
+# Processes whose CPU time is charged to each target (the "direct" target
+# is backend b0 alone).
+declare -A SERVER_PIDS=([direct]=${PIDS[0]})
 for p in "${B[@]}"; do wait_http "http://127.0.0.1:$p/health"; done
 
 # start_tollgate NAME [SHARED]: a tollgate on free ports with limits that
@@ -68,7 +77,7 @@ YAML
   "$BIN" serve --config "$WORK/$1.yaml" >"$WORK/$1.log" 2>&1 &
   echo "$! $port"
 }
-read -r pid TG < <(start_tollgate tollgate); PIDS+=("$pid")
+read -r pid TG < <(start_tollgate tollgate); PIDS+=("$pid"); SERVER_PIDS[tollgate]=$pid
 wait_http "http://127.0.0.1:$TG/health"
 TARGETS=("direct http://127.0.0.1:${B[0]}/" "tollgate http://127.0.0.1:$TG/")
 # With REDIS_URL, a second tollgate whose limits are shared through Redis:
@@ -76,6 +85,7 @@ TARGETS=("direct http://127.0.0.1:${B[0]}/" "tollgate http://127.0.0.1:$TG/")
 if [ -n "${REDIS_URL:-}" ]; then
   read -r pid TR < <(start_tollgate tollgate-redis \
     "  shared: {redis_url: '$REDIS_URL', key_prefix: 'tollgate-bench:'}"); PIDS+=("$pid")
+  SERVER_PIDS[tollgate+redis]=$pid
   wait_http "http://127.0.0.1:$TR/health"
   TARGETS+=("tollgate+redis http://127.0.0.1:$TR/")
 fi
@@ -109,6 +119,7 @@ NGINX
   nginx -c "$WORK/nginx.conf" -p "$WORK" -e "$WORK/nginx-error.log"
   wait_http "http://127.0.0.1:$NG/health"
   TARGETS+=("nginx http://127.0.0.1:$NG/")
+  SERVER_PIDS[nginx]="$(cat "$WORK/nginx.pid") $(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')"
 else
   echo "(nginx not installed: skipping the nginx column; apt-get install nginx-light)" >&2
 fi
@@ -117,23 +128,47 @@ to_ms() { # wrk latency like 1.23ms / 456.00us / 1.02s
   awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v+0 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000 } else print v }'
 }
 
+# CPU time (clock ticks, user + system) used so far by the given processes
+# and all their threads, from /proc.
+cpu_ticks() {
+  local total=0 f fields
+  for pid in "$@"; do
+    for f in /proc/"$pid"/task/*/stat; do
+      read -r -a fields < "$f" 2>/dev/null || continue
+      total=$((total + fields[13] + fields[14]))
+    done
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+GNU_TIME=$(command -v /usr/bin/time || true) # Debian: time
+# µs of CPU per request from a tick difference and a request count.
+per_req() { awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }'; }
+
 declare -A RPS
 ROWS=()
 for t in "${TARGETS[@]}"; do
   name=${t%% *}; u=${t#* }
   curl -fs -o /dev/null "$u"
+  read -r -a spids <<<"${SERVER_PIDS[$name]}"
+  t0=$(cpu_ticks "${spids[@]}")
   out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$u")
+  cpu=$(per_req $(($(cpu_ticks "${spids[@]}") - t0)) "$(awk '/requests in/ {print $1}' <<<"$out")")
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
   p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
   errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
   RPS["wrk-$name"]=$rps
-  ROWS+=("$name|wrk -t1 -c$CONNS -d$DURATION|$rps|$p50|$p99|${errs:-0}")
+  ROWS+=("$name|wrk -t1 -c$CONNS -d$DURATION|$rps|$p50|$p99|${errs:-0}|$cpu|-")
 
   runs=()
-  failed=0; non2xx=0
+  failed=0; non2xx=0; ab_ticks=0
+  t0=$(cpu_ticks "${spids[@]}")
   for _ in $(seq "$AB_ROUNDS"); do
-    out=$(ab -q -n "$AB_N" -c "$AB_C" "$u" 2>&1)
+    # ab's own CPU (GNU time's user + system seconds) goes to stderr's
+    # last line.
+    out=$(${GNU_TIME:+$GNU_TIME -f 'abcpu %U %S'} ab -q -n "$AB_N" -c "$AB_C" "$u" 2>&1)
+    ab_ticks=$(awk -v t="$ab_ticks" -v hz="$HZ" '/^abcpu/ {t += ($2 + $3) * hz} END {printf "%d", t}' <<<"$out")
     rps=$(awk '/^Requests per second/ {print $4}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
@@ -141,20 +176,26 @@ for t in "${TARGETS[@]}"; do
     non2xx=$((non2xx + $(awk '/^Non-2xx responses/ {print $3}' <<<"$out" | grep . || echo 0)))
     runs+=("$rps $p50 $p99")
   done
+  cpu=$(per_req $(($(cpu_ticks "${spids[@]}") - t0)) $((AB_N * AB_ROUNDS)))
+  ab_cpu=-
+  [ -n "$GNU_TIME" ] && ab_cpu=$(per_req "$ab_ticks" $((AB_N * AB_ROUNDS)))
   # Median run by rate; failures are summed over all runs.
   read -r rps p50 p99 < <(printf '%s\n' "${runs[@]}" | sort -n | sed -n "$(( (AB_ROUNDS + 1) / 2 ))p")
   range=$(printf '%s\n' "${runs[@]}" | sort -n | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.0f-%.0f", lo, hi}')
   RPS["ab-$name"]=$rps
-  ROWS+=("$name|ab -n $AB_N -c $AB_C (median of $AB_ROUNDS: $range)|$rps|$p50|$p99|failed=$failed non2xx=$non2xx")
+  ROWS+=("$name|ab -n $AB_N -c $AB_C (median of $AB_ROUNDS: $range)|$rps|$p50|$p99|failed=$failed non2xx=$non2xx|$cpu|$ab_cpu")
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else print "-" }'; }
-printf '\n| target | load | req/s | p50 ms | p99 ms | errors | vs direct | vs nginx |\n|---|---|---|---|---|---|---|---|\n'
+printf '\n| target | load | req/s | p50 ms | p99 ms | errors | vs direct | vs nginx | server CPU µs/req | ab CPU µs/req |\n|---|---|---|---|---|---|---|---|---|---|\n'
 for row in "${ROWS[@]}"; do
-  IFS='|' read -r name load rps p50 p99 errs <<<"$row"
+  IFS='|' read -r name load rps p50 p99 errs cpu ab_cpu <<<"$row"
   tool=${load%% *}
-  printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$load" "$rps" "$p50" "$p99" "$errs" \
-    "$(ratio "$rps" "${RPS[$tool-direct]}")" "$(ratio "$rps" "${RPS[$tool-nginx]:-0}")"
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$load" "$rps" "$p50" "$p99" "$errs" \
+    "$(ratio "$rps" "${RPS[$tool-direct]}")" "$(ratio "$rps" "${RPS[$tool-nginx]:-0}")" "$cpu" "$ab_cpu"
 done
+echo
+echo "server CPU: user + system time of the target's own processes (tollgate; nginx master and"
+echo "workers; backend b0 for direct) per request; the backends behind a proxy are not counted."
 echo
 echo "cores: $(nproc); $(date -u +%Y-%m-%dT%H:%MZ)"
