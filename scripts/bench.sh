@@ -44,36 +44,18 @@ for tool in wrk ab; do
 done
 cargo build --profile production --quiet
 ulimit -n "$(ulimit -Hn)"
+. scripts/common.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
-
-B=(); for i in 1 2 3; do B+=("$(free_port)"); done
-for i in 0 1 2; do
-  "$BIN" backend --listen "127.0.0.1:${B[$i]}" --name "b$i" >/dev/null 2>&1 & PIDS+=($!)
-done
+start_backends
 # Processes whose CPU time is charged to each target (the "direct" target
 # is backend b0 alone).
 declare -A SERVER_PIDS=([direct]=${PIDS[0]})
-for p in "${B[@]}"; do wait_http "http://127.0.0.1:$p/health"; done
 
 # start_tollgate NAME [SHARED]: a tollgate on free ports with limits that
 # never reject; SHARED is an extra rate_limit.shared line. Prints its port.
 start_tollgate() {
   local port admin; port=$(free_port); admin=$(free_port)
-  cat > "$WORK/$1.yaml" <<YAML
-server: {listen: 127.0.0.1:$port}
-admin: {listen: 127.0.0.1:$admin}
-backends:
-  - url: http://127.0.0.1:${B[0]}
-  - url: http://127.0.0.1:${B[1]}
-  - url: http://127.0.0.1:${B[2]}
-rate_limit:
-  default: {capacity: 1000000000, rate_per_sec: 1000000000}
-${2:-}
-store: {url: 'sqlite://$WORK/$1.db'}
-log: {level: warn}
-YAML
+  tollgate_conf "$WORK/$1.yaml" "$port" "$admin" "${2:-}"
   "$BIN" serve --config "$WORK/$1.yaml" >"$WORK/$1.log" 2>&1 &
   echo "$! $port"
 }
@@ -91,31 +73,9 @@ if [ -n "${REDIS_URL:-}" ]; then
 fi
 if command -v nginx >/dev/null; then
   NG=$(free_port)
-  cat > "$WORK/nginx.conf" <<NGINX
-worker_processes auto;
+  nginx_conf "$WORK/nginx.conf" "$NG" "worker_processes auto;
 worker_rlimit_nofile 20000;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  limit_req_zone \$binary_remote_addr zone=perip:10m rate=1000000r/s;
-  upstream pool {
-    server 127.0.0.1:${B[0]}; server 127.0.0.1:${B[1]}; server 127.0.0.1:${B[2]};
-    keepalive 64;
-  }
-  server {
-    listen 127.0.0.1:$NG backlog=4096;
-    location / {
-      limit_req zone=perip burst=1000000 nodelay;
-      proxy_pass http://pool;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
+events { worker_connections 20000; }"
   nginx -c "$WORK/nginx.conf" -p "$WORK" -e "$WORK/nginx-error.log"
   wait_http "http://127.0.0.1:$NG/health"
   TARGETS+=("nginx http://127.0.0.1:$NG/")

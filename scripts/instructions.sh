@@ -36,14 +36,8 @@ done
 cargo build --profile production --quiet
 ulimit -n "$(ulimit -Hn)"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 600); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
-
-B=(); for i in 1 2 3; do B+=("$(free_port)"); done
-for i in 0 1 2; do
-  "$BIN" backend --listen "127.0.0.1:${B[$i]}" --name "b$i" >/dev/null 2>&1 & PIDS+=($!)
-done
-for p in "${B[@]}"; do wait_http "http://127.0.0.1:$p/health"; done
+. scripts/common.sh
+start_backends
 
 # measure NAME PID URL: prints "NAME keep-alive IR/req" and "NAME new-connection IR/req".
 measure() {
@@ -68,18 +62,7 @@ dump() {
 
 RESULTS=()
 port=$(free_port); admin=$(free_port)
-cat > "$WORK/tollgate.yaml" <<YAML
-server: {listen: 127.0.0.1:$port}
-admin: {listen: 127.0.0.1:$admin}
-backends:
-  - url: http://127.0.0.1:${B[0]}
-  - url: http://127.0.0.1:${B[1]}
-  - url: http://127.0.0.1:${B[2]}
-rate_limit:
-  default: {capacity: 1000000000, rate_per_sec: 1000000000}
-store: {url: 'sqlite://$WORK/tollgate.db'}
-log: {level: warn}
-YAML
+tollgate_conf "$WORK/tollgate.yaml" "$port" "$admin"
 valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
   "$BIN" serve --config "$WORK/tollgate.yaml" >"$WORK/tollgate.log" 2>&1 & TPID=$!; PIDS+=("$TPID")
 wait_http "http://127.0.0.1:$port/health"
@@ -87,32 +70,10 @@ while read -r line; do RESULTS+=("$line"); done < <(measure tollgate "$TPID" "ht
 
 if command -v nginx >/dev/null; then
   NG=$(free_port)
-  cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
+  nginx_conf "$WORK/nginx.conf" "$NG" "worker_processes 1;
 master_process off;
 daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  limit_req_zone \$binary_remote_addr zone=perip:10m rate=1000000r/s;
-  upstream pool {
-    server 127.0.0.1:${B[0]}; server 127.0.0.1:${B[1]}; server 127.0.0.1:${B[2]};
-    keepalive 64;
-  }
-  server {
-    listen 127.0.0.1:$NG backlog=4096;
-    location / {
-      limit_req zone=perip burst=1000000 nodelay;
-      proxy_pass http://pool;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
+events { worker_connections 4096; }"
   valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
     nginx -c "$WORK/nginx.conf" -p "$WORK" -e "$WORK/nginx-error.log" >"$WORK/nginx.log" 2>&1 & NPID=$!; PIDS+=("$NPID")
   wait_http "http://127.0.0.1:$NG/health"

@@ -1,0 +1,73 @@
+# Shared by bench.sh and instructions.sh (sourced, not run): free ports,
+# waiting for a server, the three demo backends, and the tollgate and
+# nginx configurations the two scripts compare. Expects BIN (the tollgate
+# binary), WORK (a scratch folder) and the array PIDS (processes to stop).
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_http URL: until URL answers 2xx (up to 30 s: servers under valgrind
+# start slowly).
+wait_http() {
+  for _ in $(seq 1 600); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done
+  echo "no answer from $1" >&2
+  exit 1
+}
+
+# start_backends: three demo backends on free ports; their ports go to B,
+# their processes to PIDS (b0 first).
+start_backends() {
+  B=()
+  for _ in 1 2 3; do B+=("$(free_port)"); done
+  for i in 0 1 2; do
+    "$BIN" backend --listen "127.0.0.1:${B[$i]}" --name "b$i" >/dev/null 2>&1 &
+    PIDS+=($!)
+  done
+  for p in "${B[@]}"; do wait_http "http://127.0.0.1:$p/health"; done
+}
+
+# tollgate_conf FILE PORT ADMIN_PORT [RATE_LIMIT_LINE]: tollgate over the
+# backends with limits too high ever to reject.
+tollgate_conf() {
+  cat > "$1" <<YAML
+server: {listen: 127.0.0.1:$2}
+admin: {listen: 127.0.0.1:$3}
+backends:
+  - url: http://127.0.0.1:${B[0]}
+  - url: http://127.0.0.1:${B[1]}
+  - url: http://127.0.0.1:${B[2]}
+rate_limit:
+  default: {capacity: 1000000000, rate_per_sec: 1000000000}
+${4:-}
+store: {url: 'sqlite://$1.db'}
+log: {level: warn}
+YAML
+}
+
+# nginx_conf FILE PORT MAIN_LINES: nginx with round robin over keep-alive
+# upstreams and a limit_req zone that never rejects, after MAIN_LINES
+# (worker and process settings).
+nginx_conf() {
+  cat > "$1" <<NGINX
+$3
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+http {
+  access_log off;
+  limit_req_zone \$binary_remote_addr zone=perip:10m rate=1000000r/s;
+  upstream pool {
+    server 127.0.0.1:${B[0]}; server 127.0.0.1:${B[1]}; server 127.0.0.1:${B[2]};
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$2 backlog=4096;
+    location / {
+      limit_req zone=perip burst=1000000 nodelay;
+      proxy_pass http://pool;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+}
