@@ -157,11 +157,40 @@ fn sweep(c: &mut Criterion) {
     g.finish();
 }
 
+/// A newcomer refused at `max_clients` when every tracked bucket holds
+/// state (none can be reclaimed): the cost an IP flood imposes per request
+/// once the table is full.
+fn refuse_when_full(c: &mut Criterion) {
+    const CLIENTS: usize = 100_000;
+    let reg = Registry::new(RegistryConfig {
+        default_limits: Limits::new(100, 10.0).expect("valid"),
+        max_clients: NonZeroUsize::new(CLIENTS).expect("nonzero"),
+        idle_timeout: Duration::from_secs(3600),
+        refill_interval: Duration::from_millis(100),
+    });
+    // One token taken from each: 99 of 100 left, so none is full.
+    for ip in ips().into_iter().take(CLIENTS) {
+        let _ = reg.check(&ClientKey::Ip(ip));
+    }
+    let newcomers: Vec<ClientKey> = (0..1024u32)
+        .map(|i| ClientKey::Ip(IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i))))
+        .collect();
+    let mut g = c.benchmark_group("refuse_at_max_clients_100k");
+    let mut i = 0usize;
+    g.bench_function("tollgate", |b| {
+        b.iter(|| {
+            i = (i + 1) % newcomers.len();
+            black_box(reg.check(&newcomers[i]).is_err())
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = hot_key, many_keys, sweep
+    targets = hot_key, many_keys, sweep, refuse_when_full
 }
 criterion_main!(benches);

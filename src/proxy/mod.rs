@@ -156,9 +156,11 @@ impl Proxy {
             Some(d) => d,
             None => {
                 let ip = ClientKey::Ip(self.identifier.client_ip(req.headers(), peer.ip()));
-                let d = limiter
-                    .check(&ip)
-                    .map_err(|RegistryError::Full(_)| ProxyError::ClientTableFull)?;
+                let d = limiter.check(&ip).map_err(|RegistryError::Full(_)| {
+                    ProxyError::ClientTableFull {
+                        retry_after: limiter.tick_interval(),
+                    }
+                })?;
                 key = Some(ip);
                 d
             }
