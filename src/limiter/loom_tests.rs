@@ -1,7 +1,7 @@
 //! loom models of concurrent operations on one bucket, through the real
 //! registry: every interleaving of the threads below is explored.
 //!
-//! Run with `RUSTFLAGS="--cfg tollgate_loom" cargo test --lib --release loom`.
+//! Run with `scripts/loom.sh` (it gives `--cfg tollgate_loom` to this crate only).
 
 use std::num::NonZeroUsize;
 use std::time::Duration;
