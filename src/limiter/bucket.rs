@@ -56,24 +56,10 @@
 //! (takes run under the read lock), so a take never mixes old limits with a
 //! new `tat`.
 
-use std::time::Duration;
 
-use super::limits::{self, Limits};
+use super::limits::Limits;
+pub(crate) use super::units::{duration, fill_time, units};
 use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-
-/// Refill-clock units per second (1/16 ns each): fine enough that rounding
-/// `e` up costs under 0.01 % of the rate even at a million tokens per
-/// second, coarse enough for 36 years of uptime in 64 bits.
-pub(crate) const UNITS_PER_SEC: u64 = 16_000_000_000;
-const UNITS_PER_NANO: u64 = UNITS_PER_SEC / 1_000_000_000;
-
-pub(crate) fn units(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos().saturating_mul(u128::from(UNITS_PER_NANO))).unwrap_or(u64::MAX)
-}
-
-pub(crate) fn duration(units: u64) -> Duration {
-    Duration::from_nanos(units.div_ceil(UNITS_PER_NANO))
-}
 
 /// What a slot holds (bits 0-1 of `flags`).
 pub(crate) const KIND_FREE: u32 = 0;
@@ -319,9 +305,4 @@ pub(crate) fn idle_full(slot: &Slot, at: RefillTime, idle: u64) -> bool {
     // A full bucket has been full since `tat`: any take would have moved
     // `tat` past the clock.
     tat <= at.prev && tat.saturating_add(idle) <= at.now
-}
-
-/// Time to fill from empty for a decision's limits.
-pub(crate) fn fill_time(capacity: u32, emission: u64) -> Option<Duration> {
-    limits::fill_time(capacity, emission)
 }

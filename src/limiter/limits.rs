@@ -7,7 +7,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::bucket::UNITS_PER_SEC;
+use super::units::{fill_time, UNITS_PER_SEC};
 
 /// Largest accepted `rate_per_sec`: one token per nanosecond.
 pub const MAX_RATE_PER_SEC: f64 = 1e9;
@@ -111,17 +111,6 @@ impl Limits {
     pub(crate) fn emission(&self) -> u64 {
         self.emission
     }
-}
-
-pub(crate) fn fill_time(capacity: u32, emission: u64) -> Option<Duration> {
-    if emission == 0 {
-        return None;
-    }
-    let units = u128::from(capacity) * u128::from(emission);
-    let nanos = units.div_ceil(u128::from(UNITS_PER_SEC / 1_000_000_000));
-    Some(Duration::from_nanos(
-        u64::try_from(nanos).unwrap_or(u64::MAX),
-    ))
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ mod loom_tests;
 pub mod refill;
 mod registry;
 pub mod shared;
+mod units;
 
 pub use clock::{Clock, FakeClock, MonotonicClock};
 pub use key::{ApiKey, ClientKey, KeyError, MAX_API_KEY_LEN};
