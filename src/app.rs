@@ -185,7 +185,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         source,
     };
     let started = std::time::Instant::now();
-    let store = crate::store::open(&config.store.url)
+    let store = crate::store::open_with_timeout(&config.store.url, config.store.timeout.0)
         .await
         .map_err(store_error)?;
     let restored = snapshot::restore(&registry, store.as_ref())
@@ -219,7 +219,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         config.admin.token.clone(),
     )
     .with_metrics(metrics.clone())
-    .with_shared_limiter(shared_limiter);
+    .with_shared_limiter(shared_limiter)
+    .with_store_timeout(config.store.timeout.0)
+    .with_body_read_timeout(config.admin.body_read_timeout.0);
     if let Some(handle) = metrics {
         tokio::spawn(crate::telemetry::upkeep(
             handle,
@@ -227,19 +229,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             signal.clone().wait(),
         ));
     }
-    let admin_signal = signal.clone();
-    let admin = tokio::spawn(async move {
-        let app = crate::admin::router(admin_state);
-        if let Err(e) = axum::serve(admin_listener, app)
-            .with_graceful_shutdown(admin_signal.wait())
-            .await
-        {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    });
+    let admin = tokio::spawn(crate::admin::server::serve(
+        admin_listener,
+        crate::admin::router(admin_state),
+        config.admin.header_read_timeout.0,
+        config.server.drain_timeout.0,
+        signal.clone().wait(),
+    ));
     let snapshots = tokio::spawn(run_snapshots(
         Snapshotter::new(registry.clone(), store.clone(), &restored.states),
         config.store.snapshot_interval.0,
+        config.server.drain_timeout.0,
         signal.clone(),
     ));
     if crate::store::is_shared(&config.store.url) {
@@ -309,37 +309,54 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 }
 
 /// Writes a snapshot every `interval`, and a last one when shutdown starts.
+///
+/// The last one gets `drain_timeout`, the time the drain has too, so a
+/// database that stopped answering cannot hold the exit past it; a
+/// periodic snapshot still running when shutdown starts gives way to it.
 async fn run_snapshots(
     mut snapshotter: Snapshotter,
     interval: std::time::Duration,
+    drain_timeout: std::time::Duration,
     signal: Signal,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate; nothing changed yet
-    let stop = signal.wait();
-    tokio::pin!(stop);
     loop {
-        let last = tokio::select! {
-            _ = ticker.tick() => false,
-            () = &mut stop => true,
-        };
-        let started = std::time::Instant::now();
-        let result = snapshotter.snapshot().await;
-        metrics::histogram!(crate::telemetry::SNAPSHOT).record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(stats) => tracing::debug!(
-                written = stats.written,
-                deleted = stats.deleted,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                final_snapshot = last,
-                "bucket snapshot"
-            ),
-            Err(e) => tracing::error!(error = %e, "bucket snapshot failed"),
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = signal.clone().wait() => break,
         }
-        if last {
-            break;
+        tokio::select! {
+            () = snapshot_once(&mut snapshotter, false) => {}
+            () = signal.clone().wait() => break,
         }
+    }
+    if tokio::time::timeout(drain_timeout, snapshot_once(&mut snapshotter, true))
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            ?drain_timeout,
+            "final bucket snapshot not written within the drain timeout; levels since the last snapshot are lost"
+        );
+    }
+}
+
+/// Writes one snapshot and records how it went.
+async fn snapshot_once(snapshotter: &mut Snapshotter, last: bool) {
+    let started = std::time::Instant::now();
+    let result = snapshotter.snapshot().await;
+    metrics::histogram!(crate::telemetry::SNAPSHOT).record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(stats) => tracing::debug!(
+            written = stats.written,
+            deleted = stats.deleted,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            final_snapshot = last,
+            "bucket snapshot"
+        ),
+        Err(e) => tracing::error!(error = %e, final_snapshot = last, "bucket snapshot failed"),
     }
 }
 

@@ -76,6 +76,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token required on every admin request, if set.
     pub token: Option<String>,
+    /// How long an admin client may take to send its request headers.
+    pub header_read_timeout: Dur,
+    /// How long an admin client may take to send its request body.
+    pub body_read_timeout: Dur,
 }
 
 impl Default for AdminConfig {
@@ -83,6 +87,8 @@ impl Default for AdminConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token: None,
+            header_read_timeout: Dur::secs(10),
+            body_read_timeout: Dur::secs(10),
         }
     }
 }
@@ -251,7 +257,15 @@ fn limits<'de, D: Deserializer<'de>>(d: D) -> Result<Limits, D::Error> {
         rate_per_sec: f64,
     }
     let raw = Raw::deserialize(d)?;
-    Limits::new(raw.capacity, raw.rate_per_sec).map_err(serde::de::Error::custom)
+    Limits::new(raw.capacity, raw.rate_per_sec).map_err(|first| {
+        // Limits::new stops at the first problem; `check` reports them all.
+        let capacity = Limits::new(raw.capacity, 0.0).err();
+        let rate = Limits::new(1, raw.rate_per_sec).err();
+        match (capacity, rate) {
+            (Some(c), Some(r)) => serde::de::Error::custom(format!("{c}; {r}")),
+            _ => serde::de::Error::custom(first),
+        }
+    })
 }
 
 /// `store`.
@@ -265,6 +279,10 @@ pub struct StoreConfig {
     /// PostgreSQL only: how often the client table is re-read to pick up
     /// changes other replicas made.
     pub reload_interval: Dur,
+    /// Longest wait for one database operation (an admin request's wait
+    /// for its client's lock included); shutdown is bounded by
+    /// `server.drain_timeout` on top.
+    pub timeout: Dur,
 }
 
 impl Default for StoreConfig {
@@ -273,6 +291,7 @@ impl Default for StoreConfig {
             url: "sqlite://tollgate.db".into(),
             snapshot_interval: Dur::secs(5),
             reload_interval: Dur::secs(5),
+            timeout: Dur::secs(5),
         }
     }
 }
@@ -360,8 +379,36 @@ impl BackendUrl {
             .authority()
             .cloned()
             .ok_or_else(|| format!("{s:?}: expected http://host:port"))?;
-        if authority.port_u16().is_none() {
-            return Err(format!("{s:?}: the port is required (http://host:port)"));
+        if let Some((_, host)) = authority.as_str().rsplit_once('@') {
+            // Not echoed whole: the part before '@' may be a password.
+            return Err(format!(
+                "\"http://...@{host}\": user information (user:password@) is not \
+                 supported in a backend URL; it would show in /backends, metrics and logs"
+            ));
+        }
+        match authority.port_u16() {
+            Some(0) => return Err(format!("{s:?}: port 0 cannot be connected to")),
+            Some(_) => {}
+            None => {
+                // `port_u16` is also None for a port that does not fit 16 bits.
+                let written = authority
+                    .as_str()
+                    .rsplit_once(']')
+                    .map_or(authority.as_str(), |(_, after)| after)
+                    .rsplit_once(':')
+                    .map(|(_, port)| port);
+                return Err(match written {
+                    Some(port) if !port.is_empty() => {
+                        format!("{s:?}: port {port} is out of range (1-65535)")
+                    }
+                    _ => format!("{s:?}: the port is required (http://host:port)"),
+                });
+            }
+        }
+        if s.contains('#') {
+            return Err(format!(
+                "{s:?}: a backend URL has no fragment (#...) (http://host:port)"
+            ));
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(format!(
@@ -511,12 +558,24 @@ impl Config {
 
     /// Parses and validates config text, returning every problem found.
     pub fn parse(text: &str) -> Result<Self, Vec<Problem>> {
-        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+        let file_problem = |reason: String| {
             vec![Problem {
                 field: "(file)".into(),
-                reason: format!("not valid YAML: {e}"),
+                reason,
             }]
-        })?;
+        };
+        if text.len() > MAX_FILE_BYTES {
+            return Err(file_problem(format!(
+                "{} bytes: a config file is at most {MAX_FILE_BYTES} bytes",
+                text.len()
+            )));
+        }
+        if let Some(line) = too_deep(text) {
+            return Err(file_problem(format!(
+                "line {line}: [ and {{ nested more than {MAX_FLOW_DEPTH} levels deep"
+            )));
+        }
+        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(yaml_problem)?;
         let map = match value {
             serde_yaml::Value::Null => serde_yaml::Mapping::new(),
             serde_yaml::Value::Mapping(m) => m,
@@ -631,6 +690,9 @@ impl Config {
             ),
             ("store.snapshot_interval", self.store.snapshot_interval),
             ("store.reload_interval", self.store.reload_interval),
+            ("store.timeout", self.store.timeout),
+            ("admin.header_read_timeout", self.admin.header_read_timeout),
+            ("admin.body_read_timeout", self.admin.body_read_timeout),
             ("rate_limit.shared.timeout", self.rate_limit.shared.timeout),
         ] {
             if zero(d) {
@@ -642,6 +704,13 @@ impl Config {
                 add(
                     "rate_limit.shared.redis_url",
                     format!("{url:?} is not a Redis URL (redis://HOST:PORT[/DB])"),
+                );
+            } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                // The same parser `serve` uses, so `check` passing means
+                // `serve` can use the URL.
+                add(
+                    "rate_limit.shared.redis_url",
+                    format!("{url:?} is not a usable Redis URL: {e}"),
                 );
             }
         }
@@ -661,6 +730,97 @@ impl Config {
             );
         }
     }
+}
+
+/// Largest config file read.
+const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// Deepest nesting of flow collections (`[`, `{`) accepted. The YAML
+/// parser's time grows with the square of this depth (100,000 levels took
+/// it 30-50 s), and a real config needs three or four.
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// The line where `[`/`{` nesting first exceeds [`MAX_FLOW_DEPTH`], found
+/// in one pass before the parser sees the text. Quoted scalars and
+/// comments are skipped by YAML's rules for where they start (a quote or
+/// `#` at the start of a token), so brackets in strings do not count.
+fn too_deep(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut line = 1;
+    // Whether the previous byte ends a token, so a quote or `#` here
+    // starts a quoted scalar or a comment.
+    let mut token_start = true;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\n' => line += 1,
+            b'#' if token_start => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' | b'\'' if token_start => {
+                i += 1;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        b'\\' if b == b'"' => i += 1,
+                        b'\n' => line += 1,
+                        q if q == b => {
+                            // '' inside single quotes is an escaped quote.
+                            if b == b'\'' && bytes.get(i + 1) == Some(&b'\'') {
+                                i += 1;
+                            } else {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(line);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        token_start = matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b',');
+        i += 1;
+    }
+    None
+}
+
+/// A YAML error as a problem. A number too large for any integer type
+/// fails in the parser, with the field's path in the message; that one is
+/// reported on its field rather than as broken YAML.
+fn yaml_problem(e: serde_yaml::Error) -> Vec<Problem> {
+    let text = e.to_string();
+    if let Some((field, rest)) = text.split_once(": invalid type: integer `") {
+        if let Some((number, _)) = rest.split_once('`') {
+            let reason = if field.ends_with("capacity") {
+                format!(
+                    "{number} is too large: capacity must be at most {}",
+                    u32::MAX
+                )
+            } else {
+                format!("{number} is too large a number")
+            };
+            return vec![Problem {
+                field: field.to_owned(),
+                reason,
+            }];
+        }
+    }
+    vec![Problem {
+        field: "(file)".into(),
+        reason: format!("not valid YAML: {text}"),
+    }]
 }
 
 fn default_backends() -> Vec<BackendConfig> {
@@ -718,6 +878,9 @@ mod tests {
         assert_eq!(c.rate_limit.idle_timeout, Dur::secs(600));
         assert_eq!(c.health_check.unhealthy_threshold.get(), 2);
         assert_eq!(c.backends.len(), 3);
+        assert_eq!(c.admin.header_read_timeout, d.admin.header_read_timeout);
+        assert_eq!(c.admin.body_read_timeout, d.admin.body_read_timeout);
+        assert_eq!(c.store.timeout, d.store.timeout);
     }
 
     #[test]
@@ -824,5 +987,120 @@ surprise: true
             "no path"
         );
         assert!(BackendUrl::parse("ftp://127.0.0.1:21").is_err());
+    }
+
+    #[test]
+    fn backend_urls_with_userinfo_port_zero_or_a_fragment_are_refused() {
+        for (url, says) in [
+            ("http://user:pw@127.0.0.1:9001", "user"),
+            ("http://user@127.0.0.1:9001", "user"),
+            ("http://127.0.0.1:0", "port 0"),
+            ("http://127.0.0.1:9001#frag", "fragment"),
+            ("http://127.0.0.1:9001/#frag", "fragment"),
+        ] {
+            let e = BackendUrl::parse(url).expect_err(url);
+            assert!(e.contains(says), "{url}: {e}");
+            assert!(!e.contains("pw"), "{url}: the password is echoed: {e}");
+        }
+    }
+
+    #[test]
+    fn redis_urls_are_parsed_by_check() {
+        for bad in ["redis://:::::", "redis://host:99999", "redis://h/notadb"] {
+            let problems = Config::parse(&format!(
+                "rate_limit:\n  shared:\n    redis_url: \"{bad}\"\n"
+            ))
+            .expect_err(bad);
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert_eq!(problems[0].field, "rate_limit.shared.redis_url");
+        }
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "redis://h:6379/2",
+            "redis://:pw@h",
+        ] {
+            let c = Config::parse(&format!(
+                "rate_limit:\n  shared:\n    redis_url: \"{ok}\"\n"
+            ));
+            assert!(c.is_ok(), "{ok}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn an_out_of_range_port_says_so() {
+        let e = BackendUrl::parse("http://127.0.0.1:70000").expect_err("70000");
+        assert!(e.contains("70000") && e.contains("65535"), "{e}");
+        assert!(!e.contains("required"), "{e}");
+        let e = BackendUrl::parse("http://127.0.0.1").expect_err("no port");
+        assert!(e.contains("required"), "{e}");
+    }
+
+    #[test]
+    fn a_huge_capacity_is_not_called_invalid_yaml() {
+        let problems = Config::parse(
+            "rate_limit:\n  default:\n    capacity: 12345678901234567890123\n    rate_per_sec: 1\n",
+        )
+        .expect_err("too large");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let p = &problems[0];
+        assert!(p.field.starts_with("rate_limit.default"), "{p}");
+        assert!(!p.reason.contains("YAML"), "{p}");
+        assert!(p.reason.contains("4294967295"), "{p}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        // 100,000 levels took the YAML parser 30-50 s; refused at once.
+        let text = format!("backends: {}", "[".repeat(100_000));
+        let problems = Config::parse(&text).expect_err("too deep");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].reason.contains("nested"), "{}", problems[0]);
+        let text = format!("a: {}", "{a: ".repeat(100_000));
+        let problems = Config::parse(&text).expect_err("too deep");
+        assert!(problems[0].reason.contains("nested"), "{}", problems[0]);
+        // Brackets inside quotes and comments are not nesting.
+        let quoted = format!(
+            "health_check:\n  path: \"/{}\" # {}\n",
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(
+            Config::parse(&quoted).is_ok(),
+            "{:?}",
+            Config::parse(&quoted)
+        );
+        // Ordinary flow collections are fine.
+        assert!(Config::parse("rate_limit: {trusted_proxies: [10.0.0.0/8, {}]}\n").is_err());
+        assert!(Config::parse("rate_limit: {trusted_proxies: [10.0.0.0/8]}\n").is_ok());
+    }
+
+    #[test]
+    fn every_problem_of_a_limits_block_is_reported() {
+        let problems =
+            Config::parse("rate_limit:\n  default:\n    capacity: 0\n    rate_per_sec: -3\n")
+                .expect_err("both bad");
+        let all: String = problems.iter().map(ToString::to_string).collect();
+        assert!(all.contains("capacity"), "{all}");
+        assert!(all.contains("rate_per_sec") && all.contains("-3"), "{all}");
+    }
+
+    #[test]
+    fn store_timeout_and_admin_read_timeouts_are_checked() {
+        let c = Config::parse("").expect("defaults");
+        assert_eq!(c.store.timeout, Dur::secs(5));
+        assert_eq!(c.admin.header_read_timeout, Dur::secs(10));
+        assert_eq!(c.admin.body_read_timeout, Dur::secs(10));
+        let problems = Config::parse(
+            "store:\n  timeout: 0s\nadmin:\n  header_read_timeout: 0s\n  body_read_timeout: 0ms\n",
+        )
+        .expect_err("zero");
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        for f in [
+            "store.timeout",
+            "admin.header_read_timeout",
+            "admin.body_read_timeout",
+        ] {
+            assert!(fields.contains(&f), "{f}: {problems:?}");
+        }
     }
 }

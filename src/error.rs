@@ -103,6 +103,12 @@ pub enum AdminError {
     /// Body that is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The request body did not arrive within `admin.body_read_timeout`.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// The database did not answer within `store.timeout`.
+    #[error("{0}")]
+    Unavailable(String),
     /// The database failed.
     #[error("{0}")]
     Internal(String),
@@ -119,6 +125,8 @@ impl AdminError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

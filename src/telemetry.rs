@@ -31,8 +31,12 @@ pub const CLIENTS_TRACKED: &str = "tollgate_clients_tracked";
 pub const CLIENTS_PINNED: &str = "tollgate_clients_pinned";
 /// Connections opened to each backend (a pool that works keeps this low).
 pub const BACKEND_CONNECTIONS: &str = "tollgate_backend_connections_opened_total";
-/// Checks the shared (Redis) limiter could not answer.
+/// Checks Redis was asked and failed (error or timeout); the checks skipped
+/// in the pause after a failure are not among them.
 pub const SHARED_LIMITER_FAILURES: &str = "tollgate_shared_limiter_failures_total";
+/// Requests the failure policy decided because the shared limiter gave no
+/// answer (failed, timed out or paused), by `policy` (`local`, `reject`).
+pub const SHARED_LIMITER_FALLBACKS: &str = "tollgate_shared_limiter_fallbacks_total";
 /// Duration of one refill tick, seconds.
 pub const REFILL_SWEEP: &str = "tollgate_refill_sweep_seconds";
 /// Duration of one bucket snapshot, seconds.
@@ -76,7 +80,11 @@ fn describe() {
     metrics::describe_counter!(BACKEND_CONNECTIONS, "Connections opened to each backend");
     metrics::describe_counter!(
         SHARED_LIMITER_FAILURES,
-        "Checks the shared (Redis) limiter could not answer"
+        "Checks Redis was asked and failed or timed out (not those skipped in the pause after a failure)"
+    );
+    metrics::describe_counter!(
+        SHARED_LIMITER_FALLBACKS,
+        "Requests decided by rate_limit.shared.on_failure because the shared limiter gave no answer"
     );
     metrics::describe_gauge!(CLIENTS_TRACKED, "Clients with a token bucket");
     metrics::describe_gauge!(CLIENTS_PINNED, "Clients in the client table");
@@ -172,4 +180,14 @@ pub fn render(handle: &PrometheusHandle, pool: &Pool, registry: &Registry) -> St
     metrics::gauge!(CLIENTS_TRACKED).set(registry.len() as f64);
     metrics::gauge!(CLIENTS_PINNED).set(registry.pinned_len() as f64);
     handle.render()
+}
+
+/// Counts a request the failure policy decides, and returns the policy.
+pub fn shared_fallback(policy: crate::config::OnFailure) -> crate::config::OnFailure {
+    let label = match policy {
+        crate::config::OnFailure::Local => "local",
+        crate::config::OnFailure::Reject => "reject",
+    };
+    metrics::counter!(SHARED_LIMITER_FALLBACKS, "policy" => label).increment(1);
+    policy
 }

@@ -469,3 +469,345 @@ async fn openapi_document_matches_the_routes() {
     }
     lb.shutdown().await;
 }
+
+/// Asserts a JSON error body `{"code":status,"message":...}` with a JSON
+/// content type, and returns the message.
+async fn json_error(r: reqwest::Response, want: StatusCode, what: &str) -> String {
+    let status = r.status();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = r.text().await.expect("body");
+    assert_eq!(status, want, "{what}: {text}");
+    assert_eq!(ctype, "application/json", "{what}: {text}");
+    let body: Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
+    assert_eq!(body["code"], want.as_u16(), "{what}: {text}");
+    body["message"].as_str().expect("message").to_owned()
+}
+
+#[tokio::test]
+async fn errors_from_extractors_and_routing_are_json() {
+    let lb = balancer(&config(&[support::closed_port()])).await;
+    let c = client();
+    let admin = |p: &str| url(lb.admin_addr(), p);
+    let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode)> = vec![
+        (
+            "path not UTF-8",
+            c.get(admin("/clients/%FF")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "path not UTF-8 on PUT",
+            c.put(admin("/clients/%FF"))
+                .json(&json!({"capacity":1,"rate_per_sec":1})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "path not UTF-8 on DELETE",
+            c.delete(admin("/clients/%FF")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "no body, no content type",
+            c.post(admin("/clients")),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "empty JSON body",
+            c.post(admin("/clients"))
+                .header("content-type", "application/json"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "JSON of the wrong shape",
+            c.post(admin("/clients"))
+                .header("content-type", "application/json")
+                .body("[1,2]"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "body not UTF-8",
+            c.post(admin("/clients"))
+                .header("content-type", "application/json")
+                .body(vec![0xff, 0xfe]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "wrong content type on PUT",
+            c.put(admin("/clients/a"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("capacity=1"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "unknown route",
+            c.get(admin("/a/b/c")),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "unknown route, other method",
+            c.delete(admin("/nothing")),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "wrong method",
+            c.delete(admin("/backends")),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "trailing slash",
+            c.get(admin("/clients/")),
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (what, req, want) in cases {
+        let r = req.send().await.expect("request");
+        json_error(r, want, what).await;
+    }
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let mut cfg = config(&[support::closed_port()]);
+    let token = "s3cret-token-0123456789";
+    cfg.admin.token = Some(token.into());
+    let lb = balancer(&cfg).await;
+    let c = client();
+    let u = url(lb.admin_addr(), "/clients");
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = c
+            .get(&u)
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::OK, "scheme {scheme:?}");
+    }
+    for wrong in [
+        format!("Basic {token}"),
+        format!("Bearer{token}"),
+        token.to_string(),
+    ] {
+        let r = c
+            .get(&u)
+            .header("authorization", wrong.as_str())
+            .send()
+            .await
+            .expect("request");
+        json_error(r, StatusCode::UNAUTHORIZED, &wrong).await;
+    }
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn openapi_document_says_what_the_server_does() {
+    // No token: the document asks for no authentication.
+    let lb = balancer(&config(&[support::closed_port()])).await;
+    let c = client();
+    let (s, doc) = send(c.get(url(lb.admin_addr(), "/openapi.json"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc.get("security").is_none(), "{}", doc["security"]);
+    assert!(
+        doc["components"].get("securitySchemes").is_none(),
+        "{}",
+        doc["components"]
+    );
+    // The path parameter is the body's client_id, same rules.
+    let param = &doc["components"]["parameters"]["ClientId"]["schema"];
+    let body_id = &doc["components"]["schemas"]["NewClient"]["properties"]["client_id"];
+    assert_eq!(param, body_id);
+    // capacity is a JSON Schema integer, and 1.0 is one: accepted.
+    let (s, body) = send(
+        c.post(url(lb.admin_addr(), "/clients"))
+            .json(&json!({"client_id":"whole","capacity":3.0,"rate_per_sec":1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert_eq!(body["capacity"], 3);
+    let (s, body) = send(
+        c.put(url(lb.admin_addr(), "/clients/whole"))
+            .json(&json!({"capacity":5.0,"rate_per_sec":1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["capacity"], 5);
+    lb.shutdown().await;
+
+    // With a token: bearer is required everywhere, and the document says so.
+    let mut cfg = config(&[support::closed_port()]);
+    cfg.admin.token = Some("s3cret-token-0123456789".into());
+    let lb = balancer(&cfg).await;
+    let (s, doc) = send(
+        c.get(url(lb.admin_addr(), "/openapi.json"))
+            .bearer_auth("s3cret-token-0123456789"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    lb.shutdown().await;
+}
+
+/// Reads one HTTP/1.1 response (head and a Content-Length body) from
+/// `stream`; `None` if the connection closed first.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> Option<(u16, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                let status = head.split(' ').nth(1)?.parse().ok()?;
+                return Some((status, body.to_owned()));
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn admin_requests_have_header_and_body_read_timeouts() {
+    use tokio::io::AsyncWriteExt;
+    let mut cfg = config(&[support::closed_port()]);
+    cfg.admin.header_read_timeout = tollgate::config::Dur::millis(300);
+    cfg.admin.body_read_timeout = tollgate::config::Dur::millis(300);
+    let lb = balancer(&cfg).await;
+    let limit = std::time::Duration::from_secs(10);
+
+    // Headers never finished: the connection is closed.
+    let mut head = tokio::net::TcpStream::connect(lb.admin_addr())
+        .await
+        .expect("connect");
+    head.write_all(b"GET /clients HTTP/1.1\r\nHost: admin\r\n")
+        .await
+        .expect("write");
+    let answer = tokio::time::timeout(limit, read_response(&mut head))
+        .await
+        .expect("the header read timeout closes the connection");
+    assert!(
+        answer.is_none() || answer.as_ref().is_some_and(|(s, _)| *s == 408),
+        "{answer:?}"
+    );
+
+    // Body never finished: 408, as JSON, and nothing written.
+    let mut body = tokio::net::TcpStream::connect(lb.admin_addr())
+        .await
+        .expect("connect");
+    body.write_all(
+        b"POST /clients HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"client_id\":",
+    )
+    .await
+    .expect("write");
+    let (status, text) = tokio::time::timeout(limit, read_response(&mut body))
+        .await
+        .expect("the body read timeout answers")
+        .expect("a response");
+    assert_eq!(status, 408, "{text}");
+    let json: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(json["code"], 408);
+    assert!(lb.store().list().await.expect("list").is_empty());
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_half_sent_admin_request_does_not_hold_shutdown_past_the_drain_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let mut cfg = config(&[support::closed_port()]);
+    // Longer than the test waits: only the drain timeout can end these.
+    cfg.admin.header_read_timeout = tollgate::config::Dur::secs(120);
+    cfg.admin.body_read_timeout = tollgate::config::Dur::secs(120);
+    cfg.server.drain_timeout = tollgate::config::Dur::secs(1);
+    let lb = balancer(&cfg).await;
+    let mut head = tokio::net::TcpStream::connect(lb.admin_addr())
+        .await
+        .expect("connect");
+    head.write_all(b"GET /clients HTTP/1.1\r\nHost: admin\r\n")
+        .await
+        .expect("write");
+    let mut body = tokio::net::TcpStream::connect(lb.admin_addr())
+        .await
+        .expect("connect");
+    body.write_all(
+        b"PUT /clients/a HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{",
+    )
+    .await
+    .expect("write");
+    // Both requests have reached the server once a third is answered on a
+    // connection opened after them.
+    assert_eq!(
+        support::get_status(&client(), lb.admin_addr(), "/healthz").await,
+        200
+    );
+    let started = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(30), lb.shutdown())
+        .await
+        .expect("shutdown finishes despite the half-sent admin requests");
+    println!(
+        "shutdown took {:?} with drain_timeout 1s",
+        started.elapsed()
+    );
+    drop((head, body));
+}
+
+#[tokio::test]
+async fn a_failed_read_says_read() {
+    let mut cfg = config(&[support::closed_port()]);
+    let db = support::temp_db();
+    cfg.store.url = db.clone();
+    let lb = balancer(&cfg).await;
+    // A row tollgate cannot decode (capacity beyond u32), written behind
+    // its back: reading the table fails, writing it does not.
+    let pool = sqlx::SqlitePool::connect(&db).await.expect("open db");
+    sqlx::query(
+        "INSERT INTO clients (client_id, capacity, rate_per_sec, created_at, updated_at) \
+         VALUES ('huge', 1099511627776, 1, 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .expect("insert");
+    let c = client();
+    let r = c
+        .get(url(lb.admin_addr(), "/clients"))
+        .send()
+        .await
+        .expect("request");
+    let message = json_error(r, StatusCode::INTERNAL_SERVER_ERROR, "list").await;
+    assert!(message.contains("read"), "{message}");
+    assert!(!message.contains("written"), "{message}");
+    let r = c
+        .get(url(lb.admin_addr(), "/clients/huge"))
+        .send()
+        .await
+        .expect("request");
+    let message = json_error(r, StatusCode::INTERNAL_SERVER_ERROR, "get").await;
+    assert!(message.contains("read"), "{message}");
+    let (s, _) = send(
+        c.post(url(lb.admin_addr(), "/clients"))
+            .json(&json!({"client_id":"ok","capacity":1,"rate_per_sec":1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    lb.shutdown().await;
+}

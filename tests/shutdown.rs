@@ -175,3 +175,136 @@ async fn a_second_signal_exits_at_once_with_a_failure_code() {
     let _ = slow.await;
     b.stop().await;
 }
+
+/// A TCP relay to `upstream` that can stop relaying: the server behind it
+/// then looks alive (connections open, nothing refused) but never answers,
+/// which is how a hung PostgreSQL looks to its clients.
+struct Freezer {
+    addr: std::net::SocketAddr,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+impl Freezer {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let addr = listener.local_addr().expect("addr");
+        let (frozen, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, watch.clone()));
+                tokio::spawn(pump(sr, cw, watch.clone()));
+            }
+        });
+        Self { addr, frozen }
+    }
+
+    fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+}
+
+/// Copies `from` to `to` until frozen; then holds what it reads.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if *frozen.borrow_and_update() {
+            // Keep both halves open and never answer.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_postgres_bounds_admin_calls_and_shutdown() {
+    let Some(db) = support::pg_database().await else {
+        return;
+    };
+    // postgres://user@HOST:PORT/db -> the same through the relay.
+    let (scheme_user, rest) = db.url.split_once('@').expect("URL with user@");
+    let (server, database) = rest.split_once('/').expect("URL with a database");
+    let relay = Freezer::start(server.to_owned()).await;
+    let relayed = format!("{scheme_user}@{}/{database}\n  timeout: 1s", relay.addr);
+
+    let b = backend("b").await;
+    let extra = "rate_limit:\n  default: {capacity: 100, rate_per_sec: 0.01}\n";
+    let yaml =
+        serve_yaml(&[b.addr], &relayed, extra).replace("drain_timeout: 10s", "drain_timeout: 1s");
+    let mut p = spawn_serve(&yaml);
+    let c = support::client();
+    let r = c
+        .post(url(p.admin, "/clients"))
+        .json(&serde_json::json!({"client_id": "k", "capacity": 5, "rate_per_sec": 1}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // A bucket that is not full, so the final snapshot has work to do.
+    assert_eq!(
+        reqwest::get(url(p.proxy, "/")).await.expect("GET").status(),
+        StatusCode::OK
+    );
+
+    relay.freeze();
+    // Reads, and writes queued behind one client's lock: each answers a
+    // JSON error once store.timeout (1 s) is up, none waits for the others.
+    let started = Instant::now();
+    let mut calls = vec![tokio::spawn(c.get(url(p.admin, "/clients")).send())];
+    for capacity in 1..=4 {
+        calls.push(tokio::spawn(
+            c.put(url(p.admin, "/clients/k"))
+                .json(&serde_json::json!({"capacity": capacity, "rate_per_sec": 1}))
+                .timeout(Duration::from_secs(30))
+                .send(),
+        ));
+    }
+    for call in calls {
+        let r = call.await.expect("task").expect("an answer");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: serde_json::Value = r.json().await.expect("JSON error");
+        assert_eq!(body["code"], 503);
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("did not answer")),
+            "{body}"
+        );
+    }
+    let answered = started.elapsed();
+    println!(
+        "5 admin calls against a hung database all answered after {answered:?} (store.timeout 1s)"
+    );
+    assert!(
+        answered < Duration::from_secs(4),
+        "admin calls queued behind each other: {answered:?}"
+    );
+
+    let signalled = Instant::now();
+    signal(&p.child, "-TERM");
+    let (status, _) = exit_within(&mut p.child, Duration::from_secs(6)).await;
+    println!(
+        "exited {:?} after SIGTERM with drain_timeout 1s and a hung database",
+        signalled.elapsed()
+    );
+    assert!(status.code().is_some(), "{status:?}");
+    b.stop().await;
+    db.drop_db().await;
+}

@@ -7,18 +7,29 @@
 //! same client id are serialised (striped locks), so concurrent create /
 //! update / delete of one client leave the table and the live bucket in
 //! the same state.
+//!
+//! Every store operation, with the wait for its client's lock, ends within
+//! `store.timeout`: a database that stops answering gets a 503 JSON error,
+//! not a request that hangs. Every error, the ones axum's extractors and
+//! router produce included, is JSON `{"code":N,"message":"..."}`.
+
+pub mod server;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
 use crate::balancer::Pool;
 use crate::error::AdminError;
@@ -44,6 +55,9 @@ pub struct AdminState {
     locks: Arc<[tokio::sync::Mutex<()>]>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shared: Option<Arc<SharedLimiter>>,
+    store_timeout: Duration,
+    body_read_timeout: Duration,
+    openapi: Arc<str>,
 }
 
 impl AdminState {
@@ -58,13 +72,30 @@ impl AdminState {
             registry,
             store,
             pool,
+            openapi: openapi_document(token.is_some()).into(),
             token: token.map(Into::into),
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             metrics: None,
             shared: None,
+            store_timeout: crate::store::DEFAULT_TIMEOUT,
+            body_read_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// Bounds each store operation, the wait for the client's lock
+    /// included (`store.timeout`).
+    pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// Time a client has to send its request body
+    /// (`admin.body_read_timeout`).
+    pub fn with_body_read_timeout(mut self, timeout: Duration) -> Self {
+        self.body_read_timeout = timeout;
+        self
     }
 
     /// Reports clients' levels from the shared (Redis) buckets, which are
@@ -106,6 +137,8 @@ pub fn router(state: AdminState) -> Router {
         .fallback(|| async { AdminError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
+        // Outermost: an unauthorised client's body is never read.
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
@@ -116,13 +149,56 @@ async fn authorize(State(state): State<AdminState>, req: Request, next: Next) ->
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_credentials)
             .unwrap_or("");
         if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
             return AdminError::Unauthorized.into_response();
         }
     }
     next.run(req).await
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive and followed by one or more spaces (RFC 9110 §11.1,
+/// §11.4).
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
+}
+
+/// Reads the whole body (at most [`MAX_BODY`]) within
+/// `admin.body_read_timeout`, so a client that stops sending mid-body gets
+/// a 408 instead of holding its connection, and its client's lock, open.
+async fn read_body(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, MAX_BODY);
+    let bytes = match tokio::time::timeout(state.body_read_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return too_large().into_response();
+        }
+        Ok(Err(e)) => {
+            return AdminError::BadRequest(format!("could not read the request body: {e}"))
+                .into_response();
+        }
+        Err(_) => {
+            return AdminError::RequestTimeout(format!(
+                "the request body was not received within {:?} (admin.body_read_timeout)",
+                state.body_read_timeout
+            ))
+            .into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+fn too_large() -> AdminError {
+    AdminError::PayloadTooLarge(format!(
+        "request body is larger than 64 KiB ({MAX_BODY} bytes)"
+    ))
 }
 
 /// Compares without an early exit, so response time does not leak how much
@@ -138,6 +214,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[serde(deny_unknown_fields)]
 struct NewClient {
     client_id: String,
+    #[serde(deserialize_with = "whole_number")]
     capacity: u64,
     rate_per_sec: f64,
 }
@@ -145,8 +222,66 @@ struct NewClient {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewLimits {
+    #[serde(deserialize_with = "whole_number")]
     capacity: u64,
     rate_per_sec: f64,
+}
+
+/// A non-negative integer, written `3` or `3.0`: JSON Schema's `integer`
+/// (what the OpenAPI document promises) is any number without a fraction.
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            // 2^64 is the first f64 past u64::MAX; below it the cast is exact
+            // for whole numbers.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+    d.deserialize_any(Whole)
+}
+
+/// `Json<T>` whose rejections are [`AdminError`]s, so they are JSON too.
+struct JsonBody<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = AdminError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AdminError> {
+        body(Json::<T>::from_request(req, state).await).map(JsonBody)
+    }
+}
+
+/// The `{id}` path segment, validated as a client id; rejections are
+/// [`AdminError`]s (`%FF` is "not UTF-8", not axum's plain-text error).
+struct ClientId(String, ClientKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientId {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AdminError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e: PathRejection| {
+                AdminError::BadRequest(format!("client id in the path: {}", e.body_text()))
+            })?;
+        let key = client_key(&id)?;
+        Ok(Self(id, key))
+    }
 }
 
 /// A client as the API shows it.
@@ -166,11 +301,7 @@ fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, AdminError> {
             JsonRejection::MissingJsonContentType(_) => {
                 AdminError::UnsupportedMediaType("Content-Type must be application/json".into())
             }
-            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                AdminError::PayloadTooLarge(format!(
-                    "request body is larger than 64 KiB ({MAX_BODY} bytes)"
-                ))
-            }
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
             other => AdminError::BadRequest(other.body_text()),
         })
 }
@@ -239,41 +370,83 @@ async fn view_one(state: &AdminState, record: ClientRecord) -> ClientView {
     view(state, record)
 }
 
-fn store_error(e: StoreError) -> AdminError {
+/// What a store operation was doing, for its error message.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Read,
+    Write,
+}
+
+fn store_error(op: Op, e: StoreError) -> AdminError {
     match e {
         StoreError::AlreadyExists(id) => {
             AdminError::Conflict(format!("client {id:?} already exists"))
         }
         StoreError::NotFound(id) => AdminError::NotFound(format!("client {id:?} not found")),
+        StoreError::Timeout(after) => {
+            tracing::error!(?op, ?after, "client table did not answer");
+            AdminError::Unavailable(match op {
+                Op::Read => format!("the client table did not answer within {after:?}"),
+                Op::Write => format!(
+                    "the client table did not answer within {after:?}; the change may or may \
+                     not have been stored: repeat it (PUT and DELETE can be repeated; a \
+                     repeated POST answers 409 if the first one was stored)"
+                ),
+            })
+        }
         other => {
-            tracing::error!(error = %other, "client table write failed");
-            AdminError::Internal("the client table could not be written".into())
+            tracing::error!(?op, error = %other, "client table operation failed");
+            // The database's own message stays in the log: it may name
+            // hosts, users or schema details.
+            AdminError::Internal(
+                match op {
+                    Op::Read => {
+                        "the client table could not be read (the cause is in tollgate's log)"
+                    }
+                    Op::Write => {
+                        "the client table could not be written (the cause is in tollgate's log)"
+                    }
+                }
+                .into(),
+            )
         }
     }
+}
+
+/// Runs `work` (a client's lock, its store operation and the live update)
+/// within `store.timeout`, so a hung database cannot queue writes behind
+/// one client's lock, each waiting its own full timeout.
+async fn within<T>(
+    state: &AdminState,
+    op: Op,
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, AdminError> {
+    tokio::time::timeout(state.store_timeout, work)
+        .await
+        .unwrap_or(Err(StoreError::Timeout(state.store_timeout)))
+        .map_err(|e| store_error(op, e))
 }
 
 async fn list_clients(
     State(state): State<AdminState>,
 ) -> Result<Json<Vec<ClientView>>, AdminError> {
-    let records = state.store.list().await.map_err(store_error)?;
+    let records = within(&state, Op::Read, state.store.list()).await?;
     Ok(Json(views(&state, records).await))
 }
 
 async fn get_client(
     State(state): State<AdminState>,
-    Path(id): Path<String>,
+    ClientId(id, _): ClientId,
 ) -> Result<Json<ClientView>, AdminError> {
-    client_key(&id)?;
-    let record = state.store.get(&id).await.map_err(store_error)?;
+    let record = within(&state, Op::Read, state.store.get(&id)).await?;
     let record = record.ok_or_else(|| AdminError::NotFound(format!("client {id:?} not found")))?;
     Ok(Json(view_one(&state, record).await))
 }
 
 async fn create_client(
     State(state): State<AdminState>,
-    parsed: Result<Json<NewClient>, JsonRejection>,
+    JsonBody(new): JsonBody<NewClient>,
 ) -> Result<(StatusCode, Json<ClientView>), AdminError> {
-    let new = body(parsed)?;
     let key = client_key(&new.client_id)?;
     let limits = limits(new.capacity, new.rate_per_sec)?;
     if state.registry.pinned_len() >= MAX_PINNED {
@@ -286,39 +459,48 @@ async fn create_client(
         capacity: limits.capacity(),
         rate_per_sec: limits.rate_per_sec(),
     };
-    let _serial = state.lock(&record.client_id).await;
-    state.store.create(&record).await.map_err(store_error)?;
-    apply(&state, &key, Some(limits));
+    within(&state, Op::Write, async {
+        let _serial = state.lock(&record.client_id).await;
+        state.store.create(&record).await?;
+        apply(&state, &key, Some(limits));
+        Ok(())
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(view_one(&state, record).await)))
 }
 
 async fn update_client(
     State(state): State<AdminState>,
-    Path(id): Path<String>,
-    parsed: Result<Json<NewLimits>, JsonRejection>,
+    ClientId(id, key): ClientId,
+    JsonBody(new): JsonBody<NewLimits>,
 ) -> Result<Json<ClientView>, AdminError> {
-    let key = client_key(&id)?;
-    let new = body(parsed)?;
     let limits = limits(new.capacity, new.rate_per_sec)?;
     let record = ClientRecord {
         client_id: id,
         capacity: limits.capacity(),
         rate_per_sec: limits.rate_per_sec(),
     };
-    let _serial = state.lock(&record.client_id).await;
-    state.store.update(&record).await.map_err(store_error)?;
-    apply(&state, &key, Some(limits));
+    within(&state, Op::Write, async {
+        let _serial = state.lock(&record.client_id).await;
+        state.store.update(&record).await?;
+        apply(&state, &key, Some(limits));
+        Ok(())
+    })
+    .await?;
     Ok(Json(view_one(&state, record).await))
 }
 
 async fn delete_client(
     State(state): State<AdminState>,
-    Path(id): Path<String>,
+    ClientId(id, key): ClientId,
 ) -> Result<StatusCode, AdminError> {
-    let key = client_key(&id)?;
-    let _serial = state.lock(&id).await;
-    state.store.delete(&id).await.map_err(store_error)?;
-    apply(&state, &key, None);
+    within(&state, Op::Write, async {
+        let _serial = state.lock(&id).await;
+        state.store.delete(&id).await?;
+        apply(&state, &key, None);
+        Ok(())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -380,8 +562,47 @@ async fn metrics_text(State(state): State<AdminState>) -> Result<Response, Admin
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+async fn openapi(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.to_string(),
+    )
+}
+
+/// [`OPENAPI`] as this server runs it: without `admin.token` no request
+/// is authenticated, so the bearer scheme and the 401 answers go.
+fn openapi_document(token: bool) -> String {
+    if token {
+        return OPENAPI.to_owned();
+    }
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(OPENAPI) else {
+        // A unit test parses it; this cannot happen in a build that passed.
+        return OPENAPI.to_owned();
+    };
+    let Some(root) = doc.as_object_mut() else {
+        return OPENAPI.to_owned();
+    };
+    root.remove("security");
+    if let Some(components) = root.get_mut("components").and_then(|c| c.as_object_mut()) {
+        components.remove("securitySchemes");
+        if let Some(responses) = components
+            .get_mut("responses")
+            .and_then(|r| r.as_object_mut())
+        {
+            responses.remove("Unauthorized");
+        }
+    }
+    if let Some(paths) = root.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for item in paths.values_mut().filter_map(|p| p.as_object_mut()) {
+            // Operations are objects with `responses`; `parameters` is a list.
+            for op in item.values_mut().filter_map(|o| o.as_object_mut()) {
+                if let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) {
+                    responses.remove("401");
+                }
+            }
+        }
+    }
+    doc.to_string()
 }
 
 impl IntoResponse for AdminError {
@@ -399,6 +620,31 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn bearer_scheme_any_case() {
+        assert_eq!(bearer_credentials("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_credentials("bearer  abc"), Some("abc"));
+        assert_eq!(bearer_credentials("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_credentials("Bearerabc"), None);
+        assert_eq!(bearer_credentials("Basic abc"), None);
+    }
+
+    #[test]
+    fn openapi_without_a_token_has_no_security() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&openapi_document(false)).expect("valid JSON");
+        assert!(doc.get("security").is_none());
+        assert!(doc["components"].get("securitySchemes").is_none());
+        assert!(doc["components"]["responses"].get("Unauthorized").is_none());
+        for item in doc["paths"].as_object().expect("paths").values() {
+            for op in item.as_object().expect("path item").values() {
+                assert!(op.get("responses").and_then(|r| r.get("401")).is_none());
+            }
+        }
+        // With a token the document is served as written.
+        assert_eq!(openapi_document(true), OPENAPI);
     }
 
     #[test]

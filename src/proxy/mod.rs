@@ -173,8 +173,10 @@ impl Proxy {
                 // times per request, with or without shared limits.
                 match Box::pin(shared.limiter.check(&name, &decision)).await {
                     Ok(v) => v,
-                    Err(_) if shared.on_failure == OnFailure::Local => Verdict::from(&decision),
-                    Err(_) => return Err(ProxyError::LimiterUnavailable),
+                    Err(_) => match crate::telemetry::shared_fallback(shared.on_failure) {
+                        OnFailure::Local => Verdict::from(&decision),
+                        OnFailure::Reject => return Err(ProxyError::LimiterUnavailable),
+                    },
                 }
             }
             _ => Verdict::from(&decision),

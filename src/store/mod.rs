@@ -5,7 +5,8 @@
 //! is on disk before it is acknowledged), [`PostgresStore`] over a
 //! PostgreSQL database that several replicas can share. Both run the same
 //! statements (`sql`), checked at run time rather than by sqlx's macros, so
-//! a build never needs a database.
+//! a build never needs a database. [`open`] wraps either in [`Guarded`]:
+//! every operation bounded in time, tables re-created if they vanish.
 
 mod postgres;
 pub mod reload;
@@ -13,7 +14,8 @@ pub mod snapshot;
 mod sql;
 mod sqlite;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
@@ -66,10 +68,34 @@ pub enum StoreError {
     UnsupportedUrl(String),
     /// The database failed.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+    /// A table is missing: the database was dropped and created again, or
+    /// emptied, while tollgate ran. [`Guarded`] runs the migrations again.
+    #[error("table missing (database re-created or emptied?): {0}")]
+    MissingTable(sqlx::Error),
+    /// The database did not answer in time.
+    #[error("the database did not answer within {0:?}")]
+    Timeout(Duration),
     /// Migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        let missing = match &e {
+            // 42P01 undefined_table on PostgreSQL; SQLite has only a message.
+            sqlx::Error::Database(db) => {
+                db.code().as_deref() == Some("42P01") || db.message().starts_with("no such table")
+            }
+            _ => false,
+        };
+        if missing {
+            Self::MissingTable(e)
+        } else {
+            Self::Database(e)
+        }
+    }
 }
 
 /// The client table and bucket snapshots.
@@ -89,6 +115,84 @@ pub trait ClientStore: Send + Sync + std::fmt::Debug + 'static {
     async fn save_bucket_states(&self, delta: &SnapshotDelta) -> Result<(), StoreError>;
     /// Every snapshotted bucket level.
     async fn load_bucket_states(&self) -> Result<Vec<BucketState>, StoreError>;
+    /// Runs the embedded migrations (creating missing tables).
+    async fn migrate(&self) -> Result<(), StoreError>;
+}
+
+/// How long one store operation may take when none is configured.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A store whose every operation ends within a timeout, and which runs the
+/// migrations again when its tables have gone missing.
+///
+/// A database that stops answering would otherwise hold an admin request,
+/// a reload or the shutdown's final snapshot for as long as the TCP
+/// connection stays open. A database dropped and created again empty
+/// (tables gone, server up) would otherwise fail every call until restart.
+#[derive(Debug)]
+pub struct Guarded {
+    inner: Arc<dyn ClientStore>,
+    timeout: Duration,
+}
+
+impl Guarded {
+    /// `inner`, each operation bounded by `timeout`.
+    pub fn new(inner: Arc<dyn ClientStore>, timeout: Duration) -> Self {
+        Self { inner, timeout }
+    }
+
+    /// Runs `op` once, and once more after the migrations if a table was
+    /// missing; all within the timeout. Nothing was written by an attempt
+    /// that found its table missing, so the retry cannot apply a write twice.
+    async fn call<'a, T, F>(&'a self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(&'a dyn ClientStore) -> BoxFuture<'a, Result<T, StoreError>> + Send + 'a,
+        T: Send + 'a,
+    {
+        let attempt = async {
+            match op(self.inner.as_ref()).await {
+                Err(StoreError::MissingTable(e)) => {
+                    tracing::warn!(error = %e, "store tables missing (database re-created?); running the migrations again");
+                    self.inner.migrate().await?;
+                    op(self.inner.as_ref()).await
+                }
+                other => other,
+            }
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.timeout)))
+    }
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+#[async_trait]
+impl ClientStore for Guarded {
+    async fn list(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        self.call(|s| s.list()).await
+    }
+    async fn get(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        self.call(|s| s.get(client_id)).await
+    }
+    async fn create(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        self.call(|s| s.create(client)).await
+    }
+    async fn update(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        self.call(|s| s.update(client)).await
+    }
+    async fn delete(&self, client_id: &str) -> Result<(), StoreError> {
+        self.call(|s| s.delete(client_id)).await
+    }
+    async fn save_bucket_states(&self, delta: &SnapshotDelta) -> Result<(), StoreError> {
+        self.call(|s| s.save_bucket_states(delta)).await
+    }
+    async fn load_bucket_states(&self) -> Result<Vec<BucketState>, StoreError> {
+        self.call(|s| s.load_bucket_states()).await
+    }
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.call(|s| s.migrate()).await
+    }
 }
 
 /// Whether `url` names a database other processes may write to as well
@@ -102,15 +206,26 @@ pub fn is_supported(url: &str) -> bool {
     url.starts_with("sqlite:") || is_shared(url)
 }
 
-/// Opens the store named by `store.url`.
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn ClientStore>, StoreError> {
-    if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+/// Opens the store named by `store.url`, each operation bounded by
+/// [`DEFAULT_TIMEOUT`].
+pub async fn open(url: &str) -> Result<Arc<dyn ClientStore>, StoreError> {
+    open_with_timeout(url, DEFAULT_TIMEOUT).await
+}
+
+/// Opens the store named by `store.url`, each operation bounded by
+/// `timeout` (`store.timeout`), tables re-created if they go missing.
+pub async fn open_with_timeout(
+    url: &str,
+    timeout: Duration,
+) -> Result<Arc<dyn ClientStore>, StoreError> {
+    let inner: Arc<dyn ClientStore> = if url.starts_with("sqlite:") {
+        Arc::new(SqliteStore::open(url).await?)
     } else if is_shared(url) {
-        Ok(std::sync::Arc::new(PostgresStore::open(url).await?))
+        Arc::new(PostgresStore::open(url).await?)
     } else {
-        Err(StoreError::UnsupportedUrl(url.to_owned()))
-    }
+        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    };
+    Ok(Arc::new(Guarded::new(inner, timeout)))
 }
 
 /// Now, in milliseconds since the Unix epoch.

@@ -77,7 +77,7 @@ macro_rules! sql_store {
                     if matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation()) {
                         $crate::store::StoreError::AlreadyExists(c.client_id.clone())
                     } else {
-                        $crate::store::StoreError::Database(e)
+                        $crate::store::StoreError::from(e)
                     }
                 })?;
                 Ok(())
@@ -172,6 +172,10 @@ macro_rules! sql_store {
                     })
                     .collect::<Result<_, sqlx::Error>>()
                     .map_err($crate::store::StoreError::from)
+            }
+
+            async fn migrate(&self) -> Result<(), $crate::store::StoreError> {
+                self.run_migrations().await
             }
         }
     };

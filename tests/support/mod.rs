@@ -298,6 +298,23 @@ pub async fn pg_database() -> Option<PgDatabase> {
 }
 
 impl PgDatabase {
+    /// Drops the database and creates it again, empty, under the same
+    /// name: what an operator restoring from scratch does.
+    pub async fn recreate(&self) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.server)
+            .await
+            .expect("connect to the test server");
+        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&mut conn)
+            .await
+            .expect("drop the test database");
+        sqlx::query(&format!("CREATE DATABASE {}", self.name))
+            .execute(&mut conn)
+            .await
+            .expect("create the test database again");
+    }
+
     /// Drops the database (connections still open to it are closed).
     pub async fn drop_db(self) {
         use sqlx::Connection;
