@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate::config::{BackendConfig, BackendUrl, Config};
+use tollgate::balancer::BackendUrl;
+use tollgate::config::{BackendConfig, Config};
 use tollgate::limiter::{ClientKey, Limits, Registry, RegistryConfig};
 use tollgate::store::snapshot::Snapshotter;
 

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use tollgate::balancer::BackendUrl;
 use tollgate::balancer::{Backend, Pool, Strategy};
-use tollgate::config::BackendUrl;
 
 /// Always the first healthy backend: the others are standbys.
 #[derive(Debug, Default)]

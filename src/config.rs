@@ -8,7 +8,7 @@
 //! [`Config`] holds only usable values.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -18,6 +18,8 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
+use crate::balancer::{BackendUrl, StrategyName};
+use crate::limiter::shared::OnFailure;
 use crate::limiter::Limits;
 
 /// Environment variable naming the config file when `--config` is absent.
@@ -107,19 +109,6 @@ pub struct BackendConfig {
 pub struct BalancingConfig {
     /// How a backend is chosen.
     pub strategy: StrategyName,
-}
-
-/// Names of the balancing strategies.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum StrategyName {
-    /// Each healthy backend in turn.
-    #[default]
-    RoundRobin,
-    /// The healthy backend with the fewest requests in flight.
-    LeastConnections,
-    /// A healthy backend chosen uniformly at random.
-    Random,
 }
 
 /// `proxy`: upstream timeouts.
@@ -215,16 +204,6 @@ impl Default for SharedLimitConfig {
             key_prefix: "tollgate:".into(),
         }
     }
-}
-
-/// `rate_limit.shared.on_failure`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnFailure {
-    /// Decide with this replica's own buckets.
-    Local,
-    /// Answer 503.
-    Reject,
 }
 
 impl Default for RateLimitConfig {
@@ -352,94 +331,6 @@ impl<'de> Deserialize<'de> for HeaderName {
         http::HeaderName::from_str(&s)
             .map(HeaderName)
             .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a valid header name")))
-    }
-}
-
-/// A backend's base URL: `http://host:port`, without path or query.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendUrl {
-    /// `host:port` as written.
-    pub authority: http::uri::Authority,
-}
-
-impl BackendUrl {
-    /// Parses and validates a backend URL.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let uri = http::Uri::from_str(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(other) => {
-                return Err(format!(
-                    "{s:?}: scheme {other:?} is not supported (only http://)"
-                ))
-            }
-            None => return Err(format!("{s:?}: expected http://host:port")),
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("{s:?}: expected http://host:port"))?;
-        if let Some((_, host)) = authority.as_str().rsplit_once('@') {
-            // Not echoed whole: the part before '@' may be a password.
-            return Err(format!(
-                "\"http://...@{host}\": user information (user:password@) is not \
-                 supported in a backend URL; it would show in /backends, metrics and logs"
-            ));
-        }
-        match authority.port_u16() {
-            Some(0) => return Err(format!("{s:?}: port 0 cannot be connected to")),
-            Some(_) => {}
-            None => {
-                // `port_u16` is also None for a port that does not fit 16 bits.
-                let written = authority
-                    .as_str()
-                    .rsplit_once(']')
-                    .map_or(authority.as_str(), |(_, after)| after)
-                    .rsplit_once(':')
-                    .map(|(_, port)| port);
-                return Err(match written {
-                    Some(port) if !port.is_empty() => {
-                        format!("{s:?}: port {port} is out of range (1-65535)")
-                    }
-                    _ => format!("{s:?}: the port is required (http://host:port)"),
-                });
-            }
-        }
-        if s.contains('#') {
-            return Err(format!(
-                "{s:?}: a backend URL has no fragment (#...) (http://host:port)"
-            ));
-        }
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!(
-                "{s:?}: a backend URL has no path or query (http://host:port)"
-            ));
-        }
-        Ok(Self { authority })
-    }
-
-    /// Whether the host is a loopback address (or `localhost`).
-    pub fn is_loopback(&self) -> bool {
-        let host = self
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        host.eq_ignore_ascii_case("localhost")
-            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-    }
-}
-
-impl fmt::Display for BackendUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}", self.authority)
-    }
-}
-
-impl<'de> Deserialize<'de> for BackendUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -967,44 +858,6 @@ surprise: true
     }
 
     #[test]
-    fn backend_urls() {
-        assert!(BackendUrl::parse("http://127.0.0.1:9001").is_ok());
-        assert!(BackendUrl::parse("http://[::1]:9001")
-            .expect("v6")
-            .is_loopback());
-        assert!(BackendUrl::parse("http://localhost:9001")
-            .expect("ok")
-            .is_loopback());
-        assert!(!BackendUrl::parse("http://10.0.0.1:80")
-            .expect("ok")
-            .is_loopback());
-        assert!(
-            BackendUrl::parse("http://127.0.0.1").is_err(),
-            "port required"
-        );
-        assert!(
-            BackendUrl::parse("http://127.0.0.1:1/api").is_err(),
-            "no path"
-        );
-        assert!(BackendUrl::parse("ftp://127.0.0.1:21").is_err());
-    }
-
-    #[test]
-    fn backend_urls_with_userinfo_port_zero_or_a_fragment_are_refused() {
-        for (url, says) in [
-            ("http://user:pw@127.0.0.1:9001", "user"),
-            ("http://user@127.0.0.1:9001", "user"),
-            ("http://127.0.0.1:0", "port 0"),
-            ("http://127.0.0.1:9001#frag", "fragment"),
-            ("http://127.0.0.1:9001/#frag", "fragment"),
-        ] {
-            let e = BackendUrl::parse(url).expect_err(url);
-            assert!(e.contains(says), "{url}: {e}");
-            assert!(!e.contains("pw"), "{url}: the password is echoed: {e}");
-        }
-    }
-
-    #[test]
     fn redis_urls_are_parsed_by_check() {
         for bad in ["redis://:::::", "redis://host:99999", "redis://h/notadb"] {
             let problems = Config::parse(&format!(
@@ -1024,15 +877,6 @@ surprise: true
             ));
             assert!(c.is_ok(), "{ok}: {c:?}");
         }
-    }
-
-    #[test]
-    fn an_out_of_range_port_says_so() {
-        let e = BackendUrl::parse("http://127.0.0.1:70000").expect_err("70000");
-        assert!(e.contains("70000") && e.contains("65535"), "{e}");
-        assert!(!e.contains("required"), "{e}");
-        let e = BackendUrl::parse("http://127.0.0.1").expect_err("no port");
-        assert!(e.contains("required"), "{e}");
     }
 
     #[test]

@@ -11,9 +11,6 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::balancer::Pool;
-use crate::limiter::Registry;
-
 /// Requests answered, by `status` class (`2xx`...) and `backend`
 /// (`none` when no backend was involved).
 pub const REQUESTS: &str = "tollgate_requests_total";
@@ -137,9 +134,9 @@ fn hot() -> &'static Hot {
 
 /// Records one answered request. Handles are registered on first use;
 /// call [`install`] before serving so they reach the exporter.
-pub fn request(status: u16, backend: Option<&crate::balancer::Backend>, took: Duration) {
+pub fn request(status: u16, backend: Option<&RequestCounters>, took: Duration) {
     let hot = hot();
-    let counters = backend.map_or(&hot.no_backend, |b| b.request_counters());
+    let counters = backend.unwrap_or(&hot.no_backend);
     counters.get(status).increment(1);
     hot.duration.record(took.as_secs_f64());
     if status == 429 {
@@ -168,26 +165,44 @@ pub async fn upkeep(handle: PrometheusHandle, every: Duration, stop: impl std::f
     }
 }
 
-/// The Prometheus text for a scrape: state gauges are set from `pool` and
-/// `registry` first.
-pub fn render(handle: &PrometheusHandle, pool: &Pool, registry: &Registry) -> String {
-    for b in pool.backends() {
-        let name = b.url().to_string();
-        metrics::gauge!(BACKEND_HEALTHY, "backend" => name.clone())
-            .set(f64::from(u8::from(b.is_healthy())));
-        metrics::gauge!(BACKEND_IN_FLIGHT, "backend" => name).set(b.in_flight() as f64);
+/// One backend's state at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendGauge<'a> {
+    /// Its label (URL).
+    pub label: &'a str,
+    /// Whether it is in the pool.
+    pub healthy: bool,
+    /// Requests in flight to it.
+    pub in_flight: usize,
+}
+
+/// What the state gauges show, read by the caller when `/metrics` is
+/// scraped (so they cost nothing per request).
+#[derive(Debug, Clone, Default)]
+pub struct StateGauges<'a> {
+    /// Every configured backend.
+    pub backends: Vec<BackendGauge<'a>>,
+    /// Clients with a bucket.
+    pub clients_tracked: usize,
+    /// Clients pinned by the client table.
+    pub clients_pinned: usize,
+}
+
+/// The Prometheus text for a scrape, with the state gauges set from
+/// `state` first.
+pub fn render(handle: &PrometheusHandle, state: &StateGauges<'_>) -> String {
+    for b in &state.backends {
+        metrics::gauge!(BACKEND_HEALTHY, "backend" => b.label.to_owned())
+            .set(f64::from(u8::from(b.healthy)));
+        metrics::gauge!(BACKEND_IN_FLIGHT, "backend" => b.label.to_owned()).set(b.in_flight as f64);
     }
-    metrics::gauge!(CLIENTS_TRACKED).set(registry.len() as f64);
-    metrics::gauge!(CLIENTS_PINNED).set(registry.pinned_len() as f64);
+    metrics::gauge!(CLIENTS_TRACKED).set(state.clients_tracked as f64);
+    metrics::gauge!(CLIENTS_PINNED).set(state.clients_pinned as f64);
     handle.render()
 }
 
-/// Counts a request the failure policy decides, and returns the policy.
-pub fn shared_fallback(policy: crate::config::OnFailure) -> crate::config::OnFailure {
-    let label = match policy {
-        crate::config::OnFailure::Local => "local",
-        crate::config::OnFailure::Reject => "reject",
-    };
-    metrics::counter!(SHARED_LIMITER_FALLBACKS, "policy" => label).increment(1);
-    policy
+/// Counts a request the shared limiter's failure policy (`local` or
+/// `reject`) decided.
+pub fn shared_fallback(policy: &'static str) {
+    metrics::counter!(SHARED_LIMITER_FALLBACKS, "policy" => policy).increment(1);
 }

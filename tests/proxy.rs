@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use support::{backends, balancer, client, closed_port, config, eventually, get_status, url};
-use tollgate::config::{Dur, StrategyName};
+use tollgate::balancer::StrategyName;
+use tollgate::config::Dur;
 use tollgate::limiter::{ClientKey, Limits};
 
 async fn backend_of(c: &reqwest::Client, u: &str) -> String {

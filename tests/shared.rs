@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use support::{backend, balancer, client, closed_port, config, get_status, url};
-use tollgate::config::{Dur, OnFailure};
+use tollgate::config::Dur;
+use tollgate::limiter::shared::OnFailure;
 use tollgate::limiter::Limits;
 
 fn redis_url() -> Option<String> {

@@ -8,7 +8,8 @@ mod support;
 use std::collections::HashMap;
 
 use support::{backend, balancer, client, closed_port, config, get_status, url};
-use tollgate::config::{Dur, OnFailure};
+use tollgate::config::Dur;
+use tollgate::limiter::shared::OnFailure;
 use tollgate::limiter::Limits;
 
 async fn metrics(c: &reqwest::Client, admin: std::net::SocketAddr) -> HashMap<String, f64> {

@@ -35,7 +35,6 @@ use crate::balancer::Pool;
 use crate::error::AdminError;
 use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{ClientKey, Limits, Registry, MAX_PINNED};
-use crate::store::snapshot::encode_key;
 use crate::store::{ClientRecord, ClientStore, StoreError};
 
 /// Largest accepted request body.
@@ -340,7 +339,7 @@ async fn views(state: &AdminState, records: Vec<ClientRecord>) -> Vec<ClientView
             .iter()
             .filter_map(|r| {
                 let key = ClientKey::api(&r.client_id).ok()?;
-                Some((encode_key(&key), r.capacity, r.rate_per_sec))
+                Some((key.encode(), r.capacity, r.rate_per_sec))
             })
             .collect();
         if buckets.len() == records.len() {
@@ -558,7 +557,20 @@ async fn metrics_text(State(state): State<AdminState>) -> Result<Response, Admin
     let handle = state.metrics.as_ref().ok_or_else(|| {
         AdminError::NotFound("metrics are off: another metrics recorder was installed first".into())
     })?;
-    let text = crate::telemetry::render(handle, &state.pool, &state.registry);
+    let backends = state.pool.backends();
+    let gauges = crate::telemetry::StateGauges {
+        backends: backends
+            .iter()
+            .map(|b| crate::telemetry::BackendGauge {
+                label: b.label(),
+                healthy: b.is_healthy(),
+                in_flight: b.in_flight(),
+            })
+            .collect(),
+        clients_tracked: state.registry.len(),
+        clients_pinned: state.registry.pinned_len(),
+    };
+    let text = crate::telemetry::render(handle, &gauges);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 

@@ -10,23 +10,38 @@
 mod least_connections;
 mod random;
 mod round_robin;
+mod url;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use serde::Deserialize;
 
 pub use least_connections::LeastConnections;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 
-use crate::config::{BackendUrl, StrategyName};
+pub use url::BackendUrl;
 
 /// Picks one backend among the healthy ones.
 pub trait Strategy: Send + Sync + fmt::Debug + 'static {
     /// Chooses from `healthy`, which is never empty. Returns an index into it.
     fn pick(&self, healthy: &[Arc<Backend>]) -> usize;
+}
+
+/// Names of the balancing strategies (`balancing.strategy`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyName {
+    /// Each healthy backend in turn.
+    #[default]
+    RoundRobin,
+    /// The healthy backend with the fewest requests in flight.
+    LeastConnections,
+    /// A healthy backend chosen uniformly at random.
+    Random,
 }
 
 /// The strategy configured under `balancing.strategy`.

@@ -56,7 +56,6 @@
 //! (takes run under the read lock), so a take never mixes old limits with a
 //! new `tat`.
 
-
 use super::limits::Limits;
 pub(crate) use super::units::{duration, fill_time, units};
 use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -79,6 +79,25 @@ impl ClientKey {
     pub fn api(s: &str) -> Result<Self, KeyError> {
         ApiKey::new(s).map(Self::Api)
     }
+
+    /// `ip:<address>` or `key:<api key>`: the key's name wherever it is
+    /// stored outside the process (bucket snapshots, Redis keys), so that
+    /// an API key that spells an address is never that address.
+    pub fn encode(&self) -> String {
+        match self {
+            Self::Ip(ip) => format!("ip:{ip}"),
+            Self::Api(k) => format!("key:{k}"),
+        }
+    }
+
+    /// The inverse of [`ClientKey::encode`]; `None` for a malformed name.
+    pub fn decode(s: &str) -> Option<Self> {
+        if let Some(ip) = s.strip_prefix("ip:") {
+            ip.parse().ok().map(Self::Ip)
+        } else {
+            s.strip_prefix("key:").and_then(|k| Self::api(k).ok())
+        }
+    }
 }
 
 impl From<IpAddr> for ClientKey {

@@ -17,6 +17,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+
 use super::{Decision, Verdict};
 
 /// How long Redis is not asked again after a failed check.
@@ -90,6 +92,27 @@ pub enum SharedError {
     /// A recent failure; not asked until the pause is over.
     #[error("redis failed recently; not asked until the pause is over")]
     Paused,
+}
+
+/// What a request gets while Redis cannot answer
+/// (`rate_limit.shared.on_failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Decide with this replica's own buckets.
+    Local,
+    /// Answer 503.
+    Reject,
+}
+
+impl OnFailure {
+    /// The policy's name in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Reject => "reject",
+        }
+    }
 }
 
 /// The Redis side of shared limits.

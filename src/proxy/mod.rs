@@ -20,9 +20,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::balancer::{Backend, Pool};
-use crate::config::OnFailure;
 use crate::error::ProxyError;
-use crate::limiter::shared::SharedLimiter;
+use crate::limiter::shared::{OnFailure, SharedLimiter};
 use crate::limiter::{ClientKey, Registry, RegistryError, Verdict};
 use crate::telemetry;
 use identity::Identifier;
@@ -127,7 +126,7 @@ impl Proxy {
         }
         telemetry::request(
             response.status().as_u16(),
-            backend.as_deref(),
+            backend.as_deref().map(Backend::request_counters),
             started.elapsed(),
         );
         response
@@ -167,16 +166,19 @@ impl Proxy {
         };
         let verdict = match (&self.shared, &key) {
             (Some(shared), Some(key)) => {
-                let name = crate::store::snapshot::encode_key(key);
+                let name = key.encode();
                 // Boxed: the Redis exchange is a large future, and inline it
                 // would grow every request's future, which is moved several
                 // times per request, with or without shared limits.
                 match Box::pin(shared.limiter.check(&name, &decision)).await {
                     Ok(v) => v,
-                    Err(_) => match crate::telemetry::shared_fallback(shared.on_failure) {
-                        OnFailure::Local => Verdict::from(&decision),
-                        OnFailure::Reject => return Err(ProxyError::LimiterUnavailable),
-                    },
+                    Err(_) => {
+                        telemetry::shared_fallback(shared.on_failure.as_str());
+                        match shared.on_failure {
+                            OnFailure::Local => Verdict::from(&decision),
+                            OnFailure::Reject => return Err(ProxyError::LimiterUnavailable),
+                        }
+                    }
                 }
             }
             _ => Verdict::from(&decision),

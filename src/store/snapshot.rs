@@ -13,23 +13,6 @@ use std::sync::Arc;
 use super::{now_ms, BucketState, ClientRecord, ClientStore, SnapshotDelta, StoreError};
 use crate::limiter::{ClientKey, Limits, Registry};
 
-/// `ip:<address>` or `key:<api key>`: how a bucket is named in the table.
-pub fn encode_key(key: &ClientKey) -> String {
-    match key {
-        ClientKey::Ip(ip) => format!("ip:{ip}"),
-        ClientKey::Api(k) => format!("key:{k}"),
-    }
-}
-
-/// The inverse of [`encode_key`]; `None` for a malformed row.
-pub fn decode_key(s: &str) -> Option<ClientKey> {
-    if let Some(ip) = s.strip_prefix("ip:") {
-        ip.parse().ok().map(ClientKey::Ip)
-    } else {
-        s.strip_prefix("key:").and_then(|k| ClientKey::api(k).ok())
-    }
-}
-
 /// Writes snapshots, remembering what it wrote last.
 #[derive(Debug)]
 pub struct Snapshotter {
@@ -71,7 +54,7 @@ impl Snapshotter {
         let mut current: HashMap<String, f64> = HashMap::new();
         self.registry.for_each(|b| {
             if b.tokens < f64::from(b.capacity) {
-                current.insert(encode_key(&b.key), b.tokens);
+                current.insert(b.key.encode(), b.tokens);
             }
         });
         let mut delta = SnapshotDelta::default();
@@ -142,13 +125,13 @@ pub async fn restore(registry: &Registry, store: &dyn ClientStore) -> Result<Res
         };
         if registry.set_limits(&key, limits).is_ok() {
             stats.clients += 1;
-            limits_of.insert(encode_key(&key), limits);
+            limits_of.insert(key.encode(), limits);
         }
     }
     let states = store.load_bucket_states().await?;
     let now = now_ms();
     for s in &states {
-        let Some(key) = decode_key(&s.client_key) else {
+        let Some(key) = ClientKey::decode(&s.client_key) else {
             continue;
         };
         let limits = limits_of

@@ -44,7 +44,8 @@ pub fn tick(registry: &Registry, clock: &FakeClock, by: Duration) {
 use std::net::SocketAddr;
 
 use tollgate::app::Running;
-use tollgate::config::{BackendConfig, BackendUrl, Config, Dur};
+use tollgate::balancer::BackendUrl;
+use tollgate::config::{BackendConfig, Config, Dur};
 use tollgate::shutdown::{self, Trigger};
 
 /// A demo backend running in this process.
