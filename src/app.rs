@@ -13,7 +13,9 @@ use crate::health::Checker;
 use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{self, Registry, RegistryConfig};
 use crate::proxy::identity::Identifier;
-use crate::proxy::server::{bind_reuseport, serve_per_core, Drained, ServeOptions};
+use crate::proxy::server::{
+    bind_reuseport, serve_per_core, ConnectionBudget, Drained, ServeOptions,
+};
 use crate::proxy::{Proxy, ProxySettings, SharedLimits};
 use crate::shutdown::{self, Signal, Trigger};
 use crate::store::snapshot::{self, Snapshotter};
@@ -151,6 +153,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         ProxySettings {
             connect_timeout: config.proxy.connect_timeout.0,
             request_timeout: config.proxy.request_timeout.0,
+            backend_body_timeout: config.proxy.backend_body_timeout.0,
+            client_body_timeout: config.server.client_body_timeout.0,
         },
     );
     let mut shared_limiter = None;
@@ -259,9 +263,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         rl.refill_interval.0,
         signal.clone().wait(),
     ));
+    let budget = match config.server.max_connections {
+        Some(n) => ConnectionBudget::new(n),
+        None => ConnectionBudget::from_open_file_limit(),
+    };
     let options = ServeOptions {
         header_read_timeout: config.server.header_read_timeout.0,
         drain_timeout: config.server.drain_timeout.0,
+        max_header_bytes: config.server.max_header_bytes,
+        send_timeout: config.server.send_timeout.0,
+        http2_max_concurrent_streams: config.server.http2_max_concurrent_streams.get(),
+        budget: Some(budget.clone()),
     };
     // One proxy (and so one backend connection pool) per proxy thread.
     let parts = proxy.clone();
@@ -279,7 +291,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     )
     .map_err(bind_error)?;
 
-    tracing::info!(listen = %proxy_addr, threads, "proxy listening");
+    tracing::info!(
+        listen = %proxy_addr,
+        threads,
+        max_connections = budget.limit(),
+        "proxy listening"
+    );
     tracing::info!(listen = %admin_addr, auth = config.admin.token.is_some(), "admin API listening");
     tracing::info!(
         backends = %config.backends.iter().map(|b| b.url.to_string()).collect::<Vec<_>>().join(", "),

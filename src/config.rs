@@ -56,9 +56,26 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// How long in-flight requests may run after a shutdown signal.
     pub drain_timeout: Dur,
-    /// How long a client may take to send its request headers.
+    /// How long a client may take to send its request headers; also how
+    /// long a connection may stay open with no request on it.
     pub header_read_timeout: Dur,
+    /// Largest request head accepted (HTTP/1.1 request line and headers,
+    /// HTTP/2 header list); larger ones are answered 431.
+    pub max_header_bytes: usize,
+    /// Client connections open at once, over all proxy threads; `None`:
+    /// derived from the open-file limit (see `proxy::server`).
+    pub max_connections: Option<NonZeroUsize>,
+    /// Longest pause between two pieces of a request body from a client.
+    pub client_body_timeout: Dur,
+    /// Longest time a client may leave a response unread.
+    pub send_timeout: Dur,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub http2_max_concurrent_streams: NonZeroU32,
 }
+
+/// Bounds of `server.max_header_bytes`: below 1 KiB ordinary browser
+/// requests fail; above 1 MiB the limit no longer protects memory.
+pub const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=1024 * 1024;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -66,6 +83,11 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             drain_timeout: Dur::secs(30),
             header_read_timeout: Dur::secs(10),
+            max_header_bytes: 32 * 1024,
+            max_connections: None,
+            client_body_timeout: Dur::secs(60),
+            send_timeout: Dur::secs(60),
+            http2_max_concurrent_streams: NonZeroU32::MIN.saturating_add(127),
         }
     }
 }
@@ -119,6 +141,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Dur,
     /// Time allowed for a backend to answer with response headers.
     pub request_timeout: Dur,
+    /// Longest pause between two pieces of a response body from a backend.
+    pub backend_body_timeout: Dur,
 }
 
 impl Default for ProxyConfig {
@@ -126,6 +150,7 @@ impl Default for ProxyConfig {
         Self {
             connect_timeout: Dur::secs(2),
             request_timeout: Dur::secs(30),
+            backend_body_timeout: Dur::secs(60),
         }
     }
 }
@@ -571,8 +596,17 @@ impl Config {
                 "server.header_read_timeout",
                 self.server.header_read_timeout,
             ),
+            (
+                "server.client_body_timeout",
+                self.server.client_body_timeout,
+            ),
+            ("server.send_timeout", self.server.send_timeout),
             ("proxy.connect_timeout", self.proxy.connect_timeout),
             ("proxy.request_timeout", self.proxy.request_timeout),
+            (
+                "proxy.backend_body_timeout",
+                self.proxy.backend_body_timeout,
+            ),
             ("health_check.interval", self.health_check.interval),
             ("health_check.timeout", self.health_check.timeout),
             (
@@ -589,6 +623,16 @@ impl Config {
             if zero(d) {
                 add(field, "must be greater than 0".into());
             }
+        }
+        if !MAX_HEADER_BYTES_RANGE.contains(&self.server.max_header_bytes) {
+            add(
+                "server.max_header_bytes",
+                format!(
+                    "must be between {} and {}",
+                    MAX_HEADER_BYTES_RANGE.start(),
+                    MAX_HEADER_BYTES_RANGE.end()
+                ),
+            );
         }
         if let Some(url) = &self.rate_limit.shared.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("unix://")) {
@@ -772,6 +816,41 @@ mod tests {
         assert_eq!(c.admin.header_read_timeout, d.admin.header_read_timeout);
         assert_eq!(c.admin.body_read_timeout, d.admin.body_read_timeout);
         assert_eq!(c.store.timeout, d.store.timeout);
+        assert_eq!(c.server.max_header_bytes, d.server.max_header_bytes);
+        assert_eq!(c.server.max_connections, d.server.max_connections);
+        assert_eq!(c.server.client_body_timeout, d.server.client_body_timeout);
+        assert_eq!(c.server.send_timeout, d.server.send_timeout);
+        assert_eq!(
+            c.server.http2_max_concurrent_streams,
+            d.server.http2_max_concurrent_streams
+        );
+        assert_eq!(c.proxy.backend_body_timeout, d.proxy.backend_body_timeout);
+    }
+
+    #[test]
+    fn front_door_limits_are_checked_with_their_field() {
+        let problems = Config::parse(
+            "server:\n  max_header_bytes: 100\n  send_timeout: 0s\n  client_body_timeout: 0ms\n\
+             proxy:\n  backend_body_timeout: 0s\n",
+        )
+        .expect_err("invalid");
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        for f in [
+            "server.max_header_bytes",
+            "server.send_timeout",
+            "server.client_body_timeout",
+            "proxy.backend_body_timeout",
+        ] {
+            assert!(fields.contains(&f), "{f} missing from {problems:?}");
+        }
+        let problems =
+            Config::parse("server:\n  max_connections: 0\n").expect_err("zero connections");
+        assert_eq!(problems[0].field, "server.max_connections");
+        let problems = Config::parse("server:\n  http2_max_concurrent_streams: 0\n")
+            .expect_err("zero streams");
+        assert_eq!(problems[0].field, "server.http2_max_concurrent_streams");
+        let c = Config::parse("server:\n  max_connections: 5000\n").expect("valid");
+        assert_eq!(c.server.max_connections.map(NonZeroUsize::get), Some(5000));
     }
 
     #[test]

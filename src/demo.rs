@@ -43,6 +43,7 @@ pub async fn serve(
     let options = ServeOptions {
         header_read_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(5),
+        ..ServeOptions::default()
     };
     serve_http(
         listener,

@@ -38,6 +38,12 @@ pub enum ProxyError {
     /// The backend did not answer within `proxy.request_timeout`.
     #[error("Backend timed out")]
     GatewayTimeout,
+    /// No socket left in this process for a backend connection.
+    #[error("Proxy out of sockets: try again later")]
+    OutOfSockets,
+    /// The request body paused longer than `server.client_body_timeout`.
+    #[error("Request body timed out")]
+    ClientBodyTimeout,
 }
 
 impl ProxyError {
@@ -45,9 +51,11 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::ClientTableFull { .. } | Self::NoHealthyBackend | Self::LimiterUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::ClientTableFull { .. }
+            | Self::NoHealthyBackend
+            | Self::LimiterUnavailable
+            | Self::OutOfSockets => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadApiKey(_) => StatusCode::BAD_REQUEST,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -145,14 +153,30 @@ impl AdminError {
 
 /// `{"code":N,"message":"..."}` with status `N`.
 pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "code": status.as_u16(), "message": message }).to_string();
-    let mut response = Response::new(full(body));
+    let mut response = Response::new(full(json_text(status, message)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The body of [`json_error`].
+fn json_text(status: StatusCode, message: &str) -> String {
+    serde_json::json!({ "code": status.as_u16(), "message": message }).to_string()
+}
+
+/// The JSON body for a request that hyper's HTTP/1.1 parser refused with
+/// `status` before any handler saw it (400, 414 or 431); `proxy::server`
+/// puts it in place of hyper's empty answer.
+pub fn parser_error_body(status: StatusCode) -> String {
+    let message = match status {
+        StatusCode::URI_TOO_LONG => "URI too long",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "Request header fields too large",
+        _ => "Malformed HTTP request",
+    };
+    json_text(status, message)
 }
 
 /// A complete in-memory body.

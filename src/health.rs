@@ -8,6 +8,12 @@
 //! do, so one lost packet does not evict and one lucky answer does not
 //! restore. Failed proxy attempts count as failures too (passive checks,
 //! see `proxy`), so a dead backend leaves the pool between two rounds.
+//!
+//! A check that fails because this process is out of sockets (no file
+//! descriptor, no local port: [`is_local_exhaustion`]) says nothing about
+//! the backend and is not counted either way; otherwise a flood of client
+//! connections that used up the descriptors would evict healthy backends
+//! and turn every later request into a 503.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +23,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::balancer::{Backend, Pool, Transition};
 use crate::shutdown::Signal;
+use crate::telemetry::Throttle;
 
 /// Runs health-check rounds over a pool.
 #[derive(Debug, Clone)]
@@ -45,11 +52,25 @@ impl Checker {
         }
     }
 
-    async fn probe(&self, backend: &Backend) -> bool {
+    /// `Some(healthy)`, or `None` when the check could not be made for
+    /// want of a socket here.
+    async fn probe(&self, backend: &Backend) -> Option<bool> {
         let url = format!("{}{}", backend.url(), self.path);
         match self.client.get(&url).send().await {
-            Ok(r) => r.status().is_success(),
-            Err(_) => false,
+            Ok(r) => Some(r.status().is_success()),
+            Err(e) if error_chain_is_local_exhaustion(&e) => {
+                LOCAL_EXHAUSTION.note(|skipped| {
+                    tracing::warn!(
+                        backend = %backend.url(),
+                        error = %e,
+                        skipped,
+                        "health check not made: this process is out of sockets; \
+                         the backend's health is left as it was"
+                    );
+                });
+                None
+            }
+            Err(_) => Some(false),
         }
     }
 
@@ -58,6 +79,9 @@ impl Checker {
     pub async fn initial_round(&self) {
         let results = join_all(self.pool.backends().iter().map(|b| self.probe(b))).await;
         for (backend, ok) in self.pool.backends().iter().zip(results) {
+            // Without a result the backend is given the benefit of the
+            // doubt: passive checks remove it at once if it is down.
+            let ok = ok.unwrap_or(true);
             self.pool.record_initial(backend, ok);
             if !ok {
                 tracing::warn!(backend = %backend.url(), "backend failed its first health check: not in the pool");
@@ -69,6 +93,7 @@ impl Checker {
     pub async fn round(&self) {
         let results = join_all(self.pool.backends().iter().map(|b| self.probe(b))).await;
         for (backend, ok) in self.pool.backends().iter().zip(results) {
+            let Some(ok) = ok else { continue };
             if let Some(t) = self.pool.record(backend, ok) {
                 log_transition(backend, t, "active check");
             }
@@ -107,3 +132,33 @@ pub fn log_transition(backend: &Backend, t: Transition, by: &str) {
         ),
     }
 }
+
+/// Whether `e` says this process, not the peer, is out of a resource a
+/// new connection needs: file descriptors (`EMFILE`, `ENFILE`), local
+/// ports or addresses (`EADDRNOTAVAIL`), or kernel buffers (`ENOBUFS`,
+/// `ENOMEM`).
+pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::EADDRNOTAVAIL | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// [`is_local_exhaustion`] anywhere in `err`'s chain of sources (reqwest
+/// wraps the connect error a few levels down).
+fn error_chain_is_local_exhaustion(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(is_local_exhaustion)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// Checks skipped for want of sockets, logged at most once per
+/// [`crate::telemetry::QUIET_PERIOD`]: in a descriptor flood every probe fails the same way.
+static LOCAL_EXHAUSTION: Throttle = Throttle::new();

@@ -6,6 +6,7 @@
 //! in-flight requests, tracked clients) are read from the pool and the
 //! registry when `/metrics` is scraped, so they cost nothing per request.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -34,6 +35,11 @@ pub const SHARED_LIMITER_FAILURES: &str = "tollgate_shared_limiter_failures_tota
 /// Requests the failure policy decided because the shared limiter gave no
 /// answer (failed, timed out or paused), by `policy` (`local`, `reject`).
 pub const SHARED_LIMITER_FALLBACKS: &str = "tollgate_shared_limiter_fallbacks_total";
+/// Exchanges cut because one side paused longer than its idle timeout,
+/// by `direction`: `client_body` (request body from the client),
+/// `send` (client not taking the response), `backend_body` (response body
+/// from the backend), `h2_idle` (HTTP/2 connection with no request).
+pub const IDLE_TIMEOUTS: &str = "tollgate_idle_timeouts_total";
 /// Duration of one refill tick, seconds.
 pub const REFILL_SWEEP: &str = "tollgate_refill_sweep_seconds";
 /// Duration of one bucket snapshot, seconds.
@@ -82,6 +88,10 @@ fn describe() {
     metrics::describe_counter!(
         SHARED_LIMITER_FALLBACKS,
         "Requests decided by rate_limit.shared.on_failure because the shared limiter gave no answer"
+    );
+    metrics::describe_counter!(
+        IDLE_TIMEOUTS,
+        "Exchanges cut after an idle timeout, by direction"
     );
     metrics::describe_gauge!(CLIENTS_TRACKED, "Clients with a token bucket");
     metrics::describe_gauge!(CLIENTS_PINNED, "Clients in the client table");
@@ -142,6 +152,11 @@ pub fn request(status: u16, backend: Option<&RequestCounters>, took: Duration) {
     if status == 429 {
         hot.rate_limited.increment(1);
     }
+}
+
+/// Counts one exchange cut by an idle timeout.
+pub fn idle_timeout(direction: &'static str) {
+    metrics::counter!(IDLE_TIMEOUTS, "direction" => direction).increment(1);
 }
 
 /// How often histogram samples are folded into their buckets.
@@ -205,4 +220,62 @@ pub fn render(handle: &PrometheusHandle, state: &StateGauges<'_>) -> String {
 /// `reject`) decided.
 pub fn shared_fallback(policy: &'static str) {
     metrics::counter!(SHARED_LIMITER_FALLBACKS, "policy" => policy).increment(1);
+}
+
+/// At most one log line per quiet period for a condition that, once it
+/// starts, repeats many times a second (accept failures, skipped checks).
+#[derive(Debug)]
+pub struct Throttle {
+    /// Milliseconds since [`epoch`] of the last line, plus one (0: never).
+    last: AtomicU64,
+    /// Occurrences since the last line.
+    since: AtomicU64,
+}
+
+/// Shortest gap between two lines about the same condition.
+pub const QUIET_PERIOD: Duration = Duration::from_secs(10);
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Throttle {
+    /// A throttle that has not logged yet.
+    pub const fn new() -> Self {
+        Self {
+            last: AtomicU64::new(0),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one occurrence and calls `log` with the number of
+    /// occurrences not logged before it, unless a line was written within
+    /// the quiet period.
+    pub fn note(&self, log: impl FnOnce(u64)) {
+        let now = u64::try_from(epoch().elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let since = self.since.fetch_add(1, Ordering::Relaxed);
+        let last = self.last.load(Ordering::Relaxed);
+        let quiet = u64::try_from(QUIET_PERIOD.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now.saturating_sub(last) < quiet {
+            return;
+        }
+        // One thread wins the line; the others count.
+        if self
+            .last
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.since.fetch_sub(since + 1, Ordering::Relaxed);
+            log(since);
+        }
+    }
 }

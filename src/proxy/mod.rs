@@ -8,6 +8,7 @@
 pub mod headers;
 pub mod identity;
 pub mod server;
+mod timeout;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use crate::limiter::shared::{OnFailure, SharedLimiter};
 use crate::limiter::{ClientKey, Registry, RegistryError, Verdict};
 use crate::telemetry;
 use identity::Identifier;
+use timeout::{Direction, IdleBody, IdleTimeout};
 use upstream::{SendError, Upstreams};
 
 /// Boxed error carried by bodies.
@@ -40,6 +42,10 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Time for a backend to send response headers.
     pub request_timeout: Duration,
+    /// Longest pause in a response body from a backend.
+    pub backend_body_timeout: Duration,
+    /// Longest pause in a request body from a client.
+    pub client_body_timeout: Duration,
 }
 
 /// Limits shared with other replicas, and what to do without them.
@@ -71,7 +77,7 @@ impl Proxy {
         settings: ProxySettings,
     ) -> Self {
         Self {
-            upstreams: Upstreams::new(settings.connect_timeout),
+            upstreams: Upstreams::new(settings.connect_timeout, settings.backend_body_timeout),
             shared: None,
             limiter,
             pool,
@@ -85,7 +91,10 @@ impl Proxy {
     /// them).
     pub fn for_another_thread(&self) -> Self {
         Self {
-            upstreams: Upstreams::new(self.settings.connect_timeout),
+            upstreams: Upstreams::new(
+                self.settings.connect_timeout,
+                self.settings.backend_body_timeout,
+            ),
             shared: self.shared.clone(),
             limiter: self.limiter.clone(),
             pool: self.pool.clone(),
@@ -215,7 +224,12 @@ impl Proxy {
         let retryable = is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body);
 
         let first = self.pool.pick().ok_or(ProxyError::NoHealthyBackend)?;
-        let body = body.map_err(BoxError::from).boxed_unsync();
+        let body = IdleBody::new(
+            body,
+            self.settings.client_body_timeout,
+            Direction::ClientBody,
+        )
+        .boxed_unsync();
         // Keep the headers for a retry only when one may happen; otherwise
         // the first attempt takes them (no copy on the common path).
         let (first_headers, again) = if retryable {
@@ -293,6 +307,16 @@ impl Proxy {
                 tracing::warn!(backend = %backend.url(), error = %e, "backend connection failed");
                 return Err(Failure::Connect);
             }
+            Ok(Err(SendError::Local(e))) => {
+                // Our own shortage: the backend is not to blame.
+                tracing::debug!(backend = %backend.url(), error = %e, "no socket for a backend connection");
+                return Err(Failure::Local);
+            }
+            Ok(Err(SendError::Exchange(e)))
+                if IdleTimeout::find(&e).is_some_and(|t| t.direction == Direction::ClientBody) =>
+            {
+                return Err(Failure::ClientBody);
+            }
             Ok(Err(SendError::Exchange(e))) => {
                 tracing::warn!(backend = %backend.url(), error = %e, "backend broke the exchange");
                 return Err(Failure::Other("backend closed the connection".into()));
@@ -320,6 +344,11 @@ enum Failure {
     Connect,
     /// No response headers within `request_timeout`.
     Timeout,
+    /// This process had no socket to spare: not the backend's fault.
+    Local,
+    /// The client paused its request body longer than
+    /// `client_body_timeout`.
+    ClientBody,
     /// The exchange broke after the request may have been sent.
     Other(String),
 }
@@ -329,6 +358,8 @@ impl From<Failure> for ProxyError {
         match f {
             Failure::Connect => ProxyError::BadGateway("backend connection failed".into()),
             Failure::Timeout => ProxyError::GatewayTimeout,
+            Failure::Local => ProxyError::OutOfSockets,
+            Failure::ClientBody => ProxyError::ClientBodyTimeout,
             Failure::Other(what) => ProxyError::BadGateway(what),
         }
     }

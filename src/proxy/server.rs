@@ -1,39 +1,164 @@
-//! Accepting connections and draining them on shutdown.
+//! Accepting connections, holding each to its limits, and draining them
+//! on shutdown.
 //!
 //! Follows hyper-util's `server_graceful` pattern: every connection is
-//! watched by a [`GracefulShutdown`]; when the shutdown future completes the
-//! listener is closed (new connections are refused), idle keep-alive
-//! connections are closed, and requests already accepted may finish until
-//! `drain_timeout`.
+//! watched; when the shutdown future completes the listener is closed (new
+//! connections are refused), idle keep-alive connections are closed, and
+//! requests already accepted may finish until `drain_timeout`.
+//!
+//! What this module bounds, per connection:
+//!
+//! - **Time without a request.** HTTP/1.1: hyper's `header_read_timeout`,
+//!   which also runs while a keep-alive connection waits for its next
+//!   request. HTTP/2: hyper has no such timer, and a HEADERS block that
+//!   never ends (no END_HEADERS) is not a request yet, so a connection
+//!   that has had no request open for `header_read_timeout` is sent a
+//!   GOAWAY here and closed [`H2_GOAWAY_GRACE`] later.
+//! - **Time a client leaves response bytes unread** (`send_timeout`):
+//!   [`ClientStream`] fails a write that stays blocked that long.
+//! - **Request head size** (`max_header_bytes`): hyper's HTTP/1.1
+//!   `max_header_size`, HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`.
+//! - **HTTP/2 streams**: concurrent streams, and hyper's rapid-reset
+//!   limits set explicitly rather than inherited.
+//!
+//! And per listener set, the number of open client connections
+//! ([`ConnectionBudget`], `server.max_connections`).
+//!
+//! hyper answers requests its HTTP/1.1 parser refuses (400, 414, 431) by
+//! itself, with an empty body; [`ClientStream`] puts the JSON error every
+//! other refusal carries in its place (see [`Held`]).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
-use super::Body;
+use super::{Body, BoxError};
 use crate::shutdown::Signal;
+use crate::telemetry::Throttle;
 
 /// How connections are served.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Time a client has to send its request headers.
+    /// Time a client has to send its request headers, and the longest a
+    /// connection stays open with no request on it.
     pub header_read_timeout: Duration,
     /// Time accepted requests get to finish after shutdown starts.
     pub drain_timeout: Duration,
+    /// Largest request head (HTTP/1.1 request line and headers, HTTP/2
+    /// header list).
+    pub max_header_bytes: usize,
+    /// Longest a write to a client may stay blocked.
+    pub send_timeout: Duration,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+    /// Client connections open at once; `None`: unbounded.
+    pub budget: Option<ConnectionBudget>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            max_header_bytes: 32 * 1024,
+            send_timeout: Duration::from_secs(60),
+            http2_max_concurrent_streams: 128,
+            budget: None,
+        }
+    }
+}
+
+/// Streams an HTTP/2 client may reset before we have accepted them; past
+/// this the connection is closed (the HTTP/2 rapid-reset attack,
+/// CVE-2023-44487). h2's default, set here so a dependency update cannot
+/// change it silently.
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+
+/// Streams we may reset for a client's protocol errors before the
+/// connection is closed (RUSTSEC-2024-0003); hyper's default, made explicit.
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// HTTP/2 PING interval and the time an answer may take: a peer that
+/// stops answering while a long response is open is found dead.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Time between the GOAWAY sent to an idle HTTP/2 connection and closing
+/// it: enough for a well-behaved client to see it and go, short enough
+/// that a client who ignores it does not keep the descriptor.
+pub const H2_GOAWAY_GRACE: Duration = Duration::from_millis(500);
+
+/// Descriptors kept out of the connection budget's share: listeners,
+/// the admin API, health checks, the database and Redis, log files.
+const FD_RESERVE: u64 = 128;
+
+/// How many client connections may be open at once, across every proxy
+/// thread.
+///
+/// Every proxied HTTP/1.1 request holds two descriptors, the client's and
+/// a backend connection, and the health checks need descriptors of their
+/// own. When accept took every descriptor, connects and health checks
+/// failed with EMFILE, the healthy backends were evicted and every client
+/// got 503. Like nginx's `worker_connections`, tollgate stops accepting at
+/// the budget instead; clients beyond it wait in the listen queue.
+#[derive(Debug, Clone)]
+pub struct ConnectionBudget {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl ConnectionBudget {
+    /// A budget of `limit` connections.
+    pub fn new(limit: NonZeroUsize) -> Self {
+        let limit = limit.get().min(Semaphore::MAX_PERMITS);
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// The default budget: half of the open-file soft limit left after
+    /// [`FD_RESERVE`], so that each client connection can have its
+    /// backend connection and the reserve stays free.
+    pub fn from_open_file_limit() -> Self {
+        let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+        Self::new(budget_for_open_files(soft))
+    }
+
+    /// Connections allowed at once.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Connections open now.
+    pub fn in_use(&self) -> usize {
+        self.limit.saturating_sub(self.permits.available_permits())
+    }
+}
+
+/// The default budget for an open-file limit of `soft`.
+fn budget_for_open_files(soft: u64) -> NonZeroUsize {
+    let share = soft.saturating_sub(FD_RESERVE) / 2;
+    NonZeroUsize::new(usize::try_from(share).unwrap_or(usize::MAX)).unwrap_or(NonZeroUsize::MIN)
 }
 
 /// Whether every accepted connection finished within the drain timeout.
@@ -44,6 +169,11 @@ pub enum Drained {
     /// Some were still open at `drain_timeout` and were cut.
     TimedOut,
 }
+
+/// Times the connection budget was found spent, logged once per burst.
+static BUDGET_SPENT: Throttle = Throttle::new();
+/// Failed accepts (EMFILE and the like), logged once per burst.
+static ACCEPT_FAILED: Throttle = Throttle::new();
 
 /// Serves HTTP/1.1 and h2c on `listener` with `handler` until `shutdown`
 /// completes, then drains.
@@ -66,29 +196,60 @@ where
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
+        .max_header_size(options.max_header_bytes)
         .keep_alive(true);
     let mut http2 = http2::Builder::new(TokioExecutor::new());
-    http2.timer(TokioTimer::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(options.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let shared = Arc::new(Shared {
         handler,
         http1,
         http2,
         header_read_timeout: options.header_read_timeout,
+        send_timeout: options.send_timeout,
     });
     let graceful = GracefulShutdown::new();
-    // Connections still waiting for their first bytes are not yet watched
-    // by `graceful`; this tells them to give up.
+    // Tells connections to give up (still waiting for their first bytes)
+    // or to finish their current request and close.
     let (closing, closing_signal) = crate::shutdown::channel();
     tokio::pin!(shutdown);
     loop {
+        let permit = match &options.budget {
+            None => None,
+            Some(budget) => match budget.permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    BUDGET_SPENT.note(|times| {
+                        tracing::warn!(
+                            limit = budget.limit,
+                            times,
+                            "server.max_connections reached: new connections wait in the \
+                             listen queue until others close"
+                        );
+                    });
+                    tokio::select! {
+                        permit = budget.permits.clone().acquire_owned() => permit.ok(),
+                        () = &mut shutdown => break,
+                    }
+                }
+            },
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        // Out of file descriptors or a connection reset before
-                        // accept: back off briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
+                        ACCEPT_FAILED.note(|times| {
+                            tracing::warn!(error = %e, times, "accept failed");
+                        });
+                        // Out of file descriptors or a connection reset
+                        // before accept: back off briefly instead of spinning.
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
@@ -104,6 +265,7 @@ where
                     peer,
                     graceful.watcher(),
                     closing_signal.clone(),
+                    permit,
                 )));
             }
             () = &mut shutdown => break,
@@ -123,6 +285,7 @@ struct Shared<H> {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
+    send_timeout: Duration,
 }
 
 /// The HTTP/2 connection preface: a client speaking h2c with prior
@@ -139,14 +302,17 @@ async fn serve_connection<H, F>(
     shared: Arc<Shared<H>>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    watcher: Watcher,
+    // Held until the connection ends: the drain waits for every watcher.
+    _watcher: Watcher,
     closing: Signal,
+    // Returned to the connection budget when the connection ends.
+    _permit: Option<OwnedSemaphorePermit>,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut first = BytesMut::with_capacity(4096);
-    let deadline = tokio::time::Instant::now() + shared.header_read_timeout;
+    let deadline = Instant::now() + shared.header_read_timeout;
     let read_first = async {
         loop {
             match tokio::time::timeout_at(deadline, stream.read_buf(&mut first)).await {
@@ -161,40 +327,436 @@ async fn serve_connection<H, F>(
     };
     tokio::select! {
         biased;
-        () = closing.wait() => return,
+        () = closing.clone().wait() => return,
         ok = read_first => if !ok { return },
     }
     let h2 = first.starts_with(H2_PREFACE);
+    let state = Arc::new(ConnState::new());
     let io = TokioIo::new(ClientStream {
         stream,
         ahead: first.freeze(),
+        send_timeout: shared.send_timeout,
+        stall: None,
+        stalled: false,
+        replace_parser_errors: !h2,
+        held: None,
+        state: state.clone(),
     });
     let handler = shared.clone();
+    let counted = h2.then(|| state.clone());
     let service = hyper::service::service_fn(move |req| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>((handler.handler)(req, peer).await) }
+        // HTTP/2 only: the connection's idle timer needs to know when no
+        // request is open (HTTP/1.1 has hyper's own).
+        let open = counted.as_ref().map(|s| OpenRequest::new(s.clone()));
+        async move {
+            let response = (handler.handler)(req, peer).await;
+            Ok::<_, Infallible>(match open {
+                Some(open) => response.map(|body| Body::new(Tracked { body, _open: open })),
+                None => response,
+            })
+        }
     });
     let result = if h2 {
-        watcher
-            .watch(shared.http2.serve_connection(io, service))
-            .await
+        let conn = shared.http2.serve_connection(io, service);
+        drive_h2(conn, &state, shared.header_read_timeout, closing).await
     } else {
-        watcher
-            .watch(shared.http1.serve_connection(io, service))
-            .await
+        let conn = shared.http1.serve_connection(io, service);
+        drive_h1(conn, &state, closing).await
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
-/// A client connection as hyper sees it: the bytes read ahead come first,
-/// and shutting down the write side is left to `close`, which sends the
-/// same FIN when the connection is dropped right after (one system call
-/// fewer per connection).
+/// Runs an HTTP/1.1 connection to its end; then sends whatever
+/// [`ClientStream`] held back, or the JSON error in place of hyper's own.
+async fn drive_h1<S>(
+    mut conn: http1::Connection<TokioIo<ClientStream>, S>,
+    state: &ConnState,
+    closing: Signal,
+) -> Result<(), hyper::Error>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin,
+    S::Error: Into<BoxError>,
+{
+    let closing = closing.wait();
+    tokio::pin!(closing);
+    let mut draining = false;
+    let result = std::future::poll_fn(|cx| {
+        if !draining && closing.as_mut().poll(cx).is_ready() {
+            draining = true;
+            Pin::new(&mut conn).graceful_shutdown();
+        }
+        state.round.fetch_add(1, Ordering::Relaxed);
+        let polled = Pin::new(&mut conn).poll(cx);
+        // A response held back in this round that did not turn out to be
+        // hyper's last word must go out: poll again so that hyper's next
+        // flush sends it.
+        if polled.is_pending() && state.holding.load(Ordering::Relaxed) {
+            cx.waker().wake_by_ref();
+        }
+        polled
+    })
+    .await;
+    let mut stream = conn.into_parts().io.into_inner();
+    let parse_error = result.as_ref().err().is_some_and(hyper::Error::is_parse);
+    stream.finish(parse_error).await;
+    result
+}
+
+/// Runs an HTTP/2 connection to its end, closing it once it has had no
+/// request open for `idle_timeout`.
+async fn drive_h2<S>(
+    conn: http2::Connection<TokioIo<ClientStream>, S, TokioExecutor>,
+    state: &ConnState,
+    idle_timeout: Duration,
+    closing: Signal,
+) -> Result<(), hyper::Error>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    tokio::pin!(conn);
+    let closing = closing.wait();
+    tokio::pin!(closing);
+    let idle = tokio::time::sleep_until(state.started + idle_timeout);
+    tokio::pin!(idle);
+    let mut draining = false;
+    let mut cut = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            () = &mut closing, if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = &mut idle => {
+                if cut {
+                    // The GOAWAY grace is over.
+                    return Ok(());
+                }
+                let now = Instant::now();
+                match state.idle_since() {
+                    Some(since) if since + idle_timeout <= now => {
+                        crate::telemetry::idle_timeout("h2_idle");
+                        cut = true;
+                        if !draining {
+                            draining = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        idle.as_mut().reset(now + H2_GOAWAY_GRACE);
+                    }
+                    Some(since) => idle.as_mut().reset(since + idle_timeout),
+                    None => idle.as_mut().reset(now + idle_timeout),
+                }
+            }
+        }
+    }
+}
+
+/// What a connection's driver, its [`ClientStream`] and its requests share.
+#[derive(Debug)]
+struct ConnState {
+    started: Instant,
+    /// HTTP/2: requests handed to the handler whose responses have not
+    /// ended.
+    open: AtomicUsize,
+    /// HTTP/2: milliseconds from `started` to the moment `open` last fell
+    /// to zero.
+    idle_since_ms: AtomicU64,
+    /// HTTP/1.1: how many times the driver has polled hyper's connection.
+    round: AtomicU32,
+    /// HTTP/1.1: whether [`ClientStream`] holds back a response.
+    holding: AtomicBool,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            open: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            round: AtomicU32::new(0),
+            holding: AtomicBool::new(false),
+        }
+    }
+
+    /// Since when no request has been open, or `None` while one is.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)))
+    }
+}
+
+/// One HTTP/2 request from the handler call to the end of its response
+/// (or to the stream's reset, which drops it).
+struct OpenRequest(Arc<ConnState>);
+
+impl OpenRequest {
+    fn new(state: Arc<ConnState>) -> Self {
+        state.open.fetch_add(1, Ordering::AcqRel);
+        Self(state)
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // Stored before the count falls, so a reader that sees zero sees
+        // this moment or a later one.
+        if self.0.open.load(Ordering::Acquire) == 1 {
+            self.0.idle_since_ms.store(ms, Ordering::Release);
+        }
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as open until it ends.
+struct Tracked {
+    body: Body,
+    _open: OpenRequest,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A client connection as hyper sees it: the bytes read ahead come first;
+/// a write that stays blocked for `send_timeout` fails; on HTTP/1.1,
+/// what looks like hyper's own empty error answer is held back until the
+/// connection shows whether it was (see [`Held`]); and shutting down the
+/// write side is left to `close`, which sends the same FIN when the
+/// connection is dropped right after (one system call fewer per
+/// connection).
 struct ClientStream {
     stream: TcpStream,
     ahead: Bytes,
+    send_timeout: Duration,
+    /// Made on the first blocked write only.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// Whether `stall` runs for the current blocked write.
+    stalled: bool,
+    replace_parser_errors: bool,
+    held: Option<Held>,
+    state: Arc<ConnState>,
+}
+
+/// A response shaped like the one hyper writes by itself when its HTTP/1.1
+/// parser refuses a request: status 400, 414 or 431, no body, no headers
+/// but `content-length: 0`, `connection` and `date`.
+///
+/// hyper writes that answer only when no response of the handler is
+/// being written (its parser reads the next request only after the last
+/// response was sent whole), and right after it, in the same poll, the
+/// connection ends with a parse error. So a held response is replaced
+/// only when the connection ended with a parse error in the round it was
+/// written in and nothing was written after it; in any other case (a
+/// backend's own empty 400 looks the same) it goes out unchanged, at the
+/// latest on hyper's flush in the next round.
+struct Held {
+    bytes: Vec<u8>,
+    sent: usize,
+    round: u32,
+}
+
+/// Longest response [`looks_like_parser_error`] considers.
+const MAX_PARSER_ERROR_LEN: usize = 256;
+
+/// Whether `bytes` is exactly one response shaped like hyper's own parser
+/// error answer (see [`Held`]).
+fn looks_like_parser_error(bytes: &[u8]) -> bool {
+    if bytes.len() > MAX_PARSER_ERROR_LEN {
+        return false;
+    }
+    let Some(head) = bytes.strip_suffix(b"\r\n\r\n") else {
+        return false;
+    };
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let Some(status) = lines.next().and_then(|l| l.strip_prefix(b"HTTP/1.1 ")) else {
+        return false;
+    };
+    if ![&b"400 "[..], b"414 ", b"431 "]
+        .iter()
+        .any(|code| status.starts_with(code))
+    {
+        return false;
+    }
+    lines.all(|line| {
+        let lower = line.to_ascii_lowercase();
+        lower == b"content-length: 0"
+            || lower.starts_with(b"connection: ")
+            || lower.starts_with(b"date: ")
+    })
+}
+
+/// The JSON answer in place of hyper's empty `held` one: same status line
+/// and date, a body saying what was wrong, and the connection closing.
+fn json_parser_error(held: &[u8]) -> Option<Vec<u8>> {
+    let head = std::str::from_utf8(held).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let code: u16 = status_line.get(9..12)?.parse().ok()?;
+    let status = StatusCode::from_u16(code).ok()?;
+    let date = lines.find(|l| l.to_ascii_lowercase().starts_with("date: "));
+    let body = crate::error::parser_error_body(status);
+    let mut out = format!(
+        "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    if let Some(date) = date {
+        out.push_str(date);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    Some(out.into_bytes())
+}
+
+/// Longest a refused client gets to read its error answer before the
+/// connection is closed.
+const LINGER: Duration = Duration::from_secs(1);
+
+impl ClientStream {
+    /// A write to the socket, failing once blocked for `send_timeout`.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        if let Poll::Ready(r) = write(Pin::new(&mut self.stream), cx) {
+            self.stalled = false;
+            return Poll::Ready(r);
+        }
+        let deadline = Instant::now() + self.send_timeout;
+        let stall = match &mut self.stall {
+            Some(stall) => {
+                if !self.stalled {
+                    stall.as_mut().reset(deadline);
+                }
+                stall
+            }
+            None => self
+                .stall
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.stalled = true;
+        ready!(stall.as_mut().poll(cx));
+        crate::telemetry::idle_timeout("send");
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client took no response bytes for send_timeout",
+        )))
+    }
+
+    /// Sends the held response as it is.
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some(mut held) = self.held.take() {
+            let polled = self.poll_send(cx, |s, cx| s.poll_write(cx, &held.bytes[held.sent..]));
+            let n = match polled {
+                Poll::Ready(Ok(0)) => Err(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    self.held = Some(held);
+                    return Poll::Pending;
+                }
+            };
+            match n {
+                Ok(n) => held.sent += n,
+                Err(e) => {
+                    self.held = Some(held);
+                    return Poll::Ready(Err(e));
+                }
+            }
+            if held.sent < held.bytes.len() {
+                self.held = Some(held);
+            } else {
+                self.state.holding.store(false, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Holds `bufs` back if, together, they look like hyper's parser error
+    /// answer; `false` if they do not. Cheap for every other write: the
+    /// first bytes decide.
+    fn hold(&mut self, bufs: &[std::io::IoSlice<'_>]) -> bool {
+        if !self.replace_parser_errors || self.held.is_some() {
+            return false;
+        }
+        if !bufs.first().is_some_and(|b| b.starts_with(b"HTTP/1.1 4")) {
+            return false;
+        }
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        if len > MAX_PARSER_ERROR_LEN {
+            return false;
+        }
+        let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        if !looks_like_parser_error(&joined) {
+            return false;
+        }
+        self.held = Some(Held {
+            bytes: joined,
+            sent: 0,
+            round: self.state.round.load(Ordering::Relaxed),
+        });
+        self.state.holding.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// After the connection ended: the JSON answer in place of a held
+    /// parser error (`parse_error`: the connection ended with one), or the
+    /// held response as it was; then a short linger so that the client
+    /// reads the answer before the close.
+    async fn finish(&mut self, parse_error: bool) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        let current = held.round == self.state.round.load(Ordering::Relaxed);
+        let answer = if parse_error && current && held.sent == 0 {
+            json_parser_error(&held.bytes).unwrap_or(held.bytes)
+        } else {
+            held.bytes
+                .get(held.sent..)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default()
+        };
+        let sent = tokio::time::timeout(self.send_timeout, self.stream.write_all(&answer)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
+        // Closing with unread request bytes (the rest of an oversized
+        // head) would reset the connection and could destroy the answer
+        // before the client reads it: send FIN, then read and discard
+        // until the client closes, for at most LINGER.
+        let _ = self.stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(LINGER, async {
+            while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
 }
 
 impl AsyncRead for ClientStream {
@@ -218,7 +780,12 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let this = &mut *self;
+        ready!(this.poll_release(cx))?;
+        if this.hold(&[std::io::IoSlice::new(buf)]) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        this.poll_send(cx, |s, cx| s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -226,7 +793,12 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        ready!(this.poll_release(cx))?;
+        if this.hold(bufs) {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        this.poll_send(cx, |s, cx| s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -234,7 +806,12 @@ impl AsyncWrite for ClientStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let this = &mut *self;
+        let round = this.state.round.load(Ordering::Relaxed);
+        if this.held.as_ref().is_some_and(|h| h.round != round) {
+            ready!(this.poll_release(cx))?;
+        }
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -293,6 +870,7 @@ where
         .map(|(i, listener)| {
             let make_handler = make_handler.clone();
             let shutdown = shutdown.clone();
+            let options = options.clone();
             std::thread::Builder::new()
                 .name(format!("tollgate-proxy-{i}"))
                 .spawn(move || {

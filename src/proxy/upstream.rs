@@ -34,6 +34,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::timeout::{Direction, IdleBody};
 use super::{Body, BoxError};
 use crate::balancer::{Backend, InFlight};
 
@@ -50,6 +51,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub(crate) enum SendError {
     /// No connection could be opened: nothing was sent.
     Connect(String),
+    /// This process is out of sockets (file descriptors, local ports):
+    /// nothing was sent, and the backend is not to blame.
+    Local(std::io::Error),
     /// The request may have reached the backend, but no response came.
     Exchange(hyper::Error),
 }
@@ -63,6 +67,7 @@ pub(crate) struct Upstreams {
 #[derive(Debug)]
 struct Inner {
     connect_timeout: Duration,
+    body_timeout: Duration,
     /// Keyed by the backend's address in memory; the entry holds the
     /// backend, so the address cannot be reused by another while keyed.
     idle: Mutex<HashMap<usize, IdleStack, foldhash::fast::RandomState>>,
@@ -89,10 +94,13 @@ impl Idle {
 }
 
 impl Upstreams {
-    pub(crate) fn new(connect_timeout: Duration) -> Self {
+    /// A pool opening connections within `connect_timeout`, whose response
+    /// bodies fail after `body_timeout` without a byte.
+    pub(crate) fn new(connect_timeout: Duration, body_timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 connect_timeout,
+                body_timeout,
                 idle: Mutex::new(HashMap::default()),
             }),
         }
@@ -117,7 +125,7 @@ impl Upstreams {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
                     let body = Returning {
-                        body,
+                        body: IdleBody::new(body, self.inner.body_timeout, Direction::BackendBody),
                         finished: false,
                         connection: Some((sender, self.inner.clone(), backend.clone())),
                         _in_flight: in_flight,
@@ -171,7 +179,13 @@ impl Upstreams {
             tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect((host, port)))
                 .await
                 .map_err(|_| SendError::Connect("connect timed out".into()))?
-                .map_err(|e| SendError::Connect(e.to_string()))?;
+                .map_err(|e| {
+                    if crate::health::is_local_exhaustion(&e) {
+                        SendError::Local(e)
+                    } else {
+                        SendError::Connect(e.to_string())
+                    }
+                })?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -221,7 +235,7 @@ fn key(backend: &Arc<Backend>) -> usize {
 /// it has been read to the end, and keeps the request counted in flight
 /// until then (so `least_connections` sees streaming downloads as load).
 struct Returning {
-    body: Incoming,
+    body: IdleBody<Incoming>,
     finished: bool,
     connection: Option<(SendRequest<Body>, Arc<Inner>, Arc<Backend>)>,
     _in_flight: InFlight,
@@ -241,7 +255,7 @@ impl http_body::Body for Returning {
             Poll::Ready(Some(Err(_))) => self.connection = None,
             _ => {}
         }
-        polled.map_err(BoxError::from)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -257,7 +271,7 @@ impl Drop for Returning {
     fn drop(&mut self) {
         // A body that was not read to the end leaves the connection
         // mid-response; it closes with the sender instead.
-        if self.finished || http_body::Body::is_end_stream(&self.body) {
+        if self.finished || http_body::Body::is_end_stream(self.body.get_ref()) {
             if let Some((sender, pool, backend)) = self.connection.take() {
                 pool.give_back(backend, sender);
             }

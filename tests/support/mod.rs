@@ -180,11 +180,27 @@ pub struct Process {
 /// Writes `yaml` to a temp file and starts `tollgate serve` on it (JSON
 /// logs); waits for the listeners to be reported.
 pub fn spawn_serve(yaml: &str) -> Process {
+    spawn_serve_with_open_files(yaml, None)
+}
+
+/// [`spawn_serve`], with the open-file limit (soft and hard) of the
+/// process set to `nofile` when given.
+pub fn spawn_serve_with_open_files(yaml: &str, nofile: Option<u64>) -> Process {
     use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir").keep();
     let path = dir.join("config.yaml");
     std::fs::write(&path, yaml).expect("write config");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let mut command = match nofile {
+        None => std::process::Command::new(env!("CARGO_BIN_EXE_tollgate")),
+        Some(n) => {
+            let mut c = std::process::Command::new("sh");
+            c.arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(env!("CARGO_BIN_EXE_tollgate"));
+            c
+        }
+    };
+    let mut child = command
         .arg("serve")
         .arg("--config")
         .arg(&path)

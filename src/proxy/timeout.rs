@@ -1,0 +1,207 @@
+//! Idle timeouts for bodies in flight.
+//!
+//! `request_timeout` ends when response headers arrive and
+//! `header_read_timeout` when request headers have; nothing else timed the
+//! rest of an exchange, so a backend that stalls mid-body or a client that
+//! uploads a byte now and then held a backend connection for as long as
+//! it liked. [`IdleBody`] fails a body that stays silent for longer than
+//! its timeout while someone is waiting for it, like nginx's
+//! `client_body_timeout` and `proxy_read_timeout`: the clock runs only
+//! while the body is polled and has nothing, so a reader that is slow to
+//! ask (a client not reading, see `server::ClientStream`) is not blamed
+//! on the body's sender.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::BoxError;
+
+/// Which side went quiet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// The request body from the client (`server.client_body_timeout`).
+    ClientBody,
+    /// The response body from the backend (`proxy.backend_body_timeout`).
+    BackendBody,
+}
+
+impl Direction {
+    /// The `direction` label of `tollgate_idle_timeouts_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::ClientBody => "client_body",
+            Self::BackendBody => "backend_body",
+        }
+    }
+}
+
+/// A body that sent nothing for longer than its idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("{} idle for more than {after:?}", .direction.label())]
+pub(crate) struct IdleTimeout {
+    /// The side that went quiet.
+    pub(crate) direction: Direction,
+    after: Duration,
+}
+
+impl IdleTimeout {
+    /// The idle timeout somewhere in `err`'s chain of sources, if any.
+    pub(crate) fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a IdleTimeout> {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if let Some(t) = e.downcast_ref::<IdleTimeout>() {
+                return Some(t);
+            }
+            cur = e.source();
+        }
+        None
+    }
+}
+
+/// `B`, failing with [`IdleTimeout`] when it has nothing for `timeout`
+/// while being polled.
+#[derive(Debug)]
+pub(crate) struct IdleBody<B> {
+    inner: B,
+    timeout: Duration,
+    direction: Direction,
+    /// Made on the first wait only: a body whose frames are all ready when
+    /// first asked for (most small responses) never touches the timer.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Whether `sleep` runs for the current wait (a frame since ends it).
+    waiting: bool,
+}
+
+impl<B> IdleBody<B> {
+    pub(crate) fn new(inner: B, timeout: Duration, direction: Direction) -> Self {
+        Self {
+            inner,
+            timeout,
+            direction,
+            sleep: None,
+            waiting: false,
+        }
+    }
+
+    pub(crate) fn get_ref(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B> HttpBody for IdleBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.waiting = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = Instant::now() + this.timeout;
+        let sleep = match &mut this.sleep {
+            Some(sleep) => {
+                if !this.waiting {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => this
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        this.waiting = true;
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        this.waiting = false;
+        crate::telemetry::idle_timeout(this.direction.label());
+        Poll::Ready(Some(Err(Box::new(IdleTimeout {
+            direction: this.direction,
+            after: this.timeout,
+        }))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn silent_after_one() -> impl HttpBody<Data = Bytes, Error = BoxError> + Unpin {
+        let frames = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from("a")))])
+            .chain(futures_util::stream::pending());
+        StreamBody::new(Box::pin(frames))
+    }
+
+    use futures_util::StreamExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_body_fails_after_its_timeout() {
+        let mut body = IdleBody::new(
+            silent_after_one(),
+            Duration::from_secs(60),
+            Direction::BackendBody,
+        );
+        let first = body.frame().await.expect("frame").expect("data");
+        assert_eq!(first.into_data().ok(), Some(Bytes::from("a")));
+        let started = Instant::now();
+        let err = body.frame().await.expect("an error").expect_err("timeout");
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        let timeout = IdleTimeout::find(err.as_ref()).expect("an IdleTimeout");
+        assert_eq!(timeout.direction, Direction::BackendBody);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_frame_restarts_the_clock() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        let mut body = IdleBody::new(
+            StreamBody::new(Box::pin(stream)),
+            Duration::from_secs(10),
+            Direction::ClientBody,
+        );
+        let started = Instant::now();
+        let feeder = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(9)).await;
+                if tx.send(Ok(Frame::data(Bytes::from("x")))).await.is_err() {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        });
+        for _ in 0..5 {
+            body.frame().await.expect("frame").expect("data, 9 s apart");
+        }
+        let err = body.frame().await.expect("an error").expect_err("timeout");
+        assert!(IdleTimeout::find(err.as_ref()).is_some());
+        assert_eq!(started.elapsed(), Duration::from_secs(45 + 10));
+        feeder.abort();
+    }
+}
