@@ -151,6 +151,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         ProxySettings {
             connect_timeout: config.proxy.connect_timeout.0,
             request_timeout: config.proxy.request_timeout.0,
+            allow_underscores_in_headers: config.proxy.allow_underscores_in_headers,
         },
     );
     let mut shared_limiter = None;

@@ -116,7 +116,7 @@ pub enum StrategyName {
     Random,
 }
 
-/// `proxy`: upstream timeouts.
+/// `proxy`: upstream timeouts and what is forwarded.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
@@ -124,6 +124,10 @@ pub struct ProxyConfig {
     pub connect_timeout: Dur,
     /// Time allowed for a backend to answer with response headers.
     pub request_timeout: Dur,
+    /// Forward request header names containing `_`; by default they are
+    /// dropped (nginx's `underscores_in_headers off`), since backends that
+    /// map `_` to `-` would read headers tollgate never looked at.
+    pub allow_underscores_in_headers: bool,
 }
 
 impl Default for ProxyConfig {
@@ -131,6 +135,7 @@ impl Default for ProxyConfig {
         Self {
             connect_timeout: Dur::secs(2),
             request_timeout: Dur::secs(30),
+            allow_underscores_in_headers: false,
         }
     }
 }
@@ -654,6 +659,18 @@ impl Config {
                 ),
             );
         }
+        if !self.proxy.allow_underscores_in_headers
+            && self.rate_limit.api_key_header.0.as_str().contains('_')
+        {
+            add(
+                "rate_limit.api_key_header",
+                format!(
+                    "{} contains '_', and such headers are dropped; \
+                     set proxy.allow_underscores_in_headers: true or use '-'",
+                    self.rate_limit.api_key_header.0
+                ),
+            );
+        }
         if self.rate_limit.max_clients.get() > crate::limiter::MAX_CLIENTS {
             add(
                 "rate_limit.max_clients",
@@ -718,6 +735,22 @@ mod tests {
         assert_eq!(c.rate_limit.idle_timeout, Dur::secs(600));
         assert_eq!(c.health_check.unhealthy_threshold.get(), 2);
         assert_eq!(c.backends.len(), 3);
+        assert_eq!(
+            c.proxy.allow_underscores_in_headers,
+            d.proxy.allow_underscores_in_headers
+        );
+    }
+
+    #[test]
+    fn an_api_key_header_with_underscores_needs_them_allowed() {
+        let problems =
+            Config::parse("rate_limit:\n  api_key_header: X_Api_Key\n").expect_err("dropped");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "rate_limit.api_key_header");
+        assert!(problems[0].reason.contains("'_'"), "{}", problems[0]);
+        let allowed = "rate_limit:\n  api_key_header: X_Api_Key\n\
+                       proxy:\n  allow_underscores_in_headers: true\n";
+        assert!(Config::parse(allowed).is_ok());
     }
 
     #[test]

@@ -1,13 +1,16 @@
-//! The request path: identify → limit → balance → forward.
+//! The request path: check → identify → limit → balance → forward.
 //!
-//! [`Proxy::handle`] turns one client request into one response. Bodies
-//! stream both ways (nothing is buffered whole), hop-by-hop headers are
-//! dropped in both directions, `X-Forwarded-*` are set, and every answer,
-//! forwarded or refused, carries the client's rate-limit headers.
+//! [`Proxy::handle`] turns one client request into one response. A request
+//! that breaks the strict HTTP rules ([`strict`]) is refused before it is
+//! charged. Bodies stream both ways (nothing is buffered whole), hop-by-hop
+//! headers are dropped in both directions, `X-Forwarded-*` are set, and
+//! every answer past the limiter, forwarded or refused, carries the
+//! client's rate-limit headers.
 
 pub mod headers;
 pub mod identity;
 pub mod server;
+mod strict;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -41,6 +44,8 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Time for a backend to send response headers.
     pub request_timeout: Duration,
+    /// Forward header names containing `_` (otherwise they are dropped).
+    pub allow_underscores_in_headers: bool,
 }
 
 /// Limits shared with other replicas, and what to do without them.
@@ -59,6 +64,7 @@ pub struct Proxy {
     shared: Option<SharedLimits>,
     pool: Arc<Pool>,
     identifier: Identifier,
+    strict: strict::Rules,
     upstreams: Upstreams,
     settings: ProxySettings,
 }
@@ -76,6 +82,10 @@ impl Proxy {
             shared: None,
             limiter,
             pool,
+            strict: strict::Rules {
+                api_key_header: identifier.api_key_header().clone(),
+                allow_underscores: settings.allow_underscores_in_headers,
+            },
             identifier,
             settings,
         }
@@ -91,6 +101,7 @@ impl Proxy {
             limiter: self.limiter.clone(),
             pool: self.pool.clone(),
             identifier: self.identifier.clone(),
+            strict: self.strict.clone(),
             settings: self.settings.clone(),
         }
     }
@@ -108,17 +119,22 @@ impl Proxy {
     }
 
     /// Answers one client request.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = std::time::Instant::now();
+        let refuse = |e: ProxyError| {
+            let response = e.into_response();
+            telemetry::request(response.status().as_u16(), None, started.elapsed());
+            response
+        };
+        let host = match strict::check(&mut req, &self.strict) {
+            Ok(host) => host,
+            Err(e) => return refuse(e),
+        };
         let decision = match self.admit(&req, peer).await {
             Ok(d) => d,
-            Err(e) => {
-                let response = e.into_response();
-                telemetry::request(response.status().as_u16(), None, started.elapsed());
-                return response;
-            }
+            Err(e) => return refuse(e),
         };
-        let (mut response, backend) = match self.forward(req, peer).await {
+        let (mut response, backend) = match self.forward(req, peer, host).await {
             Ok((r, backend)) => (r, Some(backend)),
             Err(e) => (e.into_response(), None),
         };
@@ -185,21 +201,15 @@ impl Proxy {
     }
 
     /// Sends the request on, with one retry where that is safe; returns
-    /// the response and the backend that gave it.
+    /// the response and the backend that gave it. `host` is what
+    /// [`strict::check`] settled (and left in the `Host` header).
     async fn forward(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        host: Option<HeaderValue>,
     ) -> Result<(Response<Body>, Arc<Backend>), ProxyError> {
         let (mut parts, body) = req.into_parts();
-        // HTTP/2 clients name the host in the URI, not in a Host header.
-        let host = match parts.headers.get(header::HOST) {
-            Some(h) => Some(h.clone()),
-            None => parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-        };
         parts.uri = origin_form(&parts.uri);
         headers::strip_hop_by_hop(&mut parts.headers);
         let trusted = self.identifier.is_trusted(peer.ip());
@@ -257,9 +267,8 @@ impl Proxy {
         body: Body,
     ) -> Result<Response<Body>, Failure> {
         let in_flight = backend.start_request();
-        // HTTP/1.1 needs a Host. An HTTP/1.1 client's is already there;
-        // an h2c client's authority becomes one; failing both, name the
-        // backend.
+        // HTTP/1.1 needs a Host. `strict::check` left the client's in the
+        // headers; an HTTP/1.0 client may have sent none: name the backend.
         if !headers.contains_key(header::HOST) {
             let host = match host {
                 Some(h) => h.clone(),
