@@ -187,6 +187,66 @@ async fn connect_is_refused_with_405_and_never_forwarded() {
     lb.shutdown().await;
 }
 
+/// `101` to `/upgrade`, `200 ok` to anything else.
+fn switches_on_upgrade_path(head: &str) -> String {
+    if head.starts_with("GET /upgrade ") {
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+            .into()
+    } else {
+        ok(head)
+    }
+}
+
+#[tokio::test]
+async fn a_101_nobody_asked_for_is_a_502_and_the_next_request_is_served() {
+    let b = raw_backend(switches_on_upgrade_path).await;
+    let lb = balancer(&config(&[b.addr])).await;
+    let mut c = RawClient::connect(lb.proxy_addr()).await;
+    // Pipelined: the second request is already in the proxy's buffer when
+    // the backend switches protocols on the first.
+    c.send(
+        b"GET /upgrade HTTP/1.1\r\nHost: app.example\r\n\r\n\
+          GET /after HTTP/1.1\r\nHost: app.example\r\n\r\n",
+    )
+    .await;
+    let first = c.response().await;
+    let body = assert_refused(&first, 502);
+    assert_eq!(
+        body["message"],
+        "Bad gateway: backend switched protocols without an upgrade request"
+    );
+    let second = c.response().await;
+    assert_eq!(second.status, 200, "{}", second.head);
+    assert_eq!(second.body, b"ok");
+    // A backend connection that switched protocols is never reused.
+    let again = one(
+        lb.proxy_addr(),
+        "GET /again HTTP/1.1\r\nHost: app.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(again.status, 200, "{}", again.head);
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn upgrade_requests_go_out_as_plain_requests() {
+    // Upgrade and Connection are hop-by-hop: the backend is not asked to
+    // switch, so it answers as to any request (tunnelling comes later).
+    let b = raw_backend(switches_on_upgrade_path).await;
+    let lb = balancer(&config(&[b.addr])).await;
+    let ws = "Host: app.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let r = one(lb.proxy_addr(), &format!("GET /ws HTTP/1.1\r\n{ws}")).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let head = only_head(&b);
+    assert!(header_values(&head, "upgrade").is_empty(), "{head}");
+    assert!(header_values(&head, "connection").is_empty(), "{head}");
+    // A backend that switches anyway is not believed.
+    let r = one(lb.proxy_addr(), &format!("GET /upgrade HTTP/1.1\r\n{ws}")).await;
+    assert_refused(&r, 502);
+    lb.shutdown().await;
+}
+
 #[tokio::test]
 async fn transfer_codings_other_than_chunked_are_refused() {
     let b = raw_backend(ok).await;

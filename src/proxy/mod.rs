@@ -300,6 +300,12 @@ impl Proxy {
                 tracing::warn!(backend = %backend.url(), error = %e, "backend broke the exchange");
                 return Err(Failure::Other("backend closed the connection".into()));
             }
+            Ok(Err(SendError::Switched)) => {
+                tracing::warn!(backend = %backend.url(), "backend answered 101 to a request without Upgrade");
+                return Err(Failure::Answer(
+                    "backend switched protocols without an upgrade request",
+                ));
+            }
             Err(_) => {
                 self.passive_failure(backend, "timed out");
                 return Err(Failure::Timeout);
@@ -325,6 +331,9 @@ enum Failure {
     Timeout,
     /// The exchange broke after the request may have been sent.
     Other(String),
+    /// The backend answered with something that cannot be relayed; not
+    /// retried, since the backend did take the request.
+    Answer(&'static str),
 }
 
 impl From<Failure> for ProxyError {
@@ -333,6 +342,7 @@ impl From<Failure> for ProxyError {
             Failure::Connect => ProxyError::BadGateway("backend connection failed".into()),
             Failure::Timeout => ProxyError::GatewayTimeout,
             Failure::Other(what) => ProxyError::BadGateway(what),
+            Failure::Answer(what) => ProxyError::BadGateway(what.into()),
         }
     }
 }
