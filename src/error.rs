@@ -40,6 +40,10 @@ pub enum ProxyError {
     /// A transfer coding other than `chunked` (RFC 9112 §6.1).
     #[error("Transfer-Encoding other than chunked is not implemented")]
     TransferCodingNotImplemented,
+    /// Reading the client's request body failed while it was being
+    /// forwarded: malformed chunked framing, or the client went away.
+    #[error("Malformed request body: {0}")]
+    BadRequestBody(String),
     /// The backend could not be reached or broke the exchange.
     #[error("Bad gateway: {0}")]
     BadGateway(String),
@@ -56,7 +60,9 @@ impl ProxyError {
             Self::ClientTableFull | Self::NoHealthyBackend | Self::LimiterUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::BadApiKey(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadApiKey(_) | Self::BadRequest(_) | Self::BadRequestBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TransferCodingNotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,

@@ -248,6 +248,30 @@ async fn upgrade_requests_go_out_as_plain_requests() {
 }
 
 #[tokio::test]
+async fn a_malformed_chunked_body_is_the_clients_400() {
+    let b = raw_backend(ok).await;
+    let lb = balancer(&config(&[b.addr])).await;
+    let r = one(
+        lb.proxy_addr(),
+        "POST /upload HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\nnot-a-size\r\n\r\n",
+    )
+    .await;
+    let body = assert_refused(&r, 400);
+    let message = body["message"].as_str().expect("message");
+    assert!(message.starts_with("Malformed request body: "), "{message}");
+    // Not held against the backend.
+    assert!(lb.pool().backends().iter().all(|b| b.is_healthy()));
+    let r = one(
+        lb.proxy_addr(),
+        "GET / HTTP/1.1\r\nHost: app.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    lb.shutdown().await;
+}
+
+#[tokio::test]
 async fn transfer_codings_other_than_chunked_are_refused() {
     let b = raw_backend(ok).await;
     let lb = balancer(&config(&[b.addr])).await;

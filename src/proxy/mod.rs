@@ -219,7 +219,9 @@ impl Proxy {
         let retryable = is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body);
 
         let first = self.pool.pick().ok_or(ProxyError::NoHealthyBackend)?;
-        let body = body.map_err(BoxError::from).boxed_unsync();
+        let body = body
+            .map_err(|e| BoxError::from(ClientBodyError(e)))
+            .boxed_unsync();
         // Keep the headers for a retry only when one may happen; otherwise
         // the first attempt takes them (no copy on the common path).
         let (first_headers, again) = if retryable {
@@ -297,6 +299,12 @@ impl Proxy {
                 return Err(Failure::Connect);
             }
             Ok(Err(SendError::Exchange(e))) => {
+                // hyper reports a request body that failed to read as a
+                // failed send; the marker tells the client's fault apart.
+                if let Some(reason) = ClientBodyError::find(&e) {
+                    tracing::info!(backend = %backend.url(), error = %reason, "client's request body failed; answered 400");
+                    return Err(Failure::ClientBody(reason));
+                }
                 tracing::warn!(backend = %backend.url(), error = %e, "backend broke the exchange");
                 return Err(Failure::Other("backend closed the connection".into()));
             }
@@ -334,6 +342,8 @@ enum Failure {
     /// The backend answered with something that cannot be relayed; not
     /// retried, since the backend did take the request.
     Answer(&'static str),
+    /// The client's request body failed to read (the client's fault).
+    ClientBody(String),
 }
 
 impl From<Failure> for ProxyError {
@@ -343,7 +353,35 @@ impl From<Failure> for ProxyError {
             Failure::Timeout => ProxyError::GatewayTimeout,
             Failure::Other(what) => ProxyError::BadGateway(what),
             Failure::Answer(what) => ProxyError::BadGateway(what.into()),
+            Failure::ClientBody(reason) => ProxyError::BadRequestBody(reason),
         }
+    }
+}
+
+/// A read error of the client's request body. Wrapped around it on its way
+/// into hyper's client, so that a failed send it caused can be told from a
+/// backend's failure (hyper reports both as the exchange failing).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ClientBodyError(hyper::Error);
+
+impl ClientBodyError {
+    /// The reason, if `e` was caused by the client's body: the innermost
+    /// error's text ("Invalid chunk size line: ...").
+    fn find(e: &hyper::Error) -> Option<String> {
+        use std::error::Error;
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            if let Some(ClientBodyError(inner)) = c.downcast_ref::<ClientBodyError>() {
+                let mut innermost: &dyn Error = inner;
+                while let Some(next) = innermost.source() {
+                    innermost = next;
+                }
+                return Some(innermost.to_string());
+            }
+            cause = c.source();
+        }
+        None
     }
 }
 
