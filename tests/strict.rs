@@ -272,6 +272,30 @@ async fn a_malformed_chunked_body_is_the_clients_400() {
 }
 
 #[tokio::test]
+async fn a_body_that_breaks_after_the_backend_answered_cuts_the_response() {
+    // The demo's /echo answers as soon as the head arrives; by the time
+    // the body breaks, its 200 is on its way and cannot become a 400.
+    let b = support::backend("echo").await;
+    let lb = balancer(&config(&[b.addr])).await;
+    let mut c = RawClient::connect(lb.proxy_addr()).await;
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n",
+    )
+    .await;
+    let head = c.head().await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    c.send(b"not-a-size\r\n\r\n").await;
+    let rest = c.rest().await;
+    assert!(
+        !rest.ends_with(b"0\r\n\r\n"),
+        "the echo ended as if complete: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    lb.shutdown().await;
+}
+
+#[tokio::test]
 async fn transfer_codings_other_than_chunked_are_refused() {
     let b = raw_backend(ok).await;
     let lb = balancer(&config(&[b.addr])).await;

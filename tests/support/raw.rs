@@ -196,6 +196,28 @@ impl RawClient {
             .expect("a complete response before the connection closed")
     }
 
+    /// Reads the next response head only (status line and headers).
+    pub async fn head(&mut self) -> String {
+        let read = fill_until(&mut self.stream, &mut self.buf, |b| find(b, b"\r\n\r\n"));
+        let end = tokio::time::timeout(PATIENCE, read)
+            .await
+            .expect("a response head within 5 s")
+            .expect("a response head before the connection closed");
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf.drain(..end + 4);
+        head
+    }
+
+    /// Everything still to come until the server closes the connection.
+    pub async fn rest(&mut self) -> Vec<u8> {
+        let mut rest = std::mem::take(&mut self.buf);
+        tokio::time::timeout(PATIENCE, self.stream.read_to_end(&mut rest))
+            .await
+            .expect("the connection closed within 5 s")
+            .ok();
+        rest
+    }
+
     async fn read_response(&mut self) -> Option<RawResponse> {
         let s = &mut self.stream;
         let end = fill_until(s, &mut self.buf, |b| find(b, b"\r\n\r\n")).await?;
