@@ -41,6 +41,9 @@ pub(crate) fn check<B>(
     let mut keys = 0u32;
     let mut coded = false;
     let mut underscored = false;
+    // Header lines, not names: a repeated name comes once per line. Walking
+    // names and looking up Host and the key header afterwards instead cost
+    // ~150 instructions more per request (callgrind, 11 headers).
     for (name, value) in req.headers() {
         if name == header::HOST {
             hosts += 1;
@@ -49,7 +52,7 @@ pub(crate) fn check<B>(
             coded = true;
         } else if name == rules.api_key_header {
             keys += 1;
-        } else if !rules.allow_underscores && name.as_str().as_bytes().contains(&b'_') {
+        } else if !rules.allow_underscores && has_underscore(name.as_str().as_bytes()) {
             underscored = true;
         }
     }
@@ -132,13 +135,39 @@ fn transfer_coding(h: &HeaderMap) -> Result<(), ProxyError> {
 fn drop_underscored(h: &mut HeaderMap) {
     let names: Vec<HeaderName> = h
         .keys()
-        .filter(|n| n.as_str().as_bytes().contains(&b'_'))
+        .filter(|n| has_underscore(n.as_str().as_bytes()))
         .cloned()
         .collect();
     for name in names {
         tracing::debug!(header = %name, "dropped a header name with '_'");
         h.remove(name);
     }
+}
+
+/// Whether `name` contains `_`, eight bytes at a time: this runs on every
+/// header name of every request, and names are mostly 8-25 bytes, where
+/// `<[u8]>::contains` goes byte by byte (~4 instructions a byte).
+fn has_underscore(name: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const UNDERSCORES: u64 = u64::from_ne_bytes([b'_'; 8]);
+    // A byte of `w` is zero where the name has `_`; the classic test for
+    // a zero byte in a word (exact: no false positives when nonzero).
+    let any_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS != 0;
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(b);
+        u64::from_ne_bytes(w) ^ UNDERSCORES
+    };
+    if name.len() < 8 {
+        return name.contains(&b'_');
+    }
+    let mut chunks = name.chunks_exact(8);
+    if chunks.any(|c| any_zero(word(c))) {
+        return true;
+    }
+    // The last eight bytes, overlapping what was checked, cover the rest.
+    !chunks.remainder().is_empty() && any_zero(word(&name[name.len() - 8..]))
 }
 
 /// Bytes allowed in a `reg-name` or an IP literal besides `%`-escapes
@@ -185,36 +214,31 @@ fn valid_authority(s: &[u8]) -> bool {
         }
         &s[close + 1..]
     } else {
-        let end = s.iter().position(|&b| b == b':').unwrap_or(s.len());
-        if end == 0 || !reg_name(&s[..end]) {
+        // reg-name or IPv4 address, up to the first byte that cannot be in
+        // one; only a `:` and the port may follow.
+        let mut i = 0;
+        while let Some(&b) = s.get(i) {
+            if NAME[usize::from(b)] {
+                i += 1;
+            } else if b == b'%'
+                && s.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && s.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+            {
+                i += 3;
+            } else {
+                break;
+            }
+        }
+        if i == 0 {
             return false;
         }
-        &s[end..]
+        &s[i..]
     };
     match port.split_first() {
         None => true,
         Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
         Some(_) => false,
     }
-}
-
-fn reg_name(s: &[u8]) -> bool {
-    let mut i = 0;
-    while i < s.len() {
-        let b = s[i];
-        if b == b'%' {
-            let hex = |j: usize| s.get(j).is_some_and(u8::is_ascii_hexdigit);
-            if !(hex(i + 1) && hex(i + 2)) {
-                return false;
-            }
-            i += 3;
-        } else if NAME[usize::from(b)] {
-            i += 1;
-        } else {
-            return false;
-        }
-    }
-    true
 }
 
 #[cfg(test)]
@@ -241,6 +265,21 @@ mod tests {
             Ok(h) => format!("ok {h:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn underscores_are_found_at_every_position_and_length() {
+        for len in 0..40 {
+            let clean = vec![b'a'; len];
+            assert!(!has_underscore(&clean), "{len}");
+            for at in 0..len {
+                let mut name = clean.clone();
+                name[at] = b'_';
+                assert!(has_underscore(&name), "{len} {at}");
+            }
+        }
+        // Bytes next to '_' in value (0x5e, 0x60) and high bytes are not it.
+        assert!(!has_underscore(b"^^^^````\xff\x80^`^`^`^`^"));
     }
 
     #[test]
