@@ -155,6 +155,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             request_timeout: config.proxy.request_timeout.0,
             backend_body_timeout: config.proxy.backend_body_timeout.0,
             client_body_timeout: config.server.client_body_timeout.0,
+            allow_underscores_in_headers: config.proxy.allow_underscores_in_headers,
         },
     );
     let mut shared_limiter = None;

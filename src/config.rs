@@ -133,7 +133,7 @@ pub struct BalancingConfig {
     pub strategy: StrategyName,
 }
 
-/// `proxy`: upstream timeouts.
+/// `proxy`: upstream timeouts and what is forwarded.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
@@ -143,6 +143,10 @@ pub struct ProxyConfig {
     pub request_timeout: Dur,
     /// Longest pause between two pieces of a response body from a backend.
     pub backend_body_timeout: Dur,
+    /// Forward request header names containing `_`; by default they are
+    /// dropped (nginx's `underscores_in_headers off`), since backends that
+    /// map `_` to `-` would read headers tollgate never looked at.
+    pub allow_underscores_in_headers: bool,
 }
 
 impl Default for ProxyConfig {
@@ -151,6 +155,7 @@ impl Default for ProxyConfig {
             connect_timeout: Dur::secs(2),
             request_timeout: Dur::secs(30),
             backend_body_timeout: Dur::secs(60),
+            allow_underscores_in_headers: false,
         }
     }
 }
@@ -658,6 +663,18 @@ impl Config {
                 ),
             );
         }
+        if !self.proxy.allow_underscores_in_headers
+            && self.rate_limit.api_key_header.0.as_str().contains('_')
+        {
+            add(
+                "rate_limit.api_key_header",
+                format!(
+                    "{} contains '_', and such headers are dropped; \
+                     set proxy.allow_underscores_in_headers: true or use '-'",
+                    self.rate_limit.api_key_header.0
+                ),
+            );
+        }
         if self.rate_limit.max_clients.get() > crate::limiter::MAX_CLIENTS {
             add(
                 "rate_limit.max_clients",
@@ -825,6 +842,10 @@ mod tests {
             d.server.http2_max_concurrent_streams
         );
         assert_eq!(c.proxy.backend_body_timeout, d.proxy.backend_body_timeout);
+        assert_eq!(
+            c.proxy.allow_underscores_in_headers,
+            d.proxy.allow_underscores_in_headers
+        );
     }
 
     #[test]
@@ -851,6 +872,18 @@ mod tests {
         assert_eq!(problems[0].field, "server.http2_max_concurrent_streams");
         let c = Config::parse("server:\n  max_connections: 5000\n").expect("valid");
         assert_eq!(c.server.max_connections.map(NonZeroUsize::get), Some(5000));
+    }
+
+    #[test]
+    fn an_api_key_header_with_underscores_needs_them_allowed() {
+        let problems =
+            Config::parse("rate_limit:\n  api_key_header: X_Api_Key\n").expect_err("dropped");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "rate_limit.api_key_header");
+        assert!(problems[0].reason.contains("'_'"), "{}", problems[0]);
+        let allowed = "rate_limit:\n  api_key_header: X_Api_Key\n\
+                       proxy:\n  allow_underscores_in_headers: true\n";
+        assert!(Config::parse(allowed).is_ok());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! Every error tollgate answers with is JSON `{"code":N,"message":"..."}`
 //! with the matching status, built by [`json_error`].
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -32,6 +34,20 @@ pub enum ProxyError {
     /// The API key header is present but not a valid key.
     #[error("Invalid API key header: {0}")]
     BadApiKey(String),
+    /// The request breaks a rule of HTTP (RFC 9110/9112) that a backend
+    /// could resolve differently from tollgate (see `proxy::strict`).
+    #[error("{0}")]
+    BadRequest(Cow<'static, str>),
+    /// `CONNECT`: tollgate forwards requests; it opens no tunnels.
+    #[error("Method CONNECT is not allowed")]
+    MethodNotAllowed,
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1).
+    #[error("Transfer-Encoding other than chunked is not implemented")]
+    TransferCodingNotImplemented,
+    /// Reading the client's request body failed while it was being
+    /// forwarded: malformed chunked framing, or the client went away.
+    #[error("Malformed request body: {0}")]
+    BadRequestBody(String),
     /// The backend could not be reached or broke the exchange.
     #[error("Bad gateway: {0}")]
     BadGateway(String),
@@ -56,7 +72,11 @@ impl ProxyError {
             | Self::LimiterUnavailable
             | Self::OutOfSockets => StatusCode::SERVICE_UNAVAILABLE,
             Self::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::BadApiKey(_) => StatusCode::BAD_REQUEST,
+            Self::BadApiKey(_) | Self::BadRequest(_) | Self::BadRequestBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TransferCodingNotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -80,6 +100,15 @@ impl ProxyError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            // RFC 9110 §15.5.6: a 405 names what is allowed. Which methods
+            // a path supports is the backend's business; these are the
+            // common ones tollgate passes on (any method but CONNECT is).
+            Self::MethodNotAllowed => {
+                response.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
             }
             _ => {}
         }

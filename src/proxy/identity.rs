@@ -31,6 +31,11 @@ impl Identifier {
         }
     }
 
+    /// The header carrying API keys.
+    pub fn api_key_header(&self) -> &http::HeaderName {
+        &self.api_key_header
+    }
+
     /// Whether `ip` is a trusted proxy.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
@@ -38,7 +43,9 @@ impl Identifier {
     }
 
     /// The API key the request presents, if any. A header that is present
-    /// but not a valid key is an error, not silently ignored.
+    /// but not a valid key is an error, not silently ignored. A request
+    /// with the header twice never gets here (`strict::check` refuses it),
+    /// so the key read is the one the backend gets.
     pub fn api_key(&self, headers: &HeaderMap) -> Result<Option<ApiKey>, KeyError> {
         match headers.get(&self.api_key_header) {
             None => Ok(None),

@@ -1,13 +1,16 @@
-//! The request path: identify → limit → balance → forward.
+//! The request path: check → identify → limit → balance → forward.
 //!
-//! [`Proxy::handle`] turns one client request into one response. Bodies
-//! stream both ways (nothing is buffered whole), hop-by-hop headers are
-//! dropped in both directions, `X-Forwarded-*` are set, and every answer,
-//! forwarded or refused, carries the client's rate-limit headers.
+//! [`Proxy::handle`] turns one client request into one response. A request
+//! that breaks the strict HTTP rules ([`strict`]) is refused before it is
+//! charged. Bodies stream both ways (nothing is buffered whole), hop-by-hop
+//! headers are dropped in both directions, `X-Forwarded-*` are set, and
+//! every answer past the limiter, forwarded or refused, carries the
+//! client's rate-limit headers.
 
 pub mod headers;
 pub mod identity;
 pub mod server;
+mod strict;
 mod timeout;
 mod upstream;
 
@@ -46,6 +49,8 @@ pub struct ProxySettings {
     pub backend_body_timeout: Duration,
     /// Longest pause in a request body from a client.
     pub client_body_timeout: Duration,
+    /// Forward header names containing `_` (otherwise they are dropped).
+    pub allow_underscores_in_headers: bool,
 }
 
 /// Limits shared with other replicas, and what to do without them.
@@ -64,6 +69,7 @@ pub struct Proxy {
     shared: Option<SharedLimits>,
     pool: Arc<Pool>,
     identifier: Identifier,
+    strict: strict::Rules,
     upstreams: Upstreams,
     settings: ProxySettings,
 }
@@ -81,6 +87,10 @@ impl Proxy {
             shared: None,
             limiter,
             pool,
+            strict: strict::Rules {
+                api_key_header: identifier.api_key_header().clone(),
+                allow_underscores: settings.allow_underscores_in_headers,
+            },
             identifier,
             settings,
         }
@@ -99,6 +109,7 @@ impl Proxy {
             limiter: self.limiter.clone(),
             pool: self.pool.clone(),
             identifier: self.identifier.clone(),
+            strict: self.strict.clone(),
             settings: self.settings.clone(),
         }
     }
@@ -116,17 +127,22 @@ impl Proxy {
     }
 
     /// Answers one client request.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = std::time::Instant::now();
+        let refuse = |e: ProxyError| {
+            let response = e.into_response();
+            telemetry::request(response.status().as_u16(), None, started.elapsed());
+            response
+        };
+        let host = match strict::check(&mut req, &self.strict) {
+            Ok(host) => host,
+            Err(e) => return refuse(e),
+        };
         let decision = match self.admit(&req, peer).await {
             Ok(d) => d,
-            Err(e) => {
-                let response = e.into_response();
-                telemetry::request(response.status().as_u16(), None, started.elapsed());
-                return response;
-            }
+            Err(e) => return refuse(e),
         };
-        let (mut response, backend) = match self.forward(req, peer).await {
+        let (mut response, backend) = match self.forward(req, peer, host).await {
             Ok((r, backend)) => (r, Some(backend)),
             Err(e) => (e.into_response(), None),
         };
@@ -200,21 +216,15 @@ impl Proxy {
     }
 
     /// Sends the request on, with one retry where that is safe; returns
-    /// the response and the backend that gave it.
+    /// the response and the backend that gave it. `host` is what
+    /// [`strict::check`] settled (and left in the `Host` header).
     async fn forward(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        host: Option<HeaderValue>,
     ) -> Result<(Response<Body>, Arc<Backend>), ProxyError> {
         let (mut parts, body) = req.into_parts();
-        // HTTP/2 clients name the host in the URI, not in a Host header.
-        let host = match parts.headers.get(header::HOST) {
-            Some(h) => Some(h.clone()),
-            None => parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-        };
         parts.uri = origin_form(&parts.uri);
         headers::strip_hop_by_hop(&mut parts.headers);
         let trusted = self.identifier.is_trusted(peer.ip());
@@ -224,8 +234,10 @@ impl Proxy {
         let retryable = is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body);
 
         let first = self.pool.pick().ok_or(ProxyError::NoHealthyBackend)?;
+        // The marker tells a failed read of the client's body from a
+        // backend's failure; the idle timer bounds its pauses.
         let body = IdleBody::new(
-            body,
+            body.map_err(|e| BoxError::from(ClientBodyError(e))),
             self.settings.client_body_timeout,
             Direction::ClientBody,
         )
@@ -277,9 +289,8 @@ impl Proxy {
         body: Body,
     ) -> Result<Response<Body>, Failure> {
         let in_flight = backend.start_request();
-        // HTTP/1.1 needs a Host. An HTTP/1.1 client's is already there;
-        // an h2c client's authority becomes one; failing both, name the
-        // backend.
+        // HTTP/1.1 needs a Host. `strict::check` left the client's in the
+        // headers; an HTTP/1.0 client may have sent none: name the backend.
         if !headers.contains_key(header::HOST) {
             let host = match host {
                 Some(h) => h.clone(),
@@ -315,11 +326,23 @@ impl Proxy {
             Ok(Err(SendError::Exchange(e)))
                 if IdleTimeout::find(&e).is_some_and(|t| t.direction == Direction::ClientBody) =>
             {
-                return Err(Failure::ClientBody);
+                return Err(Failure::ClientBodyIdle);
             }
             Ok(Err(SendError::Exchange(e))) => {
+                // hyper reports a request body that failed to read as a
+                // failed send; the marker tells the client's fault apart.
+                if let Some(reason) = ClientBodyError::find(&e) {
+                    tracing::info!(backend = %backend.url(), error = %reason, "client's request body failed; answered 400");
+                    return Err(Failure::ClientBody(reason));
+                }
                 tracing::warn!(backend = %backend.url(), error = %e, "backend broke the exchange");
                 return Err(Failure::Other("backend closed the connection".into()));
+            }
+            Ok(Err(SendError::Switched)) => {
+                tracing::warn!(backend = %backend.url(), "backend answered 101 to a request without Upgrade");
+                return Err(Failure::Answer(
+                    "backend switched protocols without an upgrade request",
+                ));
             }
             Err(_) => {
                 self.passive_failure(backend, "timed out");
@@ -348,9 +371,14 @@ enum Failure {
     Local,
     /// The client paused its request body longer than
     /// `client_body_timeout`.
-    ClientBody,
+    ClientBodyIdle,
     /// The exchange broke after the request may have been sent.
     Other(String),
+    /// The backend answered with something that cannot be relayed; not
+    /// retried, since the backend did take the request.
+    Answer(&'static str),
+    /// The client's request body failed to read (the client's fault).
+    ClientBody(String),
 }
 
 impl From<Failure> for ProxyError {
@@ -359,9 +387,38 @@ impl From<Failure> for ProxyError {
             Failure::Connect => ProxyError::BadGateway("backend connection failed".into()),
             Failure::Timeout => ProxyError::GatewayTimeout,
             Failure::Local => ProxyError::OutOfSockets,
-            Failure::ClientBody => ProxyError::ClientBodyTimeout,
+            Failure::ClientBodyIdle => ProxyError::ClientBodyTimeout,
             Failure::Other(what) => ProxyError::BadGateway(what),
+            Failure::Answer(what) => ProxyError::BadGateway(what.into()),
+            Failure::ClientBody(reason) => ProxyError::BadRequestBody(reason),
         }
+    }
+}
+
+/// A read error of the client's request body. Wrapped around it on its way
+/// into hyper's client, so that a failed send it caused can be told from a
+/// backend's failure (hyper reports both as the exchange failing).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ClientBodyError(hyper::Error);
+
+impl ClientBodyError {
+    /// The reason, if `e` was caused by the client's body: the innermost
+    /// error's text ("Invalid chunk size line: ...").
+    fn find(e: &hyper::Error) -> Option<String> {
+        use std::error::Error;
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            if let Some(ClientBodyError(inner)) = c.downcast_ref::<ClientBodyError>() {
+                let mut innermost: &dyn Error = inner;
+                while let Some(next) = innermost.source() {
+                    innermost = next;
+                }
+                return Some(innermost.to_string());
+            }
+            cause = c.source();
+        }
+        None
     }
 }
 

@@ -56,6 +56,10 @@ pub(crate) enum SendError {
     Local(std::io::Error),
     /// The request may have reached the backend, but no response came.
     Exchange(hyper::Error),
+    /// The backend answered `101 Switching Protocols`, which no request
+    /// asks for (`Upgrade` is hop-by-hop and never forwarded); the
+    /// connection now speaks something else and is closed.
+    Switched,
 }
 
 /// Backend connections of one proxy thread.
@@ -122,6 +126,9 @@ impl Upstreams {
                 None => (self.connect(backend).await?, false),
             };
             match sender.try_send_request(req).await {
+                Ok(response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    return Err(SendError::Switched);
+                }
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
                     let body = Returning {

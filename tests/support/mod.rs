@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tollgate::limiter::{FakeClock, Limits, Registry, RegistryConfig};
 
+pub mod raw;
+
 /// Default refill tick used by limiter tests.
 pub const TICK: Duration = Duration::from_millis(100);
 
