@@ -5,12 +5,11 @@
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 
+pub use crate::body::full;
+use crate::body::Body;
 use crate::limiter::Verdict;
-use crate::proxy::{headers, Body};
 
 /// Why the proxy did not forward a request, or could not complete it.
 #[derive(Debug, thiserror::Error)]
@@ -86,13 +85,6 @@ impl ProxyError {
     pub fn into_response(self) -> Response<Body> {
         let mut response = json_error(self.status(), &self.to_string());
         match &self {
-            Self::RateLimited(decision) => {
-                let h = response.headers_mut();
-                headers::rate_limit(h, decision);
-                if let Some(secs) = headers::retry_after_secs(decision) {
-                    h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                }
-            }
             Self::ClientTableFull { retry_after } => {
                 // Whole seconds, rounded up, never 0 (RFC 9110 §10.2.3).
                 let secs = retry_after.as_nanos().div_ceil(1_000_000_000).max(1);
@@ -206,11 +198,4 @@ pub fn parser_error_body(status: StatusCode) -> String {
         _ => "Malformed HTTP request",
     };
     json_text(status, message)
-}
-
-/// A complete in-memory body.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }

@@ -11,6 +11,7 @@
 //!   the connection server with graceful drain.
 //! - [`health`]: active health checks (passive ones are in [`proxy`]).
 //! - [`error`]: errors a client sees, turned into JSON responses.
+//! - [`body`]: the one body type of every request and response.
 //! - [`shutdown`]: signals and the in-process shutdown trigger.
 //! - [`demo`]: the demo backend.
 //! - [`store`]: the client table and bucket snapshots (SQLite via sqlx).
@@ -24,6 +25,7 @@
 pub mod admin;
 pub mod app;
 pub mod balancer;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod demo;

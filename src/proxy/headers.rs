@@ -136,6 +136,15 @@ pub fn retry_after_secs(d: &Verdict) -> Option<u64> {
     d.reset_after.map(|t| ceil_secs(t).max(1))
 }
 
+/// The headers of a 429: the refusing bucket's rate-limit headers and
+/// `Retry-After`.
+pub fn rate_limited(h: &mut HeaderMap, d: &Verdict) {
+    rate_limit(h, d);
+    if let Some(secs) = retry_after_secs(d) {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+}
+
 /// `RateLimit-Policy` / `RateLimit` (IETF httpapi draft: `q` capacity,
 /// `w` seconds to fill from empty, `r` whole tokens left, `t` seconds to
 /// the next token) and `X-RateLimit-Limit` / `X-RateLimit-Remaining`.

@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -32,11 +31,7 @@ use identity::Identifier;
 use timeout::{Direction, IdleBody, IdleTimeout};
 use upstream::{SendError, Upstreams};
 
-/// Boxed error carried by bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body type of every request and response tollgate produces.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub use crate::body::{Body, BoxError};
 
 /// Proxy settings taken from the config.
 #[derive(Debug, Clone)]
@@ -130,7 +125,15 @@ impl Proxy {
     pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = std::time::Instant::now();
         let refuse = |e: ProxyError| {
-            let response = e.into_response();
+            let verdict = match &e {
+                ProxyError::RateLimited(v) => Some(*v),
+                _ => None,
+            };
+            let mut response = e.into_response();
+            // A 429 says which bucket refused and when to come back.
+            if let Some(v) = &verdict {
+                headers::rate_limited(response.headers_mut(), v);
+            }
             telemetry::request(response.status().as_u16(), None, started.elapsed());
             response
         };
