@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
 use crate::admin::AdminState;
 use crate::balancer::{strategy_for, Pool, Thresholds};
@@ -17,7 +17,7 @@ use crate::proxy::server::{
     bind_reuseport, serve_per_core, ConnectionBudget, Drained, ServeOptions,
 };
 use crate::proxy::{Proxy, ProxySettings, SharedLimits};
-use crate::shutdown::{self, Signal, Trigger};
+use crate::shutdown::{self, Signal, Ticks, Trigger};
 use crate::store::snapshot::{self, Snapshotter};
 use crate::store::ClientStore;
 use tokio::net::TcpListener;
@@ -46,7 +46,7 @@ pub enum StartError {
     },
     /// `rate_limit.shared.redis_url` could not be used.
     #[error("shared rate limiter: {0}")]
-    SharedLimiter(String),
+    SharedLimiter(#[source] redis::RedisError),
 }
 
 /// A started tollgate: its listeners are open and its tasks running.
@@ -59,10 +59,9 @@ pub struct Running {
     store: Arc<dyn ClientStore>,
     trigger: Trigger,
     workers: Vec<std::thread::JoinHandle<Drained>>,
-    refill: JoinHandle<()>,
-    snapshots: JoinHandle<()>,
-    admin: JoinHandle<()>,
-    health: JoinHandle<()>,
+    /// Every background task (refill, health checks, snapshots, admin API,
+    /// metrics upkeep, table reload); each stops on the shutdown signal.
+    tasks: JoinSet<()>,
 }
 
 impl Running {
@@ -109,115 +108,43 @@ impl Running {
         })
         .await
         .unwrap_or(Drained::TimedOut);
-        let _ = self.refill.await;
-        let _ = self.health.await;
-        // The snapshot task writes a last snapshot when it sees the signal.
-        let _ = self.snapshots.await;
-        let _ = self.admin.await;
+        // The snapshot task writes a last snapshot when it sees the signal;
+        // the admin API drains within drain_timeout.
+        let mut tasks = self.tasks;
+        while let Some(ended) = tasks.join_next().await {
+            if let Err(e) = ended {
+                tracing::error!(error = %e, "a background task failed");
+            }
+        }
         drained
     }
 }
 
-/// Opens the listeners and starts every task.
+/// Opens the listeners and starts every task, in these steps: build the
+/// limiter, build the backend pool (one health round), build the proxy,
+/// bind the proxy listeners, open the store (restoring bucket levels),
+/// bind the admin listener, spawn the background tasks, serve.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     raise_open_file_limit();
     // Before anything registers a metric handle.
     let metrics = crate::telemetry::install();
-    let rl = &config.rate_limit;
-    let registry = Arc::new(Registry::new(RegistryConfig {
-        default_limits: rl.default,
-        max_clients: rl.max_clients,
-        idle_timeout: rl.idle_timeout.0,
-        refill_interval: rl.refill_interval.0,
-    }));
-    let hc = &config.health_check;
-    let pool = Arc::new(
-        Pool::new(
-            config.backends.iter().map(|b| b.url.clone()),
-            strategy_for(config.balancing.strategy),
-        )
-        .with_thresholds(Thresholds {
-            unhealthy: hc.unhealthy_threshold.get(),
-            healthy: hc.healthy_threshold.get(),
-        }),
-    );
-    // One round before any listener opens: a dead backend at start never
-    // gets traffic, a live one gets it from the first request.
-    let checker = Checker::new(pool.clone(), &hc.path, hc.timeout.0);
-    checker.initial_round().await;
-    let identifier = Identifier::new(rl.api_key_header.0.clone(), rl.trusted_proxies.clone());
-    let mut proxy = Proxy::new(
-        rl.enabled.then(|| registry.clone()),
-        pool,
-        identifier,
-        ProxySettings {
-            connect_timeout: config.proxy.connect_timeout.0,
-            request_timeout: config.proxy.request_timeout.0,
-            backend_body_timeout: config.proxy.backend_body_timeout.0,
-            client_body_timeout: config.server.client_body_timeout.0,
-            allow_underscores_in_headers: config.proxy.allow_underscores_in_headers,
-        },
-    );
-    let mut shared_limiter = None;
-    if let (true, Some(url)) = (rl.enabled, &rl.shared.redis_url) {
-        let limiter = SharedLimiter::new(url, &rl.shared.key_prefix, rl.shared.timeout.0)
-            .map_err(|e| StartError::SharedLimiter(e.to_string()))?;
-        tracing::info!(on_failure = ?rl.shared.on_failure, "limits shared through Redis");
-        let limiter = Arc::new(limiter);
-        shared_limiter = Some(limiter.clone());
-        proxy = proxy.with_shared_limits(SharedLimits {
-            limiter,
-            on_failure: rl.shared.on_failure,
-        });
-    }
+    let registry = Arc::new(Registry::new(RegistryConfig::from(&config.rate_limit)));
+    let (pool, checker) = build_pool(config).await;
+    let (proxy, shared_limiter) = build_proxy(config, &registry, pool)?;
     let proxy = Arc::new(proxy);
-
-    let bind_error = |source| StartError::Bind {
-        addr: config.server.listen,
+    let (listeners, proxy_addr) = bind_proxy(config)?;
+    let (store, restored) = open_store(config, &registry).await?;
+    let bind_admin_error = |source| StartError::Bind {
+        addr: config.admin.listen,
         source,
     };
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let listeners = bind_reuseport(config.server.listen, threads).map_err(bind_error)?;
-    let proxy_addr = listeners
-        .first()
-        .map(std::net::TcpListener::local_addr)
-        .transpose()
-        .map_err(bind_error)?
-        .unwrap_or(config.server.listen);
-
-    let store_error = |source| StartError::Store {
-        url: config.store.url.clone(),
-        source,
-    };
-    let started = std::time::Instant::now();
-    let store = crate::store::open_with_timeout(&config.store.url, config.store.timeout.0)
-        .await
-        .map_err(store_error)?;
-    let restored = snapshot::restore(&registry, store.as_ref())
-        .await
-        .map_err(store_error)?;
-    tracing::info!(
-        url = %config.store.url,
-        clients = restored.stats.clients,
-        buckets = restored.stats.buckets,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "client table loaded"
-    );
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
-        .map_err(|source| StartError::Bind {
-            addr: config.admin.listen,
-            source,
-        })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            addr: config.admin.listen,
-            source,
-        })?;
+        .map_err(bind_admin_error)?;
+    let admin_addr = admin_listener.local_addr().map_err(bind_admin_error)?;
 
     let (trigger, signal) = shutdown::channel();
-    let admin_state = AdminState::new(
+    let admin = AdminState::new(
         registry.clone(),
         store.clone(),
         proxy.pool().clone(),
@@ -227,28 +154,29 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     .with_shared_limiter(shared_limiter)
     .with_store_timeout(config.store.timeout.0)
     .with_body_read_timeout(config.admin.body_read_timeout.0);
+    let mut tasks = JoinSet::new();
     if let Some(handle) = metrics {
-        tokio::spawn(crate::telemetry::upkeep(
+        tasks.spawn(crate::telemetry::upkeep(
             handle,
             crate::telemetry::UPKEEP_INTERVAL,
             signal.clone().wait(),
         ));
     }
-    let admin = tokio::spawn(crate::admin::server::serve(
+    tasks.spawn(crate::admin::server::serve(
         admin_listener,
-        crate::admin::router(admin_state),
+        crate::admin::router(admin),
         config.admin.header_read_timeout.0,
         config.server.drain_timeout.0,
         signal.clone().wait(),
     ));
-    let snapshots = tokio::spawn(run_snapshots(
+    tasks.spawn(run_snapshots(
         Snapshotter::new(registry.clone(), store.clone(), &restored.states),
         config.store.snapshot_interval.0,
         config.server.drain_timeout.0,
         signal.clone(),
     ));
     if crate::store::is_shared(&config.store.url) {
-        tokio::spawn(crate::store::reload::run(
+        tasks.spawn(crate::store::reload::run(
             crate::store::reload::TableSync::new(
                 registry.clone(),
                 store.clone(),
@@ -258,24 +186,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             signal.clone().wait(),
         ));
     }
-    let health = tokio::spawn(checker.run(hc.interval.0, signal.clone()));
-    let refill = tokio::spawn(limiter::refill::run(
+    tasks.spawn(checker.run(config.health_check.interval.0, signal.clone()));
+    tasks.spawn(limiter::refill::run(
         registry.clone(),
-        rl.refill_interval.0,
+        config.rate_limit.refill_interval.0,
         signal.clone().wait(),
     ));
-    let budget = match config.server.max_connections {
-        Some(n) => ConnectionBudget::new(n),
-        None => ConnectionBudget::from_open_file_limit(),
-    };
-    let options = ServeOptions {
-        header_read_timeout: config.server.header_read_timeout.0,
-        drain_timeout: config.server.drain_timeout.0,
-        max_header_bytes: config.server.max_header_bytes,
-        send_timeout: config.server.send_timeout.0,
-        http2_max_concurrent_streams: config.server.http2_max_concurrent_streams.get(),
-        budget: Some(budget.clone()),
-    };
+
+    let options = ServeOptions::from(&config.server);
+    let max_connections = options.budget.as_ref().map(ConnectionBudget::limit);
+    let threads = listeners.len();
     // One proxy (and so one backend connection pool) per proxy thread.
     let parts = proxy.clone();
     let workers = serve_per_core(
@@ -290,14 +210,132 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         options,
         signal,
     )
-    .map_err(bind_error)?;
+    .map_err(|source| StartError::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
 
-    tracing::info!(
-        listen = %proxy_addr,
+    log_started(
+        config,
+        proxy_addr,
+        admin_addr,
         threads,
-        max_connections = budget.limit(),
-        "proxy listening"
+        max_connections,
+        &proxy,
     );
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        proxy,
+        registry,
+        store,
+        trigger,
+        workers,
+        tasks,
+    })
+}
+
+/// The backend pool, after one round of health checks: a dead backend at
+/// start never gets traffic, a live one gets it from the first request.
+async fn build_pool(config: &Config) -> (Arc<Pool>, Checker) {
+    let hc = &config.health_check;
+    let pool = Arc::new(
+        Pool::new(
+            config.backends.iter().map(|b| b.url.clone()),
+            strategy_for(config.balancing.strategy),
+        )
+        .with_thresholds(Thresholds::from(hc)),
+    );
+    let checker = Checker::new(pool.clone(), &hc.path, hc.timeout.0);
+    checker.initial_round().await;
+    (pool, checker)
+}
+
+/// The request path, with limits shared through Redis when configured.
+fn build_proxy(
+    config: &Config,
+    registry: &Arc<Registry>,
+    pool: Arc<Pool>,
+) -> Result<(Proxy, Option<Arc<SharedLimiter>>), StartError> {
+    let rl = &config.rate_limit;
+    let identifier = Identifier::new(rl.api_key_header.0.clone(), rl.trusted_proxies.clone());
+    let proxy = Proxy::new(
+        rl.enabled.then(|| registry.clone()),
+        pool,
+        identifier,
+        ProxySettings::from(config),
+    );
+    let (true, Some(url)) = (rl.enabled, &rl.shared.redis_url) else {
+        return Ok((proxy, None));
+    };
+    let limiter = SharedLimiter::new(url, &rl.shared.key_prefix, rl.shared.timeout.0)
+        .map_err(StartError::SharedLimiter)?;
+    tracing::info!(on_failure = ?rl.shared.on_failure, "limits shared through Redis");
+    let limiter = Arc::new(limiter);
+    let proxy = proxy.with_shared_limits(SharedLimits {
+        limiter: limiter.clone(),
+        on_failure: rl.shared.on_failure,
+    });
+    Ok((proxy, Some(limiter)))
+}
+
+/// One `SO_REUSEPORT` listener per core on `server.listen`, and the
+/// address they share.
+fn bind_proxy(config: &Config) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind {
+        addr: config.server.listen,
+        source,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let listeners = bind_reuseport(config.server.listen, threads).map_err(bind_error)?;
+    let proxy_addr = listeners
+        .first()
+        .map(std::net::TcpListener::local_addr)
+        .transpose()
+        .map_err(bind_error)?
+        .unwrap_or(config.server.listen);
+    Ok((listeners, proxy_addr))
+}
+
+/// The client table, with the limits and bucket levels it holds restored
+/// into `registry`.
+async fn open_store(
+    config: &Config,
+    registry: &Registry,
+) -> Result<(Arc<dyn ClientStore>, snapshot::Restored), StartError> {
+    let store_error = |source| StartError::Store {
+        url: config.store.url.clone(),
+        source,
+    };
+    let started = std::time::Instant::now();
+    let store = crate::store::open_with_timeout(&config.store.url, config.store.timeout.0)
+        .await
+        .map_err(store_error)?;
+    let restored = snapshot::restore(registry, store.as_ref())
+        .await
+        .map_err(store_error)?;
+    tracing::info!(
+        url = %config.store.url,
+        clients = restored.stats.clients,
+        buckets = restored.stats.buckets,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "client table loaded"
+    );
+    Ok((store, restored))
+}
+
+/// What an operator reads first in the log: where it listens and with
+/// which backends and limits.
+fn log_started(
+    config: &Config,
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    threads: usize,
+    max_connections: Option<usize>,
+    proxy: &Proxy,
+) {
+    let rl = &config.rate_limit;
+    tracing::info!(listen = %proxy_addr, threads, max_connections, "proxy listening");
     tracing::info!(listen = %admin_addr, auth = config.admin.token.is_some(), "admin API listening");
     tracing::info!(
         backends = %config.backends.iter().map(|b| b.url.to_string()).collect::<Vec<_>>().join(", "),
@@ -311,19 +349,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         rate_per_sec = rl.default.rate_per_sec(),
         "rate limiting"
     );
-    Ok(Running {
-        proxy_addr,
-        admin_addr,
-        proxy,
-        registry,
-        store,
-        trigger,
-        workers,
-        refill,
-        snapshots,
-        admin,
-        health,
-    })
 }
 
 /// Writes a snapshot every `interval`, and a last one when shutdown starts.
@@ -337,17 +362,19 @@ async fn run_snapshots(
     drain_timeout: std::time::Duration,
     signal: Signal,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await; // the first tick is immediate; nothing changed yet
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = signal.clone().wait() => break,
-        }
-        tokio::select! {
-            () = snapshot_once(&mut snapshotter, false) => {}
-            () = signal.clone().wait() => break,
+    // The first tick is a period away: nothing has changed yet. A
+    // snapshot under way when shutdown starts gives way to the final one.
+    let mut ticks = Ticks::every(
+        interval,
+        tokio::time::MissedTickBehavior::Delay,
+        signal.wait(),
+    );
+    while ticks.next().await {
+        if !ticks
+            .unless_stopped(snapshot_once(&mut snapshotter, false))
+            .await
+        {
+            break;
         }
     }
     if tokio::time::timeout(drain_timeout, snapshot_once(&mut snapshotter, true))

@@ -813,6 +813,59 @@ fn section<T: DeserializeOwned>(
     }
 }
 
+// ---------------------------------------------------------------------
+// Turning a valid config into the settings of the running parts. Start-up
+// uses these, and a reload can run them again on a new config.
+
+impl From<&RateLimitConfig> for crate::limiter::RegistryConfig {
+    fn from(rl: &RateLimitConfig) -> Self {
+        Self {
+            default_limits: rl.default,
+            max_clients: rl.max_clients,
+            idle_timeout: rl.idle_timeout.0,
+            refill_interval: rl.refill_interval.0,
+        }
+    }
+}
+
+impl From<&HealthCheckConfig> for crate::balancer::Thresholds {
+    fn from(hc: &HealthCheckConfig) -> Self {
+        Self {
+            unhealthy: hc.unhealthy_threshold.get(),
+            healthy: hc.healthy_threshold.get(),
+        }
+    }
+}
+
+impl From<&Config> for crate::proxy::ProxySettings {
+    fn from(c: &Config) -> Self {
+        Self {
+            connect_timeout: c.proxy.connect_timeout.0,
+            request_timeout: c.proxy.request_timeout.0,
+            backend_body_timeout: c.proxy.backend_body_timeout.0,
+            client_body_timeout: c.server.client_body_timeout.0,
+            allow_underscores_in_headers: c.proxy.allow_underscores_in_headers,
+        }
+    }
+}
+
+impl From<&ServerConfig> for crate::proxy::server::ServeOptions {
+    fn from(s: &ServerConfig) -> Self {
+        let budget = match s.max_connections {
+            Some(n) => crate::proxy::server::ConnectionBudget::new(n),
+            None => crate::proxy::server::ConnectionBudget::from_open_file_limit(),
+        };
+        Self {
+            header_read_timeout: s.header_read_timeout.0,
+            drain_timeout: s.drain_timeout.0,
+            max_header_bytes: s.max_header_bytes,
+            send_timeout: s.send_timeout.0,
+            http2_max_concurrent_streams: s.http2_max_concurrent_streams.get(),
+            budget: Some(budget),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

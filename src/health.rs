@@ -22,7 +22,7 @@ use futures_util::future::join_all;
 use tokio::time::MissedTickBehavior;
 
 use crate::balancer::{Backend, Pool, Transition};
-use crate::shutdown::Signal;
+use crate::shutdown::{Signal, Ticks};
 use crate::telemetry::Throttle;
 
 /// Runs health-check rounds over a pool.
@@ -102,16 +102,10 @@ impl Checker {
 
     /// Runs a round every `interval` until `shutdown`.
     pub async fn run(self, interval: Duration, shutdown: Signal) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        ticker.tick().await; // the initial round just ran
-        let stop = shutdown.wait();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => self.round().await,
-                () = &mut stop => break,
-            }
+        // The first tick is a period away: the initial round just ran.
+        let mut ticks = Ticks::every(interval, MissedTickBehavior::Delay, shutdown.wait());
+        while ticks.next().await {
+            self.round().await;
         }
     }
 }

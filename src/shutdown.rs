@@ -3,10 +3,17 @@
 //! SIGTERM or SIGINT starts a graceful shutdown; a second one exits at
 //! once with status 130. Inside the process a [`Trigger`] flips a watch
 //! channel and every [`Signal`] (listeners, background tasks) sees it.
+//! [`Ticks`] is how every periodic background task waits: for its next
+//! tick or for shutdown, whichever comes first.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tokio::sync::watch;
+use tokio::time::{Interval, MissedTickBehavior};
 
 /// Starts shutdown for every [`Signal`] made from it.
 #[derive(Debug)]
@@ -54,4 +61,96 @@ pub async fn os_signal() -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+/// The ticks of a periodic task until it is stopped: `while
+/// ticks.next().await { work }` runs the work every `period` and returns
+/// once `stop` completes (no new work starts after that).
+pub struct Ticks {
+    interval: Interval,
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stopped: bool,
+}
+
+impl std::fmt::Debug for Ticks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticks")
+            .field("period", &self.interval.period())
+            .field("stopped", &self.stopped)
+            .finish()
+    }
+}
+
+impl Ticks {
+    /// Ticks every `period`, the first one a whole period from now (the
+    /// work has usually just been done at start-up); `missed` says what a
+    /// late tick does.
+    pub fn every(
+        period: Duration,
+        missed: MissedTickBehavior,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        interval.set_missed_tick_behavior(missed);
+        Self {
+            interval,
+            stop: Box::pin(stop),
+            stopped: false,
+        }
+    }
+
+    /// Waits for the next tick: `true`, or `false` once stopped.
+    pub async fn next(&mut self) -> bool {
+        if self.stopped {
+            return false;
+        }
+        tokio::select! {
+            biased;
+            () = &mut self.stop => {
+                self.stopped = true;
+                false
+            }
+            _ = self.interval.tick() => true,
+        }
+    }
+
+    /// Runs `work` unless shutdown starts first; `false` if it did (the
+    /// work is dropped unfinished).
+    pub async fn unless_stopped(&mut self, work: impl Future<Output = ()>) -> bool {
+        if self.stopped {
+            return false;
+        }
+        tokio::select! {
+            biased;
+            () = &mut self.stop => {
+                self.stopped = true;
+                false
+            }
+            () = work => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn ticks_every_period_until_stopped() {
+        let (trigger, signal) = channel();
+        let mut ticks = Ticks::every(
+            Duration::from_secs(1),
+            MissedTickBehavior::Delay,
+            signal.wait(),
+        );
+        let start = tokio::time::Instant::now();
+        assert!(ticks.next().await);
+        assert_eq!(start.elapsed(), Duration::from_secs(1), "not at once");
+        assert!(ticks.next().await);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        trigger.fire();
+        assert!(!ticks.next().await);
+        assert!(!ticks.next().await, "stays stopped");
+        assert!(!ticks.unless_stopped(async {}).await);
+    }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 
 use super::Registry;
+use crate::shutdown::Ticks;
 
 /// Runs the refill tick until `shutdown` completes.
 ///
@@ -19,21 +20,22 @@ use super::Registry;
 /// the time that passed, so firing the missed ones back to back would only
 /// burn CPU on sweeps that add nothing, and `Delay` would shift the
 /// schedule for no gain.
-pub async fn run(registry: Arc<Registry>, interval: Duration, shutdown: impl Future<Output = ()>) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let started = std::time::Instant::now();
-                let report = registry.refill();
-                metrics::histogram!(crate::telemetry::REFILL_SWEEP).record(started.elapsed().as_secs_f64());
-                if report.evicted > 0 {
-                    tracing::debug!(evicted = report.evicted, scanned = report.scanned, "evicted idle buckets");
-                }
-            }
-            () = &mut shutdown => break,
+pub async fn run(
+    registry: Arc<Registry>,
+    interval: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut ticks = Ticks::every(interval, MissedTickBehavior::Skip, shutdown);
+    while ticks.next().await {
+        let started = std::time::Instant::now();
+        let report = registry.refill();
+        metrics::histogram!(crate::telemetry::REFILL_SWEEP).record(started.elapsed().as_secs_f64());
+        if report.evicted > 0 {
+            tracing::debug!(
+                evicted = report.evicted,
+                scanned = report.scanned,
+                "evicted idle buckets"
+            );
         }
     }
 }

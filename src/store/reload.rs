@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::{ClientRecord, ClientStore, StoreError};
 use crate::limiter::{ClientKey, Limits, Registry};
+use crate::shutdown::Ticks;
 
 /// Applies client-table changes to the registry.
 #[derive(Debug)]
@@ -91,22 +92,24 @@ impl TableSync {
 
 /// Reloads every `every` until `stop` completes. A failed read is logged
 /// and retried at the next tick; live limits stay as they were.
-pub async fn run(mut sync: TableSync, every: Duration, stop: impl std::future::Future) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick completes at once; start-up has just read the table.
-    tick.tick().await;
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => match sync.reload().await {
-                Ok(s) if s.changed + s.removed > 0 => {
-                    tracing::info!(changed = s.changed, removed = s.removed, "client table changes applied");
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "client table reload failed"),
-            },
-            _ = &mut stop => return,
+pub async fn run(
+    mut sync: TableSync,
+    every: Duration,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    // The first tick is a period away: start-up has just read the table.
+    let mut ticks = Ticks::every(every, tokio::time::MissedTickBehavior::Delay, stop);
+    while ticks.next().await {
+        match sync.reload().await {
+            Ok(s) if s.changed + s.removed > 0 => {
+                tracing::info!(
+                    changed = s.changed,
+                    removed = s.removed,
+                    "client table changes applied"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "client table reload failed"),
         }
     }
 }
