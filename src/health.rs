@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use tokio::time::MissedTickBehavior;
 
-use crate::balancer::{Backend, Pool, Transition};
+use crate::balancer::{Backend, Pool};
 use crate::shutdown::{Signal, Ticks};
 use crate::telemetry::Throttle;
 
@@ -95,7 +95,7 @@ impl Checker {
         for (backend, ok) in self.pool.backends().iter().zip(results) {
             let Some(ok) = ok else { continue };
             if let Some(t) = self.pool.record(backend, ok) {
-                log_transition(backend, t, "active check");
+                t.log(backend, "active check");
             }
         }
     }
@@ -107,23 +107,6 @@ impl Checker {
         while ticks.next().await {
             self.round().await;
         }
-    }
-}
-
-/// Logs a health transition: warn on eviction, info on restore.
-pub fn log_transition(backend: &Backend, t: Transition, by: &str) {
-    match t {
-        Transition::Evicted => tracing::warn!(
-            backend = %backend.url(),
-            failures = backend.consecutive_failures(),
-            by,
-            "backend evicted from the pool"
-        ),
-        Transition::Restored => tracing::info!(
-            backend = %backend.url(),
-            successes = backend.consecutive_successes(),
-            "backend restored to the pool"
-        ),
     }
 }
 

@@ -150,6 +150,26 @@ pub enum Transition {
     Restored,
 }
 
+impl Transition {
+    /// Logs it (warn on eviction, info on restore); `by` names what saw
+    /// the result (active check, passive check).
+    pub fn log(self, backend: &Backend, by: &str) {
+        match self {
+            Self::Evicted => tracing::warn!(
+                backend = %backend.url(),
+                failures = backend.consecutive_failures(),
+                by,
+                "backend evicted from the pool"
+            ),
+            Self::Restored => tracing::info!(
+                backend = %backend.url(),
+                successes = backend.consecutive_successes(),
+                "backend restored to the pool"
+            ),
+        }
+    }
+}
+
 /// How many consecutive results flip a backend's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {

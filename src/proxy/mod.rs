@@ -358,7 +358,7 @@ impl Proxy {
 
     fn passive_failure(&self, backend: &Backend, what: &str) {
         if let Some(t) = self.pool.record(backend, false) {
-            crate::health::log_transition(backend, t, what);
+            t.log(backend, what);
         }
     }
 }

@@ -50,7 +50,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 #[derive(Debug)]
 pub(crate) enum SendError {
     /// No connection could be opened: nothing was sent.
-    Connect(String),
+    Connect(ConnectError),
     /// This process is out of sockets (file descriptors, local ports):
     /// nothing was sent, and the backend is not to blame.
     Local(std::io::Error),
@@ -60,6 +60,20 @@ pub(crate) enum SendError {
     /// asks for (`Upgrade` is hop-by-hop and never forwarded); the
     /// connection now speaks something else and is closed.
     Switched,
+}
+
+/// Why no connection to a backend could be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    /// No TCP connection within `connect_timeout`.
+    #[error("connect timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The TCP connection failed.
+    #[error("connect failed: {0}")]
+    Io(#[source] std::io::Error),
+    /// The HTTP/1.1 handshake on a new connection failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
 }
 
 /// Backend connections of one proxy thread.
@@ -185,18 +199,20 @@ impl Upstreams {
         let stream =
             tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect((host, port)))
                 .await
-                .map_err(|_| SendError::Connect("connect timed out".into()))?
+                .map_err(|_| {
+                    SendError::Connect(ConnectError::TimedOut(self.inner.connect_timeout))
+                })?
                 .map_err(|e| {
                     if crate::health::is_local_exhaustion(&e) {
                         SendError::Local(e)
                     } else {
-                        SendError::Connect(e.to_string())
+                        SendError::Connect(ConnectError::Io(e))
                     }
                 })?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| SendError::Connect(e.to_string()))?;
+            .map_err(|e| SendError::Connect(ConnectError::Handshake(e)))?;
         let label = backend.label().to_owned();
         metrics::counter!(crate::telemetry::BACKEND_CONNECTIONS, "backend" => label.clone())
             .increment(1);
