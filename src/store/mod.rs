@@ -33,6 +33,31 @@ pub struct ClientRecord {
     pub rate_per_sec: f64,
 }
 
+/// Why a row of the client table cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidRow {
+    /// The id is not a valid API key.
+    #[error("client_id: {0}")]
+    Key(#[source] crate::limiter::KeyError),
+    /// Capacity and rate make no valid limits.
+    #[error("limits: {0}")]
+    Limits(#[source] crate::limiter::LimitsError),
+}
+
+impl ClientRecord {
+    /// The row as the limiter takes it: its key and its limits. Every
+    /// reader of the table (start-up restore, reload of a shared table)
+    /// goes through here, so a row is judged by one rule.
+    pub fn validate(
+        &self,
+    ) -> Result<(crate::limiter::ClientKey, crate::limiter::Limits), InvalidRow> {
+        let key = crate::limiter::ClientKey::api(&self.client_id).map_err(InvalidRow::Key)?;
+        let limits = crate::limiter::Limits::new(u64::from(self.capacity), self.rate_per_sec)
+            .map_err(InvalidRow::Limits)?;
+        Ok((key, limits))
+    }
+}
+
 /// A bucket's level at a moment, as snapshotted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BucketState {

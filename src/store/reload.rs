@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ClientRecord, ClientStore, StoreError};
-use crate::limiter::{ClientKey, Limits, Registry};
+use crate::limiter::{ClientKey, Registry};
 use crate::shutdown::Ticks;
 
 /// Applies client-table changes to the registry.
@@ -62,18 +62,15 @@ impl TableSync {
         for c in rows {
             let row = (c.capacity, c.rate_per_sec);
             if self.last.get(&c.client_id) != Some(&row) {
-                match (
-                    ClientKey::api(&c.client_id),
-                    Limits::new(u64::from(c.capacity), c.rate_per_sec),
-                ) {
-                    (Ok(key), Ok(limits)) => match self.registry.set_limits(&key, limits) {
+                match c.validate() {
+                    Ok((key, limits)) => match self.registry.set_limits(&key, limits) {
                         Ok(()) => stats.changed += 1,
                         Err(e) => {
                             tracing::warn!(client_id = %c.client_id, error = %e, "cannot apply a client-table change");
                         }
                     },
-                    _ => {
-                        tracing::warn!(client_id = %c.client_id, "skipping an invalid row of the client table")
+                    Err(e) => {
+                        tracing::warn!(client_id = %c.client_id, error = %e, "skipping an invalid row of the client table")
                     }
                 }
             }

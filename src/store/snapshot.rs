@@ -110,18 +110,13 @@ pub async fn restore(registry: &Registry, store: &dyn ClientStore) -> Result<Res
     let mut stats = RestoreStats::default();
     let clients = store.list().await?;
     let mut limits_of: HashMap<String, Limits> = HashMap::new();
-    for ClientRecord {
-        client_id,
-        capacity,
-        rate_per_sec,
-    } in &clients
-    {
-        let (Ok(key), Ok(limits)) = (
-            ClientKey::api(client_id),
-            Limits::new(u64::from(*capacity), *rate_per_sec),
-        ) else {
-            tracing::warn!(%client_id, "skipping an invalid row of the client table");
-            continue;
+    for row in &clients {
+        let (key, limits) = match row.validate() {
+            Ok(valid) => valid,
+            Err(e) => {
+                tracing::warn!(client_id = %row.client_id, error = %e, "skipping an invalid row of the client table");
+                continue;
+            }
         };
         if registry.set_limits(&key, limits).is_ok() {
             stats.clients += 1;
