@@ -1,11 +1,9 @@
 //! Behaviour of the token-bucket engine on a fake clock.
 
-mod support;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
-use support::{registry, registry_with, tick, TICK};
+use crate::support::{registry, registry_with, tick, TICK};
 use tollgate::limiter::{ClientKey, Limits, RegistryError};
 
 fn ip(s: &str) -> ClientKey {

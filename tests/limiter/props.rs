@@ -1,12 +1,10 @@
 //! Property tests of the bucket invariants on a fake clock.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use crate::support::{registry, tick};
 use proptest::prelude::*;
-use support::{registry, tick};
 use tollgate::limiter::{ClientKey, Limits};
 
 #[derive(Debug, Clone)]

@@ -1,14 +1,12 @@
 //! Multi-threaded stress: many threads hammering one bucket (and many
 //! buckets) admit exactly what the bucket holds plus what was refilled.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::registry;
+use crate::support::{self, registry};
 use tollgate::limiter::ClientKey;
 
 const THREADS: usize = 8;
