@@ -1,6 +1,10 @@
 //! The admin API over HTTP, the client table behind it, and persistence.
 
-mod support;
+#[path = "support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+}
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,10 @@
 //! Crash durability of the client table, with the real binary.
 
-mod support;
+#[path = "support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+}
 
 use reqwest::StatusCode;
 use support::{closed_port, serve_yaml, spawn_serve, temp_db, url};

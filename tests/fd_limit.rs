@@ -2,7 +2,11 @@
 //! not make tollgate evict its healthy backends. The real binary runs
 //! under a small open-file limit (`ulimit -n`) so the flood is cheap.
 
-mod support;
+#[path = "support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+}
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

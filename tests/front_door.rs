@@ -3,7 +3,11 @@
 //! reading, and the parser's own refusals. Raw sockets and hand-written
 //! HTTP/2 frames, so the tests see exactly what goes over the wire.
 
-mod support;
+#[path = "support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+}
 
 use std::net::SocketAddr;
 use std::time::Duration;

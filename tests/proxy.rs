@@ -1,6 +1,10 @@
 //! The request path end to end: demo backends and a balancer in process.
 
-mod support;
+#[path = "support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+}
 
 use std::collections::HashMap;
 use std::time::Duration;

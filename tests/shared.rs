@@ -3,7 +3,11 @@
 //! Tests that need Redis read `TOLLGATE_TEST_REDIS_URL` and skip, saying
 //! so, without it (CI sets it).
 
-mod support;
+#[path = "support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+}
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

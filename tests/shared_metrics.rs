@@ -3,7 +3,11 @@
 //! decided. Alone in its test binary because the metrics recorder is
 //! process-wide.
 
-mod support;
+#[path = "support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+}
 
 use std::collections::HashMap;
 

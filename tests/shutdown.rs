@@ -1,6 +1,10 @@
 //! Graceful shutdown of the real binary on SIGTERM / SIGINT.
 
-mod support;
+#[path = "support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+}
 
 use std::time::{Duration, Instant};
 

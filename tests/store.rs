@@ -2,7 +2,11 @@
 //! `TOLLGATE_TEST_DATABASE_URL` is set, PostgreSQL: the same statements
 //! must behave the same on both.
 
-mod support;
+#[path = "support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+}
 
 use std::sync::Arc;
 

@@ -2,7 +2,11 @@
 //! stream, they are never held whole. Alone in its own test binary so the
 //! process's peak RSS belongs to this test.
 
-mod support;
+#[path = "support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+}
 
 use bytes::Bytes;
 use futures_util::StreamExt;

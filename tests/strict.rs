@@ -3,7 +3,12 @@
 //! refused with JSON before they are charged or forwarded. Raw bytes on a
 //! socket in, raw bytes recorded at the backend.
 
-mod support;
+#[path = "support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+    pub mod raw;
+}
 
 use support::raw::{header_values, ok, raw_backend, RawBackend, RawClient, RawResponse};
 use support::{balancer, config};

@@ -3,7 +3,11 @@
 //! These backends are raw TCP servers that count their connections, so the
 //! tests see what the balancer does on the wire, not only what it answers.
 
-mod support;
+#[path = "support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+}
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use tollgate::limiter::Limits;
 
-pub mod raw;
-
 // ---------------------------------------------------------------------
 // Proxy tests: demo backends and a balancer, all in process on port 0.
 
