@@ -4,6 +4,8 @@
 mod support {
     pub mod net;
     pub use net::*;
+    pub mod process;
+    pub use process::*;
 }
 
 use reqwest::StatusCode;

@@ -6,6 +6,8 @@
 mod support {
     pub mod net;
     pub use net::*;
+    pub mod process;
+    pub use process::*;
 }
 
 use std::net::SocketAddr;

@@ -4,6 +4,10 @@
 mod support {
     pub mod net;
     pub use net::*;
+    pub mod process;
+    pub use process::*;
+    pub mod db;
+    pub use db::*;
 }
 
 use std::time::{Duration, Instant};

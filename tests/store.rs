@@ -6,6 +6,8 @@
 mod support {
     pub mod net;
     pub use net::*;
+    pub mod db;
+    pub use db::*;
 }
 
 use std::sync::Arc;
