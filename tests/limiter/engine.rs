@@ -3,8 +3,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::support::{registry, registry_with, tick, TICK};
 use tollgate::limiter::{ClientKey, Limits, RegistryError};
+
+use crate::support::{registry, registry_with, tick, TICK};
 
 fn ip(s: &str) -> ClientKey {
     ClientKey::Ip(s.parse::<IpAddr>().expect("test ip"))

@@ -3,9 +3,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use crate::support::{registry, tick};
 use proptest::prelude::*;
 use tollgate::limiter::{ClientKey, Limits};
+
+use crate::support::{registry, tick};
 
 #[derive(Debug, Clone)]
 enum Op {

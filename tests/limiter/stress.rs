@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::{self, registry};
 use tollgate::limiter::ClientKey;
+
+use crate::support::{self, registry};
 
 const THREADS: usize = 8;
 

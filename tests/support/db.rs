@@ -1,9 +1,5 @@
 //! PostgreSQL, for the tests of the shared store.
 
-// Transitional: until the test files that include this share one binary
-// per area, each of them uses only some of these helpers.
-#![allow(dead_code)]
-
 /// A fresh, empty PostgreSQL database for one test.
 pub struct PgDatabase {
     /// Its URL.

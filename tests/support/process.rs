@@ -1,10 +1,6 @@
 //! The real binary, for tests that involve signals, crashes and
 //! process limits.
 
-// Transitional: until the test files that include this share one binary
-// per area, each of them uses only some of these helpers.
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

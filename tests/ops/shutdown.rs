@@ -1,19 +1,10 @@
 //! Graceful shutdown of the real binary on SIGTERM / SIGINT.
 
-#[path = "support"]
-mod support {
-    pub mod net;
-    pub use net::*;
-    pub mod process;
-    pub use process::*;
-    pub mod db;
-    pub use db::*;
-}
-
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use support::{backend, serve_yaml, spawn_serve, temp_db, url};
+
+use crate::support::{self, backend, serve_yaml, spawn_serve, temp_db, url};
 
 fn signal(child: &std::process::Child, sig: &str) {
     let status = std::process::Command::new("kill")

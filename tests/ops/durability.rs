@@ -1,15 +1,8 @@
 //! Crash durability of the client table, with the real binary.
 
-#[path = "support"]
-mod support {
-    pub mod net;
-    pub use net::*;
-    pub mod process;
-    pub use process::*;
-}
-
 use reqwest::StatusCode;
-use support::{closed_port, serve_yaml, spawn_serve, temp_db, url};
+
+use crate::support::{closed_port, serve_yaml, spawn_serve, temp_db, url};
 
 #[tokio::test]
 async fn acknowledged_clients_survive_kill_9() {
