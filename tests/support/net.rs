@@ -1,12 +1,7 @@
 //! Demo backends and a balancer, all in this process on port 0, and an
 //! HTTP client to talk to them.
 
-// Transitional: until the test files that include this share one binary
-// per area, each of them uses only some of these helpers.
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use tollgate::app::Running;
 use tollgate::balancer::BackendUrl;
@@ -107,18 +102,6 @@ pub fn url(addr: SocketAddr, path: &str) -> String {
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
-}
-
-/// Polls `cond` every millisecond until it holds, failing after 5 s.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 /// Status of `GET http://addr/path`.
