@@ -2,7 +2,14 @@
 //! the requests sent. Alone in its test binary because the metrics
 //! recorder is process-wide.
 
-mod support;
+// The one test of this binary (alone: see above) uses only some of the
+// helpers in net.rs.
+#[allow(dead_code)]
+#[path = "support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+}
 
 use std::collections::HashMap;
 

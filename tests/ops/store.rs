@@ -2,11 +2,11 @@
 //! `TOLLGATE_TEST_DATABASE_URL` is set, PostgreSQL: the same statements
 //! must behave the same on both.
 
-mod support;
-
 use std::sync::Arc;
 
 use tollgate::store::{BucketState, ClientRecord, ClientStore, SnapshotDelta, StoreError};
+
+use crate::support;
 
 fn client(id: &str, capacity: u32, rate_per_sec: f64) -> ClientRecord {
     ClientRecord {

@@ -1,12 +1,11 @@
 //! Behaviour of the token-bucket engine on a fake clock.
 
-mod support;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
-use support::{registry, registry_with, tick, TICK};
 use tollgate::limiter::{ClientKey, Limits, RegistryError};
+
+use crate::support::{registry, registry_with, tick, TICK};
 
 fn ip(s: &str) -> ClientKey {
     ClientKey::Ip(s.parse::<IpAddr>().expect("test ip"))

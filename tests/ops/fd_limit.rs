@@ -2,14 +2,13 @@
 //! not make tollgate evict its healthy backends. The real binary runs
 //! under a small open-file limit (`ulimit -n`) so the flood is cheap.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::{backend, serve_yaml, spawn_serve_with_open_files, temp_db, url, Process};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{backend, serve_yaml, spawn_serve_with_open_files, temp_db, url, Process};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -1,13 +1,12 @@
 //! The admin API over HTTP, the client table behind it, and persistence.
 
-mod support;
-
 use std::collections::BTreeMap;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{backends, balancer, client, config, url};
 use tollgate::limiter::{ClientKey, Limits};
+
+use crate::support::{self, backends, balancer, client, config, url};
 
 async fn send(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
     let r = req.send().await.expect("request");

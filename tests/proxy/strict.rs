@@ -3,11 +3,10 @@
 //! refused with JSON before they are charged or forwarded. Raw bytes on a
 //! socket in, raw bytes recorded at the backend.
 
-mod support;
-
-use support::raw::{header_values, ok, raw_backend, RawBackend, RawClient, RawResponse};
-use support::{balancer, config};
 use tollgate::limiter::{ClientKey, Limits};
+
+use crate::support::raw::{header_values, ok, raw_backend, RawBackend, RawClient, RawResponse};
+use crate::support::{self, balancer, config};
 
 /// A JSON error with `status`, as every refusal must be.
 fn assert_refused(r: &RawResponse, status: u16) -> serde_json::Value {

@@ -1,13 +1,12 @@
 //! Property tests of the bucket invariants on a fake clock.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use support::{registry, tick};
 use tollgate::limiter::{ClientKey, Limits};
+
+use crate::support::{registry, tick};
 
 #[derive(Debug, Clone)]
 enum Op {

@@ -1,15 +1,16 @@
 //! The request path end to end: demo backends and a balancer in process.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use support::{backends, balancer, client, closed_port, config, eventually, get_status, url};
 use tollgate::balancer::StrategyName;
 use tollgate::config::Dur;
 use tollgate::limiter::{ClientKey, Limits};
+
+use crate::support::{
+    self, backends, balancer, client, closed_port, config, eventually, get_status, url,
+};
 
 async fn backend_of(c: &reqwest::Client, u: &str) -> String {
     let r = c.get(u).send().await.expect("request");

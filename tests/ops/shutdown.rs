@@ -1,11 +1,10 @@
 //! Graceful shutdown of the real binary on SIGTERM / SIGINT.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use support::{backend, serve_yaml, spawn_serve, temp_db, url};
+
+use crate::support::{self, backend, serve_yaml, spawn_serve, temp_db, url};
 
 fn signal(child: &std::process::Child, sig: &str) {
     let status = std::process::Command::new("kill")

@@ -3,16 +3,15 @@
 //! Tests that need Redis read `TOLLGATE_TEST_REDIS_URL` and skip, saying
 //! so, without it (CI sets it).
 
-mod support;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use support::{backend, balancer, client, closed_port, config, get_status, url};
 use tollgate::config::Dur;
 use tollgate::limiter::shared::OnFailure;
 use tollgate::limiter::Limits;
+
+use crate::support::{self, backend, balancer, client, closed_port, config, get_status, url};
 
 fn redis_url() -> Option<String> {
     let url = std::env::var("TOLLGATE_TEST_REDIS_URL").ok();

@@ -1,9 +1,8 @@
 //! Crash durability of the client table, with the real binary.
 
-mod support;
-
 use reqwest::StatusCode;
-use support::{closed_port, serve_yaml, spawn_serve, temp_db, url};
+
+use crate::support::{closed_port, serve_yaml, spawn_serve, temp_db, url};
 
 #[tokio::test]
 async fn acknowledged_clients_survive_kill_9() {

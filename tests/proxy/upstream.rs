@@ -3,16 +3,15 @@
 //! These backends are raw TCP servers that count their connections, so the
 //! tests see what the balancer does on the wire, not only what it answers.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use reqwest::StatusCode;
-use support::{backend, balancer, client, config, url};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
+
+use crate::support::{backend, balancer, client, config, url};
 
 /// How the raw backend ends each response.
 #[derive(Clone, Copy, PartialEq)]

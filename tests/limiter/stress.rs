@@ -1,15 +1,14 @@
 //! Multi-threaded stress: many threads hammering one bucket (and many
 //! buckets) admit exactly what the bucket holds plus what was refilled.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::registry;
 use tollgate::limiter::ClientKey;
+
+use crate::support::{self, registry};
 
 const THREADS: usize = 8;
 

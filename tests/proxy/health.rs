@@ -1,14 +1,13 @@
 //! Health checks, retries and recovery, in process.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use support::{backend, backends, balancer, client, config, url};
 use tollgate::config::Dur;
+
+use crate::support::{self, backend, backends, balancer, client, config, url};
 
 const INTERVAL: Duration = Duration::from_millis(100);
 const TIMEOUT: Duration = Duration::from_millis(100);

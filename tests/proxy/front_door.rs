@@ -3,15 +3,14 @@
 //! reading, and the parser's own refusals. Raw sockets and hand-written
 //! HTTP/2 frames, so the tests see exactly what goes over the wire.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{backend, balancer, client, config, url};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tollgate::config::Dur;
+
+use crate::support::{backend, balancer, client, config, url};
 
 /// Bound on how long a test waits for something that must happen; far
 /// above the configured timeouts, never a speed assertion.

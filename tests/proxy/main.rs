@@ -1,0 +1,19 @@
+//! The request path, in process: demo and raw backends behind a balancer,
+//! end to end, strict HTTP and hostile clients at the front door, backend
+//! connection reuse, health checks, and limits shared through Redis.
+
+#[path = "../support"]
+mod support {
+    pub mod net;
+    pub use net::*;
+    pub mod raw;
+    pub mod wait;
+    pub use wait::*;
+}
+
+mod end_to_end;
+mod front_door;
+mod health;
+mod shared;
+mod strict;
+mod upstream;
