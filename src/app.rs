@@ -152,8 +152,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     )
     .with_metrics(metrics.clone())
     .with_shared_limiter(shared_limiter)
-    .with_store_timeout(config.store.timeout.0)
-    .with_body_read_timeout(config.admin.body_read_timeout.0);
+    .with_store_timeout(config.store.timeout)
+    .with_body_read_timeout(config.admin.body_read_timeout);
     let mut tasks = JoinSet::new();
     if let Some(handle) = metrics {
         tasks.spawn(crate::telemetry::upkeep(
@@ -165,14 +165,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     tasks.spawn(crate::admin::server::serve(
         admin_listener,
         crate::admin::router(admin),
-        config.admin.header_read_timeout.0,
-        config.server.drain_timeout.0,
+        config.admin.header_read_timeout,
+        config.server.drain_timeout,
         signal.clone().wait(),
     ));
     tasks.spawn(run_snapshots(
         Snapshotter::new(registry.clone(), store.clone(), &restored.states),
-        config.store.snapshot_interval.0,
-        config.server.drain_timeout.0,
+        config.store.snapshot_interval,
+        config.server.drain_timeout,
         signal.clone(),
     ));
     if crate::store::is_shared(&config.store.url) {
@@ -182,14 +182,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 store.clone(),
                 &restored.clients,
             ),
-            config.store.reload_interval.0,
+            config.store.reload_interval,
             signal.clone().wait(),
         ));
     }
-    tasks.spawn(checker.run(config.health_check.interval.0, signal.clone()));
+    tasks.spawn(checker.run(config.health_check.interval, signal.clone()));
     tasks.spawn(limiter::refill::run(
         registry.clone(),
-        config.rate_limit.refill_interval.0,
+        config.rate_limit.refill_interval,
         signal.clone().wait(),
     ));
 
@@ -246,7 +246,7 @@ async fn build_pool(config: &Config) -> (Arc<Pool>, Checker) {
         )
         .with_thresholds(Thresholds::from(hc)),
     );
-    let checker = Checker::new(pool.clone(), &hc.path, hc.timeout.0);
+    let checker = Checker::new(pool.clone(), &hc.path, hc.timeout);
     checker.initial_round().await;
     (pool, checker)
 }
@@ -268,7 +268,7 @@ fn build_proxy(
     let (true, Some(url)) = (rl.enabled, &rl.shared.redis_url) else {
         return Ok((proxy, None));
     };
-    let limiter = SharedLimiter::new(url, &rl.shared.key_prefix, rl.shared.timeout.0)
+    let limiter = SharedLimiter::new(url, &rl.shared.key_prefix, rl.shared.timeout)
         .map_err(StartError::SharedLimiter)?;
     tracing::info!(on_failure = ?rl.shared.on_failure, "limits shared through Redis");
     let limiter = Arc::new(limiter);
@@ -308,7 +308,7 @@ async fn open_store(
         source,
     };
     let started = std::time::Instant::now();
-    let store = crate::store::open_with_timeout(&config.store.url, config.store.timeout.0)
+    let store = crate::store::open_with_timeout(&config.store.url, config.store.timeout)
         .await
         .map_err(store_error)?;
     let restored = snapshot::restore(registry, store.as_ref())

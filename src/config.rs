@@ -55,10 +55,12 @@ pub struct ServerConfig {
     /// Address to accept client connections on.
     pub listen: SocketAddr,
     /// How long in-flight requests may run after a shutdown signal.
-    pub drain_timeout: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
     /// How long a client may take to send its request headers; also how
     /// long a connection may stay open with no request on it.
-    pub header_read_timeout: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
     /// Largest request head accepted (HTTP/1.1 request line and headers,
     /// HTTP/2 header list); larger ones are answered 431.
     pub max_header_bytes: usize,
@@ -66,9 +68,11 @@ pub struct ServerConfig {
     /// derived from the open-file limit (see `proxy::server`).
     pub max_connections: Option<NonZeroUsize>,
     /// Longest pause between two pieces of a request body from a client.
-    pub client_body_timeout: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub client_body_timeout: Duration,
     /// Longest time a client may leave a response unread.
-    pub send_timeout: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub send_timeout: Duration,
     /// Streams one HTTP/2 connection may have open at once.
     pub http2_max_concurrent_streams: NonZeroU32,
 }
@@ -81,12 +85,12 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            drain_timeout: Dur::secs(30),
-            header_read_timeout: Dur::secs(10),
+            drain_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 32 * 1024,
             max_connections: None,
-            client_body_timeout: Dur::secs(60),
-            send_timeout: Dur::secs(60),
+            client_body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             http2_max_concurrent_streams: NonZeroU32::MIN.saturating_add(127),
         }
     }
@@ -101,9 +105,11 @@ pub struct AdminConfig {
     /// Bearer token required on every admin request, if set.
     pub token: Option<String>,
     /// How long an admin client may take to send its request headers.
-    pub header_read_timeout: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
     /// How long an admin client may take to send its request body.
-    pub body_read_timeout: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -111,8 +117,8 @@ impl Default for AdminConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token: None,
-            header_read_timeout: Dur::secs(10),
-            body_read_timeout: Dur::secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -138,11 +144,14 @@ pub struct BalancingConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Time allowed to open a TCP connection to a backend.
-    pub connect_timeout: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
     /// Time allowed for a backend to answer with response headers.
-    pub request_timeout: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
     /// Longest pause between two pieces of a response body from a backend.
-    pub backend_body_timeout: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub backend_body_timeout: Duration,
     /// Forward request header names containing `_`; by default they are
     /// dropped (nginx's `underscores_in_headers off`), since backends that
     /// map `_` to `-` would read headers tollgate never looked at.
@@ -152,9 +161,9 @@ pub struct ProxyConfig {
 impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
-            connect_timeout: Dur::secs(2),
-            request_timeout: Dur::secs(30),
-            backend_body_timeout: Dur::secs(60),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            backend_body_timeout: Duration::from_secs(60),
             allow_underscores_in_headers: false,
         }
     }
@@ -167,9 +176,11 @@ pub struct HealthCheckConfig {
     /// Path requested on every backend.
     pub path: String,
     /// Time between two checks of a backend.
-    pub interval: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
     /// Time allowed for one check.
-    pub timeout: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
     /// Consecutive failures that take a backend out of the pool.
     pub unhealthy_threshold: NonZeroU32,
     /// Consecutive successes that bring it back.
@@ -180,8 +191,8 @@ impl Default for HealthCheckConfig {
     fn default() -> Self {
         Self {
             path: "/health".into(),
-            interval: Dur::secs(2),
-            timeout: Dur::secs(1),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
             unhealthy_threshold: NonZeroU32::MIN.saturating_add(1),
             healthy_threshold: NonZeroU32::MIN.saturating_add(1),
         }
@@ -202,11 +213,13 @@ pub struct RateLimitConfig {
     #[serde(deserialize_with = "limits")]
     pub default: Limits,
     /// Period of the refill tick.
-    pub refill_interval: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub refill_interval: Duration,
     /// Most clients tracked at once (table clients not counted).
     pub max_clients: NonZeroUsize,
     /// A bucket full for this long is forgotten.
-    pub idle_timeout: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
     /// One limit per client across replicas, through Redis.
     pub shared: SharedLimitConfig,
 }
@@ -220,7 +233,8 @@ pub struct SharedLimitConfig {
     /// What a request gets while Redis cannot answer.
     pub on_failure: OnFailure,
     /// Time Redis has to answer one check.
-    pub timeout: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
     /// Prefix of the Redis keys (several deployments can share a Redis).
     pub key_prefix: String,
 }
@@ -230,7 +244,7 @@ impl Default for SharedLimitConfig {
         Self {
             redis_url: None,
             on_failure: OnFailure::Local,
-            timeout: Dur::millis(50),
+            timeout: Duration::from_millis(50),
             key_prefix: "tollgate:".into(),
         }
     }
@@ -243,9 +257,9 @@ impl Default for RateLimitConfig {
             api_key_header: HeaderName(http::HeaderName::from_static("x-api-key")),
             trusted_proxies: Vec::new(),
             default: default_limits(),
-            refill_interval: Dur::millis(100),
+            refill_interval: Duration::from_millis(100),
             max_clients: NonZeroUsize::MIN.saturating_add(999_999),
-            idle_timeout: Dur::secs(600),
+            idle_timeout: Duration::from_secs(600),
             shared: SharedLimitConfig::default(),
         }
     }
@@ -284,23 +298,26 @@ pub struct StoreConfig {
     /// Database URL (`sqlite://file.db`, `postgres://...`).
     pub url: String,
     /// Period of bucket-state snapshots.
-    pub snapshot_interval: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub snapshot_interval: Duration,
     /// PostgreSQL only: how often the client table is re-read to pick up
     /// changes other replicas made.
-    pub reload_interval: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub reload_interval: Duration,
     /// Longest wait for one database operation (an admin request's wait
     /// for its client's lock included); shutdown is bounded by
     /// `server.drain_timeout` on top.
-    pub timeout: Dur,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://tollgate.db".into(),
-            snapshot_interval: Dur::secs(5),
-            reload_interval: Dur::secs(5),
-            timeout: Dur::secs(5),
+            snapshot_interval: Duration::from_secs(5),
+            reload_interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
         }
     }
 }
@@ -362,6 +379,12 @@ impl<'de> Deserialize<'de> for HeaderName {
             .map(HeaderName)
             .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a valid header name")))
     }
+}
+
+/// Deserializes a [`Dur`] straight into the `Duration` the running parts
+/// take.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    Dur::deserialize(d).map(|d| d.0)
 }
 
 /// A duration written as `250ms`, `2s`, `5m` or `1h`.
@@ -595,7 +618,7 @@ impl Config {
                 format!("{:?} must start with /", self.health_check.path),
             );
         }
-        let zero = |d: Dur| d.0.is_zero();
+        let zero = |d: Duration| d.is_zero();
         for (field, d) in [
             (
                 "server.header_read_timeout",
@@ -822,8 +845,8 @@ impl From<&RateLimitConfig> for crate::limiter::RegistryConfig {
         Self {
             default_limits: rl.default,
             max_clients: rl.max_clients,
-            idle_timeout: rl.idle_timeout.0,
-            refill_interval: rl.refill_interval.0,
+            idle_timeout: rl.idle_timeout,
+            refill_interval: rl.refill_interval,
         }
     }
 }
@@ -840,10 +863,10 @@ impl From<&HealthCheckConfig> for crate::balancer::Thresholds {
 impl From<&Config> for crate::proxy::ProxySettings {
     fn from(c: &Config) -> Self {
         Self {
-            connect_timeout: c.proxy.connect_timeout.0,
-            request_timeout: c.proxy.request_timeout.0,
-            backend_body_timeout: c.proxy.backend_body_timeout.0,
-            client_body_timeout: c.server.client_body_timeout.0,
+            connect_timeout: c.proxy.connect_timeout,
+            request_timeout: c.proxy.request_timeout,
+            backend_body_timeout: c.proxy.backend_body_timeout,
+            client_body_timeout: c.server.client_body_timeout,
             allow_underscores_in_headers: c.proxy.allow_underscores_in_headers,
         }
     }
@@ -856,10 +879,10 @@ impl From<&ServerConfig> for crate::proxy::server::ServeOptions {
             None => crate::proxy::server::ConnectionBudget::from_open_file_limit(),
         };
         Self {
-            header_read_timeout: s.header_read_timeout.0,
-            drain_timeout: s.drain_timeout.0,
+            header_read_timeout: s.header_read_timeout,
+            drain_timeout: s.drain_timeout,
             max_header_bytes: s.max_header_bytes,
-            send_timeout: s.send_timeout.0,
+            send_timeout: s.send_timeout,
             http2_max_concurrent_streams: s.http2_max_concurrent_streams.get(),
             budget: Some(budget),
         }
@@ -878,9 +901,9 @@ mod tests {
         assert_eq!(c.server.listen, d.server.listen);
         assert_eq!(c.backends, d.backends);
         assert_eq!(c.rate_limit.default, d.rate_limit.default);
-        assert_eq!(c.rate_limit.refill_interval, Dur::millis(100));
+        assert_eq!(c.rate_limit.refill_interval, Duration::from_millis(100));
         assert_eq!(c.rate_limit.max_clients.get(), 1_000_000);
-        assert_eq!(c.rate_limit.idle_timeout, Dur::secs(600));
+        assert_eq!(c.rate_limit.idle_timeout, Duration::from_secs(600));
         assert_eq!(c.health_check.unhealthy_threshold.get(), 2);
         assert_eq!(c.backends.len(), 3);
         assert_eq!(c.admin.header_read_timeout, d.admin.header_read_timeout);
@@ -1096,9 +1119,9 @@ surprise: true
     #[test]
     fn store_timeout_and_admin_read_timeouts_are_checked() {
         let c = Config::parse("").expect("defaults");
-        assert_eq!(c.store.timeout, Dur::secs(5));
-        assert_eq!(c.admin.header_read_timeout, Dur::secs(10));
-        assert_eq!(c.admin.body_read_timeout, Dur::secs(10));
+        assert_eq!(c.store.timeout, Duration::from_secs(5));
+        assert_eq!(c.admin.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.admin.body_read_timeout, Duration::from_secs(10));
         let problems = Config::parse(
             "store:\n  timeout: 0s\nadmin:\n  header_read_timeout: 0s\n  body_read_timeout: 0ms\n",
         )

@@ -42,7 +42,7 @@ async fn metrics_count_what_happened() {
     let bs = backends(2).await;
     let mut cfg = config(&[bs[0].addr, bs[1].addr]);
     cfg.rate_limit.default = Limits::new(10, 0.0).expect("valid");
-    cfg.store.snapshot_interval = tollgate::config::Dur::millis(100);
+    cfg.store.snapshot_interval = std::time::Duration::from_millis(100);
     let lb = balancer(&cfg).await;
     let c = client();
     for _ in 0..10 {

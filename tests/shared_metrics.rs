@@ -13,9 +13,9 @@ mod support {
 }
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use support::{backend, balancer, client, closed_port, config, get_status, url};
-use tollgate::config::Dur;
 use tollgate::limiter::shared::OnFailure;
 use tollgate::limiter::Limits;
 
@@ -44,7 +44,7 @@ async fn fallbacks_count_requests_the_failure_policy_decided() {
     let mut cfg = config(&[b.addr]);
     cfg.rate_limit.default = Limits::new(3, 0.001).expect("valid");
     cfg.rate_limit.shared.redis_url = Some(format!("redis://{}", closed_port()));
-    cfg.rate_limit.shared.timeout = Dur::millis(500);
+    cfg.rate_limit.shared.timeout = Duration::from_millis(500);
 
     cfg.rate_limit.shared.on_failure = OnFailure::Local;
     let lb = balancer(&cfg).await;

@@ -688,8 +688,8 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> Option<(u16, Strin
 async fn admin_requests_have_header_and_body_read_timeouts() {
     use tokio::io::AsyncWriteExt;
     let mut cfg = config(&[support::closed_port()]);
-    cfg.admin.header_read_timeout = tollgate::config::Dur::millis(300);
-    cfg.admin.body_read_timeout = tollgate::config::Dur::millis(300);
+    cfg.admin.header_read_timeout = std::time::Duration::from_millis(300);
+    cfg.admin.body_read_timeout = std::time::Duration::from_millis(300);
     let lb = balancer(&cfg).await;
     let limit = std::time::Duration::from_secs(10);
 
@@ -734,9 +734,9 @@ async fn a_half_sent_admin_request_does_not_hold_shutdown_past_the_drain_timeout
     use tokio::io::AsyncWriteExt;
     let mut cfg = config(&[support::closed_port()]);
     // Longer than the test waits: only the drain timeout can end these.
-    cfg.admin.header_read_timeout = tollgate::config::Dur::secs(120);
-    cfg.admin.body_read_timeout = tollgate::config::Dur::secs(120);
-    cfg.server.drain_timeout = tollgate::config::Dur::secs(1);
+    cfg.admin.header_read_timeout = std::time::Duration::from_secs(120);
+    cfg.admin.body_read_timeout = std::time::Duration::from_secs(120);
+    cfg.server.drain_timeout = std::time::Duration::from_secs(1);
     let lb = balancer(&cfg).await;
     let mut head = tokio::net::TcpStream::connect(lb.admin_addr())
         .await

@@ -166,7 +166,7 @@ async fn replicas_sharing_postgres_pick_up_each_others_admin_writes() {
     let b = support::backend("solo").await;
     let mut cfg = support::config(&[b.addr]);
     cfg.store.url = db.url.clone();
-    cfg.store.reload_interval = tollgate::config::Dur::millis(100);
+    cfg.store.reload_interval = std::time::Duration::from_millis(100);
     let a = support::balancer(&cfg).await;
     let z = support::balancer(&cfg).await;
     let c = support::client();

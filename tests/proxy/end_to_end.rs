@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use tollgate::balancer::StrategyName;
-use tollgate::config::Dur;
 use tollgate::limiter::{ClientKey, Limits};
 
 use crate::support::{
@@ -303,7 +302,7 @@ async fn backend_failures_are_json_502_503_504() {
     // 502: the backend passed its first health check, then went away.
     let doomed = support::backend("doomed").await;
     let mut cfg = config(&[doomed.addr]);
-    cfg.health_check.interval = Dur::secs(3600);
+    cfg.health_check.interval = Duration::from_secs(3600);
     let lb = balancer(&cfg).await;
     doomed.stop().await;
     let (status, body) =
@@ -320,7 +319,7 @@ async fn backend_failures_are_json_502_503_504() {
 
     // 504: the backend answers after the request timeout.
     let mut cfg = config(&[bs[0].addr]);
-    cfg.proxy.request_timeout = Dur::millis(200);
+    cfg.proxy.request_timeout = Duration::from_millis(200);
     let lb = balancer(&cfg).await;
     let (status, body) = json_error(
         c.get(url(lb.proxy_addr(), "/delay/3000"))
@@ -375,7 +374,7 @@ async fn slow_clients_are_cut_by_the_header_read_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let bs = backends(1).await;
     let mut cfg = config(&[bs[0].addr]);
-    cfg.server.header_read_timeout = Dur::millis(200);
+    cfg.server.header_read_timeout = Duration::from_millis(200);
     let lb = balancer(&cfg).await;
     let mut s = tokio::net::TcpStream::connect(lb.proxy_addr())
         .await
@@ -452,8 +451,8 @@ async fn h2c_clients_are_served_and_forwarded_over_http1() {
 async fn a_connection_that_never_sends_does_not_hold_up_shutdown() {
     let bs = backends(1).await;
     let mut cfg = config(&[bs[0].addr]);
-    cfg.server.drain_timeout = Dur::secs(30);
-    cfg.server.header_read_timeout = Dur::secs(30);
+    cfg.server.drain_timeout = Duration::from_secs(30);
+    cfg.server.header_read_timeout = Duration::from_secs(30);
     let lb = balancer(&cfg).await;
     let _silent = tokio::net::TcpStream::connect(lb.proxy_addr())
         .await

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tollgate::config::Dur;
 
 use crate::support::{backend, balancer, client, config, url};
 
@@ -72,7 +71,7 @@ async fn frames_until_close(s: &mut TcpStream) -> Vec<(u8, u32, Vec<u8>)> {
 
 async fn short_timeouts_balancer(b: SocketAddr) -> tollgate::app::Running {
     let mut c = config(&[b]);
-    c.server.header_read_timeout = Dur::millis(200);
+    c.server.header_read_timeout = Duration::from_millis(200);
     balancer(&c).await
 }
 
@@ -376,10 +375,10 @@ async fn until_closed(s: &mut TcpStream) {
 fn timeouts_config(b: SocketAddr) -> tollgate::config::Config {
     let mut c = config(&[b]);
     c.rate_limit.enabled = false;
-    c.health_check.interval = Dur::secs(3600);
-    c.server.client_body_timeout = Dur::millis(200);
-    c.server.send_timeout = Dur::millis(200);
-    c.proxy.backend_body_timeout = Dur::millis(200);
+    c.health_check.interval = Duration::from_secs(3600);
+    c.server.client_body_timeout = Duration::from_millis(200);
+    c.server.send_timeout = Duration::from_millis(200);
+    c.proxy.backend_body_timeout = Duration::from_millis(200);
     c
 }
 

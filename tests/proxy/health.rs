@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use tollgate::config::Dur;
 
 use crate::support::{self, backend, backends, balancer, client, config, url};
 
@@ -14,8 +13,8 @@ const TIMEOUT: Duration = Duration::from_millis(100);
 
 fn health_config(addrs: &[std::net::SocketAddr]) -> tollgate::config::Config {
     let mut cfg = config(addrs);
-    cfg.health_check.interval = Dur(INTERVAL);
-    cfg.health_check.timeout = Dur(TIMEOUT);
+    cfg.health_check.interval = INTERVAL;
+    cfg.health_check.timeout = TIMEOUT;
     cfg
 }
 
@@ -135,7 +134,7 @@ async fn only_idempotent_bodiless_requests_are_retried() {
     let doomed = backend("doomed").await;
     let alive = backend("alive").await;
     let mut cfg = config(&[doomed.addr, alive.addr]);
-    cfg.health_check.interval = Dur::secs(3600);
+    cfg.health_check.interval = Duration::from_secs(3600);
     cfg.health_check.unhealthy_threshold = std::num::NonZeroU32::new(100).expect("nonzero");
     let lb = balancer(&cfg).await;
     doomed.stop().await;

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use tollgate::config::Dur;
 use tollgate::limiter::shared::OnFailure;
 use tollgate::limiter::Limits;
 
@@ -65,7 +64,7 @@ fn shared_config(
     cfg.rate_limit.default = limits;
     cfg.rate_limit.shared.redis_url = Some(redis.to_owned());
     cfg.rate_limit.shared.key_prefix = prefix.to_owned();
-    cfg.rate_limit.shared.timeout = Dur::millis(500);
+    cfg.rate_limit.shared.timeout = Duration::from_millis(500);
     cfg
 }
 

@@ -184,7 +184,7 @@ async fn a_half_read_response_does_not_leak_into_the_next_request() {
 async fn a_connection_still_sending_an_upload_is_not_handed_to_the_next_request() {
     let b = raw_backend(After::AnswerEarly).await;
     let mut cfg = config(&[b.addr]);
-    cfg.proxy.request_timeout = tollgate::config::Dur::secs(30);
+    cfg.proxy.request_timeout = std::time::Duration::from_secs(30);
     let lb = balancer(&cfg).await;
     // An upload that never finishes, answered early by the backend.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);

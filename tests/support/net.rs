@@ -2,10 +2,11 @@
 //! HTTP client to talk to them.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tollgate::app::Running;
 use tollgate::balancer::BackendUrl;
-use tollgate::config::{BackendConfig, Config, Dur};
+use tollgate::config::{BackendConfig, Config};
 use tollgate::limiter::Limits;
 use tollgate::shutdown::{self, Trigger};
 
@@ -61,8 +62,8 @@ pub fn config(backends: &[SocketAddr]) -> Config {
     let mut c = Config::parse("").expect("defaults are valid");
     c.server.listen = "127.0.0.1:0".parse().expect("addr");
     c.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    c.server.drain_timeout = Dur::secs(5);
-    c.proxy.request_timeout = Dur::secs(5);
+    c.server.drain_timeout = Duration::from_secs(5);
+    c.proxy.request_timeout = Duration::from_secs(5);
     c.backends = backends
         .iter()
         .map(|a| BackendConfig {
