@@ -101,33 +101,38 @@ impl Ticks {
 
     /// Waits for the next tick: `true`, or `false` once stopped.
     pub async fn next(&mut self) -> bool {
-        if self.stopped {
-            return false;
-        }
-        tokio::select! {
-            biased;
-            () = &mut self.stop => {
-                self.stopped = true;
-                false
-            }
-            _ = self.interval.tick() => true,
-        }
+        let tick = self.interval.tick();
+        or_stop(&mut self.stop, &mut self.stopped, tick)
+            .await
+            .is_some()
     }
 
     /// Runs `work` unless shutdown starts first; `false` if it did (the
     /// work is dropped unfinished).
     pub async fn unless_stopped(&mut self, work: impl Future<Output = ()>) -> bool {
-        if self.stopped {
-            return false;
+        or_stop(&mut self.stop, &mut self.stopped, work)
+            .await
+            .is_some()
+    }
+}
+
+/// `work`'s output, or `None` if `stop` completes first (or already did);
+/// the stop wins a tie, so no work starts once shutdown has.
+async fn or_stop<T>(
+    stop: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
+    stopped: &mut bool,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    if *stopped {
+        return None;
+    }
+    tokio::select! {
+        biased;
+        () = stop => {
+            *stopped = true;
+            None
         }
-        tokio::select! {
-            biased;
-            () = &mut self.stop => {
-                self.stopped = true;
-                false
-            }
-            () = work => true,
-        }
+        out = work => Some(out),
     }
 }
 

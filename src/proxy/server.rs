@@ -49,8 +49,9 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
+use super::timeout::IdleTimer;
 use super::{Body, BoxError};
 use crate::shutdown::Signal;
 use crate::telemetry::Throttle;
@@ -335,9 +336,7 @@ async fn serve_connection<H, F>(
     let io = TokioIo::new(ClientStream {
         stream,
         ahead: first.freeze(),
-        send_timeout: shared.send_timeout,
-        stall: None,
-        stalled: false,
+        send_timer: IdleTimer::new(shared.send_timeout),
         replace_parser_errors: !h2,
         held: None,
         state: state.clone(),
@@ -551,11 +550,8 @@ impl HttpBody for Tracked {
 struct ClientStream {
     stream: TcpStream,
     ahead: Bytes,
-    send_timeout: Duration,
-    /// Made on the first blocked write only.
-    stall: Option<Pin<Box<Sleep>>>,
-    /// Whether `stall` runs for the current blocked write.
-    stalled: bool,
+    /// Runs while a write is blocked (`send_timeout`).
+    send_timer: IdleTimer,
     replace_parser_errors: bool,
     held: Option<Held>,
     state: Arc<ConnState>,
@@ -646,23 +642,10 @@ impl ClientStream {
         write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<std::io::Result<usize>>,
     ) -> Poll<std::io::Result<usize>> {
         if let Poll::Ready(r) = write(Pin::new(&mut self.stream), cx) {
-            self.stalled = false;
+            self.send_timer.progress();
             return Poll::Ready(r);
         }
-        let deadline = Instant::now() + self.send_timeout;
-        let stall = match &mut self.stall {
-            Some(stall) => {
-                if !self.stalled {
-                    stall.as_mut().reset(deadline);
-                }
-                stall
-            }
-            None => self
-                .stall
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        self.stalled = true;
-        ready!(stall.as_mut().poll(cx));
+        ready!(self.send_timer.poll_expired(cx));
         crate::telemetry::idle_timeout("send");
         Poll::Ready(Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -742,7 +725,8 @@ impl ClientStream {
                 .map(<[u8]>::to_vec)
                 .unwrap_or_default()
         };
-        let sent = tokio::time::timeout(self.send_timeout, self.stream.write_all(&answer)).await;
+        let sent =
+            tokio::time::timeout(self.send_timer.timeout(), self.stream.write_all(&answer)).await;
         if !matches!(sent, Ok(Ok(()))) {
             return;
         }

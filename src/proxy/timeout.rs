@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -64,28 +64,77 @@ impl IdleTimeout {
     }
 }
 
+/// The clock of one idle timeout: it runs while a poll waits, stops at
+/// progress, and fires once a wait has lasted `timeout`. Shared by the
+/// body timeouts here and the client's blocked writes (`send_timeout`).
+#[derive(Debug)]
+pub(crate) struct IdleTimer {
+    timeout: Duration,
+    /// Made on the first wait only: an exchange that never waits (most
+    /// small ones) never touches the timer.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Whether `sleep` runs for the current wait (progress ends it).
+    waiting: bool,
+}
+
+impl IdleTimer {
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            sleep: None,
+            waiting: false,
+        }
+    }
+
+    /// How long a wait may last.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The poll made progress: the next wait starts a new clock.
+    pub(crate) fn progress(&mut self) {
+        self.waiting = false;
+    }
+
+    /// The poll is waiting: `Ready` once this wait has lasted `timeout`
+    /// (and the clock is stopped), else `Pending` with `cx` woken then.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = Instant::now() + self.timeout;
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if !self.waiting {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.waiting = true;
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.waiting = false;
+        Poll::Ready(())
+    }
+}
+
 /// `B`, failing with [`IdleTimeout`] when it has nothing for `timeout`
 /// while being polled.
 #[derive(Debug)]
 pub(crate) struct IdleBody<B> {
     inner: B,
-    timeout: Duration,
     direction: Direction,
-    /// Made on the first wait only: a body whose frames are all ready when
-    /// first asked for (most small responses) never touches the timer.
-    sleep: Option<Pin<Box<Sleep>>>,
-    /// Whether `sleep` runs for the current wait (a frame since ends it).
-    waiting: bool,
+    timer: IdleTimer,
 }
 
 impl<B> IdleBody<B> {
     pub(crate) fn new(inner: B, timeout: Duration, direction: Direction) -> Self {
         Self {
             inner,
-            timeout,
             direction,
-            sleep: None,
-            waiting: false,
+            timer: IdleTimer::new(timeout),
         }
     }
 
@@ -108,30 +157,14 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            this.waiting = false;
+            this.timer.progress();
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let deadline = Instant::now() + this.timeout;
-        let sleep = match &mut this.sleep {
-            Some(sleep) => {
-                if !this.waiting {
-                    sleep.as_mut().reset(deadline);
-                }
-                sleep
-            }
-            None => this
-                .sleep
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        this.waiting = true;
-        if sleep.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        this.waiting = false;
+        ready!(this.timer.poll_expired(cx));
         crate::telemetry::idle_timeout(this.direction.label());
         Poll::Ready(Some(Err(Box::new(IdleTimeout {
             direction: this.direction,
-            after: this.timeout,
+            after: this.timer.timeout(),
         }))))
     }
 
