@@ -9,14 +9,14 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 pub use crate::body::full;
 use crate::body::Body;
-use crate::limiter::Verdict;
+use crate::limiter::Decision;
 
 /// Why the proxy did not forward a request, or could not complete it.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The client's bucket is empty.
     #[error("Rate limit exceeded")]
-    RateLimited(Verdict),
+    RateLimited(Decision),
     /// `max_clients` reached and no bucket could be evicted; a slot may
     /// free up at the next refill tick, `retry_after` from now.
     #[error("Too many clients: rate-limit table is full")]

@@ -56,6 +56,6 @@ pub use clock::{Clock, FakeClock, MonotonicClock};
 pub use key::{ApiKey, ClientKey, KeyError, MAX_API_KEY_LEN};
 pub use limits::{Limits, LimitsError, MAX_FILL_SECS, MAX_RATE_PER_SEC};
 pub use registry::{
-    BucketView, Decision, RefillReport, Registry, RegistryConfig, RegistryError, Verdict,
-    MAX_CLIENTS, MAX_PINNED, SCAN_PER_TICK,
+    BucketView, Decision, RefillReport, Registry, RegistryConfig, RegistryError, MAX_CLIENTS,
+    MAX_PINNED, SCAN_PER_TICK,
 };

@@ -93,17 +93,28 @@ pub enum RegistryError {
 }
 
 /// The outcome of one rate-limit check, with what the response headers
-/// need. Computed lazily from the bucket's state at the check.
+/// need: from the client's local bucket, computed lazily from its state at
+/// the check, or — with shared limits — Redis's answer for the same
+/// client's shared bucket, which takes the limits from the local one.
 #[derive(Debug, Clone, Copy)]
 pub struct Decision {
     take: Take,
     tick_units: u64,
+    shared: Option<SharedAnswer>,
+}
+
+/// What Redis said about a shared bucket.
+#[derive(Debug, Clone, Copy)]
+struct SharedAnswer {
+    allowed: bool,
+    remaining: u32,
+    reset_after: Option<Duration>,
 }
 
 impl Decision {
     /// Whether the request may pass.
     pub fn allowed(&self) -> bool {
-        self.take.allowed
+        self.shared.map_or(self.take.allowed, |s| s.allowed)
     }
 
     /// The bucket's capacity.
@@ -113,7 +124,8 @@ impl Decision {
 
     /// Whole tokens left after this check.
     pub fn remaining(&self) -> u32 {
-        self.take.remaining()
+        self.shared
+            .map_or_else(|| self.take.remaining(), |s| s.remaining)
     }
 
     /// Time until the next whole token is in the bucket, rounded up to the
@@ -121,6 +133,9 @@ impl Decision {
     /// when the bucket never refills. For a denied request this is the
     /// earliest moment a retry can succeed.
     pub fn reset_after(&self) -> Option<Duration> {
+        if let Some(s) = self.shared {
+            return s.reset_after;
+        }
         let units = self.take.units_to_next_token()?;
         let ticks = units.div_ceil(self.tick_units);
         Some(bucket::duration(ticks.saturating_mul(self.tick_units)))
@@ -138,32 +153,22 @@ impl Decision {
             e => Some(bucket::duration(e)),
         }
     }
-}
 
-/// What a rate-limit check decided, in the terms the response headers use.
-/// Built from a local [`Decision`] or from the shared limiter's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
-    /// Whether the request may pass.
-    pub allowed: bool,
-    /// The bucket's capacity.
-    pub limit: u32,
-    /// Whole tokens left after this check.
-    pub remaining: u32,
-    /// Time until the next whole token; `None` when none will come.
-    pub reset_after: Option<Duration>,
-    /// Time to refill from empty; `None` at zero rate.
-    pub fill_time: Option<Duration>,
-}
-
-impl From<&Decision> for Verdict {
-    fn from(d: &Decision) -> Self {
+    /// The same client's decision by its shared bucket: Redis's verdict
+    /// and level, this bucket's limits.
+    pub(crate) fn shared(
+        self,
+        allowed: bool,
+        remaining: u32,
+        reset_after: Option<Duration>,
+    ) -> Self {
         Self {
-            allowed: d.allowed(),
-            limit: d.limit(),
-            remaining: d.remaining(),
-            reset_after: d.reset_after(),
-            fill_time: d.fill_time(),
+            shared: Some(SharedAnswer {
+                allowed,
+                remaining,
+                reset_after,
+            }),
+            ..self
         }
     }
 }
@@ -802,6 +807,7 @@ impl Registry {
         Decision {
             take,
             tick_units: self.tick_units,
+            shared: None,
         }
     }
 }

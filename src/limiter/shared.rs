@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::{Decision, Verdict};
+use super::Decision;
 
 /// How long Redis is not asked again after a failed check.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -164,7 +164,7 @@ impl SharedLimiter {
 
     /// Takes one token from `key`'s shared bucket, whose limits are those
     /// of `local` (the same client's local check, which knows its limits).
-    pub async fn check(&self, key: &str, local: &Decision) -> Result<Verdict, SharedError> {
+    pub async fn check(&self, key: &str, local: &Decision) -> Result<Decision, SharedError> {
         let emission_us = local
             .token_interval()
             .map_or(0.0, |t| t.as_secs_f64() * 1e6);
@@ -176,13 +176,11 @@ impl SharedLimiter {
         {
             Ok((allowed, remaining, wait_us)) => {
                 self.recovered();
-                Ok(Verdict {
-                    allowed: allowed == 1,
-                    limit: local.limit(),
-                    remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
-                    reset_after: u64::try_from(wait_us).ok().map(Duration::from_micros),
-                    fill_time: local.fill_time(),
-                })
+                Ok(local.shared(
+                    allowed == 1,
+                    u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+                    u64::try_from(wait_us).ok().map(Duration::from_micros),
+                ))
             }
             Err(failure) => {
                 if !matches!(failure, SharedError::Paused) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
-use crate::limiter::Verdict;
+use crate::limiter::Decision;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
 /// plus `Proxy-Connection`, which some clients still send.
@@ -132,13 +132,13 @@ fn ceil_secs(d: Duration) -> u64 {
 
 /// `Retry-After` seconds for a denied request: whole seconds, rounded up,
 /// so never before the token is there. `None` if no token will ever come.
-pub fn retry_after_secs(d: &Verdict) -> Option<u64> {
-    d.reset_after.map(|t| ceil_secs(t).max(1))
+pub fn retry_after_secs(d: &Decision) -> Option<u64> {
+    d.reset_after().map(|t| ceil_secs(t).max(1))
 }
 
 /// The headers of a 429: the refusing bucket's rate-limit headers and
 /// `Retry-After`.
-pub fn rate_limited(h: &mut HeaderMap, d: &Verdict) {
+pub fn rate_limited(h: &mut HeaderMap, d: &Decision) {
     rate_limit(h, d);
     if let Some(secs) = retry_after_secs(d) {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -148,7 +148,7 @@ pub fn rate_limited(h: &mut HeaderMap, d: &Verdict) {
 /// `RateLimit-Policy` / `RateLimit` (IETF httpapi draft: `q` capacity,
 /// `w` seconds to fill from empty, `r` whole tokens left, `t` seconds to
 /// the next token) and `X-RateLimit-Limit` / `X-RateLimit-Remaining`.
-pub fn rate_limit(h: &mut HeaderMap, d: &Verdict) {
+pub fn rate_limit(h: &mut HeaderMap, d: &Decision) {
     // The four values are written into one buffer and handed out as slices
     // of it: two allocations per response instead of eight. Numbers go
     // through `itoa`: `core::fmt` here cost ~1,700 instructions per
@@ -156,22 +156,22 @@ pub fn rate_limit(h: &mut HeaderMap, d: &Verdict) {
     let mut text = String::with_capacity(96);
     let mut ends = [0usize; 4];
     text.push_str("\"tollgate\";q=");
-    push_num(&mut text, d.limit);
-    if let Some(w) = d.fill_time {
+    push_num(&mut text, d.limit());
+    if let Some(w) = d.fill_time() {
         text.push_str(";w=");
         push_num(&mut text, ceil_secs(w));
     }
     ends[0] = text.len();
     text.push_str("\"tollgate\";r=");
-    push_num(&mut text, d.remaining);
-    if let Some(t) = d.reset_after {
+    push_num(&mut text, d.remaining());
+    if let Some(t) = d.reset_after() {
         text.push_str(";t=");
         push_num(&mut text, ceil_secs(t));
     }
     ends[1] = text.len();
-    push_num(&mut text, d.limit);
+    push_num(&mut text, d.limit());
     ends[2] = text.len();
-    push_num(&mut text, d.remaining);
+    push_num(&mut text, d.remaining());
     ends[3] = text.len();
     let text = Bytes::from(text);
     let mut start = 0;
@@ -278,13 +278,27 @@ mod tests {
 
     #[test]
     fn rate_limit_values() {
-        let d = Verdict {
-            allowed: true,
-            limit: 100,
-            remaining: 7,
-            fill_time: Some(Duration::from_millis(9_300)),
-            reset_after: Some(Duration::from_millis(100)),
-        };
+        use crate::limiter::{ClientKey, FakeClock, Limits, Registry, RegistryConfig};
+        // Capacity 100 at 10.75/s fills in 9.3 s; 93 taken leaves 7, and
+        // the next token comes at the next 100 ms tick.
+        let registry = Registry::with_clock(
+            RegistryConfig {
+                default_limits: Limits::new(100, 100.0 / 9.3).expect("valid"),
+                max_clients: std::num::NonZeroUsize::MIN,
+                idle_timeout: Duration::from_secs(600),
+                refill_interval: Duration::from_millis(100),
+            },
+            std::sync::Arc::new(FakeClock::new()),
+        );
+        let key = ClientKey::api("k").expect("key");
+        let mut d = registry.check(&key).expect("room");
+        for _ in 0..92 {
+            d = registry.check(&key).expect("room");
+        }
+        assert!(d.allowed());
+        assert_eq!(d.remaining(), 7);
+        assert_eq!(d.fill_time().map(ceil_secs), Some(10));
+        assert_eq!(d.reset_after().map(ceil_secs), Some(1));
         let mut h = HeaderMap::new();
         rate_limit(&mut h, &d);
         assert_eq!(h["ratelimit-policy"], "\"tollgate\";q=100;w=10");

@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use crate::balancer::{Backend, Pool};
 use crate::error::ProxyError;
 use crate::limiter::shared::{OnFailure, SharedLimiter};
-use crate::limiter::{ClientKey, Registry, RegistryError, Verdict};
+use crate::limiter::{ClientKey, Decision, Registry, RegistryError};
 use crate::telemetry;
 use identity::Identifier;
 use timeout::{Direction, IdleBody, IdleTimeout};
@@ -168,7 +168,7 @@ impl Proxy {
         &self,
         req: &Request<Incoming>,
         peer: SocketAddr,
-    ) -> Result<Option<Verdict>, ProxyError> {
+    ) -> Result<Option<Decision>, ProxyError> {
         let Some(limiter) = &self.limiter else {
             return Ok(None);
         };
@@ -203,15 +203,15 @@ impl Proxy {
                     Err(_) => {
                         telemetry::shared_fallback(shared.on_failure.as_str());
                         match shared.on_failure {
-                            OnFailure::Local => Verdict::from(&decision),
+                            OnFailure::Local => decision,
                             OnFailure::Reject => return Err(ProxyError::LimiterUnavailable),
                         }
                     }
                 }
             }
-            _ => Verdict::from(&decision),
+            _ => decision,
         };
-        if verdict.allowed {
+        if verdict.allowed() {
             Ok(Some(verdict))
         } else {
             Err(ProxyError::RateLimited(verdict))
