@@ -7,35 +7,14 @@
 #[allow(dead_code)]
 #[path = "support"]
 mod support {
+    pub mod metrics;
     pub mod net;
     pub use net::*;
 }
 
-use std::collections::HashMap;
-
-use support::{backends, balancer, client, config, url};
+use support::metrics::{parse, scrape};
+use support::{backends, balancer, client, config};
 use tollgate::limiter::Limits;
-
-/// `name{labels} value` lines into a map (comments skipped).
-fn parse(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-async fn scrape(c: &reqwest::Client, admin: std::net::SocketAddr) -> String {
-    c.get(url(admin, "/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened() {

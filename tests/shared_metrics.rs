@@ -8,6 +8,7 @@
 #[allow(dead_code)]
 #[path = "support"]
 mod support {
+    pub mod metrics;
     pub mod net;
     pub use net::*;
 }
@@ -15,26 +16,13 @@ mod support {
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::{backend, balancer, client, closed_port, config, get_status, url};
+use support::metrics::{parse, scrape};
+use support::{backend, balancer, client, closed_port, config, get_status};
 use tollgate::limiter::shared::OnFailure;
 use tollgate::limiter::Limits;
 
 async fn metrics(c: &reqwest::Client, admin: std::net::SocketAddr) -> HashMap<String, f64> {
-    let text = c
-        .get(url(admin, "/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
+    parse(&scrape(c, admin).await)
 }
 
 #[tokio::test]

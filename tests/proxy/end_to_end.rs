@@ -415,16 +415,7 @@ async fn h2c_clients_are_served_and_forwarded_over_http1() {
     use http_body_util::{BodyExt, Empty};
     let bs = backends(1).await;
     let lb = balancer(&config(&[bs[0].addr])).await;
-    let tcp = tokio::net::TcpStream::connect(lb.proxy_addr())
-        .await
-        .expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .expect("h2c handshake");
-    tokio::spawn(conn);
+    let mut sender = support::h2c::connect(lb.proxy_addr()).await;
     for path in ["/", "/headers"] {
         let req = http::Request::get(format!("http://app.example{path}"))
             .body(Empty::<bytes::Bytes>::new())

@@ -4,6 +4,7 @@
 
 #[path = "../support"]
 mod support {
+    pub mod h2c;
     pub mod net;
     pub use net::*;
     pub mod raw;

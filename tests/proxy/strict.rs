@@ -132,16 +132,7 @@ async fn h2_authority_wins_over_a_differing_host() {
     use http_body_util::{BodyExt, Empty};
     let b = raw_backend(ok).await;
     let lb = balancer(&config(&[b.addr])).await;
-    let tcp = tokio::net::TcpStream::connect(lb.proxy_addr())
-        .await
-        .expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .expect("h2c handshake");
-    tokio::spawn(conn);
+    let mut sender = support::h2c::connect(lb.proxy_addr()).await;
     let mut send = |host: Option<&'static str>| {
         let mut req = http::Request::get("http://app.example/h2");
         if let Some(h) = host {
