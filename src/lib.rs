@@ -37,3 +37,4 @@ pub mod shutdown;
 pub mod store;
 mod sync;
 pub mod telemetry;
+pub mod tls;

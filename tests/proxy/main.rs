@@ -8,6 +8,7 @@ mod support {
     pub mod net;
     pub use net::*;
     pub mod raw;
+    pub mod tls;
     pub mod wait;
     pub use wait::*;
 }
