@@ -47,6 +47,9 @@ pub enum StartError {
     /// `rate_limit.shared.redis_url` could not be used.
     #[error("shared rate limiter: {0}")]
     SharedLimiter(#[source] redis::RedisError),
+    /// The roots for `https://` backends could not be loaded.
+    #[error("https backends: {0}")]
+    BackendTls(#[source] crate::tls::client::ClientTlsError),
 }
 
 /// A started tollgate: its listeners are open and its tasks running.
@@ -129,8 +132,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     // Before anything registers a metric handle.
     let metrics = crate::telemetry::install();
     let registry = Arc::new(Registry::new(RegistryConfig::from(&config.rate_limit)));
-    let (pool, checker) = build_pool(config).await;
-    let (proxy, shared_limiter) = build_proxy(config, &registry, pool)?;
+    // One TLS client configuration for the proxy and the health checks.
+    let backend_tls = crate::tls::client::backend_client_config(
+        config.proxy.ca_file.as_deref(),
+        config
+            .backends
+            .iter()
+            .any(|b| b.url.scheme == crate::balancer::Scheme::Https),
+    )
+    .map_err(StartError::BackendTls)?;
+    let (pool, checker) = build_pool(config, &backend_tls).await;
+    let (proxy, shared_limiter) = build_proxy(config, &registry, pool, backend_tls)?;
     let proxy = Arc::new(proxy);
     let (listeners, proxy_addr) = bind_proxy(config)?;
     let (store, restored) = open_store(config, &registry).await?;
@@ -237,7 +249,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
 /// The backend pool, after one round of health checks: a dead backend at
 /// start never gets traffic, a live one gets it from the first request.
-async fn build_pool(config: &Config) -> (Arc<Pool>, Checker) {
+async fn build_pool(
+    config: &Config,
+    backend_tls: &Arc<rustls::ClientConfig>,
+) -> (Arc<Pool>, Checker) {
     let hc = &config.health_check;
     let pool = Arc::new(
         Pool::new(
@@ -246,7 +261,7 @@ async fn build_pool(config: &Config) -> (Arc<Pool>, Checker) {
         )
         .with_thresholds(Thresholds::from(hc)),
     );
-    let checker = Checker::new(pool.clone(), &hc.path, hc.timeout);
+    let checker = Checker::new(pool.clone(), &hc.path, hc.timeout, backend_tls);
     checker.initial_round().await;
     (pool, checker)
 }
@@ -256,6 +271,7 @@ fn build_proxy(
     config: &Config,
     registry: &Arc<Registry>,
     pool: Arc<Pool>,
+    backend_tls: Arc<rustls::ClientConfig>,
 ) -> Result<(Proxy, Option<Arc<SharedLimiter>>), StartError> {
     let rl = &config.rate_limit;
     let identifier = Identifier::new(rl.api_key_header.0.clone(), rl.trusted_proxies.clone());
@@ -264,6 +280,7 @@ fn build_proxy(
         pool,
         identifier,
         ProxySettings::from(config),
+        backend_tls,
     );
     let (true, Some(url)) = (rl.enabled, &rl.shared.redis_url) else {
         return Ok((proxy, None));

@@ -66,7 +66,13 @@ pub fn demo(path: Option<PathBuf>) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async {
-        for backend in config.backends.iter().filter(|b| b.url.is_loopback()) {
+        // Demo backends speak plain HTTP: an https:// backend is left to run
+        // on its own.
+        for backend in config
+            .backends
+            .iter()
+            .filter(|b| b.url.is_loopback() && b.url.scheme == crate::balancer::Scheme::Http)
+        {
             let authority = backend
                 .url
                 .authority

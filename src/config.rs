@@ -127,7 +127,7 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// `http://host:port` of the backend.
+    /// `http://host:port` or `https://host[:port]` of the backend.
     pub url: BackendUrl,
 }
 
@@ -156,6 +156,9 @@ pub struct ProxyConfig {
     /// dropped (nginx's `underscores_in_headers off`), since backends that
     /// map `_` to `-` would read headers tollgate never looked at.
     pub allow_underscores_in_headers: bool,
+    /// Extra CA certificates (PEM) trusted for `https://` backends, on
+    /// top of the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -165,6 +168,7 @@ impl Default for ProxyConfig {
             request_timeout: Duration::from_secs(30),
             backend_body_timeout: Duration::from_secs(60),
             allow_underscores_in_headers: false,
+            ca_file: None,
         }
     }
 }
@@ -698,6 +702,13 @@ impl Config {
                 ),
             );
         }
+        if let Some(path) = &self.proxy.ca_file {
+            // The same reading start-up does, so `check` passing means the
+            // file will load.
+            if let Err(e) = crate::tls::client::check_ca_file(path) {
+                add("proxy.ca_file", e.to_string());
+            }
+        }
         if self.rate_limit.max_clients.get() > crate::limiter::MAX_CLIENTS {
             add(
                 "rate_limit.max_clients",
@@ -922,6 +933,7 @@ mod tests {
             c.proxy.allow_underscores_in_headers,
             d.proxy.allow_underscores_in_headers
         );
+        assert_eq!(c.proxy.ca_file, d.proxy.ca_file);
     }
 
     #[test]
@@ -963,6 +975,34 @@ mod tests {
     }
 
     #[test]
+    fn ca_file_problems_are_reported_on_proxy_ca_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.pem");
+        let key_only = dir.path().join("key.pem");
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().expect("key");
+        std::fs::write(&key_only, key.serialize_pem()).expect("write key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("CA");
+        std::fs::write(&ca, cert.pem()).expect("write CA");
+        let yaml = |p: &Path| format!("proxy:\n  ca_file: {:?}\n", p.display().to_string());
+        for (path, says) in [
+            (&missing, "cannot read"),
+            (&key_only, "no PEM certificate"),
+            (&dir.path().to_path_buf(), "cannot read"),
+        ] {
+            let problems = Config::parse(&yaml(path)).expect_err("bad ca_file");
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].field, "proxy.ca_file");
+            assert!(problems[0].reason.contains(says), "{}", problems[0]);
+        }
+        let c = Config::parse(&yaml(&ca)).expect("a CA file");
+        assert_eq!(c.proxy.ca_file.as_deref(), Some(ca.as_path()));
+        assert_eq!(Config::parse("").expect("defaults").proxy.ca_file, None);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!("250ms".parse::<Dur>(), Ok(Dur::millis(250)));
         assert_eq!("2s".parse::<Dur>(), Ok(Dur::secs(2)));
@@ -985,7 +1025,7 @@ rate_limit:
     capacity: 0
     rate_per_sec: 10
 backends:
-  - url: https://example.com:443
+  - url: ftp://example.com:21
 balancing:
   strategy: fastest
 surprise: true

@@ -9,6 +9,10 @@
 //! restore. Failed proxy attempts count as failures too (passive checks,
 //! see `proxy`), so a dead backend leaves the pool between two rounds.
 //!
+//! `https://` backends are checked over TLS with the proxy's own client
+//! configuration (same roots, SNI = the URL's host), so a backend whose
+//! certificate the proxy would refuse is not reported healthy.
+//!
 //! A check that fails because this process is out of sockets (no file
 //! descriptor, no local port: [`is_local_exhaustion`]) says nothing about
 //! the backend and is not counted either way; otherwise a flood of client
@@ -34,8 +38,14 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// A checker of `pool` requesting `path` with `timeout`.
-    pub fn new(pool: Arc<Pool>, path: &str, timeout: Duration) -> Self {
+    /// A checker of `pool` requesting `path` with `timeout`, verifying
+    /// `https://` backends with `tls` (the proxy's configuration).
+    pub fn new(
+        pool: Arc<Pool>,
+        path: &str,
+        timeout: Duration,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -43,8 +53,14 @@ impl Checker {
             // A fresh connection for every check: a pooled one could hide
             // a backend that no longer accepts connections.
             .pool_max_idle_per_host(0)
+            .use_preconfigured_tls(rustls::ClientConfig::clone(tls))
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .unwrap_or_else(|e| {
+                // Without our roots every https:// check fails, so such
+                // backends show unhealthy rather than unverified.
+                tracing::error!(error = %e, "health-check client: falling back to defaults");
+                reqwest::Client::new()
+            });
         Self {
             pool,
             client,

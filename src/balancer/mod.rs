@@ -23,7 +23,7 @@ pub use least_connections::LeastConnections;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 
-pub use url::BackendUrl;
+pub use url::{BackendUrl, Scheme};
 
 /// Picks one backend among the healthy ones.
 pub trait Strategy: Send + Sync + fmt::Debug + 'static {

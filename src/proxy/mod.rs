@@ -67,18 +67,28 @@ pub struct Proxy {
     strict: strict::Rules,
     upstreams: Upstreams,
     settings: ProxySettings,
+    /// How `https://` backends are verified; each thread's pool gets it.
+    backend_tls: Arc<rustls::ClientConfig>,
 }
 
 impl Proxy {
-    /// A proxy over `pool`, limiting with `limiter` (`None`: no limits).
+    /// A proxy over `pool`, limiting with `limiter` (`None`: no limits),
+    /// verifying `https://` backends with `backend_tls`
+    /// (`tls::client::backend_client_config`).
     pub fn new(
         limiter: Option<Arc<Registry>>,
         pool: Arc<Pool>,
         identifier: Identifier,
         settings: ProxySettings,
+        backend_tls: Arc<rustls::ClientConfig>,
     ) -> Self {
         Self {
-            upstreams: Upstreams::new(settings.connect_timeout, settings.backend_body_timeout),
+            upstreams: Upstreams::new(
+                settings.connect_timeout,
+                settings.backend_body_timeout,
+                backend_tls.clone(),
+            ),
+            backend_tls,
             shared: None,
             limiter,
             pool,
@@ -99,7 +109,9 @@ impl Proxy {
             upstreams: Upstreams::new(
                 self.settings.connect_timeout,
                 self.settings.backend_body_timeout,
+                self.backend_tls.clone(),
             ),
+            backend_tls: self.backend_tls.clone(),
             shared: self.shared.clone(),
             limiter: self.limiter.clone(),
             pool: self.pool.clone(),

@@ -15,6 +15,12 @@
 //! push onto a vector when the body ends (see `scripts/bench.sh` and the
 //! README's performance section for what that changed).
 //!
+//! An `https://` backend's connections are TLS (rustls, verified against
+//! the roots of `tls::client`, SNI = the URL's host). hyper's sender does
+//! not depend on the connection's IO type, so TLS and plain connections
+//! share the pool as they are; only [`Upstreams::connect`] differs, and a
+//! plain backend's connection is exactly what it was before TLS existed.
+//!
 //! A pooled connection can turn out to be closed by the backend just as a
 //! request is handed to it; hyper then gives the request back unsent, and
 //! it goes out on another connection. That is safe for any method, because
@@ -32,7 +38,10 @@ use http_body::Frame;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Instant as Deadline;
+use tokio_rustls::TlsConnector;
 
 use super::timeout::{Direction, IdleBody};
 use super::{Body, BoxError};
@@ -65,12 +74,18 @@ pub(crate) enum SendError {
 /// Why no connection to a backend could be opened.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectError {
-    /// No TCP connection within `connect_timeout`.
+    /// No TCP connection, or for `https://` no TLS session, within
+    /// `connect_timeout`.
     #[error("connect timed out after {0:?}")]
     TimedOut(Duration),
     /// The TCP connection failed.
     #[error("connect failed: {0}")]
     Io(#[source] std::io::Error),
+    /// The TLS handshake with an `https://` backend failed: its
+    /// certificate was not trusted or not valid for the host, no protocol
+    /// version or cipher in common, or the connection broke during it.
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
     /// The HTTP/1.1 handshake on a new connection failed.
     #[error("handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
@@ -86,6 +101,8 @@ pub(crate) struct Upstreams {
 struct Inner {
     connect_timeout: Duration,
     body_timeout: Duration,
+    /// For `https://` backends (built once at start, see `tls::client`).
+    tls: Arc<rustls::ClientConfig>,
     /// Keyed by the backend's address in memory; the entry holds the
     /// backend, so the address cannot be reused by another while keyed.
     idle: Mutex<HashMap<usize, IdleStack, foldhash::fast::RandomState>>,
@@ -112,13 +129,20 @@ impl Idle {
 }
 
 impl Upstreams {
-    /// A pool opening connections within `connect_timeout`, whose response
-    /// bodies fail after `body_timeout` without a byte.
-    pub(crate) fn new(connect_timeout: Duration, body_timeout: Duration) -> Self {
+    /// A pool opening connections within `connect_timeout` (TLS
+    /// handshake included), whose response bodies fail after
+    /// `body_timeout` without a byte; `https://` backends are verified
+    /// with `tls`.
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        body_timeout: Duration,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 connect_timeout,
                 body_timeout,
+                tls,
                 idle: Mutex::new(HashMap::default()),
             }),
         }
@@ -189,19 +213,16 @@ impl Upstreams {
     }
 
     async fn connect(&self, backend: &Backend) -> Result<SendRequest<Body>, SendError> {
-        let authority = &backend.url().authority;
-        // An IPv6 literal comes bracketed in a URL, not in a socket address.
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let port = authority.port_u16().unwrap_or(80);
+        let url = backend.url();
+        // One deadline for TCP and TLS together: `connect_timeout` bounds
+        // how long a request waits before it can be sent.
+        let timeout = self.inner.connect_timeout;
+        let deadline = Deadline::now() + timeout;
+        let timed_out = |_| SendError::Connect(ConnectError::TimedOut(timeout));
         let stream =
-            tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect((host, port)))
+            tokio::time::timeout_at(deadline, TcpStream::connect((url.host(), url.port())))
                 .await
-                .map_err(|_| {
-                    SendError::Connect(ConnectError::TimedOut(self.inner.connect_timeout))
-                })?
+                .map_err(timed_out)?
                 .map_err(|e| {
                     if crate::health::is_local_exhaustion(&e) {
                         SendError::Local(e)
@@ -210,19 +231,40 @@ impl Upstreams {
                     }
                 })?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError::Connect(ConnectError::Handshake(e)))?;
-        let label = backend.label().to_owned();
-        metrics::counter!(crate::telemetry::BACKEND_CONNECTIONS, "backend" => label.clone())
-            .increment(1);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(backend = %label, error = %e, "backend connection ended");
+        // Two monomorphic paths rather than one boxed stream: the plain
+        // one stays what it was, with no dynamic dispatch per read.
+        match url.server_name() {
+            None => http1(backend, stream).await,
+            Some(name) => {
+                let tls = TlsConnector::from(self.inner.tls.clone());
+                let stream = tokio::time::timeout_at(deadline, tls.connect(name.clone(), stream))
+                    .await
+                    .map_err(timed_out)?
+                    .map_err(|e| SendError::Connect(ConnectError::Tls(e)))?;
+                http1(backend, stream).await
             }
-        });
-        Ok(sender)
+        }
     }
+}
+
+/// The HTTP/1.1 handshake on a new connection to `backend`, its
+/// connection task spawned; counted as a connection opened.
+async fn http1<S>(backend: &Backend, stream: S) -> Result<SendRequest<Body>, SendError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| SendError::Connect(ConnectError::Handshake(e)))?;
+    let label = backend.label().to_owned();
+    metrics::counter!(crate::telemetry::BACKEND_CONNECTIONS, "backend" => label.clone())
+        .increment(1);
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(backend = %label, error = %e, "backend connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 impl Inner {
