@@ -1,6 +1,7 @@
 //! The request path, in process: demo and raw backends behind a balancer,
 //! end to end, strict HTTP and hostile clients at the front door, backend
-//! connection reuse, health checks, and limits shared through Redis.
+//! connection reuse, https backends, health checks, and limits shared
+//! through Redis.
 
 #[path = "../support"]
 mod support {
@@ -9,6 +10,7 @@ mod support {
     pub use net::*;
     pub mod raw;
     pub mod tls;
+    pub mod tls_backend;
     pub mod wait;
     pub use wait::*;
 }
@@ -16,6 +18,7 @@ mod support {
 mod end_to_end;
 mod front_door;
 mod health;
+mod https_backend;
 mod shared;
 mod strict;
 mod upstream;
