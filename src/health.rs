@@ -86,7 +86,16 @@ impl Checker {
                 });
                 None
             }
-            Err(_) => Some(false),
+            Err(e) => {
+                // reqwest's own text is only "error sending request"; the
+                // reason (refused, certificate not trusted) is in the chain.
+                tracing::debug!(
+                    backend = %backend.url(),
+                    error = %ErrorChain(&e),
+                    "health check failed"
+                );
+                Some(false)
+            }
         }
     }
 
@@ -150,6 +159,21 @@ fn error_chain_is_local_exhaustion(err: &(dyn std::error::Error + 'static)) -> b
         cur = e.source();
     }
     false
+}
+
+/// An error and its sources, `: `-separated, for a log line.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
 }
 
 /// Checks skipped for want of sockets, logged at most once per

@@ -160,7 +160,7 @@ pub fn backend_client_config(
             system = system_added,
             system_skipped,
             ca_file = from_ca_file,
-            path = ?ca_file,
+            path = ca_file.map(|p| tracing::field::display(p.display())),
             "CA certificates for https:// backends"
         );
     } else {

@@ -52,7 +52,10 @@ async fn an_https_backend_with_a_private_ca() {
     // Every connection, health check and proxied alike, named the host.
     let sni = backend.sni();
     assert_eq!(sni.len(), 2, "{sni:?}");
-    assert!(sni.iter().all(|s| s.as_deref() == Some("localhost")), "{sni:?}");
+    assert!(
+        sni.iter().all(|s| s.as_deref() == Some("localhost")),
+        "{sni:?}"
+    );
 
     // What shows a backend's URL shows https://.
     let v: serde_json::Value = c
@@ -101,7 +104,10 @@ async fn an_ip_address_backend_is_verified_against_its_ip_san() {
     assert_eq!(r.text().await.expect("body"), "tls:/up:5");
     // RFC 6066: no SNI for an IP address; the IP SAN is what is verified.
     let sni = backend.sni();
-    assert!(!sni.is_empty() && sni.iter().all(Option::is_none), "{sni:?}");
+    assert!(
+        !sni.is_empty() && sni.iter().all(Option::is_none),
+        "{sni:?}"
+    );
     lb.shutdown().await;
 }
 
@@ -111,7 +117,10 @@ async fn a_certificate_the_balancer_must_not_trust_keeps_the_backend_out() {
     let other = TestCa::new("another CA");
     for (what, cert) in [
         ("another CA", other.issue("localhost", &["localhost"])),
-        ("another name", ca.issue("elsewhere", &["elsewhere.example"])),
+        (
+            "another name",
+            ca.issue("elsewhere", &["elsewhere.example"]),
+        ),
     ] {
         let backend = TlsBackend::start(&cert).await;
         let lb = balancer(&https_config(
@@ -129,7 +138,13 @@ async fn a_certificate_the_balancer_must_not_trust_keeps_the_backend_out() {
             .await
             .expect("request");
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
-        assert!(backend.seen.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        assert!(
+            backend
+                .seen
+                .accepted
+                .load(std::sync::atomic::Ordering::SeqCst)
+                >= 1
+        );
         assert_eq!(backend.health_checks(), 0, "{what}: no request got through");
         assert_eq!(backend.proxied_connections(), 0, "{what}");
         lb.shutdown().await;
@@ -164,7 +179,10 @@ async fn a_backend_certificate_from_another_ca_is_a_connect_failure() {
         // Passive health: counted like a refused connection.
         assert_eq!(b.consecutive_failures(), failures);
     }
-    assert!(!b.is_healthy(), "evicted after unhealthy_threshold failures");
+    assert!(
+        !b.is_healthy(),
+        "evicted after unhealthy_threshold failures"
+    );
     assert_eq!(backend.proxied_connections(), 0);
     // The balancer lives on.
     let r = c
@@ -197,7 +215,11 @@ async fn connect_timeout_bounds_the_tls_handshake_too() {
         .expect("request");
     // A connect failure (502), not the request timeout (504 after 20 s).
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(lb.pool().backends()[0].consecutive_failures(), 1);
     lb.shutdown().await;
 }
@@ -218,7 +240,10 @@ async fn health_checks_use_tls_with_the_same_roots() {
     let b = lb.pool().backends()[0].clone();
     support::eventually("three checks", || backend.health_checks() >= 3).await;
     let sni = backend.sni();
-    assert!(sni.iter().all(|s| s.as_deref() == Some("localhost")), "{sni:?}");
+    assert!(
+        sni.iter().all(|s| s.as_deref() == Some("localhost")),
+        "{sni:?}"
+    );
     // No proxied request at all: only the active checks can evict it.
     backend.present(&other.issue("localhost", &["localhost"]));
     support::eventually("eviction by active checks", || !b.is_healthy()).await;
