@@ -38,6 +38,7 @@ use http_body::Frame;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant as Deadline;
@@ -216,13 +217,13 @@ impl Upstreams {
         let url = backend.url();
         // One deadline for TCP and TLS together: `connect_timeout` bounds
         // how long a request waits before it can be sent.
-        let timeout = self.inner.connect_timeout;
-        let deadline = Deadline::now() + timeout;
-        let timed_out = |_| SendError::Connect(ConnectError::TimedOut(timeout));
+        let deadline = Deadline::now() + self.inner.connect_timeout;
         let stream =
             tokio::time::timeout_at(deadline, TcpStream::connect((url.host(), url.port())))
                 .await
-                .map_err(timed_out)?
+                .map_err(|_| {
+                    SendError::Connect(ConnectError::TimedOut(self.inner.connect_timeout))
+                })?
                 .map_err(|e| {
                     if crate::health::is_local_exhaustion(&e) {
                         SendError::Local(e)
@@ -235,15 +236,28 @@ impl Upstreams {
         // one stays what it was, with no dynamic dispatch per read.
         match url.server_name() {
             None => http1(backend, stream).await,
-            Some(name) => {
-                let tls = TlsConnector::from(self.inner.tls.clone());
-                let stream = tokio::time::timeout_at(deadline, tls.connect(name.clone(), stream))
-                    .await
-                    .map_err(timed_out)?
-                    .map_err(|e| SendError::Connect(ConnectError::Tls(e)))?;
-                http1(backend, stream).await
-            }
+            // Boxed: the TLS handshake is a large future, and inline it
+            // would grow every request's future (moved several times per
+            // request), https or not.
+            Some(name) => Box::pin(self.tls_http1(backend, name, stream, deadline)).await,
         }
+    }
+
+    /// The TLS handshake (SNI and verification by `name`) by `deadline`,
+    /// then HTTP/1.1 on top.
+    async fn tls_http1(
+        &self,
+        backend: &Backend,
+        name: &ServerName<'static>,
+        stream: TcpStream,
+        deadline: Deadline,
+    ) -> Result<SendRequest<Body>, SendError> {
+        let tls = TlsConnector::from(self.inner.tls.clone());
+        let stream = tokio::time::timeout_at(deadline, tls.connect(name.clone(), stream))
+            .await
+            .map_err(|_| SendError::Connect(ConnectError::TimedOut(self.inner.connect_timeout)))?
+            .map_err(|e| SendError::Connect(ConnectError::Tls(e)))?;
+        http1(backend, stream).await
     }
 }
 

@@ -8,7 +8,7 @@
 //! cost more than the handshake.
 //!
 //! This module takes a path, not the config, so that `config` can use
-//! [`read_ca_file`] to check `proxy.ca_file` without a module cycle.
+//! [`check_ca_file`] to check `proxy.ca_file` without a module cycle.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
