@@ -205,7 +205,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         signal.clone().wait(),
     ));
 
-    let options = ServeOptions::from(&config.server);
+    let options = ServeOptions::from(config);
     let max_connections = options.budget.as_ref().map(ConnectionBudget::limit);
     let threads = listeners.len();
     // One proxy (and so one backend connection pool) per proxy thread.

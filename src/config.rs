@@ -75,6 +75,9 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     /// Streams one HTTP/2 connection may have open at once.
     pub http2_max_concurrent_streams: NonZeroU32,
+    /// Every connection starts with a PROXY protocol header (v1 or v2),
+    /// believed only from peers in `rate_limit.trusted_proxies`.
+    pub proxy_protocol: bool,
 }
 
 /// Bounds of `server.max_header_bytes`: below 1 KiB ordinary browser
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             client_body_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             http2_max_concurrent_streams: NonZeroU32::MIN.saturating_add(127),
+            proxy_protocol: false,
         }
     }
 }
@@ -616,6 +620,14 @@ impl Config {
                 format!("same address as server.listen ({})", self.server.listen),
             );
         }
+        if self.server.proxy_protocol && self.rate_limit.trusted_proxies.is_empty() {
+            add(
+                "server.proxy_protocol",
+                "true, but rate_limit.trusted_proxies is empty: PROXY headers are \
+                 believed only from trusted proxies, so every connection would be closed"
+                    .into(),
+            );
+        }
         if !self.health_check.path.starts_with('/') {
             add(
                 "health_check.path",
@@ -896,6 +908,22 @@ impl From<&ServerConfig> for crate::proxy::server::ServeOptions {
             send_timeout: s.send_timeout,
             http2_max_concurrent_streams: s.http2_max_concurrent_streams.get(),
             budget: Some(budget),
+            // Needs the trusted proxies too: see `From<&Config>`.
+            proxy_protocol: None,
+        }
+    }
+}
+
+impl From<&Config> for crate::proxy::server::ServeOptions {
+    fn from(c: &Config) -> Self {
+        Self {
+            proxy_protocol: c.server.proxy_protocol.then(|| {
+                crate::proxy::proxy_protocol::ProxyProtocol::new(
+                    c.rate_limit.trusted_proxies.clone(),
+                    c.server.header_read_timeout,
+                )
+            }),
+            ..Self::from(&c.server)
         }
     }
 }
@@ -1174,5 +1202,25 @@ surprise: true
         ] {
             assert!(fields.contains(&f), "{f}: {problems:?}");
         }
+    }
+
+    #[test]
+    fn proxy_protocol_needs_a_trusted_proxy() {
+        assert!(!Config::parse("").expect("defaults").server.proxy_protocol);
+        let problems =
+            Config::parse("server:\n  proxy_protocol: true\n").expect_err("nobody trusted");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "server.proxy_protocol");
+        assert!(
+            problems[0].reason.contains("trusted_proxies"),
+            "{problems:?}"
+        );
+        let c = Config::parse(
+            "server:\n  proxy_protocol: true\nrate_limit:\n  trusted_proxies: [10.0.0.0/8]\n",
+        )
+        .expect("valid");
+        assert!(crate::proxy::server::ServeOptions::from(&c)
+            .proxy_protocol
+            .is_some());
     }
 }

@@ -42,6 +42,12 @@ pub const SHARED_LIMITER_FALLBACKS: &str = "tollgate_shared_limiter_fallbacks_to
 /// `send` (client not taking the response), `backend_body` (response body
 /// from the backend), `h2_idle` (HTTP/2 connection with no request).
 pub const IDLE_TIMEOUTS: &str = "tollgate_idle_timeouts_total";
+/// Connections closed before their first request because of the PROXY
+/// protocol, by `reason`: `untrusted` (peer outside
+/// `rate_limit.trusted_proxies`), `missing` (no PROXY signature),
+/// `malformed` (a bad header, or the connection ended inside it),
+/// `timeout` (no complete header within `server.header_read_timeout`).
+pub const PROXY_PROTOCOL_REFUSED: &str = "tollgate_proxy_protocol_refused_total";
 /// Duration of one refill tick, seconds.
 pub const REFILL_SWEEP: &str = "tollgate_refill_sweep_seconds";
 /// Duration of one bucket snapshot, seconds.
@@ -94,6 +100,10 @@ fn describe() {
     metrics::describe_counter!(
         IDLE_TIMEOUTS,
         "Exchanges cut after an idle timeout, by direction"
+    );
+    metrics::describe_counter!(
+        PROXY_PROTOCOL_REFUSED,
+        "Connections closed for want of a trusted, well-formed PROXY header, by reason"
     );
     metrics::describe_gauge!(CLIENTS_TRACKED, "Clients with a token bucket");
     metrics::describe_gauge!(CLIENTS_PINNED, "Clients in the client table");
@@ -159,6 +169,12 @@ pub fn request(status: u16, backend: Option<&RequestCounters>, took: Duration) {
 /// Counts one exchange cut by an idle timeout.
 pub fn idle_timeout(direction: &'static str) {
     metrics::counter!(IDLE_TIMEOUTS, "direction" => direction).increment(1);
+}
+
+/// Counts one connection closed for want of a trusted, well-formed
+/// PROXY header (`reason`: see [`PROXY_PROTOCOL_REFUSED`]).
+pub fn proxy_protocol_refused(reason: &'static str) {
+    metrics::counter!(PROXY_PROTOCOL_REFUSED, "reason" => reason).increment(1);
 }
 
 /// How often histogram samples are folded into their buckets.

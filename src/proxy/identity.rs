@@ -38,8 +38,7 @@ impl Identifier {
 
     /// Whether `ip` is a trusted proxy.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        self.trusted.iter().any(|net| net.contains(&ip))
+        is_in(&self.trusted, ip)
     }
 
     /// The API key the request presents, if any. A header that is present
@@ -80,6 +79,14 @@ impl Identifier {
         }
         client
     }
+}
+
+/// Whether `ip` is inside one of `nets`, an IPv4-mapped IPv6 address
+/// counting as the IPv4 address it maps (a dual-stack listener reports
+/// IPv4 peers that way).
+pub(crate) fn is_in(nets: &[IpNet], ip: IpAddr) -> bool {
+    let ip = canonical(ip);
+    nets.iter().any(|net| net.contains(&ip))
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {

@@ -9,6 +9,7 @@
 
 pub mod headers;
 pub mod identity;
+pub mod proxy_protocol;
 pub mod server;
 mod strict;
 mod timeout;

@@ -51,6 +51,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::proxy_protocol::ProxyProtocol;
 use super::timeout::IdleTimer;
 use super::{Body, BoxError};
 use crate::shutdown::Signal;
@@ -73,6 +74,9 @@ pub struct ServeOptions {
     pub http2_max_concurrent_streams: u32,
     /// Client connections open at once; `None`: unbounded.
     pub budget: Option<ConnectionBudget>,
+    /// Every connection starts with a PROXY header (`server.proxy_protocol`);
+    /// `None`: none does.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 impl Default for ServeOptions {
@@ -84,6 +88,7 @@ impl Default for ServeOptions {
             send_timeout: Duration::from_secs(60),
             http2_max_concurrent_streams: 128,
             budget: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -214,6 +219,7 @@ where
         http2,
         header_read_timeout: options.header_read_timeout,
         send_timeout: options.send_timeout,
+        proxy_protocol: options.proxy_protocol.clone(),
     });
     let graceful = GracefulShutdown::new();
     // Tells connections to give up (still waiting for their first bytes)
@@ -287,6 +293,7 @@ struct Shared<H> {
     http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     send_timeout: Duration,
+    proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// The HTTP/2 connection preface: a client speaking h2c with prior
@@ -312,6 +319,19 @@ async fn serve_connection<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    // PROXY header first (and only it is read): from here on `peer` is
+    // the client the balancer in front names.
+    let peer = match &shared.proxy_protocol {
+        None => peer,
+        Some(pp) => tokio::select! {
+            biased;
+            () = closing.clone().wait() => return,
+            client = pp.accept(&mut stream, peer) => match client {
+                Some(client) => client,
+                None => return,
+            },
+        },
+    };
     let mut first = BytesMut::with_capacity(4096);
     let deadline = Instant::now() + shared.header_read_timeout;
     let read_first = async {

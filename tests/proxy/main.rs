@@ -1,11 +1,12 @@
 //! The request path, in process: demo and raw backends behind a balancer,
 //! end to end, strict HTTP and hostile clients at the front door, backend
-//! connection reuse, https backends, health checks, and limits shared
-//! through Redis.
+//! connection reuse, https backends, health checks, PROXY protocol on
+//! incoming connections, and limits shared through Redis.
 
 #[path = "../support"]
 mod support {
     pub mod h2c;
+    pub mod metrics;
     pub mod net;
     pub use net::*;
     pub mod raw;
@@ -19,6 +20,7 @@ mod end_to_end;
 mod front_door;
 mod health;
 mod https_backend;
+mod proxy_protocol;
 mod shared;
 mod strict;
 mod upstream;
