@@ -325,7 +325,7 @@ async fn concurrent_writes_leave_table_and_buckets_in_agreement() {
         .await
         .expect("list")
         .into_iter()
-        .map(|r| (r.client_id, r.capacity))
+        .map(|r| (r.client_id().to_owned(), r.capacity()))
         .collect();
     let mut live = BTreeMap::new();
     lb.registry().for_each(|b| {
