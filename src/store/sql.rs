@@ -200,12 +200,12 @@ pub(super) fn client_row(
     let capacity = u32::try_from(capacity).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let judged = crate::limiter::ApiKey::new(&client_id)
         .map_err(super::InvalidRow::Key)
-        .and_then(|id| {
-            match crate::limiter::Limits::new(u64::from(capacity), rate_per_sec) {
+        .and_then(
+            |id| match crate::limiter::Limits::new(u64::from(capacity), rate_per_sec) {
                 Ok(limits) => Ok(super::Client { id, limits }),
                 Err(source) => Err(super::InvalidRow::Limits { id, source }),
-            }
-        });
+            },
+        );
     Ok(match judged {
         Ok(client) => super::ClientRow::Client(client),
         Err(reason) => super::ClientRow::Rejected(super::RejectedRow {
@@ -250,7 +250,10 @@ mod tests {
             &r.reason,
             InvalidRow::Limits { id, source: LimitsError::ZeroCapacity(0) } if id.as_str() == "b"
         ));
-        assert_eq!((row.client_id(), row.capacity(), row.rate_per_sec()), ("b", 0, 1.0));
+        assert_eq!(
+            (row.client_id(), row.capacity(), row.rate_per_sec()),
+            ("b", 0, 1.0)
+        );
         // Its id is still a key: a reload unpins it when the row goes.
         assert!(row.key().is_some());
     }

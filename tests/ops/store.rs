@@ -193,13 +193,22 @@ fn rejected(rows: &[ClientRow]) -> Vec<(&str, &InvalidRow)> {
 /// once, and a reload only a row that changed.
 async fn bad_rows(url: &str) {
     let store = tollgate::store::open(url).await.expect("open");
-    store.create(&client("good-1", 3, 1.0)).await.expect("create");
-    store.create(&client("good-2", 5, 0.5)).await.expect("create");
+    store
+        .create(&client("good-1", 3, 1.0))
+        .await
+        .expect("create");
+    store
+        .create(&client("good-2", 5, 0.5))
+        .await
+        .expect("create");
     let odd = "o'brien; DROP TABLE clients; --";
     insert_by_hand(url, odd, 2, 1.0).await;
     insert_by_hand(url, "too-fast", 1, 2e9).await;
 
-    let rows = store.list().await.expect("one bad row does not fail the read");
+    let rows = store
+        .list()
+        .await
+        .expect("one bad row does not fail the read");
     let ids: Vec<&str> = rows.iter().map(ClientRow::client_id).collect();
     assert_eq!(ids, ["good-1", "good-2", odd, "too-fast"]);
     assert_eq!(
@@ -215,11 +224,8 @@ async fn bad_rows(url: &str) {
             ),
         ]
     );
-    let ClientRow::Rejected(too_fast) = store
-        .get(&id("too-fast"))
-        .await
-        .expect("get")
-        .expect("row")
+    let ClientRow::Rejected(too_fast) =
+        store.get(&id("too-fast")).await.expect("get").expect("row")
     else {
         panic!("a row of rate 2e9 was accepted");
     };
@@ -250,7 +256,11 @@ async fn bad_rows(url: &str) {
     assert_eq!(sync.reload().await.expect("reload"), ReloadStats::default());
 
     // A bad row changed by hand is reported again, once.
-    by_hand(url, "UPDATE clients SET rate_per_sec = 3e9 WHERE client_id = 'too-fast'").await;
+    by_hand(
+        url,
+        "UPDATE clients SET rate_per_sec = 3e9 WHERE client_id = 'too-fast'",
+    )
+    .await;
     let changed = ReloadStats {
         rejected: 1,
         ..ReloadStats::default()
@@ -260,8 +270,16 @@ async fn bad_rows(url: &str) {
 
     // A good row turned bad keeps the limits it had; removed, it is
     // unpinned. Good rows beside it still apply.
-    by_hand(url, "UPDATE clients SET rate_per_sec = 2e9 WHERE client_id = 'good-2'").await;
-    by_hand(url, "UPDATE clients SET capacity = 9 WHERE client_id = 'good-1'").await;
+    by_hand(
+        url,
+        "UPDATE clients SET rate_per_sec = 2e9 WHERE client_id = 'good-2'",
+    )
+    .await;
+    by_hand(
+        url,
+        "UPDATE clients SET capacity = 9 WHERE client_id = 'good-1'",
+    )
+    .await;
     assert_eq!(
         sync.reload().await.expect("reload"),
         ReloadStats {
