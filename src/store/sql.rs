@@ -7,6 +7,12 @@
 //! the compiler checks both, and no statement can drift between them.
 //! (A function generic over `sqlx::Database` would do the same with a
 //! dozen trait bounds per method; the macro keeps the code readable.)
+//!
+//! Rows are judged here too ([`client_row`]): what leaves the store is a
+//! typed client or a rejected row, never values a caller must check.
+
+use super::{Client, ClientRow, InvalidRow, RejectedRow};
+use crate::limiter::{ApiKey, Limits};
 
 /// Rows per statement in snapshot writes: 3 parameters a row, well under
 /// SQLite's 32,766 and PostgreSQL's 65,535 parameters per statement.
@@ -186,41 +192,36 @@ macro_rules! sql_store {
 pub(super) use sql_store;
 
 /// Judges a client row as read: the one place a row becomes a
-/// [`Client`](super::Client), so start-up, reload and the admin API see
+/// [`Client`], so start-up, reload and the admin API see
 /// every row by the same rule and none validates again.
 ///
 /// A capacity outside `u32` is a decode error (the read fails), not a
-/// rejected row: a [`RejectedRow`](super::RejectedRow) keeps its values in
+/// rejected row: a [`RejectedRow`] keeps its values in
 /// the types the admin API shows, and such a value has none.
 pub(super) fn client_row(
     client_id: String,
     capacity: i64,
     rate_per_sec: f64,
-) -> Result<super::ClientRow, sqlx::Error> {
+) -> Result<ClientRow, sqlx::Error> {
     let capacity = u32::try_from(capacity).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let judged = crate::limiter::ApiKey::new(&client_id)
-        .map_err(super::InvalidRow::Key)
-        .and_then(
-            |id| match crate::limiter::Limits::new(u64::from(capacity), rate_per_sec) {
-                Ok(limits) => Ok(super::Client { id, limits }),
-                Err(source) => Err(super::InvalidRow::Limits { id, source }),
-            },
-        );
-    Ok(match judged {
-        Ok(client) => super::ClientRow::Client(client),
-        Err(reason) => super::ClientRow::Rejected(super::RejectedRow {
-            client_id,
-            capacity,
-            rate_per_sec,
-            reason,
-        }),
-    })
+    let reason = match ApiKey::new(&client_id) {
+        Err(e) => InvalidRow::Key(e),
+        Ok(id) => match Limits::new(u64::from(capacity), rate_per_sec) {
+            Ok(limits) => return Ok(ClientRow::Client(Client { id, limits })),
+            Err(source) => InvalidRow::Limits { id, source },
+        },
+    };
+    Ok(ClientRow::Rejected(RejectedRow {
+        client_id,
+        capacity,
+        rate_per_sec,
+        reason,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ClientRow, InvalidRow};
-    use super::client_row;
+    use super::{client_row, ClientRow, InvalidRow};
     use crate::limiter::{KeyError, LimitsError};
 
     #[test]
