@@ -7,6 +7,10 @@
 //! statements (`sql`), checked at run time rather than by sqlx's macros, so
 //! a build never needs a database. [`open`] wraps either in [`Guarded`]:
 //! every operation bounded in time, tables re-created if they vanish.
+//!
+//! A row is judged once, where it is read: the store hands out
+//! [`ClientRow`]s, each a typed [`Client`] or a [`RejectedRow`] with its
+//! reason, and writes only [`Client`]s.
 
 mod postgres;
 pub mod reload;
