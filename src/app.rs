@@ -334,6 +334,7 @@ async fn open_store(
     tracing::info!(
         url = %config.store.url,
         clients = restored.stats.clients,
+        rejected_rows = restored.stats.rejected,
         buckets = restored.stats.buckets,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "client table loaded"

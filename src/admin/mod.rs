@@ -34,8 +34,8 @@ use serde::{Deserialize, Deserializer};
 use crate::balancer::Pool;
 use crate::error::AdminError;
 use crate::limiter::shared::SharedLimiter;
-use crate::limiter::{ClientKey, Limits, Registry, MAX_PINNED};
-use crate::store::{ClientRecord, ClientStore, StoreError};
+use crate::limiter::{ApiKey, ClientKey, Limits, Registry, MAX_PINNED};
+use crate::store::{Client, ClientRow, ClientStore, StoreError};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -113,9 +113,9 @@ impl AdminState {
         self
     }
 
-    async fn lock(&self, client_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+    async fn lock(&self, id: &ApiKey) -> tokio::sync::MutexGuard<'_, ()> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        client_id.hash(&mut h);
+        id.hash(&mut h);
         let i = (h.finish() as usize) % self.locks.len();
         self.locks[i].lock().await
     }
@@ -267,7 +267,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
 /// The `{id}` path segment, validated as a client id; rejections are
 /// [`AdminError`]s (`%FF` is "not UTF-8", not axum's plain-text error).
-struct ClientId(String, ClientKey);
+struct ClientId(ApiKey);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientId {
     type Rejection = AdminError;
@@ -278,8 +278,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientId {
             .map_err(|e: PathRejection| {
                 AdminError::BadRequest(format!("client id in the path: {}", e.body_text()))
             })?;
-        let key = client_key(&id)?;
-        Ok(Self(id, key))
+        api_key(&id).map(Self)
     }
 }
 
@@ -305,48 +304,48 @@ fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, AdminError> {
         })
 }
 
-fn client_key(id: &str) -> Result<ClientKey, AdminError> {
-    ClientKey::api(id).map_err(|e| AdminError::BadRequest(format!("client_id {e}")))
+fn api_key(id: &str) -> Result<ApiKey, AdminError> {
+    ApiKey::new(id).map_err(|e| AdminError::BadRequest(format!("client_id {e}")))
 }
 
 fn limits(capacity: u64, rate: f64) -> Result<Limits, AdminError> {
     Limits::new(capacity, rate).map_err(|e| AdminError::BadRequest(e.to_string()))
 }
 
-fn view(state: &AdminState, r: ClientRecord) -> ClientView {
-    let tokens = ClientKey::api(&r.client_id)
-        .ok()
+/// A row's view with this replica's level (its capacity if it has no
+/// live bucket).
+fn view(state: &AdminState, row: &ClientRow) -> ClientView {
+    let tokens = row
+        .key()
         .and_then(|k| state.registry.tokens(&k))
-        .unwrap_or(f64::from(r.capacity));
-    view_with(r, tokens)
+        .unwrap_or(f64::from(row.capacity()));
+    view_with(row, tokens)
 }
 
-fn view_with(r: ClientRecord, tokens: f64) -> ClientView {
+/// A row as written, rejected rows included: the API shows the table.
+fn view_with(row: &ClientRow, tokens: f64) -> ClientView {
     ClientView {
-        client_id: r.client_id,
-        capacity: r.capacity,
-        rate_per_sec: r.rate_per_sec,
+        client_id: row.client_id().to_owned(),
+        capacity: row.capacity(),
+        rate_per_sec: row.rate_per_sec(),
         tokens,
     }
 }
 
-/// Views of `records` with their current levels: the shared buckets' with
+/// Views of `rows` with their current levels: the shared buckets' with
 /// shared limits (this replica's own if Redis cannot answer), else the
 /// local ones.
-async fn views(state: &AdminState, records: Vec<ClientRecord>) -> Vec<ClientView> {
+async fn views(state: &AdminState, rows: &[ClientRow]) -> Vec<ClientView> {
     if let Some(shared) = &state.shared {
-        let buckets: Vec<(String, u32, f64)> = records
+        let buckets: Vec<(String, u32, f64)> = rows
             .iter()
-            .filter_map(|r| {
-                let key = ClientKey::api(&r.client_id).ok()?;
-                Some((key.encode(), r.capacity, r.rate_per_sec))
-            })
+            .filter_map(|r| Some((r.key()?.encode(), r.capacity(), r.rate_per_sec())))
             .collect();
-        if buckets.len() == records.len() {
+        if buckets.len() == rows.len() {
             match shared.levels(&buckets).await {
                 Ok(levels) => {
-                    return records
-                        .into_iter()
+                    return rows
+                        .iter()
                         .zip(levels)
                         .map(|(r, tokens)| view_with(r, tokens))
                         .collect();
@@ -357,16 +356,16 @@ async fn views(state: &AdminState, records: Vec<ClientRecord>) -> Vec<ClientView
             }
         }
     }
-    records.into_iter().map(|r| view(state, r)).collect()
+    rows.iter().map(|r| view(state, r)).collect()
 }
 
-async fn view_one(state: &AdminState, record: ClientRecord) -> ClientView {
+async fn view_one(state: &AdminState, row: &ClientRow) -> ClientView {
     if state.shared.is_some() {
-        if let Some(v) = views(state, vec![record.clone()]).await.pop() {
+        if let Some(v) = views(state, std::slice::from_ref(row)).await.pop() {
             return v;
         }
     }
-    view(state, record)
+    view(state, row)
 }
 
 /// What a store operation was doing, for its error message.
@@ -378,10 +377,9 @@ enum Op {
 
 fn store_error(op: Op, e: StoreError) -> AdminError {
     match e {
-        StoreError::AlreadyExists(id) => {
-            AdminError::Conflict(format!("client {id:?} already exists"))
-        }
-        StoreError::NotFound(id) => AdminError::NotFound(format!("client {id:?} not found")),
+        // The store's own wording: one home for each message.
+        e @ StoreError::AlreadyExists(_) => AdminError::Conflict(e.to_string()),
+        e @ StoreError::NotFound(_) => AdminError::NotFound(e.to_string()),
         StoreError::Timeout(after) => {
             tracing::error!(?op, ?after, "client table did not answer");
             AdminError::Unavailable(match op {
@@ -429,74 +427,70 @@ async fn within<T>(
 async fn list_clients(
     State(state): State<AdminState>,
 ) -> Result<Json<Vec<ClientView>>, AdminError> {
-    let records = within(&state, Op::Read, state.store.list()).await?;
-    Ok(Json(views(&state, records).await))
+    let rows = within(&state, Op::Read, state.store.list()).await?;
+    Ok(Json(views(&state, &rows).await))
 }
 
 async fn get_client(
     State(state): State<AdminState>,
-    ClientId(id, _): ClientId,
+    ClientId(id): ClientId,
 ) -> Result<Json<ClientView>, AdminError> {
-    let record = within(&state, Op::Read, state.store.get(&id)).await?;
-    let record = record.ok_or_else(|| AdminError::NotFound(format!("client {id:?} not found")))?;
-    Ok(Json(view_one(&state, record).await))
+    let row = within(&state, Op::Read, state.store.get(&id))
+        .await?
+        .ok_or_else(|| store_error(Op::Read, StoreError::NotFound(id.as_str().to_owned())))?;
+    Ok(Json(view_one(&state, &row).await))
 }
 
 async fn create_client(
     State(state): State<AdminState>,
     JsonBody(new): JsonBody<NewClient>,
 ) -> Result<(StatusCode, Json<ClientView>), AdminError> {
-    let key = client_key(&new.client_id)?;
+    let id = api_key(&new.client_id)?;
     let limits = limits(new.capacity, new.rate_per_sec)?;
     if state.registry.pinned_len() >= MAX_PINNED {
         return Err(AdminError::Conflict(format!(
             "the client table holds its maximum of {MAX_PINNED} clients"
         )));
     }
-    let record = ClientRecord {
-        client_id: new.client_id,
-        capacity: limits.capacity(),
-        rate_per_sec: limits.rate_per_sec(),
-    };
+    let client = Client { id, limits };
     within(&state, Op::Write, async {
-        let _serial = state.lock(&record.client_id).await;
-        state.store.create(&record).await?;
-        apply(&state, &key, Some(limits));
+        let _serial = state.lock(&client.id).await;
+        state.store.create(&client).await?;
+        apply(&state, &client.key(), Some(client.limits));
         Ok(())
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(view_one(&state, record).await)))
+    let row = ClientRow::Client(client);
+    Ok((StatusCode::CREATED, Json(view_one(&state, &row).await)))
 }
 
 async fn update_client(
     State(state): State<AdminState>,
-    ClientId(id, key): ClientId,
+    ClientId(id): ClientId,
     JsonBody(new): JsonBody<NewLimits>,
 ) -> Result<Json<ClientView>, AdminError> {
-    let limits = limits(new.capacity, new.rate_per_sec)?;
-    let record = ClientRecord {
-        client_id: id,
-        capacity: limits.capacity(),
-        rate_per_sec: limits.rate_per_sec(),
+    let client = Client {
+        id,
+        limits: limits(new.capacity, new.rate_per_sec)?,
     };
     within(&state, Op::Write, async {
-        let _serial = state.lock(&record.client_id).await;
-        state.store.update(&record).await?;
-        apply(&state, &key, Some(limits));
+        let _serial = state.lock(&client.id).await;
+        state.store.update(&client).await?;
+        apply(&state, &client.key(), Some(client.limits));
         Ok(())
     })
     .await?;
-    Ok(Json(view_one(&state, record).await))
+    Ok(Json(view_one(&state, &ClientRow::Client(client)).await))
 }
 
 async fn delete_client(
     State(state): State<AdminState>,
-    ClientId(id, key): ClientId,
+    ClientId(id): ClientId,
 ) -> Result<StatusCode, AdminError> {
     within(&state, Op::Write, async {
         let _serial = state.lock(&id).await;
         state.store.delete(&id).await?;
-        apply(&state, &key, None);
+        apply(&state, &ClientKey::Api(id.clone()), None);
         Ok(())
     })
     .await?;

@@ -7,6 +7,10 @@
 //! statements (`sql`), checked at run time rather than by sqlx's macros, so
 //! a build never needs a database. [`open`] wraps either in [`Guarded`]:
 //! every operation bounded in time, tables re-created if they vanish.
+//!
+//! A row is judged once, where it is read: the store hands out
+//! [`ClientRow`]s, each a typed [`Client`] or a [`RejectedRow`] with its
+//! reason, and writes only [`Client`]s.
 
 mod postgres;
 pub mod reload;
@@ -19,42 +23,127 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+use crate::limiter::{ApiKey, ClientKey, KeyError, Limits, LimitsError};
+
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-/// A client in the client table.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct ClientRecord {
-    /// The client's API key / id.
+/// A client of the client table, validated: what the limiter runs and
+/// the only thing the store writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Client {
+    /// Its API key: the table's `client_id`.
+    pub id: ApiKey,
+    /// Its bucket's capacity and refill rate.
+    pub limits: Limits,
+}
+
+impl Client {
+    /// The key its requests are charged to.
+    pub fn key(&self) -> ClientKey {
+        ClientKey::Api(self.id.clone())
+    }
+}
+
+/// A row of the client table that makes no usable client, with its values
+/// as read. Only a row written behind tollgate's back can be one, since
+/// the store writes only [`Client`]s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedRow {
+    /// `client_id` as written.
     pub client_id: String,
-    /// Its bucket capacity.
+    /// `capacity` as written.
     pub capacity: u32,
-    /// Its refill rate.
+    /// `rate_per_sec` as written.
     pub rate_per_sec: f64,
+    /// Why it cannot be used.
+    pub reason: InvalidRow,
+}
+
+impl RejectedRow {
+    /// Says, once per row as read, that the limiter goes on without it.
+    /// Start-up and reload both report through here, so the message has
+    /// one wording.
+    pub fn warn_skipped(&self) {
+        tracing::warn!(client_id = %self.client_id, error = %self.reason, "skipping an invalid row of the client table");
+    }
 }
 
 /// Why a row of the client table cannot be used.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InvalidRow {
     /// The id is not a valid API key.
     #[error("client_id: {0}")]
-    Key(#[source] crate::limiter::KeyError),
-    /// Capacity and rate make no valid limits.
-    #[error("limits: {0}")]
-    Limits(#[source] crate::limiter::LimitsError),
+    Key(#[source] KeyError),
+    /// The id is valid, but capacity and rate make no valid limits.
+    #[error("limits: {source}")]
+    Limits {
+        /// The row's id, valid: a reload still unpins it when the row goes.
+        id: ApiKey,
+        /// Why the limits were refused.
+        #[source]
+        source: LimitsError,
+    },
 }
 
-impl ClientRecord {
-    /// The row as the limiter takes it: its key and its limits. Every
-    /// reader of the table (start-up restore, reload of a shared table)
-    /// goes through here, so a row is judged by one rule.
-    pub fn validate(
-        &self,
-    ) -> Result<(crate::limiter::ClientKey, crate::limiter::Limits), InvalidRow> {
-        let key = crate::limiter::ClientKey::api(&self.client_id).map_err(InvalidRow::Key)?;
-        let limits = crate::limiter::Limits::new(u64::from(self.capacity), self.rate_per_sec)
-            .map_err(InvalidRow::Limits)?;
-        Ok((key, limits))
+/// One row of the client table, judged once where it is read
+/// (`sql::client_row`): a client, or a row the limiter cannot use.
+///
+/// A bad row comes back as [`ClientRow::Rejected`] rather than failing the
+/// read, so one hand-edited row does not hide every other client from
+/// start-up, reload and the admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientRow {
+    /// A usable client.
+    Client(Client),
+    /// A row that makes no usable client.
+    Rejected(RejectedRow),
+}
+
+impl ClientRow {
+    /// `client_id` as written.
+    pub fn client_id(&self) -> &str {
+        match self {
+            Self::Client(c) => c.id.as_str(),
+            Self::Rejected(r) => &r.client_id,
+        }
+    }
+
+    /// `capacity` as written.
+    pub fn capacity(&self) -> u32 {
+        match self {
+            Self::Client(c) => c.limits.capacity(),
+            Self::Rejected(r) => r.capacity,
+        }
+    }
+
+    /// `rate_per_sec` as written.
+    pub fn rate_per_sec(&self) -> f64 {
+        match self {
+            Self::Client(c) => c.limits.rate_per_sec(),
+            Self::Rejected(r) => r.rate_per_sec,
+        }
+    }
+
+    /// The key the row's id names, if the id is a valid API key (a row
+    /// rejected for its limits still names one).
+    pub fn key(&self) -> Option<ClientKey> {
+        match self {
+            Self::Client(c) => Some(c.key()),
+            Self::Rejected(RejectedRow {
+                reason: InvalidRow::Limits { id, .. },
+                ..
+            }) => Some(ClientKey::Api(id.clone())),
+            Self::Rejected(_) => None,
+        }
+    }
+
+    /// The client, if the row is one.
+    pub fn client(&self) -> Option<&Client> {
+        match self {
+            Self::Client(c) => Some(c),
+            Self::Rejected(_) => None,
+        }
     }
 }
 
@@ -93,11 +182,11 @@ pub enum StoreError {
     UnsupportedUrl(String),
     /// The database failed.
     #[error("database error: {0}")]
-    Database(sqlx::Error),
+    Database(#[source] sqlx::Error),
     /// A table is missing: the database was dropped and created again, or
     /// emptied, while tollgate ran. [`Guarded`] runs the migrations again.
     #[error("table missing (database re-created or emptied?): {0}")]
-    MissingTable(sqlx::Error),
+    MissingTable(#[source] sqlx::Error),
     /// The database did not answer in time.
     #[error("the database did not answer within {0:?}")]
     Timeout(Duration),
@@ -126,16 +215,17 @@ impl From<sqlx::Error> for StoreError {
 /// The client table and bucket snapshots.
 #[async_trait]
 pub trait ClientStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Every client, ordered by id.
-    async fn list(&self) -> Result<Vec<ClientRecord>, StoreError>;
-    /// One client.
-    async fn get(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError>;
+    /// Every row, ordered by id; rows that make no usable client come back
+    /// as [`ClientRow::Rejected`], not as an error.
+    async fn list(&self) -> Result<Vec<ClientRow>, StoreError>;
+    /// One row.
+    async fn get(&self, id: &ApiKey) -> Result<Option<ClientRow>, StoreError>;
     /// Adds a client; [`StoreError::AlreadyExists`] if the id is taken.
-    async fn create(&self, client: &ClientRecord) -> Result<(), StoreError>;
+    async fn create(&self, client: &Client) -> Result<(), StoreError>;
     /// Replaces a client's limits; [`StoreError::NotFound`] if unknown.
-    async fn update(&self, client: &ClientRecord) -> Result<(), StoreError>;
+    async fn update(&self, client: &Client) -> Result<(), StoreError>;
     /// Removes a client; [`StoreError::NotFound`] if unknown.
-    async fn delete(&self, client_id: &str) -> Result<(), StoreError>;
+    async fn delete(&self, id: &ApiKey) -> Result<(), StoreError>;
     /// Applies a snapshot delta in one transaction.
     async fn save_bucket_states(&self, delta: &SnapshotDelta) -> Result<(), StoreError>;
     /// Every snapshotted bucket level.
@@ -194,20 +284,20 @@ type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 
 #[async_trait]
 impl ClientStore for Guarded {
-    async fn list(&self) -> Result<Vec<ClientRecord>, StoreError> {
+    async fn list(&self) -> Result<Vec<ClientRow>, StoreError> {
         self.call(|s| s.list()).await
     }
-    async fn get(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
-        self.call(|s| s.get(client_id)).await
+    async fn get(&self, id: &ApiKey) -> Result<Option<ClientRow>, StoreError> {
+        self.call(|s| s.get(id)).await
     }
-    async fn create(&self, client: &ClientRecord) -> Result<(), StoreError> {
+    async fn create(&self, client: &Client) -> Result<(), StoreError> {
         self.call(|s| s.create(client)).await
     }
-    async fn update(&self, client: &ClientRecord) -> Result<(), StoreError> {
+    async fn update(&self, client: &Client) -> Result<(), StoreError> {
         self.call(|s| s.update(client)).await
     }
-    async fn delete(&self, client_id: &str) -> Result<(), StoreError> {
-        self.call(|s| s.delete(client_id)).await
+    async fn delete(&self, id: &ApiKey) -> Result<(), StoreError> {
+        self.call(|s| s.delete(id)).await
     }
     async fn save_bucket_states(&self, delta: &SnapshotDelta) -> Result<(), StoreError> {
         self.call(|s| s.save_bucket_states(delta)).await

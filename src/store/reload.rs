@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ClientRecord, ClientStore, StoreError};
-use crate::limiter::{ClientKey, Registry};
+use super::{ClientRow, ClientStore, StoreError};
+use crate::limiter::Registry;
 use crate::shutdown::Ticks;
 
 /// Applies client-table changes to the registry.
@@ -25,7 +25,8 @@ use crate::shutdown::Ticks;
 pub struct TableSync {
     registry: Arc<Registry>,
     store: Arc<dyn ClientStore>,
-    last: HashMap<String, (u32, f64)>,
+    /// The previous read, by `client_id` as written.
+    last: HashMap<String, ClientRow>,
 }
 
 /// What one reload applied.
@@ -35,21 +36,20 @@ pub struct ReloadStats {
     pub changed: usize,
     /// Clients removed from the table.
     pub removed: usize,
+    /// Rows added or changed that make no usable client (each logged once;
+    /// the client keeps the limits it had).
+    pub rejected: usize,
 }
 
 impl TableSync {
     /// Starts from `loaded`, the table as start-up read and applied it.
-    pub fn new(
-        registry: Arc<Registry>,
-        store: Arc<dyn ClientStore>,
-        loaded: &[ClientRecord],
-    ) -> Self {
+    pub fn new(registry: Arc<Registry>, store: Arc<dyn ClientStore>, loaded: &[ClientRow]) -> Self {
         Self {
             registry,
             store,
             last: loaded
                 .iter()
-                .map(|c| (c.client_id.clone(), (c.capacity, c.rate_per_sec)))
+                .map(|row| (row.client_id().to_owned(), row.clone()))
                 .collect(),
         }
     }
@@ -58,26 +58,30 @@ impl TableSync {
     pub async fn reload(&mut self) -> Result<ReloadStats, StoreError> {
         let rows = self.store.list().await?;
         let mut stats = ReloadStats::default();
-        let mut now: HashMap<String, (u32, f64)> = HashMap::with_capacity(rows.len());
-        for c in rows {
-            let row = (c.capacity, c.rate_per_sec);
-            if self.last.get(&c.client_id) != Some(&row) {
-                match c.validate() {
-                    Ok((key, limits)) => match self.registry.set_limits(&key, limits) {
+        let mut now: HashMap<String, ClientRow> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let unchanged = self
+                .last
+                .get(row.client_id())
+                .is_some_and(|last| same_values(last, &row));
+            if !unchanged {
+                match &row {
+                    ClientRow::Client(c) => match self.registry.set_limits(&c.key(), c.limits) {
                         Ok(()) => stats.changed += 1,
                         Err(e) => {
-                            tracing::warn!(client_id = %c.client_id, error = %e, "cannot apply a client-table change");
+                            tracing::warn!(client_id = %c.id, error = %e, "cannot apply a client-table change");
                         }
                     },
-                    Err(e) => {
-                        tracing::warn!(client_id = %c.client_id, error = %e, "skipping an invalid row of the client table")
+                    ClientRow::Rejected(rejected) => {
+                        rejected.warn_skipped();
+                        stats.rejected += 1;
                     }
                 }
             }
-            now.insert(c.client_id, row);
+            now.insert(row.client_id().to_owned(), row);
         }
-        for gone in self.last.keys().filter(|id| !now.contains_key(*id)) {
-            if let Ok(key) = ClientKey::api(gone) {
+        for (_, gone) in self.last.iter().filter(|(id, _)| !now.contains_key(*id)) {
+            if let Some(key) = gone.key() {
                 self.registry.unpin(&key);
                 stats.removed += 1;
             }
@@ -85,6 +89,14 @@ impl TableSync {
         self.last = now;
         Ok(stats)
     }
+}
+
+/// Whether a row holds the values it held at the last read. The rate is
+/// compared by its bits, so that a NaN written by hand equals itself and
+/// its row is reported once, not at every reload.
+fn same_values(last: &ClientRow, now: &ClientRow) -> bool {
+    last.capacity() == now.capacity()
+        && last.rate_per_sec().to_bits() == now.rate_per_sec().to_bits()
 }
 
 /// Reloads every `every` until `stop` completes. A failed read is logged

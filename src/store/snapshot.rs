@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{now_ms, BucketState, ClientRecord, ClientStore, SnapshotDelta, StoreError};
+use super::{now_ms, BucketState, ClientRow, ClientStore, SnapshotDelta, StoreError};
 use crate::limiter::{ClientKey, Limits, Registry};
 
 /// Writes snapshots, remembering what it wrote last.
@@ -87,6 +87,8 @@ impl Snapshotter {
 pub struct RestoreStats {
     /// Clients loaded from the client table.
     pub clients: usize,
+    /// Rows of the client table skipped as invalid (each logged once).
+    pub rejected: usize,
     /// Bucket levels restored (not full after the owed refill).
     pub buckets: usize,
 }
@@ -99,8 +101,8 @@ pub struct Restored {
     pub stats: RestoreStats,
     /// The snapshotted bucket levels as read.
     pub states: Vec<BucketState>,
-    /// The client table as read.
-    pub clients: Vec<ClientRecord>,
+    /// The client table as read, rejected rows included.
+    pub clients: Vec<ClientRow>,
 }
 
 /// Loads the client table into the registry (pinning each client with its
@@ -111,16 +113,18 @@ pub async fn restore(registry: &Registry, store: &dyn ClientStore) -> Result<Res
     let clients = store.list().await?;
     let mut limits_of: HashMap<String, Limits> = HashMap::new();
     for row in &clients {
-        let (key, limits) = match row.validate() {
-            Ok(valid) => valid,
-            Err(e) => {
-                tracing::warn!(client_id = %row.client_id, error = %e, "skipping an invalid row of the client table");
+        let client = match row {
+            ClientRow::Client(client) => client,
+            ClientRow::Rejected(rejected) => {
+                rejected.warn_skipped();
+                stats.rejected += 1;
                 continue;
             }
         };
-        if registry.set_limits(&key, limits).is_ok() {
+        let key = client.key();
+        if registry.set_limits(&key, client.limits).is_ok() {
             stats.clients += 1;
-            limits_of.insert(key.encode(), limits);
+            limits_of.insert(key.encode(), client.limits);
         }
     }
     let states = store.load_bucket_states().await?;

@@ -7,6 +7,12 @@
 //! the compiler checks both, and no statement can drift between them.
 //! (A function generic over `sqlx::Database` would do the same with a
 //! dozen trait bounds per method; the macro keeps the code readable.)
+//!
+//! Rows are judged here too ([`client_row`]): what leaves the store is a
+//! typed client or a rejected row, never values a caller must check.
+
+use super::{Client, ClientRow, InvalidRow, RejectedRow};
+use crate::limiter::{ApiKey, Limits};
 
 /// Rows per statement in snapshot writes: 3 parameters a row, well under
 /// SQLite's 32,766 and PostgreSQL's 65,535 parameters per statement.
@@ -19,9 +25,9 @@ macro_rules! sql_store {
         impl $store {
             fn client_row(
                 row: &<$db as sqlx::Database>::Row,
-            ) -> Result<$crate::store::ClientRecord, sqlx::Error> {
+            ) -> Result<$crate::store::ClientRow, sqlx::Error> {
                 use sqlx::Row;
-                $crate::store::sql::record(
+                $crate::store::sql::client_row(
                     row.try_get("client_id")?,
                     row.try_get("capacity")?,
                     row.try_get("rate_per_sec")?,
@@ -33,7 +39,7 @@ macro_rules! sql_store {
         impl $crate::store::ClientStore for $store {
             async fn list(
                 &self,
-            ) -> Result<Vec<$crate::store::ClientRecord>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::store::ClientRow>, $crate::store::StoreError> {
                 let rows = sqlx::QueryBuilder::<$db>::new(
                     "SELECT client_id, capacity, rate_per_sec FROM clients ORDER BY client_id",
                 )
@@ -48,34 +54,34 @@ macro_rules! sql_store {
 
             async fn get(
                 &self,
-                client_id: &str,
-            ) -> Result<Option<$crate::store::ClientRecord>, $crate::store::StoreError> {
+                id: &$crate::limiter::ApiKey,
+            ) -> Result<Option<$crate::store::ClientRow>, $crate::store::StoreError> {
                 let mut q = sqlx::QueryBuilder::<$db>::new(
                     "SELECT client_id, capacity, rate_per_sec FROM clients WHERE client_id = ",
                 );
-                q.push_bind(client_id);
+                q.push_bind(id.as_str());
                 let row = q.build().fetch_optional(&self.pool).await?;
                 Ok(row.as_ref().map(Self::client_row).transpose()?)
             }
 
             async fn create(
                 &self,
-                c: &$crate::store::ClientRecord,
+                c: &$crate::store::Client,
             ) -> Result<(), $crate::store::StoreError> {
                 let now = $crate::store::now_ms();
                 let mut q = sqlx::QueryBuilder::<$db>::new(
                     "INSERT INTO clients (client_id, capacity, rate_per_sec, created_at, updated_at) ",
                 );
                 q.push_values([c], |mut row, c| {
-                    row.push_bind(c.client_id.as_str())
-                        .push_bind(i64::from(c.capacity))
-                        .push_bind(c.rate_per_sec)
+                    row.push_bind(c.id.as_str())
+                        .push_bind(i64::from(c.limits.capacity()))
+                        .push_bind(c.limits.rate_per_sec())
                         .push_bind(now)
                         .push_bind(now);
                 });
                 q.build().execute(&self.pool).await.map_err(|e| {
                     if matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation()) {
-                        $crate::store::StoreError::AlreadyExists(c.client_id.clone())
+                        $crate::store::StoreError::AlreadyExists(c.id.as_str().to_owned())
                     } else {
                         $crate::store::StoreError::from(e)
                     }
@@ -85,29 +91,32 @@ macro_rules! sql_store {
 
             async fn update(
                 &self,
-                c: &$crate::store::ClientRecord,
+                c: &$crate::store::Client,
             ) -> Result<(), $crate::store::StoreError> {
                 let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE clients SET capacity = ");
-                q.push_bind(i64::from(c.capacity))
+                q.push_bind(i64::from(c.limits.capacity()))
                     .push(", rate_per_sec = ")
-                    .push_bind(c.rate_per_sec)
+                    .push_bind(c.limits.rate_per_sec())
                     .push(", updated_at = ")
                     .push_bind($crate::store::now_ms())
                     .push(" WHERE client_id = ")
-                    .push_bind(c.client_id.as_str());
+                    .push_bind(c.id.as_str());
                 let done = q.build().execute(&self.pool).await?;
                 if done.rows_affected() == 0 {
-                    return Err($crate::store::StoreError::NotFound(c.client_id.clone()));
+                    return Err($crate::store::StoreError::NotFound(c.id.as_str().to_owned()));
                 }
                 Ok(())
             }
 
-            async fn delete(&self, client_id: &str) -> Result<(), $crate::store::StoreError> {
+            async fn delete(
+                &self,
+                id: &$crate::limiter::ApiKey,
+            ) -> Result<(), $crate::store::StoreError> {
                 let mut q = sqlx::QueryBuilder::<$db>::new("DELETE FROM clients WHERE client_id = ");
-                q.push_bind(client_id);
+                q.push_bind(id.as_str());
                 let done = q.build().execute(&self.pool).await?;
                 if done.rows_affected() == 0 {
-                    return Err($crate::store::StoreError::NotFound(client_id.to_owned()));
+                    return Err($crate::store::StoreError::NotFound(id.as_str().to_owned()));
                 }
                 Ok(())
             }
@@ -182,16 +191,80 @@ macro_rules! sql_store {
 }
 pub(super) use sql_store;
 
-/// A client row, checked: a capacity outside `u32` is a decode error, not
-/// a silently wrapped limit.
-pub(super) fn record(
+/// Judges a client row as read: the one place a row becomes a
+/// [`Client`], so start-up, reload and the admin API see
+/// every row by the same rule and none validates again.
+///
+/// A capacity outside `u32` is a decode error (the read fails), not a
+/// rejected row: a [`RejectedRow`] keeps its values in
+/// the types the admin API shows, and such a value has none.
+pub(super) fn client_row(
     client_id: String,
     capacity: i64,
     rate_per_sec: f64,
-) -> Result<super::ClientRecord, sqlx::Error> {
-    Ok(super::ClientRecord {
+) -> Result<ClientRow, sqlx::Error> {
+    let capacity = u32::try_from(capacity).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let reason = match ApiKey::new(&client_id) {
+        Err(e) => InvalidRow::Key(e),
+        Ok(id) => match Limits::new(u64::from(capacity), rate_per_sec) {
+            Ok(limits) => return Ok(ClientRow::Client(Client { id, limits })),
+            Err(source) => InvalidRow::Limits { id, source },
+        },
+    };
+    Ok(ClientRow::Rejected(RejectedRow {
         client_id,
-        capacity: u32::try_from(capacity).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        capacity,
         rate_per_sec,
-    })
+        reason,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{client_row, ClientRow, InvalidRow};
+    use crate::limiter::{KeyError, LimitsError};
+
+    #[test]
+    fn a_valid_row_is_a_client() {
+        let row = client_row("a".into(), 5, 0.5).expect("decodes");
+        let ClientRow::Client(c) = row else {
+            panic!("rejected: {row:?}");
+        };
+        assert_eq!(c.id.as_str(), "a");
+        assert_eq!((c.limits.capacity(), c.limits.rate_per_sec()), (5, 0.5));
+    }
+
+    #[test]
+    fn a_bad_row_is_rejected_with_its_values_and_reason() {
+        let row = client_row("a b".into(), 5, 1.0).expect("decodes");
+        let ClientRow::Rejected(r) = &row else {
+            panic!("accepted: {row:?}");
+        };
+        assert_eq!(r.reason, InvalidRow::Key(KeyError::BadChar(' ')));
+        assert_eq!(row.key(), None);
+
+        let row = client_row("b".into(), 0, 1.0).expect("decodes");
+        let ClientRow::Rejected(r) = &row else {
+            panic!("accepted: {row:?}");
+        };
+        assert!(matches!(
+            &r.reason,
+            InvalidRow::Limits { id, source: LimitsError::ZeroCapacity(0) } if id.as_str() == "b"
+        ));
+        assert_eq!(
+            (row.client_id(), row.capacity(), row.rate_per_sec()),
+            ("b", 0, 1.0)
+        );
+        // Its id is still a key: a reload unpins it when the row goes.
+        assert!(row.key().is_some());
+    }
+
+    #[test]
+    fn a_capacity_outside_u32_fails_the_read() {
+        assert!(matches!(
+            client_row("a".into(), 1 << 40, 1.0),
+            Err(sqlx::Error::Decode(_))
+        ));
+        assert!(client_row("a".into(), -1, 1.0).is_err());
+    }
 }

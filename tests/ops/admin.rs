@@ -325,7 +325,7 @@ async fn concurrent_writes_leave_table_and_buckets_in_agreement() {
         .await
         .expect("list")
         .into_iter()
-        .map(|r| (r.client_id, r.capacity))
+        .map(|r| (r.client_id().to_owned(), r.capacity()))
         .collect();
     let mut live = BTreeMap::new();
     lb.registry().for_each(|b| {
@@ -808,5 +808,55 @@ async fn a_failed_read_says_read() {
     )
     .await;
     assert_eq!(s, StatusCode::CREATED);
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn rows_written_by_hand_that_make_no_client_are_shown_as_written() {
+    let mut cfg = config(&[support::closed_port()]);
+    let db = support::temp_db();
+    cfg.store.url = db.clone();
+    let lb = balancer(&cfg).await;
+    let c = client();
+    let (s, _) = send(
+        c.post(url(lb.admin_addr(), "/clients"))
+            .json(&json!({"client_id":"ok","capacity":2,"rate_per_sec":1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    // Rows the limiter skips (an id that is no API key, a rate above its
+    // maximum): the API still shows the table as it is.
+    let pool = sqlx::SqlitePool::connect(&db).await.expect("open db");
+    sqlx::query(
+        "INSERT INTO clients (client_id, capacity, rate_per_sec, created_at, updated_at) \
+         VALUES ('a b', 4, 1, 0, 0), ('too-fast', 1, 2e9, 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .expect("insert");
+    let too_fast = json!({"client_id":"too-fast","capacity":1,"rate_per_sec":2e9,"tokens":1.0});
+    let (s, body) = send(c.get(url(lb.admin_addr(), "/clients"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!([
+            {"client_id":"a b","capacity":4,"rate_per_sec":1.0,"tokens":4.0},
+            {"client_id":"ok","capacity":2,"rate_per_sec":1.0,"tokens":2.0},
+            too_fast,
+        ])
+    );
+    let (s, body) = send(c.get(url(lb.admin_addr(), "/clients/too-fast"))).await;
+    assert_eq!((s, body), (StatusCode::OK, too_fast));
+    // Writing valid limits over the bad row makes it a client.
+    let (s, body) = send(
+        c.put(url(lb.admin_addr(), "/clients/too-fast"))
+            .json(&json!({"capacity":3,"rate_per_sec":1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"client_id":"too-fast","capacity":3,"rate_per_sec":1.0,"tokens":3.0})
+    );
     lb.shutdown().await;
 }

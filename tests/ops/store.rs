@@ -2,29 +2,43 @@
 //! `TOLLGATE_TEST_DATABASE_URL` is set, PostgreSQL: the same statements
 //! must behave the same on both.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tollgate::store::{BucketState, ClientRecord, ClientStore, SnapshotDelta, StoreError};
+use tollgate::limiter::{ApiKey, KeyError, Limits, LimitsError, Registry, RegistryConfig};
+use tollgate::store::reload::{ReloadStats, TableSync};
+use tollgate::store::{
+    BucketState, Client, ClientRow, ClientStore, InvalidRow, SnapshotDelta, StoreError,
+};
 
 use crate::support;
 
-fn client(id: &str, capacity: u32, rate_per_sec: f64) -> ClientRecord {
-    ClientRecord {
-        client_id: id.into(),
-        capacity,
-        rate_per_sec,
+fn id(id: &str) -> ApiKey {
+    ApiKey::new(id).expect("valid id")
+}
+
+fn client(id_: &str, capacity: u32, rate_per_sec: f64) -> Client {
+    Client {
+        id: id(id_),
+        limits: Limits::new(u64::from(capacity), rate_per_sec).expect("valid limits"),
     }
+}
+
+fn row(id_: &str, capacity: u32, rate_per_sec: f64) -> ClientRow {
+    ClientRow::Client(client(id_, capacity, rate_per_sec))
 }
 
 async fn contract(store: Arc<dyn ClientStore>) {
     assert!(store.list().await.expect("list").is_empty());
-    assert_eq!(store.get("a").await.expect("get"), None);
+    assert_eq!(store.get(&id("a")).await.expect("get"), None);
 
-    // Ids that would break a statement built by pasting text.
-    let odd = "o'brien; DROP TABLE clients; --";
+    // An id that would break a statement built by pasting text. (Ids with
+    // quotes or spaces are not API keys; a row holding one, written by
+    // hand, is read as rejected: see `bad_rows`.)
+    let odd = "x=1--/or/1=1";
     for c in [
         client("b", 100, 10.0),
-        client("a", u32::MAX, 0.5),
+        client("a", u32::MAX, 20.5),
         client(odd, 1, 0.0),
     ] {
         store.create(&c).await.expect("create");
@@ -37,28 +51,28 @@ async fn contract(store: Arc<dyn ClientStore>) {
         .list()
         .await
         .expect("list")
-        .into_iter()
-        .map(|c| c.client_id)
+        .iter()
+        .map(|c| c.client_id().to_owned())
         .collect();
     assert_eq!(ids, ["a", "b", odd]);
     assert_eq!(
-        store.get("a").await.expect("get"),
-        Some(client("a", u32::MAX, 0.5))
+        store.get(&id("a")).await.expect("get"),
+        Some(row("a", u32::MAX, 20.5))
     );
 
     store.update(&client("b", 7, 0.25)).await.expect("update");
     assert_eq!(
-        store.get("b").await.expect("get"),
-        Some(client("b", 7, 0.25))
+        store.get(&id("b")).await.expect("get"),
+        Some(row("b", 7, 0.25))
     );
     assert!(matches!(
         store.update(&client("zz", 1, 1.0)).await,
         Err(StoreError::NotFound(id)) if id == "zz"
     ));
 
-    store.delete(odd).await.expect("delete");
+    store.delete(&id(odd)).await.expect("delete");
     assert!(matches!(
-        store.delete(odd).await,
+        store.delete(&id(odd)).await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(store.list().await.expect("list").len(), 2);
@@ -124,6 +138,182 @@ async fn postgres_keeps_the_store_contract() {
     let again = tollgate::store::open(&db.url).await.expect("reopen");
     assert_eq!(again.list().await.expect("list").len(), 2);
     drop(again);
+    db.drop_db().await;
+}
+
+/// Runs `sql` on the database at `url` behind the store's back, as an
+/// operator editing the table by hand would. The text carries its values,
+/// so one statement serves both databases.
+async fn by_hand(url: &str, sql: &str) {
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.expect("open sqlite");
+        sqlx::query(sql).execute(&pool).await.expect(sql);
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.expect("open postgres");
+        sqlx::query(sql).execute(&pool).await.expect(sql);
+        pool.close().await;
+    }
+}
+
+async fn insert_by_hand(url: &str, client_id: &str, capacity: u32, rate_per_sec: f64) {
+    let quoted = client_id.replace('\'', "''");
+    by_hand(
+        url,
+        &format!(
+            "INSERT INTO clients (client_id, capacity, rate_per_sec, created_at, updated_at) \
+             VALUES ('{quoted}', {capacity}, {rate_per_sec:?}, 0, 0)"
+        ),
+    )
+    .await;
+}
+
+/// Client-table clients in `registry`, by id, with their capacities.
+fn pinned(registry: &Registry) -> BTreeMap<String, u32> {
+    let mut pinned = BTreeMap::new();
+    registry.for_each(|b| {
+        if b.pinned {
+            pinned.insert(b.key.to_string(), b.capacity);
+        }
+    });
+    pinned
+}
+
+fn rejected(rows: &[ClientRow]) -> Vec<(&str, &InvalidRow)> {
+    rows.iter()
+        .filter_map(|r| match r {
+            ClientRow::Rejected(r) => Some((r.client_id.as_str(), &r.reason)),
+            ClientRow::Client(_) => None,
+        })
+        .collect()
+}
+
+/// Rows written by hand that make no client are read as rejected, with
+/// their reason, beside the good rows, which load; start-up reports each
+/// once, and a reload only a row that changed.
+async fn bad_rows(url: &str) {
+    let store = tollgate::store::open(url).await.expect("open");
+    store
+        .create(&client("good-1", 3, 1.0))
+        .await
+        .expect("create");
+    store
+        .create(&client("good-2", 5, 0.5))
+        .await
+        .expect("create");
+    let odd = "o'brien; DROP TABLE clients; --";
+    insert_by_hand(url, odd, 2, 1.0).await;
+    insert_by_hand(url, "too-fast", 1, 2e9).await;
+
+    let rows = store
+        .list()
+        .await
+        .expect("one bad row does not fail the read");
+    let ids: Vec<&str> = rows.iter().map(ClientRow::client_id).collect();
+    assert_eq!(ids, ["good-1", "good-2", odd, "too-fast"]);
+    assert_eq!(
+        rejected(&rows),
+        [
+            (odd, &InvalidRow::Key(KeyError::BadChar('\''))),
+            (
+                "too-fast",
+                &InvalidRow::Limits {
+                    id: id("too-fast"),
+                    source: LimitsError::RateTooLarge(2e9)
+                }
+            ),
+        ]
+    );
+    let ClientRow::Rejected(too_fast) =
+        store.get(&id("too-fast")).await.expect("get").expect("row")
+    else {
+        panic!("a row of rate 2e9 was accepted");
+    };
+    assert_eq!((too_fast.capacity, too_fast.rate_per_sec), (1, 2e9));
+
+    let registry = Arc::new(Registry::new(RegistryConfig {
+        default_limits: Limits::new(100, 1.0).expect("valid"),
+        max_clients: std::num::NonZeroUsize::new(1000).expect("nonzero"),
+        idle_timeout: std::time::Duration::from_secs(600),
+        refill_interval: std::time::Duration::from_millis(100),
+    }));
+    let restored = tollgate::store::snapshot::restore(&registry, store.as_ref())
+        .await
+        .expect("restore");
+    assert_eq!(
+        (restored.stats.clients, restored.stats.rejected),
+        (2, 2),
+        "{:?}",
+        restored.stats
+    );
+    assert_eq!(
+        pinned(&registry),
+        BTreeMap::from([("good-1".into(), 3), ("good-2".into(), 5)])
+    );
+
+    // Start-up reported the bad rows; an unchanged table reports nothing.
+    let mut sync = TableSync::new(registry.clone(), store.clone(), &restored.clients);
+    assert_eq!(sync.reload().await.expect("reload"), ReloadStats::default());
+
+    // A bad row changed by hand is reported again, once.
+    by_hand(
+        url,
+        "UPDATE clients SET rate_per_sec = 3e9 WHERE client_id = 'too-fast'",
+    )
+    .await;
+    let changed = ReloadStats {
+        rejected: 1,
+        ..ReloadStats::default()
+    };
+    assert_eq!(sync.reload().await.expect("reload"), changed);
+    assert_eq!(sync.reload().await.expect("reload"), ReloadStats::default());
+
+    // A good row turned bad keeps the limits it had; removed, it is
+    // unpinned. Good rows beside it still apply.
+    by_hand(
+        url,
+        "UPDATE clients SET rate_per_sec = 2e9 WHERE client_id = 'good-2'",
+    )
+    .await;
+    by_hand(
+        url,
+        "UPDATE clients SET capacity = 9 WHERE client_id = 'good-1'",
+    )
+    .await;
+    assert_eq!(
+        sync.reload().await.expect("reload"),
+        ReloadStats {
+            changed: 1,
+            rejected: 1,
+            ..ReloadStats::default()
+        }
+    );
+    assert_eq!(
+        pinned(&registry),
+        BTreeMap::from([("good-1".into(), 9), ("good-2".into(), 5)])
+    );
+    by_hand(url, "DELETE FROM clients WHERE client_id = 'good-2'").await;
+    assert_eq!(
+        sync.reload().await.expect("reload"),
+        ReloadStats {
+            removed: 1,
+            ..ReloadStats::default()
+        }
+    );
+    assert_eq!(pinned(&registry), BTreeMap::from([("good-1".into(), 9)]));
+}
+
+#[tokio::test]
+async fn sqlite_rejects_a_bad_row_and_loads_the_good_ones() {
+    bad_rows(&support::temp_db()).await;
+}
+
+#[tokio::test]
+async fn postgres_rejects_a_bad_row_and_loads_the_good_ones() {
+    let Some(db) = support::pg_database().await else {
+        return;
+    };
+    bad_rows(&db.url).await;
     db.drop_db().await;
 }
 
