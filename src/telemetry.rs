@@ -42,6 +42,10 @@ pub const SHARED_LIMITER_FALLBACKS: &str = "tollgate_shared_limiter_fallbacks_to
 /// `send` (client not taking the response), `backend_body` (response body
 /// from the backend), `h2_idle` (HTTP/2 connection with no request).
 pub const IDLE_TIMEOUTS: &str = "tollgate_idle_timeouts_total";
+/// TLS handshakes on the TLS listener that failed, by `reason`:
+/// `timeout`, `closed`, `not_tls`, `protocol_version`,
+/// `no_application_protocol`, `certificate_rejected`, `other`.
+pub const TLS_HANDSHAKE_FAILURES: &str = "tollgate_tls_handshake_failures_total";
 /// Duration of one refill tick, seconds.
 pub const REFILL_SWEEP: &str = "tollgate_refill_sweep_seconds";
 /// Duration of one bucket snapshot, seconds.
@@ -94,6 +98,10 @@ fn describe() {
     metrics::describe_counter!(
         IDLE_TIMEOUTS,
         "Exchanges cut after an idle timeout, by direction"
+    );
+    metrics::describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed, by reason"
     );
     metrics::describe_gauge!(CLIENTS_TRACKED, "Clients with a token bucket");
     metrics::describe_gauge!(CLIENTS_PINNED, "Clients in the client table");
@@ -159,6 +167,12 @@ pub fn request(status: u16, backend: Option<&RequestCounters>, took: Duration) {
 /// Counts one exchange cut by an idle timeout.
 pub fn idle_timeout(direction: &'static str) {
     metrics::counter!(IDLE_TIMEOUTS, "direction" => direction).increment(1);
+}
+
+/// Counts one failed TLS handshake; `reason` is one of the fixed set
+/// documented on [`TLS_HANDSHAKE_FAILURES`].
+pub fn tls_handshake_failure(reason: &'static str) {
+    metrics::counter!(TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
 }
 
 /// How often histogram samples are folded into their buckets.
