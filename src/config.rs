@@ -1138,6 +1138,81 @@ mod tests {
         assert!(Config::parse(allowed).is_ok());
     }
 
+    /// A self-signed ECDSA certificate for `name`, as PEM files in `dir`.
+    fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        std::fs::write(&c, cert.pem()).expect("write");
+        std::fs::write(&k, key.serialize_pem()).expect("write");
+        (c, k)
+    }
+
+    #[test]
+    fn tls_problems_are_reported_with_their_field() {
+        let problems = Config::parse("server:\n  listen: null\n").expect_err("no listener");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "server.tls.listen");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a_cert, a_key) = pair(dir.path(), "a.test");
+        let (_, b_key) = pair(dir.path(), "b.test");
+        let missing = dir.path().join("missing.pem");
+        let yaml = format!(
+            "server:\n  listen: null\n  tls:\n    listen: 127.0.0.1:0\n    certificates:\n\
+             \x20     - {{cert: {a_cert:?}, key: {missing:?}}}\n\
+             \x20     - {{cert: {a_cert:?}, key: {b_key:?}}}\n\
+             \x20     - {{cert: {missing:?}, key: {a_key:?}}}\n\
+             \x20     - {{cert: {a_key:?}, key: {a_key:?}}}\n"
+        );
+        assert!(Config::parse(&yaml).is_ok(), "parse alone opens no file");
+        let problems = Config::parse_and_check_files(&yaml).expect_err("bad files");
+        let found: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.reason.as_str()))
+            .collect();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found[0].0, "server.tls.certificates[0].key");
+        assert!(found[0].1.contains("missing.pem"), "{found:?}");
+        assert_eq!(found[1].0, "server.tls.certificates[1].key");
+        assert!(found[1].1.contains("is not the key of"), "{found:?}");
+        assert_eq!(found[2].0, "server.tls.certificates[2].cert");
+        assert_eq!(found[3].0, "server.tls.certificates[3].cert");
+
+        let good = format!(
+            "server:\n  listen: null\n  tls:\n    listen: 127.0.0.1:0\n    min_version: \"1.3\"\n\
+             \x20   certificates: [{{cert: {a_cert:?}, key: {a_key:?}}}]\n"
+        );
+        let c = Config::parse_and_check_files(&good).expect("valid");
+        let tls = c.server.tls.expect("tls");
+        assert_eq!(c.server.listen, None);
+        assert_eq!(tls.min_version, MinVersion::Tls13);
+        assert_eq!(tls.alpn, vec![Alpn::H2, Alpn::Http11], "default ALPN");
+    }
+
+    #[test]
+    fn tls_versions_and_alpn_names_are_checked() {
+        let tls = |body: &str| format!("server:\n  tls:\n    certificates: []\n    {body}\n");
+        let c = Config::parse(&tls("min_version: 1.3")).map(|c| c.server.tls);
+        assert!(matches!(c, Err(ref p) if p[0].field == "server.tls.certificates"), "{c:?}");
+        for (body, field) in [
+            ("min_version: \"1.1\"", "server.tls.min_version"),
+            ("alpn: [h2, h3]", "server.tls.alpn"),
+        ] {
+            let problems = Config::parse(&tls(body)).expect_err(body);
+            assert_eq!(problems[0].field, field, "{problems:?}");
+        }
+        let c = Config::parse("server:\n  tls:\n    min_version: 1.3\n    alpn: []\n");
+        let problems = c.expect_err("no certificates");
+        assert_eq!(problems.len(), 1, "a number 1.3 is a version: {problems:?}");
+        let c = Config::parse("").expect("defaults");
+        assert!(c.server.tls.is_none(), "no TLS unless configured");
+        assert_eq!(c.server.listen, Some(SocketAddr::from(([0, 0, 0, 0], 8080))));
+    }
+
     #[test]
     fn durations() {
         assert_eq!("250ms".parse::<Dur>(), Ok(Dur::millis(250)));

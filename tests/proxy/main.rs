@@ -1,10 +1,12 @@
 //! The request path, in process: demo and raw backends behind a balancer,
 //! end to end, strict HTTP and hostile clients at the front door, backend
-//! connection reuse, health checks, and limits shared through Redis.
+//! connection reuse, health checks, limits shared through Redis, and the
+//! TLS listener.
 
 #[path = "../support"]
 mod support {
     pub mod h2c;
+    pub mod metrics;
     pub mod net;
     pub use net::*;
     pub mod raw;
@@ -18,4 +20,5 @@ mod front_door;
 mod health;
 mod shared;
 mod strict;
+mod tls;
 mod upstream;
