@@ -46,7 +46,10 @@ fn with_tls(cfg: &mut Config, certs: &[&CertFiles]) {
 
 /// A reqwest client trusting `ca` that finds `app.test` at `tls`.
 fn https_client(ca: &TestCa, tls: SocketAddr) -> reqwest::ClientBuilder {
-    ca.client_builder().no_proxy().resolve("app.test", tls)
+    ca.client_builder()
+        .no_proxy()
+        .timeout(PATIENCE)
+        .resolve("app.test", tls)
 }
 
 fn https(tls: SocketAddr, path: &str) -> String {
@@ -129,9 +132,10 @@ async fn connect(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = ServerName::try_from(sni.unwrap_or("no-sni.invalid").to_owned()).expect("name");
     let tcp = TcpStream::connect(addr).await?;
-    TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
+    let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp);
+    tokio::time::timeout(PATIENCE, handshake)
         .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// The leaf certificate the server presented on `stream`.
@@ -163,7 +167,11 @@ async fn get_status(
         .header("host", "app.test")
         .body(http_body_util::Empty::new())
         .expect("request");
-    sender.send_request(req).await.expect("response").status()
+    tokio::time::timeout(PATIENCE, sender.send_request(req))
+        .await
+        .expect("a response in time")
+        .expect("response")
+        .status()
 }
 
 #[tokio::test]
@@ -282,6 +290,7 @@ async fn sni_picks_the_certificate_and_anything_else_gets_the_first() {
     let c = ca
         .client_builder()
         .no_proxy()
+        .timeout(PATIENCE)
         .resolve("api.test", addr)
         .build()
         .expect("client");
