@@ -19,9 +19,9 @@ use crate::proxy::server::{
 use crate::proxy::{Proxy, ProxySettings, SharedLimits};
 use crate::reload::{self, ReloadError, Reloaded, Reloader};
 use crate::shutdown::{self, Signal, Ticks, Trigger};
-use crate::tls::server::{CertError, TlsSettings, TlsTerminator};
 use crate::store::snapshot::{self, Snapshotter};
 use crate::store::ClientStore;
+use crate::tls::server::{CertError, TlsSettings, TlsTerminator};
 use tokio::net::TcpListener;
 
 /// Why tollgate could not start.

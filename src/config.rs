@@ -1145,7 +1145,10 @@ mod tests {
             .expect("params")
             .self_signed(&key)
             .expect("cert");
-        let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
         std::fs::write(&c, cert.pem()).expect("write");
         std::fs::write(&k, key.serialize_pem()).expect("write");
         (c, k)
@@ -1197,7 +1200,10 @@ mod tests {
     fn tls_versions_and_alpn_names_are_checked() {
         let tls = |body: &str| format!("server:\n  tls:\n    certificates: []\n    {body}\n");
         let c = Config::parse(&tls("min_version: 1.3")).map(|c| c.server.tls);
-        assert!(matches!(c, Err(ref p) if p[0].field == "server.tls.certificates"), "{c:?}");
+        assert!(
+            matches!(c, Err(ref p) if p[0].field == "server.tls.certificates"),
+            "{c:?}"
+        );
         for (body, field) in [
             ("min_version: \"1.1\"", "server.tls.min_version"),
             ("alpn: [h2, h3]", "server.tls.alpn"),
@@ -1210,7 +1216,10 @@ mod tests {
         assert_eq!(problems.len(), 1, "a number 1.3 is a version: {problems:?}");
         let c = Config::parse("").expect("defaults");
         assert!(c.server.tls.is_none(), "no TLS unless configured");
-        assert_eq!(c.server.listen, Some(SocketAddr::from(([0, 0, 0, 0], 8080))));
+        assert_eq!(
+            c.server.listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 8080)))
+        );
     }
 
     #[test]

@@ -238,12 +238,11 @@ fn load_pair(paths: &CertificatePaths, provider: &CryptoProvider) -> Result<Load
             source,
         })?;
     let names = {
-        let leaf = webpki::EndEntityCert::try_from(&chain[0]).map_err(|source| {
-            CertError::BadLeaf {
+        let leaf =
+            webpki::EndEntityCert::try_from(&chain[0]).map_err(|source| CertError::BadLeaf {
                 path: paths.cert.clone(),
                 source,
-            }
-        })?;
+            })?;
         leaf.valid_dns_names()
             .map(str::to_ascii_lowercase)
             .collect()
@@ -252,14 +251,13 @@ fn load_pair(paths: &CertificatePaths, provider: &CryptoProvider) -> Result<Load
         path: paths.key.clone(),
         source,
     })?;
-    let signing_key =
-        provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|source| CertError::UnsupportedKey {
-                path: paths.key.clone(),
-                source,
-            })?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| CertError::UnsupportedKey {
+            path: paths.key.clone(),
+            source,
+        })?;
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
         // ring's keys always know their public half; "unknown" would
@@ -346,7 +344,10 @@ pub struct Certificates {
 
 impl Certificates {
     /// Reads every pair of `paths`.
-    fn load(paths: Vec<CertificatePaths>, provider: Arc<CryptoProvider>) -> Result<Self, CertError> {
+    fn load(
+        paths: Vec<CertificatePaths>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, CertError> {
         let set = CertSet::load(&paths, &provider)?;
         Ok(Self {
             paths,
@@ -429,8 +430,7 @@ impl TlsTerminator {
         stream: TcpStream,
         deadline: Instant,
     ) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
-        let failure = match tokio::time::timeout_at(deadline, self.acceptor.accept(stream)).await
-        {
+        let failure = match tokio::time::timeout_at(deadline, self.acceptor.accept(stream)).await {
             Ok(Ok(tls)) => return Ok(tls),
             Ok(Err(e)) => HandshakeFailure::from_io(&e),
             Err(_) => HandshakeFailure::Timeout,
@@ -525,8 +525,8 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, names)| {
-                let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-                    .expect("key");
+                let key =
+                    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
                 let params = rcgen::CertificateParams::new(
                     names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
                 )

@@ -83,10 +83,7 @@ async fn sighup_reloads_the_tls_certificates() {
     let line = wait_for_log(&p, "reload failed");
     assert_eq!(line["level"], "ERROR", "{line}");
     let error = line["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains(&served.key.display().to_string()),
-        "{line}"
-    );
+    assert!(error.contains(&served.key.display().to_string()), "{line}");
     assert_eq!(status_trusting(&new_ca, addr).await.ok(), Some(200));
 
     let _ = p.child.kill();

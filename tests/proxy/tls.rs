@@ -140,7 +140,12 @@ async fn connect(
 
 /// The leaf certificate the server presented on `stream`.
 fn leaf(stream: &TlsStream<TcpStream>) -> Vec<u8> {
-    stream.get_ref().1.peer_certificates().expect("certificates")[0].to_vec()
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("certificates")[0]
+        .to_vec()
 }
 
 /// The leaf certificate presented to a new connection asking for `sni`.
@@ -153,9 +158,10 @@ async fn presented(addr: SocketAddr, sni: Option<&str>) -> Vec<u8> {
 async fn h1_over(
     stream: TlsStream<TcpStream>,
 ) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>> {
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .expect("http1 handshake");
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("http1 handshake");
     tokio::spawn(conn);
     sender
 }
