@@ -430,10 +430,21 @@ impl TlsTerminator {
         stream: TcpStream,
         deadline: Instant,
     ) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
-        let failure = match tokio::time::timeout_at(deadline, self.acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => return Ok(tls),
-            Ok(Err(e)) => HandshakeFailure::from_io(&e),
-            Err(_) => HandshakeFailure::Timeout,
+        // Counted before the connection is closed (the stream is dropped
+        // at the end of this function), so a client that sees the close
+        // also finds the failure in the metric.
+        let accept = self.acceptor.accept(stream).into_fallible();
+        tokio::pin!(accept);
+        let failure = tokio::select! {
+            accepted = &mut accept => match accepted {
+                Ok(tls) => return Ok(tls),
+                Err((e, _stream)) => {
+                    let failure = HandshakeFailure::from_io(&e);
+                    crate::telemetry::tls_handshake_failure(failure.as_str());
+                    return Err(failure);
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => HandshakeFailure::Timeout,
         };
         crate::telemetry::tls_handshake_failure(failure.as_str());
         Err(failure)

@@ -451,16 +451,43 @@ async fn failed_handshakes_end_the_connection_and_are_counted() {
     b.stop().await;
 }
 
+/// Served by `serve_all` on this test's runtime: one accept loop, so the
+/// budget's single permit is that loop's (the balancer's per-core loops
+/// each hold a permit while they wait to accept, so with a budget of one
+/// a connection can land on a loop without one).
 #[tokio::test]
 async fn handshakes_wait_for_the_connection_budget() {
-    let b = backend("b").await;
+    use tollgate::proxy::server::{serve_all, ConnectionBudget, Listener, ServeOptions};
+    use tollgate::tls::server::{CertificatePaths, TlsSettings, TlsTerminator};
     let ca = TestCa::new("test CA");
     let site = ca.issue("site", &["app.test"]);
-    let mut cfg = config(&[b.addr]);
-    cfg.server.max_connections = NonZeroUsize::new(1);
-    with_tls(&mut cfg, &[&site]);
-    let lb = balancer(&cfg).await;
-    let addr = tls_addr(&lb);
+    let terminator = TlsTerminator::new(&TlsSettings {
+        certificates: vec![CertificatePaths {
+            cert: site.cert.clone(),
+            key: site.key.clone(),
+        }],
+        min_version: MinVersion::Tls12,
+        alpn: Vec::new(),
+    })
+    .expect("certificates");
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let addr = socket.local_addr().expect("addr");
+    let options = ServeOptions {
+        budget: Some(ConnectionBudget::new(NonZeroUsize::MIN)),
+        ..ServeOptions::default()
+    };
+    let (stop, stopped) = tollgate::shutdown::channel();
+    let server = tokio::spawn(serve_all(
+        vec![Listener {
+            socket,
+            tls: Some(terminator),
+        }],
+        |_req, _conn| async { http::Response::new(tollgate::body::full("ok")) },
+        options,
+        stopped.wait(),
+    ));
+
     let first = connect(addr, Some("app.test"), &ANY_VERSION)
         .await
         .expect("first handshake");
@@ -479,8 +506,9 @@ async fn handshakes_wait_for_the_connection_budget() {
         .expect("handshake");
     let mut second = h1_over(second).await;
     assert_eq!(get_status(&mut second).await, StatusCode::OK);
-    lb.shutdown().await;
-    b.stop().await;
+    drop(second);
+    stop.fire();
+    let _ = server.await;
 }
 
 #[tokio::test]
