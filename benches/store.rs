@@ -19,7 +19,7 @@ const TABLE: usize = 100_000;
 
 fn config(db: &str) -> Config {
     let mut c = Config::parse("").expect("defaults");
-    c.server.listen = "127.0.0.1:0".parse().expect("addr");
+    c.server.listen = Some("127.0.0.1:0".parse().expect("addr"));
     c.admin.listen = "127.0.0.1:0".parse().expect("addr");
     c.backends = vec![BackendConfig {
         url: BackendUrl::parse("http://127.0.0.1:9").expect("url"),

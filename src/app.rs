@@ -14,12 +14,14 @@ use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{self, Registry, RegistryConfig};
 use crate::proxy::identity::Identifier;
 use crate::proxy::server::{
-    bind_reuseport, serve_per_core, ConnectionBudget, Drained, ServeOptions,
+    bind_reuseport, serve_per_core, ConnectionBudget, Drained, Listener, ServeOptions,
 };
 use crate::proxy::{Proxy, ProxySettings, SharedLimits};
+use crate::reload::{self, ReloadError, Reloaded, Reloader};
 use crate::shutdown::{self, Signal, Ticks, Trigger};
 use crate::store::snapshot::{self, Snapshotter};
 use crate::store::ClientStore;
+use crate::tls::server::{CertError, TlsSettings, TlsTerminator};
 use tokio::net::TcpListener;
 
 /// Why tollgate could not start.
@@ -50,13 +52,22 @@ pub enum StartError {
     /// The roots for `https://` backends could not be loaded.
     #[error("https backends: {0}")]
     BackendTls(#[source] crate::tls::client::ClientTlsError),
+    /// Neither `server.listen` nor `server.tls` is set (`tollgate check`
+    /// reports this for a config file).
+    #[error("no listener: server.listen is null and server.tls is not set")]
+    NoListener,
+    /// `server.tls` could not be set up (a certificate or key file).
+    #[error("TLS listener: {0}")]
+    Tls(#[source] CertError),
 }
 
 /// A started tollgate: its listeners are open and its tasks running.
 #[derive(Debug)]
 pub struct Running {
-    proxy_addr: SocketAddr,
+    plain_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
+    reloader: Reloader,
     proxy: Arc<Proxy>,
     registry: Arc<Registry>,
     store: Arc<dyn ClientStore>,
@@ -68,9 +79,38 @@ pub struct Running {
 }
 
 impl Running {
-    /// The address the public listener is bound to.
+    /// The address of the plain HTTP listener; with `server.listen: null`
+    /// the TLS listener's (a started tollgate has one or the other).
+    ///
+    /// Not an `Option`: nearly every caller runs with a plain listener;
+    /// [`Running::plain_addr`] and [`Running::tls_addr`] say which is which.
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy_addr
+        match (self.plain_addr, self.tls_addr) {
+            (Some(addr), _) | (None, Some(addr)) => addr,
+            (None, None) => unreachable!("start binds server.listen or server.tls.listen"),
+        }
+    }
+
+    /// The address of the plain HTTP listener, if there is one.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain_addr
+    }
+
+    /// The address of the TLS listener, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// What a reload re-reads (the SIGHUP task holds the same).
+    pub fn reloader(&self) -> &Reloader {
+        &self.reloader
+    }
+
+    /// Reads the TLS certificate files again, as SIGHUP does: new
+    /// handshakes get the new certificates, open connections keep theirs;
+    /// on an error the certificates in use stay.
+    pub async fn reload_certificates(&self) -> Result<Reloaded, ReloadError> {
+        self.reloader.reload_logged().await
     }
 
     /// The address the admin API is bound to.
@@ -144,7 +184,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (pool, checker) = build_pool(config, &backend_tls).await;
     let (proxy, shared_limiter) = build_proxy(config, &registry, pool, backend_tls)?;
     let proxy = Arc::new(proxy);
-    let (listeners, proxy_addr) = bind_proxy(config)?;
+    let bound = bind_proxy(config)?;
     let (store, restored) = open_store(config, &registry).await?;
     let bind_admin_error = |source| StartError::Bind {
         addr: config.admin.listen,
@@ -207,37 +247,44 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     let options = ServeOptions::from(config);
     let max_connections = options.budget.as_ref().map(ConnectionBudget::limit);
-    let threads = listeners.len();
-    // One proxy (and so one backend connection pool) per proxy thread.
+    let threads = bound.threads.len();
+    let (plain_addr, tls_addr) = (bound.plain_addr, bound.tls_addr);
+    // One proxy (and so one backend connection pool) per proxy thread,
+    // serving that thread's plain and TLS listeners.
     let parts = proxy.clone();
     let workers = serve_per_core(
-        listeners,
+        bound.threads,
         move || {
             let proxy = Arc::new(parts.for_another_thread());
-            move |req, peer| {
+            move |req, conn| {
                 let proxy = proxy.clone();
-                async move { proxy.handle(req, peer).await }
+                async move { proxy.handle(req, conn).await }
             }
         },
         options,
         signal,
     )
     .map_err(|source| StartError::Bind {
-        addr: config.server.listen,
+        addr: plain_addr.or(tls_addr).unwrap_or(config.admin.listen),
         source,
     })?;
 
     log_started(
         config,
-        proxy_addr,
-        admin_addr,
+        Listening {
+            plain: plain_addr,
+            tls: tls_addr,
+            admin: admin_addr,
+        },
         threads,
         max_connections,
         &proxy,
     );
     Ok(Running {
-        proxy_addr,
+        plain_addr,
+        tls_addr,
         admin_addr,
+        reloader: Reloader::new(bound.tls.map(|t| t.certificates().clone())),
         proxy,
         registry,
         store,
@@ -296,22 +343,66 @@ fn build_proxy(
     Ok((proxy, Some(limiter)))
 }
 
-/// One `SO_REUSEPORT` listener per core on `server.listen`, and the
-/// address they share.
-fn bind_proxy(config: &Config) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
-    let bind_error = |source| StartError::Bind {
-        addr: config.server.listen,
-        source,
+/// The proxy listeners, in one set per proxy thread.
+struct Bound {
+    threads: Vec<Vec<Listener>>,
+    plain_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    tls: Option<TlsTerminator>,
+}
+
+/// One `SO_REUSEPORT` listener per core on `server.listen` and one on
+/// `server.tls.listen`; each proxy thread gets one of each. The TLS
+/// certificates are loaded first, so a broken file fails the start
+/// before any port is open.
+fn bind_proxy(config: &Config) -> Result<Bound, StartError> {
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(|t| TlsTerminator::new(&TlsSettings::from(t)).map_err(StartError::Tls))
+        .transpose()?;
+    let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let bind = |addr: SocketAddr| {
+        let bind_error = |source| StartError::Bind { addr, source };
+        let listeners = bind_reuseport(addr, n).map_err(bind_error)?;
+        let bound = listeners
+            .first()
+            .map(std::net::TcpListener::local_addr)
+            .transpose()
+            .map_err(bind_error)?
+            .unwrap_or(addr);
+        Ok::<_, StartError>((listeners, bound))
     };
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let listeners = bind_reuseport(config.server.listen, threads).map_err(bind_error)?;
-    let proxy_addr = listeners
-        .first()
-        .map(std::net::TcpListener::local_addr)
-        .transpose()
-        .map_err(bind_error)?
-        .unwrap_or(config.server.listen);
-    Ok((listeners, proxy_addr))
+    let mut threads: Vec<Vec<Listener>> = (0..n).map(|_| Vec::with_capacity(2)).collect();
+    let mut plain_addr = None;
+    if let Some(addr) = config.server.listen {
+        let (listeners, bound) = bind(addr)?;
+        plain_addr = Some(bound);
+        for (set, socket) in threads.iter_mut().zip(listeners) {
+            set.push(Listener { socket, tls: None });
+        }
+    }
+    let mut tls_addr = None;
+    if let (Some(settings), Some(terminator)) = (&config.server.tls, &tls) {
+        let (listeners, bound) = bind(settings.listen)?;
+        tls_addr = Some(bound);
+        for (set, socket) in threads.iter_mut().zip(listeners) {
+            set.push(Listener {
+                socket,
+                tls: Some(terminator.clone()),
+            });
+        }
+    }
+    if plain_addr.is_none() && tls_addr.is_none() {
+        return Err(StartError::NoListener);
+    }
+    Ok(Bound {
+        threads,
+        plain_addr,
+        tls_addr,
+        tls,
+    })
 }
 
 /// The client table, with the limits and bucket levels it holds restored
@@ -342,19 +433,38 @@ async fn open_store(
     Ok((store, restored))
 }
 
+/// The addresses the listeners are bound to.
+struct Listening {
+    plain: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+    admin: SocketAddr,
+}
+
 /// What an operator reads first in the log: where it listens and with
 /// which backends and limits.
 fn log_started(
     config: &Config,
-    proxy_addr: SocketAddr,
-    admin_addr: SocketAddr,
+    listening: Listening,
     threads: usize,
     max_connections: Option<usize>,
     proxy: &Proxy,
 ) {
     let rl = &config.rate_limit;
-    tracing::info!(listen = %proxy_addr, threads, max_connections, "proxy listening");
-    tracing::info!(listen = %admin_addr, auth = config.admin.token.is_some(), "admin API listening");
+    if let Some(addr) = listening.plain {
+        tracing::info!(listen = %addr, threads, max_connections, "proxy listening");
+    }
+    if let (Some(addr), Some(tls)) = (listening.tls, &config.server.tls) {
+        tracing::info!(
+            listen = %addr,
+            threads,
+            max_connections,
+            certificates = tls.certificates.len(),
+            min_version = ?tls.min_version,
+            alpn = ?tls.alpn,
+            "TLS listening"
+        );
+    }
+    tracing::info!(listen = %listening.admin, auth = config.admin.token.is_some(), "admin API listening");
     tracing::info!(
         backends = %config.backends.iter().map(|b| b.url.to_string()).collect::<Vec<_>>().join(", "),
         healthy = proxy.pool().healthy_count(),
@@ -428,7 +538,13 @@ pub async fn run(config: &Config) -> Result<Drained, StartError> {
     // Install the handlers before opening ports, so an early signal is
     // not lost and does not kill the process mid-start.
     let signal = tokio::spawn(shutdown::os_signal());
+    let hup = reload::sighup().map_err(StartError::Signals)?;
     let running = start(config).await?;
+    tokio::spawn(reload::on_sighup(
+        hup,
+        running.reloader.clone(),
+        running.trigger.signal(),
+    ));
     match signal.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(StartError::Signals(e)),

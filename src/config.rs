@@ -21,6 +21,7 @@ use serde::{Deserialize, Deserializer};
 use crate::balancer::{BackendUrl, StrategyName};
 use crate::limiter::shared::OnFailure;
 use crate::limiter::Limits;
+use crate::tls::server::{Alpn, CertificatePaths, MinVersion, PairFile, TlsSettings};
 
 /// Environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "TOLLGATE_CONFIG";
@@ -52,8 +53,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address to accept client connections on.
-    pub listen: SocketAddr,
+    /// Address to accept plain HTTP connections on; `None` (`listen:
+    /// null`): no plain listener, then `tls` must be set.
+    pub listen: Option<SocketAddr>,
     /// How long in-flight requests may run after a shutdown signal.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
@@ -78,6 +80,84 @@ pub struct ServerConfig {
     /// Every connection starts with a PROXY protocol header (v1 or v2),
     /// believed only from peers in `rate_limit.trusted_proxies`.
     pub proxy_protocol: bool,
+    /// The TLS listener; `None`: none.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `server.tls`: the TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Address to accept TLS connections on.
+    pub listen: SocketAddr,
+    /// Certificate chains and keys; the first is the default, the others
+    /// are picked by SNI against their DNS names.
+    pub certificates: Vec<CertificateConfig>,
+    /// Lowest TLS version accepted: `"1.2"` or `"1.3"`.
+    #[serde(deserialize_with = "tls_version")]
+    pub min_version: MinVersion,
+    /// ALPN protocols offered, in order of preference (`h2`, `http/1.1`);
+    /// empty: no ALPN, HTTP/1.1.
+    #[serde(deserialize_with = "alpn_list")]
+    pub alpn: Vec<Alpn>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            certificates: Vec::new(),
+            min_version: MinVersion::Tls12,
+            alpn: vec![Alpn::H2, Alpn::Http11],
+        }
+    }
+}
+
+/// One entry of `server.tls.certificates`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `"1.2"` or `"1.3"`; YAML reads an unquoted `1.2` as a number, which is
+/// taken too.
+fn tls_version<'de, D: Deserializer<'de>>(d: D) -> Result<MinVersion, D::Error> {
+    struct Version;
+    impl serde::de::Visitor<'_> for Version {
+        type Value = MinVersion;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("\"1.2\" or \"1.3\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MinVersion, E> {
+            match v {
+                "1.2" => Ok(MinVersion::Tls12),
+                "1.3" => Ok(MinVersion::Tls13),
+                _ => Err(E::custom(format!("{v:?}: expected \"1.2\" or \"1.3\""))),
+            }
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<MinVersion, E> {
+            self.visit_str(&v.to_string())
+        }
+    }
+    d.deserialize_any(Version)
+}
+
+/// ALPN names: `h2` and `http/1.1`, the protocols tollgate serves.
+fn alpn_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Alpn>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|name| match name.as_str() {
+            "h2" => Ok(Alpn::H2),
+            "http/1.1" => Ok(Alpn::Http11),
+            other => Err(serde::de::Error::custom(format!(
+                "{other:?}: expected h2 or http/1.1"
+            ))),
+        })
+        .collect()
 }
 
 /// Bounds of `server.max_header_bytes`: below 1 KiB ordinary browser
@@ -87,7 +167,7 @@ pub const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=1024 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
             drain_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 32 * 1024,
@@ -96,6 +176,7 @@ impl Default for ServerConfig {
             send_timeout: Duration::from_secs(60),
             http2_max_concurrent_streams: NonZeroU32::MIN.saturating_add(127),
             proxy_protocol: false,
+            tls: None,
         }
     }
 }
@@ -502,14 +583,27 @@ impl Config {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| fail(&path.display().to_string(), format!("cannot read: {e}")))?;
-        Self::parse(&text).map_err(|problems| ConfigError {
+        Self::parse_and_check_files(&text).map_err(|problems| ConfigError {
             path: path.to_owned(),
             problems,
         })
     }
 
     /// Parses and validates config text, returning every problem found.
+    /// Files the config names (TLS certificates) are not opened: see
+    /// [`Config::parse_and_check_files`].
     pub fn parse(text: &str) -> Result<Self, Vec<Problem>> {
+        Self::parse_text(text, Files::Skip)
+    }
+
+    /// [`Config::parse`], and the files the config names (TLS
+    /// certificates and keys) loaded as a start would load them; what
+    /// [`Config::load`], and so `tollgate check`, does.
+    pub fn parse_and_check_files(text: &str) -> Result<Self, Vec<Problem>> {
+        Self::parse_text(text, Files::Check)
+    }
+
+    fn parse_text(text: &str, files: Files) -> Result<Self, Vec<Problem>> {
         let file_problem = |reason: String| {
             vec![Problem {
                 field: "(file)".into(),
@@ -569,7 +663,7 @@ impl Config {
                 }),
             }
         }
-        config.check(&mut problems);
+        config.check(&mut problems, files);
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -578,7 +672,7 @@ impl Config {
     }
 
     /// Rules that involve more than one field.
-    fn check(&self, problems: &mut Vec<Problem>) {
+    fn check(&self, problems: &mut Vec<Problem>, files: Files) {
         let mut add = |field: &str, reason: String| {
             problems.push(Problem {
                 field: field.into(),
@@ -614,10 +708,10 @@ impl Config {
                 );
             }
         }
-        if self.server.listen == self.admin.listen && self.admin.listen.port() != 0 {
+        if self.server.listen == Some(self.admin.listen) && self.admin.listen.port() != 0 {
             add(
                 "admin.listen",
-                format!("same address as server.listen ({})", self.server.listen),
+                format!("same address as server.listen ({})", self.admin.listen),
             );
         }
         if self.server.proxy_protocol && self.rate_limit.trusted_proxies.is_empty() {
@@ -628,6 +722,7 @@ impl Config {
                     .into(),
             );
         }
+        self.check_tls(&mut add, files);
         if !self.health_check.path.starts_with('/') {
             add(
                 "health_check.path",
@@ -728,6 +823,68 @@ impl Config {
             );
         }
     }
+}
+
+impl Config {
+    /// `server.listen`, `server.tls`: a listener at all, distinct
+    /// addresses, and certificate files a start can load.
+    fn check_tls(&self, add: &mut impl FnMut(&str, String), files: Files) {
+        let Some(tls) = &self.server.tls else {
+            if self.server.listen.is_none() {
+                add(
+                    "server.tls.listen",
+                    "required when server.listen is null: there would be no listener".into(),
+                );
+            }
+            return;
+        };
+        if tls.listen.port() != 0 {
+            if Some(tls.listen) == self.server.listen {
+                add(
+                    "server.tls.listen",
+                    format!("same address as server.listen ({})", tls.listen),
+                );
+            }
+            if tls.listen == self.admin.listen {
+                add(
+                    "server.tls.listen",
+                    format!("same address as admin.listen ({})", tls.listen),
+                );
+            }
+        }
+        if tls.certificates.is_empty() {
+            add(
+                "server.tls.certificates",
+                "at least one certificate is required (the first is the default)".into(),
+            );
+        }
+        if files == Files::Skip {
+            return;
+        }
+        for (i, pair) in tls.certificates.iter().enumerate() {
+            let paths = CertificatePaths::from(pair);
+            if let Err(e) = crate::tls::server::check_pair(&paths) {
+                let file = match e.file() {
+                    Some(PairFile::Cert) => ".cert",
+                    Some(PairFile::Key) => ".key",
+                    None => "",
+                };
+                add(
+                    &format!("server.tls.certificates[{i}]{file}"),
+                    e.to_string(),
+                );
+            }
+        }
+    }
+}
+
+/// Whether validation opens the files a config names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Files {
+    /// The text alone (tests, configs meant for another machine).
+    Skip,
+    /// Load them as a start would.
+    Check,
 }
 
 /// Largest config file read.
@@ -895,6 +1052,25 @@ impl From<&Config> for crate::proxy::ProxySettings {
     }
 }
 
+impl From<&CertificateConfig> for CertificatePaths {
+    fn from(c: &CertificateConfig) -> Self {
+        Self {
+            cert: c.cert.clone(),
+            key: c.key.clone(),
+        }
+    }
+}
+
+impl From<&TlsConfig> for TlsSettings {
+    fn from(t: &TlsConfig) -> Self {
+        Self {
+            certificates: t.certificates.iter().map(CertificatePaths::from).collect(),
+            min_version: t.min_version,
+            alpn: t.alpn.clone(),
+        }
+    }
+}
+
 impl From<&ServerConfig> for crate::proxy::server::ServeOptions {
     fn from(s: &ServerConfig) -> Self {
         let budget = match s.max_connections {
@@ -920,7 +1096,6 @@ impl From<&Config> for crate::proxy::server::ServeOptions {
             proxy_protocol: c.server.proxy_protocol.then(|| {
                 crate::proxy::proxy_protocol::ProxyProtocol::new(
                     c.rate_limit.trusted_proxies.clone(),
-                    c.server.header_read_timeout,
                 )
             }),
             ..Self::from(&c.server)
@@ -1000,6 +1175,90 @@ mod tests {
         let allowed = "rate_limit:\n  api_key_header: X_Api_Key\n\
                        proxy:\n  allow_underscores_in_headers: true\n";
         assert!(Config::parse(allowed).is_ok());
+    }
+
+    /// A self-signed ECDSA certificate for `name`, as PEM files in `dir`.
+    fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write");
+        std::fs::write(&k, key.serialize_pem()).expect("write");
+        (c, k)
+    }
+
+    #[test]
+    fn tls_problems_are_reported_with_their_field() {
+        let problems = Config::parse("server:\n  listen: null\n").expect_err("no listener");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "server.tls.listen");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a_cert, a_key) = pair(dir.path(), "a.test");
+        let (_, b_key) = pair(dir.path(), "b.test");
+        let missing = dir.path().join("missing.pem");
+        let yaml = format!(
+            "server:\n  listen: null\n  tls:\n    listen: 127.0.0.1:0\n    certificates:\n\
+             \x20     - {{cert: {a_cert:?}, key: {missing:?}}}\n\
+             \x20     - {{cert: {a_cert:?}, key: {b_key:?}}}\n\
+             \x20     - {{cert: {missing:?}, key: {a_key:?}}}\n\
+             \x20     - {{cert: {a_key:?}, key: {a_key:?}}}\n"
+        );
+        assert!(Config::parse(&yaml).is_ok(), "parse alone opens no file");
+        let problems = Config::parse_and_check_files(&yaml).expect_err("bad files");
+        let found: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.reason.as_str()))
+            .collect();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found[0].0, "server.tls.certificates[0].key");
+        assert!(found[0].1.contains("missing.pem"), "{found:?}");
+        assert_eq!(found[1].0, "server.tls.certificates[1].key");
+        assert!(found[1].1.contains("is not the key of"), "{found:?}");
+        assert_eq!(found[2].0, "server.tls.certificates[2].cert");
+        assert_eq!(found[3].0, "server.tls.certificates[3].cert");
+
+        let good = format!(
+            "server:\n  listen: null\n  tls:\n    listen: 127.0.0.1:0\n    min_version: \"1.3\"\n\
+             \x20   certificates: [{{cert: {a_cert:?}, key: {a_key:?}}}]\n"
+        );
+        let c = Config::parse_and_check_files(&good).expect("valid");
+        let tls = c.server.tls.expect("tls");
+        assert_eq!(c.server.listen, None);
+        assert_eq!(tls.min_version, MinVersion::Tls13);
+        assert_eq!(tls.alpn, vec![Alpn::H2, Alpn::Http11], "default ALPN");
+    }
+
+    #[test]
+    fn tls_versions_and_alpn_names_are_checked() {
+        let tls = |body: &str| format!("server:\n  tls:\n    certificates: []\n    {body}\n");
+        let c = Config::parse(&tls("min_version: 1.3")).map(|c| c.server.tls);
+        assert!(
+            matches!(c, Err(ref p) if p[0].field == "server.tls.certificates"),
+            "{c:?}"
+        );
+        for (body, field) in [
+            ("min_version: \"1.1\"", "server.tls.min_version"),
+            ("alpn: [h2, h3]", "server.tls.alpn"),
+        ] {
+            let problems = Config::parse(&tls(body)).expect_err(body);
+            assert_eq!(problems[0].field, field, "{problems:?}");
+        }
+        let c = Config::parse("server:\n  tls:\n    min_version: 1.3\n    alpn: []\n");
+        let problems = c.expect_err("no certificates");
+        assert_eq!(problems.len(), 1, "a number 1.3 is a version: {problems:?}");
+        let c = Config::parse("").expect("defaults");
+        assert!(c.server.tls.is_none(), "no TLS unless configured");
+        assert_eq!(
+            c.server.listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 8080)))
+        );
     }
 
     #[test]

@@ -14,7 +14,6 @@
 //! Every answer carries `X-Backend: NAME`.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +26,7 @@ use tokio::net::TcpListener;
 
 use crate::error::full;
 use crate::proxy::server::{serve as serve_http, Drained, ServeOptions};
-use crate::proxy::{Body, BoxError};
+use crate::proxy::{Body, BoxError, Conn};
 
 /// Longest `/delay/{ms}` honoured, so a typo cannot park a request forever.
 const MAX_DELAY: Duration = Duration::from_secs(600);
@@ -47,7 +46,7 @@ pub async fn serve(
     };
     serve_http(
         listener,
-        move |req, _peer: SocketAddr| handle(req, name.clone()),
+        move |req, _conn: Conn| handle(req, name.clone()),
         options,
         shutdown,
     )

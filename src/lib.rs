@@ -13,6 +13,9 @@
 //! - [`error`]: errors a client sees, turned into JSON responses.
 //! - [`body`]: the one body type of every request and response.
 //! - [`shutdown`]: signals and the in-process shutdown trigger.
+//! - [`reload`]: what SIGHUP re-reads (the TLS certificates).
+//! - [`tls`]: the TLS listener's certificates and handshakes, and the
+//!   verification of `https://` backends.
 //! - [`demo`]: the demo backend.
 //! - [`store`]: the client table and bucket snapshots (SQLite via sqlx).
 //! - [`admin`]: the admin API (axum).
@@ -33,6 +36,7 @@ pub mod error;
 pub mod health;
 pub mod limiter;
 pub mod proxy;
+pub mod reload;
 pub mod shutdown;
 pub mod store;
 mod sync;

@@ -48,6 +48,10 @@ pub const IDLE_TIMEOUTS: &str = "tollgate_idle_timeouts_total";
 /// `malformed` (a bad header, or the connection ended inside it),
 /// `timeout` (no complete header within `server.header_read_timeout`).
 pub const PROXY_PROTOCOL_REFUSED: &str = "tollgate_proxy_protocol_refused_total";
+/// TLS handshakes on the TLS listener that failed, by `reason`:
+/// `timeout`, `closed`, `not_tls`, `protocol_version`,
+/// `no_application_protocol`, `certificate_rejected`, `other`.
+pub const TLS_HANDSHAKE_FAILURES: &str = "tollgate_tls_handshake_failures_total";
 /// Duration of one refill tick, seconds.
 pub const REFILL_SWEEP: &str = "tollgate_refill_sweep_seconds";
 /// Duration of one bucket snapshot, seconds.
@@ -104,6 +108,10 @@ fn describe() {
     metrics::describe_counter!(
         PROXY_PROTOCOL_REFUSED,
         "Connections closed for want of a trusted, well-formed PROXY header, by reason"
+    );
+    metrics::describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed, by reason"
     );
     metrics::describe_gauge!(CLIENTS_TRACKED, "Clients with a token bucket");
     metrics::describe_gauge!(CLIENTS_PINNED, "Clients in the client table");
@@ -175,6 +183,12 @@ pub fn idle_timeout(direction: &'static str) {
 /// PROXY header (`reason`: see [`PROXY_PROTOCOL_REFUSED`]).
 pub fn proxy_protocol_refused(reason: &'static str) {
     metrics::counter!(PROXY_PROTOCOL_REFUSED, "reason" => reason).increment(1);
+}
+
+/// Counts one failed TLS handshake; `reason` is one of the fixed set
+/// documented on [`TLS_HANDSHAKE_FAILURES`].
+pub fn tls_handshake_failure(reason: &'static str) {
+    metrics::counter!(TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
 }
 
 /// How often histogram samples are folded into their buckets.

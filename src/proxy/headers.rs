@@ -70,11 +70,13 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// `X-Forwarded-For: <client>` policy: a trusted peer's chain is kept and
 /// extended with the peer; an untrusted peer's chain is replaced, so a
-/// backend never sees addresses a client made up.
+/// backend never sees addresses a client made up. `X-Forwarded-Proto` is
+/// what the client spoke to tollgate (`https` on the TLS listener).
 pub fn set_forwarded(
     h: &mut HeaderMap,
     peer: std::net::IpAddr,
     peer_trusted: bool,
+    tls: bool,
     host: Option<HeaderValue>,
 ) {
     let mut chain = String::new();
@@ -92,7 +94,8 @@ pub fn set_forwarded(
     if let Ok(v) = HeaderValue::from_str(&chain) {
         h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match host {
         Some(host) => {
             h.insert(X_FORWARDED_HOST, host);
@@ -248,6 +251,7 @@ mod tests {
             &mut h,
             peer,
             true,
+            false,
             Some(HeaderValue::from_static("example.com")),
         );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
@@ -255,8 +259,9 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        set_forwarded(&mut h, peer, false, None);
+        set_forwarded(&mut h, peer, false, true, None);
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https", "on the TLS listener");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod proxy_protocol;
 pub mod server;
 mod strict;
 mod timeout;
+mod transport;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -33,6 +34,15 @@ use timeout::{Direction, IdleBody, IdleTimeout};
 use upstream::{SendError, Upstreams};
 
 pub use crate::body::{Body, BoxError};
+
+/// What the request path knows of the connection a request came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conn {
+    /// The client's address (the TCP peer).
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+}
 
 /// Proxy settings taken from the config.
 #[derive(Debug, Clone)]
@@ -135,7 +145,7 @@ impl Proxy {
     }
 
     /// Answers one client request.
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = std::time::Instant::now();
         let refuse = |e: ProxyError| {
             let verdict = match &e {
@@ -154,11 +164,11 @@ impl Proxy {
             Ok(host) => host,
             Err(e) => return refuse(e),
         };
-        let decision = match self.admit(&req, peer).await {
+        let decision = match self.admit(&req, conn.peer).await {
             Ok(d) => d,
             Err(e) => return refuse(e),
         };
-        let (mut response, backend) = match self.forward(req, peer, host).await {
+        let (mut response, backend) = match self.forward(req, conn, host).await {
             Ok((r, backend)) => (r, Some(backend)),
             Err(e) => (e.into_response(), None),
         };
@@ -237,14 +247,20 @@ impl Proxy {
     async fn forward(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: Conn,
         host: Option<HeaderValue>,
     ) -> Result<(Response<Body>, Arc<Backend>), ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.uri = origin_form(&parts.uri);
         headers::strip_hop_by_hop(&mut parts.headers);
-        let trusted = self.identifier.is_trusted(peer.ip());
-        headers::set_forwarded(&mut parts.headers, peer.ip(), trusted, host.clone());
+        let trusted = self.identifier.is_trusted(conn.peer.ip());
+        headers::set_forwarded(
+            &mut parts.headers,
+            conn.peer.ip(),
+            trusted,
+            conn.tls,
+            host.clone(),
+        );
         // Only a request that can be sent again unchanged is retried: an
         // idempotent method and no body.
         let retryable = is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body);

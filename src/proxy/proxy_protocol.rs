@@ -20,7 +20,7 @@
 //! Header parsing itself is left to the `ppp` crate.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use tokio::time::Instant;
 
 use ipnet::IpNet;
 use tokio::io::AsyncReadExt;
@@ -97,27 +97,28 @@ static UNTRUSTED: Throttle = Throttle::new();
 #[derive(Debug, Clone)]
 pub struct ProxyProtocol {
     trusted: Vec<IpNet>,
-    timeout: Duration,
 }
 
 impl ProxyProtocol {
-    /// Believes headers from peers in `trusted`; a header must be
-    /// complete within `timeout` of the accept.
-    pub fn new(trusted: Vec<IpNet>, timeout: Duration) -> Self {
-        Self { trusted, timeout }
+    /// Believes headers from peers in `trusted`.
+    pub fn new(trusted: Vec<IpNet>) -> Self {
+        Self { trusted }
     }
 
     /// Takes the header off `stream` and returns the client it names,
     /// or `peer` itself for a header that names none (v1 `UNKNOWN`, v2
     /// `LOCAL`: the balancer's own health checks). `None`: the
     /// connection is refused, counted and logged, and must be dropped
-    /// without an answer.
+    /// without an answer. The header must be complete by `deadline`, the
+    /// same one the request head after it has (`server.header_read_timeout`
+    /// from the accept), so the header does not add time of its own.
     pub(crate) async fn accept(
         &self,
         stream: &mut TcpStream,
         peer: SocketAddr,
+        deadline: Instant,
     ) -> Option<SocketAddr> {
-        match self.client_addr(stream, peer).await {
+        match self.client_addr(stream, peer, deadline).await {
             Ok(client) => Some(client),
             Err(refused) => {
                 note_refused(&refused, peer);
@@ -130,13 +131,14 @@ impl ProxyProtocol {
         &self,
         stream: &mut TcpStream,
         peer: SocketAddr,
+        deadline: Instant,
     ) -> Result<SocketAddr, Refused> {
         // Checked before reading anything: an untrusted peer gets no
         // chance to make tollgate parse its bytes.
         if !identity::is_in(&self.trusted, peer.ip()) {
             return Err(Refused::Untrusted(peer.ip()));
         }
-        match tokio::time::timeout(self.timeout, read_header(stream)).await {
+        match tokio::time::timeout_at(deadline, read_header(stream)).await {
             Ok(named) => Ok(named?.unwrap_or(peer)),
             Err(_) => Err(Refused::Timeout),
         }
@@ -277,6 +279,7 @@ fn parse_v2(bytes: &[u8]) -> Result<Option<SocketAddr>, Refused> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
@@ -290,10 +293,7 @@ mod tests {
     }
 
     fn loopback_trusted() -> ProxyProtocol {
-        ProxyProtocol::new(
-            vec!["127.0.0.0/8".parse().expect("cidr")],
-            Duration::from_secs(5),
-        )
+        ProxyProtocol::new(vec!["127.0.0.0/8".parse().expect("cidr")])
     }
 
     fn v2(command: u8, family: u8, addresses: &[u8]) -> Vec<u8> {
@@ -319,7 +319,9 @@ mod tests {
             client.shutdown().await.expect("shutdown");
             client
         });
-        let found = pp.client_addr(&mut server, peer).await;
+        let found = pp
+            .client_addr(&mut server, peer, Instant::now() + Duration::from_secs(5))
+            .await;
         let mut rest = Vec::new();
         let _client = writer.await.expect("writer");
         if found.is_ok() {
@@ -408,24 +410,22 @@ mod tests {
             let refused = found.expect_err("refused");
             assert_eq!(refused.reason(), reason, "{bytes:?}: {refused}");
         }
-        let untrusted = ProxyProtocol::new(
-            vec!["10.0.0.0/8".parse().expect("cidr")],
-            Duration::from_secs(5),
-        );
+        let untrusted = ProxyProtocol::new(vec!["10.0.0.0/8".parse().expect("cidr")]);
         let (found, _) = run(&untrusted, &[b"PROXY UNKNOWN\r\n"]).await;
         assert_eq!(found.expect_err("refused").reason(), "untrusted");
     }
 
     #[tokio::test]
     async fn a_header_that_never_completes_times_out() {
-        let pp = ProxyProtocol::new(
-            vec!["127.0.0.0/8".parse().expect("cidr")],
-            Duration::from_millis(100),
-        );
+        let pp = loopback_trusted();
         let (mut client, mut server, peer) = pair().await;
         client.write_all(b"PROXY TCP4 ").await.expect("write");
         let refused = pp
-            .client_addr(&mut server, peer)
+            .client_addr(
+                &mut server,
+                peer,
+                Instant::now() + Duration::from_millis(100),
+            )
             .await
             .expect_err("refused");
         assert_eq!(refused.reason(), "timeout");

@@ -24,6 +24,13 @@
 //! And per listener set, the number of open client connections
 //! ([`ConnectionBudget`], `server.max_connections`).
 //!
+//! A connection goes through these steps: TCP accept (counted against the
+//! budget), the TLS handshake on a TLS listener (bounded by
+//! `header_read_timeout`, like the first bytes of a plain connection),
+//! the choice of HTTP/1.1 or HTTP/2 (ALPN after TLS, the h2c preface on
+//! plain TCP), then hyper. Everything after the handshake is the same for
+//! both listeners.
+//!
 //! hyper answers requests its HTTP/1.1 parser refuses (400, 414, 431) by
 //! itself, with an empty body; [`ClientStream`] puts the JSON error every
 //! other refusal carries in its place (see [`Held`]).
@@ -53,9 +60,11 @@ use tokio::time::Instant;
 
 use super::proxy_protocol::ProxyProtocol;
 use super::timeout::IdleTimer;
-use super::{Body, BoxError};
+use super::transport::Transport;
+use super::{Body, BoxError, Conn};
 use crate::shutdown::Signal;
 use crate::telemetry::Throttle;
+use crate::tls::server::TlsTerminator;
 
 /// How connections are served.
 #[derive(Debug, Clone)]
@@ -181,6 +190,21 @@ static BUDGET_SPENT: Throttle = Throttle::new();
 /// Failed accepts (EMFILE and the like), logged once per burst.
 static ACCEPT_FAILED: Throttle = Throttle::new();
 
+/// A listening socket and, for a TLS listener, how it terminates TLS.
+#[derive(Debug)]
+pub struct Listener {
+    /// The socket.
+    pub socket: std::net::TcpListener,
+    /// `Some`: connections start with a TLS handshake.
+    pub tls: Option<TlsTerminator>,
+}
+
+/// One listener of [`serve_all`], registered with the runtime.
+struct Endpoint {
+    listener: TcpListener,
+    tls: Option<TlsTerminator>,
+}
+
 /// Serves HTTP/1.1 and h2c on `listener` with `handler` until `shutdown`
 /// completes, then drains.
 pub async fn serve<H, F>(
@@ -190,13 +214,78 @@ pub async fn serve<H, F>(
     shutdown: impl Future<Output = ()>,
 ) -> Drained
 where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Conn) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let endpoint = Endpoint {
+        listener,
+        tls: None,
+    };
+    serve_endpoints(vec![endpoint], handler, options, shutdown).await
+}
+
+/// Serves every listener of `listeners` (plain or TLS) with `handler`
+/// until `shutdown` completes, then drains. They share one connection
+/// budget, one drain and, through `handler`, one backend pool.
+pub async fn serve_all<H, F>(
+    listeners: Vec<Listener>,
+    handler: H,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<Drained>
+where
+    H: Fn(Request<Incoming>, Conn) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let endpoints = listeners
+        .into_iter()
+        .map(|l| {
+            Ok(Endpoint {
+                listener: TcpListener::from_std(l.socket)?,
+                tls: l.tls,
+            })
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(serve_endpoints(endpoints, handler, options, shutdown).await)
+}
+
+/// Accepts on whichever endpoint has a connection waiting, starting the
+/// search one further each time so that a busy listener cannot starve
+/// the others.
+async fn accept_any(
+    endpoints: &[Endpoint],
+    next: &mut usize,
+) -> (usize, std::io::Result<(TcpStream, SocketAddr)>) {
+    std::future::poll_fn(|cx| {
+        let n = endpoints.len();
+        for k in 0..n {
+            let i = (*next + k) % n;
+            if let Poll::Ready(accepted) = endpoints[i].listener.poll_accept(cx) {
+                *next = (i + 1) % n;
+                return Poll::Ready((i, accepted));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+async fn serve_endpoints<H, F>(
+    endpoints: Vec<Endpoint>,
+    handler: H,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Drained
+where
+    H: Fn(Request<Incoming>, Conn) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one
     // system call here instead of one per connection.
-    if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY on the listener");
+    for endpoint in &endpoints {
+        if let Err(e) = socket2::SockRef::from(&endpoint.listener).set_tcp_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on the listener");
+        }
     }
     let mut http1 = http1::Builder::new();
     http1
@@ -226,6 +315,7 @@ where
     // or to finish their current request and close.
     let (closing, closing_signal) = crate::shutdown::channel();
     tokio::pin!(shutdown);
+    let mut next = 0;
     loop {
         let permit = match &options.budget {
             None => None,
@@ -248,7 +338,7 @@ where
             },
         };
         tokio::select! {
-            accepted = listener.accept() => {
+            (endpoint, accepted) = accept_any(&endpoints, &mut next) => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -270,6 +360,7 @@ where
                     shared.clone(),
                     stream,
                     peer,
+                    endpoints[endpoint].tls.clone(),
                     graceful.watcher(),
                     closing_signal.clone(),
                     permit,
@@ -278,7 +369,7 @@ where
             () = &mut shutdown => break,
         }
     }
-    drop(listener);
+    drop(endpoints);
     closing.fire();
     tokio::select! {
         () = graceful.shutdown() => Drained::Clean,
@@ -300,62 +391,60 @@ struct Shared<H> {
 /// knowledge starts with it.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves one client connection: reads the first bytes to tell HTTP/1.1
-/// from h2c, then hands the connection to hyper.
-///
-/// hyper-util's auto-detecting server read at most 24 bytes for that, so
-/// every connection took two reads before a request could be parsed; one
-/// read of up to 4 KiB usually holds the whole request head.
+/// Serves one client connection: on a TLS listener the handshake comes
+/// first; then HTTP/1.1 or HTTP/2 by ALPN, or on plain TCP by the first
+/// bytes; then hyper.
 async fn serve_connection<H, F>(
     shared: Arc<Shared<H>>,
     mut stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<TlsTerminator>,
     // Held until the connection ends: the drain waits for every watcher.
     _watcher: Watcher,
     closing: Signal,
     // Returned to the connection budget when the connection ends.
     _permit: Option<OwnedSemaphorePermit>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Conn) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    // PROXY header first (and only it is read): from here on `peer` is
-    // the client the balancer in front names.
+    // Everything before the first request (handshake, first bytes) shares
+    // one deadline: a client that connects and stays silent holds a
+    // connection for header_read_timeout at most.
+    // PROXY header first, then the handshake (and only they are read):
+    // from here on `peer` is the client the balancer in front names.
+    let deadline = Instant::now() + shared.header_read_timeout;
     let peer = match &shared.proxy_protocol {
         None => peer,
         Some(pp) => tokio::select! {
             biased;
             () = closing.clone().wait() => return,
-            client = pp.accept(&mut stream, peer) => match client {
+            client = pp.accept(&mut stream, peer, deadline) => match client {
                 Some(client) => client,
                 None => return,
             },
         },
     };
-    let mut first = BytesMut::with_capacity(4096);
-    let deadline = Instant::now() + shared.header_read_timeout;
-    let read_first = async {
-        loop {
-            match tokio::time::timeout_at(deadline, stream.read_buf(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                // Closed, failed, or silent until the header timeout.
-                _ => return false,
-            }
-            if first.len() >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&first) {
-                return true;
-            }
-        }
+    let opened = match tls {
+        None => sniff_plain(stream, deadline),
+        Some(tls) => Box::pin(handshake(tls, stream, deadline)),
     };
-    tokio::select! {
+    let (transport, first, h2) = tokio::select! {
         biased;
         () = closing.clone().wait() => return,
-        ok = read_first => if !ok { return },
-    }
-    let h2 = first.starts_with(H2_PREFACE);
+        opened = opened => match opened {
+            Some(opened) => opened,
+            None => return,
+        },
+    };
+    let conn = Conn {
+        peer,
+        tls: transport.is_tls(),
+    };
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(ClientStream {
-        stream,
-        ahead: first.freeze(),
+        stream: transport,
+        ahead: first,
         send_timer: IdleTimer::new(shared.send_timeout),
         replace_parser_errors: !h2,
         held: None,
@@ -369,7 +458,7 @@ async fn serve_connection<H, F>(
         // request is open (HTTP/1.1 has hyper's own).
         let open = counted.as_ref().map(|s| OpenRequest::new(s.clone()));
         async move {
-            let response = (handler.handler)(req, peer).await;
+            let response = (handler.handler)(req, conn).await;
             Ok::<_, Infallible>(match open {
                 Some(open) => response.map(|body| Body::new(Tracked { body, _open: open })),
                 None => response,
@@ -386,6 +475,43 @@ async fn serve_connection<H, F>(
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+}
+
+/// A connection's bytes, what was read of them ahead, and whether they
+/// are HTTP/2; `None` if the connection ended or went silent first.
+type Opened = Option<(Transport, Bytes, bool)>;
+
+/// Plain TCP: reads the first bytes to tell HTTP/1.1 from h2c.
+///
+/// hyper-util's auto-detecting server read at most 24 bytes for that, so
+/// every connection took two reads before a request could be parsed; one
+/// read of up to 4 KiB usually holds the whole request head.
+fn sniff_plain(
+    mut stream: TcpStream,
+    deadline: Instant,
+) -> Pin<Box<dyn Future<Output = Opened> + Send>> {
+    Box::pin(async move {
+        let mut first = BytesMut::with_capacity(4096);
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read_buf(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed, failed, or silent until the header timeout.
+                _ => return None,
+            }
+            if first.len() >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&first) {
+                break;
+            }
+        }
+        let h2 = first.starts_with(H2_PREFACE);
+        Some((Transport::Plain(stream), first.freeze(), h2))
+    })
+}
+
+/// TLS: the handshake, then HTTP/2 if ALPN chose `h2`, else HTTP/1.1.
+async fn handshake(tls: TlsTerminator, stream: TcpStream, deadline: Instant) -> Opened {
+    let stream = tls.handshake(stream, deadline).await.ok()?;
+    let h2 = crate::tls::server::negotiated_h2(&stream);
+    Some((Transport::Tls(Box::new(stream)), Bytes::new(), h2))
 }
 
 /// Runs an HTTP/1.1 connection to its end; then sends whatever
@@ -564,11 +690,12 @@ impl HttpBody for Tracked {
 /// a write that stays blocked for `send_timeout` fails; on HTTP/1.1,
 /// what looks like hyper's own empty error answer is held back until the
 /// connection shows whether it was (see [`Held`]); and shutting down the
-/// write side is left to `close`, which sends the same FIN when the
-/// connection is dropped right after (one system call fewer per
-/// connection).
+/// write side of plain TCP is left to `close`, which sends the same FIN
+/// when the connection is dropped right after (one system call fewer per
+/// connection); over TLS the shutdown goes through, so that the client
+/// gets its close_notify.
 struct ClientStream {
-    stream: TcpStream,
+    stream: Transport,
     ahead: Bytes,
     /// Runs while a write is blocked (`send_timeout`).
     send_timer: IdleTimer,
@@ -659,7 +786,7 @@ impl ClientStream {
     fn poll_send(
         &mut self,
         cx: &mut Context<'_>,
-        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<std::io::Result<usize>>,
+        write: impl FnOnce(Pin<&mut Transport>, &mut Context<'_>) -> Poll<std::io::Result<usize>>,
     ) -> Poll<std::io::Result<usize>> {
         if let Poll::Ready(r) = write(Pin::new(&mut self.stream), cx) {
             self.send_timer.progress();
@@ -818,8 +945,13 @@ impl AsyncWrite for ClientStream {
         Pin::new(&mut this.stream).poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.stream {
+            Transport::Plain(_) => Poll::Ready(Ok(())),
+            // close_notify tells the client the response ended here and was
+            // not cut (a body delimited by the close depends on it).
+            tls @ Transport::Tls(_) => Pin::new(tls).poll_shutdown(cx),
+        }
     }
 }
 
@@ -844,8 +976,9 @@ pub fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::ne
     Ok(listeners)
 }
 
-/// Serves each listener on its own thread with a single-threaded runtime
-/// (thread per core, like nginx's workers).
+/// Serves each set of listeners on its own thread with a single-threaded
+/// runtime (thread per core, like nginx's workers); a thread's set is its
+/// `SO_REUSEPORT` share of every address (plain and TLS).
 ///
 /// A proxy request hops between the client connection's task and the
 /// backend connection's task several times; on a work-stealing runtime
@@ -857,21 +990,21 @@ pub fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::ne
 /// connection pool) stays on that thread. Returns one handle per thread,
 /// which reports how its drain ended.
 pub fn serve_per_core<M, H, F>(
-    listeners: Vec<std::net::TcpListener>,
+    threads: Vec<Vec<Listener>>,
     make_handler: M,
     options: ServeOptions,
     shutdown: Signal,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<Drained>>>
 where
     M: Fn() -> H + Send + Sync + 'static,
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Conn) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let make_handler = Arc::new(make_handler);
-    listeners
+    threads
         .into_iter()
         .enumerate()
-        .map(|(i, listener)| {
+        .map(|(i, listeners)| {
             let make_handler = make_handler.clone();
             let shutdown = shutdown.clone();
             let options = options.clone();
@@ -889,14 +1022,12 @@ where
                         }
                     };
                     rt.block_on(async move {
-                        let listener = match TcpListener::from_std(listener) {
-                            Ok(l) => l,
-                            Err(e) => {
-                                tracing::error!(error = %e, "cannot register the listener");
-                                return Drained::TimedOut;
-                            }
-                        };
-                        serve(listener, make_handler(), options, shutdown.wait()).await
+                        serve_all(listeners, make_handler(), options, shutdown.wait())
+                            .await
+                            .unwrap_or_else(|e| {
+                                tracing::error!(error = %e, "cannot register the listeners");
+                                Drained::TimedOut
+                            })
                     })
                 })
         })

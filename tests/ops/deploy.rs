@@ -67,7 +67,7 @@ fn dockerfile_is_multi_stage_non_root_and_stops_with_sigterm() {
     );
     // The shipped config's listeners are the exposed ports.
     let c = Config::parse(&repo("config.yaml")).expect("config.yaml");
-    assert_eq!(c.server.listen.port(), 8080);
+    assert_eq!(c.server.listen.map(|a| a.port()), Some(8080));
     assert_eq!(c.admin.listen.port(), 9090);
 }
 
@@ -117,7 +117,37 @@ fn compose_services_ports_and_config_agree() {
         .filter_map(|p| p.as_str().map(String::from))
         .collect();
     let published = |container: u16| ports.iter().any(|p| p.ends_with(&format!(":{container}")));
-    assert!(published(config.server.listen.port()), "{ports:?}");
+    let plain = config
+        .server
+        .listen
+        .expect("compose keeps the plain listener");
+    assert!(published(plain.port()), "{ports:?}");
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .expect("compose has a TLS listener");
+    assert!(published(tls.listen.port()), "{ports:?}");
+    // Its certificates come from a read-only mount of a directory.
+    let volumes: Vec<&str> = tg["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for pair in &tls.certificates {
+        for file in [&pair.cert, &pair.key] {
+            assert!(
+                volumes.iter().any(|v| {
+                    let mut parts = v.split(':');
+                    let inside = parts.nth(1).unwrap_or_default();
+                    file.starts_with(inside) && v.ends_with(":ro")
+                }),
+                "{} is not on a read-only mount: {volumes:?}",
+                file.display()
+            );
+        }
+    }
     assert!(published(config.admin.listen.port()), "{ports:?}");
     // Admin is published on the host's loopback only.
     assert!(ports

@@ -10,6 +10,7 @@ mod support {
     pub use net::*;
     pub mod process;
     pub use process::*;
+    pub mod tls;
 }
 
 mod admin;
@@ -19,3 +20,4 @@ mod durability;
 mod fd_limit;
 mod shutdown;
 mod store;
+mod tls_reload;

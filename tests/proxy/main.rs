@@ -1,7 +1,7 @@
 //! The request path, in process: demo and raw backends behind a balancer,
 //! end to end, strict HTTP and hostile clients at the front door, backend
 //! connection reuse, https backends, health checks, PROXY protocol on
-//! incoming connections, and limits shared through Redis.
+//! incoming connections, limits shared through Redis, and the TLS listener.
 
 #[path = "../support"]
 mod support {
@@ -23,4 +23,5 @@ mod https_backend;
 mod proxy_protocol;
 mod shared;
 mod strict;
+mod tls;
 mod upstream;

@@ -60,7 +60,7 @@ pub async fn backends(n: usize) -> Vec<TestBackend> {
 /// timeouts, generous default limits.
 pub fn config(backends: &[SocketAddr]) -> Config {
     let mut c = Config::parse("").expect("defaults are valid");
-    c.server.listen = "127.0.0.1:0".parse().expect("addr");
+    c.server.listen = Some("127.0.0.1:0".parse().expect("addr"));
     c.admin.listen = "127.0.0.1:0".parse().expect("addr");
     c.server.drain_timeout = Duration::from_secs(5);
     c.proxy.request_timeout = Duration::from_secs(5);

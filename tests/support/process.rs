@@ -12,6 +12,8 @@ pub struct Process {
     pub proxy: SocketAddr,
     /// Admin listener.
     pub admin: SocketAddr,
+    /// TLS listener, if configured (reported before the admin listener).
+    pub tls: Option<SocketAddr>,
     /// Every JSON log line printed after start-up was read.
     pub logs: std::sync::mpsc::Receiver<serde_json::Value>,
 }
@@ -67,6 +69,7 @@ pub fn spawn_serve_with_open_files(yaml: &str, nofile: Option<u64>) -> Process {
     });
     let mut proxy = None;
     let mut admin = None;
+    let mut tls = None;
     while proxy.is_none() || admin.is_none() {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
@@ -75,6 +78,7 @@ pub fn spawn_serve_with_open_files(yaml: &str, nofile: Option<u64>) -> Process {
         match line["message"].as_str() {
             Some("proxy listening") => proxy = addr,
             Some("admin API listening") => admin = addr,
+            Some("TLS listening") => tls = addr,
             _ => {}
         }
     }
@@ -82,6 +86,7 @@ pub fn spawn_serve_with_open_files(yaml: &str, nofile: Option<u64>) -> Process {
         child,
         proxy: proxy.expect("proxy addr"),
         admin: admin.expect("admin addr"),
+        tls,
         logs: rx,
     }
 }
