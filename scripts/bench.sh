@@ -5,6 +5,13 @@
 #   scripts/bench.sh            # wrk 10 s per target, ab -n 5000 -c 1000 x3
 #   DURATION=5s AB_ROUNDS=5 scripts/bench.sh
 #   REDIS_URL=redis://127.0.0.1:6379 scripts/bench.sh   # adds tollgate+redis
+#   TLS=0 scripts/bench.sh      # without the TLS section
+#
+# The TLS section puts tollgate and nginx in front of the same backends
+# with the same ECDSA P-256 certificate (made by openssl for the run):
+# wrk over https measures keep-alive requests, and ab without -k opens a
+# new TLS connection (a full handshake: ab never resumes a session) for
+# every request.
 #
 # One ab run of 5000 requests lasts well under a second here, and its rate
 # swung by 2x between identical runs (the first burst also opens ~1000
@@ -27,6 +34,7 @@ CONNS=${CONNS:-64}
 AB_N=${AB_N:-5000}
 AB_C=${AB_C:-1000}
 AB_ROUNDS=${AB_ROUNDS:-3}
+TLS=${TLS:-1}
 # The production profile (fat LTO), as the Docker image ships it.
 BIN=target/production/tollgate
 WORK=$(mktemp -d)
@@ -47,21 +55,35 @@ ulimit -n "$(ulimit -Hn)"
 . scripts/common.sh
 
 start_backends
+if [ "$TLS" = 1 ]; then
+  sh scripts/dev-cert.sh "$WORK" >/dev/null 2>&1
+  # curl (the readiness checks) trusts the run's CA; wrk and ab do not verify.
+  export CURL_CA_BUNDLE=$WORK/ca.pem
+  TGS=$(free_port); NGS=$(free_port)
+  TLS_LINES="  tls: {listen: 127.0.0.1:$TGS, certificates: [{cert: $WORK/site.pem, key: $WORK/site.key}]}"
+fi
 # Processes whose CPU time is charged to each target (the "direct" target
 # is backend b0 alone).
 declare -A SERVER_PIDS=([direct]=${PIDS[0]})
 
-# start_tollgate NAME [SHARED]: a tollgate on free ports with limits that
-# never reject; SHARED is an extra rate_limit.shared line. Prints its port.
+# start_tollgate NAME [SHARED [SERVER_LINES]]: a tollgate on free ports
+# with limits that never reject; SHARED is an extra rate_limit.shared line,
+# SERVER_LINES extra server settings. Prints its pid and port.
 start_tollgate() {
   local port admin; port=$(free_port); admin=$(free_port)
-  tollgate_conf "$WORK/$1.yaml" "$port" "$admin" "${2:-}"
+  tollgate_conf "$WORK/$1.yaml" "$port" "$admin" "${2:-}" "${3:-}"
   "$BIN" serve --config "$WORK/$1.yaml" >"$WORK/$1.log" 2>&1 &
   echo "$! $port"
 }
-read -r pid TG < <(start_tollgate tollgate); PIDS+=("$pid"); SERVER_PIDS[tollgate]=$pid
+read -r pid TG < <(start_tollgate tollgate "" "${TLS_LINES:-}"); PIDS+=("$pid"); SERVER_PIDS[tollgate]=$pid
 wait_http "http://127.0.0.1:$TG/health"
 TARGETS=("direct http://127.0.0.1:${B[0]}/" "tollgate http://127.0.0.1:$TG/")
+TLS_TARGETS=()
+if [ "$TLS" = 1 ]; then
+  SERVER_PIDS[tollgate-tls]=$pid
+  wait_http "https://127.0.0.1:$TGS/health"
+  TLS_TARGETS+=("tollgate-tls https://127.0.0.1:$TGS/")
+fi
 # With REDIS_URL, a second tollgate whose limits are shared through Redis:
 # the cost of one Redis round trip per request.
 if [ -n "${REDIS_URL:-}" ]; then
@@ -73,13 +95,20 @@ if [ -n "${REDIS_URL:-}" ]; then
 fi
 if command -v nginx >/dev/null; then
   NG=$(free_port)
+  tls_args=()
+  [ "$TLS" = 1 ] && tls_args=("$NGS" "$WORK/site.pem" "$WORK/site.key")
   nginx_conf "$WORK/nginx.conf" "$NG" "worker_processes auto;
 worker_rlimit_nofile 20000;
-events { worker_connections 20000; }"
+events { worker_connections 20000; }" "${tls_args[@]}"
   nginx -c "$WORK/nginx.conf" -p "$WORK" -e "$WORK/nginx-error.log"
   wait_http "http://127.0.0.1:$NG/health"
   TARGETS+=("nginx http://127.0.0.1:$NG/")
   SERVER_PIDS[nginx]="$(cat "$WORK/nginx.pid") $(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')"
+  if [ "$TLS" = 1 ]; then
+    wait_http "https://127.0.0.1:$NGS/health"
+    TLS_TARGETS+=("nginx-tls https://127.0.0.1:$NGS/")
+    SERVER_PIDS[nginx-tls]=${SERVER_PIDS[nginx]}
+  fi
 else
   echo "(nginx not installed: skipping the nginx column; apt-get install nginx-light)" >&2
 fi
@@ -107,7 +136,7 @@ per_req() { awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN { if (n > 0) printf "%.1f
 
 declare -A RPS
 ROWS=()
-for t in "${TARGETS[@]}"; do
+for t in "${TARGETS[@]}" "${TLS_TARGETS[@]}"; do
   name=${t%% *}; u=${t#* }
   curl -fs -o /dev/null "$u"
   read -r -a spids <<<"${SERVER_PIDS[$name]}"
@@ -151,8 +180,11 @@ printf '\n| target | load | req/s | p50 ms | p99 ms | errors | vs direct | vs ng
 for row in "${ROWS[@]}"; do
   IFS='|' read -r name load rps p50 p99 errs cpu ab_cpu <<<"$row"
   tool=${load%% *}
+  # TLS rows compare with nginx terminating TLS; "vs direct" is always the
+  # plain backend, so it shows what TLS costs.
+  peer=nginx; [[ $name == *-tls ]] && peer=nginx-tls
   printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$load" "$rps" "$p50" "$p99" "$errs" \
-    "$(ratio "$rps" "${RPS[$tool-direct]}")" "$(ratio "$rps" "${RPS[$tool-nginx]:-0}")" "$cpu" "$ab_cpu"
+    "$(ratio "$rps" "${RPS[$tool-direct]}")" "$(ratio "$rps" "${RPS[$tool-$peer]:-0}")" "$cpu" "$ab_cpu"
 done
 echo
 echo "server CPU: user + system time of the target's own processes (tollgate; nginx master and"

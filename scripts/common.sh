@@ -25,11 +25,14 @@ start_backends() {
   for p in "${B[@]}"; do wait_http "http://127.0.0.1:$p/health"; done
 }
 
-# tollgate_conf FILE PORT ADMIN_PORT [RATE_LIMIT_LINE]: tollgate over the
-# backends with limits too high ever to reject.
+# tollgate_conf FILE PORT ADMIN_PORT [RATE_LIMIT_LINE [SERVER_LINES]]:
+# tollgate over the backends with limits too high ever to reject;
+# SERVER_LINES go under `server:` (the TLS listener).
 tollgate_conf() {
   cat > "$1" <<YAML
-server: {listen: 127.0.0.1:$2}
+server:
+  listen: 127.0.0.1:$2
+${5:-}
 admin: {listen: 127.0.0.1:$3}
 backends:
   - url: http://127.0.0.1:${B[0]}
@@ -43,10 +46,28 @@ log: {level: warn}
 YAML
 }
 
-# nginx_conf FILE PORT MAIN_LINES: nginx with round robin over keep-alive
-# upstreams and a limit_req zone that never rejects, after MAIN_LINES
-# (worker and process settings).
+# nginx_conf FILE PORT MAIN_LINES [TLS_PORT CERT KEY]: nginx with round
+# robin over keep-alive upstreams and a limit_req zone that never rejects,
+# after MAIN_LINES (worker and process settings); with TLS_PORT, the same
+# site on a TLS listener too (TLS 1.2 and 1.3, h2 by ALPN, like tollgate).
 nginx_conf() {
+  local tls_server=""
+  if [ -n "${4:-}" ]; then
+    tls_server="server {
+    listen 127.0.0.1:$4 ssl http2 backlog=4096;
+    ssl_certificate $5;
+    ssl_certificate_key $6;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      limit_req zone=perip burst=1000000 nodelay;
+      proxy_pass http://pool;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto https;
+    }
+  }"
+  fi
   cat > "$1" <<NGINX
 $3
 pid $WORK/nginx.pid;
@@ -68,6 +89,7 @@ http {
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
     }
   }
+  $tls_server
 }
 NGINX
 }

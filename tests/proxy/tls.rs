@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{StatusCode, Version};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, ProtocolVersion, SupportedProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -136,6 +137,27 @@ async fn connect(
     tokio::time::timeout(PATIENCE, handshake)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// A TLS connection over `tcp` (which may already carry a PROXY header),
+/// verifying the server against `ca` for `app.test`.
+async fn tls_over(tcp: TcpStream, ca: &TestCa) -> TlsStream<TcpStream> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der = CertificateDer::from_pem_slice(ca.ca_pem().as_bytes()).expect("CA pem");
+    roots.add(ca_der).expect("root");
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from("app.test").expect("name");
+    let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp);
+    tokio::time::timeout(PATIENCE, handshake)
+        .await
+        .expect("handshake in time")
+        .expect("handshake")
 }
 
 /// The leaf certificate the server presented on `stream`.
@@ -529,6 +551,41 @@ async fn tls_alone_when_the_plain_listener_is_off() {
         .await
         .expect("request");
     assert_eq!(r.status(), StatusCode::OK);
+    lb.shutdown().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_header_comes_before_the_handshake_and_names_the_client() {
+    let b = backend("b").await;
+    let ca = TestCa::new("test CA");
+    let site = ca.issue("site", &["app.test"]);
+    let mut cfg = config(&[b.addr]);
+    with_tls(&mut cfg, &[&site]);
+    cfg.server.proxy_protocol = true;
+    cfg.rate_limit.trusted_proxies = vec!["127.0.0.0/8".parse().expect("cidr")];
+    let lb = balancer(&cfg).await;
+    let mut tcp = TcpStream::connect(tls_addr(&lb)).await.expect("connect");
+    tcp.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 443\r\n")
+        .await
+        .expect("PROXY header");
+    let mut sender = h1_over(tls_over(tcp, &ca).await).await;
+    let req = http::Request::get("/headers")
+        .header("host", "app.test")
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(req))
+        .await
+        .expect("a response in time")
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let seen: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.7");
+    assert_eq!(seen["x-forwarded-proto"], "https");
     lb.shutdown().await;
     b.stop().await;
 }
