@@ -28,7 +28,7 @@ fn dockerfile_is_multi_stage_non_root_and_stops_with_sigterm() {
     assert_eq!(user.len(), 1);
     assert_ne!(user[0], "root");
     assert_eq!(instr("STOPSIGNAL"), vec!["SIGTERM"]);
-    assert_eq!(instr("EXPOSE"), vec!["8080 9090"]);
+    assert_eq!(instr("EXPOSE"), vec!["8080 8443 9090"]);
     assert!(instr("VOLUME")
         .iter()
         .any(|v| v.contains("/var/lib/tollgate")));
