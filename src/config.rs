@@ -244,6 +244,10 @@ pub struct ProxyConfig {
     /// Extra CA certificates (PEM) trusted for `https://` backends, on
     /// top of the system's.
     pub ca_file: Option<PathBuf>,
+    /// An upgraded (WebSocket) tunnel with no byte either way for this
+    /// long is closed.
+    #[serde(deserialize_with = "duration")]
+    pub upgrade_idle_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -254,6 +258,7 @@ impl Default for ProxyConfig {
             backend_body_timeout: Duration::from_secs(60),
             allow_underscores_in_headers: false,
             ca_file: None,
+            upgrade_idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -746,6 +751,10 @@ impl Config {
                 "proxy.backend_body_timeout",
                 self.proxy.backend_body_timeout,
             ),
+            (
+                "proxy.upgrade_idle_timeout",
+                self.proxy.upgrade_idle_timeout,
+            ),
             ("health_check.interval", self.health_check.interval),
             ("health_check.timeout", self.health_check.timeout),
             (
@@ -1048,6 +1057,7 @@ impl From<&Config> for crate::proxy::ProxySettings {
             backend_body_timeout: c.proxy.backend_body_timeout,
             client_body_timeout: c.server.client_body_timeout,
             allow_underscores_in_headers: c.proxy.allow_underscores_in_headers,
+            upgrade_idle_timeout: c.proxy.upgrade_idle_timeout,
         }
     }
 }
@@ -1137,13 +1147,14 @@ mod tests {
             d.proxy.allow_underscores_in_headers
         );
         assert_eq!(c.proxy.ca_file, d.proxy.ca_file);
+        assert_eq!(c.proxy.upgrade_idle_timeout, Duration::from_secs(600));
     }
 
     #[test]
     fn front_door_limits_are_checked_with_their_field() {
         let problems = Config::parse(
             "server:\n  max_header_bytes: 100\n  send_timeout: 0s\n  client_body_timeout: 0ms\n\
-             proxy:\n  backend_body_timeout: 0s\n",
+             proxy:\n  backend_body_timeout: 0s\n  upgrade_idle_timeout: 0s\n",
         )
         .expect_err("invalid");
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
@@ -1152,6 +1163,7 @@ mod tests {
             "server.send_timeout",
             "server.client_body_timeout",
             "proxy.backend_body_timeout",
+            "proxy.upgrade_idle_timeout",
         ] {
             assert!(fields.contains(&f), "{f} missing from {problems:?}");
         }

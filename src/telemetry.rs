@@ -56,6 +56,8 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "tollgate_tls_handshake_failures_total"
 pub const REFILL_SWEEP: &str = "tollgate_refill_sweep_seconds";
 /// Duration of one bucket snapshot, seconds.
 pub const SNAPSHOT: &str = "tollgate_snapshot_seconds";
+/// Gauge: upgraded (WebSocket) connections open now, tunnelled to a backend.
+pub const UPGRADED_CONNECTIONS: &str = "tollgate_upgraded_connections";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -77,6 +79,8 @@ pub fn install() -> Option<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            // Shown from the start, not only once a tunnel has opened.
+            metrics::gauge!(UPGRADED_CONNECTIONS).set(0.0);
             Some(handle)
         })
         .clone()
@@ -112,6 +116,10 @@ fn describe() {
     metrics::describe_counter!(
         TLS_HANDSHAKE_FAILURES,
         "TLS handshakes that failed, by reason"
+    );
+    metrics::describe_gauge!(
+        UPGRADED_CONNECTIONS,
+        "Upgraded (WebSocket) connections open, tunnelled to a backend"
     );
     metrics::describe_gauge!(CLIENTS_TRACKED, "Clients with a token bucket");
     metrics::describe_gauge!(CLIENTS_PINNED, "Clients in the client table");
@@ -189,6 +197,28 @@ pub fn proxy_protocol_refused(reason: &'static str) {
 /// documented on [`TLS_HANDSHAKE_FAILURES`].
 pub fn tls_handshake_failure(reason: &'static str) {
     metrics::counter!(TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+}
+
+/// One open tunnel in [`UPGRADED_CONNECTIONS`], from `new` to drop: moved
+/// with the tunnel rather than counted at scrape time, since tunnels live
+/// in the connection tasks of every proxy thread.
+#[derive(Debug)]
+pub struct OpenTunnel(metrics::Gauge);
+
+impl OpenTunnel {
+    /// Counts one more tunnel open.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let gauge = metrics::gauge!(UPGRADED_CONNECTIONS);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// How often histogram samples are folded into their buckets.

@@ -5,7 +5,9 @@
 //! charged. Bodies stream both ways (nothing is buffered whole), hop-by-hop
 //! headers are dropped in both directions, `X-Forwarded-*` are set, and
 //! every answer past the limiter, forwarded or refused, carries the
-//! client's rate-limit headers.
+//! client's rate-limit headers. An HTTP/1.1 request asking to upgrade
+//! (WebSocket) keeps its `Connection: upgrade` and `Upgrade`, and a 101 for
+//! it opens a tunnel ([`tunnel`]).
 
 pub mod headers;
 pub mod identity;
@@ -14,6 +16,7 @@ pub mod server;
 mod strict;
 mod timeout;
 mod transport;
+mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -31,7 +34,7 @@ use crate::limiter::{ClientKey, Decision, Registry, RegistryError};
 use crate::telemetry;
 use identity::Identifier;
 use timeout::{Direction, IdleBody, IdleTimeout};
-use upstream::{SendError, Upstreams};
+use upstream::{Answer, SendError, Upstreams};
 
 pub use crate::body::{Body, BoxError};
 
@@ -57,6 +60,9 @@ pub struct ProxySettings {
     pub client_body_timeout: Duration,
     /// Forward header names containing `_` (otherwise they are dropped).
     pub allow_underscores_in_headers: bool,
+    /// Longest an upgraded (WebSocket) tunnel stays open without a byte
+    /// either way.
+    pub upgrade_idle_timeout: Duration,
 }
 
 /// Limits shared with other replicas, and what to do without them.
@@ -252,7 +258,11 @@ impl Proxy {
     ) -> Result<(Response<Body>, Arc<Backend>), ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.uri = origin_form(&parts.uri);
+        let upgrade = tunnel::requested(parts.version, &parts.headers);
         headers::strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocols) = &upgrade {
+            tunnel::restore(&mut parts.headers, protocols.clone());
+        }
         let trusted = self.identifier.is_trusted(conn.peer.ip());
         headers::set_forwarded(
             &mut parts.headers,
@@ -285,7 +295,14 @@ impl Proxy {
             (std::mem::take(&mut parts.headers), None)
         };
         match self
-            .attempt(&first, &parts, host.as_ref(), first_headers, body)
+            .attempt(
+                &first,
+                &parts,
+                host.as_ref(),
+                first_headers,
+                body,
+                upgrade.as_ref(),
+            )
             .await
         {
             // No connection, or the connection broke (a keep-alive
@@ -301,7 +318,14 @@ impl Proxy {
                     .map_err(|never| match never {})
                     .boxed_unsync();
                 let response = self
-                    .attempt(&second, &parts, host.as_ref(), headers, empty)
+                    .attempt(
+                        &second,
+                        &parts,
+                        host.as_ref(),
+                        headers,
+                        empty,
+                        upgrade.as_ref(),
+                    )
                     .await?;
                 Ok((response, second))
             }
@@ -311,7 +335,8 @@ impl Proxy {
     }
 
     /// One try against one backend. Connect failures and timeouts count
-    /// against the backend's health (passive checks).
+    /// against the backend's health (passive checks). `upgrade`: the
+    /// protocols the client asked to switch to.
     async fn attempt(
         &self,
         backend: &Arc<Backend>,
@@ -319,6 +344,7 @@ impl Proxy {
         host: Option<&HeaderValue>,
         mut headers: http::HeaderMap,
         body: Body,
+        upgrade: Option<&HeaderValue>,
     ) -> Result<Response<Body>, Failure> {
         let in_flight = backend.start_request();
         // HTTP/1.1 needs a Host. `strict::check` left the client's in the
@@ -340,11 +366,15 @@ impl Proxy {
 
         let outcome = tokio::time::timeout(
             self.settings.request_timeout,
-            self.upstreams.send(backend, upstream, in_flight),
+            self.upstreams
+                .send(backend, upstream, in_flight, upgrade.is_some()),
         )
         .await;
         let mut response = match outcome {
-            Ok(Ok(r)) => r,
+            Ok(Ok(Answer::Response(r))) => r,
+            Ok(Ok(Answer::Switched(switched))) => {
+                return self.switched(backend, switched, upgrade);
+            }
             Ok(Err(SendError::Connect(e))) => {
                 self.passive_failure(backend, "connect failed");
                 tracing::warn!(backend = %backend.url(), error = %e, "backend connection failed");
@@ -382,6 +412,41 @@ impl Proxy {
             }
         };
         headers::strip_hop_by_hop(response.headers_mut());
+        Ok(response)
+    }
+
+    /// The 101 that goes back to the client for a backend's 101, carrying
+    /// the [`tunnel::Tunnel`] the server opens once it has been sent. The
+    /// backend must have switched to a protocol the client asked for.
+    fn switched(
+        &self,
+        backend: &Backend,
+        switched: upstream::Switched,
+        asked: Option<&HeaderValue>,
+    ) -> Result<Response<Body>, Failure> {
+        let upstream::Switched {
+            mut head,
+            upgrade,
+            in_flight,
+        } = switched;
+        let answered = head.headers.get(header::UPGRADE).cloned();
+        let Some(protocols) = answered.filter(|a| asked.is_some_and(|q| tunnel::accepted(q, Some(a))))
+        else {
+            tracing::warn!(backend = %backend.url(), "backend switched to a protocol the client did not ask for");
+            return Err(Failure::Answer(
+                "backend switched to a protocol the client did not ask for",
+            ));
+        };
+        headers::strip_hop_by_hop(&mut head.headers);
+        tunnel::restore(&mut head.headers, protocols);
+        let mut response = Response::new(crate::body::full(bytes::Bytes::new()));
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        response.extensions_mut().insert(tunnel::Tunnel::new(
+            upgrade,
+            in_flight,
+            self.settings.upgrade_idle_timeout,
+        ));
         Ok(response)
     }
 

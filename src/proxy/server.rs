@@ -31,6 +31,11 @@
 //! plain TCP), then hyper. Everything after the handshake is the same for
 //! both listeners.
 //!
+//! An upgraded HTTP/1.1 connection (a 101 carrying a [`Tunnel`]) leaves
+//! hyper but not its task: hyper's connection future ends, the socket is
+//! taken back from it and the tunnel runs in the same task, so the drain
+//! waits for it like for a request, and cuts it at `drain_timeout`.
+//!
 //! hyper answers requests its HTTP/1.1 parser refuses (400, 414, 431) by
 //! itself, with an empty body; [`ClientStream`] puts the JSON error every
 //! other refusal carries in its place (see [`Held`]).
@@ -40,7 +45,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use std::pin::Pin;
@@ -61,6 +66,7 @@ use tokio::time::Instant;
 use super::proxy_protocol::ProxyProtocol;
 use super::timeout::IdleTimer;
 use super::transport::Transport;
+use super::tunnel::{self, Tunnel};
 use super::{Body, BoxError, Conn};
 use crate::shutdown::Signal;
 use crate::telemetry::Throttle;
@@ -314,6 +320,9 @@ where
     // Tells connections to give up (still waiting for their first bytes)
     // or to finish their current request and close.
     let (closing, closing_signal) = crate::shutdown::channel();
+    // Tells open tunnels the drain is over (fired, or dropped, when this
+    // function returns).
+    let (cut, cut_signal) = crate::shutdown::channel();
     tokio::pin!(shutdown);
     let mut next = 0;
     loop {
@@ -363,6 +372,7 @@ where
                     endpoints[endpoint].tls.clone(),
                     graceful.watcher(),
                     closing_signal.clone(),
+                    cut_signal.clone(),
                     permit,
                 )));
             }
@@ -371,10 +381,14 @@ where
     }
     drop(endpoints);
     closing.fire();
-    tokio::select! {
+    let drained = tokio::select! {
         () = graceful.shutdown() => Drained::Clean,
         () = tokio::time::sleep(options.drain_timeout) => Drained::TimedOut,
-    }
+    };
+    // Requests still open are dropped with the runtime; tunnels are cut
+    // here, since the runtime that drives them may be a caller's.
+    cut.fire();
+    drained
 }
 
 /// What every connection of one listener needs.
@@ -402,6 +416,7 @@ async fn serve_connection<H, F>(
     // Held until the connection ends: the drain waits for every watcher.
     _watcher: Watcher,
     closing: Signal,
+    cut: Signal,
     // Returned to the connection budget when the connection ends.
     _permit: Option<OwnedSemaphorePermit>,
 ) where
@@ -449,16 +464,25 @@ async fn serve_connection<H, F>(
         replace_parser_errors: !h2,
         held: None,
         state: state.clone(),
+        upgraded: false,
     });
     let handler = shared.clone();
-    let counted = h2.then(|| state.clone());
+    let service_state = state.clone();
     let service = hyper::service::service_fn(move |req| {
         let handler = handler.clone();
+        let state = service_state.clone();
         // HTTP/2 only: the connection's idle timer needs to know when no
         // request is open (HTTP/1.1 has hyper's own).
-        let open = counted.as_ref().map(|s| OpenRequest::new(s.clone()));
+        let open = h2.then(|| OpenRequest::new(state.clone()));
         async move {
-            let response = (handler.handler)(req, conn).await;
+            let mut response = (handler.handler)(req, conn).await;
+            // HTTP/1.1 only (HTTP/2 has no Upgrade): the tunnel a 101
+            // opens, for the driver to run once hyper has sent the 101.
+            if !h2 && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(tunnel) = response.extensions_mut().remove::<Tunnel>() {
+                    state.hand_over(tunnel);
+                }
+            }
             Ok::<_, Infallible>(match open {
                 Some(open) => response.map(|body| Body::new(Tracked { body, _open: open })),
                 None => response,
@@ -470,7 +494,7 @@ async fn serve_connection<H, F>(
         drive_h2(conn, &state, shared.header_read_timeout, closing).await
     } else {
         let conn = shared.http1.serve_connection(io, service);
-        drive_h1(conn, &state, closing).await
+        drive_h1(conn, &state, closing, cut).await
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -515,11 +539,14 @@ async fn handshake(tls: TlsTerminator, stream: TcpStream, deadline: Instant) -> 
 }
 
 /// Runs an HTTP/1.1 connection to its end; then sends whatever
-/// [`ClientStream`] held back, or the JSON error in place of hyper's own.
+/// [`ClientStream`] held back, or the JSON error in place of hyper's own;
+/// or, if it ended in an upgrade, runs the tunnel until it closes or `cut`
+/// completes.
 async fn drive_h1<S>(
     mut conn: http1::Connection<TokioIo<ClientStream>, S>,
     state: &ConnState,
     closing: Signal,
+    cut: Signal,
 ) -> Result<(), hyper::Error>
 where
     S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin,
@@ -544,7 +571,17 @@ where
         polled
     })
     .await;
-    let mut stream = conn.into_parts().io.into_inner();
+    // hyper's connection ends without closing the socket after a 101
+    // (Connection::poll leaves an upgrade to whoever takes the socket).
+    let parts = conn.into_parts();
+    let mut stream = parts.io.into_inner();
+    if result.is_ok() {
+        if let Some(tunnel) = state.take_tunnel() {
+            stream.upgraded(parts.read_buf);
+            tunnel::run(stream, tunnel, cut).await;
+            return Ok(());
+        }
+    }
     let parse_error = result.as_ref().err().is_some_and(hyper::Error::is_parse);
     stream.finish(parse_error).await;
     result
@@ -615,6 +652,8 @@ struct ConnState {
     round: AtomicU32,
     /// HTTP/1.1: whether [`ClientStream`] holds back a response.
     holding: AtomicBool,
+    /// HTTP/1.1: the tunnel of a 101 being sent, until the driver runs it.
+    tunnel: Mutex<Option<Tunnel>>,
 }
 
 impl ConnState {
@@ -625,7 +664,19 @@ impl ConnState {
             idle_since_ms: AtomicU64::new(0),
             round: AtomicU32::new(0),
             holding: AtomicBool::new(false),
+            tunnel: Mutex::new(None),
         }
+    }
+
+    fn hand_over(&self, tunnel: Tunnel) {
+        *self.tunnel.lock().unwrap_or_else(PoisonError::into_inner) = Some(tunnel);
+    }
+
+    fn take_tunnel(&self) -> Option<Tunnel> {
+        self.tunnel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Since when no request has been open, or `None` while one is.
@@ -702,6 +753,9 @@ struct ClientStream {
     replace_parser_errors: bool,
     held: Option<Held>,
     state: Arc<ConnState>,
+    /// A tunnel now: a shutdown is passed on even on plain TCP (it is the
+    /// half-close of the other side).
+    upgraded: bool,
 }
 
 /// A response shaped like the one hyper writes by itself when its HTTP/1.1
@@ -782,6 +836,22 @@ fn json_parser_error(held: &[u8]) -> Option<Vec<u8>> {
 const LINGER: Duration = Duration::from_secs(1);
 
 impl ClientStream {
+    /// Turns the connection into one side of a tunnel: `read_buf`, what
+    /// hyper read past the upgrade request, comes first; writes go out as
+    /// they are.
+    fn upgraded(&mut self, read_buf: Bytes) {
+        self.replace_parser_errors = false;
+        self.upgraded = true;
+        if self.ahead.is_empty() {
+            self.ahead = read_buf;
+        } else if !read_buf.is_empty() {
+            let mut joined = BytesMut::with_capacity(read_buf.len() + self.ahead.len());
+            joined.extend_from_slice(&read_buf);
+            joined.extend_from_slice(&self.ahead);
+            self.ahead = joined.freeze();
+        }
+    }
+
     /// A write to the socket, failing once blocked for `send_timeout`.
     fn poll_send(
         &mut self,
@@ -946,7 +1016,9 @@ impl AsyncWrite for ClientStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let upgraded = self.upgraded;
         match &mut self.stream {
+            plain @ Transport::Plain(_) if upgraded => Pin::new(plain).poll_shutdown(cx),
             Transport::Plain(_) => Poll::Ready(Ok(())),
             // close_notify tells the client the response ended here and was
             // not cut (a body delimited by the close depends on it).

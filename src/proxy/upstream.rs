@@ -66,10 +66,32 @@ pub(crate) enum SendError {
     Local(std::io::Error),
     /// The request may have reached the backend, but no response came.
     Exchange(hyper::Error),
-    /// The backend answered `101 Switching Protocols`, which no request
-    /// asks for (`Upgrade` is hop-by-hop and never forwarded); the
-    /// connection now speaks something else and is closed.
+    /// The backend answered `101 Switching Protocols` to a request that
+    /// did not ask to upgrade; the connection now speaks something else
+    /// and is closed.
     Switched,
+}
+
+/// What a backend answered.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// An ordinary response; its body hands the connection back.
+    Response(Response<Body>),
+    /// `101 Switching Protocols` to a request that asked for it: the
+    /// connection is the backend's side of a tunnel now, never pooled.
+    Switched(Switched),
+}
+
+/// A backend's 101, its connection on the way out of hyper's client, and
+/// the request's in-flight guard (which the tunnel keeps).
+#[derive(Debug)]
+pub(crate) struct Switched {
+    /// The 101's status line and headers.
+    pub(crate) head: http::response::Parts,
+    /// Resolves to the connection once hyper has let go of it.
+    pub(crate) upgrade: hyper::upgrade::OnUpgrade,
+    /// The request counted in flight.
+    pub(crate) in_flight: InFlight,
 }
 
 /// Why no connection to a backend could be opened.
@@ -152,21 +174,36 @@ impl Upstreams {
     /// Sends `req` to `backend` on an idle connection, or a new one when
     /// none is left, and returns the response with its body wrapped so the
     /// connection comes back to the pool when the body has been read.
-    /// `in_flight` stays alive until then too.
+    /// `in_flight` stays alive until then too. A 101 is an answer only to
+    /// a request that `asks_upgrade`.
     pub(crate) async fn send(
         &self,
         backend: &Arc<Backend>,
         mut req: Request<Body>,
         in_flight: InFlight,
-    ) -> Result<Response<Body>, SendError> {
+        asks_upgrade: bool,
+    ) -> Result<Answer, SendError> {
         loop {
             let (mut sender, reused) = match self.checkout(backend) {
                 Some(idle) => (idle.sender, true),
                 None => (self.connect(backend).await?, false),
             };
             match sender.try_send_request(req).await {
-                Ok(response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                    return Err(SendError::Switched);
+                Ok(mut response)
+                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS =>
+                {
+                    if !asks_upgrade {
+                        return Err(SendError::Switched);
+                    }
+                    // The sender is dropped here: hyper hands the socket to
+                    // the upgrade, not back to this pool.
+                    let upgrade = hyper::upgrade::on(&mut response);
+                    let (head, _) = response.into_parts();
+                    return Ok(Answer::Switched(Switched {
+                        head,
+                        upgrade,
+                        in_flight,
+                    }));
                 }
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
@@ -176,7 +213,10 @@ impl Upstreams {
                         connection: Some((sender, self.inner.clone(), backend.clone())),
                         _in_flight: in_flight,
                     };
-                    return Ok(Response::from_parts(parts, Body::new(body)));
+                    return Ok(Answer::Response(Response::from_parts(
+                        parts,
+                        Body::new(body),
+                    )));
                 }
                 Err(mut e) => match e.take_message() {
                     // Not sent: the connection was found closed on the way.
@@ -273,6 +313,9 @@ where
     let label = backend.label().to_owned();
     metrics::counter!(crate::telemetry::BACKEND_CONNECTIONS, "backend" => label.clone())
         .increment(1);
+    // With upgrades: after a 101 the socket goes to the tunnel (only a
+    // request that asked gets there; any other 101 drops it, closed).
+    let connection = connection.with_upgrades();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(backend = %label, error = %e, "backend connection ended");
