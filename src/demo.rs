@@ -9,6 +9,7 @@
 //! | `POST /echo` | 200, the request body streamed back |
 //! | `GET /bytes/{n}` | 200, `n` bytes streamed |
 //! | `GET /headers` | 200, the request headers as a JSON object |
+//! | `GET /ws` | WebSocket echo: text and binary messages sent back |
 //! | anything else | 200 JSON `{"backend","method","path"}` |
 //!
 //! Every answer carries `X-Backend: NAME`.
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 
 use crate::error::full;
 use crate::proxy::server::{serve as serve_http, Drained, ServeOptions};
+use crate::proxy::tunnel::{ClientIo, Tunnel};
 use crate::proxy::{Body, BoxError, Conn};
 
 /// Longest `/delay/{ms}` honoured, so a typo cannot park a request forever.
@@ -99,6 +101,7 @@ async fn handle(req: Request<Incoming>, name: Arc<str>) -> Response<Body> {
             );
             r
         }
+        (&Method::GET, "ws", None) => websocket(&req),
         (&Method::GET, "bytes", Some(n)) => match n.parse::<u64>() {
             Ok(n) => Response::new(zeros(n)),
             Err(_) => crate::error::json_error(StatusCode::BAD_REQUEST, "bytes wants a count"),
@@ -109,6 +112,46 @@ async fn handle(req: Request<Incoming>, name: Arc<str>) -> Response<Body> {
         response.headers_mut().insert("x-backend", v);
     }
     response
+}
+
+/// The 101 that opens a WebSocket echo (RFC 6455 §4.2.2), or 426 to a
+/// request that is not a WebSocket handshake.
+fn websocket(req: &Request<Incoming>) -> Response<Body> {
+    let h = req.headers();
+    let asks = h
+        .get(header::UPGRADE)
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let key = h.get(header::SEC_WEBSOCKET_KEY);
+    let (true, Some(key)) = (asks, key) else {
+        return crate::error::json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "ws wants a WebSocket handshake",
+        );
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = r.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    r.extensions_mut().insert(Tunnel::local(echo));
+    r
+}
+
+/// Sends every text and binary message back until the client closes
+/// (pings and the close handshake are answered by tungstenite).
+async fn echo(io: ClientIo) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+    while let Some(Ok(message)) = ws.next().await {
+        if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn describe(name: &str, method: &Method, path: &str) -> Response<Body> {

@@ -16,7 +16,7 @@ pub mod server;
 mod strict;
 mod timeout;
 mod transport;
-mod tunnel;
+pub mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;

@@ -12,12 +12,17 @@
 //! response before hyper writes it, lets hyper end the HTTP exchange, takes
 //! the client's socket back and runs [`run`] in the connection's own task.
 //!
+//! The demo backend answers its own WebSocket upgrades through the same
+//! server: its 101 carries a [`Tunnel::local`], a function given the
+//! client's socket.
+//!
 //! Why in the connection's task rather than `hyper::upgrade::on` and a task
 //! of its own: the connection task holds the graceful drain's watcher and
 //! the connection budget's permit, so an open tunnel is waited for at
 //! shutdown (until `drain_timeout`) and counts as an open connection, with
 //! no second bookkeeping of tunnels.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,7 +32,7 @@ use std::time::Duration;
 use http::{header, HeaderMap, HeaderValue, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use crate::balancer::InFlight;
@@ -87,11 +92,63 @@ pub(crate) fn accepted(asked: &HeaderValue, answered: Option<&HeaderValue>) -> b
     !answered.is_empty() && answered.iter().all(|p| asked.contains(p))
 }
 
-/// A backend connection that switched protocols, on its way from the
-/// request path to the client connection (in the 101's extensions, which
-/// need `Clone`: hence the shared slot, taken once).
+/// What a 101 switches the client connection to, on its way from the
+/// handler to the client connection (in the 101's extensions, which need
+/// `Clone`: hence the shared slot, taken once).
 #[derive(Clone)]
-pub(crate) struct Tunnel(Arc<Mutex<Option<BackendSide>>>);
+pub struct Tunnel(Arc<Mutex<Option<Side>>>);
+
+enum Side {
+    /// Bytes copied to and from a backend that switched.
+    Backend(BackendSide),
+    /// This process speaks the new protocol itself (the demo backend).
+    Local(LocalHandler),
+}
+
+/// A function serving an upgraded client connection in this process.
+type LocalHandler =
+    Box<dyn FnOnce(ClientIo) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// An upgraded client connection, as a [`Tunnel::local`] function gets it
+/// (bytes the client sent right after its request come first).
+pub struct ClientIo(Box<dyn Io>);
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+impl std::fmt::Debug for ClientIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIo").finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
 
 struct BackendSide {
     upgrade: OnUpgrade,
@@ -112,28 +169,53 @@ impl Tunnel {
     /// request's in-flight guard; closed after `idle_timeout` without a
     /// byte either way.
     pub(crate) fn new(upgrade: OnUpgrade, in_flight: InFlight, idle_timeout: Duration) -> Self {
-        Self(Arc::new(Mutex::new(Some(BackendSide {
+        Self(Arc::new(Mutex::new(Some(Side::Backend(BackendSide {
             upgrade,
             in_flight,
             idle_timeout,
-        }))))
+        })))))
     }
 
-    fn take(&self) -> Option<BackendSide> {
+    /// A switch served in this process: `serve` gets the client's
+    /// connection once the 101 has been sent, and runs until it returns or
+    /// the drain at shutdown times out.
+    pub fn local<F, Fut>(serve: F) -> Self
+    where
+        F: FnOnce(ClientIo) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handler: LocalHandler = Box::new(move |io| Box::pin(serve(io)));
+        Self(Arc::new(Mutex::new(Some(Side::Local(handler)))))
+    }
+
+    fn take(&self) -> Option<Side> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
 
-/// Copies bytes between `client` and the backend of `tunnel` until both
-/// directions have ended (each side's end is passed on as a half-close),
-/// either side fails, no byte has passed either way for the idle timeout,
-/// or `cut` completes (the drain timeout at shutdown).
+/// Copies bytes between `client` and the backend of `tunnel` until either
+/// side closes or fails, no byte has passed either way for the idle
+/// timeout, or `cut` completes (the drain timeout at shutdown).
+///
+/// A side's close is passed on (the other side's write is shut down once
+/// everything read before it is written), then the tunnel ends. Waiting
+/// for the other direction as well would keep a tunnel whose client never
+/// closes its end (a WebSocket client leaves that to the server) open
+/// until the idle timeout, counted in flight all along.
 pub(crate) async fn run<C>(client: C, tunnel: Tunnel, cut: Signal)
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let Some(side) = tunnel.take() else {
-        return;
+    let side = match tunnel.take() {
+        None => return,
+        Some(Side::Backend(side)) => side,
+        Some(Side::Local(serve)) => {
+            tokio::select! {
+                () = serve(ClientIo(Box::new(client))) => {}
+                () = cut.wait() => {}
+            }
+            return;
+        }
     };
     let _in_flight = side.in_flight;
     let _open = telemetry::OpenTunnel::new();
@@ -152,24 +234,39 @@ where
         () = &mut cut => return,
     };
     let activity = Activity::new();
-    let mut client = Watched {
+    let (mut client_reads, mut client_writes) = tokio::io::split(Watched {
         io: client,
         activity: &activity,
-    };
-    let mut backend = Watched {
+    });
+    let (mut backend_reads, mut backend_writes) = tokio::io::split(Watched {
         io: backend,
         activity: &activity,
+    });
+    let up = async {
+        let copied = tokio::io::copy(&mut client_reads, &mut backend_writes).await;
+        let _ = backend_writes.shutdown().await;
+        ("client", copied)
     };
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut backend);
+    let down = async {
+        let copied = tokio::io::copy(&mut backend_reads, &mut client_writes).await;
+        let _ = client_writes.shutdown().await;
+        ("backend", copied)
+    };
+    let copy = async {
+        tokio::select! {
+            ended = up => ended,
+            ended = down => ended,
+        }
+    };
     tokio::pin!(copy);
     let idle = tokio::time::sleep(side.idle_timeout);
     tokio::pin!(idle);
     loop {
         tokio::select! {
-            copied = &mut copy => {
+            (side, copied) = &mut copy => {
                 match copied {
-                    Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
-                    Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+                    Ok(bytes) => tracing::debug!(side, bytes, "tunnel closed"),
+                    Err(e) => tracing::debug!(side, error = %e, "tunnel ended with an error"),
                 }
                 return;
             }

@@ -1,7 +1,7 @@
 //! The request path, in process: demo and raw backends behind a balancer,
 //! end to end, strict HTTP and hostile clients at the front door, backend
 //! connection reuse, https backends, health checks, PROXY protocol on
-//! incoming connections, limits shared through Redis, and the TLS listener.
+//! incoming connections, limits shared through Redis, the TLS listener, and WebSocket tunnels.
 
 #[path = "../support"]
 mod support {
@@ -24,4 +24,5 @@ mod proxy_protocol;
 mod shared;
 mod strict;
 mod tls;
+mod upgrade;
 mod upstream;

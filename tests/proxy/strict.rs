@@ -219,21 +219,33 @@ async fn a_101_nobody_asked_for_is_a_502_and_the_next_request_is_served() {
 }
 
 #[tokio::test]
-async fn upgrade_requests_go_out_as_plain_requests() {
-    // Upgrade and Connection are hop-by-hop: the backend is not asked to
-    // switch, so it answers as to any request (tunnelling comes later).
+async fn an_upgrade_answered_200_is_an_ordinary_response() {
+    // The upgrade headers reach the backend; a backend that does not
+    // switch answers as to any request, and the client gets that answer.
     let b = raw_backend(switches_on_upgrade_path).await;
     let lb = balancer(&config(&[b.addr])).await;
-    let ws = "Host: app.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+    let ws = "Host: app.example\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
               Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     let r = one(lb.proxy_addr(), &format!("GET /ws HTTP/1.1\r\n{ws}")).await;
     assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.body, b"ok");
     let head = only_head(&b);
-    assert!(header_values(&head, "upgrade").is_empty(), "{head}");
-    assert!(header_values(&head, "connection").is_empty(), "{head}");
-    // A backend that switches anyway is not believed.
-    let r = one(lb.proxy_addr(), &format!("GET /upgrade HTTP/1.1\r\n{ws}")).await;
-    assert_refused(&r, 502);
+    assert_eq!(header_values(&head, "upgrade"), ["websocket"], "{head}");
+    assert_eq!(header_values(&head, "connection"), ["upgrade"], "{head}");
+    assert_eq!(
+        header_values(&head, "sec-websocket-key"),
+        ["dGhlIHNhbXBsZSBub25jZQ=="],
+        "{head}"
+    );
+    // A backend that switches to something the client did not ask for is
+    // not believed.
+    let foo = ws.replace("Upgrade: websocket", "Upgrade: foo/1");
+    let r = one(lb.proxy_addr(), &format!("GET /upgrade HTTP/1.1\r\n{foo}")).await;
+    let body = assert_refused(&r, 502);
+    assert_eq!(
+        body["message"],
+        "Bad gateway: backend switched to a protocol the client did not ask for"
+    );
     lb.shutdown().await;
 }
 
