@@ -89,6 +89,7 @@ async fn metrics_count_what_happened() {
     }
     assert_eq!(get("tollgate_clients_tracked"), 1.0);
     assert_eq!(get("tollgate_clients_pinned"), 0.0);
+    assert_eq!(get("tollgate_upgraded_connections"), 0.0);
     // Refill ticks and snapshots run on their own schedule (100 ms here):
     // scrape until each has been recorded.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -107,6 +108,41 @@ async fn metrics_count_what_happened() {
             "no refill/snapshot timings in:\n{text}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    lb.shutdown().await;
+    open_tunnels_are_a_gauge(&bs[0]).await;
+}
+
+/// `tollgate_upgraded_connections` while a WebSocket tunnel is open and
+/// after it closed (a balancer of its own: the first spent its tokens).
+async fn open_tunnels_are_a_gauge(b: &support::TestBackend) {
+    use futures_util::{SinkExt, StreamExt};
+    let lb = balancer(&config(&[b.addr])).await;
+    let c = client();
+    let gauge = |text: &str| parse(text).get("tollgate_upgraded_connections").copied();
+    let tcp = tokio::net::TcpStream::connect(lb.proxy_addr())
+        .await
+        .expect("connect");
+    let url = format!("ws://{}/ws", lb.proxy_addr());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp)
+        .await
+        .expect("upgraded");
+    // Echoed: the tunnel is running, not only promised.
+    let hello = tokio_tungstenite::tungstenite::Message::text("hello");
+    ws.send(hello.clone()).await.expect("send");
+    assert_eq!(ws.next().await.expect("echo").expect("message"), hello);
+    let text = scrape(&c, lb.admin_addr()).await;
+    assert_eq!(gauge(&text), Some(1.0), "{text}");
+    ws.close(None).await.expect("close");
+    while let Some(Ok(_)) = ws.next().await {}
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = scrape(&c, lb.admin_addr()).await;
+        if gauge(&text) == Some(0.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still open:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     lb.shutdown().await;
 }
