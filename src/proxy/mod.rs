@@ -430,7 +430,8 @@ impl Proxy {
             in_flight,
         } = switched;
         let answered = head.headers.get(header::UPGRADE).cloned();
-        let Some(protocols) = answered.filter(|a| asked.is_some_and(|q| tunnel::accepted(q, Some(a))))
+        let Some(protocols) =
+            answered.filter(|a| asked.is_some_and(|q| tunnel::accepted(q, Some(a))))
         else {
             tracing::warn!(backend = %backend.url(), "backend switched to a protocol the client did not ask for");
             return Err(Failure::Answer(

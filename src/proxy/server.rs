@@ -308,7 +308,11 @@ where
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
+    // Tells open tunnels the drain is over (fired, or dropped, when this
+    // function returns).
+    let (cut, cut_signal) = crate::shutdown::channel();
     let shared = Arc::new(Shared {
+        cut: cut_signal,
         handler,
         http1,
         http2,
@@ -320,9 +324,6 @@ where
     // Tells connections to give up (still waiting for their first bytes)
     // or to finish their current request and close.
     let (closing, closing_signal) = crate::shutdown::channel();
-    // Tells open tunnels the drain is over (fired, or dropped, when this
-    // function returns).
-    let (cut, cut_signal) = crate::shutdown::channel();
     tokio::pin!(shutdown);
     let mut next = 0;
     loop {
@@ -372,7 +373,6 @@ where
                     endpoints[endpoint].tls.clone(),
                     graceful.watcher(),
                     closing_signal.clone(),
-                    cut_signal.clone(),
                     permit,
                 )));
             }
@@ -399,6 +399,8 @@ struct Shared<H> {
     header_read_timeout: Duration,
     send_timeout: Duration,
     proxy_protocol: Option<ProxyProtocol>,
+    /// Completes when the drain is over: open tunnels are cut.
+    cut: Signal,
 }
 
 /// The HTTP/2 connection preface: a client speaking h2c with prior
@@ -416,7 +418,6 @@ async fn serve_connection<H, F>(
     // Held until the connection ends: the drain waits for every watcher.
     _watcher: Watcher,
     closing: Signal,
-    cut: Signal,
     // Returned to the connection budget when the connection ends.
     _permit: Option<OwnedSemaphorePermit>,
 ) where
@@ -494,7 +495,7 @@ async fn serve_connection<H, F>(
         drive_h2(conn, &state, shared.header_read_timeout, closing).await
     } else {
         let conn = shared.http1.serve_connection(io, service);
-        drive_h1(conn, &state, closing, cut).await
+        drive_h1(conn, &state, closing, shared.cut.clone()).await
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");

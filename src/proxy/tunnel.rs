@@ -106,8 +106,7 @@ enum Side {
 }
 
 /// A function serving an upgraded client connection in this process.
-type LocalHandler =
-    Box<dyn FnOnce(ClientIo) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+type LocalHandler = Box<dyn FnOnce(ClientIo) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// An upgraded client connection, as a [`Tunnel::local`] function gets it
 /// (bytes the client sent right after its request come first).
@@ -370,7 +369,10 @@ mod tests {
 
     #[test]
     fn an_upgrade_needs_both_headers_and_http_1_1() {
-        let ws = headers(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        let ws = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
         assert_eq!(
             requested(Version::HTTP_11, &ws),
             Some(HeaderValue::from_static("websocket"))

@@ -189,9 +189,7 @@ impl Upstreams {
                 None => (self.connect(backend).await?, false),
             };
             match sender.try_send_request(req).await {
-                Ok(mut response)
-                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS =>
-                {
+                Ok(mut response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                     if !asks_upgrade {
                         return Err(SendError::Switched);
                     }

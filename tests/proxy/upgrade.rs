@@ -99,7 +99,10 @@ async fn a_tunnel_counts_in_flight_for_its_backend_until_it_closes() {
     assert_eq!(backend.in_flight(), 1);
     ws.close(None).await.expect("close");
     closed(&mut ws).await;
-    eventually("the tunnel no longer in flight", || backend.in_flight() == 0).await;
+    eventually("the tunnel no longer in flight", || {
+        backend.in_flight() == 0
+    })
+    .await;
     lb.shutdown().await;
     b.stop().await;
 }
