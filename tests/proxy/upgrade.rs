@@ -14,6 +14,7 @@ use tokio_tungstenite::WebSocketStream;
 use tollgate::limiter::Limits;
 use tollgate::proxy::server::Drained;
 
+use crate::support::raw::RawClient;
 use crate::support::{backend, balancer, config, eventually};
 
 type Ws = WebSocketStream<TcpStream>;
@@ -152,5 +153,37 @@ async fn a_tunnel_open_at_shutdown_is_cut_at_the_drain_timeout() {
     let at = closed(&mut ws).await;
     assert!(at - started >= drain, "cut after {:?}", at - started);
     assert_eq!(shutdown.await.expect("shutdown"), Drained::TimedOut);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn bytes_sent_right_behind_the_handshake_reach_the_backend() {
+    // A client may send its first frames before the 101 arrives; they are
+    // read with the request head and must not be lost when the socket
+    // leaves hyper.
+    let b = backend("b0").await;
+    let lb = balancer(&config(&[b.addr])).await;
+    let mut c = RawClient::connect(lb.proxy_addr()).await;
+    let mut bytes = b"GET /ws HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\n\
+        Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    // A masked text frame "hi", then a masked close frame.
+    bytes.extend_from_slice(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+    bytes.extend_from_slice(&[0x88, 0x80, 0, 0, 0, 0]);
+    c.send(&bytes).await;
+    let head = c.head().await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    // The echo, then the backend's close frame; then the backend closes
+    // and the tunnel ends with it.
+    let rest = c.rest().await;
+    assert!(rest.starts_with(&[0x81, 0x02, b'h', b'i']), "{rest:?}");
+    assert_eq!(rest.get(4), Some(&0x88), "{rest:?}");
+    lb.shutdown().await;
     b.stop().await;
 }
