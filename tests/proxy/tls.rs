@@ -1,5 +1,5 @@
 //! The TLS listener: HTTP/1.1 and HTTP/2 by ALPN with the same limits and
-//! headers as plain HTTP, certificates by SNI and their reload, protocol
+//! headers as plain HTTP, WebSocket tunnels, certificates by SNI and their reload, protocol
 //! versions, the connection budget, and clients that never finish a
 //! handshake.
 
@@ -588,4 +588,35 @@ async fn a_proxy_header_comes_before_the_handshake_and_names_the_client() {
     assert_eq!(seen["x-forwarded-proto"], "https");
     lb.shutdown().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_over_the_tls_listener() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let b = backend("b").await;
+    let ca = TestCa::new("test CA");
+    let site = ca.issue("site", &["app.test"]);
+    let mut cfg = config(&[b.addr]);
+    with_tls(&mut cfg, &[&site]);
+    let lb = balancer(&cfg).await;
+    let tcp = TcpStream::connect(tls_addr(&lb)).await.expect("connect");
+    let tls = tls_over(tcp, &ca).await;
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://app.test/ws", tls)
+        .await
+        .expect("upgraded");
+    assert_eq!(response.status(), 101);
+    for i in 0..100 {
+        let m = Message::text(format!("over TLS {i}"));
+        ws.send(m.clone()).await.expect("send");
+        assert_eq!(ws.next().await.expect("echo").expect("message"), m);
+    }
+    // The backend closes after the close handshake; the tunnel ends with it.
+    ws.close(None).await.expect("close");
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the tunnel stayed open");
+    lb.shutdown().await;
 }
