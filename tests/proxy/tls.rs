@@ -1,7 +1,7 @@
 //! The TLS listener: HTTP/1.1 and HTTP/2 by ALPN with the same limits and
-//! headers as plain HTTP, WebSocket tunnels, certificates by SNI and their reload, protocol
-//! versions, the connection budget, and clients that never finish a
-//! handshake.
+//! headers as plain HTTP, WebSocket tunnels, certificates by SNI and their
+//! reload, protocol versions, the connection budget, and clients that never
+//! finish a handshake.
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
