@@ -468,20 +468,31 @@ async fn serve_connection<H, F>(
         upgraded: false,
     });
     let handler = shared.clone();
-    let service_state = state.clone();
+    let counted = h2.then(|| state.clone());
+    let upgrades = state.clone();
     let service = hyper::service::service_fn(move |req| {
         let handler = handler.clone();
-        let state = service_state.clone();
         // HTTP/2 only: the connection's idle timer needs to know when no
         // request is open (HTTP/1.1 has hyper's own).
-        let open = h2.then(|| OpenRequest::new(state.clone()));
+        let open = counted.as_ref().map(|s| OpenRequest::new(s.clone()));
+        // HTTP/1.1 with `Upgrade` (hyper marks it, and will switch the
+        // connection on a 101 to it): the 101 may carry a tunnel. Any
+        // other request pays only this look into empty extensions.
+        // (HTTP/2 marks extended CONNECT the same way; not an upgrade.)
+        let switching = (!h2
+            && req
+                .extensions()
+                .get::<hyper::upgrade::OnUpgrade>()
+                .is_some())
+        .then(|| upgrades.clone());
         async move {
             let mut response = (handler.handler)(req, conn).await;
-            // HTTP/1.1 only (HTTP/2 has no Upgrade): the tunnel a 101
-            // opens, for the driver to run once hyper has sent the 101.
-            if !h2 && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(tunnel) = response.extensions_mut().remove::<Tunnel>() {
-                    state.hand_over(tunnel);
+            // The tunnel is run by the driver once hyper has sent the 101.
+            if let Some(state) = switching {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(tunnel) = response.extensions_mut().remove::<Tunnel>() {
+                        state.hand_over(tunnel);
+                    }
                 }
             }
             Ok::<_, Infallible>(match open {
