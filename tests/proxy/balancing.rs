@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use tollgate::balancer::{State, StrategyName, Weight};
+use tollgate::balancer::{BackendSpec, State, StrategyName, Weight};
 use tollgate::config::Config;
 use tollgate::shutdown::{self, Trigger};
 
@@ -38,11 +38,15 @@ async fn backend_of(c: &reqwest::Client, u: &str) -> String {
 
 /// Who answered `n` sequential `GET /`s, in order.
 async fn sequence(lb: &tollgate::app::Running, n: usize) -> Vec<String> {
-    let c = client();
+    sequence_on(&client(), lb, n).await
+}
+
+/// [`sequence`] on the client `c` (its keep-alive connection).
+async fn sequence_on(c: &reqwest::Client, lb: &tollgate::app::Running, n: usize) -> Vec<String> {
     let u = url(lb.proxy_addr(), "/");
     let mut seen = Vec::with_capacity(n);
     for _ in 0..n {
-        seen.push(backend_of(&c, &u).await);
+        seen.push(backend_of(c, &u).await);
     }
     seen
 }
@@ -314,4 +318,72 @@ async fn never_more_than_max_ejected_percent_are_ejected() {
     assert_eq!(ejected, 2, "50 % of 4");
     assert_eq!(lb.pool().healthy_count(), 2);
     lb.shutdown().await;
+}
+
+/// A keep-alive backend answering `200 ok` to bodiless requests, counting
+/// its open connections.
+async fn counting_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let open = Arc::new(AtomicUsize::new(0));
+    let counter = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let open = counter.clone();
+            open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => break,
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let reply =
+                            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-backend: counted\r\n\r\nok";
+                        if s.write_all(reply.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_backend_gets_no_requests_and_its_idle_connections_close() {
+    let (counted, open) = counting_backend().await;
+    let other = support::backend("other").await;
+    let mut cfg = named(&[counted, other.addr], &[1, 1], StrategyName::RoundRobin);
+    cfg.health_check.interval = Duration::from_secs(3600);
+    let lb = balancer(&cfg).await;
+    eventually("the first health check's connection closed", || {
+        open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    // One client connection: one proxy thread, one pooled connection.
+    let c = client();
+    let seen = sequence_on(&c, &lb, 4).await;
+    assert_eq!(share(&seen, "counted"), 0.5, "{seen:?}");
+    assert_eq!(open.load(Ordering::SeqCst), 1, "kept alive in the pool");
+
+    let report = lb.pool().replace(vec![BackendSpec::from(&cfg.backends[1])]);
+    assert_eq!(report.removed.len(), 1);
+    // The next request on that thread sweeps its pool.
+    let seen = sequence_on(&c, &lb, 6).await;
+    assert!(seen.iter().all(|n| n == "other"), "{seen:?}");
+    eventually("the removed backend's idle connection closed", || {
+        open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    lb.shutdown().await;
+    other.stop().await;
 }
