@@ -13,6 +13,7 @@
 //! not a request that hangs. Every error, the ones axum's extractors and
 //! router produce included, is JSON `{"code":N,"message":"..."}`.
 
+pub mod client;
 pub mod server;
 
 use std::hash::{Hash, Hasher};
