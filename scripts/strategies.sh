@@ -19,7 +19,7 @@ CONNS=${CONNS:-64}
 SLOW_MS=${SLOW_MS:-50}
 STRATEGIES=${STRATEGIES:-round_robin least_connections p2c}
 # The production profile (fat LTO), as the Docker image ships it.
-BIN=target/production/tollgate
+BIN=${CARGO_TARGET_DIR:-target}/production/tollgate
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
