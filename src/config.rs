@@ -1237,6 +1237,7 @@ mod tests {
         assert_eq!(c.rate_limit.max_clients.get(), 1_000_000);
         assert_eq!(c.rate_limit.idle_timeout, Duration::from_secs(600));
         assert_eq!(c.health_check.unhealthy_threshold.get(), 2);
+        assert_eq!(c.health_check.passive, d.health_check.passive);
         assert_eq!(c.backends.len(), 3);
         assert_eq!(c.admin.header_read_timeout, d.admin.header_read_timeout);
         assert_eq!(c.admin.body_read_timeout, d.admin.body_read_timeout);

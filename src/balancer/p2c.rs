@@ -6,8 +6,8 @@ use super::random::by_weight;
 use super::{lighter, Backend, Strategy};
 
 /// Draws two distinct backends at random by weight and sends the request
-/// to the one with fewer requests in flight per unit of weight (the first
-/// on a tie). Nearly as good as least connections at avoiding a slow
+/// to the one with fewer requests in flight per unit of weight (on a tie
+/// the heavier, then the first drawn). Nearly as good as least connections at avoiding a slow
 /// backend, without looking at every backend and without every request
 /// of a burst piling onto the one that was least loaded a moment ago.
 #[derive(Debug, Default, Clone, Copy)]
