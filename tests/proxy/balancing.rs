@@ -387,3 +387,44 @@ async fn a_removed_backend_gets_no_requests_and_its_idle_connections_close() {
     lb.shutdown().await;
     other.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_backend_set_checks_new_backends_before_they_join() {
+    let bs = backends(2).await;
+    let cfg = named(&[bs[0].addr], &[1], StrategyName::RoundRobin);
+    let lb = balancer(&cfg).await;
+    let pool = lb.pool().clone();
+    let b0 = pool.find("b0").expect("b0");
+    pool.drain("b0");
+    let tls = tollgate::tls::client::backend_client_config(None, false).expect("tls");
+    let checker =
+        tollgate::health::Checker::new(pool.clone(), "/health", Duration::from_secs(1), &tls);
+    let dead = support::closed_port();
+    let spec = |addr: SocketAddr, name: &str, weight: u64| BackendSpec {
+        url: tollgate::balancer::BackendUrl::parse(&format!("http://{addr}")).expect("url"),
+        name: name.into(),
+        weight: Weight::new(weight).expect("weight"),
+    };
+    let report = checker
+        .replace_backends(vec![
+            spec(bs[0].addr, "first", 2),
+            spec(bs[1].addr, "b1", 1),
+            spec(dead, "dead", 1),
+        ])
+        .await;
+    assert_eq!(report.added.len(), 2, "{report:?}");
+    assert_eq!(report.changed.len(), 1, "{report:?}");
+    let first = pool.find("first").expect("renamed");
+    assert!(Arc::ptr_eq(&first, &b0), "kept: the same backend");
+    assert_eq!(first.state(), State::Draining, "its drain survives");
+    assert_eq!(first.weight(), 2);
+    assert_eq!(
+        pool.find("dead").map(|b| b.state()),
+        Some(State::Unhealthy),
+        "a new backend that fails its first check never gets a request"
+    );
+    assert_eq!(pool.find("b1").map(|b| b.state()), Some(State::Active));
+    let seen = sequence(&lb, 6).await;
+    assert!(seen.iter().all(|n| n == "b1"), "{seen:?}");
+    lb.shutdown().await;
+}
