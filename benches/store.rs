@@ -21,9 +21,9 @@ fn config(db: &str) -> Config {
     let mut c = Config::parse("").expect("defaults");
     c.server.listen = Some("127.0.0.1:0".parse().expect("addr"));
     c.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    c.backends = vec![BackendConfig {
-        url: BackendUrl::parse("http://127.0.0.1:9").expect("url"),
-    }];
+    c.backends = vec![BackendConfig::new(
+        BackendUrl::parse("http://127.0.0.1:9").expect("url"),
+    )];
     c.store.url = db.to_string();
     c
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use crate::admin::AdminState;
-use crate::balancer::{strategy_for, Pool, Thresholds};
+use crate::balancer::{strategy_for, BackendSpec, PassiveSettings, Pool, Thresholds};
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::health::Checker;
 use crate::limiter::shared::SharedLimiter;
@@ -302,11 +302,12 @@ async fn build_pool(
 ) -> (Arc<Pool>, Checker) {
     let hc = &config.health_check;
     let pool = Arc::new(
-        Pool::new(
-            config.backends.iter().map(|b| b.url.clone()),
+        Pool::of(
+            config.backends.iter().map(BackendSpec::from),
             strategy_for(config.balancing.strategy),
         )
-        .with_thresholds(Thresholds::from(hc)),
+        .with_thresholds(Thresholds::from(hc))
+        .with_passive(PassiveSettings::from(&hc.passive)),
     );
     let checker = Checker::new(pool.clone(), &hc.path, hc.timeout, backend_tls);
     checker.initial_round().await;
@@ -466,7 +467,7 @@ fn log_started(
     }
     tracing::info!(listen = %listening.admin, auth = config.admin.token.is_some(), "admin API listening");
     tracing::info!(
-        backends = %config.backends.iter().map(|b| b.url.to_string()).collect::<Vec<_>>().join(", "),
+        backends = %config.backends.iter().map(|b| format!("{} ({}, weight {})", b.name(), b.url, b.weight.get())).collect::<Vec<_>>().join(", "),
         healthy = proxy.pool().healthy_count(),
         "backends"
     );

@@ -121,6 +121,35 @@ pub fn backend(listen: SocketAddr, name: Option<String>) -> ExitCode {
     })
 }
 
+/// `tollgate backends list | drain NAME | enable NAME`: exit 0, 1 when
+/// the API refused (its message printed) or could not be reached.
+pub fn backends(
+    admin: &str,
+    json: bool,
+    command: &crate::admin::client::BackendsCommand,
+) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let token = std::env::var(crate::admin::client::TOKEN_ENV).ok();
+    match rt.block_on(crate::admin::client::backends(
+        admin,
+        token.as_deref(),
+        command,
+        json,
+    )) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn finish(result: Result<crate::proxy::server::Drained, crate::app::StartError>) -> ExitCode {
     match result {
         Ok(_) => ExitCode::SUCCESS,

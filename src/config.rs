@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
-use crate::balancer::{BackendUrl, StrategyName};
+use crate::balancer::{BackendUrl, StrategyName, Weight};
 use crate::limiter::shared::OnFailure;
 use crate::limiter::Limits;
 use crate::tls::server::{Alpn, CertificatePaths, MinVersion, PairFile, TlsSettings};
@@ -214,6 +214,47 @@ impl Default for AdminConfig {
 pub struct BackendConfig {
     /// `http://host:port` or `https://host[:port]` of the backend.
     pub url: BackendUrl,
+    /// What the admin API, metrics and logs call it; `None`: `host:port`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its share of requests relative to the others (1-1000), honoured
+    /// by every strategy.
+    #[serde(default)]
+    pub weight: Weight,
+}
+
+impl BackendConfig {
+    /// A backend at `url`, with the default name and weight 1.
+    pub fn new(url: BackendUrl) -> Self {
+        Self {
+            url,
+            name: None,
+            weight: Weight::ONE,
+        }
+    }
+
+    /// Its name: as configured, else `host:port`.
+    pub fn name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| crate::balancer::default_name(&self.url))
+    }
+}
+
+/// Longest backend name accepted.
+pub const MAX_BACKEND_NAME: usize = 128;
+
+/// Why `name` cannot be a backend name, if it cannot: it goes into URL
+/// paths (`/backends/{name}/drain`), metric labels and log lines.
+fn backend_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > MAX_BACKEND_NAME {
+        return Some(format!(
+            "{name:?}: a name is 1 to {MAX_BACKEND_NAME} characters"
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+    (!name.chars().all(allowed))
+        .then(|| format!("{name:?}: a name is made of letters, digits and - _ . : only"))
 }
 
 /// `balancing`.
@@ -279,6 +320,32 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: NonZeroU32,
     /// Consecutive successes that bring it back.
     pub healthy_threshold: NonZeroU32,
+    /// Outlier ejection on answers.
+    pub passive: PassiveConfig,
+}
+
+/// `health_check.passive`: outlier ejection on consecutive 5xx answers.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveConfig {
+    /// 5xx answers in a row that eject a backend; 0: off.
+    pub consecutive_5xx: u32,
+    /// How long an ejected backend stays out.
+    #[serde(deserialize_with = "duration")]
+    pub ejection_time: Duration,
+    /// Never eject more than this share of the pool (percent, rounded
+    /// down: 1 of 2 at 50).
+    pub max_ejected_percent: u8,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_5xx: 0,
+            ejection_time: Duration::from_secs(30),
+            max_ejected_percent: 50,
+        }
+    }
 }
 
 impl Default for HealthCheckConfig {
@@ -289,6 +356,7 @@ impl Default for HealthCheckConfig {
             timeout: Duration::from_secs(1),
             unhealthy_threshold: NonZeroU32::MIN.saturating_add(1),
             healthy_threshold: NonZeroU32::MIN.saturating_add(1),
+            passive: PassiveConfig::default(),
         }
     }
 }
@@ -687,14 +755,7 @@ impl Config {
         if self.backends.is_empty() {
             add("backends", "at least one backend is required".into());
         }
-        for (i, a) in self.backends.iter().enumerate() {
-            if self.backends[..i].contains(a) {
-                add(
-                    &format!("backends[{i}].url"),
-                    format!("{} is listed twice", a.url),
-                );
-            }
-        }
+        self.check_backends(&mut add);
         if !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
             add(
                 "admin.token",
@@ -835,6 +896,43 @@ impl Config {
 }
 
 impl Config {
+    /// `backends` (URLs and names unique, names usable) and
+    /// `health_check.passive`.
+    fn check_backends(&self, add: &mut impl FnMut(&str, String)) {
+        for (i, a) in self.backends.iter().enumerate() {
+            if self.backends[..i].iter().any(|b| b.url == a.url) {
+                add(
+                    &format!("backends[{i}].url"),
+                    format!("{} is listed twice", a.url),
+                );
+            }
+            if let Some(reason) = a.name.as_deref().and_then(backend_name_problem) {
+                add(&format!("backends[{i}].name"), reason);
+                continue;
+            }
+            let name = a.name();
+            if let Some(j) = self.backends[..i].iter().position(|b| b.name() == name) {
+                add(
+                    &format!("backends[{i}].name"),
+                    format!("{name:?} is already the name of backends[{j}]; names are unique"),
+                );
+            }
+        }
+        let passive = &self.health_check.passive;
+        if passive.max_ejected_percent > 100 {
+            add(
+                "health_check.passive.max_ejected_percent",
+                format!("{}: a percentage is 0 to 100", passive.max_ejected_percent),
+            );
+        }
+        if passive.consecutive_5xx > 0 && passive.ejection_time.is_zero() {
+            add(
+                "health_check.passive.ejection_time",
+                "must be greater than 0 when consecutive_5xx is set".into(),
+            );
+        }
+    }
+
     /// `server.listen`, `server.tls`: a listener at all, distinct
     /// addresses, and certificate files a start can load.
     fn check_tls(&self, add: &mut impl FnMut(&str, String), files: Files) {
@@ -990,7 +1088,7 @@ fn yaml_problem(e: serde_yaml::Error) -> Vec<Problem> {
 fn default_backends() -> Vec<BackendConfig> {
     (9001..=9003)
         .filter_map(|port| BackendUrl::parse(&format!("http://127.0.0.1:{port}")).ok())
-        .map(|url| BackendConfig { url })
+        .map(BackendConfig::new)
         .collect()
 }
 
@@ -1045,6 +1143,26 @@ impl From<&HealthCheckConfig> for crate::balancer::Thresholds {
         Self {
             unhealthy: hc.unhealthy_threshold.get(),
             healthy: hc.healthy_threshold.get(),
+        }
+    }
+}
+
+impl From<&PassiveConfig> for crate::balancer::PassiveSettings {
+    fn from(p: &PassiveConfig) -> Self {
+        Self {
+            consecutive_5xx: p.consecutive_5xx,
+            ejection_time: p.ejection_time,
+            max_ejected_percent: p.max_ejected_percent,
+        }
+    }
+}
+
+impl From<&BackendConfig> for crate::balancer::BackendSpec {
+    fn from(b: &BackendConfig) -> Self {
+        Self {
+            url: b.url.clone(),
+            name: b.name().into(),
+            weight: b.weight,
         }
     }
 }
@@ -1129,6 +1247,7 @@ mod tests {
         assert_eq!(c.rate_limit.max_clients.get(), 1_000_000);
         assert_eq!(c.rate_limit.idle_timeout, Duration::from_secs(600));
         assert_eq!(c.health_check.unhealthy_threshold.get(), 2);
+        assert_eq!(c.health_check.passive, d.health_check.passive);
         assert_eq!(c.backends.len(), 3);
         assert_eq!(c.admin.header_read_timeout, d.admin.header_read_timeout);
         assert_eq!(c.admin.body_read_timeout, d.admin.body_read_timeout);
@@ -1299,6 +1418,79 @@ mod tests {
         let c = Config::parse(&yaml(&ca)).expect("a CA file");
         assert_eq!(c.proxy.ca_file.as_deref(), Some(ca.as_path()));
         assert_eq!(Config::parse("").expect("defaults").proxy.ca_file, None);
+    }
+
+    #[test]
+    fn backend_names_weights_and_passive_checks() {
+        let c = Config::parse(
+            "backends:\n  - url: http://127.0.0.1:9001\n  - {url: http://127.0.0.1:9002, name: app-2, weight: 3}\n\
+             balancing: {strategy: p2c}\n\
+             health_check:\n  passive: {consecutive_5xx: 5, ejection_time: 10s, max_ejected_percent: 30}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.backends[0].name(), "127.0.0.1:9001");
+        assert_eq!(c.backends[0].weight.get(), 1);
+        assert_eq!(c.backends[1].name(), "app-2");
+        assert_eq!(c.backends[1].weight.get(), 3);
+        assert_eq!(c.balancing.strategy, StrategyName::P2c);
+        assert_eq!(c.health_check.passive.consecutive_5xx, 5);
+        assert_eq!(
+            c.health_check.passive.ejection_time,
+            Duration::from_secs(10)
+        );
+        assert_eq!(c.health_check.passive.max_ejected_percent, 30);
+        let d = Config::parse("").expect("defaults");
+        assert_eq!(d.health_check.passive, PassiveConfig::default());
+        assert_eq!(d.health_check.passive.consecutive_5xx, 0, "off by default");
+        assert_eq!(d.balancing.strategy, StrategyName::RoundRobin);
+
+        for (yaml, field, says) in [
+            (
+                "backends:\n  - {url: http://127.0.0.1:1, weight: 0}\n",
+                "backends[0].weight",
+                "1 to 1000",
+            ),
+            (
+                "backends:\n  - {url: http://127.0.0.1:1, weight: 1001}\n",
+                "backends[0].weight",
+                "1 to 1000",
+            ),
+            (
+                "backends:\n  - {url: http://127.0.0.1:1, name: a}\n  - {url: http://127.0.0.1:2, name: a}\n",
+                "backends[1].name",
+                "unique",
+            ),
+            (
+                "backends:\n  - {url: http://127.0.0.1:1, name: 127.0.0.1:2}\n  - {url: http://127.0.0.1:2}\n",
+                "backends[1].name",
+                "backends[0]",
+            ),
+            (
+                "backends:\n  - {url: http://127.0.0.1:1, name: \"a/b\"}\n",
+                "backends[0].name",
+                "letters",
+            ),
+            (
+                "backends:\n  - {url: http://127.0.0.1:1, name: \"\"}\n",
+                "backends[0].name",
+                "1 to",
+            ),
+            (
+                "health_check:\n  passive: {max_ejected_percent: 101}\n",
+                "health_check.passive.max_ejected_percent",
+                "0 to 100",
+            ),
+            (
+                "health_check:\n  passive: {consecutive_5xx: 3, ejection_time: 0s}\n",
+                "health_check.passive.ejection_time",
+                "greater than 0",
+            ),
+        ] {
+            let problems = Config::parse(yaml).expect_err(yaml);
+            assert_eq!(problems.len(), 1, "{yaml}: {problems:?}");
+            assert_eq!(problems[0].field, field, "{yaml}: {problems:?}");
+            assert!(problems[0].reason.contains(says), "{yaml}: {problems:?}");
+        }
     }
 
     #[test]

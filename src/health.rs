@@ -25,7 +25,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use tokio::time::MissedTickBehavior;
 
-use crate::balancer::{Backend, Pool};
+use crate::balancer::{Backend, BackendSpec, Pool, Replaced};
 use crate::shutdown::{Signal, Ticks};
 use crate::telemetry::Throttle;
 
@@ -102,22 +102,42 @@ impl Checker {
     /// The first round: each backend's health is set from its one result,
     /// so a dead backend never gets traffic and a live one gets it at once.
     pub async fn initial_round(&self) {
-        let results = join_all(self.pool.backends().iter().map(|b| self.probe(b))).await;
-        for (backend, ok) in self.pool.backends().iter().zip(results) {
+        self.first_check(&self.pool.backends()).await;
+    }
+
+    /// Sets the health of `backends` (new ones: at start, or added by a
+    /// reload) from one check each.
+    pub async fn first_check(&self, backends: &[Arc<Backend>]) {
+        let results = join_all(backends.iter().map(|b| self.probe(b))).await;
+        for (backend, ok) in backends.iter().zip(results) {
             // Without a result the backend is given the benefit of the
             // doubt: passive checks remove it at once if it is down.
             let ok = ok.unwrap_or(true);
             self.pool.record_initial(backend, ok);
             if !ok {
-                tracing::warn!(backend = %backend.url(), "backend failed its first health check: not in the pool");
+                tracing::warn!(backend = %backend.name(), url = %backend.url(), "backend failed its first health check: not in the pool");
             }
         }
     }
 
-    /// One round: every backend checked concurrently, results recorded.
+    /// Replaces the pool's backend set (a reload): new backends are
+    /// checked once first, as at start-up, so a dead one never gets a
+    /// request and a live one gets them at once (see
+    /// `balancer::Pool::plan`).
+    pub async fn replace_backends(&self, specs: Vec<BackendSpec>) -> Replaced {
+        let plan = self.pool.plan(specs);
+        self.first_check(plan.added()).await;
+        self.pool.commit(plan)
+    }
+
+    /// One round: every backend checked concurrently (draining and
+    /// ejected ones too), results recorded; ejections whose time is up
+    /// end here at the latest.
     pub async fn round(&self) {
-        let results = join_all(self.pool.backends().iter().map(|b| self.probe(b))).await;
-        for (backend, ok) in self.pool.backends().iter().zip(results) {
+        self.pool.restore_expired();
+        let backends = self.pool.backends();
+        let results = join_all(backends.iter().map(|b| self.probe(b))).await;
+        for (backend, ok) in backends.iter().zip(results) {
             let Some(ok) = ok else { continue };
             if let Some(t) = self.pool.record(backend, ok) {
                 t.log(backend, "active check");

@@ -45,6 +45,34 @@ enum Command {
     },
     /// Validate the config and exit 0, or print every problem and exit 2.
     Check,
+    /// List, drain or enable backends of a running tollgate (admin API;
+    /// token from $TOLLGATE_ADMIN_TOKEN). Exit 1 when the API refused.
+    Backends {
+        /// The admin API.
+        #[arg(long, default_value = tollgate::admin::client::DEFAULT_ADMIN)]
+        admin: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: BackendsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackendsAction {
+    /// Every backend: name, state, health, weight, load, URL.
+    List,
+    /// No new requests to NAME; in-flight ones finish.
+    Drain {
+        /// The backend's name.
+        name: String,
+    },
+    /// NAME back in rotation.
+    Enable {
+        /// The backend's name.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,5 +85,18 @@ fn main() -> ExitCode {
         Command::Demo => tollgate::cli::demo(cli.config),
         Command::Backend { listen, name } => tollgate::cli::backend(listen, name),
         Command::Check => tollgate::cli::check(cli.config),
+        Command::Backends {
+            admin,
+            json,
+            action,
+        } => {
+            use tollgate::admin::client::BackendsCommand;
+            let command = match action {
+                BackendsAction::List => BackendsCommand::List,
+                BackendsAction::Drain { name } => BackendsCommand::Drain(name),
+                BackendsAction::Enable { name } => BackendsCommand::Enable(name),
+            };
+            tollgate::cli::backends(&admin, json, &command)
+        }
     }
 }

@@ -31,6 +31,9 @@ pub const CLIENTS_TRACKED: &str = "tollgate_clients_tracked";
 pub const CLIENTS_PINNED: &str = "tollgate_clients_pinned";
 /// Connections opened to each backend (a pool that works keeps this low).
 pub const BACKEND_CONNECTIONS: &str = "tollgate_backend_connections_opened_total";
+/// Times each backend was ejected for consecutive 5xx answers
+/// (`health_check.passive`).
+pub const BACKEND_EJECTIONS: &str = "tollgate_backend_ejections_total";
 /// Checks Redis was asked and failed (error or timeout); the checks skipped
 /// in the pause after a failure are not among them.
 pub const SHARED_LIMITER_FAILURES: &str = "tollgate_shared_limiter_failures_total";
@@ -97,6 +100,10 @@ fn describe() {
     metrics::describe_gauge!(BACKEND_HEALTHY, "1 if the backend is in the pool");
     metrics::describe_gauge!(BACKEND_IN_FLIGHT, "Requests in flight per backend");
     metrics::describe_counter!(BACKEND_CONNECTIONS, "Connections opened to each backend");
+    metrics::describe_counter!(
+        BACKEND_EJECTIONS,
+        "Times each backend was ejected for consecutive 5xx answers"
+    );
     metrics::describe_counter!(
         SHARED_LIMITER_FAILURES,
         "Checks Redis was asked and failed or timed out (not those skipped in the pause after a failure)"
@@ -244,7 +251,7 @@ pub async fn upkeep(
 /// One backend's state at scrape time.
 #[derive(Debug, Clone, Copy)]
 pub struct BackendGauge<'a> {
-    /// Its label (URL).
+    /// Its label (its name).
     pub label: &'a str,
     /// Whether it is in the pool.
     pub healthy: bool,

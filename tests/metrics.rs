@@ -44,8 +44,9 @@ async fn metrics_count_what_happened() {
             .copied()
             .unwrap_or_else(|| panic!("{k} missing from:\n{text}"))
     };
-    let b0 = format!("http://{}", bs[0].addr);
-    let b1 = format!("http://{}", bs[1].addr);
+    // Labelled with the backends' names: host:port by default.
+    let b0 = bs[0].addr.to_string();
+    let b1 = bs[1].addr.to_string();
     assert_eq!(
         get(&format!(
             "tollgate_requests_total{{status=\"2xx\",backend=\"{b0}\"}}"

@@ -13,6 +13,7 @@
 //! not a request that hangs. Every error, the ones axum's extractors and
 //! router produce included, is JSON `{"code":N,"message":"..."}`.
 
+pub mod client;
 pub mod server;
 
 use std::hash::{Hash, Hasher};
@@ -25,13 +26,13 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
-use crate::balancer::Pool;
+use crate::balancer::{Backend, Pool};
 use crate::error::AdminError;
 use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{ApiKey, ClientKey, Limits, Registry, MAX_PINNED};
@@ -130,6 +131,8 @@ pub fn router(state: AdminState) -> Router {
             get(get_client).put(update_client).delete(delete_client),
         )
         .route("/backends", get(backends))
+        .route("/backends/{name}/drain", post(drain_backend))
+        .route("/backends/{name}/enable", post(enable_backend))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics_text))
@@ -513,13 +516,32 @@ fn apply(state: &AdminState, key: &ClientKey, limits: Option<Limits>) {
     }
 }
 
+/// A backend as `/backends` shows it.
 #[derive(Debug, serde::Serialize)]
 struct BackendView {
+    name: String,
     url: String,
+    weight: u32,
+    state: crate::balancer::State,
     healthy: bool,
     in_flight: usize,
     consecutive_successes: u32,
     consecutive_failures: u32,
+}
+
+impl From<&Backend> for BackendView {
+    fn from(b: &Backend) -> Self {
+        Self {
+            name: b.name().to_string(),
+            url: b.url().to_string(),
+            weight: b.weight(),
+            state: b.state(),
+            healthy: b.is_healthy(),
+            in_flight: b.in_flight(),
+            consecutive_successes: b.consecutive_successes(),
+            consecutive_failures: b.consecutive_failures(),
+        }
+    }
 }
 
 async fn backends(State(state): State<AdminState>) -> Json<Vec<BackendView>> {
@@ -528,15 +550,53 @@ async fn backends(State(state): State<AdminState>) -> Json<Vec<BackendView>> {
             .pool
             .backends()
             .iter()
-            .map(|b| BackendView {
-                url: b.url().to_string(),
-                healthy: b.is_healthy(),
-                in_flight: b.in_flight(),
-                consecutive_successes: b.consecutive_successes(),
-                consecutive_failures: b.consecutive_failures(),
-            })
+            .map(|b| BackendView::from(b.as_ref()))
             .collect(),
     )
+}
+
+/// `POST /backends/{name}/drain`: no new requests, in-flight ones finish.
+async fn drain_backend(
+    State(state): State<AdminState>,
+    BackendName(name): BackendName,
+) -> Result<Json<BackendView>, AdminError> {
+    state
+        .pool
+        .drain(&name)
+        .map(|b| Json(BackendView::from(b.as_ref())))
+        .ok_or_else(|| no_backend(&name))
+}
+
+/// `POST /backends/{name}/enable`: back in rotation.
+async fn enable_backend(
+    State(state): State<AdminState>,
+    BackendName(name): BackendName,
+) -> Result<Json<BackendView>, AdminError> {
+    state
+        .pool
+        .enable(&name)
+        .map(|b| Json(BackendView::from(b.as_ref())))
+        .ok_or_else(|| no_backend(&name))
+}
+
+fn no_backend(name: &str) -> AdminError {
+    AdminError::NotFound(format!("no backend named {name:?}"))
+}
+
+/// The `{name}` path segment; rejections are [`AdminError`]s.
+struct BackendName(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for BackendName {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AdminError> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e: PathRejection| {
+                AdminError::BadRequest(format!("backend name in the path: {}", e.body_text()))
+            })?;
+        Ok(Self(name))
+    }
 }
 
 async fn healthz(State(state): State<AdminState>) -> Json<serde_json::Value> {
@@ -552,11 +612,13 @@ async fn metrics_text(State(state): State<AdminState>) -> Result<Response, Admin
         AdminError::NotFound("metrics are off: another metrics recorder was installed first".into())
     })?;
     let backends = state.pool.backends();
+    let labels: Vec<_> = backends.iter().map(|b| b.label()).collect();
     let gauges = crate::telemetry::StateGauges {
         backends: backends
             .iter()
-            .map(|b| crate::telemetry::BackendGauge {
-                label: b.label(),
+            .zip(&labels)
+            .map(|(b, label)| crate::telemetry::BackendGauge {
+                label,
                 healthy: b.is_healthy(),
                 in_flight: b.in_flight(),
             })

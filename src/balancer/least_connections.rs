@@ -1,22 +1,27 @@
-//! Least connections: the backend with the fewest requests in flight.
+//! Least connections: the backend with the fewest requests in flight per
+//! unit of weight.
 
 use std::sync::Arc;
 
-use super::{Backend, Strategy};
+use super::{lighter, Backend, Strategy};
 
-/// Sends each request to the healthy backend with the fewest requests in
-/// flight (ties go to the first in configuration order), so slow backends
-/// receive less new work. In-flight counts are kept by
-/// [`InFlight`](super::InFlight) guards, which cannot leak.
+/// Sends each request to the backend with the fewest requests in flight
+/// divided by its weight (so a backend of weight 3 carries three times the
+/// load of one of weight 1), so slow backends receive less new work. Ties
+/// go to the heavier backend, then the first in configuration order.
+/// In-flight counts are kept by [`InFlight`](super::InFlight) guards,
+/// which cannot leak.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LeastConnections;
 
 impl Strategy for LeastConnections {
     fn pick(&self, healthy: &[Arc<Backend>]) -> usize {
-        healthy
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, b)| b.in_flight())
-            .map_or(0, |(i, _)| i)
+        let mut best = 0;
+        for (i, b) in healthy.iter().enumerate().skip(1) {
+            if healthy.get(best).is_some_and(|current| lighter(b, current)) {
+                best = i;
+            }
+        }
+        best
     }
 }

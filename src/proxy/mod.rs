@@ -181,9 +181,10 @@ impl Proxy {
         if let Some(d) = &decision {
             headers::rate_limit(response.headers_mut(), d);
         }
+        let counters = backend.as_deref().map(Backend::request_counters);
         telemetry::request(
             response.status().as_u16(),
-            backend.as_deref().map(Backend::request_counters),
+            counters.as_deref(),
             started.elapsed(),
         );
         response
@@ -411,6 +412,8 @@ impl Proxy {
                 return Err(Failure::Timeout);
             }
         };
+        // The backend's own answer: what passive ejection judges it by.
+        self.pool.record_answer(backend, response.status());
         headers::strip_hop_by_hop(response.headers_mut());
         Ok(response)
     }

@@ -28,6 +28,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -46,7 +47,7 @@ use tokio_rustls::TlsConnector;
 
 use super::timeout::{Direction, IdleBody};
 use super::{Body, BoxError};
-use crate::balancer::{Backend, InFlight};
+use crate::balancer::{self, Backend, InFlight};
 
 /// Idle connections kept per backend and thread; more than this are closed
 /// when they fall idle.
@@ -129,13 +130,17 @@ struct Inner {
     /// Keyed by the backend's address in memory; the entry holds the
     /// backend, so the address cannot be reused by another while keyed.
     idle: Mutex<HashMap<usize, IdleStack, foldhash::fast::RandomState>>,
+    /// [`balancer::removals`] when `idle` was last swept of removed
+    /// backends.
+    removals_seen: AtomicU64,
 }
 
 /// A backend's idle connections, oldest first.
 #[derive(Debug)]
 struct IdleStack {
-    /// Held so the backend's address stays its key.
-    _backend: Arc<Backend>,
+    /// Held so the backend's address stays its key; also tells a
+    /// removed backend's connections apart.
+    backend: Arc<Backend>,
     connections: VecDeque<Idle>,
 }
 
@@ -167,6 +172,7 @@ impl Upstreams {
                 body_timeout,
                 tls,
                 idle: Mutex::new(HashMap::default()),
+                removals_seen: AtomicU64::new(balancer::removals()),
             }),
         }
     }
@@ -234,6 +240,7 @@ impl Upstreams {
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        self.inner.sweep_removed(&mut idle);
         let stack = &mut idle.get_mut(&key(backend))?.connections;
         // The most recent usable connection that can take a request now.
         // One that cannot yet stays: its last response is complete, but the
@@ -308,7 +315,7 @@ where
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| SendError::Connect(ConnectError::Handshake(e)))?;
-    let label = backend.label().to_owned();
+    let label = backend.label().to_string();
     metrics::counter!(crate::telemetry::BACKEND_CONNECTIONS, "backend" => label.clone())
         .increment(1);
     // With upgrades: after a 101 the socket goes to the tunnel (only a
@@ -324,15 +331,18 @@ where
 
 impl Inner {
     fn give_back(&self, backend: Arc<Backend>, sender: SendRequest<Body>) {
-        if sender.is_closed() {
+        // A backend a reload removed gets no more requests: its
+        // connection closes now rather than idling.
+        if sender.is_closed() || backend.is_removed() {
             return;
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        self.sweep_removed(&mut idle);
         let stack = &mut idle
             .entry(key(&backend))
             .or_insert_with(|| IdleStack {
-                _backend: backend,
+                backend,
                 connections: VecDeque::new(),
             })
             .connections;
@@ -344,6 +354,20 @@ impl Inner {
         if stack.len() < MAX_IDLE_PER_BACKEND {
             stack.push_back(Idle { sender, since: now });
         }
+    }
+}
+
+impl Inner {
+    /// Drops the idle connections (closing them) and the entries of
+    /// backends removed from the pool since the last sweep, so neither the
+    /// sockets nor the backends are kept for good. One relaxed load when
+    /// nothing was removed.
+    fn sweep_removed(&self, idle: &mut HashMap<usize, IdleStack, foldhash::fast::RandomState>) {
+        let now = balancer::removals();
+        if self.removals_seen.swap(now, Ordering::Relaxed) == now {
+            return;
+        }
+        idle.retain(|_, stack| !stack.backend.is_removed());
     }
 }
 

@@ -426,7 +426,7 @@ async fn openapi_document_matches_the_routes() {
     let all = ["get", "post", "put", "delete", "patch"];
     let mut documented = 0;
     for (path, ops) in paths {
-        let concrete = path.replace("{id}", "probe");
+        let concrete = path.replace("{id}", "probe").replace("{name}", "probe");
         for method in all {
             let req = c.request(
                 method.to_uppercase().parse().expect("method"),
@@ -437,7 +437,10 @@ async fn openapi_document_matches_the_routes() {
                 documented += 1;
                 // /clients/probe may be 404 (no such client), never a
                 // missing route.
-                let route_missing = status == StatusCode::NOT_FOUND && !path.contains("{id}");
+                // /backends/probe/drain is 404 too (no such backend).
+                let route_missing = status == StatusCode::NOT_FOUND
+                    && !path.contains("{id}")
+                    && !path.contains("{name}");
                 assert!(
                     status != StatusCode::METHOD_NOT_ALLOWED && !route_missing,
                     "{method} {path} is documented but answered {status}"
@@ -451,12 +454,14 @@ async fn openapi_document_matches_the_routes() {
             }
         }
     }
-    assert_eq!(documented, 9, "the router serves 9 method+path pairs");
+    assert_eq!(documented, 11, "the router serves 11 method+path pairs");
     // The routes the router serves are all in the document.
     for route in [
         "/clients",
         "/clients/{id}",
         "/backends",
+        "/backends/{name}/drain",
+        "/backends/{name}/enable",
         "/healthz",
         "/metrics",
         "/openapi.json",

@@ -149,3 +149,53 @@ fn json_log_lines_parse_as_json() {
         "the dead backend is warned about"
     );
 }
+
+/// `tollgate backends ...` against the admin API at `admin`: exit code,
+/// stdout, stderr.
+async fn backends_cli(admin: std::net::SocketAddr, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = tollgate();
+    cmd.args(["backends", "--admin", &format!("http://{admin}")])
+        .args(args)
+        .env_remove("TOLLGATE_ADMIN_TOKEN");
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run tollgate"))
+        .await
+        .expect("join");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_list_drain_and_enable_from_the_command_line() {
+    let bs = crate::support::backends(2).await;
+    let mut cfg = crate::support::config(&[bs[0].addr, bs[1].addr]);
+    cfg.backends[0].name = Some("app-1".into());
+    let lb = crate::support::balancer(&cfg).await;
+    let admin = lb.admin_addr();
+
+    let (code, out, err) = backends_cli(admin, &["list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(out.contains("app-1") && out.contains("active"), "{out}");
+    assert!(out.contains(&bs[1].addr.to_string()), "default name: {out}");
+
+    let (code, out, err) = backends_cli(admin, &["drain", "app-1"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("draining"), "{out}");
+    assert!(lb.pool().find("app-1").expect("app-1").is_draining());
+
+    let (code, out, err) = backends_cli(admin, &["--json", "enable", "app-1"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let item: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(item["state"], "active");
+
+    let (code, _, err) = backends_cli(admin, &["drain", "nope"]).await;
+    assert_eq!(code, Some(1), "the API refused");
+    assert!(err.contains("no backend named"), "{err}");
+
+    let (code, _, _) = backends_cli(admin, &["frobnicate"]).await;
+    assert_eq!(code, Some(2), "usage error");
+    lb.shutdown().await;
+}

@@ -162,7 +162,7 @@ async fn only_idempotent_bodiless_requests_are_retried() {
         }
     }
     assert!(post_failures > 0, "a POST with a body is never retried");
-    let dead = &lb.pool().backends()[0];
+    let dead = lb.pool().backends()[0].clone();
     assert!(
         dead.consecutive_failures() >= 3,
         "passive failures were counted"

@@ -26,9 +26,9 @@ const NO_MORE_CHECKS: Duration = Duration::from_secs(3600);
 /// `ca_file`.
 fn https_config(backend_url: &str, ca_file: Option<PathBuf>) -> Config {
     let mut cfg = config(&[]);
-    cfg.backends = vec![BackendConfig {
-        url: BackendUrl::parse(backend_url).expect("backend url"),
-    }];
+    cfg.backends = vec![BackendConfig::new(
+        BackendUrl::parse(backend_url).expect("backend url"),
+    )];
     cfg.proxy.ca_file = ca_file;
     cfg.health_check.interval = NO_MORE_CHECKS;
     cfg
@@ -75,7 +75,9 @@ async fn an_https_backend_with_a_private_ca() {
         .text()
         .await
         .expect("text");
-    let label = format!("backend=\"{backend_url}\"");
+    // Labelled with the backend's name: host:port by default.
+    let name = backend_url.trim_start_matches("https://");
+    let label = format!("backend=\"{name}\"");
     assert!(
         metrics
             .lines()

@@ -1,4 +1,5 @@
 //! The request path, in process: demo and raw backends behind a balancer,
+//! weights, drain and ejection,
 //! end to end, strict HTTP and hostile clients at the front door, backend
 //! connection reuse, https backends, health checks, PROXY protocol on
 //! incoming connections, limits shared through Redis, the TLS listener, and WebSocket tunnels.
@@ -16,6 +17,7 @@ mod support {
     pub use wait::*;
 }
 
+mod balancing;
 mod end_to_end;
 mod front_door;
 mod health;

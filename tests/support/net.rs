@@ -66,8 +66,8 @@ pub fn config(backends: &[SocketAddr]) -> Config {
     c.proxy.request_timeout = Duration::from_secs(5);
     c.backends = backends
         .iter()
-        .map(|a| BackendConfig {
-            url: BackendUrl::parse(&format!("http://{a}")).expect("backend url"),
+        .map(|a| {
+            BackendConfig::new(BackendUrl::parse(&format!("http://{a}")).expect("backend url"))
         })
         .collect();
     c.rate_limit.default = Limits::new(1_000_000, 1_000_000.0).expect("valid");

@@ -1,0 +1,29 @@
+//! Power of two choices: two backends at random, the less loaded wins.
+
+use std::sync::Arc;
+
+use super::random::by_weight;
+use super::{lighter, Backend, Strategy};
+
+/// Draws two distinct backends at random by weight and sends the request
+/// to the one with fewer requests in flight per unit of weight (on a tie
+/// the heavier, then the first drawn). Nearly as good as least connections at avoiding a slow
+/// backend, without looking at every backend and without every request
+/// of a burst piling onto the one that was least loaded a moment ago.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PowerOfTwo;
+
+impl Strategy for PowerOfTwo {
+    fn pick(&self, healthy: &[Arc<Backend>]) -> usize {
+        if healthy.len() < 2 {
+            return 0;
+        }
+        let mut rng = rand::rng();
+        let a = by_weight(healthy, &mut rng, None);
+        let b = by_weight(healthy, &mut rng, Some(a));
+        match (healthy.get(a), healthy.get(b)) {
+            (Some(first), Some(second)) if lighter(second, first) => b,
+            _ => a,
+        }
+    }
+}
