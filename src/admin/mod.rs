@@ -25,7 +25,7 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
@@ -35,6 +35,7 @@ use crate::balancer::Pool;
 use crate::error::AdminError;
 use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{ApiKey, ClientKey, Limits, Registry, MAX_PINNED};
+use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::store::{Client, ClientRow, ClientStore, StoreError};
 
 /// Largest accepted request body.
@@ -57,6 +58,7 @@ pub struct AdminState {
     store_timeout: Duration,
     body_read_timeout: Duration,
     openapi: Arc<str>,
+    reloader: Option<Reloader>,
 }
 
 impl AdminState {
@@ -80,7 +82,15 @@ impl AdminState {
             shared: None,
             store_timeout: crate::store::DEFAULT_TIMEOUT,
             body_read_timeout: Duration::from_secs(10),
+            reloader: None,
         }
+    }
+
+    /// Serves `POST /reload` with this reloader (the one SIGHUP uses, so
+    /// the two are serialised).
+    pub fn with_reloader(mut self, reloader: Reloader) -> Self {
+        self.reloader = Some(reloader);
+        self
     }
 
     /// Bounds each store operation, the wait for the client's lock
@@ -131,6 +141,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/backends", get(backends))
         .route("/healthz", get(healthz))
+        .route("/reload", post(reload))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { AdminError::NotFound("no such route".into()) })
@@ -537,6 +548,22 @@ async fn backends(State(state): State<AdminState>) -> Json<Vec<BackendView>> {
             })
             .collect(),
     )
+}
+
+/// `POST /reload`: 200 with what changed; 400 with every problem of an
+/// invalid file (the running configuration stays).
+async fn reload(State(state): State<AdminState>) -> Result<Json<Reloaded>, AdminError> {
+    let reloader = state
+        .reloader
+        .as_ref()
+        .ok_or_else(|| AdminError::NotFound("this process has no config to reload".into()))?;
+    match reloader.reload_logged().await {
+        Ok(reloaded) => Ok(Json(reloaded)),
+        Err(ReloadError::Invalid(e)) => Err(AdminError::InvalidConfig(
+            e.problems.iter().map(ToString::to_string).collect(),
+        )),
+        Err(e) => Err(AdminError::Internal(e.to_string())),
+    }
 }
 
 async fn healthz(State(state): State<AdminState>) -> Json<serde_json::Value> {

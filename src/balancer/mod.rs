@@ -194,7 +194,9 @@ pub struct Pool {
     all: Vec<Arc<Backend>>,
     healthy: ArcSwap<Vec<Arc<Backend>>>,
     strategy: Box<dyn Strategy>,
-    thresholds: Thresholds,
+    /// [`Thresholds`], changed in place by a config reload.
+    unhealthy_after: AtomicU32,
+    healthy_after: AtomicU32,
 }
 
 impl Pool {
@@ -208,14 +210,24 @@ impl Pool {
             healthy: ArcSwap::from_pointee(all.clone()),
             all,
             strategy,
-            thresholds: Thresholds::default(),
+            unhealthy_after: AtomicU32::new(Thresholds::default().unhealthy),
+            healthy_after: AtomicU32::new(Thresholds::default().healthy),
         }
     }
 
     /// The same pool with these health thresholds.
-    pub fn with_thresholds(mut self, thresholds: Thresholds) -> Self {
-        self.thresholds = thresholds;
+    pub fn with_thresholds(self, thresholds: Thresholds) -> Self {
+        self.set_thresholds(thresholds);
         self
+    }
+
+    /// Health results needed to flip a backend from the next one on
+    /// (config reload); counts so far are kept.
+    pub fn set_thresholds(&self, thresholds: Thresholds) {
+        self.unhealthy_after
+            .store(thresholds.unhealthy, Ordering::Relaxed);
+        self.healthy_after
+            .store(thresholds.healthy, Ordering::Relaxed);
     }
 
     /// Records one health result (an active check, or a failed proxy
@@ -229,7 +241,7 @@ impl Pool {
                 .successes
                 .fetch_add(1, Ordering::Relaxed)
                 .saturating_add(1);
-            (n >= self.thresholds.healthy && self.set_healthy(backend, true))
+            (n >= self.healthy_after.load(Ordering::Relaxed) && self.set_healthy(backend, true))
                 .then_some(Transition::Restored)
         } else {
             backend.successes.store(0, Ordering::Relaxed);
@@ -237,7 +249,7 @@ impl Pool {
                 .failures
                 .fetch_add(1, Ordering::Relaxed)
                 .saturating_add(1);
-            (n >= self.thresholds.unhealthy && self.set_healthy(backend, false))
+            (n >= self.unhealthy_after.load(Ordering::Relaxed) && self.set_healthy(backend, false))
                 .then_some(Transition::Evicted)
         }
     }
