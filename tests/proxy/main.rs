@@ -1,7 +1,8 @@
 //! The request path, in process: demo and raw backends behind a balancer,
 //! end to end, strict HTTP and hostile clients at the front door, backend
 //! connection reuse, https backends, health checks, PROXY protocol on
-//! incoming connections, limits shared through Redis, and the TLS listener.
+//! incoming connections, limits shared through Redis, the TLS listener,
+//! and config reloads.
 
 #[path = "../support"]
 mod support {
@@ -21,6 +22,7 @@ mod front_door;
 mod health;
 mod https_backend;
 mod proxy_protocol;
+mod reload;
 mod shared;
 mod strict;
 mod tls;
