@@ -27,6 +27,10 @@ struct Settings {
     trusted: &'static str,
     listen: &'static str,
     admin: &'static str,
+    enabled: bool,
+    health_path: &'static str,
+    health_interval: &'static str,
+    unhealthy_threshold: u32,
 }
 
 impl Settings {
@@ -41,6 +45,10 @@ impl Settings {
             trusted: "[]",
             listen: "127.0.0.1:0",
             admin: "127.0.0.1:0",
+            enabled: true,
+            health_path: "/health",
+            health_interval: "1h",
+            unhealthy_threshold: 2,
         }
     }
 
@@ -49,13 +57,18 @@ impl Settings {
             "server:\n  listen: {}\n  drain_timeout: 5s\nadmin:\n  listen: {}\n\
              backends:\n  - url: http://{}\nstore:\n  url: {}\n\
              proxy:\n  request_timeout: {}\n\
-             rate_limit:\n  api_key_header: {}\n  trusted_proxies: {}\n\
+             health_check:\n  path: {}\n  interval: {}\n  unhealthy_threshold: {}\n\
+             rate_limit:\n  enabled: {}\n  api_key_header: {}\n  trusted_proxies: {}\n\
              \x20 default: {{capacity: {}, rate_per_sec: {}}}\n",
             self.listen,
             self.admin,
             self.backend,
             self.db,
             self.request_timeout,
+            self.health_path,
+            self.health_interval,
+            self.unhealthy_threshold,
+            self.enabled,
             self.api_key_header,
             self.trusted,
             self.capacity,
@@ -385,4 +398,53 @@ async fn without_a_file_a_reload_rereads_only_certificates() {
     assert!(reloaded.applied.is_empty() && reloaded.restart_required.is_empty());
     lb.shutdown().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_settings_apply_to_the_running_checks() {
+    // Checked once at start, then not for an hour.
+    let (r, mut s) = Reloadable::start(|_| {}).await;
+    assert_eq!(r.lb.pool().healthy_count(), 1);
+    // A path that fails, checked often, one failure enough: the backend
+    // leaves the pool only if all three reached the running checker.
+    s.health_path = "/status/503";
+    s.health_interval = "20ms";
+    s.unhealthy_threshold = 1;
+    let (status, body) = r.reload_with(&s).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        strings(&body["applied"]),
+        vec![
+            "health_check.path",
+            "health_check.interval",
+            "health_check.unhealthy_threshold"
+        ]
+    );
+    let pool = r.lb.pool().clone();
+    eventually("the backend to fail its new check", || {
+        pool.healthy_count() == 0
+    })
+    .await;
+    r.lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limiting_can_be_switched_off_and_on() {
+    let (r, mut s) = Reloadable::start(|s| {
+        s.capacity = 10;
+        s.rate = 0.001;
+    })
+    .await;
+    assert_eq!(r.get("/", &[]).await, (200, 10, 9));
+    s.enabled = false;
+    let (status, body) = r.reload_with(&s).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(strings(&body["applied"]), vec!["rate_limit.enabled"]);
+    // No limit, no headers, no token taken.
+    assert_eq!(r.get("/", &[]).await, (200, 0, 0));
+    s.enabled = true;
+    let (status, _) = r.reload_with(&s).await;
+    assert_eq!(status, 200);
+    assert_eq!(r.get("/", &[]).await, (200, 10, 8));
+    r.lb.shutdown().await;
 }
