@@ -451,7 +451,7 @@ async fn openapi_document_matches_the_routes() {
             }
         }
     }
-    assert_eq!(documented, 9, "the router serves 9 method+path pairs");
+    assert_eq!(documented, 10, "the router serves 10 method+path pairs");
     // The routes the router serves are all in the document.
     for route in [
         "/clients",
@@ -460,6 +460,7 @@ async fn openapi_document_matches_the_routes() {
         "/healthz",
         "/metrics",
         "/openapi.json",
+        "/reload",
     ] {
         assert!(
             paths.contains_key(route),
