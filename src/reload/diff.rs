@@ -2,9 +2,9 @@
 //! applied in place (and to which running part) or needs a restart.
 //!
 //! Every key of the config is listed here by its field path. A section
-//! that differs in a way no listed key explains (a key added later and
-//! not listed yet) is reported whole as needing a restart, so a change is
-//! never silently ignored.
+//! that differs in a key not listed (one added to the config later) is
+//! reported whole as needing a restart, so a change is never silently
+//! ignored.
 
 use crate::config::Config;
 
@@ -46,24 +46,65 @@ impl Changes {
         self.keys.iter().any(|c| c.part == Some(part))
     }
 
-    fn note(&mut self, key: &str, changed: bool, part: Option<Part>) {
-        if changed {
-            self.keys.push(Change {
-                key: key.to_owned(),
-                part,
-            });
-        }
+    fn note(&mut self, key: &str, part: Option<Part>) {
+        self.keys.push(Change {
+            key: key.to_owned(),
+            part,
+        });
     }
 
-    /// A section that differs though none of its listed keys did.
-    fn rest_of(&mut self, section: &str, old: &impl std::fmt::Debug, new: &impl std::fmt::Debug) {
-        let prefix = format!("{section}.");
-        let explained = self
-            .keys
-            .iter()
-            .any(|c| c.key == section || c.key.starts_with(&prefix));
-        if !explained && format!("{old:?}") != format!("{new:?}") {
-            self.note(section, true, None);
+    /// Compares one section key by key: see [`Section`].
+    fn section<'a, T: Clone + std::fmt::Debug>(
+        &'a mut self,
+        name: &'a str,
+        old: &T,
+        new: &T,
+    ) -> Section<'a, T> {
+        Section {
+            changes: self,
+            name,
+            seen: old.clone(),
+            new: new.clone(),
+        }
+    }
+}
+
+/// One section being compared. Each listed key is compared and then
+/// copied from the new section into `seen`; at the end, a `seen` that
+/// still differs from the new section means a key nobody listed changed
+/// (one added to the config later), and the section is reported whole as
+/// needing a restart.
+struct Section<'a, T: std::fmt::Debug> {
+    changes: &'a mut Changes,
+    name: &'a str,
+    seen: T,
+    new: T,
+}
+
+impl<T: std::fmt::Debug> Section<'_, T> {
+    /// The key `name.key`, reached by `field`, applied to `part` (`None`:
+    /// by a restart).
+    fn key<F: PartialEq + Clone>(
+        &mut self,
+        key: &str,
+        field: impl Fn(&mut T) -> &mut F,
+        part: Option<Part>,
+    ) -> &mut Self {
+        let new = field(&mut self.new).clone();
+        let seen = field(&mut self.seen);
+        if *seen != new {
+            *seen = new;
+            let path = format!("{}.{key}", self.name);
+            self.changes.note(&path, part);
+        }
+        self
+    }
+
+    /// Reports the section whole if an unlisted key changed.
+    fn rest(&mut self) {
+        if format!("{:?}", self.seen) != format!("{:?}", self.new) {
+            let name = self.name.to_owned();
+            self.changes.note(&name, None);
         }
     }
 }
@@ -74,137 +115,103 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
     let mut c = Changes::default();
     let restart = None;
 
-    let (o, n) = (&old.server, &new.server);
-    c.note("server.listen", o.listen != n.listen, restart);
-    c.note(
-        "server.drain_timeout",
-        o.drain_timeout != n.drain_timeout,
-        restart,
-    );
-    c.note(
-        "server.header_read_timeout",
-        o.header_read_timeout != n.header_read_timeout,
-        restart,
-    );
-    c.note(
-        "server.max_header_bytes",
-        o.max_header_bytes != n.max_header_bytes,
-        restart,
-    );
-    c.note(
-        "server.max_connections",
-        o.max_connections != n.max_connections,
-        restart,
-    );
-    c.note(
-        "server.client_body_timeout",
-        o.client_body_timeout != n.client_body_timeout,
-        Some(Proxy),
-    );
-    c.note(
-        "server.send_timeout",
-        o.send_timeout != n.send_timeout,
-        restart,
-    );
-    c.note(
-        "server.http2_max_concurrent_streams",
-        o.http2_max_concurrent_streams != n.http2_max_concurrent_streams,
-        restart,
-    );
-    c.note(
-        "server.proxy_protocol",
-        o.proxy_protocol != n.proxy_protocol,
-        restart,
-    );
-    match (&o.tls, &n.tls) {
-        (Some(ot), Some(nt)) => {
-            c.note("server.tls.listen", ot.listen != nt.listen, restart);
-            c.note(
-                "server.tls.certificates",
-                ot.certificates != nt.certificates,
-                Some(Certificates),
-            );
-            c.note(
-                "server.tls.min_version",
-                ot.min_version != nt.min_version,
-                restart,
-            );
-            c.note("server.tls.alpn", ot.alpn != nt.alpn, restart);
-        }
+    // TLS first: its keys are listed under `server.tls`, and the server
+    // section below then takes the TLS listener as compared.
+    match (&old.server.tls, &new.server.tls) {
+        (Some(o), Some(n)) => c
+            .section("server.tls", o, n)
+            .key("listen", |t| &mut t.listen, restart)
+            .key("certificates", |t| &mut t.certificates, Some(Certificates))
+            .key("min_version", |t| &mut t.min_version, restart)
+            .key("alpn", |t| &mut t.alpn, restart)
+            .rest(),
         (None, None) => {}
         // A TLS listener added or removed.
-        _ => c.note("server.tls", true, restart),
+        _ => c.note("server.tls", restart),
     }
-    c.rest_of("server", o, n);
+    let mut server_new = new.server.clone();
+    server_new.tls.clone_from(&old.server.tls);
+    c.section("server", &old.server, &server_new)
+        .key("listen", |s| &mut s.listen, restart)
+        .key("drain_timeout", |s| &mut s.drain_timeout, restart)
+        .key(
+            "header_read_timeout",
+            |s| &mut s.header_read_timeout,
+            restart,
+        )
+        .key("max_header_bytes", |s| &mut s.max_header_bytes, restart)
+        .key("max_connections", |s| &mut s.max_connections, restart)
+        .key(
+            "client_body_timeout",
+            |s| &mut s.client_body_timeout,
+            Some(Proxy),
+        )
+        .key("send_timeout", |s| &mut s.send_timeout, restart)
+        .key(
+            "http2_max_concurrent_streams",
+            |s| &mut s.http2_max_concurrent_streams,
+            restart,
+        )
+        .key("proxy_protocol", |s| &mut s.proxy_protocol, restart)
+        .rest();
 
-    let (o, n) = (&old.admin, &new.admin);
-    c.note("admin.listen", o.listen != n.listen, restart);
-    c.note("admin.token", o.token != n.token, restart);
-    c.note(
-        "admin.header_read_timeout",
-        o.header_read_timeout != n.header_read_timeout,
-        restart,
-    );
-    c.note(
-        "admin.body_read_timeout",
-        o.body_read_timeout != n.body_read_timeout,
-        restart,
-    );
-    c.rest_of("admin", o, n);
+    c.section("admin", &old.admin, &new.admin)
+        .key("listen", |a| &mut a.listen, restart)
+        .key("token", |a| &mut a.token, restart)
+        .key(
+            "header_read_timeout",
+            |a| &mut a.header_read_timeout,
+            restart,
+        )
+        .key("body_read_timeout", |a| &mut a.body_read_timeout, restart)
+        .rest();
 
-    c.note("backends", old.backends != new.backends, Some(Backends));
-    c.note(
-        "balancing.strategy",
-        old.balancing.strategy != new.balancing.strategy,
-        Some(Backends),
-    );
-    c.rest_of("balancing", &old.balancing, &new.balancing);
+    if old.backends != new.backends {
+        c.note("backends", Some(Backends));
+    }
+    c.section("balancing", &old.balancing, &new.balancing)
+        .key("strategy", |b| &mut b.strategy, Some(Backends))
+        .rest();
 
-    let (o, n) = (&old.proxy, &new.proxy);
-    c.note(
-        "proxy.connect_timeout",
-        o.connect_timeout != n.connect_timeout,
-        Some(Proxy),
-    );
-    c.note(
-        "proxy.request_timeout",
-        o.request_timeout != n.request_timeout,
-        Some(Proxy),
-    );
-    c.note(
-        "proxy.backend_body_timeout",
-        o.backend_body_timeout != n.backend_body_timeout,
-        Some(Proxy),
-    );
-    c.note(
-        "proxy.allow_underscores_in_headers",
-        o.allow_underscores_in_headers != n.allow_underscores_in_headers,
-        Some(Proxy),
-    );
-    c.note("proxy.ca_file", o.ca_file != n.ca_file, restart);
-    c.rest_of("proxy", o, n);
+    c.section("proxy", &old.proxy, &new.proxy)
+        .key("connect_timeout", |p| &mut p.connect_timeout, Some(Proxy))
+        .key("request_timeout", |p| &mut p.request_timeout, Some(Proxy))
+        .key(
+            "backend_body_timeout",
+            |p| &mut p.backend_body_timeout,
+            Some(Proxy),
+        )
+        .key(
+            "allow_underscores_in_headers",
+            |p| &mut p.allow_underscores_in_headers,
+            Some(Proxy),
+        )
+        .key("ca_file", |p| &mut p.ca_file, restart)
+        .rest();
 
-    let (o, n) = (&old.health_check, &new.health_check);
-    c.note("health_check.path", o.path != n.path, Some(Health));
-    c.note(
-        "health_check.interval",
-        o.interval != n.interval,
-        Some(Health),
-    );
-    c.note("health_check.timeout", o.timeout != n.timeout, Some(Health));
-    c.note(
-        "health_check.unhealthy_threshold",
-        o.unhealthy_threshold != n.unhealthy_threshold,
-        Some(Health),
-    );
-    c.note(
-        "health_check.healthy_threshold",
-        o.healthy_threshold != n.healthy_threshold,
-        Some(Health),
-    );
-    c.rest_of("health_check", o, n);
+    c.section("health_check", &old.health_check, &new.health_check)
+        .key("path", |h| &mut h.path, Some(Health))
+        .key("interval", |h| &mut h.interval, Some(Health))
+        .key("timeout", |h| &mut h.timeout, Some(Health))
+        .key(
+            "unhealthy_threshold",
+            |h| &mut h.unhealthy_threshold,
+            Some(Health),
+        )
+        .key(
+            "healthy_threshold",
+            |h| &mut h.healthy_threshold,
+            Some(Health),
+        )
+        .rest();
 
     let (o, n) = (&old.rate_limit, &new.rate_limit);
+    c.section("rate_limit.shared", &o.shared, &n.shared)
+        .key("redis_url", |s| &mut s.redis_url, restart)
+        .key("on_failure", |s| &mut s.on_failure, restart)
+        .key("timeout", |s| &mut s.timeout, restart)
+        .key("key_prefix", |s| &mut s.key_prefix, restart)
+        .rest();
     // The Redis limiter is built at start only when limiting is on:
     // switching limiting with shared limits configured needs a restart.
     let enabled_part = if n.shared.redis_url.is_some() || o.shared.redis_url.is_some() {
@@ -212,79 +219,29 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
     } else {
         Some(Proxy)
     };
-    c.note("rate_limit.enabled", o.enabled != n.enabled, enabled_part);
-    c.note(
-        "rate_limit.api_key_header",
-        o.api_key_header != n.api_key_header,
-        Some(Proxy),
-    );
-    c.note(
-        "rate_limit.trusted_proxies",
-        o.trusted_proxies != n.trusted_proxies,
-        Some(Proxy),
-    );
-    c.note(
-        "rate_limit.default",
-        o.default != n.default,
-        Some(DefaultLimits),
-    );
-    c.note(
-        "rate_limit.refill_interval",
-        o.refill_interval != n.refill_interval,
-        restart,
-    );
-    c.note(
-        "rate_limit.max_clients",
-        o.max_clients != n.max_clients,
-        restart,
-    );
-    c.note(
-        "rate_limit.idle_timeout",
-        o.idle_timeout != n.idle_timeout,
-        restart,
-    );
-    let (os, ns) = (&o.shared, &n.shared);
-    c.note(
-        "rate_limit.shared.redis_url",
-        os.redis_url != ns.redis_url,
-        restart,
-    );
-    c.note(
-        "rate_limit.shared.on_failure",
-        os.on_failure != ns.on_failure,
-        restart,
-    );
-    c.note(
-        "rate_limit.shared.timeout",
-        os.timeout != ns.timeout,
-        restart,
-    );
-    c.note(
-        "rate_limit.shared.key_prefix",
-        os.key_prefix != ns.key_prefix,
-        restart,
-    );
-    c.rest_of("rate_limit", o, n);
+    let mut rate_limit_new = n.clone();
+    rate_limit_new.shared.clone_from(&o.shared);
+    c.section("rate_limit", o, &rate_limit_new)
+        .key("enabled", |r| &mut r.enabled, enabled_part)
+        .key("api_key_header", |r| &mut r.api_key_header, Some(Proxy))
+        .key("trusted_proxies", |r| &mut r.trusted_proxies, Some(Proxy))
+        .key("default", |r| &mut r.default, Some(DefaultLimits))
+        .key("refill_interval", |r| &mut r.refill_interval, restart)
+        .key("max_clients", |r| &mut r.max_clients, restart)
+        .key("idle_timeout", |r| &mut r.idle_timeout, restart)
+        .rest();
 
-    let (o, n) = (&old.store, &new.store);
-    c.note("store.url", o.url != n.url, restart);
-    c.note(
-        "store.snapshot_interval",
-        o.snapshot_interval != n.snapshot_interval,
-        restart,
-    );
-    c.note(
-        "store.reload_interval",
-        o.reload_interval != n.reload_interval,
-        restart,
-    );
-    c.note("store.timeout", o.timeout != n.timeout, restart);
-    c.rest_of("store", o, n);
+    c.section("store", &old.store, &new.store)
+        .key("url", |s| &mut s.url, restart)
+        .key("snapshot_interval", |s| &mut s.snapshot_interval, restart)
+        .key("reload_interval", |s| &mut s.reload_interval, restart)
+        .key("timeout", |s| &mut s.timeout, restart)
+        .rest();
 
-    let (o, n) = (&old.log, &new.log);
-    c.note("log.level", o.level != n.level, Some(Log));
-    c.note("log.format", o.format != n.format, Some(Log));
-    c.rest_of("log", o, n);
+    c.section("log", &old.log, &new.log)
+        .key("level", |l| &mut l.level, Some(Log))
+        .key("format", |l| &mut l.format, Some(Log))
+        .rest();
     c
 }
 
