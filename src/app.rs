@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 
 use crate::admin::AdminState;
 use crate::balancer::{strategy_for, BackendSpec, PassiveSettings, Pool, Thresholds};
-use crate::config::{Config, LogConfig, LogFormat};
+use crate::config::{Config, LogConfig};
 use crate::health::Checker;
 use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{self, Registry, RegistryConfig};
@@ -16,7 +16,7 @@ use crate::proxy::identity::Identifier;
 use crate::proxy::server::{
     bind_reuseport, serve_per_core, ConnectionBudget, Drained, Listener, ServeOptions,
 };
-use crate::proxy::{Proxy, ProxySettings, SharedLimits};
+use crate::proxy::{Live, Proxy, ProxySettings, SharedLimits};
 use crate::reload::{self, ReloadError, Reloaded, Reloader};
 use crate::shutdown::{self, Signal, Ticks, Trigger};
 use crate::store::snapshot::{self, Snapshotter};
@@ -108,8 +108,15 @@ impl Running {
 
     /// Reads the TLS certificate files again, as SIGHUP does: new
     /// handshakes get the new certificates, open connections keep theirs;
-    /// on an error the certificates in use stay.
+    /// on an error the certificates in use stay. Started with a config
+    /// file ([`start_with_file`]), the file is re-read and applied too.
     pub async fn reload_certificates(&self) -> Result<Reloaded, ReloadError> {
+        self.reload().await
+    }
+
+    /// Re-reads the config file and applies what changed, as SIGHUP and
+    /// `POST /reload` do (see [`crate::reload`]).
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         self.reloader.reload_logged().await
     }
 
@@ -168,6 +175,16 @@ impl Running {
 /// bind the proxy listeners, open the store (restoring bucket levels),
 /// bind the admin listener, spawn the background tasks, serve.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
+    start_with_file(config, None).await
+}
+
+/// [`start`], where `config` was loaded from the file at `path`: a reload
+/// (SIGHUP, `POST /reload`) re-reads that file. Without a path a reload
+/// re-reads the TLS certificates only.
+pub async fn start_with_file(
+    config: &Config,
+    path: Option<std::path::PathBuf>,
+) -> Result<Running, StartError> {
     raise_open_file_limit();
     // Before anything registers a metric handle.
     let metrics = crate::telemetry::install();
@@ -195,6 +212,19 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .map_err(bind_admin_error)?;
     let admin_addr = admin_listener.local_addr().map_err(bind_admin_error)?;
 
+    let mut reloader = Reloader::new(bound.tls.as_ref().map(|t| t.certificates().clone()));
+    if let Some(path) = path {
+        reloader = reloader.with_file(
+            path,
+            config.clone(),
+            reload::Targets {
+                registry: registry.clone(),
+                proxy: proxy.clone(),
+                checker: checker.clone(),
+                pool: proxy.pool().clone(),
+            },
+        );
+    }
     let (trigger, signal) = shutdown::channel();
     let admin = AdminState::new(
         registry.clone(),
@@ -205,7 +235,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     .with_metrics(metrics.clone())
     .with_shared_limiter(shared_limiter)
     .with_store_timeout(config.store.timeout)
-    .with_body_read_timeout(config.admin.body_read_timeout);
+    .with_body_read_timeout(config.admin.body_read_timeout)
+    .with_reloader(reloader.clone());
     let mut tasks = JoinSet::new();
     if let Some(handle) = metrics {
         tasks.spawn(crate::telemetry::upkeep(
@@ -284,7 +315,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         plain_addr,
         tls_addr,
         admin_addr,
-        reloader: Reloader::new(bound.tls.map(|t| t.certificates().clone())),
+        reloader,
         proxy,
         registry,
         store,
@@ -323,13 +354,19 @@ fn build_proxy(
 ) -> Result<(Proxy, Option<Arc<SharedLimiter>>), StartError> {
     let rl = &config.rate_limit;
     let identifier = Identifier::new(rl.api_key_header.0.clone(), rl.trusted_proxies.clone());
+    // The limiter is always there, so a reload can switch limiting on.
     let proxy = Proxy::new(
-        rl.enabled.then(|| registry.clone()),
+        Some(registry.clone()),
         pool,
-        identifier,
+        identifier.clone(),
         ProxySettings::from(config),
         backend_tls,
     );
+    proxy.reconfigure(Live::new(
+        identifier,
+        ProxySettings::from(config),
+        rl.enabled,
+    ));
     let (true, Some(url)) = (rl.enabled, &rl.shared.redis_url) else {
         return Ok((proxy, None));
     };
@@ -536,11 +573,20 @@ async fn snapshot_once(snapshotter: &mut Snapshotter, last: bool) {
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(config: &Config) -> Result<Drained, StartError> {
+    run_with_file(config, None).await
+}
+
+/// [`run`], where `config` was loaded from the file at `path` (which a
+/// SIGHUP re-reads).
+pub async fn run_with_file(
+    config: &Config,
+    path: Option<std::path::PathBuf>,
+) -> Result<Drained, StartError> {
     // Install the handlers before opening ports, so an early signal is
     // not lost and does not kill the process mid-start.
     let signal = tokio::spawn(shutdown::os_signal());
     let hup = reload::sighup().map_err(StartError::Signals)?;
-    let running = start(config).await?;
+    let running = start_with_file(config, path).await?;
     tokio::spawn(reload::on_sighup(
         hup,
         running.reloader.clone(),
@@ -560,19 +606,10 @@ pub async fn run(config: &Config) -> Result<Drained, StartError> {
 }
 
 /// Sets up `tracing` output: `log.level` unless `RUST_LOG` says otherwise,
-/// text or JSON lines on stderr.
+/// text or JSON lines on stderr; a reload can switch both later (see
+/// [`crate::logging`]).
 pub fn init_logging(log: &LogConfig) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(log.level.0.as_str().to_ascii_lowercase()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    crate::logging::init(log);
 }
 
 /// `ab -c 1000` needs more descriptors than the usual soft limit of 1024:

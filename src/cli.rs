@@ -9,12 +9,15 @@ use crate::config::{self, Config};
 /// Exit status for an invalid configuration.
 pub const EXIT_CONFIG: u8 = 2;
 
-fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+fn load(path: Option<PathBuf>) -> Result<(Config, PathBuf), ExitCode> {
     let path = config::resolve_path(path);
-    Config::load(&path).map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::from(EXIT_CONFIG)
-    })
+    match Config::load(&path) {
+        Ok(config) => Ok((config, path)),
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -43,17 +46,20 @@ pub fn check(path: Option<PathBuf>) -> ExitCode {
 }
 
 /// Loads the config, sets up logging and the runtime: what `serve` and
-/// `demo` both need before anything listens.
-fn prepare(path: Option<PathBuf>) -> Result<(Config, tokio::runtime::Runtime), ExitCode> {
-    let config = load(path)?;
+/// `demo` both need before anything listens. The path is kept for
+/// reloads.
+fn prepare(path: Option<PathBuf>) -> Result<(Config, PathBuf, tokio::runtime::Runtime), ExitCode> {
+    let (config, path) = load(path)?;
     crate::app::init_logging(&config.log);
-    Ok((config, runtime()?))
+    Ok((config, path, runtime()?))
 }
 
 /// `tollgate serve`: run the balancer until a shutdown signal.
 pub fn serve(path: Option<PathBuf>) -> ExitCode {
     match prepare(path) {
-        Ok((config, rt)) => finish(rt.block_on(crate::app::run(&config))),
+        Ok((config, path, rt)) => {
+            finish(rt.block_on(crate::app::run_with_file(&config, Some(path))))
+        }
         Err(code) => code,
     }
 }
@@ -61,7 +67,7 @@ pub fn serve(path: Option<PathBuf>) -> ExitCode {
 /// `tollgate demo`: a demo backend for every loopback backend, then the
 /// balancer, in one process.
 pub fn demo(path: Option<PathBuf>) -> ExitCode {
-    let (config, rt) = match prepare(path) {
+    let (config, path, rt) = match prepare(path) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
@@ -92,7 +98,7 @@ pub fn demo(path: Option<PathBuf>) -> ExitCode {
                 std::future::pending(),
             ));
         }
-        finish(crate::app::run(&config).await)
+        finish(crate::app::run_with_file(&config, Some(path)).await)
     })
 }
 

@@ -141,13 +141,17 @@ pub enum AdminError {
     /// The database failed.
     #[error("{0}")]
     Internal(String),
+    /// `POST /reload` found the config file invalid: each problem as
+    /// `field.path: reason`.
+    #[error("invalid configuration")]
+    InvalidConfig(Vec<String>),
 }
 
 impl AdminError {
     /// The status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::InvalidConfig(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -162,7 +166,19 @@ impl AdminError {
 
     /// The JSON response for this error.
     pub fn to_response(&self) -> Response<Body> {
-        let mut response = json_error(self.status(), &self.to_string());
+        let mut response = match self {
+            // The one error with more than a message: what to fix.
+            Self::InvalidConfig(problems) => json_response(
+                self.status(),
+                serde_json::json!({
+                    "code": self.status().as_u16(),
+                    "message": self.to_string(),
+                    "problems": problems,
+                })
+                .to_string(),
+            ),
+            _ => json_error(self.status(), &self.to_string()),
+        };
         if matches!(self, Self::Unauthorized) {
             response
                 .headers_mut()
@@ -174,7 +190,12 @@ impl AdminError {
 
 /// `{"code":N,"message":"..."}` with status `N`.
 pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
-    let mut response = Response::new(full(json_text(status, message)));
+    json_response(status, json_text(status, message))
+}
+
+/// `body` (JSON) with status `status`.
+fn json_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

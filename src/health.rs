@@ -22,7 +22,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures_util::future::join_all;
+use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use crate::balancer::{Backend, BackendSpec, Pool, Replaced};
@@ -30,9 +32,23 @@ use crate::shutdown::{Signal, Ticks};
 use crate::telemetry::Throttle;
 
 /// Runs health-check rounds over a pool.
+///
+/// Clones share their settings: [`Checker::reconfigure`] on any of them
+/// (a config reload) changes what the running task checks from its next
+/// round on.
 #[derive(Debug, Clone)]
 pub struct Checker {
     pool: Arc<Pool>,
+    probe: Arc<ArcSwap<Probe>>,
+    /// The period of rounds; the running task restarts its timer when it
+    /// changes.
+    interval: Arc<watch::Sender<Option<Duration>>>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// How one check is made.
+#[derive(Debug)]
+struct Probe {
     client: reqwest::Client,
     path: String,
 }
@@ -46,6 +62,31 @@ impl Checker {
         timeout: Duration,
         tls: &Arc<rustls::ClientConfig>,
     ) -> Self {
+        Self {
+            pool,
+            probe: Arc::new(ArcSwap::from_pointee(Probe::new(path, timeout, tls))),
+            interval: Arc::new(watch::Sender::new(None)),
+            tls: tls.clone(),
+        }
+    }
+
+    /// Checks `path` with `timeout` every `interval` from the next round
+    /// on; a round under way finishes as it started.
+    pub fn reconfigure(&self, path: &str, timeout: Duration, interval: Duration) {
+        self.probe
+            .store(Arc::new(Probe::new(path, timeout, &self.tls)));
+        self.interval.send_if_modified(|current| {
+            let changed = current.is_some_and(|c| c != interval);
+            if changed {
+                *current = Some(interval);
+            }
+            changed
+        });
+    }
+}
+
+impl Probe {
+    fn new(path: &str, timeout: Duration, tls: &Arc<rustls::ClientConfig>) -> Self {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -62,7 +103,6 @@ impl Checker {
                 reqwest::Client::new()
             });
         Self {
-            pool,
             client,
             path: path.to_owned(),
         }
@@ -70,7 +110,7 @@ impl Checker {
 
     /// `Some(healthy)`, or `None` when the check could not be made for
     /// want of a socket here.
-    async fn probe(&self, backend: &Backend) -> Option<bool> {
+    async fn check(&self, backend: &Backend) -> Option<bool> {
         let url = format!("{}{}", backend.url(), self.path);
         match self.client.get(&url).send().await {
             Ok(r) => Some(r.status().is_success()),
@@ -98,7 +138,9 @@ impl Checker {
             }
         }
     }
+}
 
+impl Checker {
     /// The first round: each backend's health is set from its one result,
     /// so a dead backend never gets traffic and a live one gets it at once.
     pub async fn initial_round(&self) {
@@ -108,7 +150,8 @@ impl Checker {
     /// Sets the health of `backends` (new ones: at start, or added by a
     /// reload) from one check each.
     pub async fn first_check(&self, backends: &[Arc<Backend>]) {
-        let results = join_all(backends.iter().map(|b| self.probe(b))).await;
+        let probe = self.probe.load_full();
+        let results = join_all(backends.iter().map(|b| probe.check(b))).await;
         for (backend, ok) in backends.iter().zip(results) {
             // Without a result the backend is given the benefit of the
             // doubt: passive checks remove it at once if it is down.
@@ -136,7 +179,8 @@ impl Checker {
     pub async fn round(&self) {
         self.pool.restore_expired();
         let backends = self.pool.backends();
-        let results = join_all(backends.iter().map(|b| self.probe(b))).await;
+        let probe = self.probe.load_full();
+        let results = join_all(backends.iter().map(|b| probe.check(b))).await;
         for (backend, ok) in backends.iter().zip(results) {
             let Some(ok) = ok else { continue };
             if let Some(t) = self.pool.record(backend, ok) {
@@ -145,12 +189,27 @@ impl Checker {
         }
     }
 
-    /// Runs a round every `interval` until `shutdown`.
+    /// Runs a round every `interval` (until [`Checker::reconfigure`]
+    /// changes it) until `shutdown`.
     pub async fn run(self, interval: Duration, shutdown: Signal) {
-        // The first tick is a period away: the initial round just ran.
-        let mut ticks = Ticks::every(interval, MissedTickBehavior::Delay, shutdown.wait());
-        while ticks.next().await {
-            self.round().await;
+        self.interval.send_replace(Some(interval));
+        let mut changes = self.interval.subscribe();
+        loop {
+            let every = changes.borrow_and_update().unwrap_or(interval);
+            // The first tick is a period away: the initial round (or the
+            // last one before the change) just ran.
+            let mut ticks = Ticks::every(every, MissedTickBehavior::Delay, shutdown.clone().wait());
+            loop {
+                tokio::select! {
+                    more = ticks.next() => {
+                        if !more {
+                            return;
+                        }
+                        self.round().await;
+                    }
+                    Ok(()) = changes.changed() => break,
+                }
+            }
         }
     }
 }

@@ -13,7 +13,9 @@
 //! - [`error`]: errors a client sees, turned into JSON responses.
 //! - [`body`]: the one body type of every request and response.
 //! - [`shutdown`]: signals and the in-process shutdown trigger.
-//! - [`reload`]: what SIGHUP re-reads (the TLS certificates).
+//! - [`reload`]: what SIGHUP and `POST /reload` re-read (the config file,
+//!   the TLS certificates) and how each change is applied in place.
+//! - [`logging`]: the log output, and switching its level and format.
 //! - [`tls`]: the TLS listener's certificates and handshakes, and the
 //!   verification of `https://` backends.
 //! - [`demo`]: the demo backend.
@@ -35,6 +37,7 @@ pub mod demo;
 pub mod error;
 pub mod health;
 pub mod limiter;
+pub mod logging;
 pub mod proxy;
 pub mod reload;
 pub mod shutdown;

@@ -1,30 +1,82 @@
-//! Re-reading what can change without a restart: on SIGHUP, or in the
-//! process through [`Reloader::reload`].
+//! Re-reading the configuration without a restart: on SIGHUP, on
+//! `POST /reload`, or in the process through [`Reloader::reload`].
 //!
-//! Today that is the TLS certificates. The config file (issue 14) is to
-//! join them here: the signal task stays the one place a SIGHUP goes, and
-//! [`Reloader`] the one thing that knows what can be reloaded.
+//! A reload reads the config file the process was started with and
+//! validates it whole, as `tollgate check` does. An invalid file changes
+//! nothing: every problem is logged and returned. A valid one is compared
+//! with the running config ([`diff`]) and each changed key is either
+//! applied in place or reported as needing a restart; no change is
+//! silently ignored. Reloads are serialised (one lock around the whole
+//! reload), so a SIGHUP and a `POST /reload` arriving together run one
+//! after the other, each against the config the other left.
+//!
+//! The TLS certificate files are read again on every reload, changed
+//! config or not, so a renewed certificate under the same file name is
+//! picked up by a SIGHUP as it always was. The signal task stays the one
+//! place a SIGHUP goes, and [`Reloader`] the one thing that knows what can
+//! be reloaded.
 
+mod diff;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use serde::Serialize;
 use signal_hook::consts::SIGHUP;
 use signal_hook_tokio::Signals;
 
+use crate::balancer::{strategy_for, BackendSpec, PassiveSettings, Pool, Thresholds};
+use crate::config::{Config, ConfigError};
+use crate::health::Checker;
+use crate::limiter::Registry;
+use crate::proxy::identity::Identifier;
+use crate::proxy::{Live, Proxy, ProxySettings};
 use crate::shutdown::Signal;
-use crate::tls::server::{CertError, Certificates};
+use crate::tls::server::{CertError, CertificatePaths, Certificates};
+use diff::Part;
 
-/// Everything a reload re-reads; cheap to clone.
+/// Everything a reload re-reads and changes; cheap to clone (clones share
+/// the lock that serialises reloads).
 #[derive(Debug, Clone, Default)]
 pub struct Reloader {
     certificates: Option<Arc<Certificates>>,
+    file: Option<Arc<FileReload>>,
+}
+
+/// The config file, the config running now, and what a change is applied
+/// to.
+#[derive(Debug)]
+struct FileReload {
+    path: PathBuf,
+    /// Held for a whole reload: reloads run one at a time.
+    running: tokio::sync::Mutex<Config>,
+    targets: Targets,
+}
+
+/// The running parts a reload changes in place.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    /// Default limits.
+    pub registry: Arc<Registry>,
+    /// Identification, proxy timeouts, `rate_limit.enabled`.
+    pub proxy: Arc<Proxy>,
+    /// Health-check path, timeout and interval.
+    pub checker: Checker,
+    /// Health thresholds, the backend set, the strategy and the
+    /// ejection settings.
+    pub pool: Arc<Pool>,
 }
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The config file is invalid (or unreadable); the running
+    /// configuration stays.
+    #[error("{}", one_line(.0))]
+    Invalid(#[source] ConfigError),
     /// A certificate or key file could not be used; the certificates in
-    /// use stay, all of them.
+    /// use stay, all of them, and nothing else changed.
     #[error("TLS certificates not reloaded, the ones in use stay: {0}")]
     Certificates(#[source] CertError),
     /// The reload task did not finish (the runtime is shutting down).
@@ -32,45 +84,226 @@ pub enum ReloadError {
     Interrupted(#[source] tokio::task::JoinError),
 }
 
-/// What a reload changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A [`ConfigError`] on one log line.
+fn one_line(e: &ConfigError) -> String {
+    let problems: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
+    format!(
+        "invalid configuration {}, the running one stays: {}",
+        e.path.display(),
+        problems.join("; ")
+    )
+}
+
+impl ReloadError {
+    /// The metric label of this outcome.
+    fn result(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::Certificates(_) | Self::Interrupted(_) => "failed",
+        }
+    }
+}
+
+/// What a reload changed: the answer of `POST /reload`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Reloaded {
+    /// Config keys (field paths) that changed and now apply.
+    pub applied: Vec<String>,
+    /// Config keys that changed but apply only after a restart.
+    pub restart_required: Vec<String>,
     /// Certificates now served (0: no TLS listener).
+    #[serde(skip)]
     pub certificates: usize,
 }
 
 impl Reloader {
-    /// A reloader of the TLS listener's `certificates`, if there is one.
+    /// A reloader of the TLS listener's `certificates` only, if there is
+    /// one (a process started from a [`Config`] built in code).
     pub fn new(certificates: Option<Arc<Certificates>>) -> Self {
-        Self { certificates }
+        Self {
+            certificates,
+            file: None,
+        }
+    }
+
+    /// The same reloader, re-reading the config file at `path` too;
+    /// `running` is the config the process started with, and `targets`
+    /// what changes are applied to.
+    pub fn with_file(mut self, path: PathBuf, running: Config, targets: Targets) -> Self {
+        self.file = Some(Arc::new(FileReload {
+            path,
+            running: tokio::sync::Mutex::new(running),
+            targets,
+        }));
+        self
     }
 
     /// Reads everything again and switches to it. Files are read on a
     /// blocking thread: a slow disk must not stall a proxy thread.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.reload_now())
-            .await
-            .map_err(ReloadError::Interrupted)?
-    }
-
-    fn reload_now(&self) -> Result<Reloaded, ReloadError> {
+        let Some(file) = &self.file else {
+            let certificates = self.certificates.clone();
+            return blocking(move || reread_certificates(certificates.as_deref(), None)).await;
+        };
+        let mut running = file.running.lock().await;
+        let path = file.path.clone();
+        let new = blocking(move || Config::load(&path).map_err(ReloadError::Invalid)).await?;
+        let changes = diff::diff(&running, &new);
         let mut reloaded = Reloaded::default();
-        if let Some(certificates) = &self.certificates {
-            reloaded.certificates = certificates.reload().map_err(ReloadError::Certificates)?;
+        // Certificates first: the one step that can still fail, and a
+        // failure must leave everything as it was.
+        let certificates = self.certificates.clone();
+        let paths = changes
+            .touches(Part::Certificates)
+            .then_some(new.server.tls.as_ref())
+            .flatten()
+            .map(|tls| {
+                tls.certificates
+                    .iter()
+                    .map(CertificatePaths::from)
+                    .collect()
+            });
+        reloaded.certificates =
+            blocking(move || reread_certificates(certificates.as_deref(), paths))
+                .await?
+                .certificates;
+        let log_switched = changes.touches(Part::Log) && apply_log(&new);
+        for change in &changes.keys {
+            match change.part {
+                Some(Part::Log) if !log_switched => {
+                    reloaded.restart_required.push(change.key.clone());
+                }
+                Some(_) => reloaded.applied.push(change.key.clone()),
+                None => reloaded.restart_required.push(change.key.clone()),
+            }
         }
+        file.apply(&changes, &new);
+        file.apply_backends(&changes, &new).await;
+        *running = new;
         Ok(reloaded)
     }
 
-    /// [`Reloader::reload`], with the outcome in the log.
+    /// [`Reloader::reload`], with the outcome in the log and the metric.
     pub async fn reload_logged(&self) -> Result<Reloaded, ReloadError> {
         let result = self.reload().await;
         match &result {
-            Ok(r) => tracing::info!(certificates = r.certificates, "reloaded"),
-            Err(e) => tracing::error!(error = %e, "reload failed"),
+            Ok(r) => {
+                crate::telemetry::config_reload("applied");
+                if !r.restart_required.is_empty() {
+                    tracing::warn!(
+                        restart_required = %r.restart_required.join(", "),
+                        "config reload: these changes take effect only after a restart"
+                    );
+                }
+                tracing::info!(
+                    applied = %r.applied.join(", "),
+                    restart_required = %r.restart_required.join(", "),
+                    certificates = r.certificates,
+                    "reloaded"
+                );
+            }
+            Err(e) => {
+                crate::telemetry::config_reload(e.result());
+                tracing::error!(error = %e, "reload failed");
+            }
         }
         result
     }
+}
+
+impl FileReload {
+    /// Applies every change that can be made in place (the certificates
+    /// are done already). Nothing here can fail.
+    fn apply(&self, changes: &diff::Changes, new: &Config) {
+        let t = &self.targets;
+        if changes.touches(Part::DefaultLimits) {
+            let moved = t.registry.set_default_limits(new.rate_limit.default);
+            tracing::debug!(clients = moved, "clients moved to the new default limits");
+        }
+        if changes.touches(Part::Proxy) {
+            let rl = &new.rate_limit;
+            t.proxy.reconfigure(Live::new(
+                Identifier::new(rl.api_key_header.0.clone(), rl.trusted_proxies.clone()),
+                ProxySettings::from(new),
+                rl.enabled,
+            ));
+        }
+        if changes.touches(Part::Health) {
+            let hc = &new.health_check;
+            t.checker.reconfigure(&hc.path, hc.timeout, hc.interval);
+            t.pool.set_thresholds(Thresholds::from(hc));
+        }
+    }
+}
+
+impl FileReload {
+    /// Replaces the backend set, the strategy and the ejection settings.
+    /// Backends kept (same URL) keep their health, drain state and
+    /// counters; new ones are checked once before they join; removed ones
+    /// get no new requests while their in-flight ones finish (see
+    /// `balancer::Pool::commit`).
+    async fn apply_backends(&self, changes: &diff::Changes, new: &Config) {
+        let t = &self.targets;
+        let changed = |key: &str| changes.keys.iter().any(|c| c.key == key);
+        if changed("backends") {
+            let specs = new.backends.iter().map(BackendSpec::from).collect();
+            let replaced = t.checker.replace_backends(specs).await;
+            tracing::info!(
+                added = ?replaced.added,
+                removed = ?replaced.removed,
+                changed = ?replaced.changed,
+                "backend set replaced"
+            );
+        }
+        if changed("balancing.strategy") {
+            t.pool.set_strategy(strategy_for(new.balancing.strategy));
+        }
+        if changed("health_check.passive") {
+            t.pool
+                .set_passive(PassiveSettings::from(&new.health_check.passive));
+        }
+    }
+}
+
+/// Switches the log level and format; `false` if this process's log
+/// output cannot be switched (it was not set up by tollgate).
+fn apply_log(new: &Config) -> bool {
+    match crate::logging::apply(&new.log) {
+        Ok(crate::logging::LevelSource::Config) => true,
+        Ok(crate::logging::LevelSource::Environment) => {
+            tracing::warn!("RUST_LOG is set: it keeps deciding the log level over log.level");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "log settings not reloaded");
+            false
+        }
+    }
+}
+
+/// Reads the certificate files again (`paths`: a new list of them).
+fn reread_certificates(
+    certificates: Option<&Certificates>,
+    paths: Option<Vec<CertificatePaths>>,
+) -> Result<Reloaded, ReloadError> {
+    let mut reloaded = Reloaded::default();
+    if let Some(certificates) = certificates {
+        reloaded.certificates = match paths {
+            Some(paths) => certificates.replace(paths),
+            None => certificates.reload(),
+        }
+        .map_err(ReloadError::Certificates)?;
+    }
+    Ok(reloaded)
+}
+
+/// Runs file work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ReloadError> + Send + 'static,
+) -> Result<T, ReloadError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(ReloadError::Interrupted)?
 }
 
 /// Catches SIGHUP from now on. Installed before any port opens: SIGHUP's

@@ -55,6 +55,10 @@ pub const PROXY_PROTOCOL_REFUSED: &str = "tollgate_proxy_protocol_refused_total"
 /// `timeout`, `closed`, `not_tls`, `protocol_version`,
 /// `no_application_protocol`, `certificate_rejected`, `other`.
 pub const TLS_HANDSHAKE_FAILURES: &str = "tollgate_tls_handshake_failures_total";
+/// Config reloads (SIGHUP, `POST /reload`), by `result`: `applied`,
+/// `invalid` (the file did not validate), `failed` (a certificate could
+/// not be read, the reload was interrupted).
+pub const CONFIG_RELOADS: &str = "tollgate_config_reloads_total";
 /// Duration of one refill tick, seconds.
 pub const REFILL_SWEEP: &str = "tollgate_refill_sweep_seconds";
 /// Duration of one bucket snapshot, seconds.
@@ -128,6 +132,7 @@ fn describe() {
         UPGRADED_CONNECTIONS,
         "Upgraded (WebSocket) connections open, tunnelled to a backend"
     );
+    metrics::describe_counter!(CONFIG_RELOADS, "Config reloads, by result");
     metrics::describe_gauge!(CLIENTS_TRACKED, "Clients with a token bucket");
     metrics::describe_gauge!(CLIENTS_PINNED, "Clients in the client table");
     metrics::describe_histogram!(
@@ -226,6 +231,12 @@ impl Drop for OpenTunnel {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }
+}
+
+/// Counts one config reload; `result` is one of those documented on
+/// [`CONFIG_RELOADS`].
+pub fn config_reload(result: &'static str) {
+    metrics::counter!(CONFIG_RELOADS, "result" => result).increment(1);
 }
 
 /// How often histogram samples are folded into their buckets.

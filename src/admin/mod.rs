@@ -36,6 +36,7 @@ use crate::balancer::{Backend, Pool};
 use crate::error::AdminError;
 use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{ApiKey, ClientKey, Limits, Registry, MAX_PINNED};
+use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::store::{Client, ClientRow, ClientStore, StoreError};
 
 /// Largest accepted request body.
@@ -58,6 +59,7 @@ pub struct AdminState {
     store_timeout: Duration,
     body_read_timeout: Duration,
     openapi: Arc<str>,
+    reloader: Option<Reloader>,
 }
 
 impl AdminState {
@@ -81,7 +83,15 @@ impl AdminState {
             shared: None,
             store_timeout: crate::store::DEFAULT_TIMEOUT,
             body_read_timeout: Duration::from_secs(10),
+            reloader: None,
         }
+    }
+
+    /// Serves `POST /reload` with this reloader (the one SIGHUP uses, so
+    /// the two are serialised).
+    pub fn with_reloader(mut self, reloader: Reloader) -> Self {
+        self.reloader = Some(reloader);
+        self
     }
 
     /// Bounds each store operation, the wait for the client's lock
@@ -134,6 +144,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/backends/{name}/drain", post(drain_backend))
         .route("/backends/{name}/enable", post(enable_backend))
         .route("/healthz", get(healthz))
+        .route("/reload", post(reload))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { AdminError::NotFound("no such route".into()) })
@@ -596,6 +607,22 @@ impl<S: Send + Sync> FromRequestParts<S> for BackendName {
                 AdminError::BadRequest(format!("backend name in the path: {}", e.body_text()))
             })?;
         Ok(Self(name))
+    }
+}
+
+/// `POST /reload`: 200 with what changed; 400 with every problem of an
+/// invalid file (the running configuration stays).
+async fn reload(State(state): State<AdminState>) -> Result<Json<Reloaded>, AdminError> {
+    let reloader = state
+        .reloader
+        .as_ref()
+        .ok_or_else(|| AdminError::NotFound("this process has no config to reload".into()))?;
+    match reloader.reload_logged().await {
+        Ok(reloaded) => Ok(Json(reloaded)),
+        Err(ReloadError::Invalid(e)) => Err(AdminError::InvalidConfig(
+            e.problems.iter().map(ToString::to_string).collect(),
+        )),
+        Err(e) => Err(AdminError::Internal(e.to_string())),
     }
 }
 

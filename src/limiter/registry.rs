@@ -280,7 +280,9 @@ pub struct Registry {
     tick_lock: Mutex<()>,
     tick_units: u64,
     idle_units: u64,
-    default_limits: Limits,
+    /// Swapped by a config reload ([`Registry::set_default_limits`]);
+    /// read only when a bucket is created or unpinned.
+    default_limits: arc_swap::ArcSwap<Limits>,
     max_clients: usize,
     dynamic: AtomicUsize,
     pinned: AtomicUsize,
@@ -338,7 +340,7 @@ impl Registry {
             tick_lock: Mutex::new(()),
             tick_units: bucket::units(config.refill_interval).max(1),
             idle_units: bucket::units(config.idle_timeout),
-            default_limits: config.default_limits,
+            default_limits: arc_swap::ArcSwap::from_pointee(config.default_limits),
             max_clients,
             dynamic: AtomicUsize::new(0),
             pinned: AtomicUsize::new(0),
@@ -350,7 +352,41 @@ impl Registry {
 
     /// Limits given to clients that are not in the client table.
     pub fn default_limits(&self) -> Limits {
-        self.default_limits
+        **self.default_limits.load()
+    }
+
+    /// Gives clients not in the client table `limits` from now on: new
+    /// clients start on them, and every tracked client on the default
+    /// limits moves to them with its tokens kept, clamped to the new
+    /// capacity. Pinned clients keep their own. Returns how many buckets
+    /// moved.
+    pub fn set_default_limits(&self, limits: Limits) -> usize {
+        // Stored first: a bucket created in a shard after the walk below
+        // passed it was created (under that shard's lock) on the new ones.
+        self.default_limits.store(std::sync::Arc::new(limits));
+        let now = self.refill_now.load(Ordering::Acquire);
+        let mut moved = 0;
+        for shard in self.shards.iter() {
+            let index = write(&shard.index);
+            let slots = index
+                .ips
+                .iter()
+                .copied()
+                .chain(index.keys.iter().map(|(_, idx)| *idx));
+            for idx in slots {
+                let Some(slot) = self.slab.get(idx) else {
+                    continue;
+                };
+                if slot.flags.load(Ordering::Relaxed) & PINNED == 0 {
+                    bucket::set_limits(slot, &limits, now);
+                    moved += 1;
+                }
+            }
+        }
+        // A clamp to a smaller capacity can leave buckets full.
+        self.nothing_to_reclaim_at
+            .store(u64::MAX, Ordering::Release);
+        moved
     }
 
     /// Period of the refill tick: how long a refused newcomer at
@@ -389,7 +425,7 @@ impl Registry {
         let mut index = write(&shard.index);
         let idx = match self.find(&index, lookup) {
             Some(idx) => idx,
-            None => self.insert(&mut index, lookup, false, &self.default_limits)?,
+            None => self.insert(&mut index, lookup, false, &self.default_limits())?,
         };
         let slot = self.slab.get(idx).ok_or(RegistryError::Full(self.len()))?;
         Ok(self.decide(bucket::try_take(slot, at)))
@@ -446,7 +482,7 @@ impl Registry {
         if flags & PINNED == 0 {
             return false;
         }
-        bucket::set_limits(slot, &self.default_limits, now);
+        bucket::set_limits(slot, &self.default_limits(), now);
         slot.flags.store(flags & !PINNED, Ordering::Release);
         // An unpinned full bucket can be reclaimed again.
         self.nothing_to_reclaim_at
@@ -465,7 +501,7 @@ impl Registry {
         let mut index = write(&self.shard(lookup.hash).index);
         let idx = match self.find(&index, lookup) {
             Some(idx) => idx,
-            None => self.insert(&mut index, lookup, false, &self.default_limits)?,
+            None => self.insert(&mut index, lookup, false, &self.default_limits())?,
         };
         if let Some(slot) = self.slab.get(idx) {
             bucket::set_tokens(slot, now, tokens);

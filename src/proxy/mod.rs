@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -65,6 +66,34 @@ pub struct ProxySettings {
     pub upgrade_idle_timeout: Duration,
 }
 
+/// What a config reload can change on the request path, swapped whole:
+/// a request reads it once, so it runs on one version from start to end,
+/// and nothing on the request path waits on a lock for it.
+#[derive(Debug)]
+pub struct Live {
+    identifier: Identifier,
+    strict: strict::Rules,
+    settings: ProxySettings,
+    /// `rate_limit.enabled`.
+    limiting: bool,
+}
+
+impl Live {
+    /// Settings for requests from now on; `limiting`: whether requests
+    /// are rate limited (`rate_limit.enabled`).
+    pub fn new(identifier: Identifier, settings: ProxySettings, limiting: bool) -> Self {
+        Self {
+            strict: strict::Rules {
+                api_key_header: identifier.api_key_header().clone(),
+                allow_underscores: settings.allow_underscores_in_headers,
+            },
+            identifier,
+            settings,
+            limiting,
+        }
+    }
+}
+
 /// Limits shared with other replicas, and what to do without them.
 #[derive(Debug, Clone)]
 pub struct SharedLimits {
@@ -80,18 +109,17 @@ pub struct Proxy {
     limiter: Option<Arc<Registry>>,
     shared: Option<SharedLimits>,
     pool: Arc<Pool>,
-    identifier: Identifier,
-    strict: strict::Rules,
+    /// Shared by every thread's copy, so one reload reaches them all.
+    live: Arc<ArcSwap<Live>>,
     upstreams: Upstreams,
-    settings: ProxySettings,
     /// How `https://` backends are verified; each thread's pool gets it.
     backend_tls: Arc<rustls::ClientConfig>,
 }
 
 impl Proxy {
-    /// A proxy over `pool`, limiting with `limiter` (`None`: no limits),
-    /// verifying `https://` backends with `backend_tls`
-    /// (`tls::client::backend_client_config`).
+    /// A proxy over `pool`, limiting with `limiter` (`None`: no limits,
+    /// and a reload cannot turn them on), verifying `https://` backends
+    /// with `backend_tls` (`tls::client::backend_client_config`).
     pub fn new(
         limiter: Option<Arc<Registry>>,
         pool: Arc<Pool>,
@@ -99,23 +127,25 @@ impl Proxy {
         settings: ProxySettings,
         backend_tls: Arc<rustls::ClientConfig>,
     ) -> Self {
+        let live = Arc::new(ArcSwap::from_pointee(Live::new(
+            identifier,
+            settings,
+            limiter.is_some(),
+        )));
         Self {
-            upstreams: Upstreams::new(
-                settings.connect_timeout,
-                settings.backend_body_timeout,
-                backend_tls.clone(),
-            ),
+            upstreams: Upstreams::new(live.clone(), backend_tls.clone()),
             backend_tls,
             shared: None,
             limiter,
             pool,
-            strict: strict::Rules {
-                api_key_header: identifier.api_key_header().clone(),
-                allow_underscores: settings.allow_underscores_in_headers,
-            },
-            identifier,
-            settings,
+            live,
         }
+    }
+
+    /// Switches every thread's copy to `live` (config reload): requests
+    /// that start from now on use it, running ones finish on theirs.
+    pub fn reconfigure(&self, live: Live) {
+        self.live.store(Arc::new(live));
     }
 
     /// The same proxy with its own backend connection pool, for another
@@ -123,18 +153,12 @@ impl Proxy {
     /// them).
     pub fn for_another_thread(&self) -> Self {
         Self {
-            upstreams: Upstreams::new(
-                self.settings.connect_timeout,
-                self.settings.backend_body_timeout,
-                self.backend_tls.clone(),
-            ),
+            upstreams: Upstreams::new(self.live.clone(), self.backend_tls.clone()),
             backend_tls: self.backend_tls.clone(),
             shared: self.shared.clone(),
             limiter: self.limiter.clone(),
             pool: self.pool.clone(),
-            identifier: self.identifier.clone(),
-            strict: self.strict.clone(),
-            settings: self.settings.clone(),
+            live: self.live.clone(),
         }
     }
 
@@ -166,15 +190,16 @@ impl Proxy {
             telemetry::request(response.status().as_u16(), None, started.elapsed());
             response
         };
-        let host = match strict::check(&mut req, &self.strict) {
+        let live = self.live.load_full();
+        let host = match strict::check(&mut req, &live.strict) {
             Ok(host) => host,
             Err(e) => return refuse(e),
         };
-        let decision = match self.admit(&req, conn.peer).await {
+        let decision = match self.admit(&req, conn.peer, &live).await {
             Ok(d) => d,
             Err(e) => return refuse(e),
         };
-        let (mut response, backend) = match self.forward(req, conn, host).await {
+        let (mut response, backend) = match self.forward(req, conn, host, &live).await {
             Ok((r, backend)) => (r, Some(backend)),
             Err(e) => (e.into_response(), None),
         };
@@ -198,11 +223,12 @@ impl Proxy {
         &self,
         req: &Request<Incoming>,
         peer: SocketAddr,
+        live: &Live,
     ) -> Result<Option<Decision>, ProxyError> {
-        let Some(limiter) = &self.limiter else {
+        let Some(limiter) = self.limiter.as_ref().filter(|_| live.limiting) else {
             return Ok(None);
         };
-        let api_key = self
+        let api_key = live
             .identifier
             .api_key(req.headers())
             .map_err(|e| ProxyError::BadApiKey(e.to_string()))?;
@@ -212,7 +238,7 @@ impl Proxy {
         let decision = match key.as_ref().and_then(|k| limiter.check_pinned(k)) {
             Some(d) => d,
             None => {
-                let ip = ClientKey::Ip(self.identifier.client_ip(req.headers(), peer.ip()));
+                let ip = ClientKey::Ip(live.identifier.client_ip(req.headers(), peer.ip()));
                 let d = limiter.check(&ip).map_err(|RegistryError::Full(_)| {
                     ProxyError::ClientTableFull {
                         retry_after: limiter.tick_interval(),
@@ -256,6 +282,7 @@ impl Proxy {
         req: Request<Incoming>,
         conn: Conn,
         host: Option<HeaderValue>,
+        live: &Live,
     ) -> Result<(Response<Body>, Arc<Backend>), ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.uri = origin_form(&parts.uri);
@@ -264,7 +291,7 @@ impl Proxy {
         if let Some(protocols) = &upgrade {
             tunnel::restore(&mut parts.headers, protocols.clone());
         }
-        let trusted = self.identifier.is_trusted(conn.peer.ip());
+        let trusted = live.identifier.is_trusted(conn.peer.ip());
         headers::set_forwarded(
             &mut parts.headers,
             conn.peer.ip(),
@@ -281,7 +308,7 @@ impl Proxy {
         // backend's failure; the idle timer bounds its pauses.
         let body = IdleBody::new(
             body.map_err(|e| BoxError::from(ClientBodyError(e))),
-            self.settings.client_body_timeout,
+            live.settings.client_body_timeout,
             Direction::ClientBody,
         )
         .boxed_unsync();
@@ -303,6 +330,7 @@ impl Proxy {
                 first_headers,
                 body,
                 upgrade.as_ref(),
+                live,
             )
             .await
         {
@@ -326,6 +354,7 @@ impl Proxy {
                         headers,
                         empty,
                         upgrade.as_ref(),
+                        live,
                     )
                     .await?;
                 Ok((response, second))
@@ -346,6 +375,7 @@ impl Proxy {
         mut headers: http::HeaderMap,
         body: Body,
         upgrade: Option<&HeaderValue>,
+        live: &Live,
     ) -> Result<Response<Body>, Failure> {
         let in_flight = backend.start_request();
         // HTTP/1.1 needs a Host. `strict::check` left the client's in the
@@ -366,7 +396,7 @@ impl Proxy {
         *upstream.version_mut() = http::Version::HTTP_11;
 
         let outcome = tokio::time::timeout(
-            self.settings.request_timeout,
+            live.settings.request_timeout,
             self.upstreams
                 .send(backend, upstream, in_flight, upgrade.is_some()),
         )
@@ -449,7 +479,7 @@ impl Proxy {
         response.extensions_mut().insert(tunnel::Tunnel::new(
             upgrade,
             in_flight,
-            self.settings.upgrade_idle_timeout,
+            self.live.load().settings.upgrade_idle_timeout,
         ));
         Ok(response)
     }

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Frame;
@@ -46,7 +47,7 @@ use tokio::time::Instant as Deadline;
 use tokio_rustls::TlsConnector;
 
 use super::timeout::{Direction, IdleBody};
-use super::{Body, BoxError};
+use super::{Body, BoxError, Live};
 use crate::balancer::{self, Backend, InFlight};
 
 /// Idle connections kept per backend and thread; more than this are closed
@@ -123,8 +124,9 @@ pub(crate) struct Upstreams {
 
 #[derive(Debug)]
 struct Inner {
-    connect_timeout: Duration,
-    body_timeout: Duration,
+    /// Where the connect and body timeouts are read, per connection and
+    /// per response, so a reload reaches this thread's pool too.
+    live: Arc<ArcSwap<Live>>,
     /// For `https://` backends (built once at start, see `tls::client`).
     tls: Arc<rustls::ClientConfig>,
     /// Keyed by the backend's address in memory; the entry holds the
@@ -157,19 +159,14 @@ impl Idle {
 }
 
 impl Upstreams {
-    /// A pool opening connections within `connect_timeout` (TLS
-    /// handshake included), whose response bodies fail after
-    /// `body_timeout` without a byte; `https://` backends are verified
-    /// with `tls`.
-    pub(crate) fn new(
-        connect_timeout: Duration,
-        body_timeout: Duration,
-        tls: Arc<rustls::ClientConfig>,
-    ) -> Self {
+    /// A pool opening connections within `live`'s `connect_timeout` (TLS
+    /// handshake included), whose response bodies fail after its
+    /// `backend_body_timeout` without a byte; `https://` backends are
+    /// verified with `tls`.
+    pub(crate) fn new(live: Arc<ArcSwap<Live>>, tls: Arc<rustls::ClientConfig>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                connect_timeout,
-                body_timeout,
+                live,
                 tls,
                 idle: Mutex::new(HashMap::default()),
                 removals_seen: AtomicU64::new(balancer::removals()),
@@ -212,7 +209,11 @@ impl Upstreams {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
                     let body = Returning {
-                        body: IdleBody::new(body, self.inner.body_timeout, Direction::BackendBody),
+                        body: IdleBody::new(
+                            body,
+                            self.inner.live.load().settings.backend_body_timeout,
+                            Direction::BackendBody,
+                        ),
                         finished: false,
                         connection: Some((sender, self.inner.clone(), backend.clone())),
                         _in_flight: in_flight,
@@ -262,13 +263,12 @@ impl Upstreams {
         let url = backend.url();
         // One deadline for TCP and TLS together: `connect_timeout` bounds
         // how long a request waits before it can be sent.
-        let deadline = Deadline::now() + self.inner.connect_timeout;
+        let connect_timeout = self.inner.live.load().settings.connect_timeout;
+        let deadline = Deadline::now() + connect_timeout;
         let stream =
             tokio::time::timeout_at(deadline, TcpStream::connect((url.host(), url.port())))
                 .await
-                .map_err(|_| {
-                    SendError::Connect(ConnectError::TimedOut(self.inner.connect_timeout))
-                })?
+                .map_err(|_| SendError::Connect(ConnectError::TimedOut(connect_timeout)))?
                 .map_err(|e| {
                     if crate::health::is_local_exhaustion(&e) {
                         SendError::Local(e)
@@ -284,7 +284,9 @@ impl Upstreams {
             // Boxed: the TLS handshake is a large future, and inline it
             // would grow every request's future (moved several times per
             // request), https or not.
-            Some(name) => Box::pin(self.tls_http1(backend, name, stream, deadline)).await,
+            Some(name) => {
+                Box::pin(self.tls_http1(backend, name, stream, (deadline, connect_timeout))).await
+            }
         }
     }
 
@@ -295,12 +297,12 @@ impl Upstreams {
         backend: &Backend,
         name: &ServerName<'static>,
         stream: TcpStream,
-        deadline: Deadline,
+        (deadline, connect_timeout): (Deadline, Duration),
     ) -> Result<SendRequest<Body>, SendError> {
         let tls = TlsConnector::from(self.inner.tls.clone());
         let stream = tokio::time::timeout_at(deadline, tls.connect(name.clone(), stream))
             .await
-            .map_err(|_| SendError::Connect(ConnectError::TimedOut(self.inner.connect_timeout)))?
+            .map_err(|_| SendError::Connect(ConnectError::TimedOut(connect_timeout)))?
             .map_err(|e| SendError::Connect(ConnectError::Tls(e)))?;
         http1(backend, stream).await
     }

@@ -337,7 +337,8 @@ impl CertSet {
 /// The certificates of the TLS listener, swapped whole on reload.
 #[derive(Debug)]
 pub struct Certificates {
-    paths: Vec<CertificatePaths>,
+    /// Changed by a reload whose config lists other files.
+    paths: std::sync::Mutex<Vec<CertificatePaths>>,
     provider: Arc<CryptoProvider>,
     current: ArcSwap<CertSet>,
 }
@@ -350,7 +351,7 @@ impl Certificates {
     ) -> Result<Self, CertError> {
         let set = CertSet::load(&paths, &provider)?;
         Ok(Self {
-            paths,
+            paths: std::sync::Mutex::new(paths),
             provider,
             current: ArcSwap::from_pointee(set),
         })
@@ -359,9 +360,28 @@ impl Certificates {
     /// Reads the files again; new handshakes get the new certificates.
     /// On any error the certificates in use stay, all of them.
     pub fn reload(&self) -> Result<usize, CertError> {
-        let set = CertSet::load(&self.paths, &self.provider)?;
+        let paths = self
+            .paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let set = CertSet::load(&paths, &self.provider)?;
         let n = set.keys.len();
         self.current.store(Arc::new(set));
+        Ok(n)
+    }
+
+    /// Reads `paths` (a reloaded config's list) and serves them from now
+    /// on, the first as the default; on any error the files and
+    /// certificates in use stay.
+    pub fn replace(&self, paths: Vec<CertificatePaths>) -> Result<usize, CertError> {
+        let mut current = self
+            .paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let set = CertSet::load(&paths, &self.provider)?;
+        let n = set.keys.len();
+        self.current.store(Arc::new(set));
+        *current = paths;
         Ok(n)
     }
 }

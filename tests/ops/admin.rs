@@ -454,7 +454,7 @@ async fn openapi_document_matches_the_routes() {
             }
         }
     }
-    assert_eq!(documented, 11, "the router serves 11 method+path pairs");
+    assert_eq!(documented, 12, "the router serves 12 method+path pairs");
     // The routes the router serves are all in the document.
     for route in [
         "/clients",
@@ -465,6 +465,7 @@ async fn openapi_document_matches_the_routes() {
         "/healthz",
         "/metrics",
         "/openapi.json",
+        "/reload",
     ] {
         assert!(
             paths.contains_key(route),

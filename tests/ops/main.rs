@@ -18,6 +18,7 @@ mod cli;
 mod deploy;
 mod durability;
 mod fd_limit;
+mod reload;
 mod shutdown;
 mod store;
 mod tls_reload;

@@ -2,7 +2,8 @@
 //! weights, drain and ejection,
 //! end to end, strict HTTP and hostile clients at the front door, backend
 //! connection reuse, https backends, health checks, PROXY protocol on
-//! incoming connections, limits shared through Redis, the TLS listener, and WebSocket tunnels.
+//! incoming connections, limits shared through Redis, the TLS listener,
+//! WebSocket tunnels, and config reloads.
 
 #[path = "../support"]
 mod support {
@@ -23,6 +24,7 @@ mod front_door;
 mod health;
 mod https_backend;
 mod proxy_protocol;
+mod reload;
 mod shared;
 mod strict;
 mod tls;

@@ -619,4 +619,45 @@ async fn websocket_over_the_tls_listener() {
     .await;
     assert!(ended.is_ok(), "the tunnel stayed open");
     lb.shutdown().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_takes_a_new_list_of_certificate_files() {
+    let b = backend("b").await;
+    let ca = TestCa::new("reload CA");
+    let site = ca.issue("site", &["app.test"]);
+    let other = ca.issue("other", &["other.test"]);
+    let pair = |c: &CertFiles| format!("      - {{cert: {:?}, key: {:?}}}\n", c.cert, c.key);
+    let yaml = |certs: &[&CertFiles]| {
+        format!(
+            "server:\n  listen: 127.0.0.1:0\n  tls:\n    listen: 127.0.0.1:0\n    certificates:\n{}\
+             admin:\n  listen: 127.0.0.1:0\nbackends:\n  - url: http://{}\nstore:\n  url: {}\n",
+            certs.iter().map(|c| pair(c)).collect::<String>(),
+            b.addr,
+            crate::support::temp_db()
+        )
+    };
+    let path = tempfile::tempdir()
+        .expect("tempdir")
+        .keep()
+        .join("config.yaml");
+    std::fs::write(&path, yaml(&[&site])).expect("write");
+    let cfg = Config::load(&path).expect("valid");
+    let lb = tollgate::app::start_with_file(&cfg, Some(path.clone()))
+        .await
+        .expect("start");
+    let addr = tls_addr(&lb);
+    assert_eq!(presented(addr, Some("other.test")).await, site.der);
+
+    // The store URL differs too (a new temp file): reported, not applied.
+    std::fs::write(&path, yaml(&[&site, &other])).expect("write");
+    let reloaded = lb.reload().await.expect("reload");
+    assert_eq!(reloaded.applied, vec!["server.tls.certificates"]);
+    assert_eq!(reloaded.restart_required, vec!["store.url"]);
+    assert_eq!(reloaded.certificates, 2);
+    assert_eq!(presented(addr, Some("other.test")).await, other.der);
+    assert_eq!(presented(addr, Some("app.test")).await, site.der);
+    lb.shutdown().await;
+    b.stop().await;
 }

@@ -16,6 +16,8 @@ pub struct Process {
     pub tls: Option<SocketAddr>,
     /// Every JSON log line printed after start-up was read.
     pub logs: std::sync::mpsc::Receiver<serde_json::Value>,
+    /// The config file it was started with (a reload re-reads it).
+    pub config: std::path::PathBuf,
 }
 
 /// Writes `yaml` to a temp file and starts `tollgate serve` on it (JSON
@@ -88,6 +90,7 @@ pub fn spawn_serve_with_open_files(yaml: &str, nofile: Option<u64>) -> Process {
         admin: admin.expect("admin addr"),
         tls,
         logs: rx,
+        config: path,
     }
 }
 
