@@ -78,7 +78,12 @@ async fn weights_1_to_3_split_random_3_to_1() {
     let lb = balancer(&named(&addrs, &[1, 3], StrategyName::Random)).await;
     let seen = sequence(&lb, 4000).await;
     let heavy = share(&seen, "b1");
-    assert!((heavy - 0.75).abs() <= 0.02, "b1 got {heavy}");
+    // 4000 independent draws at p = 0.75 have a standard deviation of
+    // 0.0068: ±0.02 is 2.9 sigma and would fail about 1 run in 270 by
+    // chance alone. ±0.03 (4.4 sigma, ~1 in 100,000) still tells 1:3 from
+    // 1:1 or 1:2; the 2% bound is held over 40,000 picks in the
+    // balancer's unit test.
+    assert!((heavy - 0.75).abs() <= 0.03, "b1 got {heavy}");
     lb.shutdown().await;
 }
 
