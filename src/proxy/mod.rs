@@ -322,18 +322,13 @@ impl Proxy {
         } else {
             (std::mem::take(&mut parts.headers), None)
         };
-        match self
-            .attempt(
-                &first,
-                &parts,
-                host.as_ref(),
-                first_headers,
-                body,
-                upgrade.as_ref(),
-                live,
-            )
-            .await
-        {
+        let outgoing = Outgoing {
+            parts: &parts,
+            host: host.as_ref(),
+            upgrade: upgrade.as_ref(),
+            live,
+        };
+        match self.attempt(&first, &outgoing, first_headers, body).await {
             // No connection, or the connection broke (a keep-alive
             // connection closed by a dying backend): an idempotent request
             // without a body can safely be sent again. A timeout is not
@@ -346,17 +341,7 @@ impl Proxy {
                 let empty = http_body_util::Empty::new()
                     .map_err(|never| match never {})
                     .boxed_unsync();
-                let response = self
-                    .attempt(
-                        &second,
-                        &parts,
-                        host.as_ref(),
-                        headers,
-                        empty,
-                        upgrade.as_ref(),
-                        live,
-                    )
-                    .await?;
+                let response = self.attempt(&second, &outgoing, headers, empty).await?;
                 Ok((response, second))
             }
             Ok(response) => Ok((response, first)),
@@ -365,18 +350,20 @@ impl Proxy {
     }
 
     /// One try against one backend. Connect failures and timeouts count
-    /// against the backend's health (passive checks). `upgrade`: the
-    /// protocols the client asked to switch to.
+    /// against the backend's health (passive checks).
     async fn attempt(
         &self,
         backend: &Arc<Backend>,
-        parts: &http::request::Parts,
-        host: Option<&HeaderValue>,
+        outgoing: &Outgoing<'_>,
         mut headers: http::HeaderMap,
         body: Body,
-        upgrade: Option<&HeaderValue>,
-        live: &Live,
     ) -> Result<Response<Body>, Failure> {
+        let Outgoing {
+            parts,
+            host,
+            upgrade,
+            live,
+        } = *outgoing;
         let in_flight = backend.start_request();
         // HTTP/1.1 needs a Host. `strict::check` left the client's in the
         // headers; an HTTP/1.0 client may have sent none: name the backend.
@@ -489,6 +476,17 @@ impl Proxy {
             t.log(backend, what);
         }
     }
+}
+
+/// What every attempt of one request sends the same way.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    parts: &'a http::request::Parts,
+    /// The client's Host, for a backend that needs one named.
+    host: Option<&'a HeaderValue>,
+    /// The protocols the client asked to switch to.
+    upgrade: Option<&'a HeaderValue>,
+    live: &'a Live,
 }
 
 /// How one attempt failed.
