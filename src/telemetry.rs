@@ -52,6 +52,9 @@ pub const PROXY_PROTOCOL_REFUSED: &str = "tollgate_proxy_protocol_refused_total"
 /// `timeout`, `closed`, `not_tls`, `protocol_version`,
 /// `no_application_protocol`, `certificate_rejected`, `other`.
 pub const TLS_HANDSHAKE_FAILURES: &str = "tollgate_tls_handshake_failures_total";
+/// Access log lines dropped because the writer was behind
+/// (`log.access: true`).
+pub const ACCESS_LOG_DROPPED: &str = "tollgate_access_log_dropped_total";
 /// Duration of one refill tick, seconds.
 pub const REFILL_SWEEP: &str = "tollgate_refill_sweep_seconds";
 /// Duration of one bucket snapshot, seconds.
@@ -112,6 +115,10 @@ fn describe() {
     metrics::describe_counter!(
         TLS_HANDSHAKE_FAILURES,
         "TLS handshakes that failed, by reason"
+    );
+    metrics::describe_counter!(
+        ACCESS_LOG_DROPPED,
+        "Access log lines dropped because the writer was behind"
     );
     metrics::describe_gauge!(CLIENTS_TRACKED, "Clients with a token bucket");
     metrics::describe_gauge!(CLIENTS_PINNED, "Clients in the client table");
