@@ -28,7 +28,6 @@ use http_body_util::BodyExt;
 
 use crate::balancer::Backend;
 use crate::body::{Body, BoxError};
-use crate::config::LogFormat;
 use crate::limiter::ClientKey;
 use crate::telemetry::{self, Throttle};
 
@@ -36,6 +35,15 @@ use crate::telemetry::{self, Throttle};
 /// bytes each, 4 MB, several seconds of lines at the rates measured in
 /// the README.
 pub const DEFAULT_CAPACITY: usize = 16 * 1024;
+
+/// The line format (`log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `key=value` pairs, values quoted when needed.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Where the writer thread puts the lines (stdout by default; tests pass
 /// a buffer of their own).
@@ -142,7 +150,7 @@ static WRITE_ERRORS: Throttle = Throttle::new();
 /// Starts the writer thread: lines in `format` to `sink`, at most
 /// `capacity` records waiting.
 pub fn start(
-    format: LogFormat,
+    format: Format,
     sink: Sink,
     capacity: usize,
 ) -> Result<(AccessLog, Writer), AccessLogError> {
@@ -218,7 +226,7 @@ impl Writer {
 /// The writer thread: takes what is queued, writes it in one batch, and
 /// flushes whenever the queue is empty, so a quiet balancer's lines are
 /// not held back.
-fn write_lines(rx: &Receiver<Message>, format: LogFormat, sink: Sink) {
+fn write_lines(rx: &Receiver<Message>, format: Format, sink: Sink) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let mut line = Vec::with_capacity(512);
     let mut stop = false;
@@ -257,7 +265,7 @@ fn write_failed(e: &std::io::Error) {
 }
 
 /// Appends one line (with its newline) for `record` to `out`.
-pub fn format_line(out: &mut Vec<u8>, record: &Record, format: LogFormat) {
+pub fn format_line(out: &mut Vec<u8>, record: &Record, format: Format) {
     let mut ts = [0u8; 24];
     let ts = rfc3339_millis(record.ts, &mut ts);
     let client = match &record.client {
@@ -286,7 +294,7 @@ pub fn format_line(out: &mut Vec<u8>, record: &Record, format: LogFormat) {
         ("request_id", Value::Str(&request_id)),
     ];
     match format {
-        LogFormat::Json => {
+        Format::Json => {
             out.push(b'{');
             for (i, (name, value)) in fields.iter().enumerate() {
                 if i > 0 {
@@ -302,7 +310,7 @@ pub fn format_line(out: &mut Vec<u8>, record: &Record, format: LogFormat) {
             }
             out.extend_from_slice(b"}\n");
         }
-        LogFormat::Text => {
+        Format::Text => {
             for (i, (name, value)) in fields.iter().enumerate() {
                 if i > 0 {
                     out.push(b' ');
@@ -499,7 +507,7 @@ mod tests {
     #[test]
     fn json_line_has_every_field_and_no_query() {
         let mut out = Vec::new();
-        format_line(&mut out, &record(), LogFormat::Json);
+        format_line(&mut out, &record(), Format::Json);
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(
@@ -519,7 +527,7 @@ mod tests {
         r.limited = Some(Limited::Client);
         r.client = Client::Key(ClientKey::api("null").expect("key"));
         let mut out = Vec::new();
-        format_line(&mut out, &r, LogFormat::Text);
+        format_line(&mut out, &r, Format::Text);
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             "ts=2026-11-29T05:37:32.123Z client=\"null\" method=GET path=/a/b status=200 \
@@ -560,7 +568,7 @@ mod tests {
             release: release_rx,
             seen: seen.clone(),
         };
-        let (log, writer) = start(LogFormat::Json, Box::new(gate), 4).expect("start");
+        let (log, writer) = start(Format::Json, Box::new(gate), 4).expect("start");
         log.send(record());
         // The writer holds the first line and is stuck writing it; the
         // queue is empty.

@@ -218,9 +218,12 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         let sink = options
             .access_log_sink
             .unwrap_or_else(|| Box::new(std::io::stdout()));
-        let (log, writer) =
-            access_log::start(config.log.format, sink, access_log::DEFAULT_CAPACITY)
-                .map_err(StartError::AccessLog)?;
+        let (log, writer) = access_log::start(
+            access_log_format(config.log.format),
+            sink,
+            access_log::DEFAULT_CAPACITY,
+        )
+        .map_err(StartError::AccessLog)?;
         (proxy.with_access_log(log), Some(writer))
     } else {
         (proxy, None)
@@ -336,6 +339,13 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         access_log,
         drain_timeout: config.server.drain_timeout,
     })
+}
+
+fn access_log_format(format: LogFormat) -> access_log::Format {
+    match format {
+        LogFormat::Text => access_log::Format::Text,
+        LogFormat::Json => access_log::Format::Json,
+    }
 }
 
 /// Writes the access log lines still queued, for at most `within`: a sink

@@ -1,7 +1,8 @@
 //! The request path, in process: demo and raw backends behind a balancer,
 //! end to end, strict HTTP and hostile clients at the front door, backend
 //! connection reuse, https backends, health checks, PROXY protocol on
-//! incoming connections, limits shared through Redis, and the TLS listener.
+//! incoming connections, limits shared through Redis, the TLS listener, and
+//! the access log with its request ids.
 
 #[path = "../support"]
 mod support {
@@ -16,6 +17,7 @@ mod support {
     pub use wait::*;
 }
 
+mod access_log;
 mod end_to_end;
 mod front_door;
 mod health;
