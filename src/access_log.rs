@@ -288,14 +288,14 @@ pub fn format_line(out: &mut Vec<u8>, record: &Record, format: Format) {
         Client::Key(key) => key.to_string(),
     };
     let backend = record.backend.as_deref().map(backend_name);
-    let duration_ms = record.duration.as_secs_f64() * 1000.0;
     let limited = record.limited.map(Limited::as_str);
     let request_id = String::from_utf8_lossy(record.request_id.as_bytes());
     let mut status = itoa::Buffer::new();
     let status = status.format(record.status);
     let mut bytes = itoa::Buffer::new();
     let bytes = bytes.format(record.bytes_sent);
-    let duration = format!("{duration_ms:.3}");
+    let mut duration = [0u8; 32];
+    let duration = millis(record.duration, &mut duration);
     let fields: [(&str, Value<'_>); 10] = [
         ("ts", Value::Str(ts)),
         ("client", Value::Str(&client)),
@@ -303,7 +303,7 @@ pub fn format_line(out: &mut Vec<u8>, record: &Record, format: Format) {
         ("path", Value::Str(record.uri.path())),
         ("status", Value::Number(status)),
         ("backend", backend.map_or(Value::Null, Value::Str)),
-        ("duration_ms", Value::Number(&duration)),
+        ("duration_ms", Value::Number(duration)),
         ("bytes_sent", Value::Number(bytes)),
         ("limited", limited.map_or(Value::Null, Value::Str)),
         ("request_id", Value::Str(&request_id)),
@@ -315,8 +315,10 @@ pub fn format_line(out: &mut Vec<u8>, record: &Record, format: Format) {
                 if i > 0 {
                     out.push(b',');
                 }
-                json_string(out, name);
-                out.push(b':');
+                // Field names need no escaping.
+                out.push(b'"');
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\":");
                 match value {
                     Value::Str(s) => json_string(out, s),
                     Value::Number(n) => out.extend_from_slice(n.as_bytes()),
@@ -362,6 +364,23 @@ fn needs_quotes(s: &str) -> bool {
         || s == "null"
         || s.bytes()
             .any(|b| b <= b' ' || b == b'"' || b == b'=' || b == b'\\' || b >= 0x7f)
+}
+
+/// `d` in milliseconds with three decimals (`1.500`), in `buf`; integer
+/// arithmetic, as float formatting was a visible part of a line's cost.
+fn millis(d: Duration, buf: &mut [u8; 32]) -> &str {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let mut whole = itoa::Buffer::new();
+    let whole = whole.format(micros / 1000).as_bytes();
+    let frac = micros % 1000;
+    let len = whole.len();
+    buf[..len].copy_from_slice(whole);
+    buf[len] = b'.';
+    buf[len + 1] = b'0' + (frac / 100) as u8;
+    buf[len + 2] = b'0' + (frac / 10 % 10) as u8;
+    buf[len + 3] = b'0' + (frac % 10) as u8;
+    // Only ASCII digits and a dot were written.
+    std::str::from_utf8(&buf[..len + 4]).unwrap_or("0.000")
 }
 
 /// `t` as `2026-11-29T05:37:32.123Z` (UTC, milliseconds) in `buf`.
@@ -498,6 +517,18 @@ mod tests {
             limited: None,
             request_id: HeaderValue::from_static("abc"),
         }
+    }
+
+    #[test]
+    fn durations_are_milliseconds_with_three_decimals() {
+        let mut buf = [0u8; 32];
+        assert_eq!(millis(Duration::ZERO, &mut buf), "0.000");
+        assert_eq!(millis(Duration::from_nanos(1_234_567), &mut buf), "1.234");
+        assert_eq!(
+            millis(Duration::from_micros(12_345_067), &mut buf),
+            "12345.067"
+        );
+        assert_eq!(millis(Duration::MAX, &mut buf), "18446744073709551.615");
     }
 
     #[test]

@@ -333,10 +333,12 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         parts.uri = origin_form(&parts.uri);
         headers::strip_hop_by_hop(&mut parts.headers);
-        // Again: a client's `Connection: x-request-id` just removed it.
-        parts
-            .headers
-            .insert(request_id::X_REQUEST_ID.clone(), request_id.clone());
+        // A client's `Connection: x-request-id` just removed it.
+        if !parts.headers.contains_key(&request_id::X_REQUEST_ID) {
+            parts
+                .headers
+                .insert(request_id::X_REQUEST_ID.clone(), request_id.clone());
+        }
         let trusted = self.identifier.is_trusted(conn.peer.ip());
         headers::set_forwarded(
             &mut parts.headers,
