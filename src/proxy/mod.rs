@@ -172,29 +172,29 @@ impl Proxy {
     pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = std::time::Instant::now();
         let request_id = request_id::settle(req.headers_mut());
-        let Some(log) = &self.access_log else {
-            let mut response = self
-                .answer(req, conn, started, &request_id, &mut Outcome::default())
-                .await;
-            response
-                .headers_mut()
-                .insert(request_id::X_REQUEST_ID.clone(), request_id);
-            return response;
-        };
-        let ts = std::time::SystemTime::now();
-        let method = req.method().clone();
-        let uri = req.uri().clone();
+        // What the log line needs of the request, taken before `answer`
+        // consumes it.
+        let seen = self.access_log.as_ref().map(|_| {
+            (
+                std::time::SystemTime::now(),
+                req.method().clone(),
+                req.uri().clone(),
+                self.identifier.client_ip(req.headers(), conn.peer.ip()),
+            )
+        });
         let mut outcome = Outcome::default();
-        let fallback_ip = self.identifier.client_ip(req.headers(), conn.peer.ip());
         let mut response = self
             .answer(req, conn, started, &request_id, &mut outcome)
             .await;
         response
             .headers_mut()
             .insert(request_id::X_REQUEST_ID.clone(), request_id.clone());
+        let (Some(log), Some((ts, method, uri, ip))) = (&self.access_log, seen) else {
+            return response;
+        };
         let record = Record {
             ts,
-            client: outcome.client.map_or(Client::Ip(fallback_ip), Client::Key),
+            client: outcome.client.map_or(Client::Ip(ip), Client::Key),
             method,
             uri,
             status: response.status().as_u16(),

@@ -296,3 +296,20 @@ async fn request_ids_are_set_with_the_access_log_off() {
     assert_eq!(request_id(&refused), "mine");
     lb.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_request_id_named_in_connection_still_reaches_the_backend() {
+    let bs = backends(1).await;
+    let lb = crate::support::balancer(&config(&[bs[0].addr])).await;
+    let mut raw = RawClient::connect(lb.proxy_addr()).await;
+    raw.send(
+        b"GET /headers HTTP/1.1\r\nHost: app\r\nConnection: keep-alive, x-request-id\r\n\
+          X-Request-Id: hop-1\r\n\r\n",
+    )
+    .await;
+    let r = raw.response().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["x-request-id"], "hop-1");
+    assert_eq!(r.header("x-request-id"), ["hop-1"]);
+    lb.shutdown().await;
+}
