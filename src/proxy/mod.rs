@@ -186,12 +186,15 @@ impl Proxy {
         let mut response = self
             .answer(req, conn, started, &request_id, &mut outcome)
             .await;
+        let (Some(log), Some((ts, method, uri, ip))) = (&self.access_log, seen) else {
+            response
+                .headers_mut()
+                .insert(request_id::X_REQUEST_ID.clone(), request_id);
+            return response;
+        };
         response
             .headers_mut()
             .insert(request_id::X_REQUEST_ID.clone(), request_id.clone());
-        let (Some(log), Some((ts, method, uri, ip))) = (&self.access_log, seen) else {
-            return response;
-        };
         let record = Record {
             ts,
             client: outcome.client.map_or(Client::Ip(ip), Client::Key),
