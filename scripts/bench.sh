@@ -6,6 +6,7 @@
 #   DURATION=5s AB_ROUNDS=5 scripts/bench.sh
 #   REDIS_URL=redis://127.0.0.1:6379 scripts/bench.sh   # adds tollgate+redis
 #   TLS=0 scripts/bench.sh      # without the TLS section
+#   ACCESS_LOG=1 scripts/bench.sh   # adds tollgate+accesslog
 #
 # The TLS section puts tollgate and nginx in front of the same backends
 # with the same ECDSA P-256 certificate (made by openssl for the run):
@@ -35,8 +36,10 @@ AB_N=${AB_N:-5000}
 AB_C=${AB_C:-1000}
 AB_ROUNDS=${AB_ROUNDS:-3}
 TLS=${TLS:-1}
-# The production profile (fat LTO), as the Docker image ships it.
-BIN=target/production/tollgate
+ACCESS_LOG=${ACCESS_LOG:-0}
+# The production profile (fat LTO), as the Docker image ships it (where
+# cargo puts it: CARGO_TARGET_DIR is honoured).
+BIN=${CARGO_TARGET_DIR:-target}/production/tollgate
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -66,12 +69,13 @@ fi
 # is backend b0 alone).
 declare -A SERVER_PIDS=([direct]=${PIDS[0]})
 
-# start_tollgate NAME [SHARED [SERVER_LINES]]: a tollgate on free ports
-# with limits that never reject; SHARED is an extra rate_limit.shared line,
-# SERVER_LINES extra server settings. Prints its pid and port.
+# start_tollgate NAME [SHARED [SERVER_LINES [LOG_KEYS]]]: a tollgate on
+# free ports with limits that never reject; SHARED is an extra
+# rate_limit.shared line, SERVER_LINES extra server settings, LOG_KEYS
+# extra `log:` keys. Prints its pid and port.
 start_tollgate() {
   local port admin; port=$(free_port); admin=$(free_port)
-  tollgate_conf "$WORK/$1.yaml" "$port" "$admin" "${2:-}" "${3:-}"
+  tollgate_conf "$WORK/$1.yaml" "$port" "$admin" "${2:-}" "${3:-}" "${4:-}"
   "$BIN" serve --config "$WORK/$1.yaml" >"$WORK/$1.log" 2>&1 &
   echo "$! $port"
 }
@@ -92,6 +96,15 @@ if [ -n "${REDIS_URL:-}" ]; then
   SERVER_PIDS[tollgate+redis]=$pid
   wait_http "http://127.0.0.1:$TR/health"
   TARGETS+=("tollgate+redis http://127.0.0.1:$TR/")
+fi
+# With ACCESS_LOG=1, a second tollgate writing a JSON access log line per
+# request to a file (its stdout): the cost of the log against the row
+# above, in the same run.
+if [ "$ACCESS_LOG" = 1 ]; then
+  read -r pid TA < <(start_tollgate tollgate-accesslog "" "" "access: true, format: json"); PIDS+=("$pid")
+  SERVER_PIDS[tollgate+accesslog]=$pid
+  wait_http "http://127.0.0.1:$TA/health"
+  TARGETS+=("tollgate+accesslog http://127.0.0.1:$TA/")
 fi
 if command -v nginx >/dev/null; then
   NG=$(free_port)
@@ -190,4 +203,8 @@ echo
 echo "server CPU: user + system time of the target's own processes (tollgate; nginx master and"
 echo "workers; backend b0 for direct) per request; the backends behind a proxy are not counted."
 echo
+if [ "$ACCESS_LOG" = 1 ]; then
+  echo "access log: $(grep -c '"request_id"' "$WORK/tollgate-accesslog.log") lines written"
+  echo
+fi
 echo "cores: $(nproc); $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -25,9 +25,10 @@ start_backends() {
   for p in "${B[@]}"; do wait_http "http://127.0.0.1:$p/health"; done
 }
 
-# tollgate_conf FILE PORT ADMIN_PORT [RATE_LIMIT_LINE [SERVER_LINES]]:
+# tollgate_conf FILE PORT ADMIN_PORT [RATE_LIMIT_LINE [SERVER_LINES [LOG_KEYS]]]:
 # tollgate over the backends with limits too high ever to reject;
-# SERVER_LINES go under `server:` (the TLS listener).
+# SERVER_LINES go under `server:` (the TLS listener), LOG_KEYS into `log:`
+# (the access log).
 tollgate_conf() {
   cat > "$1" <<YAML
 server:
@@ -42,7 +43,7 @@ rate_limit:
   default: {capacity: 1000000000, rate_per_sec: 1000000000}
 ${4:-}
 store: {url: 'sqlite://$1.db'}
-log: {level: warn}
+log: {level: warn${6:+, $6}}
 YAML
 }
 

@@ -5,6 +5,8 @@
 # the proxy path can be judged by one run.
 #
 #   scripts/instructions.sh
+#   ACCESS_LOG=1 scripts/instructions.sh     # adds tollgate+accesslog (JSON lines to a file)
+#   BIN=/tmp/tollgate-old scripts/instructions.sh   # another build, not rebuilt
 #
 # Each server runs under callgrind; counting is switched on only around
 # each load (callgrind_control -z before, -d after):
@@ -20,7 +22,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=target/production/tollgate
+ACCESS_LOG=${ACCESS_LOG:-0}
+if [ -z "${BIN:-}" ]; then
+  BIN=${CARGO_TARGET_DIR:-target}/production/tollgate
+  BUILD=1
+fi
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -33,7 +39,7 @@ trap cleanup EXIT
 for tool in valgrind callgrind_control wrk ab; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind wrk apache2-utils)" >&2; exit 1; }
 done
-cargo build --profile production --quiet
+[ -n "${BUILD:-}" ] && cargo build --profile production --quiet
 ulimit -n "$(ulimit -Hn)"
 
 . scripts/common.sh
@@ -67,6 +73,15 @@ valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
   "$BIN" serve --config "$WORK/tollgate.yaml" >"$WORK/tollgate.log" 2>&1 & TPID=$!; PIDS+=("$TPID")
 wait_http "http://127.0.0.1:$port/health"
 while read -r line; do RESULTS+=("$line"); done < <(measure tollgate "$TPID" "http://127.0.0.1:$port/")
+
+if [ "$ACCESS_LOG" = 1 ]; then
+  port=$(free_port); admin=$(free_port)
+  tollgate_conf "$WORK/tollgate-accesslog.yaml" "$port" "$admin" "" "" "access: true, format: json"
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
+    "$BIN" serve --config "$WORK/tollgate-accesslog.yaml" >"$WORK/tollgate-accesslog.log" 2>&1 & APID=$!; PIDS+=("$APID")
+  wait_http "http://127.0.0.1:$port/health"
+  while read -r line; do RESULTS+=("$line"); done < <(measure tollgate+accesslog "$APID" "http://127.0.0.1:$port/")
+fi
 
 if command -v nginx >/dev/null; then
   NG=$(free_port)

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
+use crate::access_log::{self, AccessLogError, Sink, Writer};
 use crate::admin::AdminState;
 use crate::balancer::{strategy_for, BackendSpec, PassiveSettings, Pool, Thresholds};
-use crate::config::{Config, LogConfig};
+use crate::config::{Config, LogConfig, LogFormat};
 use crate::health::Checker;
 use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{self, Registry, RegistryConfig};
@@ -59,6 +60,28 @@ pub enum StartError {
     /// `server.tls` could not be set up (a certificate or key file).
     #[error("TLS listener: {0}")]
     Tls(#[source] CertError),
+    /// `log.access` is on and its writer could not start.
+    #[error("access log: {0}")]
+    AccessLog(#[source] AccessLogError),
+}
+
+/// What [`start_with`] takes besides the config: things a config file
+/// cannot name.
+#[derive(Default)]
+pub struct StartOptions {
+    /// Where access log lines go (`log.access: true`); stdout when `None`.
+    pub access_log_sink: Option<Sink>,
+    /// The file the config was loaded from, which a reload re-reads.
+    pub config_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for StartOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartOptions")
+            .field("access_log_sink", &self.access_log_sink.is_some())
+            .field("config_file", &self.config_file)
+            .finish()
+    }
 }
 
 /// A started tollgate: its listeners are open and its tasks running.
@@ -76,6 +99,9 @@ pub struct Running {
     /// Every background task (refill, health checks, snapshots, admin API,
     /// metrics upkeep, table reload); each stops on the shutdown signal.
     tasks: JoinSet<()>,
+    /// The access log's writer thread, stopped last.
+    access_log: Option<Writer>,
+    drain_timeout: std::time::Duration,
 }
 
 impl Running {
@@ -166,6 +192,9 @@ impl Running {
                 tracing::error!(error = %e, "a background task failed");
             }
         }
+        if let Some(writer) = self.access_log {
+            stop_access_log(writer, self.drain_timeout).await;
+        }
         drained
     }
 }
@@ -175,7 +204,7 @@ impl Running {
 /// bind the proxy listeners, open the store (restoring bucket levels),
 /// bind the admin listener, spawn the background tasks, serve.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    start_with_file(config, None).await
+    start_with(config, StartOptions::default()).await
 }
 
 /// [`start`], where `config` was loaded from the file at `path`: a reload
@@ -185,6 +214,19 @@ pub async fn start_with_file(
     config: &Config,
     path: Option<std::path::PathBuf>,
 ) -> Result<Running, StartError> {
+    start_with(
+        config,
+        StartOptions {
+            config_file: path,
+            ..StartOptions::default()
+        },
+    )
+    .await
+}
+
+/// [`start`], with what a config file cannot name.
+pub async fn start_with(config: &Config, options: StartOptions) -> Result<Running, StartError> {
+    let path = options.config_file.clone();
     raise_open_file_limit();
     // Before anything registers a metric handle.
     let metrics = crate::telemetry::install();
@@ -200,6 +242,20 @@ pub async fn start_with_file(
     .map_err(StartError::BackendTls)?;
     let (pool, checker) = build_pool(config, &backend_tls).await;
     let (proxy, shared_limiter) = build_proxy(config, &registry, pool, backend_tls)?;
+    let (proxy, access_log) = if config.log.access {
+        let sink = options
+            .access_log_sink
+            .unwrap_or_else(|| Box::new(std::io::stdout()));
+        let (log, writer) = access_log::start(
+            access_log_format(config.log.format),
+            sink,
+            access_log::DEFAULT_CAPACITY,
+        )
+        .map_err(StartError::AccessLog)?;
+        (proxy.with_access_log(log), Some(writer))
+    } else {
+        (proxy, None)
+    };
     let proxy = Arc::new(proxy);
     let bound = bind_proxy(config)?;
     let (store, restored) = open_store(config, &registry).await?;
@@ -276,8 +332,8 @@ pub async fn start_with_file(
         signal.clone().wait(),
     ));
 
-    let options = ServeOptions::from(config);
-    let max_connections = options.budget.as_ref().map(ConnectionBudget::limit);
+    let serve_options = ServeOptions::from(config);
+    let max_connections = serve_options.budget.as_ref().map(ConnectionBudget::limit);
     let threads = bound.threads.len();
     let (plain_addr, tls_addr) = (bound.plain_addr, bound.tls_addr);
     // One proxy (and so one backend connection pool) per proxy thread,
@@ -292,7 +348,7 @@ pub async fn start_with_file(
                 async move { proxy.handle(req, conn).await }
             }
         },
-        options,
+        serve_options,
         signal,
     )
     .map_err(|source| StartError::Bind {
@@ -322,7 +378,33 @@ pub async fn start_with_file(
         trigger,
         workers,
         tasks,
+        access_log,
+        drain_timeout: config.server.drain_timeout,
     })
+}
+
+fn access_log_format(format: LogFormat) -> access_log::Format {
+    match format {
+        LogFormat::Text => access_log::Format::Text,
+        LogFormat::Json => access_log::Format::Json,
+    }
+}
+
+/// Writes the access log lines still queued, for at most `within`: a sink
+/// that stopped taking lines must not hold the exit.
+async fn stop_access_log(writer: Writer, within: std::time::Duration) {
+    let (done, stopped) = tokio::sync::oneshot::channel();
+    // A thread of its own rather than spawn_blocking: if the sink never
+    // returns, the runtime must not wait for it when it shuts down.
+    let spawned = std::thread::Builder::new()
+        .name("access-log-stop".into())
+        .spawn(move || {
+            writer.stop();
+            let _ = done.send(());
+        });
+    if spawned.is_err() || tokio::time::timeout(within, stopped).await.is_err() {
+        tracing::warn!("access log lines still queued at exit were not written");
+    }
 }
 
 /// The backend pool, after one round of health checks: a dead backend at

@@ -493,6 +493,8 @@ pub struct LogConfig {
     pub level: LogLevel,
     /// Line format.
     pub format: LogFormat,
+    /// One line per answered request on stdout (see `access_log`).
+    pub access: bool,
 }
 
 impl Default for LogConfig {
@@ -500,6 +502,7 @@ impl Default for LogConfig {
         Self {
             level: LogLevel(tracing::Level::INFO),
             format: LogFormat::Text,
+            access: false,
         }
     }
 }

@@ -22,11 +22,13 @@
 //! - [`store`]: the client table and bucket snapshots (SQLite via sqlx).
 //! - [`admin`]: the admin API (axum).
 //! - [`telemetry`]: Prometheus metrics.
+//! - [`access_log`]: one line per request, written off the request path.
 //! - [`app`]: wiring everything together; [`cli`]: the commands.
 
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod balancer;

@@ -59,6 +59,9 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "tollgate_tls_handshake_failures_total"
 /// `invalid` (the file did not validate), `failed` (a certificate could
 /// not be read, the reload was interrupted).
 pub const CONFIG_RELOADS: &str = "tollgate_config_reloads_total";
+/// Access log lines dropped because the writer was behind
+/// (`log.access: true`).
+pub const ACCESS_LOG_DROPPED: &str = "tollgate_access_log_dropped_total";
 /// Duration of one refill tick, seconds.
 pub const REFILL_SWEEP: &str = "tollgate_refill_sweep_seconds";
 /// Duration of one bucket snapshot, seconds.
@@ -133,6 +136,10 @@ fn describe() {
         "Upgraded (WebSocket) connections open, tunnelled to a backend"
     );
     metrics::describe_counter!(CONFIG_RELOADS, "Config reloads, by result");
+    metrics::describe_counter!(
+        ACCESS_LOG_DROPPED,
+        "Access log lines dropped because the writer was behind"
+    );
     metrics::describe_gauge!(CLIENTS_TRACKED, "Clients with a token bucket");
     metrics::describe_gauge!(CLIENTS_PINNED, "Clients in the client table");
     metrics::describe_histogram!(

@@ -12,6 +12,7 @@
 pub mod headers;
 pub mod identity;
 pub mod proxy_protocol;
+pub mod request_id;
 pub mod server;
 mod strict;
 mod timeout;
@@ -28,6 +29,7 @@ use http::{header, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::access_log::{AccessLog, Client, Limited, Record};
 use crate::balancer::{Backend, Pool};
 use crate::error::ProxyError;
 use crate::limiter::shared::{OnFailure, SharedLimiter};
@@ -103,6 +105,17 @@ pub struct SharedLimits {
     pub on_failure: OnFailure,
 }
 
+/// What the access log wants to know of an answer besides its status.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// The key the limiter charged.
+    client: Option<ClientKey>,
+    /// The backend that answered.
+    backend: Option<Arc<Backend>>,
+    /// Which limit refused the request.
+    limited: Option<Limited>,
+}
+
 /// Shared state of the request path.
 #[derive(Debug)]
 pub struct Proxy {
@@ -114,6 +127,8 @@ pub struct Proxy {
     upstreams: Upstreams,
     /// How `https://` backends are verified; each thread's pool gets it.
     backend_tls: Arc<rustls::ClientConfig>,
+    /// Where answered requests are logged (`log.access`).
+    access_log: Option<AccessLog>,
 }
 
 impl Proxy {
@@ -139,6 +154,7 @@ impl Proxy {
             limiter,
             pool,
             live,
+            access_log: None,
         }
     }
 
@@ -159,7 +175,14 @@ impl Proxy {
             limiter: self.limiter.clone(),
             pool: self.pool.clone(),
             live: self.live.clone(),
+            access_log: self.access_log.clone(),
         }
+    }
+
+    /// The same proxy, logging every answered request to `log`.
+    pub fn with_access_log(mut self, log: AccessLog) -> Self {
+        self.access_log = Some(log);
+        self
     }
 
     /// The same proxy, checking every request against limits shared with
@@ -174,9 +197,62 @@ impl Proxy {
         &self.pool
     }
 
-    /// Answers one client request.
+    /// Answers one client request. Every answer carries the request's
+    /// `X-Request-Id` and, with the access log on, leads to one line.
     pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = std::time::Instant::now();
+        let request_id = request_id::settle(req.headers_mut());
+        // What the log line needs of the request, taken before `answer`
+        // consumes it.
+        let seen = self.access_log.as_ref().map(|_| {
+            (
+                std::time::SystemTime::now(),
+                req.method().clone(),
+                req.uri().clone(),
+                self.live
+                    .load()
+                    .identifier
+                    .client_ip(req.headers(), conn.peer.ip()),
+            )
+        });
+        let mut outcome = Outcome::default();
+        let mut response = self
+            .answer(req, conn, started, &request_id, &mut outcome)
+            .await;
+        let (Some(log), Some((ts, method, uri, ip))) = (&self.access_log, seen) else {
+            response
+                .headers_mut()
+                .insert(request_id::X_REQUEST_ID.clone(), request_id);
+            return response;
+        };
+        response
+            .headers_mut()
+            .insert(request_id::X_REQUEST_ID.clone(), request_id.clone());
+        let record = Record {
+            ts,
+            client: outcome.client.map_or(Client::Ip(ip), Client::Key),
+            method,
+            uri,
+            status: response.status().as_u16(),
+            backend: outcome.backend,
+            duration: Duration::ZERO,
+            bytes_sent: 0,
+            limited: outcome.limited,
+            request_id,
+        };
+        log.wrap(response, record, started)
+    }
+
+    /// The answer to one request, and in `outcome` what the access log
+    /// wants to know of it.
+    async fn answer(
+        &self,
+        mut req: Request<Incoming>,
+        conn: Conn,
+        started: std::time::Instant,
+        request_id: &HeaderValue,
+        outcome: &mut Outcome,
+    ) -> Response<Body> {
         let refuse = |e: ProxyError| {
             let verdict = match &e {
                 ProxyError::RateLimited(v) => Some(*v),
@@ -195,11 +271,19 @@ impl Proxy {
             Ok(host) => host,
             Err(e) => return refuse(e),
         };
-        let decision = match self.admit(&req, conn.peer, &live).await {
+        let decision = match self
+            .admit(&req, conn.peer, &live, &mut outcome.client)
+            .await
+        {
             Ok(d) => d,
-            Err(e) => return refuse(e),
+            Err(e) => {
+                if matches!(e, ProxyError::RateLimited(_)) {
+                    outcome.limited = Some(Limited::Client);
+                }
+                return refuse(e);
+            }
         };
-        let (mut response, backend) = match self.forward(req, conn, host, &live).await {
+        let (mut response, backend) = match self.forward(req, conn, host, &live, request_id).await {
             Ok((r, backend)) => (r, Some(backend)),
             Err(e) => (e.into_response(), None),
         };
@@ -212,18 +296,21 @@ impl Proxy {
             counters.as_deref(),
             started.elapsed(),
         );
+        outcome.backend = backend;
         response
     }
 
     /// Identifies the client and takes a token; `Ok(None)` when rate
     /// limiting is off. With shared limits the shared bucket decides; the
     /// local one is charged too, so that a fallback to it starts from this
-    /// replica's recent traffic.
+    /// replica's recent traffic. `client` gets the key charged, refused or
+    /// not.
     async fn admit(
         &self,
         req: &Request<Incoming>,
         peer: SocketAddr,
         live: &Live,
+        client: &mut Option<ClientKey>,
     ) -> Result<Option<Decision>, ProxyError> {
         let Some(limiter) = self.limiter.as_ref().filter(|_| live.limiting) else {
             return Ok(None);
@@ -267,6 +354,7 @@ impl Proxy {
             }
             _ => decision,
         };
+        *client = key;
         if verdict.allowed() {
             Ok(Some(verdict))
         } else {
@@ -283,6 +371,7 @@ impl Proxy {
         conn: Conn,
         host: Option<HeaderValue>,
         live: &Live,
+        request_id: &HeaderValue,
     ) -> Result<(Response<Body>, Arc<Backend>), ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.uri = origin_form(&parts.uri);
@@ -290,6 +379,12 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         if let Some(protocols) = &upgrade {
             tunnel::restore(&mut parts.headers, protocols.clone());
+        }
+        // A client's `Connection: x-request-id` just removed it.
+        if !parts.headers.contains_key(&request_id::X_REQUEST_ID) {
+            parts
+                .headers
+                .insert(request_id::X_REQUEST_ID.clone(), request_id.clone());
         }
         let trusted = live.identifier.is_trusted(conn.peer.ip());
         headers::set_forwarded(

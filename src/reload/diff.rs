@@ -247,6 +247,7 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
     c.section("log", &old.log, &new.log)
         .key("level", |l| &mut l.level, Some(Log))
         .key("format", |l| &mut l.format, Some(Log))
+        .key("access", |l| &mut l.access, restart)
         .rest();
     c
 }

@@ -3,7 +3,8 @@
 //! end to end, strict HTTP and hostile clients at the front door, backend
 //! connection reuse, https backends, health checks, PROXY protocol on
 //! incoming connections, limits shared through Redis, the TLS listener,
-//! WebSocket tunnels, and config reloads.
+//! WebSocket tunnels, config reloads, and the access log with its request
+//! ids.
 
 #[path = "../support"]
 mod support {
@@ -18,6 +19,7 @@ mod support {
     pub use wait::*;
 }
 
+mod access_log;
 mod balancing;
 mod end_to_end;
 mod front_door;

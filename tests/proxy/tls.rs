@@ -272,13 +272,18 @@ async fn alpn_h2_serves_http2_with_the_same_limits_and_headers() {
         .expect("request");
     assert_eq!(refused_h2.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused_h1.status(), StatusCode::TOO_MANY_REQUESTS);
-    // Same answer, header for header (but the date and HTTP/1.1's own
-    // connection headers), same JSON body.
+    // Same answer, header for header (but the date, the request's own id
+    // and HTTP/1.1's own connection headers), same JSON body.
     let headers = |r: &reqwest::Response| {
         let mut h: Vec<(String, String)> = r
             .headers()
             .iter()
-            .filter(|(n, _)| !matches!(n.as_str(), "date" | "connection" | "keep-alive"))
+            .filter(|(n, _)| {
+                !matches!(
+                    n.as_str(),
+                    "date" | "x-request-id" | "connection" | "keep-alive"
+                )
+            })
             .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_owned()))
             .collect();
         h.sort();

@@ -1,0 +1,642 @@
+//! The access log (`log.access: true`): one line per answered request,
+//! written by a thread of its own.
+//!
+//! The request path only fills a [`Record`] and offers it to a bounded
+//! channel ([`AccessLog::send`]); formatting and writing happen on the
+//! writer thread, so a slow terminal, pipe or disk never holds a request
+//! up. When the channel is full the record is dropped and counted
+//! ([`crate::telemetry::ACCESS_LOG_DROPPED`]) instead of waiting.
+//!
+//! A record is sent when the response body is finished (or abandoned by a
+//! client that went away), not when the response head leaves: operators
+//! read `duration_ms` and `bytes_sent` as the whole exchange.
+//! [`LoggedBody`] counts the body bytes and sends the record then.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Uri};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use crate::balancer::Backend;
+use crate::body::{Body, BoxError};
+use crate::limiter::ClientKey;
+use crate::telemetry::{self, Throttle};
+
+/// Records the channel holds before new ones are dropped: at about 250
+/// bytes each, 4 MB; half a second of lines at 30k requests/s, many
+/// times what arrives during one [`BATCH_PAUSE`].
+pub const DEFAULT_CAPACITY: usize = 16 * 1024;
+
+/// How long the writer waits after writing a batch before taking the
+/// next one (see `write_lines`).
+pub const BATCH_PAUSE: Duration = Duration::from_millis(20);
+
+/// The line format (`log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `key=value` pairs, values quoted when needed.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the writer thread puts the lines (stdout by default; tests pass
+/// a buffer of their own).
+pub type Sink = Box<dyn Write + Send>;
+
+/// Why the access log could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessLogError {
+    /// The writer thread could not be spawned.
+    #[error("cannot start the access log writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Who the request was charged to: what the limiter keyed on, or the
+/// client's address when no bucket was consulted.
+#[derive(Debug, Clone)]
+pub enum Client {
+    /// The limiter's key (an API key client id or an address).
+    Key(ClientKey),
+    /// The client's address (limiting off, or refused before it).
+    Ip(IpAddr),
+}
+
+/// Which limit refused the request (`limited` in the line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// The client's own bucket.
+    Client,
+}
+
+impl Limited {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+        }
+    }
+}
+
+/// One request as the access log sees it. Every field is cheap to move
+/// (the URI and the id share their bytes with the request), so filling
+/// one costs no formatting on the request path.
+#[derive(Debug)]
+pub struct Record {
+    /// When the request arrived.
+    pub ts: SystemTime,
+    /// Who it was charged to.
+    pub client: Client,
+    /// Its method.
+    pub method: Method,
+    /// Its target (only the path is logged: query strings often carry
+    /// credentials).
+    pub uri: Uri,
+    /// The status answered.
+    pub status: u16,
+    /// The backend that answered, if one did.
+    pub backend: Option<Arc<Backend>>,
+    /// Until the body was finished.
+    pub duration: Duration,
+    /// Response body bytes handed to the connection.
+    pub bytes_sent: u64,
+    /// Which limit refused it, if one did.
+    pub limited: Option<Limited>,
+    /// The `X-Request-Id` the backend was given.
+    pub request_id: HeaderValue,
+}
+
+/// The name a backend goes by in the access log: its configured `name`
+/// (default `host:port`), as in `/backends` and the metrics.
+fn backend_name(backend: &Backend) -> Arc<str> {
+    backend.name()
+}
+
+// Not boxed: the queue is a fixed array of slots, so an unboxed record
+// costs no allocation per request; a Stop is sent once.
+#[allow(clippy::large_enum_variant)]
+enum Message {
+    Line(Record),
+    Stop,
+}
+
+/// The request path's handle on the access log: cheap to clone, never
+/// blocks.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The writer thread, owned by whoever stops it at shutdown.
+#[derive(Debug)]
+pub struct Writer {
+    tx: SyncSender<Message>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+static DROPS: Throttle = Throttle::new();
+static WRITE_ERRORS: Throttle = Throttle::new();
+
+/// Starts the writer thread: lines in `format` to `sink`, at most
+/// `capacity` records waiting.
+pub fn start(
+    format: Format,
+    sink: Sink,
+    capacity: usize,
+) -> Result<(AccessLog, Writer), AccessLogError> {
+    let (tx, rx) = mpsc::sync_channel(capacity);
+    let thread = std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || write_lines(&rx, format, sink))
+        .map_err(AccessLogError::Spawn)?;
+    let log = AccessLog {
+        tx: tx.clone(),
+        dropped: Arc::new(AtomicU64::new(0)),
+    };
+    Ok((log, Writer { tx, thread }))
+}
+
+impl AccessLog {
+    /// Offers `record` to the writer; drops and counts it when the writer
+    /// is behind (or gone).
+    pub fn send(&self, record: Record) {
+        match self.tx.try_send(Message::Line(record)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::ACCESS_LOG_DROPPED).increment(1);
+                DROPS.note(|before| {
+                    tracing::warn!(
+                        dropped = before + 1,
+                        "access log writer is behind; lines dropped"
+                    );
+                });
+            }
+        }
+    }
+
+    /// Records dropped so far by this log.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// `response` with a body that sends `record` (its duration and byte
+    /// count filled in) when it is finished or dropped.
+    pub fn wrap(
+        &self,
+        response: http::Response<Body>,
+        record: Record,
+        started: Instant,
+    ) -> http::Response<Body> {
+        let (parts, body) = response.into_parts();
+        let body = LoggedBody {
+            inner: body,
+            pending: Some(Pending {
+                log: self.clone(),
+                record,
+                started,
+            }),
+        };
+        http::Response::from_parts(parts, body.boxed_unsync())
+    }
+}
+
+impl Writer {
+    /// Writes what is queued and stops the thread. Blocks: call it off the
+    /// async runtime. Lines sent after this are dropped.
+    pub fn stop(self) {
+        // A send, not a try_send: the writer empties the queue, so there
+        // is room for the stop once the lines before it are written.
+        if self.tx.send(Message::Stop).is_ok() {
+            let _ = self.thread.join();
+        }
+    }
+}
+
+/// The writer thread: takes what is queued, writes it in one batch,
+/// flushes, and pauses for [`BATCH_PAUSE`] before looking again.
+///
+/// The pause is what makes the log cheap under load: while the writer is
+/// parked in `recv`, every record sent wakes it (a futex call on the
+/// request path and a context switch per request); while it pauses,
+/// senders only move a record into the queue. A quiet balancer's line is
+/// written at once (the writer waits in `recv` when the queue is empty).
+fn write_lines(rx: &Receiver<Message>, format: Format, sink: Sink) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
+    let mut line = Vec::with_capacity(512);
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = rx.recv() else { break };
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Stop => {
+                    stop = true;
+                    break;
+                }
+                Message::Line(record) => {
+                    line.clear();
+                    format_line(&mut line, &record, format);
+                    if let Err(e) = out.write_all(&line) {
+                        write_failed(&e);
+                    }
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = out.flush() {
+            write_failed(&e);
+        }
+        if !stop {
+            std::thread::sleep(BATCH_PAUSE);
+        }
+    }
+    if let Err(e) = out.flush() {
+        write_failed(&e);
+    }
+}
+
+fn write_failed(e: &std::io::Error) {
+    WRITE_ERRORS.note(|before| {
+        tracing::warn!(error = %e, earlier = before, "access log write failed");
+    });
+}
+
+/// Appends one line (with its newline) for `record` to `out`.
+pub fn format_line(out: &mut Vec<u8>, record: &Record, format: Format) {
+    let mut ts = [0u8; 24];
+    let ts = rfc3339_millis(record.ts, &mut ts);
+    let client = match &record.client {
+        Client::Key(ClientKey::Ip(ip)) | Client::Ip(ip) => ip.to_canonical().to_string(),
+        Client::Key(key) => key.to_string(),
+    };
+    let backend = record.backend.as_deref().map(backend_name);
+    let backend = backend.as_deref();
+    let limited = record.limited.map(Limited::as_str);
+    let request_id = String::from_utf8_lossy(record.request_id.as_bytes());
+    let mut status = itoa::Buffer::new();
+    let status = status.format(record.status);
+    let mut bytes = itoa::Buffer::new();
+    let bytes = bytes.format(record.bytes_sent);
+    let mut duration = [0u8; 32];
+    let duration = millis(record.duration, &mut duration);
+    let fields: [(&str, Value<'_>); 10] = [
+        ("ts", Value::Str(ts)),
+        ("client", Value::Str(&client)),
+        ("method", Value::Str(record.method.as_str())),
+        ("path", Value::Str(record.uri.path())),
+        ("status", Value::Number(status)),
+        ("backend", backend.map_or(Value::Null, Value::Str)),
+        ("duration_ms", Value::Number(duration)),
+        ("bytes_sent", Value::Number(bytes)),
+        ("limited", limited.map_or(Value::Null, Value::Str)),
+        ("request_id", Value::Str(&request_id)),
+    ];
+    match format {
+        Format::Json => {
+            out.push(b'{');
+            for (i, (name, value)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                // Field names need no escaping.
+                out.push(b'"');
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\":");
+                match value {
+                    Value::Str(s) => json_string(out, s),
+                    Value::Number(n) => out.extend_from_slice(n.as_bytes()),
+                    Value::Null => out.extend_from_slice(b"null"),
+                }
+            }
+            out.extend_from_slice(b"}\n");
+        }
+        Format::Text => {
+            for (i, (name, value)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                out.extend_from_slice(name.as_bytes());
+                out.push(b'=');
+                match value {
+                    // Quoted when it would otherwise read as something
+                    // else: empty, `null`, or holding a separator.
+                    Value::Str(s) if needs_quotes(s) => json_string(out, s),
+                    Value::Str(s) => out.extend_from_slice(s.as_bytes()),
+                    Value::Number(n) => out.extend_from_slice(n.as_bytes()),
+                    Value::Null => out.extend_from_slice(b"null"),
+                }
+            }
+            out.push(b'\n');
+        }
+    }
+}
+
+enum Value<'a> {
+    Str(&'a str),
+    Number(&'a str),
+    Null,
+}
+
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn needs_quotes(s: &str) -> bool {
+    s.is_empty()
+        || s == "null"
+        || s.bytes()
+            .any(|b| b <= b' ' || b == b'"' || b == b'=' || b == b'\\' || b >= 0x7f)
+}
+
+/// `d` in milliseconds with three decimals (`1.500`), in `buf`; integer
+/// arithmetic, as float formatting was a visible part of a line's cost.
+fn millis(d: Duration, buf: &mut [u8; 32]) -> &str {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let mut whole = itoa::Buffer::new();
+    let whole = whole.format(micros / 1000).as_bytes();
+    let frac = micros % 1000;
+    let len = whole.len();
+    buf[..len].copy_from_slice(whole);
+    buf[len] = b'.';
+    buf[len + 1] = b'0' + (frac / 100) as u8;
+    buf[len + 2] = b'0' + (frac / 10 % 10) as u8;
+    buf[len + 3] = b'0' + (frac % 10) as u8;
+    // Only ASCII digits and a dot were written.
+    std::str::from_utf8(&buf[..len + 4]).unwrap_or("0.000")
+}
+
+/// `t` as `2026-11-29T05:37:32.123Z` (UTC, milliseconds) in `buf`.
+fn rfc3339_millis(t: SystemTime, buf: &mut [u8; 24]) -> &str {
+    let since = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_date(days);
+    let parts: [(u64, usize); 7] = [
+        (year, 4),
+        (month, 2),
+        (day, 2),
+        (rem / 3600, 2),
+        (rem % 3600 / 60, 2),
+        (rem % 60, 2),
+        (u64::from(since.subsec_millis()), 3),
+    ];
+    let separators = [b'-', b'-', b'T', b':', b':', b'.', b'Z'];
+    let mut at = 0;
+    for ((value, width), sep) in parts.into_iter().zip(separators) {
+        let mut v = value;
+        for i in (0..width).rev() {
+            buf[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        at += width;
+        buf[at] = sep;
+        at += 1;
+    }
+    // Only ASCII digits and separators were written.
+    std::str::from_utf8(&buf[..at]).unwrap_or("1970-01-01T00:00:00.000Z")
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01. Counts in
+/// 400-year eras starting on 1 March, where leap days fall at the end of
+/// a year.
+fn civil_date(days: u64) -> (u64, u64, u64) {
+    // Days from 0000-03-01 to 1970-01-01.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = era * 400 + year_of_era + u64::from(month <= 2);
+    (year, month, day)
+}
+
+struct Pending {
+    log: AccessLog,
+    record: Record,
+    started: Instant,
+}
+
+/// A response body that counts the bytes taken from it and sends its
+/// record once: at its end, at an error, or when dropped unfinished.
+struct LoggedBody {
+    inner: Body,
+    pending: Option<Pending>,
+}
+
+impl LoggedBody {
+    fn finish(&mut self) {
+        if let Some(mut p) = self.pending.take() {
+            p.record.duration = p.started.elapsed();
+            p.log.send(p.record);
+        }
+    }
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(p)) = (frame.data_ref(), this.pending.as_mut()) {
+                    p.record.bytes_sent += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            ts: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_930_652_123),
+            client: Client::Ip("127.0.0.1".parse().expect("ip")),
+            method: Method::GET,
+            uri: Uri::from_static("/a/b?token=secret"),
+            status: 200,
+            backend: None,
+            duration: Duration::from_micros(1500),
+            bytes_sent: 42,
+            limited: None,
+            request_id: HeaderValue::from_static("abc"),
+        }
+    }
+
+    #[test]
+    fn durations_are_milliseconds_with_three_decimals() {
+        let mut buf = [0u8; 32];
+        assert_eq!(millis(Duration::ZERO, &mut buf), "0.000");
+        assert_eq!(millis(Duration::from_nanos(1_234_567), &mut buf), "1.234");
+        assert_eq!(
+            millis(Duration::from_micros(12_345_067), &mut buf),
+            "12345.067"
+        );
+        assert_eq!(millis(Duration::MAX, &mut buf), "18446744073709551.615");
+    }
+
+    #[test]
+    fn a_queued_record_is_small() {
+        // DEFAULT_CAPACITY's memory estimate.
+        let size = std::mem::size_of::<Message>();
+        assert!(size <= 256, "{size} bytes");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        let mut buf = [0u8; 24];
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(rfc3339_millis(at(0), &mut buf), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_millis(at(951_782_400_007), &mut buf),
+            "2000-02-29T00:00:00.007Z"
+        );
+        assert_eq!(
+            rfc3339_millis(at(1_795_930_652_123), &mut buf),
+            "2026-11-29T05:37:32.123Z"
+        );
+        assert_eq!(
+            rfc3339_millis(at(4_102_444_799_999), &mut buf),
+            "2099-12-31T23:59:59.999Z"
+        );
+    }
+
+    #[test]
+    fn json_line_has_every_field_and_no_query() {
+        let mut out = Vec::new();
+        format_line(&mut out, &record(), Format::Json);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "ts": "2026-11-29T05:37:32.123Z", "client": "127.0.0.1", "method": "GET",
+                "path": "/a/b", "status": 200, "backend": null, "duration_ms": 1.5,
+                "bytes_sent": 42, "limited": null, "request_id": "abc"
+            })
+        );
+    }
+
+    #[test]
+    fn text_line_quotes_what_would_be_ambiguous() {
+        let mut r = record();
+        r.request_id = HeaderValue::from_static("a=\"b\"");
+        r.limited = Some(Limited::Client);
+        r.client = Client::Key(ClientKey::api("null").expect("key"));
+        let mut out = Vec::new();
+        format_line(&mut out, &r, Format::Text);
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "ts=2026-11-29T05:37:32.123Z client=\"null\" method=GET path=/a/b status=200 \
+             backend=null duration_ms=1.500 bytes_sent=42 limited=client \
+             request_id=\"a=\\\"b\\\"\"\n"
+        );
+    }
+
+    /// A sink whose first write waits until the test lets it go, and says
+    /// when it started waiting.
+    struct Gate {
+        entered: mpsc::Sender<()>,
+        release: Receiver<()>,
+        seen: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.entered.send(());
+            let _ = self.release.recv();
+            if let Ok(mut seen) = self.seen.lock() {
+                seen.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_blocked_sink_drops_and_counts_instead_of_blocking() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let gate = Gate {
+            entered: entered_tx,
+            release: release_rx,
+            seen: seen.clone(),
+        };
+        let (log, writer) = start(Format::Json, Box::new(gate), 4).expect("start");
+        log.send(record());
+        // The writer holds the first line and is stuck writing it; the
+        // queue is empty.
+        entered.recv().expect("writer reached the sink");
+        for _ in 0..10 {
+            log.send(record());
+        }
+        assert_eq!(log.dropped(), 6, "4 queued, 6 dropped");
+        // Let every write through and stop: 1 + 4 lines arrive.
+        for _ in 0..100 {
+            let _ = release.send(());
+        }
+        writer.stop();
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.iter().filter(|&&b| b == b'\n').count(), 5);
+    }
+}
