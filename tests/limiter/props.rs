@@ -131,7 +131,13 @@ proptest! {
         admitted += (0..demand).filter(|_| reg.check(&c).expect("room").allowed()).count();
         let t = (ticks * tick_ms) as f64 / 1000.0;
         let expected = capacity as f64 + rate * t;
-        prop_assert!(admitted as f64 >= expected - 1.0,
+        // The interval between tokens is rounded up to whole 1/16 ns
+        // (limiter::units), so that rounding never admits more: the rate
+        // honoured is at least rate * (1 - rate / 16e9). Over 8,676 tokens
+        // at 434/s that is 0.0002 of a token, enough to cross a whole
+        // number (seed in tests/proptest-regressions/props.txt).
+        let rounding = rate * t * rate / 16e9;
+        prop_assert!(admitted as f64 >= expected - 1.0 - rounding,
             "admitted {} of {} owed", admitted, expected);
         prop_assert!(admitted as f64 <= expected + 1e-9,
             "admitted {} but only {} owed", admitted, expected);
