@@ -325,42 +325,83 @@ async fn listener_and_store_changes_are_reported_as_needing_a_restart() {
     other.stop().await;
 }
 
+/// Eight clients, half keep-alive and half with a new connection per
+/// request, sending `GET /` to `addr` one after another until stopped.
+struct SteadyLoad {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SteadyLoad {
+    fn start(addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let clients = (0..8)
+            .map(|i| {
+                let http = if i % 2 == 0 {
+                    client()
+                } else {
+                    reqwest::Client::builder()
+                        .no_proxy()
+                        .pool_max_idle_per_host(0)
+                        .build()
+                        .expect("client")
+                };
+                let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let ok = match http.get(url(addr, "/")).send().await {
+                            Ok(resp) => resp.status() == 200 && resp.bytes().await.is_ok(),
+                            Err(_) => false,
+                        };
+                        if !ok {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            done,
+            failed,
+            clients,
+        }
+    }
+
+    /// Until 20 more requests have been answered.
+    async fn some_requests(&self) {
+        let seen = self.done.load(Ordering::Relaxed);
+        eventually("requests between reloads", || {
+            self.done.load(Ordering::Relaxed) >= seen + 20
+        })
+        .await;
+    }
+
+    /// Stops the clients: requests made, and how many failed.
+    async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.await.expect("client task");
+        }
+        (
+            self.done.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Steady, bounded load over keep-alive and new connections while the
 /// limits and timeouts are reloaded 20 times: no request fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_reloads_under_load_fail_no_request() {
     let (r, s) = Reloadable::start(|_| {}).await;
     let r = Arc::new(r);
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for i in 0..8 {
-        let keep_alive = i % 2 == 0;
-        let http = if keep_alive {
-            client()
-        } else {
-            reqwest::Client::builder()
-                .no_proxy()
-                .pool_max_idle_per_host(0)
-                .build()
-                .expect("client")
-        };
-        let addr = r.lb.proxy_addr();
-        let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
-        clients.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let ok = match http.get(url(addr, "/")).send().await {
-                    Ok(resp) => resp.status() == 200 && resp.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                if !ok {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let load = SteadyLoad::start(r.lb.proxy_addr());
     for i in 0..20u32 {
         let mut next = s.clone();
         if i % 2 == 0 {
@@ -374,18 +415,11 @@ async fn twenty_reloads_under_load_fail_no_request() {
             vec!["proxy.request_timeout", "rate_limit.default"]
         );
         // Some requests between two reloads.
-        let seen = done.load(Ordering::Relaxed);
-        eventually("requests between reloads", || {
-            done.load(Ordering::Relaxed) >= seen + 20
-        })
-        .await;
+        load.some_requests().await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.expect("client task");
-    }
-    assert!(done.load(Ordering::Relaxed) >= 400);
-    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    let (done, failed) = load.stop().await;
+    assert!(done >= 400);
+    assert_eq!(failed, 0);
     if let Ok(r) = Arc::try_unwrap(r) {
         r.lb.shutdown().await;
     }
@@ -403,35 +437,7 @@ async fn twenty_reloads_alternating_backend_sets_fail_no_request() {
     let other = backend("other").await;
     let sets = [s.backend, other.addr];
     let r = Arc::new(r);
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for i in 0..8 {
-        let http = if i % 2 == 0 {
-            client()
-        } else {
-            reqwest::Client::builder()
-                .no_proxy()
-                .pool_max_idle_per_host(0)
-                .build()
-                .expect("client")
-        };
-        let addr = r.lb.proxy_addr();
-        let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
-        clients.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let ok = match http.get(url(addr, "/")).send().await {
-                    Ok(resp) => resp.status() == 200 && resp.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                if !ok {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let load = SteadyLoad::start(r.lb.proxy_addr());
     let names = ["b", "other"];
     let mut slow = Vec::new();
     for i in 0..20usize {
@@ -467,23 +473,16 @@ async fn twenty_reloads_alternating_backend_sets_fail_no_request() {
         let (status, body) = r.reload_with(&next).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(strings(&body["applied"]), vec!["backends"]);
-        let seen = done.load(Ordering::Relaxed);
-        eventually("requests between reloads", || {
-            done.load(Ordering::Relaxed) >= seen + 20
-        })
-        .await;
+        load.some_requests().await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.expect("client task");
-    }
+    let (done, failed) = load.stop().await;
     for s in slow {
         let (status, by, leaving) = s.await.expect("slow request task");
         assert_eq!(status, 200, "a request in flight on a removed backend");
         assert_eq!(by.as_deref(), Some(leaving), "answered where it started");
     }
-    assert!(done.load(Ordering::Relaxed) >= 400);
-    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(done >= 400);
+    assert_eq!(failed, 0);
     if let Ok(r) = Arc::try_unwrap(r) {
         r.lb.shutdown().await;
     }
