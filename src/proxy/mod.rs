@@ -283,7 +283,11 @@ impl Proxy {
                 return refuse(e);
             }
         };
-        let (mut response, backend) = match self.forward(req, conn, host, &live, request_id).await {
+        // Boxed: forwarding is most of this future's size, and each
+        // enclosing future (this one, `handle`, the connection's service)
+        // would otherwise copy it when it is moved into place.
+        let forwarding = Box::pin(self.forward(req, conn, host, &live, request_id));
+        let (mut response, backend) = match forwarding.await {
             Ok((r, backend)) => (r, Some(backend)),
             Err(e) => (e.into_response(), None),
         };

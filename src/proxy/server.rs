@@ -486,7 +486,9 @@ async fn serve_connection<H, F>(
                 .is_some())
         .then(|| upgrades.clone());
         async move {
-            let mut response = (handler.handler)(req, conn).await;
+            // Boxed: the handler's future is a few KB, and inline in this
+            // one it would be copied each time hyper moves this future.
+            let mut response = Box::pin((handler.handler)(req, conn)).await;
             // The tunnel is run by the driver once hyper has sent the 101.
             if let Some(state) = switching {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
