@@ -1,7 +1,25 @@
-# Shared by bench.sh and instructions.sh (sourced, not run): free ports,
-# waiting for a server, the three demo backends, and the tollgate and
-# nginx configurations the two scripts compare. Expects BIN (the tollgate
-# binary), WORK (a scratch folder) and the array PIDS (processes to stop).
+# Shared by the load scripts (sourced, not run): their setup (run_setup,
+# used by strategies.sh and reload_load.sh), free ports, waiting for a
+# server, the three demo backends, and the tollgate and nginx
+# configurations bench.sh and instructions.sh compare. Expects BIN (the
+# tollgate binary), WORK (a scratch folder) and the array PIDS (processes
+# to stop), which run_setup provides.
+
+# run_setup TOOL...: what a load script starts with: a scratch folder WORK
+# and the list PIDS of processes stopped (with WORK removed) on exit, the
+# TOOLs checked, the production build (fat LTO, as the Docker image ships
+# it) made, and the open-file limit raised. Sets BIN.
+run_setup() {
+  BIN=${CARGO_TARGET_DIR:-target}/production/tollgate
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+  done
+  cargo build --profile production --quiet
+  ulimit -n "$(ulimit -Hn)"
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

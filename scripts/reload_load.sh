@@ -14,21 +14,8 @@ cd "$(dirname "$0")/.."
 
 RELOADS=${RELOADS:-20}
 SLOW_MS=${SLOW_MS:-400}
-BIN=${CARGO_TARGET_DIR:-target}/production/tollgate
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-for tool in wrk ab curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
-done
-cargo build --profile production --quiet
-ulimit -n "$(ulimit -Hn)"
 . scripts/common.sh
+run_setup wrk ab curl
 
 start_backends
 PORT=$(free_port); ADMIN=$(free_port)

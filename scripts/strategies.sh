@@ -18,23 +18,8 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 SLOW_MS=${SLOW_MS:-50}
 STRATEGIES=${STRATEGIES:-round_robin least_connections p2c}
-# The production profile (fat LTO), as the Docker image ships it.
-BIN=${CARGO_TARGET_DIR:-target}/production/tollgate
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-for tool in wrk curl python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
-done
-cargo build --profile production --quiet
-ulimit -n "$(ulimit -Hn)"
 . scripts/common.sh
+run_setup wrk curl python3
 
 start_backends
 SLOW=$(free_port)
