@@ -2,32 +2,7 @@
 //! limit and log level apply without a restart, and an invalid file
 //! changes nothing.
 
-use std::time::{Duration, Instant};
-
 use crate::support::{backend, serve_yaml, spawn_serve, temp_db, Process};
-
-/// Waits for the log line with `message` (20 s at most), skipping others.
-fn wait_for_log(p: &Process, message: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = p
-            .logs
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no {message:?} line in the log"));
-        if line["message"] == message {
-            return line;
-        }
-    }
-}
-
-fn hup(p: &Process) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &p.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
 
 /// `X-RateLimit-Limit` and `X-RateLimit-Remaining` of `GET /`.
 async fn limit_and_remaining(p: &Process) -> (String, String) {
@@ -68,12 +43,12 @@ async fn sighup_applies_a_changed_default_limit_and_log_level() {
     assert_eq!(limit_and_remaining(&p).await, ("10".into(), "9".into()));
 
     std::fs::write(&p.config, config(20, "debug")).expect("write config");
-    hup(&p);
+    p.hup();
     // A debug line from the reload itself: printed only because the new
     // level is in effect.
-    let moved = wait_for_log(&p, "clients moved to the new default limits");
+    let moved = p.wait_for_log("clients moved to the new default limits");
     assert_eq!(moved["level"], "DEBUG", "{moved}");
-    let line = wait_for_log(&p, "reloaded");
+    let line = p.wait_for_log("reloaded");
     let applied = line["applied"].as_str().unwrap_or_default();
     assert!(applied.contains("rate_limit.default"), "{line}");
     assert!(applied.contains("log.level"), "{line}");
@@ -87,8 +62,8 @@ async fn sighup_applies_a_changed_default_limit_and_log_level() {
         config(0, "debug").replace("level: debug", "level: loud"),
     )
     .expect("write config");
-    hup(&p);
-    let line = wait_for_log(&p, "reload failed");
+    p.hup();
+    let line = p.wait_for_log("reload failed");
     let error = line["error"].as_str().unwrap_or_default();
     assert!(error.contains("rate_limit.default"), "{line}");
     assert!(error.contains("log.level"), "{line}");

@@ -2,7 +2,7 @@
 //! connections get the new one, and the process keeps running (SIGHUP's
 //! default action would end it).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::tls::{CertFiles, TestCa};
 use crate::support::{backend, serve_yaml, spawn_serve, temp_db};
@@ -22,21 +22,6 @@ async fn status_trusting(ca: &TestCa, tls: std::net::SocketAddr) -> reqwest::Res
         .send()
         .await?;
     Ok(r.status().as_u16())
-}
-
-/// Waits for the log line with `message` (20 s at most).
-fn wait_for_log(p: &crate::support::Process, message: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = p
-            .logs
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no {message:?} line in the log"));
-        if line["message"] == message {
-            return line;
-        }
-    }
 }
 
 fn copy_over(from: &CertFiles, to: &CertFiles) {
@@ -62,12 +47,8 @@ async fn sighup_reloads_the_tls_certificates() {
     assert!(status_trusting(&new_ca, addr).await.is_err());
 
     copy_over(&replacement, &served);
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &p.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    let line = wait_for_log(&p, "reloaded");
+    p.hup();
+    let line = p.wait_for_log("reloaded");
     assert_eq!(line["certificates"], 1, "{line}");
     assert_eq!(status_trusting(&new_ca, addr).await.ok(), Some(200));
     assert!(status_trusting(&old_ca, addr).await.is_err());
@@ -75,12 +56,8 @@ async fn sighup_reloads_the_tls_certificates() {
     // A broken key on the next SIGHUP: logged with its path, the
     // certificate in use stays.
     std::fs::write(&served.key, "not a key").expect("write");
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &p.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    let line = wait_for_log(&p, "reload failed");
+    p.hup();
+    let line = p.wait_for_log("reload failed");
     assert_eq!(line["level"], "ERROR", "{line}");
     let error = line["error"].as_str().unwrap_or_default();
     assert!(error.contains(&served.key.display().to_string()), "{line}");

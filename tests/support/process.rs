@@ -20,6 +20,33 @@ pub struct Process {
     pub config: std::path::PathBuf,
 }
 
+impl Process {
+    /// Waits for the log line with `message` (20 s at most), skipping
+    /// the lines before it.
+    pub fn wait_for_log(&self, message: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .logs
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {message:?} line in the log"));
+            if line["message"] == message {
+                return line;
+            }
+        }
+    }
+
+    /// Sends it SIGHUP (a reload).
+    pub fn hup(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+}
+
 /// Writes `yaml` to a temp file and starts `tollgate serve` on it (JSON
 /// logs); waits for the listeners to be reported.
 pub fn spawn_serve(yaml: &str) -> Process {
