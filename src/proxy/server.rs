@@ -441,9 +441,13 @@ async fn serve_connection<H, F>(
             },
         },
     };
+    // The TLS handshake is boxed (rustls' state is large); a plain
+    // connection allocates nothing for this step.
     let opened = match tls {
-        None => sniff_plain(stream, deadline),
-        Some(tls) => Box::pin(handshake(tls, stream, deadline)),
+        None => futures_util::future::Either::Left(sniff_plain(stream, deadline)),
+        Some(tls) => {
+            futures_util::future::Either::Right(Box::pin(handshake(tls, stream, deadline)))
+        }
     };
     let (transport, first, h2) = tokio::select! {
         biased;
@@ -524,25 +528,20 @@ type Opened = Option<(Transport, Bytes, bool)>;
 /// hyper-util's auto-detecting server read at most 24 bytes for that, so
 /// every connection took two reads before a request could be parsed; one
 /// read of up to 4 KiB usually holds the whole request head.
-fn sniff_plain(
-    mut stream: TcpStream,
-    deadline: Instant,
-) -> Pin<Box<dyn Future<Output = Opened> + Send>> {
-    Box::pin(async move {
-        let mut first = BytesMut::with_capacity(4096);
-        loop {
-            match tokio::time::timeout_at(deadline, stream.read_buf(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                // Closed, failed, or silent until the header timeout.
-                _ => return None,
-            }
-            if first.len() >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&first) {
-                break;
-            }
+async fn sniff_plain(mut stream: TcpStream, deadline: Instant) -> Opened {
+    let mut first = BytesMut::with_capacity(4096);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            // Closed, failed, or silent until the header timeout.
+            _ => return None,
         }
-        let h2 = first.starts_with(H2_PREFACE);
-        Some((Transport::Plain(stream), first.freeze(), h2))
-    })
+        if first.len() >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&first) {
+            break;
+        }
+    }
+    let h2 = first.starts_with(H2_PREFACE);
+    Some((Transport::Plain(stream), first.freeze(), h2))
 }
 
 /// TLS: the handshake, then HTTP/2 if ALPN chose `h2`, else HTTP/1.1.
