@@ -11,7 +11,7 @@ use crate::admin::AdminState;
 use crate::balancer::{strategy_for, BackendSpec, PassiveSettings, Pool, Thresholds};
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::health::Checker;
-use crate::limiter::shared::SharedLimiter;
+use crate::limiter::shared::{SharedLimiter, SharedOptions};
 use crate::limiter::{self, Registry, RegistryConfig};
 use crate::proxy::identity::Identifier;
 use crate::proxy::server::{
@@ -289,7 +289,7 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         config.admin.token.clone(),
     )
     .with_metrics(metrics.clone())
-    .with_shared_limiter(shared_limiter)
+    .with_shared_limiter(shared_limiter.clone())
     .with_store_timeout(config.store.timeout)
     .with_body_read_timeout(config.admin.body_read_timeout)
     .with_reloader(reloader.clone());
@@ -326,6 +326,9 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         ));
     }
     tasks.spawn(checker.run(config.health_check.interval, signal.clone()));
+    if let Some(shared) = shared_limiter {
+        tasks.spawn(shared.upkeep(signal.clone().wait()));
+    }
     tasks.spawn(limiter::refill::run(
         registry.clone(),
         config.rate_limit.refill_interval,
@@ -452,9 +455,19 @@ fn build_proxy(
     let (true, Some(url)) = (rl.enabled, &rl.shared.redis_url) else {
         return Ok((proxy, None));
     };
-    let limiter = SharedLimiter::new(url, &rl.shared.key_prefix, rl.shared.timeout)
-        .map_err(StartError::SharedLimiter)?;
-    tracing::info!(on_failure = ?rl.shared.on_failure, "limits shared through Redis");
+    let limiter = SharedLimiter::new(SharedOptions {
+        url: url.clone(),
+        prefix: rl.shared.key_prefix.clone(),
+        timeout: rl.shared.timeout,
+        mode: rl.shared.mode,
+        period: rl.refill_interval,
+    })
+    .map_err(StartError::SharedLimiter)?;
+    tracing::info!(
+        on_failure = rl.shared.on_failure.as_str(),
+        mode = rl.shared.mode.as_str(),
+        "limits shared through Redis"
+    );
     let limiter = Arc::new(limiter);
     let proxy = proxy.with_shared_limits(SharedLimits {
         limiter: limiter.clone(),

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use crate::balancer::{BackendUrl, StrategyName, Weight};
-use crate::limiter::shared::OnFailure;
+use crate::limiter::shared::{OnFailure, SharedMode};
 use crate::limiter::Limits;
 use crate::tls::server::{Alpn, CertificatePaths, MinVersion, PairFile, TlsSettings};
 
@@ -399,6 +399,8 @@ pub struct SharedLimitConfig {
     pub timeout: Duration,
     /// Prefix of the Redis keys (several deployments can share a Redis).
     pub key_prefix: String,
+    /// Leased tokens spent locally (default), or one Redis call per request.
+    pub mode: SharedMode,
 }
 
 impl Default for SharedLimitConfig {
@@ -408,6 +410,7 @@ impl Default for SharedLimitConfig {
             on_failure: OnFailure::Local,
             timeout: Duration::from_millis(50),
             key_prefix: "tollgate:".into(),
+            mode: SharedMode::default(),
         }
     }
 }

@@ -40,6 +40,15 @@ pub const SHARED_LIMITER_FAILURES: &str = "tollgate_shared_limiter_failures_tota
 /// Requests the failure policy decided because the shared limiter gave no
 /// answer (failed, timed out or paused), by `policy` (`local`, `reject`).
 pub const SHARED_LIMITER_FALLBACKS: &str = "tollgate_shared_limiter_fallbacks_total";
+/// Script calls sent to Redis for shared checks and leases, by `mode`.
+pub const SHARED_LIMITER_CALLS: &str = "tollgate_shared_limiter_calls_total";
+/// Tokens Redis leased to this replica (`mode: lease`).
+pub const SHARED_LIMITER_LEASED: &str = "tollgate_shared_limiter_leased_tokens_total";
+/// Leased tokens given back unspent (idle leases, shutdown).
+pub const SHARED_LIMITER_RETURNED: &str = "tollgate_shared_limiter_returned_tokens_total";
+/// Requests refused without asking Redis, because it had said the client's
+/// bucket was empty until later (`mode: lease`).
+pub const SHARED_LIMITER_LOCAL_REFUSALS: &str = "tollgate_shared_limiter_local_refusals_total";
 /// Exchanges cut because one side paused longer than its idle timeout,
 /// by `direction`: `client_body` (request body from the client),
 /// `send` (client not taking the response), `backend_body` (response body
@@ -118,6 +127,19 @@ fn describe() {
     metrics::describe_counter!(
         SHARED_LIMITER_FALLBACKS,
         "Requests decided by rate_limit.shared.on_failure because the shared limiter gave no answer"
+    );
+    metrics::describe_counter!(
+        SHARED_LIMITER_CALLS,
+        "Script calls sent to Redis for shared checks and leases, by mode"
+    );
+    metrics::describe_counter!(SHARED_LIMITER_LEASED, "Tokens Redis leased to this replica");
+    metrics::describe_counter!(
+        SHARED_LIMITER_RETURNED,
+        "Leased tokens given back to Redis unspent"
+    );
+    metrics::describe_counter!(
+        SHARED_LIMITER_LOCAL_REFUSALS,
+        "Requests refused without asking Redis, which had said the bucket was empty until later"
     );
     metrics::describe_counter!(
         IDLE_TIMEOUTS,

@@ -25,6 +25,7 @@ mod end_to_end;
 mod front_door;
 mod health;
 mod https_backend;
+mod lease;
 mod proxy_protocol;
 mod reload;
 mod shared;

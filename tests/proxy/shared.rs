@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use tollgate::limiter::shared::OnFailure;
+use tollgate::limiter::shared::{OnFailure, SharedMode};
 use tollgate::limiter::Limits;
 
 use crate::support::{self, backend, balancer, client, closed_port, config, get_status, url};
 
-fn redis_url() -> Option<String> {
+pub(super) fn redis_url() -> Option<String> {
     let url = std::env::var("TOLLGATE_TEST_REDIS_URL").ok();
     if url.is_none() {
         eprintln!("skipped: TOLLGATE_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379)");
@@ -21,7 +21,7 @@ fn redis_url() -> Option<String> {
 }
 
 /// A key prefix no other test (or earlier run) uses.
-fn prefix() -> String {
+pub(super) fn prefix() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -34,7 +34,7 @@ fn prefix() -> String {
 }
 
 /// Removes the keys a test left (a zero-rate counter never expires).
-async fn forget(redis: &str, prefix: &str) {
+pub(super) async fn forget(redis: &str, prefix: &str) {
     let r = redis::Client::open(redis).expect("redis url");
     let mut conn = r
         .get_multiplexed_async_connection()
@@ -92,6 +92,10 @@ async fn setup(limits: Limits) -> Option<Setup> {
     })
 }
 
+/// Both ways of spending a shared limit; what does not depend on the mode
+/// is tested in both.
+const MODES: [SharedMode; 2] = [SharedMode::Lease, SharedMode::Exact];
+
 /// `n` requests from one client, alternating between replicas `a` and `z`.
 async fn alternate(
     c: &reqwest::Client,
@@ -114,10 +118,17 @@ async fn alternate(
 
 #[tokio::test]
 async fn two_replicas_admit_one_clients_burst_once_between_them() {
+    for mode in MODES {
+        two_replicas_share_a_burst(mode).await;
+    }
+}
+
+async fn two_replicas_share_a_burst(mode: SharedMode) {
     // 6 tokens, refilling one per 1000 s: nothing comes back during the test.
-    let Some(s) = setup(Limits::new(6, 0.001).expect("valid")).await else {
+    let Some(mut s) = setup(Limits::new(6, 0.001).expect("valid")).await else {
         return;
     };
+    s.cfg.rate_limit.shared.mode = mode;
     let a = balancer(&s.cfg).await;
     let z = balancer(&s.cfg).await;
     let mut statuses = Vec::new();
@@ -141,18 +152,82 @@ async fn two_replicas_admit_one_clients_burst_once_between_them() {
         }
     }
     // Each replica alone would have admitted 5 of its 5.
-    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429, 429, 429, 429]);
-    assert_eq!(remaining[..6], ["5", "4", "3", "2", "1", "0"]);
+    // A lease is at most a quarter of the capacity: one token here, so the
+    // replicas take turns exactly as with one call per request.
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 200, 429, 429, 429, 429],
+        "{mode:?}"
+    );
+    assert_eq!(remaining[..6], ["5", "4", "3", "2", "1", "0"], "{mode:?}");
     a.shutdown().await;
     z.shutdown().await;
     forget(&s.redis, &s.prefix).await;
 }
 
 #[tokio::test]
-async fn a_zero_rate_allowance_is_shared_and_never_comes_back() {
-    let Some(s) = setup(Limits::new(3, 0.0).expect("valid")).await else {
+async fn three_replicas_leasing_admit_a_burst_exactly_once() {
+    // 20 tokens, one back per 1000 s; leases of up to 5.
+    let Some(s) = setup(Limits::new(20, 0.001).expect("valid")).await else {
         return;
     };
+    assert_eq!(
+        s.cfg.rate_limit.shared.mode,
+        SharedMode::Lease,
+        "the default"
+    );
+    let replicas = [
+        balancer(&s.cfg).await,
+        balancer(&s.cfg).await,
+        balancer(&s.cfg).await,
+    ];
+    let c = client();
+    let mut admitted = 0;
+    for i in 0..60 {
+        let r = c
+            .get(url(replicas[i % 3].proxy_addr(), "/"))
+            .send()
+            .await
+            .expect("request");
+        if r.status() == StatusCode::OK {
+            admitted += 1;
+            continue;
+        }
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("seconds");
+        assert!((990..=1001).contains(&retry), "Retry-After {retry}");
+        assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({"code": 429, "message": "Rate limit exceeded"})
+        );
+    }
+    // Every token is taken from Redis before it is spent, and each replica
+    // kept getting requests until what it had leased was spent.
+    assert_eq!(admitted, 20);
+    for lb in replicas {
+        lb.shutdown().await;
+    }
+    forget(&s.redis, &s.prefix).await;
+}
+
+#[tokio::test]
+async fn a_zero_rate_allowance_is_shared_and_never_comes_back() {
+    for mode in MODES {
+        a_zero_rate_allowance_is_shared(mode).await;
+    }
+}
+
+async fn a_zero_rate_allowance_is_shared(mode: SharedMode) {
+    let Some(mut s) = setup(Limits::new(3, 0.0).expect("valid")).await else {
+        return;
+    };
+    s.cfg.rate_limit.shared.mode = mode;
     let a = balancer(&s.cfg).await;
     let z = balancer(&s.cfg).await;
     let mut statuses = Vec::new();
@@ -165,7 +240,7 @@ async fn a_zero_rate_allowance_is_shared_and_never_comes_back() {
         }
         statuses.push(r.status().as_u16());
     }
-    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429], "{mode:?}");
     a.shutdown().await;
     z.shutdown().await;
     forget(&s.redis, &s.prefix).await;
@@ -195,6 +270,12 @@ async fn shared_buckets_expire_when_they_would_be_full_again() {
 
 #[tokio::test]
 async fn without_redis_the_failure_policy_decides() {
+    for mode in MODES {
+        without_redis(mode).await;
+    }
+}
+
+async fn without_redis(mode: SharedMode) {
     let b = backend("solo").await;
     let dead = format!("redis://{}", closed_port());
     let limits = Limits::new(3, 0.001).expect("valid");
@@ -202,13 +283,14 @@ async fn without_redis_the_failure_policy_decides() {
 
     // local: this replica's own buckets decide.
     let mut cfg = shared_config(b.addr, &dead, "x:", limits);
+    cfg.rate_limit.shared.mode = mode;
     cfg.rate_limit.shared.on_failure = OnFailure::Local;
     let lb = balancer(&cfg).await;
     let mut statuses = Vec::new();
     for _ in 0..5 {
         statuses.push(get_status(&c, lb.proxy_addr(), "/").await);
     }
-    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "{mode:?}");
     lb.shutdown().await;
 
     // reject: 503 JSON, promptly (the pause after a failure skips Redis).
@@ -223,7 +305,7 @@ async fn without_redis_the_failure_policy_decides() {
         .await
         .expect("answered while Redis is down")
         .expect("req");
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{mode:?}");
         let body: serde_json::Value = r.json().await.expect("json");
         assert_eq!(body["code"], 503);
         assert_eq!(body["message"], "Rate limiter unavailable");

@@ -1,0 +1,539 @@
+//! Leased tokens: how a replica spends a shared limit without asking Redis
+//! on every request (`rate_limit.shared.mode: lease`).
+//!
+//! A replica takes a small batch of a client's tokens from the shared
+//! bucket in one atomic script call and spends them locally. Because every
+//! token is taken from Redis before it is spent, replicas together never
+//! admit more than the shared bucket allows; what leasing can cost is the
+//! other way round, tokens taken but not (yet) spent. So a lease is kept
+//! small:
+//!
+//! - its size follows the client's demand on this replica over the last
+//!   [`HORIZON`] and never exceeds a quarter of the bucket's capacity
+//!   ([`max_lease`]);
+//! - a lease left unused for [`IDLE_RETURN`] is given back to Redis, so a
+//!   client whose traffic moves to another replica gets it back there, and
+//!   a replica that dies loses at most what it held.
+//!
+//! When Redis says a bucket is empty, it also says when enough tokens for
+//! the next lease will be back; until then this replica refuses the client
+//! locally. A flooding client therefore costs Redis about one call per
+//! refill interval per replica, not one per request. Only one lease
+//! request per client is in flight on a replica: checks that arrive
+//! meanwhile wait for its answer.
+//!
+//! The state machine here is pure (time is passed in) so its rules are
+//! unit-tested without Redis; `SharedLimiter` drives it.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The window over which a client's demand on this replica is measured,
+/// and so the time a lease is sized to last.
+pub const HORIZON: Duration = Duration::from_secs(1);
+
+/// A lease not touched for this long goes back to Redis.
+pub const IDLE_RETURN: Duration = Duration::from_secs(1);
+
+/// An entry without tokens, idle this long, is forgotten.
+pub const FORGET_AFTER: Duration = Duration::from_secs(10);
+
+/// How long a replica waits before asking again about a bucket that never
+/// refills (zero rate): only a change of the client's limits can help it.
+const NEVER_RECHECK: Duration = Duration::from_secs(1);
+
+const SHARDS: usize = 32;
+
+/// The largest lease for a bucket of `capacity`: a quarter of it, at
+/// least one token.
+pub(crate) fn max_lease(capacity: u32) -> u32 {
+    (capacity / 4).max(1)
+}
+
+/// The limits a lease was taken under. A change (client table edit) drops
+/// what was learnt about the bucket being empty.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LeaseLimits {
+    pub(crate) capacity: u32,
+    /// Microseconds per token; 0 for a bucket that never refills.
+    pub(crate) emission_us: f64,
+}
+
+impl LeaseLimits {
+    /// Tokens that come back in `period`, at least one: how many tokens a
+    /// refused replica waits for before it asks again, so that it asks
+    /// about once per `period`. Never more than `want`: a replica waits
+    /// for no more than it means to take.
+    fn wait_for(&self, want: u32, period: Duration) -> u32 {
+        if self.emission_us <= 0.0 {
+            return 1;
+        }
+        let per_period = (period.as_secs_f64() * 1e6 / self.emission_us).ceil();
+        // Float to int casts saturate; the clamp keeps it in 1..=want.
+        (per_period as u32).clamp(1, want.max(1))
+    }
+}
+
+/// What a check can do without Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Local {
+    /// A leased token was spent; `remaining` is the level the headers show
+    /// (tokens still leased here plus what Redis had left at the last
+    /// lease).
+    Spent {
+        /// Whole tokens the client has left, as far as this replica knows.
+        remaining: u32,
+    },
+    /// Redis said the bucket is empty until `until`.
+    Empty {
+        /// When asking again can succeed.
+        until: Instant,
+    },
+    /// Redis must be asked: for `want` tokens, and, if there are none, for
+    /// the time until `wait_for` are back.
+    Fetch {
+        /// Tokens to lease (this request's included).
+        want: u32,
+        /// Tokens to wait for when the bucket is empty.
+        wait_for: u32,
+    },
+}
+
+/// What Redis answered to a lease request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grant {
+    /// Tokens leased (0: none were there).
+    pub(crate) granted: u32,
+    /// Whole tokens left in the shared bucket after the grant.
+    pub(crate) remaining: u32,
+    /// With no tokens left: time until the awaited ones are back; `None`
+    /// for a bucket that never refills.
+    pub(crate) wait: Option<Duration>,
+}
+
+/// One client's lease on this replica.
+#[derive(Debug)]
+pub(crate) struct LeaseState {
+    /// Leased tokens not spent yet.
+    tokens: u32,
+    /// Redis's level after the last grant.
+    shared_remaining: u32,
+    /// Redis said the bucket is empty until then.
+    empty_until: Option<Instant>,
+    limits: LeaseLimits,
+    last_used: Instant,
+    /// Requests seen since `window_start`.
+    window_count: u32,
+    window_start: Instant,
+    /// Requests per second in the previous window.
+    previous_rate: f64,
+}
+
+impl LeaseState {
+    pub(crate) fn new(now: Instant, limits: LeaseLimits) -> Self {
+        Self {
+            tokens: 0,
+            shared_remaining: 0,
+            empty_until: None,
+            limits,
+            last_used: now,
+            window_count: 0,
+            window_start: now,
+            previous_rate: 0.0,
+        }
+    }
+
+    /// Counts one request of demand (refused ones too: demand is what the
+    /// client sends, not what it gets).
+    pub(crate) fn note_demand(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= HORIZON {
+            self.previous_rate = f64::from(self.window_count) / elapsed.as_secs_f64();
+            self.window_start = now;
+            self.window_count = 0;
+        }
+        self.window_count = self.window_count.saturating_add(1);
+        self.last_used = now;
+    }
+
+    /// Spends a leased token, refuses from what Redis said, or says what to
+    /// ask Redis for.
+    pub(crate) fn take(&mut self, now: Instant, limits: LeaseLimits, period: Duration) -> Local {
+        if self.limits != limits {
+            self.limits = limits;
+            self.empty_until = None;
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            return Local::Spent {
+                remaining: self.level(),
+            };
+        }
+        match self.empty_until {
+            Some(until) if now < until => return Local::Empty { until },
+            _ => self.empty_until = None,
+        }
+        let want = self.want();
+        Local::Fetch {
+            want,
+            wait_for: limits.wait_for(want, period),
+        }
+    }
+
+    /// Tokens to lease: the demand seen over the last [`HORIZON`] (the
+    /// previous window's rate, or this window's count if that is more),
+    /// between 1 and [`max_lease`].
+    fn want(&self) -> u32 {
+        let previous = self.previous_rate * HORIZON.as_secs_f64();
+        let demand = previous.max(f64::from(self.window_count)).ceil();
+        (demand as u32).clamp(1, max_lease(self.limits.capacity))
+    }
+
+    /// Takes in Redis's answer to a lease request made for one request;
+    /// `true` if that request is admitted (it takes one granted token).
+    pub(crate) fn granted(&mut self, now: Instant, grant: Grant) -> bool {
+        self.shared_remaining = grant.remaining;
+        self.empty_until =
+            (grant.remaining == 0).then(|| now + grant.wait.unwrap_or(NEVER_RECHECK));
+        if grant.granted == 0 {
+            return false;
+        }
+        self.tokens = self.tokens.saturating_add(grant.granted - 1);
+        true
+    }
+
+    /// The level the headers show: leased tokens plus Redis's level at the
+    /// last lease, at most the capacity.
+    pub(crate) fn level(&self) -> u32 {
+        self.tokens
+            .saturating_add(self.shared_remaining)
+            .min(self.limits.capacity)
+    }
+
+    /// Takes the tokens of a lease idle since `idle_since` or earlier, to
+    /// give them back to Redis.
+    fn reclaim(&mut self, idle_since: Instant) -> Option<(u32, LeaseLimits)> {
+        if self.tokens == 0 || self.last_used > idle_since {
+            return None;
+        }
+        let n = std::mem::take(&mut self.tokens);
+        Some((n, self.limits))
+    }
+}
+
+/// One client's lease and the lock that keeps its lease requests one at a
+/// time.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    state: Mutex<LeaseState>,
+    /// Held by the one lease request in flight; checks that find the lease
+    /// empty wait on it, then look again.
+    pub(crate) fetching: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Lease {
+    pub(crate) fn state(&self) -> MutexGuard<'_, LeaseState> {
+        // The state is a few numbers updated in place: a panic elsewhere
+        // cannot leave it half-written in a way worth refusing service for.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Tokens taken back from idle leases, to be returned to Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Returned {
+    /// The client's shared-bucket name (without the key prefix).
+    pub(crate) key: String,
+    /// Tokens to give back.
+    pub(crate) tokens: u32,
+    /// The bucket's limits.
+    pub(crate) limits: LeaseLimits,
+}
+
+/// Every client's lease on this replica.
+#[derive(Debug)]
+pub(crate) struct Leases {
+    shards: Box<[Mutex<HashMap<String, Arc<Lease>>>]>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Leases {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, Arc<Lease>>> {
+        let i = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `key`'s lease, made empty if it has none.
+    pub(crate) fn get(&self, key: &str, now: Instant, limits: LeaseLimits) -> Arc<Lease> {
+        let mut shard = self.shard(key);
+        if let Some(lease) = shard.get(key) {
+            return lease.clone();
+        }
+        let lease = Arc::new(Lease {
+            state: Mutex::new(LeaseState::new(now, limits)),
+            fetching: Arc::new(tokio::sync::Mutex::new(())),
+        });
+        shard.insert(key.to_owned(), lease.clone());
+        lease
+    }
+
+    /// Takes back every lease idle since `idle_since` (all of them with
+    /// `None`, at shutdown) and forgets entries with nothing leased that
+    /// nobody has used since `forget_since` and nobody holds.
+    pub(crate) fn sweep(
+        &self,
+        idle_since: Option<Instant>,
+        forget_since: Instant,
+    ) -> Vec<Returned> {
+        let mut returned = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            shard.retain(|key, lease| {
+                let mut state = lease.state();
+                let since = idle_since.unwrap_or(state.last_used);
+                if let Some((tokens, limits)) = state.reclaim(since) {
+                    returned.push(Returned {
+                        key: key.clone(),
+                        tokens,
+                        limits,
+                    });
+                }
+                // Only the table holds it (checked under the shard lock, so
+                // nobody can take a new reference meanwhile): a lease
+                // request in flight or a check about to spend keeps it.
+                let idle = state.tokens == 0 && state.last_used <= forget_since;
+                drop(state);
+                !(idle && Arc::strong_count(lease) == 1)
+            });
+        }
+        returned
+    }
+
+    /// Clients with a lease entry (for tests and the admin view).
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PERIOD: Duration = Duration::from_millis(100);
+
+    fn limits(capacity: u32, rate: f64) -> LeaseLimits {
+        LeaseLimits {
+            capacity,
+            emission_us: if rate > 0.0 { 1e6 / rate } else { 0.0 },
+        }
+    }
+
+    fn arrive(state: &mut LeaseState, now: Instant, l: LeaseLimits) -> Local {
+        state.note_demand(now);
+        state.take(now, l, PERIOD)
+    }
+
+    #[test]
+    fn a_new_client_asks_for_one_token() {
+        let now = Instant::now();
+        let l = limits(20, 50.0);
+        let mut state = LeaseState::new(now, l);
+        assert_eq!(
+            arrive(&mut state, now, l),
+            Local::Fetch {
+                want: 1,
+                wait_for: 1
+            }
+        );
+    }
+
+    #[test]
+    fn demand_grows_the_lease_up_to_a_quarter_of_the_capacity() {
+        let now = Instant::now();
+        let l = limits(20, 50.0);
+        let mut state = LeaseState::new(now, l);
+        let mut wants = Vec::new();
+        for i in 0..8 {
+            let t = now + Duration::from_millis(i);
+            match arrive(&mut state, t, l) {
+                Local::Fetch { want, .. } => wants.push(want),
+                other => panic!("no lease yet, got {other:?}"),
+            }
+        }
+        assert_eq!(wants, [1, 2, 3, 4, 5, 5, 5, 5]);
+    }
+
+    #[test]
+    fn leased_tokens_are_spent_locally_and_then_redis_is_asked_again() {
+        let now = Instant::now();
+        let l = limits(100, 10.0);
+        let mut state = LeaseState::new(now, l);
+        assert!(matches!(arrive(&mut state, now, l), Local::Fetch { .. }));
+        let grant = Grant {
+            granted: 3,
+            remaining: 50,
+            wait: Some(Duration::ZERO),
+        };
+        assert!(state.granted(now, grant), "the asking request takes one");
+        assert_eq!(arrive(&mut state, now, l), Local::Spent { remaining: 51 });
+        assert_eq!(arrive(&mut state, now, l), Local::Spent { remaining: 50 });
+        assert!(matches!(arrive(&mut state, now, l), Local::Fetch { .. }));
+    }
+
+    #[test]
+    fn an_empty_bucket_is_refused_locally_until_redis_said() {
+        let now = Instant::now();
+        let l = limits(20, 50.0);
+        let mut state = LeaseState::new(now, l);
+        let _ = arrive(&mut state, now, l);
+        let wait = Duration::from_millis(100);
+        let grant = Grant {
+            granted: 0,
+            remaining: 0,
+            wait: Some(wait),
+        };
+        assert!(!state.granted(now, grant));
+        let until = now + wait;
+        for ms in [0, 50, 99] {
+            let t = now + Duration::from_millis(ms);
+            assert_eq!(arrive(&mut state, t, l), Local::Empty { until });
+        }
+        assert!(matches!(arrive(&mut state, until, l), Local::Fetch { .. }));
+    }
+
+    #[test]
+    fn a_grant_that_empties_the_bucket_refuses_after_the_lease_is_spent() {
+        let now = Instant::now();
+        let l = limits(20, 50.0);
+        let mut state = LeaseState::new(now, l);
+        let _ = arrive(&mut state, now, l);
+        let wait = Duration::from_millis(80);
+        let grant = Grant {
+            granted: 2,
+            remaining: 0,
+            wait: Some(wait),
+        };
+        assert!(state.granted(now, grant));
+        assert_eq!(arrive(&mut state, now, l), Local::Spent { remaining: 0 });
+        assert_eq!(
+            arrive(&mut state, now, l),
+            Local::Empty { until: now + wait }
+        );
+    }
+
+    #[test]
+    fn a_refused_replica_waits_for_about_one_period_of_tokens() {
+        // 50/s and a 100 ms period: 5 tokens; never more than it wants.
+        let l = limits(20, 50.0);
+        assert_eq!(l.wait_for(5, PERIOD), 5);
+        assert_eq!(l.wait_for(2, PERIOD), 2);
+        // 1/s: one token is more than a period's worth; one is the least.
+        assert_eq!(limits(100, 1.0).wait_for(25, PERIOD), 1);
+        assert_eq!(limits(100, 0.0).wait_for(25, PERIOD), 1);
+    }
+
+    #[test]
+    fn changed_limits_forget_the_empty_bucket() {
+        let now = Instant::now();
+        let l = limits(20, 50.0);
+        let mut state = LeaseState::new(now, l);
+        let _ = arrive(&mut state, now, l);
+        state.granted(
+            now,
+            Grant {
+                granted: 0,
+                remaining: 0,
+                wait: None,
+            },
+        );
+        assert!(matches!(arrive(&mut state, now, l), Local::Empty { .. }));
+        let raised = limits(40, 50.0);
+        assert!(matches!(
+            arrive(&mut state, now, raised),
+            Local::Fetch { .. }
+        ));
+    }
+
+    #[test]
+    fn idle_leases_are_returned_and_idle_entries_forgotten() {
+        let leases = Leases::new();
+        let now = Instant::now();
+        let l = limits(20, 50.0);
+        let lease = leases.get("key:a", now, l);
+        lease.state().note_demand(now);
+        lease.state().granted(
+            now,
+            Grant {
+                granted: 4,
+                remaining: 10,
+                wait: Some(Duration::ZERO),
+            },
+        );
+        drop(lease);
+        assert_eq!(
+            leases.sweep(Some(now - IDLE_RETURN), now - FORGET_AFTER),
+            []
+        );
+        let later = now + IDLE_RETURN;
+        let returned = leases.sweep(Some(later - IDLE_RETURN), later - FORGET_AFTER);
+        assert_eq!(
+            returned,
+            [Returned {
+                key: "key:a".into(),
+                tokens: 3,
+                limits: l
+            }]
+        );
+        assert_eq!(leases.len(), 1, "kept until idle for FORGET_AFTER");
+        let much_later = now + FORGET_AFTER;
+        assert_eq!(leases.sweep(Some(much_later), much_later), []);
+        assert_eq!(leases.len(), 0);
+    }
+
+    #[test]
+    fn a_held_entry_is_not_forgotten() {
+        let leases = Leases::new();
+        let now = Instant::now();
+        let held = leases.get("key:a", now, limits(20, 50.0));
+        let later = now + FORGET_AFTER;
+        leases.sweep(Some(later), later);
+        assert_eq!(leases.len(), 1);
+        drop(held);
+        leases.sweep(Some(later), later);
+        assert_eq!(leases.len(), 0);
+    }
+
+    #[test]
+    fn shutdown_returns_every_lease() {
+        let leases = Leases::new();
+        let now = Instant::now();
+        let l = limits(20, 50.0);
+        let lease = leases.get("key:a", now, l);
+        lease.state().granted(
+            now,
+            Grant {
+                granted: 2,
+                remaining: 10,
+                wait: Some(Duration::ZERO),
+            },
+        );
+        drop(lease);
+        let returned = leases.sweep(None, now);
+        assert_eq!(returned.len(), 1);
+        assert_eq!(returned[0].tokens, 1);
+    }
+}

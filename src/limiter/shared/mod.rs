@@ -1,0 +1,481 @@
+//! One limit per client across replicas, kept in Redis.
+//!
+//! Every shared bucket lives in Redis and is changed only by atomic Lua
+//! scripts (`scripts`). Two modes (`rate_limit.shared.mode`):
+//!
+//! - `lease` (default): a replica takes a small batch of a client's tokens
+//!   in one call and spends them locally, and refuses locally while Redis
+//!   has said the bucket is empty (`lease`). Replicas never admit more
+//!   than the shared bucket allows, since every token is taken from Redis
+//!   before it is spent; the cost is tokens held unspent, bounded there.
+//! - `exact`: one script call per request, the bucket's level always
+//!   current in Redis.
+//!
+//! Redis is a dependency on the request path, so a failure must not stall
+//! traffic: each call waits at most `rate_limit.shared.timeout`, and after
+//! a failure Redis is left alone for [`RETRY_AFTER_FAILURE`] while the
+//! configured policy decides (this replica's own buckets, or 503). The
+//! local buckets are charged on every request either way, so a fallback
+//! starts from this replica's recent traffic, not from full buckets.
+//! Tokens already leased are still spent while Redis is away: they were
+//! taken from the shared bucket.
+
+mod lease;
+mod scripts;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use self::lease::{Grant, LeaseLimits, Leases, Local, Returned};
+use super::Decision;
+use crate::shutdown::Ticks;
+use crate::telemetry;
+
+pub use self::lease::{FORGET_AFTER, HORIZON, IDLE_RETURN};
+
+/// How long Redis is not asked again after a failed check.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// Rows per levels query: bounds one script's run time inside Redis.
+const LEVELS_BATCH: usize = 1000;
+
+/// Why the shared limiter gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    /// Redis failed or answered nonsense.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No answer within the timeout.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A recent failure; not asked until the pause is over.
+    #[error("redis failed recently; not asked until the pause is over")]
+    Paused,
+    /// The task asking Redis for a lease ended without an answer (the
+    /// runtime is shutting down).
+    #[error("the lease request was cancelled")]
+    Lost,
+}
+
+/// What a request gets while Redis cannot answer
+/// (`rate_limit.shared.on_failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Decide with this replica's own buckets.
+    Local,
+    /// Answer 503.
+    Reject,
+}
+
+impl OnFailure {
+    /// The policy's name in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Reject => "reject",
+        }
+    }
+}
+
+/// How replicas spend a shared limit (`rate_limit.shared.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedMode {
+    /// Lease small batches of tokens and spend them locally; refuse
+    /// locally while Redis has said the bucket is empty.
+    #[default]
+    Lease,
+    /// One Redis round trip per request.
+    Exact,
+}
+
+impl SharedMode {
+    /// The mode's name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lease => "lease",
+            Self::Exact => "exact",
+        }
+    }
+}
+
+/// What one replica's shared limiter has done since it started: for
+/// tests, benchmarks and the admin API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedStats {
+    /// Script calls sent to Redis for checks and leases (not levels or
+    /// give-backs).
+    pub calls: u64,
+    /// Tokens Redis leased to this replica.
+    pub leased: u64,
+    /// Requests refused without asking Redis, because it had said the
+    /// bucket was empty.
+    pub local_refusals: u64,
+    /// Leased tokens given back to Redis unspent.
+    pub returned: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    leased: AtomicU64,
+    local_refusals: AtomicU64,
+    returned: AtomicU64,
+}
+
+/// The Redis side of shared limits.
+pub struct SharedLimiter {
+    connection: redis::aio::ConnectionManager,
+    check_script: redis::Script,
+    lease_script: redis::Script,
+    give_back_script: redis::Script,
+    levels_script: redis::Script,
+    prefix: String,
+    timeout: Duration,
+    mode: SharedMode,
+    /// Refused replicas wait for about this much refill before asking
+    /// again (`rate_limit.refill_interval`).
+    period: Duration,
+    leases: Leases,
+    counters: Counters,
+    started: Instant,
+    /// Milliseconds since `started` until which Redis is not asked.
+    paused_until_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for SharedLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLimiter")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a shared limiter finds Redis and how it uses it.
+#[derive(Debug, Clone)]
+pub struct SharedOptions {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key.
+    pub prefix: String,
+    /// Time Redis has to answer one call.
+    pub timeout: Duration,
+    /// Lease or exact.
+    pub mode: SharedMode,
+    /// `rate_limit.refill_interval`: how often a refused replica asks.
+    pub period: Duration,
+}
+
+impl SharedLimiter {
+    /// A limiter on the Redis at `options.url`. Connects lazily (in the
+    /// background runtime that calls this), so a Redis that is down at
+    /// start-up only means the failure policy applies until it is up.
+    pub fn new(options: SharedOptions) -> Result<Self, redis::RedisError> {
+        let timeout = options.timeout;
+        let client = redis::Client::open(options.url.as_str())?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let connection = redis::aio::ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            connection,
+            check_script: redis::Script::new(scripts::CHECK),
+            lease_script: redis::Script::new(scripts::LEASE),
+            give_back_script: redis::Script::new(scripts::GIVE_BACK),
+            levels_script: redis::Script::new(scripts::LEVELS),
+            prefix: options.prefix,
+            timeout,
+            mode: options.mode,
+            period: options.period.max(Duration::from_millis(1)),
+            leases: Leases::new(),
+            counters: Counters::default(),
+            started: Instant::now(),
+            paused_until_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The mode this limiter runs in.
+    pub fn mode(&self) -> SharedMode {
+        self.mode
+    }
+
+    /// What this replica has asked of Redis so far.
+    pub fn stats(&self) -> SharedStats {
+        let c = &self.counters;
+        SharedStats {
+            calls: c.calls.load(Ordering::Relaxed),
+            leased: c.leased.load(Ordering::Relaxed),
+            local_refusals: c.local_refusals.load(Ordering::Relaxed),
+            returned: c.returned.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Clients this replica holds lease state for.
+    pub fn lease_entries(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Takes one token from `key`'s shared bucket, whose limits are those
+    /// of `local` (the same client's local check, which knows its limits).
+    pub async fn check(
+        self: &Arc<Self>,
+        key: &str,
+        local: &Decision,
+    ) -> Result<Decision, SharedError> {
+        match self.mode {
+            SharedMode::Exact => self.check_exact(key, local).await,
+            SharedMode::Lease => self.check_leased(key, local).await,
+        }
+    }
+
+    async fn check_exact(&self, key: &str, local: &Decision) -> Result<Decision, SharedError> {
+        let mut invocation = self.check_script.key(format!("{}{key}", self.prefix));
+        invocation.arg(local.limit()).arg(emission_us(local));
+        let answer = self.call::<(i64, i64, i64)>(&invocation).await?;
+        let (allowed, remaining, wait_us) = answer;
+        Ok(local.shared(
+            allowed == 1,
+            u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+            u64::try_from(wait_us).ok().map(Duration::from_micros),
+        ))
+    }
+
+    async fn check_leased(
+        self: &Arc<Self>,
+        key: &str,
+        local: &Decision,
+    ) -> Result<Decision, SharedError> {
+        let limits = LeaseLimits {
+            capacity: local.limit(),
+            emission_us: emission_us(local),
+        };
+        let now = Instant::now();
+        let lease = self.leases.get(key, now, limits);
+        let first = {
+            let mut state = lease.state();
+            state.note_demand(now);
+            state.take(now, limits, self.period)
+        };
+        if let Some(decided) = self.local_answer(first, local, now) {
+            return Ok(decided);
+        }
+        // One lease request at a time: whoever holds the lock is asking
+        // Redis; the others wait here and then find its tokens.
+        let guard = lease.fetching.clone().lock_owned().await;
+        let now = Instant::now();
+        let again = lease.state().take(now, limits, self.period);
+        let Local::Fetch { want, wait_for } = again else {
+            return Ok(self
+                .local_answer(again, local, now)
+                .unwrap_or_else(|| local.shared(false, 0, None)));
+        };
+        // The exchange runs in a task of its own, so a client that goes
+        // away mid-request does not drop a grant on the floor.
+        let limiter = self.clone();
+        let name = format!("{}{key}", self.prefix);
+        let fetch = tokio::spawn(async move {
+            let _one_at_a_time = guard;
+            let mut invocation = limiter.lease_script.key(name);
+            invocation
+                .arg(limits.capacity)
+                .arg(limits.emission_us)
+                .arg(want)
+                .arg(wait_for);
+            let answer = limiter.call::<(i64, i64, i64)>(&invocation).await?;
+            let grant = Grant {
+                granted: u32::try_from(answer.0.max(0)).unwrap_or(0),
+                remaining: u32::try_from(answer.1.max(0)).unwrap_or(u32::MAX),
+                wait: u64::try_from(answer.2).ok().map(Duration::from_micros),
+            };
+            let leased = u64::from(grant.granted);
+            limiter.counters.leased.fetch_add(leased, Ordering::Relaxed);
+            metrics::counter!(telemetry::SHARED_LIMITER_LEASED).increment(leased);
+            let mut state = lease.state();
+            let allowed = state.granted(Instant::now(), grant);
+            Ok::<_, SharedError>((allowed, state.level(), grant.wait))
+        });
+        let (allowed, level, wait) = fetch.await.map_err(|_| SharedError::Lost)??;
+        if allowed {
+            Ok(local.shared(true, level, spent_reset(local, level)))
+        } else {
+            let reset = wait.filter(|_| limits.emission_us > 0.0);
+            Ok(local.shared(false, 0, reset))
+        }
+    }
+
+    /// The decision for a check the lease answers by itself; `None` when
+    /// Redis must be asked.
+    fn local_answer(&self, step: Local, local: &Decision, now: Instant) -> Option<Decision> {
+        match step {
+            Local::Spent { remaining } => {
+                Some(local.shared(true, remaining, spent_reset(local, remaining)))
+            }
+            Local::Empty { until } => {
+                self.counters.local_refusals.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::SHARED_LIMITER_LOCAL_REFUSALS).increment(1);
+                let reset = local
+                    .token_interval()
+                    .map(|_| until.saturating_duration_since(now));
+                Some(local.shared(false, 0, reset))
+            }
+            Local::Fetch { .. } => None,
+        }
+    }
+
+    /// Gives back leases idle for [`IDLE_RETURN`] and forgets idle
+    /// entries, every `period`, until `shutdown`; then gives back every
+    /// lease, so a replica stopped in order keeps nothing.
+    pub async fn upkeep(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        if self.mode != SharedMode::Lease {
+            shutdown.await;
+            return;
+        }
+        let every = self.period.max(Duration::from_millis(100));
+        let mut ticks = Ticks::every(every, tokio::time::MissedTickBehavior::Skip, shutdown);
+        while ticks.next().await {
+            let now = Instant::now();
+            let idle = self.leases.sweep(
+                now.checked_sub(IDLE_RETURN),
+                now.checked_sub(FORGET_AFTER).unwrap_or(now),
+            );
+            let _ = ticks.unless_stopped(self.give_back(idle)).await;
+        }
+        let all = self.leases.sweep(None, Instant::now());
+        let count: u64 = all.iter().map(|r| u64::from(r.tokens)).sum();
+        self.give_back(all).await;
+        if count > 0 {
+            tracing::debug!(tokens = count, "leased tokens given back at shutdown");
+        }
+    }
+
+    /// Returns leased tokens to Redis; on failure they are lost (never
+    /// more than the leases held).
+    async fn give_back(&self, returned: Vec<Returned>) {
+        for chunk in returned.chunks(LEVELS_BATCH) {
+            let mut invocation = self.give_back_script.prepare_invoke();
+            for r in chunk {
+                invocation
+                    .key(format!("{}{}", self.prefix, r.key))
+                    .arg(r.limits.capacity)
+                    .arg(r.limits.emission_us)
+                    .arg(r.tokens);
+            }
+            let wait = self.timeout.max(Duration::from_secs(1));
+            match self.invoke::<i64>(&invocation, wait).await {
+                Ok(_) => {
+                    let n: u64 = chunk.iter().map(|r| u64::from(r.tokens)).sum();
+                    self.counters.returned.fetch_add(n, Ordering::Relaxed);
+                    metrics::counter!(telemetry::SHARED_LIMITER_RETURNED).increment(n);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, leases = chunk.len(), "leased tokens not given back");
+                }
+            }
+        }
+    }
+
+    /// The shared levels (tokens, fractions included) of `buckets`, each
+    /// named by its key and given its capacity and rate; takes nothing.
+    /// For the admin API, so it reports the level every replica decides by
+    /// (tokens leased to replicas and not yet spent are not in it).
+    pub async fn levels(&self, buckets: &[(String, u32, f64)]) -> Result<Vec<f64>, SharedError> {
+        // An admin listing may carry many keys: more time than one check.
+        let wait = self.timeout.max(Duration::from_secs(1));
+        let mut levels = Vec::with_capacity(buckets.len());
+        for chunk in buckets.chunks(LEVELS_BATCH) {
+            let mut invocation = self.levels_script.prepare_invoke();
+            for (key, capacity, rate) in chunk {
+                let emission_us = if *rate > 0.0 { 1e6 / rate } else { 0.0 };
+                invocation
+                    .key(format!("{}{key}", self.prefix))
+                    .arg(*capacity)
+                    .arg(emission_us);
+            }
+            let texts = self.invoke::<Vec<String>>(&invocation, wait).await?;
+            levels.extend(texts.iter().map(|t| t.parse().unwrap_or(0.0)));
+        }
+        Ok(levels)
+    }
+
+    /// One check's or lease's script call: counted, bounded by the
+    /// timeout, and recorded as a failure or a recovery.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, SharedError> {
+        let answer = self.invoke::<T>(invocation, self.timeout).await;
+        if !matches!(answer, Err(SharedError::Paused)) {
+            self.counters.calls.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(telemetry::SHARED_LIMITER_CALLS, "mode" => self.mode.as_str())
+                .increment(1);
+        }
+        match &answer {
+            Ok(_) => self.recovered(),
+            Err(SharedError::Paused) => {}
+            Err(failure) => self.failed(failure),
+        }
+        answer
+    }
+
+    /// Runs a script within `wait`, unless Redis failed recently.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        wait: Duration,
+    ) -> Result<T, SharedError> {
+        if self.now_ms() < self.paused_until_ms.load(Ordering::Relaxed) {
+            return Err(SharedError::Paused);
+        }
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(wait, invocation.invoke_async::<T>(&mut connection)).await {
+            Ok(answer) => answer.map_err(SharedError::Redis),
+            Err(_) => Err(SharedError::Timeout(wait)),
+        }
+    }
+
+    fn failed(&self, error: &SharedError) {
+        let until = self.now_ms() + RETRY_AFTER_FAILURE.as_millis() as u64;
+        let before = self.paused_until_ms.swap(until, Ordering::Relaxed);
+        if before == 0 {
+            tracing::warn!(%error, pause_ms = RETRY_AFTER_FAILURE.as_millis() as u64, "shared rate limiter unavailable; applying rate_limit.shared.on_failure");
+        }
+        metrics::counter!(telemetry::SHARED_LIMITER_FAILURES).increment(1);
+    }
+
+    fn recovered(&self) {
+        if self.paused_until_ms.swap(0, Ordering::Relaxed) != 0 {
+            tracing::info!("shared rate limiter answering again");
+        }
+    }
+}
+
+/// Microseconds per token of `local`'s limits; 0 when it never refills.
+fn emission_us(local: &Decision) -> f64 {
+    local
+        .token_interval()
+        .map_or(0.0, |t| t.as_secs_f64() * 1e6)
+}
+
+/// `t` of the headers after a leased token was spent: none when full, at
+/// most one token's time otherwise (the replica does not know how far the
+/// shared bucket is into the next token).
+fn spent_reset(local: &Decision, remaining: u32) -> Option<Duration> {
+    if remaining >= local.limit() {
+        return Some(Duration::ZERO);
+    }
+    local.token_interval()
+}
