@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh            # wrk 10 s per target, ab -n 5000 -c 1000 x3
 #   DURATION=5s AB_ROUNDS=5 scripts/bench.sh
-#   REDIS_URL=redis://127.0.0.1:6379 scripts/bench.sh   # adds tollgate+redis
+#   REDIS_URL=redis://127.0.0.1:6379 scripts/bench.sh   # adds shared limits
 #   TLS=0 scripts/bench.sh      # without the TLS section
 #   ACCESS_LOG=1 scripts/bench.sh   # adds tollgate+accesslog
 #
@@ -88,15 +88,27 @@ if [ "$TLS" = 1 ]; then
   wait_http "https://127.0.0.1:$TGS/health"
   TLS_TARGETS+=("tollgate-tls https://127.0.0.1:$TGS/")
 fi
-# With REDIS_URL, a second tollgate whose limits are shared through Redis:
-# the cost of one Redis round trip per request.
+# With REDIS_URL, two more tollgates whose limits are shared through
+# Redis, one per rate_limit.shared.mode: leased tokens spent locally, and
+# one Redis round trip per request. Redis's own command count (INFO
+# commandstats, reset before each) gives the calls per request.
+SHARED_MODES=()
 if [ -n "${REDIS_URL:-}" ]; then
-  read -r pid TR < <(start_tollgate tollgate-redis \
-    "  shared: {redis_url: '$REDIS_URL', key_prefix: 'tollgate-bench:'}"); PIDS+=("$pid")
-  SERVER_PIDS[tollgate+redis]=$pid
-  wait_http "http://127.0.0.1:$TR/health"
-  TARGETS+=("tollgate+redis http://127.0.0.1:$TR/")
+  command -v redis-cli >/dev/null || { echo "missing redis-cli (apt-get install redis-tools)" >&2; exit 1; }
+  for mode in lease exact; do
+    read -r pid port < <(start_tollgate "tollgate+$mode" \
+      "  shared: {redis_url: '$REDIS_URL', key_prefix: 'tollgate-bench-$mode:', mode: $mode}"); PIDS+=("$pid")
+    SERVER_PIDS[tollgate+$mode]=$pid
+    wait_http "http://127.0.0.1:$port/health"
+    TARGETS+=("tollgate+$mode http://127.0.0.1:$port/")
+    SHARED_MODES+=("$mode")
+  done
 fi
+# Script calls Redis ran since its stats were last reset.
+redis_calls() {
+  redis-cli -u "$REDIS_URL" INFO commandstats | tr -d '\r' |
+    awk -F'[:=,]' '/^cmdstat_(evalsha|eval):/ {n += $3} END {print n + 0}'
+}
 # With ACCESS_LOG=1, a second tollgate writing a JSON access log line per
 # request to a file (its stdout): the cost of the log against the row
 # above, in the same run.
@@ -149,9 +161,12 @@ per_req() { awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN { if (n > 0) printf "%.1f
 
 declare -A RPS
 ROWS=()
+REDIS_ROWS=()
 for t in "${TARGETS[@]}" "${TLS_TARGETS[@]}"; do
   name=${t%% *}; u=${t#* }
   curl -fs -o /dev/null "$u"
+  [[ $name == tollgate+lease || $name == tollgate+exact ]] && redis-cli -u "$REDIS_URL" CONFIG RESETSTAT >/dev/null
+  served=0
   read -r -a spids <<<"${SERVER_PIDS[$name]}"
   t0=$(cpu_ticks "${spids[@]}")
   out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$u")
@@ -161,6 +176,7 @@ for t in "${TARGETS[@]}" "${TLS_TARGETS[@]}"; do
   p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
   errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
   RPS["wrk-$name"]=$rps
+  served=$((served + $(awk '/requests in/ {print $1}' <<<"$out")))
   ROWS+=("$name|wrk -t1 -c$CONNS -d$DURATION|$rps|$p50|$p99|${errs:-0}|$cpu|-")
 
   runs=()
@@ -185,6 +201,11 @@ for t in "${TARGETS[@]}" "${TLS_TARGETS[@]}"; do
   read -r rps p50 p99 < <(printf '%s\n' "${runs[@]}" | sort -n | sed -n "$(( (AB_ROUNDS + 1) / 2 ))p")
   range=$(printf '%s\n' "${runs[@]}" | sort -n | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.0f-%.0f", lo, hi}')
   RPS["ab-$name"]=$rps
+  served=$((served + AB_N * AB_ROUNDS))
+  if [[ $name == tollgate+lease || $name == tollgate+exact ]]; then
+    calls=$(redis_calls)
+    REDIS_ROWS+=("| $name | $served | $calls | $(awk -v c="$calls" -v n="$served" 'BEGIN { printf "%.4f", c / n }') |")
+  fi
   ROWS+=("$name|ab -n $AB_N -c $AB_C (median of $AB_ROUNDS: $range)|$rps|$p50|$p99|failed=$failed non2xx=$non2xx|$cpu|$ab_cpu")
 done
 
@@ -203,6 +224,39 @@ echo
 echo "server CPU: user + system time of the target's own processes (tollgate; nginx master and"
 echo "workers; backend b0 for direct) per request; the backends behind a proxy are not counted."
 echo
+if [ "${#REDIS_ROWS[@]}" -gt 0 ]; then
+  for mode in "${SHARED_MODES[@]}"; do
+    echo "tollgate+$mode vs tollgate alone: wrk $(ratio "${RPS[wrk-tollgate+$mode]}" "${RPS[wrk-tollgate]}")x, ab $(ratio "${RPS[ab-tollgate+$mode]}" "${RPS[ab-tollgate]}")x"
+  done
+  echo
+  printf '| shared mode, limits never reached | requests (wrk + ab) | Redis script calls | calls per request |\n|---|---|---|---|\n'
+  printf '%s\n' "${REDIS_ROWS[@]}"
+  echo
+  # One client far above its limit (capacity 100, 1000/s; wrk sends
+  # tens of thousands a second): what refusing costs each mode.
+  printf '| shared mode, one client over its limit | req/s | admitted | refused | Redis calls | calls per refused request | server CPU µs/req |\n|---|---|---|---|---|---|---|\n'
+  for mode in "${SHARED_MODES[@]}"; do
+    port=$(free_port); admin=$(free_port)
+    tollgate_conf "$WORK/over-$mode.yaml" "$port" "$admin" \
+      "  shared: {redis_url: '$REDIS_URL', key_prefix: 'tollgate-bench-over-$mode:', mode: $mode}"
+    sed -i 's/default: {capacity: 1000000000, rate_per_sec: 1000000000}/default: {capacity: 100, rate_per_sec: 1000}/' "$WORK/over-$mode.yaml"
+    "$BIN" serve --config "$WORK/over-$mode.yaml" >"$WORK/over-$mode.log" 2>&1 &
+    opid=$!; PIDS+=("$opid")
+    wait_http "http://127.0.0.1:$port/health"
+    redis-cli -u "$REDIS_URL" CONFIG RESETSTAT >/dev/null
+    t0=$(cpu_ticks "$opid")
+    out=$(wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$port/")
+    total=$(awk '/requests in/ {print $1}' <<<"$out")
+    cpu=$(per_req $(($(cpu_ticks "$opid") - t0)) "$total")
+    refused=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); refused=${refused:-0}
+    calls=$(redis_calls)
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$mode" "$(awk '/^Requests\/sec/ {print $2}' <<<"$out")" \
+      "$((total - refused))" "$refused" "$calls" \
+      "$(awk -v c="$calls" -v n="$refused" 'BEGIN { if (n > 0) printf "%.4f", c / n; else print "-" }')" "$cpu"
+    kill "$opid" 2>/dev/null || true
+  done
+  echo
+fi
 if [ "$ACCESS_LOG" = 1 ]; then
   echo "access log: $(grep -c '"request_id"' "$WORK/tollgate-accesslog.log") lines written"
   echo

@@ -6,6 +6,7 @@
 #
 #   scripts/instructions.sh
 #   ACCESS_LOG=1 scripts/instructions.sh     # adds tollgate+accesslog (JSON lines to a file)
+#   REDIS_URL=redis://127.0.0.1:6379 scripts/instructions.sh   # adds shared limits, lease and exact
 #   BIN=/tmp/tollgate-old scripts/instructions.sh   # another build, not rebuilt
 #
 # Each server runs under callgrind; counting is switched on only around
@@ -81,6 +82,22 @@ if [ "$ACCESS_LOG" = 1 ]; then
     "$BIN" serve --config "$WORK/tollgate-accesslog.yaml" >"$WORK/tollgate-accesslog.log" 2>&1 & APID=$!; PIDS+=("$APID")
   wait_http "http://127.0.0.1:$port/health"
   while read -r line; do RESULTS+=("$line"); done < <(measure tollgate+accesslog "$APID" "http://127.0.0.1:$port/")
+fi
+
+# Shared limits (limits never reached): tollgate's own instructions only,
+# not Redis's. Under valgrind a Redis reply takes longer than the default
+# 50 ms timeout allows, hence 2 s.
+if [ -n "${REDIS_URL:-}" ]; then
+  for mode in lease exact; do
+    port=$(free_port); admin=$(free_port)
+    tollgate_conf "$WORK/tollgate-$mode.yaml" "$port" "$admin" \
+      "  shared: {redis_url: '$REDIS_URL', key_prefix: 'tollgate-ir-$mode:', mode: $mode, timeout: 2s}"
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
+      "$BIN" serve --config "$WORK/tollgate-$mode.yaml" >"$WORK/tollgate-$mode.log" 2>&1 & SPID=$!; PIDS+=("$SPID")
+    wait_http "http://127.0.0.1:$port/health"
+    while read -r line; do RESULTS+=("$line"); done < <(measure "tollgate+$mode" "$SPID" "http://127.0.0.1:$port/")
+    kill "$SPID" 2>/dev/null || true
+  done
 fi
 
 if command -v nginx >/dev/null; then

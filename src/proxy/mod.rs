@@ -342,10 +342,15 @@ impl Proxy {
         let verdict = match (&self.shared, &key) {
             (Some(shared), Some(key)) => {
                 let name = key.encode();
-                // Boxed: the Redis exchange is a large future, and inline it
-                // would grow every request's future, which is moved several
-                // times per request, with or without shared limits.
-                match Box::pin(shared.limiter.check(&name, &decision)).await {
+                // A leased token answers without Redis and without a
+                // future. The Redis exchange is boxed: inline, that large
+                // future would grow every request's future, which is moved
+                // several times per request, with or without shared limits.
+                let answer = match shared.limiter.try_local(&name, &decision) {
+                    Some(v) => Ok(v),
+                    None => Box::pin(shared.limiter.check_remote(&name, &decision)).await,
+                };
+                match answer {
                     Ok(v) => v,
                     Err(_) => {
                         telemetry::shared_fallback(shared.on_failure.as_str());

@@ -252,10 +252,13 @@ pub(crate) struct Returned {
     pub(crate) limits: LeaseLimits,
 }
 
+/// One shard of the lease table: client name → lease.
+type Shard = HashMap<String, Arc<Lease>>;
+
 /// Every client's lease on this replica.
 #[derive(Debug)]
 pub(crate) struct Leases {
-    shards: Box<[Mutex<HashMap<String, Arc<Lease>>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -267,7 +270,7 @@ impl Leases {
         }
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, Arc<Lease>>> {
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
         let i = (self.hasher.hash_one(key) as usize) % self.shards.len();
         self.shards[i]
             .lock()

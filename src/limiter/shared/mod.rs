@@ -233,9 +233,42 @@ impl SharedLimiter {
         key: &str,
         local: &Decision,
     ) -> Result<Decision, SharedError> {
+        match self.try_local(key, local) {
+            Some(decided) => Ok(decided),
+            None => self.check_remote(key, local).await,
+        }
+    }
+
+    /// The part of [`SharedLimiter::check`] that needs no Redis: in
+    /// `lease` mode, a leased token spent or a local refusal; `None` when
+    /// Redis must be asked ([`SharedLimiter::check_remote`], which must
+    /// then follow). Synchronous, so the request path only builds the
+    /// Redis exchange's future when there is one.
+    pub fn try_local(&self, key: &str, local: &Decision) -> Option<Decision> {
+        if self.mode != SharedMode::Lease {
+            return None;
+        }
+        let limits = lease_limits(local);
+        let now = Instant::now();
+        let lease = self.leases.get(key, now, limits);
+        let step = {
+            let mut state = lease.state();
+            state.note_demand(now);
+            state.take(now, limits, self.period)
+        };
+        self.local_answer(step, local, now)
+    }
+
+    /// Asks Redis: one check in `exact` mode, a lease request in `lease`
+    /// mode (after [`SharedLimiter::try_local`] said so).
+    pub async fn check_remote(
+        self: &Arc<Self>,
+        key: &str,
+        local: &Decision,
+    ) -> Result<Decision, SharedError> {
         match self.mode {
             SharedMode::Exact => self.check_exact(key, local).await,
-            SharedMode::Lease => self.check_leased(key, local).await,
+            SharedMode::Lease => self.lease(key, local).await,
         }
     }
 
@@ -251,25 +284,10 @@ impl SharedLimiter {
         ))
     }
 
-    async fn check_leased(
-        self: &Arc<Self>,
-        key: &str,
-        local: &Decision,
-    ) -> Result<Decision, SharedError> {
-        let limits = LeaseLimits {
-            capacity: local.limit(),
-            emission_us: emission_us(local),
-        };
-        let now = Instant::now();
-        let lease = self.leases.get(key, now, limits);
-        let first = {
-            let mut state = lease.state();
-            state.note_demand(now);
-            state.take(now, limits, self.period)
-        };
-        if let Some(decided) = self.local_answer(first, local, now) {
-            return Ok(decided);
-        }
+    /// Leases tokens for a check its lease could not answer.
+    async fn lease(self: &Arc<Self>, key: &str, local: &Decision) -> Result<Decision, SharedError> {
+        let limits = lease_limits(local);
+        let lease = self.leases.get(key, Instant::now(), limits);
         // One lease request at a time: whoever holds the lock is asking
         // Redis; the others wait here and then find its tokens.
         let guard = lease.fetching.clone().lock_owned().await;
@@ -460,6 +478,13 @@ impl SharedLimiter {
         if self.paused_until_ms.swap(0, Ordering::Relaxed) != 0 {
             tracing::info!("shared rate limiter answering again");
         }
+    }
+}
+
+fn lease_limits(local: &Decision) -> LeaseLimits {
+    LeaseLimits {
+        capacity: local.limit(),
+        emission_us: emission_us(local),
     }
 }
 
