@@ -20,7 +20,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::balancer::{BackendUrl, StrategyName, Weight};
 use crate::limiter::shared::{OnFailure, SharedMode};
-use crate::limiter::Limits;
+use crate::limiter::{Limits, Rate};
 use crate::tls::server::{Alpn, CertificatePaths, MinVersion, PairFile, TlsSettings};
 
 /// Environment variable naming the config file when `--config` is absent.
@@ -438,22 +438,40 @@ fn default_limits() -> Limits {
 }
 
 fn limits<'de, D: Deserializer<'de>>(d: D) -> Result<Limits, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Raw {
-        capacity: u64,
-        rate_per_sec: f64,
-    }
-    let raw = Raw::deserialize(d)?;
-    Limits::new(raw.capacity, raw.rate_per_sec).map_err(|first| {
-        // Limits::new stops at the first problem; `check` reports them all.
-        let capacity = Limits::new(raw.capacity, 0.0).err();
-        let rate = Limits::new(1, raw.rate_per_sec).err();
-        match (capacity, rate) {
-            (Some(c), Some(r)) => serde::de::Error::custom(format!("{c}; {r}")),
-            _ => serde::de::Error::custom(first),
+    LimitsSpec::deserialize(d).map(|spec| spec.0)
+}
+
+/// Limits as the config writes them, `{capacity: 100, rate_per_sec: 10}`
+/// or `{capacity: 1000, rate: 1000/day}`: exactly one of the two rates.
+/// Every place that takes limits (`rate_limit.default`, and any limits
+/// added later) reads them through this one type, so they accept the same
+/// spellings and report the same problems; a problem in `rate` itself is
+/// reported on `….rate`, one between the fields on the limits' own path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitsSpec(pub Limits);
+
+impl<'de> Deserialize<'de> for LimitsSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            capacity: u64,
+            rate_per_sec: Option<f64>,
+            rate: Option<Rate>,
         }
-    })
+        let raw = Raw::deserialize(d)?;
+        Limits::from_parts(raw.capacity, raw.rate_per_sec, raw.rate)
+            .map(Self)
+            .map_err(|first| {
+                // Limits stop at the first problem; `check` reports them all.
+                let capacity = Limits::new(raw.capacity, 0.0).err();
+                let rate = Limits::from_parts(1, raw.rate_per_sec, raw.rate).err();
+                match (capacity, rate) {
+                    (Some(c), Some(r)) => serde::de::Error::custom(format!("{c}; {r}")),
+                    _ => serde::de::Error::custom(first),
+                }
+            })
+    }
 }
 
 /// `store`.
