@@ -1297,6 +1297,7 @@ mod tests {
         assert_eq!(c.server.listen, d.server.listen);
         assert_eq!(c.backends, d.backends);
         assert_eq!(c.rate_limit.default, d.rate_limit.default);
+        assert_eq!(c.rate_limit.ipv6_prefix, d.rate_limit.ipv6_prefix);
         assert_eq!(c.rate_limit.refill_interval, Duration::from_millis(100));
         assert_eq!(c.rate_limit.max_clients.get(), 1_000_000);
         assert_eq!(c.rate_limit.idle_timeout, Duration::from_secs(600));
