@@ -1715,23 +1715,50 @@ surprise: true
         let c = Config::parse("rate_limit:\n  default:\n    capacity: 1000\n    rate: 1000/day\n")
             .expect("valid");
         let written = "1000/day".parse().expect("rate");
-        assert_eq!(c.rate_limit.default, Limits::with_rate(1000, written).expect("valid"));
+        assert_eq!(
+            c.rate_limit.default,
+            Limits::with_rate(1000, written).expect("valid")
+        );
         // 0/unit is a fixed allowance, as rate_per_sec: 0 is.
         let c = Config::parse("rate_limit:\n  default: {capacity: 5, rate: 0/s}\n").expect("valid");
         assert_eq!(c.rate_limit.default.fill_time(), None);
 
         for (limits, field, says) in [
-            ("{capacity: 5, rate: 5/week}", "rate_limit.default.rate", "unknown unit \"week\""),
-            ("{capacity: 5, rate: abc}", "rate_limit.default.rate", "N/unit"),
-            ("{capacity: 5, rate: 1.5/s}", "rate_limit.default.rate", "whole number"),
-            ("{capacity: 5, rate: 5}", "rate_limit.default.rate", "N/unit"),
-            ("{capacity: 5, rate: 2000000000/s}", "rate_limit.default.rate", "at most"),
+            (
+                "{capacity: 5, rate: 5/week}",
+                "rate_limit.default.rate",
+                "unknown unit \"week\"",
+            ),
+            (
+                "{capacity: 5, rate: abc}",
+                "rate_limit.default.rate",
+                "N/unit",
+            ),
+            (
+                "{capacity: 5, rate: 1.5/s}",
+                "rate_limit.default.rate",
+                "whole number",
+            ),
+            (
+                "{capacity: 5, rate: 5}",
+                "rate_limit.default.rate",
+                "N/unit",
+            ),
+            (
+                "{capacity: 5, rate: 2000000000/s}",
+                "rate_limit.default.rate",
+                "at most",
+            ),
             (
                 "{capacity: 5, rate: 5/s, rate_per_sec: 5}",
                 "rate_limit.default",
                 "both given",
             ),
-            ("{capacity: 5}", "rate_limit.default", "rate_per_sec (tokens per second) or rate"),
+            (
+                "{capacity: 5}",
+                "rate_limit.default",
+                "rate_per_sec (tokens per second) or rate",
+            ),
             (
                 "{capacity: 4294967295, rate: 1/day}",
                 "rate_limit.default",
@@ -1752,9 +1779,12 @@ surprise: true
             assert_eq!(c.rate_limit.ipv6_prefix, ok);
         }
         for bad in ["0", "129", "-1", "1000", "abc"] {
-            let problems = Config::parse(&format!("rate_limit:\n  ipv6_prefix: {bad}\n"))
-                .expect_err(bad);
-            assert_eq!(problems[0].field, "rate_limit.ipv6_prefix", "{bad}: {problems:?}");
+            let problems =
+                Config::parse(&format!("rate_limit:\n  ipv6_prefix: {bad}\n")).expect_err(bad);
+            assert_eq!(
+                problems[0].field, "rate_limit.ipv6_prefix",
+                "{bad}: {problems:?}"
+            );
         }
         let problems = Config::parse("rate_limit:\n  ipv6_prefix: 129\n").expect_err("129");
         assert!(problems[0].reason.contains("1 to 128"), "{problems:?}");

@@ -331,8 +331,13 @@ fn api_key(id: &str) -> Result<ApiKey, AdminError> {
     ApiKey::new(id).map_err(|e| AdminError::BadRequest(format!("client_id {e}")))
 }
 
-fn limits(capacity: u64, rate_per_sec: Option<f64>, rate: Option<Rate>) -> Result<Limits, AdminError> {
-    Limits::from_parts(capacity, rate_per_sec, rate).map_err(|e| AdminError::BadRequest(e.to_string()))
+fn limits(
+    capacity: u64,
+    rate_per_sec: Option<f64>,
+    rate: Option<Rate>,
+) -> Result<Limits, AdminError> {
+    Limits::from_parts(capacity, rate_per_sec, rate)
+        .map_err(|e| AdminError::BadRequest(e.to_string()))
 }
 
 /// A row's view with this replica's level (its capacity if it has no

@@ -247,7 +247,10 @@ mod tests {
         // 86.4 s a token, in units of 1/16 ns.
         assert_eq!(day.emission(), 86_400 * UNITS_PER_SEC / 1000);
         assert_eq!(day.fill_time(), Some(Duration::from_secs(86_400)));
-        assert_eq!(day.rate().map(|r| r.to_string()).as_deref(), Some("1000/day"));
+        assert_eq!(
+            day.rate().map(|r| r.to_string()).as_deref(),
+            Some("1000/day")
+        );
         assert_eq!(day.capacity(), 1000);
         // Rounded up where unit / N is not a whole number of units.
         let seven = Limits::with_rate(1, rate("7/day")).expect("valid");
@@ -273,10 +276,7 @@ mod tests {
             Err(LimitsError::BothRates)
         );
         assert_eq!(Limits::from_parts(1, None, None), Err(LimitsError::NoRate));
-        assert_eq!(
-            Limits::from_parts(1, Some(2.0), None),
-            Limits::new(1, 2.0)
-        );
+        assert_eq!(Limits::from_parts(1, Some(2.0), None), Limits::new(1, 2.0));
         assert_eq!(
             Limits::from_parts(1, None, Some(rate("2/s"))),
             Limits::with_rate(1, rate("2/s"))

@@ -48,8 +48,8 @@ mod key;
 mod limits;
 #[cfg(all(test, tollgate_loom))]
 mod loom_tests;
-pub mod refill;
 mod rate;
+pub mod refill;
 mod registry;
 pub mod shared;
 mod units;

@@ -280,7 +280,8 @@ mod tests {
 
     #[test]
     fn a_row_with_a_rate_takes_its_limits_from_it() {
-        let row = client_row("a".into(), 1000, 0.011_574, Some("1000/day".into())).expect("decodes");
+        let row =
+            client_row("a".into(), 1000, 0.011_574, Some("1000/day".into())).expect("decodes");
         let ClientRow::Client(c) = &row else {
             panic!("rejected: {row:?}");
         };
@@ -292,7 +293,13 @@ mod tests {
         let ClientRow::Rejected(r) = &row else {
             panic!("accepted: {row:?}");
         };
-        assert!(matches!(&r.reason, InvalidRow::Limits { source: LimitsError::BadRate(_), .. }));
+        assert!(matches!(
+            &r.reason,
+            InvalidRow::Limits {
+                source: LimitsError::BadRate(_),
+                ..
+            }
+        ));
         assert_eq!(row.rate().as_deref(), Some("5/week"));
     }
 

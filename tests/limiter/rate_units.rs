@@ -53,7 +53,11 @@ fn a_daily_quota_gives_exactly_capacity_plus_one_day_per_day() {
             taken += spend_all(&reg, &key);
         }
         // One second before the day ends: its 1000th token is not there.
-        assert_eq!(taken, 1000 + day * 1000 - 1, "1 s before the end of day {day}");
+        assert_eq!(
+            taken,
+            1000 + day * 1000 - 1,
+            "1 s before the end of day {day}"
+        );
         tick(&reg, &clock, Duration::from_secs(1));
         taken += spend_all(&reg, &key);
         assert_eq!(taken, 1000 + day * 1000, "at the end of day {day}");
@@ -72,7 +76,11 @@ fn a_rate_an_f64_would_round_keeps_every_token() {
     let (reg, clock) = registry(1_953_125, hourly);
     let key = ClientKey::api("hourly").expect("key");
     reg.set_tokens(&key, 0.0).expect("room");
-    tick(&reg, &clock, Duration::from_secs(3600) - Duration::from_nanos(1));
+    tick(
+        &reg,
+        &clock,
+        Duration::from_secs(3600) - Duration::from_nanos(1),
+    );
     assert_eq!(spend_all(&reg, &key), 1_953_124, "1 ns before the hour");
     let (reg, clock) = registry(1_953_125, hourly);
     reg.set_tokens(&key, 0.0).expect("room");

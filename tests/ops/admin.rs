@@ -840,7 +840,8 @@ async fn rows_written_by_hand_that_make_no_client_are_shown_as_written() {
     .execute(&pool)
     .await
     .expect("insert");
-    let too_fast = json!({"client_id":"too-fast","capacity":1,"rate_per_sec":2e9,"rate":null,"tokens":1.0});
+    let too_fast =
+        json!({"client_id":"too-fast","capacity":1,"rate_per_sec":2e9,"rate":null,"tokens":1.0});
     let (s, body) = send(c.get(url(lb.admin_addr(), "/clients"))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
@@ -885,7 +886,10 @@ async fn clients_take_a_rate_per_unit_and_show_it_as_given() {
     // value the server wrote; the rest must match exactly.
     let same = |got: &Value, want: &Value| {
         let per_sec = |v: &Value| v["rate_per_sec"].as_f64().unwrap_or(f64::NAN);
-        assert!((per_sec(got) - per_sec(want)).abs() < 1e-15, "{got} vs {want}");
+        assert!(
+            (per_sec(got) - per_sec(want)).abs() < 1e-15,
+            "{got} vs {want}"
+        );
         let strip = |v: &Value| {
             let mut v = v.clone();
             v.as_object_mut().map(|o| o.remove("rate_per_sec"));
@@ -922,20 +926,34 @@ async fn clients_take_a_rate_per_unit_and_show_it_as_given() {
         (json!({"client_id":"x","capacity":1,"rate":5}), "N/unit"),
     ];
     for (body, says) in &bad {
-        let r = c.post(admin("/clients")).json(body).send().await.expect("req");
+        let r = c
+            .post(admin("/clients"))
+            .json(body)
+            .send()
+            .await
+            .expect("req");
         let message = json_error(r, StatusCode::BAD_REQUEST, &body.to_string()).await;
         assert!(message.contains(says), "{body}: {message}");
         let mut limits = body.clone();
         if let Some(o) = limits.as_object_mut() {
             o.remove("client_id");
         }
-        let r = c.put(admin("/clients/daily")).json(&limits).send().await.expect("req");
+        let r = c
+            .put(admin("/clients/daily"))
+            .json(&limits)
+            .send()
+            .await
+            .expect("req");
         let message = json_error(r, StatusCode::BAD_REQUEST, &limits.to_string()).await;
         assert!(message.contains(says), "{limits}: {message}");
     }
     let (s, body) = send(c.get(admin("/clients"))).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(body.as_array().map(Vec::len), Some(1), "nothing written: {body}");
+    assert_eq!(
+        body.as_array().map(Vec::len),
+        Some(1),
+        "nothing written: {body}"
+    );
     same(&body[0], &daily);
 
     // 30/min: 5 at once, then one every 2 s.
@@ -945,7 +963,10 @@ async fn clients_take_a_rate_per_unit_and_show_it_as_given() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!((&body["rate"], &body["rate_per_sec"]), (&json!("30/min"), &json!(0.5)));
+    assert_eq!(
+        (&body["rate"], &body["rate_per_sec"]),
+        (&json!("30/min"), &json!(0.5))
+    );
     let proxied = || {
         c.get(url(lb.proxy_addr(), "/"))
             .header("x-api-key", "daily")
@@ -965,7 +986,10 @@ async fn clients_take_a_rate_per_unit_and_show_it_as_given() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!((&body["rate"], &body["rate_per_sec"]), (&json!(null), &json!(0.5)));
+    assert_eq!(
+        (&body["rate"], &body["rate_per_sec"]),
+        (&json!(null), &json!(0.5))
+    );
 
     // Kept across a restart.
     let (s, _) = send(

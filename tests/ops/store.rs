@@ -464,7 +464,10 @@ async fn rates_as_written(url: &str) {
     assert_eq!(row.rate().as_deref(), Some("1/day"));
     assert_eq!(row.rate_per_sec(), 1.0 / 86_400.0);
     // Given per second, the row has no rate as written.
-    store.update(&client("daily", 1, 2.0)).await.expect("update");
+    store
+        .update(&client("daily", 1, 2.0))
+        .await
+        .expect("update");
     let row = store.get(&id("daily")).await.expect("get").expect("row");
     assert_eq!((row.rate(), row.rate_per_sec()), (None, 2.0));
     store.update(&daily).await.expect("update");
@@ -490,7 +493,11 @@ async fn rates_as_written(url: &str) {
     assert_eq!(interval(&registry), Duration::from_secs(86_400));
 
     let mut sync = TableSync::new(registry.clone(), store.clone(), &restored.clients);
-    by_hand(url, "UPDATE clients SET rate = '1/hour' WHERE client_id = 'daily'").await;
+    by_hand(
+        url,
+        "UPDATE clients SET rate = '1/hour' WHERE client_id = 'daily'",
+    )
+    .await;
     assert_eq!(
         sync.reload().await.expect("reload"),
         ReloadStats {
@@ -502,11 +509,21 @@ async fn rates_as_written(url: &str) {
     assert_eq!(sync.reload().await.expect("reload"), ReloadStats::default());
 
     // A rate that is no rate: rejected, the client keeps its limits.
-    by_hand(url, "UPDATE clients SET rate = '5/week' WHERE client_id = 'daily'").await;
+    by_hand(
+        url,
+        "UPDATE clients SET rate = '5/week' WHERE client_id = 'daily'",
+    )
+    .await;
     let rows = store.list().await.expect("list");
     assert!(matches!(
         rejected(&rows)[..],
-        [("daily", InvalidRow::Limits { source: LimitsError::BadRate(_), .. })]
+        [(
+            "daily",
+            InvalidRow::Limits {
+                source: LimitsError::BadRate(_),
+                ..
+            }
+        )]
     ));
     assert_eq!(
         sync.reload().await.expect("reload"),
