@@ -438,7 +438,7 @@ fn build_proxy(
     backend_tls: Arc<rustls::ClientConfig>,
 ) -> Result<(Proxy, Option<Arc<SharedLimiter>>), StartError> {
     let rl = &config.rate_limit;
-    let identifier = Identifier::new(rl.api_key_header.0.clone(), rl.trusted_proxies.clone());
+    let identifier = Identifier::from(rl);
     // The limiter is always there, so a reload can switch limiting on.
     let proxy = Proxy::new(
         Some(registry.clone()),
@@ -608,6 +608,8 @@ fn log_started(
         enabled = rl.enabled,
         capacity = rl.default.capacity(),
         rate_per_sec = rl.default.rate_per_sec(),
+        rate = rl.default.rate().map(|r| r.to_string()),
+        ipv6_prefix = rl.ipv6_prefix,
         "rate limiting"
     );
 }

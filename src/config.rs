@@ -20,7 +20,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::balancer::{BackendUrl, StrategyName, Weight};
 use crate::limiter::shared::{OnFailure, SharedMode};
-use crate::limiter::Limits;
+use crate::limiter::{Limits, Rate};
 use crate::tls::server::{Alpn, CertificatePaths, MinVersion, PairFile, TlsSettings};
 
 /// Environment variable naming the config file when `--config` is absent.
@@ -371,6 +371,11 @@ pub struct RateLimitConfig {
     pub api_key_header: HeaderName,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// IPv6 clients without an API key are limited by their network of
+    /// this prefix length (1-128; 128: every address alone), since one
+    /// host usually holds a whole /64.
+    #[serde(deserialize_with = "ipv6_prefix")]
+    pub ipv6_prefix: u8,
     /// Limits of clients that are not in the client table.
     #[serde(deserialize_with = "limits")]
     pub default: Limits,
@@ -421,6 +426,7 @@ impl Default for RateLimitConfig {
             enabled: true,
             api_key_header: HeaderName(http::HeaderName::from_static("x-api-key")),
             trusted_proxies: Vec::new(),
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
             default: default_limits(),
             refill_interval: Duration::from_millis(100),
             max_clients: NonZeroUsize::MIN.saturating_add(999_999),
@@ -428,6 +434,23 @@ impl Default for RateLimitConfig {
             shared: SharedLimitConfig::default(),
         }
     }
+}
+
+/// `rate_limit.ipv6_prefix` by default: a /64 is what one subscriber or
+/// host usually gets, so grouping by it keeps one host from minting fresh
+/// buckets from its own address range.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+fn ipv6_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let n = u64::deserialize(d)?;
+    u8::try_from(n)
+        .ok()
+        .filter(|p| (1..=128).contains(p))
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{n}: a prefix length is 1 to 128 (128: every address alone)"
+            ))
+        })
 }
 
 fn default_limits() -> Limits {
@@ -438,22 +461,40 @@ fn default_limits() -> Limits {
 }
 
 fn limits<'de, D: Deserializer<'de>>(d: D) -> Result<Limits, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Raw {
-        capacity: u64,
-        rate_per_sec: f64,
-    }
-    let raw = Raw::deserialize(d)?;
-    Limits::new(raw.capacity, raw.rate_per_sec).map_err(|first| {
-        // Limits::new stops at the first problem; `check` reports them all.
-        let capacity = Limits::new(raw.capacity, 0.0).err();
-        let rate = Limits::new(1, raw.rate_per_sec).err();
-        match (capacity, rate) {
-            (Some(c), Some(r)) => serde::de::Error::custom(format!("{c}; {r}")),
-            _ => serde::de::Error::custom(first),
+    LimitsSpec::deserialize(d).map(|spec| spec.0)
+}
+
+/// Limits as the config writes them, `{capacity: 100, rate_per_sec: 10}`
+/// or `{capacity: 1000, rate: 1000/day}`: exactly one of the two rates.
+/// Every place that takes limits (`rate_limit.default`, and any limits
+/// added later) reads them through this one type, so they accept the same
+/// spellings and report the same problems; a problem in `rate` itself is
+/// reported on `….rate`, one between the fields on the limits' own path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitsSpec(pub Limits);
+
+impl<'de> Deserialize<'de> for LimitsSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            capacity: u64,
+            rate_per_sec: Option<f64>,
+            rate: Option<Rate>,
         }
-    })
+        let raw = Raw::deserialize(d)?;
+        Limits::from_parts(raw.capacity, raw.rate_per_sec, raw.rate)
+            .map(Self)
+            .map_err(|first| {
+                // Limits stop at the first problem; `check` reports them all.
+                let capacity = Limits::new(raw.capacity, 0.0).err();
+                let rate = Limits::from_parts(1, raw.rate_per_sec, raw.rate).err();
+                match (capacity, rate) {
+                    (Some(c), Some(r)) => serde::de::Error::custom(format!("{c}; {r}")),
+                    _ => serde::de::Error::custom(first),
+                }
+            })
+    }
 }
 
 /// `store`.
@@ -1144,6 +1185,13 @@ impl From<&RateLimitConfig> for crate::limiter::RegistryConfig {
     }
 }
 
+impl From<&RateLimitConfig> for crate::proxy::identity::Identifier {
+    fn from(rl: &RateLimitConfig) -> Self {
+        Self::new(rl.api_key_header.0.clone(), rl.trusted_proxies.clone())
+            .with_ipv6_prefix(rl.ipv6_prefix)
+    }
+}
+
 impl From<&HealthCheckConfig> for crate::balancer::Thresholds {
     fn from(hc: &HealthCheckConfig) -> Self {
         Self {
@@ -1249,6 +1297,7 @@ mod tests {
         assert_eq!(c.server.listen, d.server.listen);
         assert_eq!(c.backends, d.backends);
         assert_eq!(c.rate_limit.default, d.rate_limit.default);
+        assert_eq!(c.rate_limit.ipv6_prefix, d.rate_limit.ipv6_prefix);
         assert_eq!(c.rate_limit.refill_interval, Duration::from_millis(100));
         assert_eq!(c.rate_limit.max_clients.get(), 1_000_000);
         assert_eq!(c.rate_limit.idle_timeout, Duration::from_secs(600));
@@ -1651,6 +1700,94 @@ surprise: true
         let all: String = problems.iter().map(ToString::to_string).collect();
         assert!(all.contains("capacity"), "{all}");
         assert!(all.contains("rate_per_sec") && all.contains("-3"), "{all}");
+    }
+
+    /// The one problem of `rate_limit: {default: <limits>}`.
+    fn limits_problem(limits: &str) -> Problem {
+        let problems = Config::parse(&format!("rate_limit:\n  default: {limits}\n"))
+            .expect_err("invalid limits");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        problems[0].clone()
+    }
+
+    #[test]
+    fn limits_take_a_rate_per_unit() {
+        let c = Config::parse("rate_limit:\n  default:\n    capacity: 1000\n    rate: 1000/day\n")
+            .expect("valid");
+        let written = "1000/day".parse().expect("rate");
+        assert_eq!(
+            c.rate_limit.default,
+            Limits::with_rate(1000, written).expect("valid")
+        );
+        // 0/unit is a fixed allowance, as rate_per_sec: 0 is.
+        let c = Config::parse("rate_limit:\n  default: {capacity: 5, rate: 0/s}\n").expect("valid");
+        assert_eq!(c.rate_limit.default.fill_time(), None);
+
+        for (limits, field, says) in [
+            (
+                "{capacity: 5, rate: 5/week}",
+                "rate_limit.default.rate",
+                "unknown unit \"week\"",
+            ),
+            (
+                "{capacity: 5, rate: abc}",
+                "rate_limit.default.rate",
+                "N/unit",
+            ),
+            (
+                "{capacity: 5, rate: 1.5/s}",
+                "rate_limit.default.rate",
+                "whole number",
+            ),
+            (
+                "{capacity: 5, rate: 5}",
+                "rate_limit.default.rate",
+                "N/unit",
+            ),
+            (
+                "{capacity: 5, rate: 2000000000/s}",
+                "rate_limit.default.rate",
+                "at most",
+            ),
+            (
+                "{capacity: 5, rate: 5/s, rate_per_sec: 5}",
+                "rate_limit.default",
+                "both given",
+            ),
+            (
+                "{capacity: 5}",
+                "rate_limit.default",
+                "rate_per_sec (tokens per second) or rate",
+            ),
+            (
+                "{capacity: 4294967295, rate: 1/day}",
+                "rate_limit.default",
+                "must be at most",
+            ),
+        ] {
+            let p = limits_problem(limits);
+            assert_eq!(p.field, field, "{limits}: {p}");
+            assert!(p.reason.contains(says), "{limits}: {p}");
+        }
+    }
+
+    #[test]
+    fn ipv6_prefix_is_1_to_128() {
+        assert_eq!(Config::parse("").expect("valid").rate_limit.ipv6_prefix, 64);
+        for ok in [1, 48, 128] {
+            let c = Config::parse(&format!("rate_limit:\n  ipv6_prefix: {ok}\n")).expect("valid");
+            assert_eq!(c.rate_limit.ipv6_prefix, ok);
+        }
+        for bad in ["0", "129", "-1", "1000", "abc"] {
+            let problems =
+                Config::parse(&format!("rate_limit:\n  ipv6_prefix: {bad}\n")).expect_err(bad);
+            assert_eq!(
+                problems[0].field, "rate_limit.ipv6_prefix",
+                "{bad}: {problems:?}"
+            );
+        }
+        let problems = Config::parse("rate_limit:\n  ipv6_prefix: 129\n").expect_err("129");
+        assert!(problems[0].reason.contains("1 to 128"), "{problems:?}");
     }
 
     #[test]

@@ -223,7 +223,7 @@ impl FileReload {
         if changes.touches(Part::Proxy) {
             let rl = &new.rate_limit;
             t.proxy.reconfigure(Live::new(
-                Identifier::new(rl.api_key_header.0.clone(), rl.trusted_proxies.clone()),
+                Identifier::from(rl),
                 ProxySettings::from(new),
                 rl.enabled,
             ));

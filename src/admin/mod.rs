@@ -35,7 +35,7 @@ use serde::{Deserialize, Deserializer};
 use crate::balancer::{Backend, Pool};
 use crate::error::AdminError;
 use crate::limiter::shared::SharedLimiter;
-use crate::limiter::{ApiKey, ClientKey, Limits, Registry, MAX_PINNED};
+use crate::limiter::{ApiKey, ClientKey, Limits, Rate, Registry, MAX_PINNED};
 use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::store::{Client, ClientRow, ClientStore, StoreError};
 
@@ -223,21 +223,26 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `POST /clients`: limits as [`NewLimits`], and the id.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewClient {
     client_id: String,
     #[serde(deserialize_with = "whole_number")]
     capacity: u64,
-    rate_per_sec: f64,
+    rate_per_sec: Option<f64>,
+    rate: Option<Rate>,
 }
 
+/// `PUT /clients/{id}`: the capacity and exactly one of `rate_per_sec`
+/// (tokens per second) and `rate` (`"1000/day"`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewLimits {
     #[serde(deserialize_with = "whole_number")]
     capacity: u64,
-    rate_per_sec: f64,
+    rate_per_sec: Option<f64>,
+    rate: Option<Rate>,
 }
 
 /// A non-negative integer, written `3` or `3.0`: JSON Schema's `integer`
@@ -301,7 +306,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientId {
 struct ClientView {
     client_id: String,
     capacity: u32,
+    /// Always there, also for a client given a `rate` (then derived).
     rate_per_sec: f64,
+    /// The rate as written (`"1000/day"`), or null if it was given as
+    /// `rate_per_sec`.
+    rate: Option<String>,
     /// Current level, fractions included.
     tokens: f64,
 }
@@ -322,8 +331,13 @@ fn api_key(id: &str) -> Result<ApiKey, AdminError> {
     ApiKey::new(id).map_err(|e| AdminError::BadRequest(format!("client_id {e}")))
 }
 
-fn limits(capacity: u64, rate: f64) -> Result<Limits, AdminError> {
-    Limits::new(capacity, rate).map_err(|e| AdminError::BadRequest(e.to_string()))
+fn limits(
+    capacity: u64,
+    rate_per_sec: Option<f64>,
+    rate: Option<Rate>,
+) -> Result<Limits, AdminError> {
+    Limits::from_parts(capacity, rate_per_sec, rate)
+        .map_err(|e| AdminError::BadRequest(e.to_string()))
 }
 
 /// A row's view with this replica's level (its capacity if it has no
@@ -342,6 +356,7 @@ fn view_with(row: &ClientRow, tokens: f64) -> ClientView {
         client_id: row.client_id().to_owned(),
         capacity: row.capacity(),
         rate_per_sec: row.rate_per_sec(),
+        rate: row.rate(),
         tokens,
     }
 }
@@ -460,7 +475,7 @@ async fn create_client(
     JsonBody(new): JsonBody<NewClient>,
 ) -> Result<(StatusCode, Json<ClientView>), AdminError> {
     let id = api_key(&new.client_id)?;
-    let limits = limits(new.capacity, new.rate_per_sec)?;
+    let limits = limits(new.capacity, new.rate_per_sec, new.rate)?;
     if state.registry.pinned_len() >= MAX_PINNED {
         return Err(AdminError::Conflict(format!(
             "the client table holds its maximum of {MAX_PINNED} clients"
@@ -485,7 +500,7 @@ async fn update_client(
 ) -> Result<Json<ClientView>, AdminError> {
     let client = Client {
         id,
-        limits: limits(new.capacity, new.rate_per_sec)?,
+        limits: limits(new.capacity, new.rate_per_sec, new.rate)?,
     };
     within(&state, Op::Write, async {
         let _serial = state.lock(&client.id).await;

@@ -67,6 +67,10 @@ pub(crate) const KIND_API: u32 = 2;
 pub(crate) const KIND_MASK: u32 = 0b11;
 /// The client is in the client table: never evicted.
 pub(crate) const PINNED: u32 = 1 << 2;
+/// For IP slots, bits 8-15: the prefix length of the key's network
+/// (`ClientKey::Net`), or 128 for a single address.
+pub(crate) const PREFIX_SHIFT: u32 = 8;
+pub(crate) const PREFIX_MASK: u32 = 0xff << PREFIX_SHIFT;
 
 /// One bucket and the identity of its client: 40 bytes.
 ///
@@ -79,7 +83,8 @@ pub(crate) struct Slot {
     pub(crate) tat: AtomicU64,
     /// Refill-clock units per token; 0 means the rate is zero.
     pub(crate) emission: AtomicU64,
-    /// For IP clients the address (IPv4-mapped for v4); for API-key clients
+    /// For IP clients the address (IPv4-mapped for v4) or the network's
+    /// first address (its prefix length is in `flags`); for API-key clients
     /// `key[0]` holds the key's hash, the key itself lives in the index.
     pub(crate) key: [AtomicU64; 2],
     pub(crate) capacity: AtomicU32,

@@ -1,7 +1,9 @@
-//! Client identities: an IP address or an API key.
+//! Client identities: an IP address, an IPv6 network, or an API key.
 
 use std::fmt;
 use std::net::IpAddr;
+
+use ipnet::Ipv6Net;
 
 /// Longest accepted API key, in bytes.
 pub const MAX_API_KEY_LEN: usize = 256;
@@ -70,11 +72,34 @@ impl fmt::Display for ApiKey {
 pub enum ClientKey {
     /// An unauthenticated client, by address.
     Ip(IpAddr),
+    /// Unauthenticated IPv6 clients grouped by network
+    /// (`rate_limit.ipv6_prefix`): a host is usually given a whole /64,
+    /// and one bucket per address would let it mint buckets at will. Built
+    /// by [`ClientKey::grouped`]: prefix below 128, host bits zero.
+    Net(Ipv6Net),
     /// A client that presented an API key.
     Api(ApiKey),
 }
 
 impl ClientKey {
+    /// The key of the client at `ip`: an IPv4 address (an IPv4-mapped
+    /// IPv6 address counting as the IPv4 one) is its own key; an IPv6
+    /// address is grouped with its network of `ipv6_prefix` bits (128 or
+    /// more: the address alone).
+    pub fn grouped(ip: IpAddr, ipv6_prefix: u8) -> Self {
+        let v6 = match ip {
+            IpAddr::V4(_) => return Self::Ip(ip),
+            IpAddr::V6(v6) => v6,
+        };
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return Self::Ip(IpAddr::V4(v4));
+        }
+        match Ipv6Net::new(v6, ipv6_prefix) {
+            Ok(net) if ipv6_prefix < 128 => Self::Net(net.trunc()),
+            _ => Self::Ip(ip),
+        }
+    }
+
     /// The client key for an API key / client id string.
     pub fn api(s: &str) -> Result<Self, KeyError> {
         ApiKey::new(s).map(Self::Api)
@@ -86,6 +111,7 @@ impl ClientKey {
     pub fn encode(&self) -> String {
         match self {
             Self::Ip(ip) => format!("ip:{ip}"),
+            Self::Net(net) => format!("ip:{net}"),
             Self::Api(k) => format!("key:{k}"),
         }
     }
@@ -93,7 +119,11 @@ impl ClientKey {
     /// The inverse of [`ClientKey::encode`]; `None` for a malformed name.
     pub fn decode(s: &str) -> Option<Self> {
         if let Some(ip) = s.strip_prefix("ip:") {
-            ip.parse().ok().map(Self::Ip)
+            if let Ok(ip) = ip.parse() {
+                return Some(Self::Ip(ip));
+            }
+            let net: Ipv6Net = ip.parse().ok()?;
+            Some(Self::grouped(IpAddr::V6(net.addr()), net.prefix_len()))
         } else {
             s.strip_prefix("key:").and_then(|k| Self::api(k).ok())
         }
@@ -110,6 +140,7 @@ impl fmt::Display for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Ip(ip) => write!(f, "{ip}"),
+            Self::Net(net) => write!(f, "{net}"),
             Self::Api(k) => write!(f, "{k}"),
         }
     }
@@ -149,6 +180,33 @@ mod tests {
         assert!(ApiKey::new(&"x".repeat(256)).is_ok());
         assert_eq!(ApiKey::new("a b"), Err(KeyError::BadChar(' ')));
         assert_eq!(ApiKey::new("é"), Err(KeyError::BadChar('é')));
+    }
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let a = ClientKey::grouped(ip("2001:db8::1"), 64);
+        assert_eq!(a, ClientKey::grouped(ip("2001:db8::ffff:2"), 64));
+        assert_ne!(a, ClientKey::grouped(ip("2001:db8:0:1::1"), 64));
+        assert_eq!(a.to_string(), "2001:db8::/64");
+        assert_eq!(ClientKey::decode(&a.encode()), Some(a));
+        assert_eq!(
+            ClientKey::grouped(ip("2001:db8::1"), 128),
+            ClientKey::Ip(ip("2001:db8::1"))
+        );
+        assert_eq!(
+            ClientKey::grouped(ip("2001:db8:ab:cdef::1"), 48).to_string(),
+            "2001:db8:ab::/48"
+        );
+        // IPv4, mapped or not, is never grouped.
+        assert_eq!(
+            ClientKey::grouped(ip("::ffff:192.0.2.1"), 64),
+            ClientKey::Ip(ip("192.0.2.1"))
+        );
+        assert_eq!(
+            ClientKey::grouped(ip("192.0.2.1"), 1),
+            ClientKey::Ip(ip("192.0.2.1"))
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! periodic refill.
 //!
 //! - [`Limits`]: validated capacity and rate; invalid limits cannot exist.
+//!   [`Rate`]: a rate written as `N/unit` (`1000/day`), kept exact.
 //! - [`Registry`]: client key → bucket for millions of clients, lock-free
 //!   token accounting under sharded read locks; [`Registry::check`]
 //!   returns a [`Decision`] carrying what the rate-limit headers need.
@@ -47,6 +48,7 @@ mod key;
 mod limits;
 #[cfg(all(test, tollgate_loom))]
 mod loom_tests;
+mod rate;
 pub mod refill;
 mod registry;
 pub mod shared;
@@ -55,6 +57,7 @@ mod units;
 pub use clock::{Clock, FakeClock, MonotonicClock};
 pub use key::{ApiKey, ClientKey, KeyError, MAX_API_KEY_LEN};
 pub use limits::{Limits, LimitsError, MAX_FILL_SECS, MAX_RATE_PER_SEC};
+pub use rate::{Rate, RateError, RateUnit};
 pub use registry::{
     BucketView, Decision, RefillReport, Registry, RegistryConfig, RegistryError, MAX_CLIENTS,
     MAX_PINNED, SCAN_PER_TICK,

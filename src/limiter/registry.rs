@@ -5,9 +5,10 @@
 //! Buckets live in a **slab**: fixed-size chunks of 40-byte slots, indexed
 //! by a `u32`. The key → slot map is split into shards, each a small
 //! `hashbrown` table of slot numbers (4 bytes an entry) behind its own
-//! `RwLock`. IP keys are compared against the address stored in the slot,
-//! so an IP client costs one slot plus one index entry, about 51 bytes at
-//! a million clients. API keys keep their text in the shard's own table.
+//! `RwLock`. IP keys are compared against the address stored in the slot
+//! (an IPv6 network key: its first address, and its prefix length in the
+//! slot's flags), so an IP client costs one slot plus one index entry,
+//! about 51 bytes at a million clients. API keys keep their text in the shard's own table.
 //!
 //! # Locking
 //!
@@ -36,15 +37,18 @@
 //! every client (measured 447 µs per refusal at 50k clients before).
 
 use std::hash::BuildHasher;
+use std::net::Ipv6Addr;
 use std::num::NonZeroUsize;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use foldhash::quality::RandomState;
 use hashbrown::HashTable;
+use ipnet::Ipv6Net;
 
 use super::bucket::{
-    self, RefillTime, Slot, Take, KIND_API, KIND_FREE, KIND_IP, KIND_MASK, PINNED,
+    self, RefillTime, Slot, Take, KIND_API, KIND_FREE, KIND_IP, KIND_MASK, PINNED, PREFIX_MASK,
+    PREFIX_SHIFT,
 };
 use super::clock::{Clock, MonotonicClock};
 use super::key::{ip_bits, ip_from_bits, ClientKey};
@@ -250,7 +254,9 @@ struct Index {
 
 #[derive(Clone, Copy)]
 enum Probe<'a> {
-    Ip(u128),
+    /// An address, or a network's first address, and the prefix length
+    /// (128 for an address).
+    Ip(u128, u8),
     Api(&'a str),
 }
 
@@ -263,6 +269,23 @@ struct Lookup<'a> {
 fn slot_ip(slot: &Slot) -> u128 {
     (u128::from(slot.key[0].load(Ordering::Relaxed)) << 64)
         | u128::from(slot.key[1].load(Ordering::Relaxed))
+}
+
+/// The prefix length of an IP slot's key (128: a single address).
+fn slot_prefix(slot: &Slot) -> u8 {
+    ((slot.flags.load(Ordering::Relaxed) & PREFIX_MASK) >> PREFIX_SHIFT) as u8
+}
+
+/// The key of an IP slot.
+fn slot_ip_key(slot: &Slot) -> ClientKey {
+    let bits = slot_ip(slot);
+    match slot_prefix(slot) {
+        128 => ClientKey::Ip(ip_from_bits(bits)),
+        prefix => match Ipv6Net::new(Ipv6Addr::from_bits(bits), prefix) {
+            Ok(net) => ClientKey::Net(net),
+            Err(_) => ClientKey::Ip(ip_from_bits(bits)),
+        },
+    }
 }
 
 /// Client key → token bucket, concurrent. See the module docs.
@@ -539,7 +562,7 @@ impl Registry {
             };
             for &idx in index.ips.iter() {
                 if let Some(slot) = self.slab.get(idx) {
-                    if let Some(v) = view(ClientKey::Ip(ip_from_bits(slot_ip(slot))), idx) {
+                    if let Some(v) = view(slot_ip_key(slot), idx) {
                         f(v);
                     }
                 }
@@ -673,7 +696,15 @@ impl Registry {
             ClientKey::Ip(ip) => {
                 let bits = ip_bits(*ip);
                 Lookup {
-                    probe: Probe::Ip(bits),
+                    probe: Probe::Ip(bits, 128),
+                    hash: self.hasher.hash_one(bits),
+                }
+            }
+            ClientKey::Net(net) => {
+                let net = net.trunc();
+                let bits = net.network().to_bits();
+                Lookup {
+                    probe: Probe::Ip(bits, net.prefix_len()),
                     hash: self.hasher.hash_one(bits),
                 }
             }
@@ -692,10 +723,12 @@ impl Registry {
 
     fn find(&self, index: &Index, lookup: Lookup<'_>) -> Option<u32> {
         match lookup.probe {
-            Probe::Ip(bits) => index
+            Probe::Ip(bits, prefix) => index
                 .ips
                 .find(lookup.hash, |&i| {
-                    self.slab.get(i).is_some_and(|s| slot_ip(s) == bits)
+                    self.slab
+                        .get(i)
+                        .is_some_and(|s| slot_ip(s) == bits && slot_prefix(s) == prefix)
                 })
                 .copied(),
             Probe::Api(text) => index
@@ -751,9 +784,10 @@ impl Registry {
         };
         let pin = if pinned { PINNED } else { 0 };
         match lookup.probe {
-            Probe::Ip(bits) => {
+            Probe::Ip(bits, prefix) => {
                 let key = [(bits >> 64) as u64, bits as u64];
-                bucket::init(slot, limits, now, KIND_IP | pin, key);
+                let flags = KIND_IP | pin | (u32::from(prefix) << PREFIX_SHIFT);
+                bucket::init(slot, limits, now, flags, key);
                 index.ips.insert_unique(lookup.hash, idx, |&i| {
                     self.slab
                         .get(i)

@@ -6,19 +6,24 @@
 //! address in `X-Forwarded-For` that is not itself a trusted proxy. A
 //! client can therefore only look like another client by holding that
 //! client's key, and cannot escape its IP limit by inventing keys.
+//!
+//! An IPv6 client's limit is its network's (`rate_limit.ipv6_prefix`,
+//! /64 by default): a host that holds a /64 could otherwise take a fresh
+//! bucket for every request.
 
 use std::net::IpAddr;
 
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use crate::limiter::{ApiKey, KeyError};
+use crate::limiter::{ApiKey, ClientKey, KeyError};
 
 /// Resolves client identities.
 #[derive(Debug, Clone)]
 pub struct Identifier {
     api_key_header: http::HeaderName,
     trusted: Vec<IpNet>,
+    ipv6_prefix: u8,
 }
 
 impl Identifier {
@@ -28,7 +33,16 @@ impl Identifier {
         Self {
             api_key_header,
             trusted,
+            ipv6_prefix: 128,
         }
+    }
+
+    /// The same identifier, keying IPv6 clients by their network of
+    /// `prefix` bits (128: every address alone, what [`Identifier::new`]
+    /// does).
+    pub fn with_ipv6_prefix(mut self, prefix: u8) -> Self {
+        self.ipv6_prefix = prefix;
+        self
     }
 
     /// The header carrying API keys.
@@ -78,6 +92,12 @@ impl Identifier {
             }
         }
         client
+    }
+
+    /// The key an unauthenticated request is limited by: its
+    /// [`Identifier::client_ip`], an IPv6 one as its network.
+    pub fn client_key(&self, headers: &HeaderMap, peer: IpAddr) -> ClientKey {
+        ClientKey::grouped(self.client_ip(headers, peer), self.ipv6_prefix)
     }
 }
 
@@ -153,6 +173,17 @@ mod tests {
             id.client_ip(&HeaderMap::new(), ip("::ffff:10.0.0.2")),
             ip("10.0.0.2")
         );
+    }
+
+    #[test]
+    fn forwarded_ipv6_clients_are_keyed_by_network() {
+        let id = ident(&["10.0.0.0/8"]).with_ipv6_prefix(64);
+        let key = id.client_key(&xff("2001:db8::5"), ip("10.0.0.2"));
+        assert_eq!(key.to_string(), "2001:db8::/64");
+        let v4 = id.client_key(&xff("::ffff:198.51.100.1"), ip("10.0.0.2"));
+        assert_eq!(v4, ClientKey::Ip(ip("198.51.100.1")));
+        let alone = ident(&[]).client_key(&HeaderMap::new(), ip("2001:db8::5"));
+        assert_eq!(alone, ClientKey::Ip(ip("2001:db8::5")));
     }
 
     #[test]

@@ -329,7 +329,7 @@ impl Proxy {
         let decision = match key.as_ref().and_then(|k| limiter.check_pinned(k)) {
             Some(d) => d,
             None => {
-                let ip = ClientKey::Ip(live.identifier.client_ip(req.headers(), peer.ip()));
+                let ip = live.identifier.client_key(req.headers(), peer.ip());
                 let d = limiter.check(&ip).map_err(|RegistryError::Full(_)| {
                     ProxyError::ClientTableFull {
                         retry_after: limiter.tick_interval(),

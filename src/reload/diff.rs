@@ -231,6 +231,7 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
         .key("enabled", |r| &mut r.enabled, enabled_part)
         .key("api_key_header", |r| &mut r.api_key_header, Some(Proxy))
         .key("trusted_proxies", |r| &mut r.trusted_proxies, Some(Proxy))
+        .key("ipv6_prefix", |r| &mut r.ipv6_prefix, Some(Proxy))
         .key("default", |r| &mut r.default, Some(DefaultLimits))
         .key("refill_interval", |r| &mut r.refill_interval, restart)
         .key("max_clients", |r| &mut r.max_clients, restart)

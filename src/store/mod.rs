@@ -56,6 +56,8 @@ pub struct RejectedRow {
     pub capacity: u32,
     /// `rate_per_sec` as written.
     pub rate_per_sec: f64,
+    /// `rate` (`1000/day`) as written, if the row has one.
+    pub rate: Option<String>,
     /// Why it cannot be used.
     pub reason: InvalidRow,
 }
@@ -122,6 +124,14 @@ impl ClientRow {
         match self {
             Self::Client(c) => c.limits.rate_per_sec(),
             Self::Rejected(r) => r.rate_per_sec,
+        }
+    }
+
+    /// `rate` as written (`1000/day`), if the rate was given that way.
+    pub fn rate(&self) -> Option<String> {
+        match self {
+            Self::Client(c) => c.limits.rate().map(|r| r.to_string()),
+            Self::Rejected(r) => r.rate.clone(),
         }
     }
 

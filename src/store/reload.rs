@@ -97,6 +97,7 @@ impl TableSync {
 fn same_values(last: &ClientRow, now: &ClientRow) -> bool {
     last.capacity() == now.capacity()
         && last.rate_per_sec().to_bits() == now.rate_per_sec().to_bits()
+        && last.rate() == now.rate()
 }
 
 /// Reloads every `every` until `stop` completes. A failed read is logged

@@ -12,7 +12,7 @@
 //! typed client or a rejected row, never values a caller must check.
 
 use super::{Client, ClientRow, InvalidRow, RejectedRow};
-use crate::limiter::{ApiKey, Limits};
+use crate::limiter::{ApiKey, Limits, LimitsError, Rate};
 
 /// Rows per statement in snapshot writes: 3 parameters a row, well under
 /// SQLite's 32,766 and PostgreSQL's 65,535 parameters per statement.
@@ -31,6 +31,7 @@ macro_rules! sql_store {
                     row.try_get("client_id")?,
                     row.try_get("capacity")?,
                     row.try_get("rate_per_sec")?,
+                    row.try_get("rate")?,
                 )
             }
         }
@@ -41,7 +42,7 @@ macro_rules! sql_store {
                 &self,
             ) -> Result<Vec<$crate::store::ClientRow>, $crate::store::StoreError> {
                 let rows = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT client_id, capacity, rate_per_sec FROM clients ORDER BY client_id",
+                    "SELECT client_id, capacity, rate_per_sec, rate FROM clients ORDER BY client_id",
                 )
                 .build()
                 .fetch_all(&self.pool)
@@ -57,7 +58,7 @@ macro_rules! sql_store {
                 id: &$crate::limiter::ApiKey,
             ) -> Result<Option<$crate::store::ClientRow>, $crate::store::StoreError> {
                 let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT client_id, capacity, rate_per_sec FROM clients WHERE client_id = ",
+                    "SELECT client_id, capacity, rate_per_sec, rate FROM clients WHERE client_id = ",
                 );
                 q.push_bind(id.as_str());
                 let row = q.build().fetch_optional(&self.pool).await?;
@@ -70,12 +71,14 @@ macro_rules! sql_store {
             ) -> Result<(), $crate::store::StoreError> {
                 let now = $crate::store::now_ms();
                 let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "INSERT INTO clients (client_id, capacity, rate_per_sec, created_at, updated_at) ",
+                    "INSERT INTO clients \
+                     (client_id, capacity, rate_per_sec, rate, created_at, updated_at) ",
                 );
                 q.push_values([c], |mut row, c| {
                     row.push_bind(c.id.as_str())
                         .push_bind(i64::from(c.limits.capacity()))
                         .push_bind(c.limits.rate_per_sec())
+                        .push_bind(c.limits.rate().map(|r| r.to_string()))
                         .push_bind(now)
                         .push_bind(now);
                 });
@@ -97,6 +100,8 @@ macro_rules! sql_store {
                 q.push_bind(i64::from(c.limits.capacity()))
                     .push(", rate_per_sec = ")
                     .push_bind(c.limits.rate_per_sec())
+                    .push(", rate = ")
+                    .push_bind(c.limits.rate().map(|r| r.to_string()))
                     .push(", updated_at = ")
                     .push_bind($crate::store::now_ms())
                     .push(" WHERE client_id = ")
@@ -198,23 +203,37 @@ pub(super) use sql_store;
 /// A capacity outside `u32` is a decode error (the read fails), not a
 /// rejected row: a [`RejectedRow`] keeps its values in
 /// the types the admin API shows, and such a value has none.
+///
+/// A row with a `rate` (`1000/day`) takes its limits from it, exactly;
+/// `rate_per_sec` beside it is that rate for readers that know only that
+/// column, and is not read back.
 pub(super) fn client_row(
     client_id: String,
     capacity: i64,
     rate_per_sec: f64,
+    rate: Option<String>,
 ) -> Result<ClientRow, sqlx::Error> {
     let capacity = u32::try_from(capacity).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let reason = match ApiKey::new(&client_id) {
         Err(e) => InvalidRow::Key(e),
-        Ok(id) => match Limits::new(u64::from(capacity), rate_per_sec) {
-            Ok(limits) => return Ok(ClientRow::Client(Client { id, limits })),
-            Err(source) => InvalidRow::Limits { id, source },
-        },
+        Ok(id) => {
+            let cap = u64::from(capacity);
+            let limits = match rate.as_deref().map(str::parse::<Rate>) {
+                None => Limits::new(cap, rate_per_sec),
+                Some(Ok(written)) => Limits::with_rate(cap, written),
+                Some(Err(source)) => Err(LimitsError::BadRate(source)),
+            };
+            match limits {
+                Ok(limits) => return Ok(ClientRow::Client(Client { id, limits })),
+                Err(source) => InvalidRow::Limits { id, source },
+            }
+        }
     };
     Ok(ClientRow::Rejected(RejectedRow {
         client_id,
         capacity,
         rate_per_sec,
+        rate,
         reason,
     }))
 }
@@ -222,11 +241,11 @@ pub(super) fn client_row(
 #[cfg(test)]
 mod tests {
     use super::{client_row, ClientRow, InvalidRow};
-    use crate::limiter::{KeyError, LimitsError};
+    use crate::limiter::{KeyError, Limits, LimitsError};
 
     #[test]
     fn a_valid_row_is_a_client() {
-        let row = client_row("a".into(), 5, 0.5).expect("decodes");
+        let row = client_row("a".into(), 5, 0.5, None).expect("decodes");
         let ClientRow::Client(c) = row else {
             panic!("rejected: {row:?}");
         };
@@ -236,14 +255,14 @@ mod tests {
 
     #[test]
     fn a_bad_row_is_rejected_with_its_values_and_reason() {
-        let row = client_row("a b".into(), 5, 1.0).expect("decodes");
+        let row = client_row("a b".into(), 5, 1.0, None).expect("decodes");
         let ClientRow::Rejected(r) = &row else {
             panic!("accepted: {row:?}");
         };
         assert_eq!(r.reason, InvalidRow::Key(KeyError::BadChar(' ')));
         assert_eq!(row.key(), None);
 
-        let row = client_row("b".into(), 0, 1.0).expect("decodes");
+        let row = client_row("b".into(), 0, 1.0, None).expect("decodes");
         let ClientRow::Rejected(r) = &row else {
             panic!("accepted: {row:?}");
         };
@@ -260,11 +279,36 @@ mod tests {
     }
 
     #[test]
+    fn a_row_with_a_rate_takes_its_limits_from_it() {
+        let row =
+            client_row("a".into(), 1000, 0.011_574, Some("1000/day".into())).expect("decodes");
+        let ClientRow::Client(c) = &row else {
+            panic!("rejected: {row:?}");
+        };
+        let written = "1000/day".parse().expect("rate");
+        assert_eq!(c.limits, Limits::with_rate(1000, written).expect("valid"));
+        assert_eq!(row.rate().as_deref(), Some("1000/day"));
+
+        let row = client_row("b".into(), 5, 1.0, Some("5/week".into())).expect("decodes");
+        let ClientRow::Rejected(r) = &row else {
+            panic!("accepted: {row:?}");
+        };
+        assert!(matches!(
+            &r.reason,
+            InvalidRow::Limits {
+                source: LimitsError::BadRate(_),
+                ..
+            }
+        ));
+        assert_eq!(row.rate().as_deref(), Some("5/week"));
+    }
+
+    #[test]
     fn a_capacity_outside_u32_fails_the_read() {
         assert!(matches!(
-            client_row("a".into(), 1 << 40, 1.0),
+            client_row("a".into(), 1 << 40, 1.0, None),
             Err(sqlx::Error::Decode(_))
         ));
-        assert!(client_row("a".into(), -1, 1.0).is_err());
+        assert!(client_row("a".into(), -1, 1.0, None).is_err());
     }
 }

@@ -286,6 +286,32 @@ fn for_each_reports_every_bucket() {
     );
 }
 
+/// An IPv6 network key is its own bucket, apart from the address that
+/// starts it and from other prefix lengths, and is reported as the
+/// network (what snapshots and logs name it by).
+#[test]
+fn network_keys_are_buckets_of_their_own() {
+    let (reg, _clock) = registry(4, 1.0);
+    let net = |s: &str| ClientKey::Net(s.parse().expect("network"));
+    reg.check(&net("2001:db8::/64")).expect("room");
+    reg.check(&net("2001:db8::/64")).expect("room");
+    reg.check(&net("2001:db8::/48")).expect("room");
+    reg.check(&ip("2001:db8::")).expect("room");
+    let mut seen = Vec::new();
+    reg.for_each(|b| seen.push((b.key.clone(), b.tokens)));
+    seen.sort_by_key(|(k, _)| k.to_string());
+    assert_eq!(
+        seen,
+        vec![
+            (ip("2001:db8::"), 3.0),
+            (net("2001:db8::/48"), 3.0),
+            (net("2001:db8::/64"), 2.0),
+        ]
+    );
+    let key = &seen[2].0;
+    assert_eq!(ClientKey::decode(&key.encode()).as_ref(), Some(key));
+}
+
 #[test]
 fn set_tokens_restores_a_level() {
     let (reg, _clock) = registry(10, 1.0);

@@ -9,4 +9,5 @@ mod support {
 
 mod engine;
 mod props;
+mod rate_units;
 mod stress;

@@ -37,7 +37,7 @@ async fn crud_round_trip_and_limits_apply_at_once() {
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(
         body,
-        json!({"client_id":"user1","capacity":2,"rate_per_sec":0.0,"tokens":2.0})
+        json!({"client_id":"user1","capacity":2,"rate_per_sec":0.0,"rate":null,"tokens":2.0})
     );
 
     // Applied to the very next request carrying the key.
@@ -274,7 +274,7 @@ async fn every_bad_input_gets_a_4xx_json_error_and_writes_nothing() {
     let (_, list) = send(c.get(admin("/clients"))).await;
     assert_eq!(
         list,
-        json!([{"client_id":"taken","capacity":1,"rate_per_sec":1.0,"tokens":1.0}])
+        json!([{"client_id":"taken","capacity":1,"rate_per_sec":1.0,"rate":null,"tokens":1.0}])
     );
     assert_eq!(lb.registry().pinned_len(), 1);
     lb.shutdown().await;
@@ -840,14 +840,15 @@ async fn rows_written_by_hand_that_make_no_client_are_shown_as_written() {
     .execute(&pool)
     .await
     .expect("insert");
-    let too_fast = json!({"client_id":"too-fast","capacity":1,"rate_per_sec":2e9,"tokens":1.0});
+    let too_fast =
+        json!({"client_id":"too-fast","capacity":1,"rate_per_sec":2e9,"rate":null,"tokens":1.0});
     let (s, body) = send(c.get(url(lb.admin_addr(), "/clients"))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
         body,
         json!([
-            {"client_id":"a b","capacity":4,"rate_per_sec":1.0,"tokens":4.0},
-            {"client_id":"ok","capacity":2,"rate_per_sec":1.0,"tokens":2.0},
+            {"client_id":"a b","capacity":4,"rate_per_sec":1.0,"rate":null,"tokens":4.0},
+            {"client_id":"ok","capacity":2,"rate_per_sec":1.0,"rate":null,"tokens":2.0},
             too_fast,
         ])
     );
@@ -862,7 +863,149 @@ async fn rows_written_by_hand_that_make_no_client_are_shown_as_written() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
         body,
-        json!({"client_id":"too-fast","capacity":3,"rate_per_sec":1.0,"tokens":3.0})
+        json!({"client_id":"too-fast","capacity":3,"rate_per_sec":1.0,"rate":null,"tokens":3.0})
     );
+    lb.shutdown().await;
+}
+
+/// A client given `rate: "N/unit"` is stored, limited and shown back that
+/// way, across a restart; `rate_per_sec` is always there beside it. Exactly
+/// one of the two is taken: both or neither is a 400 that writes nothing.
+#[tokio::test]
+async fn clients_take_a_rate_per_unit_and_show_it_as_given() {
+    let bs = backends(1).await;
+    let cfg = config(&[bs[0].addr]);
+    let c = client();
+    let lb = balancer(&cfg).await;
+    let admin = |p: &str| url(lb.admin_addr(), p);
+    let daily = json!({
+        "client_id":"daily","capacity":1000,"rate_per_sec":1000.0 / 86400.0,
+        "rate":"1000/day","tokens":1000.0
+    });
+    // serde_json's default float parsing may land one ulp off the exact
+    // value the server wrote; the rest must match exactly.
+    let same = |got: &Value, want: &Value| {
+        let per_sec = |v: &Value| v["rate_per_sec"].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            (per_sec(got) - per_sec(want)).abs() < 1e-15,
+            "{got} vs {want}"
+        );
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            v.as_object_mut().map(|o| o.remove("rate_per_sec"));
+            v
+        };
+        assert_eq!(strip(got), strip(want));
+    };
+
+    let (s, body) = send(
+        c.post(admin("/clients"))
+            .json(&json!({"client_id":"daily","capacity":1000,"rate":"1000/day"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    same(&body, &daily);
+    let (s, body) = send(c.get(admin("/clients/daily"))).await;
+    assert_eq!(s, StatusCode::OK);
+    same(&body, &daily);
+
+    let bad = [
+        (
+            json!({"client_id":"x","capacity":1,"rate":"1/s","rate_per_sec":1}),
+            "both given",
+        ),
+        (
+            json!({"client_id":"x","capacity":1}),
+            "rate_per_sec (tokens per second) or rate",
+        ),
+        (
+            json!({"client_id":"x","capacity":1,"rate":"5/week"}),
+            "unknown unit \"week\"",
+        ),
+        (json!({"client_id":"x","capacity":1,"rate":"abc"}), "N/unit"),
+        (json!({"client_id":"x","capacity":1,"rate":5}), "N/unit"),
+    ];
+    for (body, says) in &bad {
+        let r = c
+            .post(admin("/clients"))
+            .json(body)
+            .send()
+            .await
+            .expect("req");
+        let message = json_error(r, StatusCode::BAD_REQUEST, &body.to_string()).await;
+        assert!(message.contains(says), "{body}: {message}");
+        let mut limits = body.clone();
+        if let Some(o) = limits.as_object_mut() {
+            o.remove("client_id");
+        }
+        let r = c
+            .put(admin("/clients/daily"))
+            .json(&limits)
+            .send()
+            .await
+            .expect("req");
+        let message = json_error(r, StatusCode::BAD_REQUEST, &limits.to_string()).await;
+        assert!(message.contains(says), "{limits}: {message}");
+    }
+    let (s, body) = send(c.get(admin("/clients"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        body.as_array().map(Vec::len),
+        Some(1),
+        "nothing written: {body}"
+    );
+    same(&body[0], &daily);
+
+    // 30/min: 5 at once, then one every 2 s.
+    let (s, body) = send(
+        c.put(admin("/clients/daily"))
+            .json(&json!({"capacity":5,"rate":"30/min"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (&body["rate"], &body["rate_per_sec"]),
+        (&json!("30/min"), &json!(0.5))
+    );
+    let proxied = || {
+        c.get(url(lb.proxy_addr(), "/"))
+            .header("x-api-key", "daily")
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(proxied().await.expect("req").status(), StatusCode::OK);
+    }
+    let refused = proxied().await.expect("req");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "2");
+
+    // Given per second again, the rate as written goes.
+    let (s, body) = send(
+        c.put(admin("/clients/daily"))
+            .json(&json!({"capacity":5,"rate_per_sec":0.5})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (&body["rate"], &body["rate_per_sec"]),
+        (&json!(null), &json!(0.5))
+    );
+
+    // Kept across a restart.
+    let (s, _) = send(
+        c.put(admin("/clients/daily"))
+            .json(&json!({"capacity":1000,"rate":"1000/day"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    lb.shutdown().await;
+    let lb = balancer(&cfg).await;
+    let (s, mut body) = send(c.get(url(lb.admin_addr(), "/clients/daily"))).await;
+    assert_eq!(s, StatusCode::OK);
+    // The level, spent above, is kept across limit changes and restarts.
+    let tokens = body["tokens"].as_f64().expect("tokens");
+    assert!(tokens < 1.0, "{tokens}");
+    body["tokens"] = json!(1000.0);
+    same(&body, &daily);
     lb.shutdown().await;
 }

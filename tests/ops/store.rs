@@ -444,3 +444,107 @@ async fn a_database_recreated_empty_is_migrated_again_and_used() {
     lb.shutdown().await;
     db.drop_db().await;
 }
+
+/// A client given `N/unit` is stored and read back as written, restored
+/// with its exact rate, and a change of it made in the table is picked up
+/// by the reload; a rate that is no rate makes the row rejected.
+async fn rates_as_written(url: &str) {
+    use std::time::Duration;
+    use tollgate::limiter::{ClientKey, Rate};
+
+    let rate = |s: &str| s.parse::<Rate>().expect("rate");
+    let store = tollgate::store::open(url).await.expect("open");
+    let daily = Client {
+        id: id("daily"),
+        limits: Limits::with_rate(1, rate("1/day")).expect("valid"),
+    };
+    store.create(&daily).await.expect("create");
+    let row = store.get(&id("daily")).await.expect("get").expect("row");
+    assert_eq!(row, ClientRow::Client(daily.clone()));
+    assert_eq!(row.rate().as_deref(), Some("1/day"));
+    assert_eq!(row.rate_per_sec(), 1.0 / 86_400.0);
+    // Given per second, the row has no rate as written.
+    store
+        .update(&client("daily", 1, 2.0))
+        .await
+        .expect("update");
+    let row = store.get(&id("daily")).await.expect("get").expect("row");
+    assert_eq!((row.rate(), row.rate_per_sec()), (None, 2.0));
+    store.update(&daily).await.expect("update");
+
+    let registry = Arc::new(Registry::new(RegistryConfig {
+        default_limits: Limits::new(100, 1.0).expect("valid"),
+        max_clients: std::num::NonZeroUsize::new(1000).expect("nonzero"),
+        idle_timeout: Duration::from_secs(600),
+        refill_interval: Duration::from_millis(100),
+    }));
+    let restored = tollgate::store::snapshot::restore(&registry, store.as_ref())
+        .await
+        .expect("restore");
+    assert_eq!(restored.stats.clients, 1);
+    let key = ClientKey::api("daily").expect("key");
+    let interval = |registry: &Registry| {
+        registry
+            .check(&key)
+            .expect("room")
+            .token_interval()
+            .expect("a rate")
+    };
+    assert_eq!(interval(&registry), Duration::from_secs(86_400));
+
+    let mut sync = TableSync::new(registry.clone(), store.clone(), &restored.clients);
+    by_hand(
+        url,
+        "UPDATE clients SET rate = '1/hour' WHERE client_id = 'daily'",
+    )
+    .await;
+    assert_eq!(
+        sync.reload().await.expect("reload"),
+        ReloadStats {
+            changed: 1,
+            ..ReloadStats::default()
+        }
+    );
+    assert_eq!(interval(&registry), Duration::from_secs(3600));
+    assert_eq!(sync.reload().await.expect("reload"), ReloadStats::default());
+
+    // A rate that is no rate: rejected, the client keeps its limits.
+    by_hand(
+        url,
+        "UPDATE clients SET rate = '5/week' WHERE client_id = 'daily'",
+    )
+    .await;
+    let rows = store.list().await.expect("list");
+    assert!(matches!(
+        rejected(&rows)[..],
+        [(
+            "daily",
+            InvalidRow::Limits {
+                source: LimitsError::BadRate(_),
+                ..
+            }
+        )]
+    ));
+    assert_eq!(
+        sync.reload().await.expect("reload"),
+        ReloadStats {
+            rejected: 1,
+            ..ReloadStats::default()
+        }
+    );
+    assert_eq!(interval(&registry), Duration::from_secs(3600));
+}
+
+#[tokio::test]
+async fn sqlite_keeps_rates_as_written() {
+    rates_as_written(&support::temp_db()).await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_rates_as_written() {
+    let Some(db) = support::pg_database().await else {
+        return;
+    };
+    rates_as_written(&db.url).await;
+    db.drop_db().await;
+}

@@ -179,6 +179,24 @@ async fn a_refused_request_is_logged_as_limited_by_its_client_bucket() {
     lb.shutdown().await;
 }
 
+/// An IPv6 client is logged by the key it is limited by: its network.
+#[tokio::test]
+async fn an_ipv6_client_is_logged_by_its_network() {
+    let bs = backends(1).await;
+    let mut cfg = config(&[bs[0].addr]);
+    cfg.rate_limit.trusted_proxies = vec!["127.0.0.0/8".parse().expect("cidr")];
+    let (lb, mut lines) = logged(cfg, LogFormat::Json).await;
+    let r = client()
+        .get(url(lb.proxy_addr(), "/"))
+        .header("x-forwarded-for", "2001:db8:1:2:3::4")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(lines.next_json().await["client"], "2001:db8:1:2::/64");
+    lb.shutdown().await;
+}
+
 #[tokio::test]
 async fn tollgates_own_errors_are_logged_with_their_request_id() {
     // A backend that is down: 503 from tollgate itself.

@@ -2,7 +2,8 @@
 //! weights, drain and ejection,
 //! end to end, strict HTTP and hostile clients at the front door, backend
 //! connection reuse, https backends, health checks, PROXY protocol on
-//! incoming connections, limits shared through Redis, the TLS listener,
+//! incoming connections, IPv6 clients limited by network, limits shared
+//! through Redis, the TLS listener,
 //! WebSocket tunnels, config reloads, and the access log with its request
 //! ids.
 
@@ -25,6 +26,7 @@ mod end_to_end;
 mod front_door;
 mod health;
 mod https_backend;
+mod ipv6;
 mod lease;
 mod proxy_protocol;
 mod reload;
