@@ -134,24 +134,56 @@ pub fn backends(
     json: bool,
     command: &crate::admin::client::BackendsCommand,
 ) -> ExitCode {
+    admin_command(crate::admin::client::backends(
+        admin,
+        admin_token().as_deref(),
+        command,
+        json,
+    ))
+}
+
+/// `tollgate clients list | get ID | add ID | set ID | delete ID`: exit
+/// 0, 1 when the API refused (its message printed) or could not be
+/// reached, 2 for a bad `--admin`.
+pub fn clients(
+    admin: &str,
+    json: bool,
+    command: &crate::admin::client::ClientsCommand,
+) -> ExitCode {
+    admin_command(crate::admin::client::clients(
+        admin,
+        admin_token().as_deref(),
+        command,
+        json,
+    ))
+}
+
+/// The admin token from the environment; empty counts as none.
+fn admin_token() -> Option<String> {
+    std::env::var(crate::admin::client::TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// Runs one admin API command: its output on stdout, or its error on
+/// stderr with the error's exit status.
+fn admin_command(
+    command: impl std::future::Future<Output = Result<String, crate::admin::client::AdminClientError>>,
+) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let token = std::env::var(crate::admin::client::TOKEN_ENV).ok();
-    match rt.block_on(crate::admin::client::backends(
-        admin,
-        token.as_deref(),
-        command,
-        json,
-    )) {
+    match rt.block_on(command) {
         Ok(out) => {
-            println!("{out}");
+            if !out.is_empty() {
+                println!("{out}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

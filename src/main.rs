@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use tollgate::admin::client::{self as admin_client, BackendsCommand, ClientsCommand};
 
 /// mimalloc instead of glibc malloc: allocation was about a tenth of the
 /// proxy's CPU profile under load, and mimalloc's thread-local free lists
@@ -48,15 +49,113 @@ enum Command {
     /// List, drain or enable backends of a running tollgate (admin API;
     /// token from $TOLLGATE_ADMIN_TOKEN). Exit 1 when the API refused.
     Backends {
-        /// The admin API.
-        #[arg(long, default_value = tollgate::admin::client::DEFAULT_ADMIN)]
-        admin: String,
-        /// Print the API's JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        api: AdminArgs,
         #[command(subcommand)]
         action: BackendsAction,
     },
+    /// List, show, add, change or delete clients of a running tollgate
+    /// (admin API; token from $TOLLGATE_ADMIN_TOKEN). Exit 1 when the API
+    /// refused.
+    Clients {
+        #[command(flatten)]
+        api: AdminArgs,
+        #[command(subcommand)]
+        action: ClientsAction,
+    },
+}
+
+/// Where the admin API is and how to print its answers. Global, so they
+/// go before or after the action (`clients --json list`, `clients list
+/// --json`).
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// The admin API.
+    #[arg(long, global = true, default_value = admin_client::DEFAULT_ADMIN)]
+    admin: String,
+    /// Print the API's JSON as it came.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsAction {
+    /// Every client: id, capacity, rate, current tokens.
+    List,
+    /// One client.
+    Get {
+        /// The client's id (its API key).
+        id: String,
+    },
+    /// A new client with its own limits.
+    Add {
+        /// The client's id (its API key).
+        id: String,
+        #[command(flatten)]
+        limits: LimitsArgs,
+    },
+    /// Replace a client's limits (both, as for add).
+    Set {
+        /// The client's id (its API key).
+        id: String,
+        #[command(flatten)]
+        limits: LimitsArgs,
+    },
+    /// Remove a client: it gets the default limits again.
+    Delete {
+        /// The client's id (its API key).
+        id: String,
+    },
+}
+
+/// A client's limits: a capacity and exactly one rate.
+#[derive(Debug, Args)]
+struct LimitsArgs {
+    /// Bucket size (burst), in tokens.
+    #[arg(long, value_name = "N")]
+    capacity: u64,
+    #[command(flatten)]
+    rate: RateArgs,
+}
+
+/// Exactly one of the two spellings of a rate.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct RateArgs {
+    /// Refill rate in tokens per second.
+    // Negative numbers are values, not flags: the server says why -1 is
+    // refused.
+    #[arg(
+        long,
+        value_name = "R",
+        allow_negative_numbers = true,
+        value_parser = admin_client::parse_rate_per_sec
+    )]
+    rate_per_sec: Option<f64>,
+    /// Refill rate as N/unit (s, min, hour, day), sent as written.
+    #[arg(long, value_name = "N/UNIT", value_parser = admin_client::parse_rate)]
+    rate: Option<String>,
+}
+
+impl LimitsArgs {
+    fn into_limits(self) -> admin_client::ClientLimits {
+        let rate = match (self.rate.rate_per_sec, self.rate.rate) {
+            (Some(r), None) => admin_client::Rate::PerSec(r),
+            (None, Some(r)) => admin_client::Rate::Unit(r),
+            // The group already refuses these; should it ever let one
+            // through, it is still a usage error (exit 2), not a panic.
+            _ => <Cli as clap::CommandFactory>::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "give exactly one of --rate-per-sec and --rate",
+                )
+                .exit(),
+        };
+        admin_client::ClientLimits {
+            capacity: self.capacity,
+            rate,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,18 +184,23 @@ fn main() -> ExitCode {
         Command::Demo => tollgate::cli::demo(cli.config),
         Command::Backend { listen, name } => tollgate::cli::backend(listen, name),
         Command::Check => tollgate::cli::check(cli.config),
-        Command::Backends {
-            admin,
-            json,
-            action,
-        } => {
-            use tollgate::admin::client::BackendsCommand;
+        Command::Backends { api, action } => {
             let command = match action {
                 BackendsAction::List => BackendsCommand::List,
                 BackendsAction::Drain { name } => BackendsCommand::Drain(name),
                 BackendsAction::Enable { name } => BackendsCommand::Enable(name),
             };
-            tollgate::cli::backends(&admin, json, &command)
+            tollgate::cli::backends(&api.admin, api.json, &command)
+        }
+        Command::Clients { api, action } => {
+            let command = match action {
+                ClientsAction::List => ClientsCommand::List,
+                ClientsAction::Get { id } => ClientsCommand::Get(id),
+                ClientsAction::Add { id, limits } => ClientsCommand::Add(id, limits.into_limits()),
+                ClientsAction::Set { id, limits } => ClientsCommand::Set(id, limits.into_limits()),
+                ClientsAction::Delete { id } => ClientsCommand::Delete(id),
+            };
+            tollgate::cli::clients(&api.admin, api.json, &command)
         }
     }
 }

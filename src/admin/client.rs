@@ -1,5 +1,6 @@
 //! A small client of the admin API for the command line: `tollgate
-//! backends list | drain NAME | enable NAME`.
+//! backends list | drain NAME | enable NAME` and `tollgate clients list |
+//! get ID | add ID | set ID | delete ID`.
 //!
 //! It speaks to a running tollgate's admin listener (`--admin URL`,
 //! bearer token from `TOLLGATE_ADMIN_TOKEN`), so it changes the live
@@ -33,13 +34,15 @@ pub enum AdminClientError {
     #[error("--admin {0:?}: expected http://host:port")]
     BadUrl(String),
     /// No answer from the admin API.
-    #[error("no answer from the admin API at {url}: {source}")]
+    #[error(
+        "cannot reach the admin API at {url}: {reason} (is tollgate running there? see --admin)"
+    )]
     Unreachable {
         /// Where it was asked.
         url: String,
-        /// Why.
-        #[source]
-        source: reqwest::Error,
+        /// Why, with every cause (reqwest's own message alone is only
+        /// "error sending request").
+        reason: String,
     },
     /// The API answered with an error; `message` is its own.
     #[error("{status}: {message}")]
@@ -54,13 +57,103 @@ pub enum AdminClientError {
     BadAnswer(String),
 }
 
-/// Runs `command` against the admin API at `admin` and returns what to
-/// print: the API's JSON with `json`, else a table or one line.
-pub async fn backends(
+/// What to do with the client table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientsCommand {
+    /// Show every client.
+    List,
+    /// Show one.
+    Get(String),
+    /// Create one with its own limits.
+    Add(String, ClientLimits),
+    /// Replace one's limits (the API's PUT takes a full body).
+    Set(String, ClientLimits),
+    /// Remove one: it falls back to the default limits.
+    Delete(String),
+}
+
+/// The limits `add` and `set` send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientLimits {
+    /// Bucket size.
+    pub capacity: u64,
+    /// Refill rate, in one of the API's two spellings.
+    pub rate: Rate,
+}
+
+/// A refill rate as the operator wrote it: sent as given, the server
+/// alone converts and judges it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rate {
+    /// `--rate-per-sec R`: the body's `rate_per_sec`.
+    PerSec(f64),
+    /// `--rate N/unit`: the body's `rate` string.
+    Unit(String),
+}
+
+impl ClientLimits {
+    /// The limit fields of a request body.
+    fn fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut body = serde_json::Map::new();
+        body.insert("capacity".into(), self.capacity.into());
+        match &self.rate {
+            Rate::PerSec(r) => body.insert("rate_per_sec".into(), (*r).into()),
+            Rate::Unit(r) => body.insert("rate".into(), r.clone().into()),
+        };
+        body
+    }
+}
+
+/// `--rate-per-sec`: a finite number. JSON has no NaN or infinity
+/// (serde_json would send `null`), so those are usage errors here; the
+/// range is the server's to judge.
+pub fn parse_rate_per_sec(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() => Ok(r),
+        _ => Err(format!("{s:?} is not a number (e.g. 10 or 0.5)")),
+    }
+}
+
+/// `--rate`: checks only the shape `N/unit` (a number, a slash, a word),
+/// so a typo is a usage error; the string goes to the server unchanged,
+/// which knows the units and the limits.
+pub fn parse_rate(s: &str) -> Result<String, String> {
+    let shaped = s.split_once('/').is_some_and(|(n, unit)| {
+        let (whole, fraction) = n.split_once('.').unwrap_or((n, "0"));
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+        digits(whole)
+            && digits(fraction)
+            && !unit.is_empty()
+            && unit.bytes().all(|b| b.is_ascii_alphabetic())
+    });
+    if shaped {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not N/unit (e.g. 10/s, 100/min, 5000/hour, 1000/day)"
+        ))
+    }
+}
+
+impl AdminClientError {
+    /// The exit status: 2 for a usage error (a bad `--admin`), else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::BadUrl(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// One request to the admin API: the answer's text when it succeeded
+/// (empty for a 204), the API's message as [`AdminClientError::Refused`]
+/// when it did not.
+async fn call(
     admin: &str,
     token: Option<&str>,
-    command: &BackendsCommand,
-    json: bool,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
 ) -> Result<String, AdminClientError> {
     let base = admin.trim_end_matches('/');
     if !(base.starts_with("http://") || base.starts_with("https://")) {
@@ -71,64 +164,229 @@ pub async fn backends(
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| AdminClientError::BadAnswer(e.to_string()))?;
-    let (method, url) = match command {
-        BackendsCommand::List => (reqwest::Method::GET, format!("{base}/backends")),
-        BackendsCommand::Drain(name) => (
-            reqwest::Method::POST,
-            format!("{base}/backends/{}/drain", encode(name)),
-        ),
-        BackendsCommand::Enable(name) => (
-            reqwest::Method::POST,
-            format!("{base}/backends/{}/enable", encode(name)),
-        ),
-    };
+    let url = format!("{base}{path}");
     let mut req = http.request(method, &url);
     if let Some(token) = token {
         req = req.bearer_auth(token);
     }
-    let unreachable = |source| AdminClientError::Unreachable {
-        url: url.clone(),
-        source,
+    if let Some(body) = body {
+        // reqwest's `json` needs its `json` feature; the header and the
+        // bytes are all it would add.
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+    }
+    // reqwest's own message only repeats the URL; its causes say what
+    // happened (connection refused, timed out...).
+    let unreachable = |e: reqwest::Error| {
+        let mut causes = Vec::new();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            causes.push(cause.to_string());
+            source = cause.source();
+        }
+        let reason = if causes.is_empty() {
+            e.to_string()
+        } else {
+            causes.join(": ")
+        };
+        AdminClientError::Unreachable {
+            url: url.clone(),
+            reason,
+        }
     };
     let answer = req.send().await.map_err(unreachable)?;
     let status = answer.status();
     let text = answer.text().await.map_err(unreachable)?;
-    let body: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|_| AdminClientError::BadAnswer(format!("{status}: {text}")))?;
-    if !status.is_success() {
-        let message = body["message"].as_str().unwrap_or(&text).to_owned();
-        return Err(AdminClientError::Refused {
-            status: status.as_u16(),
-            message,
-        });
+    if status.is_success() {
+        if !text.is_empty() {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|_| AdminClientError::BadAnswer(format!("{status}: {text}")))?;
+        }
+        return Ok(text);
     }
-    if json {
-        return Ok(body.to_string());
-    }
-    Ok(match command {
-        BackendsCommand::List => table(body.as_array().map_or(&[][..], Vec::as_slice)),
-        _ => table(std::slice::from_ref(&body)),
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|body| body["message"].as_str().map(str::to_owned))
+        .ok_or_else(|| AdminClientError::BadAnswer(format!("{status}: {text}")))?;
+    Err(AdminClientError::Refused {
+        status: status.as_u16(),
+        message,
     })
 }
 
-/// Backends as aligned columns: name, state, healthy, weight, in flight,
-/// URL.
-fn table(items: &[serde_json::Value]) -> String {
-    let text = |v: &serde_json::Value| match v {
+fn parse(text: &str) -> Result<serde_json::Value, AdminClientError> {
+    serde_json::from_str(text).map_err(|_| AdminClientError::BadAnswer(text.to_owned()))
+}
+
+/// Runs `command` against the admin API at `admin` and returns what to
+/// print: the API's JSON as it came with `json`, else a table.
+pub async fn backends(
+    admin: &str,
+    token: Option<&str>,
+    command: &BackendsCommand,
+    json: bool,
+) -> Result<String, AdminClientError> {
+    let (method, path) = match command {
+        BackendsCommand::List => (reqwest::Method::GET, "/backends".to_owned()),
+        BackendsCommand::Drain(name) => (
+            reqwest::Method::POST,
+            format!("/backends/{}/drain", encode(name)),
+        ),
+        BackendsCommand::Enable(name) => (
+            reqwest::Method::POST,
+            format!("/backends/{}/enable", encode(name)),
+        ),
+    };
+    let text = call(admin, token, method, &path, None).await?;
+    if json {
+        return Ok(text);
+    }
+    let body = parse(&text)?;
+    let items = match command {
+        BackendsCommand::List => body.as_array().map_or(&[][..], Vec::as_slice),
+        _ => std::slice::from_ref(&body),
+    };
+    const KEYS: [&str; 6] = ["name", "state", "healthy", "weight", "in_flight", "url"];
+    Ok(table(
+        &["NAME", "STATE", "HEALTHY", "WEIGHT", "IN_FLIGHT", "URL"],
+        items.iter().map(|b| KEYS.map(|k| cell(&b[k])).to_vec()),
+    ))
+}
+
+/// Runs `command` against the admin API at `admin` and returns what to
+/// print: the API's JSON as it came with `json` (nothing for `delete`,
+/// whose answer has no body), else a table for `list`, the client's
+/// fields one a line for `get`, `add` and `set`, one line for `delete`.
+pub async fn clients(
+    admin: &str,
+    token: Option<&str>,
+    command: &ClientsCommand,
+    json: bool,
+) -> Result<String, AdminClientError> {
+    use reqwest::Method;
+    let one = |id: &str| format!("/clients/{}", encode(id));
+    let (method, path, body) = match command {
+        ClientsCommand::List => (Method::GET, "/clients".to_owned(), None),
+        ClientsCommand::Get(id) => (Method::GET, one(id), None),
+        ClientsCommand::Add(id, limits) => {
+            let mut body = serde_json::Map::new();
+            body.insert("client_id".into(), id.clone().into());
+            body.extend(limits.fields());
+            (Method::POST, "/clients".to_owned(), Some(body.into()))
+        }
+        ClientsCommand::Set(id, limits) => (Method::PUT, one(id), Some(limits.fields().into())),
+        ClientsCommand::Delete(id) => (Method::DELETE, one(id), None),
+    };
+    let text = call(admin, token, method, &path, body).await?;
+    if json {
+        return Ok(text);
+    }
+    Ok(match command {
+        ClientsCommand::List => {
+            let body = parse(&text)?;
+            let items = body.as_array().map_or(&[][..], Vec::as_slice);
+            table(
+                &["CLIENT_ID", "CAPACITY", "RATE", "TOKENS"],
+                items.iter().map(|c| {
+                    vec![
+                        cell(&c["client_id"]),
+                        cell(&c["capacity"]),
+                        rate(c),
+                        tokens(&c["tokens"]),
+                    ]
+                }),
+            )
+        }
+        ClientsCommand::Delete(id) => format!("deleted {id}: back to the default limits"),
+        _ => fields(&parse(&text)?),
+    })
+}
+
+/// A client's rate as the operator wrote it: its `rate` string, else
+/// `rate_per_sec` per second.
+fn rate(client: &serde_json::Value) -> String {
+    match client["rate"].as_str() {
+        Some(r) => r.to_owned(),
+        None => format!("{}/s", cell(&client["rate_per_sec"])),
+    }
+}
+
+/// A level rounded down to two decimals (rounding up could show a token
+/// that is not there yet); `--json` has it exactly.
+fn tokens(v: &serde_json::Value) -> String {
+    match v.as_f64() {
+        Some(t) => format!("{}", (t * 100.0).floor() / 100.0),
+        None => cell(v),
+    }
+}
+
+/// One client, a field a line: the contract's fields first, in a fixed
+/// order, then any others the server adds. `rate` is always shown, as in
+/// the table (a server without `rate` strings has only `rate_per_sec`).
+fn fields(client: &serde_json::Value) -> String {
+    const ORDER: [&str; 5] = ["client_id", "capacity", "rate", "rate_per_sec", "tokens"];
+    let Some(map) = client.as_object() else {
+        return client.to_string();
+    };
+    let mut rows: Vec<Vec<String>> = ORDER
+        .iter()
+        .filter(|k| **k == "rate" || map.contains_key(**k))
+        .map(|k| {
+            let value = match *k {
+                "rate" => rate(client),
+                "tokens" => tokens(&map[*k]),
+                _ => cell(&map[*k]),
+            };
+            vec![(*k).to_owned(), value]
+        })
+        .collect();
+    rows.extend(
+        map.iter()
+            .filter(|(k, _)| !ORDER.contains(&k.as_str()))
+            .map(|(k, v)| vec![k.clone(), cell(v)]),
+    );
+    aligned(&rows)
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`, numbers as
+/// Rust prints them (`10`, not `10.0`).
+fn cell(v: &serde_json::Value) -> String {
+    match v {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Null => "-".into(),
+        serde_json::Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => u.to_string(),
+            (None, Some(i), _) => i.to_string(),
+            (None, None, Some(f)) => f.to_string(),
+            _ => n.to_string(),
+        },
         other => other.to_string(),
-    };
-    let mut rows =
-        vec![["NAME", "STATE", "HEALTHY", "WEIGHT", "IN_FLIGHT", "URL"].map(String::from)];
-    for b in items {
-        rows.push(["name", "state", "healthy", "weight", "in_flight", "url"].map(|k| text(&b[k])));
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+}
+
+/// A header line and `rows` as aligned columns.
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut all = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
+    all.extend(rows);
+    aligned(&all)
+}
+
+/// Rows as left-aligned columns two spaces apart, without trailing
+/// spaces.
+fn aligned(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
-    for r in &rows {
+    for r in rows {
         let mut line = String::new();
         for (cell, w) in r.iter().zip(&widths) {
             let _ = write!(line, "{cell:<w$}  ");
@@ -167,13 +425,70 @@ mod tests {
 
     #[test]
     fn the_table_aligns_columns() {
-        let t = table(&[serde_json::json!({
-            "name": "app-1", "state": "draining", "healthy": true,
-            "weight": 3, "in_flight": 0, "url": "http://10.0.0.1:80"
-        })]);
+        let t = table(
+            &["NAME", "STATE", "HEALTHY"],
+            [vec!["app-1".into(), "draining".into(), "true".into()]].into_iter(),
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("NAME   STATE"), "{t}");
         assert!(lines[1].starts_with("app-1  draining  true"), "{t}");
+    }
+
+    #[test]
+    fn a_rate_is_checked_for_its_shape_only() {
+        for ok in ["10/s", "100/min", "1000/day", "0.5/hour", "1/fortnight"] {
+            assert_eq!(parse_rate(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "", "10", "10/", "/s", "ten/s", "1.5.2/s", ".5/s", "5./s", "-1/s", "10/s2", " 10/s",
+            "10 /s",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_rate_per_sec_is_a_finite_number() {
+        assert_eq!(parse_rate_per_sec("2.5"), Ok(2.5));
+        assert_eq!(
+            parse_rate_per_sec("-1"),
+            Ok(-1.0),
+            "the server judges the range"
+        );
+        for bad in ["fast", "NaN", "inf", "-inf", ""] {
+            assert!(parse_rate_per_sec(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limits_are_sent_as_written() {
+        let fields = |rate| serde_json::Value::from(ClientLimits { capacity: 7, rate }.fields());
+        assert_eq!(
+            fields(Rate::PerSec(0.5)),
+            serde_json::json!({"capacity": 7, "rate_per_sec": 0.5})
+        );
+        assert_eq!(
+            fields(Rate::Unit("1000/day".into())),
+            serde_json::json!({"capacity": 7, "rate": "1000/day"})
+        );
+    }
+
+    #[test]
+    fn a_client_is_shown_a_field_a_line() {
+        let plain = serde_json::json!({
+            "client_id": "u", "capacity": 100, "rate_per_sec": 10.0, "tokens": 99.996
+        });
+        assert_eq!(
+            fields(&plain),
+            "client_id     u\ncapacity      100\nrate          10/s\nrate_per_sec  10\ntokens        99.99"
+        );
+        let daily = serde_json::json!({
+            "client_id": "d", "capacity": 1000, "rate_per_sec": 0.011574074074074073,
+            "tokens": 1000.0, "rate": "1000/day", "extra": null
+        });
+        let shown = fields(&daily);
+        assert!(shown.contains("\nrate          1000/day\n"), "{shown}");
+        assert!(shown.ends_with("\nextra         -"), "{shown}");
     }
 }

@@ -150,13 +150,18 @@ fn json_log_lines_parse_as_json() {
     );
 }
 
-/// `tollgate backends ...` against the admin API at `admin`: exit code,
-/// stdout, stderr.
-async fn backends_cli(admin: std::net::SocketAddr, args: &[&str]) -> (Option<i32>, String, String) {
+/// What one run of the binary did: exit code, stdout, stderr.
+type Ran = (Option<i32>, String, String);
+
+/// `tollgate GROUP --admin URL ARGS...` (`GROUP` is `backends` or
+/// `clients`) with `token` as `TOLLGATE_ADMIN_TOKEN` (unset if `None`).
+async fn admin_cli(group: &str, admin: &str, token: Option<&str>, args: &[&str]) -> Ran {
     let mut cmd = tollgate();
-    cmd.args(["backends", "--admin", &format!("http://{admin}")])
-        .args(args)
-        .env_remove("TOLLGATE_ADMIN_TOKEN");
+    cmd.args([group, "--admin", admin]).args(args);
+    match token {
+        Some(t) => cmd.env("TOLLGATE_ADMIN_TOKEN", t),
+        None => cmd.env_remove("TOLLGATE_ADMIN_TOKEN"),
+    };
     let out = tokio::task::spawn_blocking(move || cmd.output().expect("run tollgate"))
         .await
         .expect("join");
@@ -165,6 +170,36 @@ async fn backends_cli(admin: std::net::SocketAddr, args: &[&str]) -> (Option<i32
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `tollgate backends ...` against the admin API at `admin`, no token.
+async fn backends_cli(admin: std::net::SocketAddr, args: &[&str]) -> Ran {
+    admin_cli("backends", &format!("http://{admin}"), None, args).await
+}
+
+/// `tollgate clients ...` against the admin API at `admin`, no token.
+async fn clients_cli(admin: std::net::SocketAddr, args: &[&str]) -> Ran {
+    admin_cli("clients", &format!("http://{admin}"), None, args).await
+}
+
+/// `GET path` on the admin API, as JSON.
+async fn api_json(admin: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    crate::support::client()
+        .get(crate::support::url(admin, path))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+/// The value of `key` in a key/value view (`key   value` lines).
+fn field<'a>(view: &'a str, key: &str) -> Option<&'a str> {
+    view.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim())
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,5 +232,378 @@ async fn backends_list_drain_and_enable_from_the_command_line() {
 
     let (code, _, _) = backends_cli(admin, &["frobnicate"]).await;
     assert_eq!(code, Some(2), "usage error");
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_list_add_get_set_and_delete_from_the_command_line() {
+    let bs = crate::support::backends(1).await;
+    let lb = crate::support::balancer(&crate::support::config(&[bs[0].addr])).await;
+    let admin = lb.admin_addr();
+
+    let (code, out, err) = clients_cli(admin, &["list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim_end(),
+        "CLIENT_ID  CAPACITY  RATE  TOKENS",
+        "empty list: the header alone"
+    );
+
+    let (code, out, err) = clients_cli(
+        admin,
+        &["add", "user1", "--capacity", "100", "--rate-per-sec", "10"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(field(&out, "client_id"), Some("user1"), "{out}");
+    assert_eq!(field(&out, "capacity"), Some("100"), "{out}");
+    assert_eq!(field(&out, "rate_per_sec"), Some("10"), "{out}");
+    assert_eq!(field(&out, "tokens"), Some("100"), "{out}");
+    let stored = api_json(admin, "/clients/user1").await;
+    assert_eq!(stored["capacity"], 100);
+    assert_eq!(stored["rate_per_sec"], 10.0);
+
+    // An id that needs percent-encoding as a path segment.
+    let (code, _, err) = clients_cli(
+        admin,
+        &[
+            "add",
+            "team/a+b@x",
+            "--capacity",
+            "5",
+            "--rate-per-sec",
+            "0.5",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = clients_cli(admin, &["get", "team/a+b@x"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(field(&out, "client_id"), Some("team/a+b@x"), "{out}");
+
+    let (code, out, err) = clients_cli(admin, &["list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("CLIENT_ID   CAPACITY  RATE"),
+        "aligned: {out}"
+    );
+    let row = |id: &str| -> Vec<String> {
+        let line = lines.iter().find(|l| l.starts_with(id)).expect("row");
+        line.split_whitespace().map(str::to_owned).collect()
+    };
+    assert_eq!(row("user1 "), ["user1", "100", "10/s", "100"], "{out}");
+    assert_eq!(row("team/"), ["team/a+b@x", "5", "0.5/s", "5"], "{out}");
+
+    let (code, out, err) = clients_cli(admin, &["get", "user1"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(field(&out, "rate"), Some("10/s"), "{out}");
+
+    let (code, out, err) = clients_cli(
+        admin,
+        &["set", "user1", "--capacity", "20", "--rate-per-sec", "2"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(field(&out, "capacity"), Some("20"), "{out}");
+    assert_eq!(field(&out, "rate_per_sec"), Some("2"), "{out}");
+    let stored = api_json(admin, "/clients/user1").await;
+    assert_eq!(
+        (stored["capacity"].clone(), stored["rate_per_sec"].clone()),
+        (20.into(), 2.0.into())
+    );
+
+    // --json: the API's own JSON, before or after the action.
+    let (code, out, err) = clients_cli(admin, &["--json", "get", "user1"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let printed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(printed, api_json(admin, "/clients/user1").await);
+    let (code, out, err) = clients_cli(admin, &["list", "--json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let printed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(printed, api_json(admin, "/clients").await);
+    let (code, out, err) = clients_cli(
+        admin,
+        &[
+            "add",
+            "user2",
+            "--json",
+            "--capacity",
+            "3",
+            "--rate-per-sec",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let printed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(printed, api_json(admin, "/clients/user2").await);
+    let (code, out, err) = clients_cli(
+        admin,
+        &[
+            "--json",
+            "set",
+            "user2",
+            "--capacity",
+            "4",
+            "--rate-per-sec",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let printed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(printed["capacity"], 4);
+    // DELETE answers 204 without a body: --json prints nothing.
+    let (code, out, err) = clients_cli(admin, &["--json", "delete", "user2"]).await;
+    assert_eq!((code, out.as_str()), (Some(0), ""), "{err}");
+
+    let (code, out, err) = clients_cli(admin, &["delete", "user1"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("deleted user1"), "{out}");
+    let (code, out, err) = clients_cli(admin, &["get", "user1"]).await;
+    assert_eq!(code, Some(1), "the API refused: {out}");
+    assert!(
+        err.contains("404") && err.contains(r#"client "user1" not found"#),
+        "{err}"
+    );
+    let (code, _, err) = clients_cli(admin, &["delete", "user1"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not found"), "{err}");
+    let (code, _, err) = clients_cli(
+        admin,
+        &["set", "user1", "--capacity", "1", "--rate-per-sec", "1"],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not found"), "{err}");
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apis_refusals_exit_1_with_its_message_and_write_nothing() {
+    let bs = crate::support::backends(1).await;
+    let lb = crate::support::balancer(&crate::support::config(&[bs[0].addr])).await;
+    let admin = lb.admin_addr();
+
+    let (code, out, err) = clients_cli(
+        admin,
+        &["add", "user1", "--capacity", "0", "--rate-per-sec", "1"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        err.contains("400") && err.contains("capacity must be an integer >= 1"),
+        "{err}"
+    );
+    let (code, _, err) = clients_cli(
+        admin,
+        &["add", "user1", "--capacity", "5", "--rate-per-sec", "-1"],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("rate_per_sec"), "{err}");
+    let (code, _, err) = clients_cli(
+        admin,
+        &["add", "bad id", "--capacity", "5", "--rate-per-sec", "1"],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("client_id"), "{err}");
+    assert_eq!(api_json(admin, "/clients").await, serde_json::json!([]));
+
+    let add = ["add", "user1", "--capacity", "5", "--rate-per-sec", "1"];
+    assert_eq!(clients_cli(admin, &add).await.0, Some(0));
+    let (code, _, err) = clients_cli(admin, &add).await;
+    assert_eq!(code, Some(1), "a second add of the same id");
+    assert!(
+        err.contains("409") && err.contains("already exists"),
+        "{err}"
+    );
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_errors_exit_2_without_asking_the_api() {
+    // Nothing listens here: a command that got as far as the API would
+    // exit 1 (unreachable), so 2 says it stopped at the arguments.
+    let admin = crate::support::closed_port();
+    for args in [
+        &["add", "u"][..],
+        &["add", "u", "--capacity", "5"],
+        &["add", "u", "--rate-per-sec", "1"],
+        &[
+            "add",
+            "u",
+            "--capacity",
+            "5",
+            "--rate-per-sec",
+            "1",
+            "--rate",
+            "1/s",
+        ],
+        &["add", "u", "--capacity", "5", "--rate", "10 per day"],
+        &["add", "u", "--capacity", "5", "--rate", "/day"],
+        &["add", "u", "--capacity", "5", "--rate", "10/"],
+        &["add", "u", "--capacity", "5", "--rate", "ten/s"],
+        &["add", "u", "--capacity", "5", "--rate-per-sec", "fast"],
+        &["add", "u", "--capacity", "5", "--rate-per-sec", "NaN"],
+        &["add", "u", "--capacity", "-1", "--rate-per-sec", "1"],
+        &["add", "u", "--capacity", "lots", "--rate-per-sec", "1"],
+        &["add", "--capacity", "5", "--rate-per-sec", "1"],
+        &["set", "u", "--capacity", "5"],
+        &["set", "u", "--rate", "1/s"],
+        &["get"],
+        &["delete"],
+        &["get", "a", "b"],
+        &["frobnicate"],
+        &[],
+    ] {
+        let (code, out, err) = clients_cli(admin, args).await;
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        assert!(!err.is_empty(), "{args:?}: says why");
+    }
+    let (code, _, err) = admin_cli("clients", "127.0.0.1:9090", None, &["list"]).await;
+    assert_eq!(code, Some(2), "--admin without a scheme");
+    assert!(err.contains("--admin"), "{err}");
+    let (code, _, err) = admin_cli("backends", "ftp://127.0.0.1", None, &["list"]).await;
+    assert_eq!(code, Some(2), "--admin with a scheme other than http(s)");
+    assert!(err.contains("--admin"), "{err}");
+    let (code, _, _) = backends_cli(admin, &["drain"]).await;
+    assert_eq!(code, Some(2), "drain without a name");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_admin_api_exits_1_and_says_so() {
+    let admin = crate::support::closed_port();
+    for (group, args) in [
+        ("clients", &["list"][..]),
+        (
+            "clients",
+            &["add", "u", "--capacity", "5", "--rate-per-sec", "1"],
+        ),
+        ("clients", &["delete", "u"]),
+        ("backends", &["list"]),
+        ("backends", &["enable", "app-1"]),
+    ] {
+        let (code, out, err) = admin_cli(group, &format!("http://{admin}"), None, args).await;
+        assert_eq!(code, Some(1), "{group} {args:?}: {out}");
+        assert!(
+            err.contains(&format!("cannot reach the admin API at http://{admin}/")),
+            "{err}"
+        );
+        assert!(
+            err.contains("onnection refused"),
+            "the cause is shown: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_comes_from_the_environment() {
+    let token = "s3cret-token-0123456789";
+    let bs = crate::support::backends(1).await;
+    let mut cfg = crate::support::config(&[bs[0].addr]);
+    cfg.admin.token = Some(token.into());
+    let lb = crate::support::balancer(&cfg).await;
+    let admin = format!("http://{}", lb.admin_addr());
+
+    let add = ["add", "user1", "--capacity", "5", "--rate-per-sec", "1"];
+    for wrong in [None, Some(""), Some("wrong-token-0123456789")] {
+        for (group, args) in [
+            ("clients", &["list"][..]),
+            ("clients", &add),
+            ("backends", &["list"]),
+            ("backends", &["drain", &bs[0].addr.to_string()]),
+        ] {
+            let (code, out, err) = admin_cli(group, &admin, wrong, args).await;
+            assert_eq!(code, Some(1), "{wrong:?} {group} {args:?}: {out}");
+            assert!(err.contains("401") && err.contains("bearer token"), "{err}");
+        }
+    }
+    assert!(lb.registry().pinned_len() == 0, "nothing was added");
+    assert!(
+        !lb.pool().backends().iter().any(|b| b.is_draining()),
+        "nothing was drained"
+    );
+
+    let (code, out, err) = admin_cli("clients", &admin, Some(token), &add).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(field(&out, "client_id"), Some("user1"), "{out}");
+    let (code, out, err) = admin_cli("backends", &admin, Some(token), &["list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("active"), "{out}");
+    lb.shutdown().await;
+}
+
+/// `--rate N/unit` sends the string as written and the API shows it back
+/// (SPEC 11; needs the server's `rate` support in the client bodies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_add_and_set_with_a_rate_per_unit() {
+    let bs = crate::support::backends(1).await;
+    let lb = crate::support::balancer(&crate::support::config(&[bs[0].addr])).await;
+    let admin = lb.admin_addr();
+
+    let (code, out, err) = clients_cli(
+        admin,
+        &["add", "daily", "--capacity", "1000", "--rate", "1000/day"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(field(&out, "rate"), Some("1000/day"), "{out}");
+    let stored = api_json(admin, "/clients/daily").await;
+    assert_eq!(stored["rate"], "1000/day");
+    let per_sec = stored["rate_per_sec"].as_f64().expect("rate_per_sec");
+    assert!((per_sec - 1000.0 / 86_400.0).abs() < 1e-9, "{per_sec}");
+
+    let (code, out, err) = clients_cli(admin, &["list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.lines().any(|l| l
+            .split_whitespace()
+            .eq(["daily", "1000", "1000/day", "1000"])),
+        "{out}"
+    );
+
+    let (code, out, err) = clients_cli(
+        admin,
+        &[
+            "--json",
+            "set",
+            "daily",
+            "--capacity",
+            "60",
+            "--rate",
+            "60/min",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let printed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(printed["rate"], "60/min");
+    assert_eq!(printed["rate_per_sec"], 1.0);
+
+    // Back to a plain rate: `rate` is null again, shown as rate_per_sec/s.
+    let (code, out, err) = clients_cli(
+        admin,
+        &["set", "daily", "--capacity", "60", "--rate-per-sec", "2"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(field(&out, "rate"), Some("2/s"), "{out}");
+    assert_eq!(
+        api_json(admin, "/clients/daily").await["rate"],
+        serde_json::Value::Null
+    );
+
+    // An unknown unit has the right shape: the server judges it.
+    let (code, _, err) = clients_cli(
+        admin,
+        &["add", "x", "--capacity", "1", "--rate", "1/fortnight"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("400"), "{err}");
     lb.shutdown().await;
 }
