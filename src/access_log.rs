@@ -72,16 +72,19 @@ pub enum Client {
 }
 
 /// Which limit refused the request (`limited` in the line).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Limited {
     /// The client's own bucket.
     Client,
+    /// A rule's bucket (`rate_limit.rules`), by the rule's name.
+    Rule(std::sync::Arc<str>),
 }
 
 impl Limited {
-    fn as_str(self) -> &'static str {
+    fn as_str(&self) -> &str {
         match self {
             Self::Client => "client",
+            Self::Rule(name) => name,
         }
     }
 }
@@ -289,7 +292,7 @@ pub fn format_line(out: &mut Vec<u8>, record: &Record, format: Format) {
     };
     let backend = record.backend.as_deref().map(backend_name);
     let backend = backend.as_deref();
-    let limited = record.limited.map(Limited::as_str);
+    let limited = record.limited.as_ref().map(Limited::as_str);
     let request_id = String::from_utf8_lossy(record.request_id.as_bytes());
     let mut status = itoa::Buffer::new();
     let status = status.format(record.status);

@@ -11,6 +11,7 @@ use crate::admin::AdminState;
 use crate::balancer::{strategy_for, BackendSpec, PassiveSettings, Pool, Thresholds};
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::health::Checker;
+use crate::limiter::rules::{RuleBounds, RuleSet};
 use crate::limiter::shared::{SharedLimiter, SharedOptions};
 use crate::limiter::{self, Registry, RegistryConfig};
 use crate::proxy::identity::Identifier;
@@ -334,6 +335,13 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         config.rate_limit.refill_interval,
         signal.clone().wait(),
     ));
+    if let Some(rules) = proxy.rules() {
+        tasks.spawn(
+            rules
+                .clone()
+                .run_refill(config.rate_limit.refill_interval, signal.clone().wait()),
+        );
+    }
 
     let serve_options = ServeOptions::from(config);
     let max_connections = serve_options.budget.as_ref().map(ConnectionBudget::limit);
@@ -447,11 +455,19 @@ fn build_proxy(
         ProxySettings::from(config),
         backend_tls,
     );
-    proxy.reconfigure(Live::new(
-        identifier,
-        ProxySettings::from(config),
-        rl.enabled,
+    proxy.reconfigure(
+        Live::new(identifier, ProxySettings::from(config), rl.enabled).with_dry_run(rl.dry_run),
+    );
+    // Always there (empty without rules), so a reload can add rules.
+    let rules = Arc::new(RuleSet::new(
+        &rl.rule_specs(),
+        RuleBounds {
+            max_clients: rl.max_clients,
+            idle_timeout: rl.idle_timeout,
+            refill_interval: rl.refill_interval,
+        },
     ));
+    let proxy = proxy.with_rules(rules);
     let (true, Some(url)) = (rl.enabled, &rl.shared.redis_url) else {
         return Ok((proxy, None));
     };

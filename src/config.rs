@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use crate::balancer::{BackendUrl, StrategyName, Weight};
+use crate::limiter::rules::{RuleKey, RuleSpec};
 use crate::limiter::shared::{OnFailure, SharedMode};
 use crate::limiter::{Limits, Rate};
 use crate::tls::server::{Alpn, CertificatePaths, MinVersion, PairFile, TlsSettings};
@@ -389,6 +390,143 @@ pub struct RateLimitConfig {
     pub idle_timeout: Duration,
     /// One limit per client across replicas, through Redis.
     pub shared: SharedLimitConfig,
+    /// Decide, count and send the headers, but never refuse (every bucket,
+    /// every rule).
+    pub dry_run: bool,
+    /// Extra buckets a request must pass besides its client's.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// One of `rate_limit.rules`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// `[a-z0-9_-]+`, unique; in metrics and `RateLimit-Policy`.
+    pub name: String,
+    /// Which requests it applies to.
+    #[serde(rename = "match", default)]
+    pub matcher: RuleMatch,
+    /// `client`, `ip` or `header:NAME`.
+    #[serde(default = "default_rule_key")]
+    pub key: String,
+    /// Each bucket's limits (`rate_per_sec` or `rate: N/unit`).
+    #[serde(deserialize_with = "limits")]
+    pub limits: Limits,
+    /// Tokens one request takes.
+    #[serde(default = "one")]
+    pub cost: u64,
+    /// Decide and count, never refuse.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_rule_key() -> String {
+    "client".into()
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// `rate_limit.rules[i].match`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleMatch {
+    /// Requests whose path starts with this (`/` by default: all).
+    pub path_prefix: String,
+    /// Methods; empty or absent: every method.
+    pub methods: Vec<String>,
+}
+
+impl Default for RuleMatch {
+    fn default() -> Self {
+        Self {
+            path_prefix: "/".into(),
+            methods: Vec::new(),
+        }
+    }
+}
+
+impl RuleConfig {
+    /// The validated rule, or each thing wrong with it as (field under
+    /// the rule, reason).
+    pub fn spec(&self) -> Result<RuleSpec, Vec<(&'static str, String)>> {
+        let mut wrong = Vec::new();
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            wrong.push((
+                "name",
+                format!(
+                    "{:?}: use [a-z0-9_-]+ (it names the rule in metrics and headers)",
+                    self.name
+                ),
+            ));
+        } else if self.name == "tollgate" || self.name == "client" {
+            wrong.push((
+                "name",
+                format!("{:?} is reserved for the client's own bucket", self.name),
+            ));
+        }
+        let prefix = &self.matcher.path_prefix;
+        if !prefix.starts_with('/')
+            || prefix
+                .bytes()
+                .any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#')
+        {
+            wrong.push((
+                "match.path_prefix",
+                format!("{prefix:?}: must start with / and hold no spaces, controls, ? or #"),
+            ));
+        }
+        let mut methods = Vec::new();
+        for m in &self.matcher.methods {
+            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(method) => methods.push(method),
+                Err(_) => wrong.push(("match.methods", format!("{m:?} is not an HTTP method"))),
+            }
+        }
+        let key = RuleKey::parse(&self.key)
+            .map_err(|e| wrong.push(("key", e)))
+            .ok();
+        let capacity = u64::from(self.limits.capacity());
+        let cost = match u32::try_from(self.cost).ok().and_then(NonZeroU32::new) {
+            Some(cost) if u64::from(cost.get()) <= capacity => Some(cost),
+            _ => {
+                wrong.push((
+                    "cost",
+                    format!(
+                        "{} must be between 1 and the capacity ({capacity}): a larger cost could never pass",
+                        self.cost
+                    ),
+                ));
+                None
+            }
+        };
+        match (key, cost) {
+            (Some(key), Some(cost)) if wrong.is_empty() => Ok(RuleSpec {
+                name: self.name.clone(),
+                path_prefix: prefix.clone(),
+                methods,
+                key,
+                limits: self.limits,
+                cost,
+                dry_run: self.dry_run,
+            }),
+            _ => Err(wrong),
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// The rules, validated (`Config::load` refused a config whose rules
+    /// are not valid, so this only drops what it already reported).
+    pub fn rule_specs(&self) -> Vec<RuleSpec> {
+        self.rules.iter().filter_map(|r| r.spec().ok()).collect()
+    }
 }
 
 /// `rate_limit.shared`: limits shared by replicas through Redis.
@@ -432,6 +570,8 @@ impl Default for RateLimitConfig {
             max_clients: NonZeroUsize::MIN.saturating_add(999_999),
             idle_timeout: Duration::from_secs(600),
             shared: SharedLimitConfig::default(),
+            dry_run: false,
+            rules: Vec::new(),
         }
     }
 }
@@ -801,6 +941,23 @@ impl Config {
         };
         if self.backends.is_empty() {
             add("backends", "at least one backend is required".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, rule) in self.rate_limit.rules.iter().enumerate() {
+            if let Err(wrong) = rule.spec() {
+                for (field, reason) in wrong {
+                    add(&format!("rate_limit.rules[{i}].{field}"), reason);
+                }
+            }
+            if !names.insert(rule.name.as_str()) {
+                add(
+                    &format!("rate_limit.rules[{i}].name"),
+                    format!(
+                        "{:?} names an earlier rule too: names are unique",
+                        rule.name
+                    ),
+                );
+            }
         }
         self.check_backends(&mut add);
         if !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {

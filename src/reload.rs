@@ -222,11 +222,13 @@ impl FileReload {
         }
         if changes.touches(Part::Proxy) {
             let rl = &new.rate_limit;
-            t.proxy.reconfigure(Live::new(
-                Identifier::from(rl),
-                ProxySettings::from(new),
-                rl.enabled,
-            ));
+            t.proxy.reconfigure(
+                Live::new(Identifier::from(rl), ProxySettings::from(new), rl.enabled)
+                    .with_dry_run(rl.dry_run),
+            );
+        }
+        if changes.touches(Part::Rules) {
+            t.proxy.replace_rules(&new.rate_limit.rule_specs());
         }
         if changes.touches(Part::Health) {
             let hc = &new.health_check;

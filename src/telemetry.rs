@@ -107,7 +107,10 @@ pub fn install() -> Option<PrometheusHandle> {
 
 fn describe() {
     metrics::describe_counter!(REQUESTS, "Requests answered, by status class and backend");
-    metrics::describe_counter!(RATE_LIMITED, "Requests refused with 429");
+    metrics::describe_counter!(
+        RATE_LIMITED,
+        "Requests refused with 429 by policy (client or a rule's name); dry_run=true: refusals a dry run did not enforce"
+    );
     metrics::describe_histogram!(
         REQUEST_DURATION,
         metrics::Unit::Seconds,
@@ -198,7 +201,8 @@ impl RequestCounters {
 struct Hot {
     no_backend: RequestCounters,
     duration: metrics::Histogram,
-    rate_limited: metrics::Counter,
+    /// Refusals by the client's own bucket: the common 429, kept at hand.
+    client_limited: metrics::Counter,
 }
 
 static HOT: OnceLock<Hot> = OnceLock::new();
@@ -207,7 +211,7 @@ fn hot() -> &'static Hot {
     HOT.get_or_init(|| Hot {
         no_backend: RequestCounters::new("none"),
         duration: metrics::histogram!(REQUEST_DURATION),
-        rate_limited: metrics::counter!(RATE_LIMITED),
+        client_limited: metrics::counter!(RATE_LIMITED, "policy" => "client", "dry_run" => "false"),
     })
 }
 
@@ -218,9 +222,21 @@ pub fn request(status: u16, backend: Option<&RequestCounters>, took: Duration) {
     let counters = backend.unwrap_or(&hot.no_backend);
     counters.get(status).increment(1);
     hot.duration.record(took.as_secs_f64());
-    if status == 429 {
-        hot.rate_limited.increment(1);
+}
+
+/// Counts one refusal by `policy` (`client` or a rule's name); with
+/// `dry_run`, one that was not enforced.
+pub fn rate_limited(policy: &str, dry_run: bool) {
+    if policy == "client" && !dry_run {
+        hot().client_limited.increment(1);
+        return;
     }
+    metrics::counter!(
+        RATE_LIMITED,
+        "policy" => policy.to_owned(),
+        "dry_run" => if dry_run { "true" } else { "false" }
+    )
+    .increment(1);
 }
 
 /// Counts one exchange cut by an idle timeout.

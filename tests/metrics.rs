@@ -63,7 +63,10 @@ async fn metrics_count_what_happened() {
         get("tollgate_requests_total{status=\"4xx\",backend=\"none\"}"),
         3.0
     );
-    assert_eq!(get("tollgate_rate_limited_total"), 3.0);
+    assert_eq!(
+        get("tollgate_rate_limited_total{policy=\"client\",dry_run=\"false\"}"),
+        3.0
+    );
     assert_eq!(get("tollgate_request_duration_seconds_count"), 13.0);
     assert!(get("tollgate_request_duration_seconds_sum") > 0.0);
     assert_eq!(

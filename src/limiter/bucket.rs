@@ -183,10 +183,12 @@ pub(crate) struct RefillTime {
     pub(crate) prev: u64,
 }
 
-/// Takes one token if there is one. Lock-free; the caller holds the
-/// shard's read lock so the slot cannot change owner underneath.
-pub(crate) fn try_take(slot: &Slot, at: RefillTime) -> Take {
+/// Takes `n` tokens if there are that many, none otherwise. Lock-free;
+/// the caller holds the shard's read lock so the slot cannot change owner
+/// underneath.
+pub(crate) fn try_take_n(slot: &Slot, at: RefillTime, n: u32) -> Take {
     let params = Params::load(slot);
+    let cost = params.e.saturating_mul(u64::from(n.max(1)));
     let (now, prev) = if params.emission == 0 {
         (0, 0)
     } else {
@@ -198,7 +200,7 @@ pub(crate) fn try_take(slot: &Slot, at: RefillTime) -> Take {
         // now) was waiting for that token: charge from when it arrived,
         // not from when the tick revealed it (see "Carry" above).
         let base = if tat > prev { tat } else { tat.max(now) };
-        let next = base + params.e;
+        let next = base.saturating_add(cost);
         if next > now + params.tau {
             return Take {
                 allowed: false,
@@ -217,6 +219,25 @@ pub(crate) fn try_take(slot: &Slot, at: RefillTime) -> Take {
                     params,
                 }
             }
+            Err(actual) => tat = actual,
+        }
+    }
+}
+
+/// Gives back `n` tokens a take admitted (a request refused by another
+/// bucket takes nothing from this one). Lock-free like a take. A bucket
+/// that refilled meanwhile only fills up: nothing goes above capacity.
+pub(crate) fn give_back(slot: &Slot, n: u32) {
+    let params = Params::load(slot);
+    let cost = params.e.saturating_mul(u64::from(n));
+    let mut tat = slot.tat.load(Ordering::Acquire);
+    loop {
+        let next = tat.saturating_sub(cost);
+        match slot
+            .tat
+            .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return,
             Err(actual) => tat = actual,
         }
     }

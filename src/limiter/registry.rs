@@ -436,13 +436,20 @@ impl Registry {
     /// Takes one token from `key`'s bucket, creating the bucket (full, on
     /// the default limits) for a client seen for the first time.
     pub fn check(&self, key: &ClientKey) -> Result<Decision, RegistryError> {
+        self.check_cost(key, 1)
+    }
+
+    /// Takes `cost` tokens (all or none) from `key`'s bucket, creating the
+    /// bucket (full, on the default limits) for a key seen for the first
+    /// time.
+    pub fn check_cost(&self, key: &ClientKey, cost: u32) -> Result<Decision, RegistryError> {
         let at = self.refill_time();
         let lookup = self.lookup(key);
         let shard = self.shard(lookup.hash);
         {
             let index = read(&shard.index);
             if let Some(slot) = self.find(&index, lookup).and_then(|i| self.slab.get(i)) {
-                return Ok(self.decide(bucket::try_take(slot, at)));
+                return Ok(self.decide(bucket::try_take_n(slot, at, cost)));
             }
         }
         let mut index = write(&shard.index);
@@ -451,7 +458,7 @@ impl Registry {
             None => self.insert(&mut index, lookup, false, &self.default_limits())?,
         };
         let slot = self.slab.get(idx).ok_or(RegistryError::Full(self.len()))?;
-        Ok(self.decide(bucket::try_take(slot, at)))
+        Ok(self.decide(bucket::try_take_n(slot, at, cost)))
     }
 
     /// Takes a token from `key`'s bucket only if `key` is pinned (in the
@@ -465,7 +472,17 @@ impl Registry {
         if slot.flags.load(Ordering::Relaxed) & PINNED == 0 {
             return None;
         }
-        Some(self.decide(bucket::try_take(slot, at)))
+        Some(self.decide(bucket::try_take_n(slot, at, 1)))
+    }
+
+    /// Gives back `n` tokens an admitted take of `key` took, when another
+    /// bucket refused the same request; nothing if `key` has no bucket.
+    pub fn give_back(&self, key: &ClientKey, n: u32) {
+        let lookup = self.lookup(key);
+        let index = read(&self.shard(lookup.hash).index);
+        if let Some(slot) = self.find(&index, lookup).and_then(|i| self.slab.get(i)) {
+            bucket::give_back(slot, n);
+        }
     }
 
     /// Gives `key` its own limits and pins it (the client table's clients

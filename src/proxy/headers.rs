@@ -194,6 +194,55 @@ pub fn rate_limit(h: &mut HeaderMap, d: &Decision) {
     }
 }
 
+/// The rate-limit headers when rules applied (`rate_limit.rules`):
+/// `RateLimit-Policy` lists every policy under its own name, `RateLimit`
+/// and `X-RateLimit-*` describe the one bucket the admission picked (the
+/// one that refused, else the one with the fewest tokens left), and
+/// `Retry-After` (set by [`rate_limited`] on a 429) comes from it too.
+pub(crate) fn rate_limit_policies(h: &mut HeaderMap, p: &super::admission::Policies) {
+    let mut policy = String::with_capacity(40 * p.lines.len());
+    for (i, line) in p.lines.iter().enumerate() {
+        if i > 0 {
+            policy.push_str(", ");
+        }
+        policy.push('"');
+        policy.push_str(&line.name);
+        policy.push_str("\";q=");
+        push_num(&mut policy, line.capacity);
+        if let Some(w) = line.fill_secs {
+            policy.push_str(";w=");
+            push_num(&mut policy, w);
+        }
+    }
+    let d = &p.shown;
+    let mut now = String::with_capacity(48);
+    now.push('"');
+    now.push_str(&p.shown_name);
+    now.push_str("\";r=");
+    push_num(&mut now, d.remaining());
+    if let Some(t) = d.reset_after() {
+        now.push_str(";t=");
+        push_num(&mut now, ceil_secs(t));
+    }
+    let values = [
+        (RATELIMIT_POLICY, policy),
+        (RATELIMIT, now),
+        (
+            X_RATELIMIT_LIMIT,
+            itoa::Buffer::new().format(d.limit()).to_owned(),
+        ),
+        (
+            X_RATELIMIT_REMAINING,
+            itoa::Buffer::new().format(d.remaining()).to_owned(),
+        ),
+    ];
+    for (name, text) in values {
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            h.insert(name, v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

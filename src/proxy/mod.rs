@@ -9,6 +9,7 @@
 //! (WebSocket) keeps its `Connection: upgrade` and `Upgrade`, and a 101 for
 //! it opens a tunnel ([`tunnel`]).
 
+mod admission;
 pub mod headers;
 pub mod identity;
 pub mod proxy_protocol;
@@ -32,9 +33,11 @@ use hyper::body::Incoming;
 use crate::access_log::{AccessLog, Client, Limited, Record};
 use crate::balancer::{Backend, Pool};
 use crate::error::ProxyError;
+use crate::limiter::rules::{Rule, RuleSet};
 use crate::limiter::shared::{OnFailure, SharedLimiter};
 use crate::limiter::{ClientKey, Decision, Registry, RegistryError};
 use crate::telemetry;
+use admission::{Charged, Policies, PolicyLine, Taken};
 use identity::Identifier;
 use timeout::{Direction, IdleBody, IdleTimeout};
 use upstream::{Answer, SendError, Upstreams};
@@ -78,6 +81,8 @@ pub struct Live {
     settings: ProxySettings,
     /// `rate_limit.enabled`.
     limiting: bool,
+    /// `rate_limit.dry_run`: decide and count, never refuse.
+    dry_run: bool,
 }
 
 impl Live {
@@ -92,7 +97,14 @@ impl Live {
             identifier,
             settings,
             limiting,
+            dry_run: false,
         }
+    }
+
+    /// The same settings, with `rate_limit.dry_run` as given.
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
     }
 }
 
@@ -114,12 +126,17 @@ struct Outcome {
     backend: Option<Arc<Backend>>,
     /// Which limit refused the request.
     limited: Option<Limited>,
+    /// Every policy that applied, when rules did (else the client's
+    /// decision alone shapes the headers).
+    policies: Option<Policies>,
 }
 
 /// Shared state of the request path.
 #[derive(Debug)]
 pub struct Proxy {
     limiter: Option<Arc<Registry>>,
+    /// `rate_limit.rules`; `None`: none configured at start-up.
+    rules: Option<Arc<RuleSet>>,
     shared: Option<SharedLimits>,
     pool: Arc<Pool>,
     /// Shared by every thread's copy, so one reload reaches them all.
@@ -151,6 +168,7 @@ impl Proxy {
             upstreams: Upstreams::new(live.clone(), backend_tls.clone()),
             backend_tls,
             shared: None,
+            rules: None,
             limiter,
             pool,
             live,
@@ -172,6 +190,7 @@ impl Proxy {
             upstreams: Upstreams::new(self.live.clone(), self.backend_tls.clone()),
             backend_tls: self.backend_tls.clone(),
             shared: self.shared.clone(),
+            rules: self.rules.clone(),
             limiter: self.limiter.clone(),
             pool: self.pool.clone(),
             live: self.live.clone(),
@@ -190,6 +209,25 @@ impl Proxy {
     pub fn with_shared_limits(mut self, shared: SharedLimits) -> Self {
         self.shared = Some(shared);
         self
+    }
+
+    /// The same proxy, charging requests to `rules` as well.
+    pub fn with_rules(mut self, rules: Arc<RuleSet>) -> Self {
+        self.rules = Some(rules);
+        self
+    }
+
+    /// The rules in force, if the proxy has a rule set.
+    pub fn rules(&self) -> Option<&Arc<RuleSet>> {
+        self.rules.as_ref()
+    }
+
+    /// Puts new rules in force (config reload); rules that keep their
+    /// name keep their buckets.
+    pub fn replace_rules(&self, specs: &[crate::limiter::rules::RuleSpec]) {
+        if let Some(rules) = &self.rules {
+            rules.replace(specs);
+        }
     }
 
     /// The backend pool.
@@ -271,16 +309,14 @@ impl Proxy {
             Ok(host) => host,
             Err(e) => return refuse(e),
         };
-        let decision = match self
-            .admit(&req, conn.peer, &live, &mut outcome.client)
-            .await
-        {
+        let decision = match self.admit(&req, conn.peer, &live, outcome).await {
             Ok(d) => d,
             Err(e) => {
-                if matches!(e, ProxyError::RateLimited(_)) {
-                    outcome.limited = Some(Limited::Client);
+                let mut response = refuse(e);
+                if let Some(p) = &outcome.policies {
+                    headers::rate_limit_policies(response.headers_mut(), p);
                 }
-                return refuse(e);
+                return response;
             }
         };
         // Boxed: forwarding is most of this future's size, and each
@@ -291,8 +327,10 @@ impl Proxy {
             Ok((r, backend)) => (r, Some(backend)),
             Err(e) => (e.into_response(), None),
         };
-        if let Some(d) = &decision {
-            headers::rate_limit(response.headers_mut(), d);
+        match (&outcome.policies, &decision) {
+            (Some(p), _) => headers::rate_limit_policies(response.headers_mut(), p),
+            (None, Some(d)) => headers::rate_limit(response.headers_mut(), d),
+            (None, None) => {}
         }
         let counters = backend.as_deref().map(Backend::request_counters);
         telemetry::request(
@@ -304,17 +342,18 @@ impl Proxy {
         response
     }
 
-    /// Identifies the client and takes a token; `Ok(None)` when rate
-    /// limiting is off. With shared limits the shared bucket decides; the
-    /// local one is charged too, so that a fallback to it starts from this
-    /// replica's recent traffic. `client` gets the key charged, refused or
-    /// not.
+    /// Identifies the client and charges its bucket and every matching
+    /// rule's (all or nothing, see `admission`); `Ok(None)` when rate
+    /// limiting is off. With shared limits the shared buckets decide; the
+    /// local ones are charged too, so that a fallback to them starts from
+    /// this replica's recent traffic. `outcome` gets the key charged, what
+    /// refused, and the policies when rules applied.
     async fn admit(
         &self,
         req: &Request<Incoming>,
         peer: SocketAddr,
         live: &Live,
-        client: &mut Option<ClientKey>,
+        outcome: &mut Outcome,
     ) -> Result<Option<Decision>, ProxyError> {
         let Some(limiter) = self.limiter.as_ref().filter(|_| live.limiting) else {
             return Ok(None);
@@ -323,51 +362,244 @@ impl Proxy {
             .identifier
             .api_key(req.headers())
             .map_err(|e| ProxyError::BadApiKey(e.to_string()))?;
+        let full = |registry: &Registry| ProxyError::ClientTableFull {
+            retry_after: registry.tick_interval(),
+        };
         // A key counts only if it is in the client table; any other key
         // is charged to the caller's address like no key at all.
-        let mut key = api_key.map(ClientKey::Api);
-        let decision = match key.as_ref().and_then(|k| limiter.check_pinned(k)) {
-            Some(d) => d,
+        let mut ip_key = None;
+        let (key, local) = match api_key
+            .map(ClientKey::Api)
+            .and_then(|k| limiter.check_pinned(&k).map(|d| (k, d)))
+        {
+            Some(pinned) => pinned,
             None => {
                 let ip = live.identifier.client_key(req.headers(), peer.ip());
-                let d = limiter.check(&ip).map_err(|RegistryError::Full(_)| {
-                    ProxyError::ClientTableFull {
-                        retry_after: limiter.tick_interval(),
-                    }
-                })?;
-                key = Some(ip);
-                d
+                let d = limiter
+                    .check(&ip)
+                    .map_err(|RegistryError::Full(_)| full(limiter))?;
+                ip_key = Some(ip.clone());
+                (ip, d)
             }
         };
-        let verdict = match (&self.shared, &key) {
-            (Some(shared), Some(key)) => {
-                let name = key.encode();
-                // A leased token answers without Redis and without a
-                // future. The Redis exchange is boxed: inline, that large
-                // future would grow every request's future, which is moved
-                // several times per request, with or without shared limits.
-                let answer = match shared.limiter.try_local(&name, &decision) {
-                    Some(v) => Ok(v),
-                    None => Box::pin(shared.limiter.check_remote(&name, &decision)).await,
-                };
-                match answer {
-                    Ok(v) => v,
-                    Err(_) => {
-                        telemetry::shared_fallback(shared.on_failure.as_str());
-                        match shared.on_failure {
-                            OnFailure::Local => decision,
-                            OnFailure::Reject => return Err(ProxyError::LimiterUnavailable),
+        let client = self.charge_shared(key.clone(), local, 1).await?;
+        outcome.client = Some(key.clone());
+        let rules = self.rules.as_ref().map(|r| r.current());
+        let matching: Vec<&Arc<Rule>> = rules
+            .iter()
+            .flat_map(|r| r.iter())
+            .filter(|r| r.spec.matches(req.method(), req.uri().path()))
+            .collect();
+        if matching.is_empty() {
+            return self.settle_client(client, live, outcome);
+        }
+        let mut charged = vec![Charged {
+            rule: None,
+            decision: client.0,
+            dry_run: live.dry_run,
+            taken: client.1,
+        }];
+        let mut lines = vec![PolicyLine::of_decision(
+            Arc::from(admission::CLIENT_POLICY),
+            &client.0,
+        )];
+        let mut refused = !client.0.allowed() && !live.dry_run;
+        for rule in matching {
+            lines.push(PolicyLine::of_limits(rule.name.clone(), &rule.spec.limits));
+            if refused {
+                // All or nothing: once a bucket refused, the rest are not
+                // charged.
+                continue;
+            }
+            let ip =
+                ip_key.get_or_insert_with(|| live.identifier.client_key(req.headers(), peer.ip()));
+            let rule_key = match rule.key_of(&key, ip, req.headers()) {
+                None => continue,
+                Some(Ok(k)) => k,
+                Some(Err(reason)) => {
+                    self.give_back(&charged);
+                    return Err(ProxyError::BadRequest(reason.into()));
+                }
+            };
+            let cost = rule.spec.cost.get();
+            let local = match rule.registry.check_cost(&rule_key, cost) {
+                Ok(d) => d,
+                Err(RegistryError::Full(_)) => {
+                    self.give_back(&charged);
+                    return Err(full(&rule.registry));
+                }
+            };
+            let (decision, taken) = match self
+                .charge_shared_rule(&rule.name, rule_key, local, cost)
+                .await
+            {
+                Ok(answer) => answer,
+                Err(e) => {
+                    self.give_back(&charged);
+                    return Err(e);
+                }
+            };
+            let dry_run = live.dry_run || rule.spec.dry_run;
+            refused = !decision.allowed() && !dry_run;
+            charged.push(Charged {
+                rule: Some(rule.name.clone()),
+                decision,
+                dry_run,
+                taken,
+            });
+        }
+        let Some(shown) = admission::shown(&charged) else {
+            return Ok(None);
+        };
+        outcome.policies = Some(Policies {
+            lines,
+            shown_name: shown
+                .rule
+                .clone()
+                .unwrap_or_else(|| Arc::from(admission::CLIENT_POLICY)),
+            shown: shown.decision,
+        });
+        let verdict = shown.decision;
+        for c in charged.iter().filter(|c| !c.decision.allowed()) {
+            let policy = c.rule.as_deref().unwrap_or("client");
+            telemetry::rate_limited(policy, c.dry_run);
+            if c.dry_run {
+                tracing::debug!(policy, client = %key, "dry run: would have refused");
+            }
+        }
+        if let Some(c) = charged.iter().find(|c| !c.decision.allowed() && !c.dry_run) {
+            outcome.limited = Some(c.rule.clone().map_or(Limited::Client, Limited::Rule));
+            let refused_by = c.decision;
+            self.give_back(&charged);
+            return Err(ProxyError::RateLimited(refused_by));
+        }
+        Ok(Some(verdict))
+    }
+
+    /// The answer when only the client's bucket applied.
+    fn settle_client(
+        &self,
+        (verdict, _): (Decision, Taken),
+        live: &Live,
+        outcome: &mut Outcome,
+    ) -> Result<Option<Decision>, ProxyError> {
+        if verdict.allowed() {
+            return Ok(Some(verdict));
+        }
+        if live.dry_run {
+            telemetry::rate_limited("client", true);
+            tracing::debug!(client = ?outcome.client, "dry run: would have refused");
+            return Ok(Some(verdict));
+        }
+        telemetry::rate_limited("client", false);
+        outcome.limited = Some(Limited::Client);
+        Err(ProxyError::RateLimited(verdict))
+    }
+
+    /// The client's bucket with shared limits: Redis's (or the lease's)
+    /// answer, or the failure policy's.
+    async fn charge_shared(
+        &self,
+        key: ClientKey,
+        local: Decision,
+        cost: u32,
+    ) -> Result<(Decision, Taken), ProxyError> {
+        let name = self.shared.as_ref().map(|_| key.encode());
+        self.charge(name, key, local, cost).await
+    }
+
+    /// A rule's bucket with shared limits, named `rule:<name>:<key>` in
+    /// Redis.
+    async fn charge_shared_rule(
+        &self,
+        rule: &str,
+        key: ClientKey,
+        local: Decision,
+        cost: u32,
+    ) -> Result<(Decision, Taken), ProxyError> {
+        let name = self
+            .shared
+            .as_ref()
+            .map(|_| format!("rule:{rule}:{}", key.encode()));
+        self.charge(name, key, local, cost).await
+    }
+
+    async fn charge(
+        &self,
+        shared_name: Option<String>,
+        key: ClientKey,
+        local: Decision,
+        cost: u32,
+    ) -> Result<(Decision, Taken), ProxyError> {
+        let mut taken = Taken {
+            key: Some(key),
+            local: local.allowed().then_some(local),
+            shared: None,
+            cost,
+        };
+        let (Some(shared), Some(name)) = (&self.shared, shared_name) else {
+            return Ok((local, taken));
+        };
+        // A leased token answers without Redis and without a future. The
+        // Redis exchange is boxed: inline, that large future would grow
+        // every request's future, which is moved several times per
+        // request, with or without shared limits.
+        let answer = match shared.limiter.try_local(&name, &local, cost) {
+            Some(v) => Ok(v),
+            None => Box::pin(shared.limiter.check_remote(&name, &local, cost)).await,
+        };
+        match answer {
+            Ok(v) => {
+                if v.allowed() {
+                    taken.shared = Some(name);
+                }
+                Ok((v, taken))
+            }
+            Err(_) => {
+                telemetry::shared_fallback(shared.on_failure.as_str());
+                match shared.on_failure {
+                    OnFailure::Local => Ok((local, taken)),
+                    OnFailure::Reject => {
+                        self.give_back(std::slice::from_ref(&Charged {
+                            rule: None,
+                            decision: local,
+                            dry_run: false,
+                            taken,
+                        }));
+                        Err(ProxyError::LimiterUnavailable)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives back what `charged` took, for a request that is not
+    /// admitted after all.
+    fn give_back(&self, charged: &[Charged]) {
+        for c in charged {
+            let t = &c.taken;
+            let Some(key) = &t.key else { continue };
+            if t.local.is_some() {
+                match &c.rule {
+                    None => {
+                        if let Some(limiter) = &self.limiter {
+                            limiter.give_back(key, t.cost);
+                        }
+                    }
+                    Some(name) => {
+                        if let Some(rule) = self
+                            .rules
+                            .as_ref()
+                            .and_then(|r| r.current().iter().find(|r| r.name == *name).cloned())
+                        {
+                            rule.registry.give_back(key, t.cost);
                         }
                     }
                 }
             }
-            _ => decision,
-        };
-        *client = key;
-        if verdict.allowed() {
-            Ok(Some(verdict))
-        } else {
-            Err(ProxyError::RateLimited(verdict))
+            if let (Some(shared), Some(name)) = (&self.shared, &t.shared) {
+                shared.limiter.refund(name, &c.decision, t.cost);
+            }
         }
     }
 

@@ -23,6 +23,8 @@ pub(super) enum Part {
     Certificates,
     /// `backends`, `balancing.strategy`: the pool.
     Backends,
+    /// `rate_limit.rules`: the proxy's rule set.
+    Rules,
 }
 
 /// One changed key.
@@ -232,6 +234,8 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
         .key("api_key_header", |r| &mut r.api_key_header, Some(Proxy))
         .key("trusted_proxies", |r| &mut r.trusted_proxies, Some(Proxy))
         .key("ipv6_prefix", |r| &mut r.ipv6_prefix, Some(Proxy))
+        .key("dry_run", |r| &mut r.dry_run, Some(Proxy))
+        .key("rules", |r| &mut r.rules, Some(Rules))
         .key("default", |r| &mut r.default, Some(DefaultLimits))
         .key("refill_interval", |r| &mut r.refill_interval, restart)
         .key("max_clients", |r| &mut r.max_clients, restart)

@@ -49,7 +49,7 @@ impl Replica {
     async fn check(&self, client: &ClientKey) -> bool {
         let local = self.local.check(client).expect("room for the client");
         self.shared
-            .check(&client.encode(), &local)
+            .check(&client.encode(), &local, 1)
             .await
             .expect("redis answers")
             .allowed()

@@ -91,11 +91,14 @@ pub(crate) enum Local {
         /// When asking again can succeed.
         until: Instant,
     },
-    /// Redis must be asked: for `want` tokens, and, if there are none, for
-    /// the time until `wait_for` are back.
+    /// Redis must be asked: for `want` tokens (no fewer than `min`), and,
+    /// if there are not that many, for the time until `wait_for` are back.
     Fetch {
         /// Tokens to lease (this request's included).
         want: u32,
+        /// The fewest worth taking: this request's cost, less what the
+        /// lease still holds.
+        min: u32,
         /// Tokens to wait for when the bucket is empty.
         wait_for: u32,
     },
@@ -158,15 +161,21 @@ impl LeaseState {
         self.last_used = now;
     }
 
-    /// Spends a leased token, refuses from what Redis said, or says what to
-    /// ask Redis for.
-    pub(crate) fn take(&mut self, now: Instant, limits: LeaseLimits, period: Duration) -> Local {
+    /// Spends `cost` leased tokens, refuses from what Redis said, or says
+    /// what to ask Redis for.
+    pub(crate) fn take(
+        &mut self,
+        now: Instant,
+        limits: LeaseLimits,
+        period: Duration,
+        cost: u32,
+    ) -> Local {
         if self.limits != limits {
             self.limits = limits;
             self.empty_until = None;
         }
-        if self.tokens > 0 {
-            self.tokens -= 1;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             return Local::Spent {
                 remaining: self.level(),
             };
@@ -175,10 +184,12 @@ impl LeaseState {
             Some(until) if now < until => return Local::Empty { until },
             _ => self.empty_until = None,
         }
-        let want = self.want();
+        let min = cost - self.tokens;
+        let want = self.want().max(min).min(limits.capacity.max(min));
         Local::Fetch {
             want,
-            wait_for: limits.wait_for(want, period),
+            min,
+            wait_for: limits.wait_for(want, period).max(min),
         }
     }
 
@@ -191,17 +202,25 @@ impl LeaseState {
         (demand as u32).clamp(1, max_lease(self.limits.capacity))
     }
 
-    /// Takes in Redis's answer to a lease request made for one request;
-    /// `true` if that request is admitted (it takes one granted token).
-    pub(crate) fn granted(&mut self, now: Instant, grant: Grant) -> bool {
+    /// Takes in Redis's answer to a lease request made for one request of
+    /// `cost`; `true` if that request is admitted (it takes its cost from
+    /// the lease).
+    pub(crate) fn granted(&mut self, now: Instant, grant: Grant, cost: u32) -> bool {
         self.shared_remaining = grant.remaining;
-        self.empty_until =
-            (grant.remaining == 0).then(|| now + grant.wait.unwrap_or(NEVER_RECHECK));
-        if grant.granted == 0 {
+        self.empty_until = (grant.granted == 0 || grant.remaining == 0)
+            .then(|| now + grant.wait.unwrap_or(NEVER_RECHECK));
+        self.tokens = self.tokens.saturating_add(grant.granted);
+        if self.tokens < cost {
             return false;
         }
-        self.tokens = self.tokens.saturating_add(grant.granted - 1);
+        self.tokens -= cost;
         true
+    }
+
+    /// Puts back `n` tokens a check took from this lease for a request
+    /// another bucket refused.
+    pub(crate) fn refund(&mut self, n: u32) {
+        self.tokens = self.tokens.saturating_add(n);
     }
 
     /// The level the headers show: leased tokens plus Redis's level at the
@@ -347,7 +366,7 @@ mod tests {
 
     fn arrive(state: &mut LeaseState, now: Instant, l: LeaseLimits) -> Local {
         state.note_demand(now);
-        state.take(now, l, PERIOD)
+        state.take(now, l, PERIOD, 1)
     }
 
     #[test]
@@ -359,6 +378,7 @@ mod tests {
             arrive(&mut state, now, l),
             Local::Fetch {
                 want: 1,
+                min: 1,
                 wait_for: 1
             }
         );
@@ -391,7 +411,7 @@ mod tests {
             remaining: 50,
             wait: Some(Duration::ZERO),
         };
-        assert!(state.granted(now, grant), "the asking request takes one");
+        assert!(state.granted(now, grant, 1), "the asking request takes one");
         assert_eq!(arrive(&mut state, now, l), Local::Spent { remaining: 51 });
         assert_eq!(arrive(&mut state, now, l), Local::Spent { remaining: 50 });
         assert!(matches!(arrive(&mut state, now, l), Local::Fetch { .. }));
@@ -409,7 +429,7 @@ mod tests {
             remaining: 0,
             wait: Some(wait),
         };
-        assert!(!state.granted(now, grant));
+        assert!(!state.granted(now, grant, 1));
         let until = now + wait;
         for ms in [0, 50, 99] {
             let t = now + Duration::from_millis(ms);
@@ -430,7 +450,7 @@ mod tests {
             remaining: 0,
             wait: Some(wait),
         };
-        assert!(state.granted(now, grant));
+        assert!(state.granted(now, grant, 1));
         assert_eq!(arrive(&mut state, now, l), Local::Spent { remaining: 0 });
         assert_eq!(
             arrive(&mut state, now, l),
@@ -462,6 +482,7 @@ mod tests {
                 remaining: 0,
                 wait: None,
             },
+            1,
         );
         assert!(matches!(arrive(&mut state, now, l), Local::Empty { .. }));
         let raised = limits(40, 50.0);
@@ -485,6 +506,7 @@ mod tests {
                 remaining: 10,
                 wait: Some(Duration::ZERO),
             },
+            1,
         );
         drop(lease);
         assert_eq!(
@@ -533,6 +555,7 @@ mod tests {
                 remaining: 10,
                 wait: Some(Duration::ZERO),
             },
+            1,
         );
         drop(lease);
         let returned = leases.sweep(None, now);

@@ -226,16 +226,18 @@ impl SharedLimiter {
         self.leases.len()
     }
 
-    /// Takes one token from `key`'s shared bucket, whose limits are those
-    /// of `local` (the same client's local check, which knows its limits).
+    /// Takes `cost` tokens (all or none) from `key`'s shared bucket,
+    /// whose limits are those of `local` (the same bucket's local check,
+    /// which knows its limits).
     pub async fn check(
         self: &Arc<Self>,
         key: &str,
         local: &Decision,
+        cost: u32,
     ) -> Result<Decision, SharedError> {
-        match self.try_local(key, local) {
+        match self.try_local(key, local, cost) {
             Some(decided) => Ok(decided),
-            None => self.check_remote(key, local).await,
+            None => self.check_remote(key, local, cost).await,
         }
     }
 
@@ -244,7 +246,7 @@ impl SharedLimiter {
     /// Redis must be asked ([`SharedLimiter::check_remote`], which must
     /// then follow). Synchronous, so the request path only builds the
     /// Redis exchange's future when there is one.
-    pub fn try_local(&self, key: &str, local: &Decision) -> Option<Decision> {
+    pub fn try_local(&self, key: &str, local: &Decision, cost: u32) -> Option<Decision> {
         if self.mode != SharedMode::Lease {
             return None;
         }
@@ -254,7 +256,7 @@ impl SharedLimiter {
         let step = {
             let mut state = lease.state();
             state.note_demand(now);
-            state.take(now, limits, self.period)
+            state.take(now, limits, self.period, cost)
         };
         self.local_answer(step, local, now)
     }
@@ -265,16 +267,47 @@ impl SharedLimiter {
         self: &Arc<Self>,
         key: &str,
         local: &Decision,
+        cost: u32,
     ) -> Result<Decision, SharedError> {
         match self.mode {
-            SharedMode::Exact => self.check_exact(key, local).await,
-            SharedMode::Lease => self.lease(key, local).await,
+            SharedMode::Exact => self.check_exact(key, local, cost).await,
+            SharedMode::Lease => self.lease(key, local, cost).await,
         }
     }
 
-    async fn check_exact(&self, key: &str, local: &Decision) -> Result<Decision, SharedError> {
+    /// Gives back `cost` tokens a check of `key` took, for a request that
+    /// another bucket refused: into the lease in `lease` mode, to Redis
+    /// (in a task of its own, so the refusal is not delayed) in `exact`.
+    pub fn refund(self: &Arc<Self>, key: &str, local: &Decision, cost: u32) {
+        let limits = lease_limits(local);
+        match self.mode {
+            SharedMode::Lease => {
+                let lease = self.leases.get(key, Instant::now(), limits);
+                lease.state().refund(cost);
+            }
+            SharedMode::Exact => {
+                let limiter = self.clone();
+                let returned = vec![Returned {
+                    key: key.to_owned(),
+                    tokens: cost,
+                    limits,
+                }];
+                tokio::spawn(async move { limiter.give_back(returned).await });
+            }
+        }
+    }
+
+    async fn check_exact(
+        &self,
+        key: &str,
+        local: &Decision,
+        cost: u32,
+    ) -> Result<Decision, SharedError> {
         let mut invocation = self.check_script.key(format!("{}{key}", self.prefix));
-        invocation.arg(local.limit()).arg(emission_us(local));
+        invocation
+            .arg(local.limit())
+            .arg(emission_us(local))
+            .arg(cost);
         let answer = self.call::<(i64, i64, i64)>(&invocation).await?;
         let (allowed, remaining, wait_us) = answer;
         Ok(local.shared(
@@ -285,15 +318,25 @@ impl SharedLimiter {
     }
 
     /// Leases tokens for a check its lease could not answer.
-    async fn lease(self: &Arc<Self>, key: &str, local: &Decision) -> Result<Decision, SharedError> {
+    async fn lease(
+        self: &Arc<Self>,
+        key: &str,
+        local: &Decision,
+        cost: u32,
+    ) -> Result<Decision, SharedError> {
         let limits = lease_limits(local);
         let lease = self.leases.get(key, Instant::now(), limits);
         // One lease request at a time: whoever holds the lock is asking
         // Redis; the others wait here and then find its tokens.
         let guard = lease.fetching.clone().lock_owned().await;
         let now = Instant::now();
-        let again = lease.state().take(now, limits, self.period);
-        let Local::Fetch { want, wait_for } = again else {
+        let again = lease.state().take(now, limits, self.period, cost);
+        let Local::Fetch {
+            want,
+            min,
+            wait_for,
+        } = again
+        else {
             return Ok(self
                 .local_answer(again, local, now)
                 .unwrap_or_else(|| local.shared(false, 0, None)));
@@ -309,7 +352,8 @@ impl SharedLimiter {
                 .arg(limits.capacity)
                 .arg(limits.emission_us)
                 .arg(want)
-                .arg(wait_for);
+                .arg(wait_for)
+                .arg(min);
             let answer = limiter.call::<(i64, i64, i64)>(&invocation).await?;
             let grant = Grant {
                 granted: u32::try_from(answer.0.max(0)).unwrap_or(0),
@@ -320,7 +364,7 @@ impl SharedLimiter {
             limiter.counters.leased.fetch_add(leased, Ordering::Relaxed);
             metrics::counter!(telemetry::SHARED_LIMITER_LEASED).increment(leased);
             let mut state = lease.state();
-            let allowed = state.granted(Instant::now(), grant);
+            let allowed = state.granted(Instant::now(), grant, cost);
             Ok::<_, SharedError>((allowed, state.level(), grant.wait))
         });
         let (allowed, level, wait) = fetch.await.map_err(|_| SharedError::Lost)??;

@@ -9,25 +9,28 @@
 //! never refills (zero rate) keeps a plain count of tokens used, which
 //! never expires, since its allowance never comes back.
 
-/// `exact` mode: takes one token. ARGV: capacity, emission (µs).
-/// Returns `{allowed, remaining, wait_us}` (`wait_us` -1: never).
+/// `exact` mode: takes `cost` tokens, all or none. ARGV: capacity,
+/// emission (µs), cost. Returns `{allowed, remaining, wait_us}`
+/// (`wait_us` -1: never).
 pub(super) const CHECK: &str = r"
 local capacity = tonumber(ARGV[1])
 local emission = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
 if emission <= 0 then
   local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if used >= capacity then return {0, 0, -1} end
-  redis.call('SET', KEYS[1], used + 1)
-  return {1, capacity - used - 1, -1}
+  if used + cost > capacity then return {0, capacity - used, -1} end
+  redis.call('SET', KEYS[1], used + cost)
+  return {1, capacity - used - cost, -1}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tau = emission * capacity
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local new_tat = tat + emission
+local new_tat = tat + cost * emission
 if new_tat - now > tau then
-  return {0, 0, math.ceil(new_tat - tau - now)}
+  local remaining = math.floor((tau - (tat - now)) / emission + 1e-9)
+  return {0, remaining, math.ceil(new_tat - tau - now)}
 end
 redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 local remaining = math.floor((tau - (new_tat - now)) / emission + 1e-9)
@@ -38,20 +41,22 @@ end
 return {1, remaining, wait}
 ";
 
-/// `lease` mode: takes up to `want` tokens at once. ARGV: capacity,
-/// emission (µs), want, wait_for. Returns `{granted, remaining, wait_us}`:
-/// with nothing left after the grant, `wait_us` is the time until
-/// `wait_for` tokens are back (-1: never), so the replica knows how long
-/// to refuse without asking.
+/// `lease` mode: takes up to `want` tokens at once, or none if fewer than
+/// `min` are there. ARGV: capacity, emission (µs), want, wait_for, min.
+/// Returns `{granted, remaining, wait_us}`: when nothing was granted or
+/// nothing is left, `wait_us` is the time until `wait_for` tokens are
+/// back (-1: never), so the replica knows how long to refuse without
+/// asking.
 pub(super) const LEASE: &str = r"
 local capacity = tonumber(ARGV[1])
 local emission = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local wait_for = tonumber(ARGV[4])
+local min = tonumber(ARGV[5])
 if emission <= 0 then
   local used = tonumber(redis.call('GET', KEYS[1]) or '0')
   local n = math.min(want, capacity - used)
-  if n <= 0 then return {0, 0, -1} end
+  if n < min then return {0, math.max(capacity - used, 0), -1} end
   redis.call('SET', KEYS[1], used + n)
   return {n, capacity - used - n, -1}
 end
@@ -62,16 +67,15 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local available = math.floor((tau - (tat - now)) / emission + 1e-9)
 local n = math.min(want, available)
+if n < min then n = 0 end
 if n > 0 then
   tat = tat + n * emission
   redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
-else
-  n = 0
 end
 local remaining = available - n
+if remaining < 0 then remaining = 0 end
 local wait = 0
-if remaining < 1 then
-  remaining = 0
+if n == 0 or remaining < 1 then
   wait = math.ceil(tat - tau + wait_for * emission - now)
   if wait < 0 then wait = 0 end
 end

@@ -1,0 +1,274 @@
+//! Limit rules (`rate_limit.rules`): extra buckets a request must pass
+//! besides its client's, chosen by path prefix and method, each keyed by
+//! the client, its address or a header, with its own limits, cost and
+//! dry-run flag.
+//!
+//! Each rule keeps its buckets in a [`Registry`] of its own, built like the
+//! client registry (same `max_clients` bound, same eviction of idle full
+//! buckets, same refill tick), so a rule's keys can never collide with
+//! another rule's or a client's, and a rule's buckets keep their levels
+//! across a reload that keeps the rule's name ([`RuleSet::replace`]).
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderName, Method};
+
+use super::{ClientKey, Limits, Registry, RegistryConfig};
+
+/// What a rule's bucket is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleKey {
+    /// The client's own key: its API key when it has a valid one in the
+    /// client table, else its address.
+    Client,
+    /// The client's address (IPv6 grouped by `rate_limit.ipv6_prefix`).
+    Ip,
+    /// The value of a request header; a request without it is not matched.
+    Header(HeaderName),
+}
+
+impl RuleKey {
+    /// `client`, `ip` or `header:NAME`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "client" => Ok(Self::Client),
+            "ip" => Ok(Self::Ip),
+            _ => match s.strip_prefix("header:") {
+                Some(name) => HeaderName::from_bytes(name.as_bytes())
+                    .map(Self::Header)
+                    .map_err(|_| format!("{name:?} is not a valid header name")),
+                None => Err(format!(
+                    "{s:?}: expected client, ip or header:NAME (e.g. header:X-Tenant)"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for RuleKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Client => f.write_str("client"),
+            Self::Ip => f.write_str("ip"),
+            Self::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
+/// One rule as configured, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSpec {
+    /// `[a-z0-9_-]+`, unique: in metrics, logs and `RateLimit-Policy`.
+    pub name: String,
+    /// Requests whose path starts with this.
+    pub path_prefix: String,
+    /// Methods it applies to; empty: every method.
+    pub methods: Vec<Method>,
+    /// What its buckets are keyed by.
+    pub key: RuleKey,
+    /// Each bucket's limits.
+    pub limits: Limits,
+    /// Tokens one request takes (at most the capacity).
+    pub cost: NonZeroU32,
+    /// Decide and count, never refuse.
+    pub dry_run: bool,
+}
+
+impl RuleSpec {
+    /// Whether a request with this method and path is subject to the rule.
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        path.starts_with(&self.path_prefix)
+            && (self.methods.is_empty() || self.methods.contains(method))
+    }
+}
+
+/// A rule with its buckets.
+#[derive(Debug)]
+pub struct Rule {
+    /// What it is.
+    pub spec: RuleSpec,
+    /// Its name, shared by every answer it shapes.
+    pub name: Arc<str>,
+    /// Its buckets.
+    pub registry: Arc<Registry>,
+}
+
+impl Rule {
+    /// The bucket this request is charged to under the rule: `None` when
+    /// the rule keys by a header the request does not carry. `client` is
+    /// the request's client key, `ip` its (grouped) address key.
+    pub fn key_of(
+        &self,
+        client: &ClientKey,
+        ip: &ClientKey,
+        headers: &HeaderMap,
+    ) -> Option<Result<ClientKey, String>> {
+        match &self.spec.key {
+            RuleKey::Client => Some(Ok(client.clone())),
+            RuleKey::Ip => Some(Ok(ip.clone())),
+            RuleKey::Header(name) => {
+                let value = headers.get(name)?;
+                Some(
+                    value
+                        .to_str()
+                        .map_err(|_| format!("{name}: not printable ASCII"))
+                        .and_then(|v| ClientKey::api(v.trim()).map_err(|e| format!("{name}: {e}"))),
+                )
+            }
+        }
+    }
+}
+
+/// How each rule's registry is sized, as the client registry is.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleBounds {
+    /// `rate_limit.max_clients`.
+    pub max_clients: std::num::NonZeroUsize,
+    /// `rate_limit.idle_timeout`.
+    pub idle_timeout: Duration,
+    /// `rate_limit.refill_interval`.
+    pub refill_interval: Duration,
+}
+
+/// The rules in force, swapped whole by a reload.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: ArcSwap<Vec<Arc<Rule>>>,
+    bounds: RuleBounds,
+}
+
+impl RuleSet {
+    /// Rules built from `specs`, each with an empty registry.
+    pub fn new(specs: &[RuleSpec], bounds: RuleBounds) -> Self {
+        let set = Self {
+            rules: ArcSwap::from_pointee(Vec::new()),
+            bounds,
+        };
+        set.replace(specs);
+        set
+    }
+
+    /// The rules in force now, in order.
+    pub fn current(&self) -> Arc<Vec<Arc<Rule>>> {
+        self.rules.load_full()
+    }
+
+    /// Whether there are no rules (the request path skips them cheaply).
+    pub fn is_empty(&self) -> bool {
+        self.rules.load().is_empty()
+    }
+
+    /// Puts `specs` in force. A rule whose name was already in force keeps
+    /// its buckets (moved to new limits, as the client registry does on a
+    /// reload); a new name starts empty; a dropped one is forgotten.
+    pub fn replace(&self, specs: &[RuleSpec]) {
+        let old = self.rules.load_full();
+        let rules = specs
+            .iter()
+            .map(|spec| {
+                let registry = match old.iter().find(|r| r.spec.name == spec.name) {
+                    Some(kept) => {
+                        if kept.spec.limits != spec.limits {
+                            kept.registry.set_default_limits(spec.limits);
+                        }
+                        kept.registry.clone()
+                    }
+                    None => Arc::new(Registry::new(RegistryConfig {
+                        default_limits: spec.limits,
+                        max_clients: self.bounds.max_clients,
+                        idle_timeout: self.bounds.idle_timeout,
+                        refill_interval: self.bounds.refill_interval,
+                    })),
+                };
+                Arc::new(Rule {
+                    spec: spec.clone(),
+                    name: Arc::from(spec.name.as_str()),
+                    registry,
+                })
+            })
+            .collect();
+        self.rules.store(Arc::new(rules));
+    }
+
+    /// One refill tick for every rule's buckets.
+    pub fn refill(&self) {
+        for rule in self.rules.load().iter() {
+            rule.registry.refill();
+        }
+    }
+
+    /// Runs the refill tick for the rules until `shutdown`, as
+    /// [`super::refill::run`] does for the client registry.
+    pub async fn run_refill(
+        self: Arc<Self>,
+        interval: Duration,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let mut ticks = crate::shutdown::Ticks::every(
+            interval,
+            tokio::time::MissedTickBehavior::Skip,
+            shutdown,
+        );
+        while ticks.next().await {
+            self.refill();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, prefix: &str, methods: &[Method]) -> RuleSpec {
+        RuleSpec {
+            name: name.into(),
+            path_prefix: prefix.into(),
+            methods: methods.to_vec(),
+            key: RuleKey::Client,
+            limits: Limits::new(10, 1.0).expect("valid"),
+            cost: NonZeroU32::MIN,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn keys_parse_and_print_back() {
+        for text in ["client", "ip", "header:x-tenant"] {
+            assert_eq!(RuleKey::parse(text).expect(text).to_string(), text);
+        }
+        assert!(RuleKey::parse("header:bad name").is_err());
+        assert!(RuleKey::parse("cookie:x").is_err());
+    }
+
+    #[test]
+    fn a_rule_matches_by_prefix_and_method() {
+        let search = spec("search", "/api/search", &[Method::GET]);
+        assert!(search.matches(&Method::GET, "/api/search"));
+        assert!(search.matches(&Method::GET, "/api/search/deep"));
+        assert!(!search.matches(&Method::POST, "/api/search"));
+        assert!(!search.matches(&Method::GET, "/api/other"));
+        let any = spec("any", "/", &[]);
+        assert!(any.matches(&Method::DELETE, "/x"));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_buckets_of_rules_it_keeps() {
+        let bounds = RuleBounds {
+            max_clients: std::num::NonZeroUsize::new(100).expect("non-zero"),
+            idle_timeout: Duration::from_secs(600),
+            refill_interval: Duration::from_millis(100),
+        };
+        let set = RuleSet::new(&[spec("a", "/", &[]), spec("b", "/", &[])], bounds);
+        let key = ClientKey::api("k").expect("key");
+        let a = set.current()[0].registry.clone();
+        assert!(a.check(&key).expect("room").allowed());
+        set.replace(&[spec("a", "/", &[]), spec("c", "/", &[])]);
+        let now = set.current();
+        assert!(Arc::ptr_eq(&now[0].registry, &a), "a kept its buckets");
+        assert_eq!(now[1].spec.name, "c");
+        assert_eq!(a.tokens(&key), Some(9.0));
+    }
+}
