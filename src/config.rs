@@ -1986,4 +1986,79 @@ surprise: true
             .proxy_protocol
             .is_some());
     }
+
+    #[test]
+    fn rules_are_checked_with_their_field_paths() {
+        let text = "rate_limit:
+  rules:
+    - name: search
+      match: {path_prefix: /api/search, methods: [GET, post]}
+      key: header:X-Tenant
+      limits: {capacity: 10, rate: 100/min}
+      cost: 2
+      dry_run: true
+    - name: Bad Name
+      match: {path_prefix: api}
+      key: cookie:x
+      limits: {capacity: 10, rate_per_sec: 1}
+      cost: 11
+    - name: search
+      match: {methods: [\"G T\"]}
+      key: header:bad name
+      limits: {capacity: 5, rate_per_sec: 1}
+      cost: 0
+    - name: client
+      limits: {capacity: 5, rate_per_sec: 1}
+";
+        let problems = Config::parse(text).expect_err("rules 1-3 are wrong");
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        for field in [
+            "rate_limit.rules[1].name",
+            "rate_limit.rules[1].match.path_prefix",
+            "rate_limit.rules[1].key",
+            "rate_limit.rules[1].cost",
+            "rate_limit.rules[2].name",
+            "rate_limit.rules[2].match.methods",
+            "rate_limit.rules[2].key",
+            "rate_limit.rules[2].cost",
+        ] {
+            assert!(fields.contains(&field), "{field} not in {problems:?}");
+        }
+        assert!(
+            fields.contains(&"rate_limit.rules[3].name"),
+            "reserved: {problems:?}"
+        );
+        assert!(
+            !fields.iter().any(|f| f.starts_with("rate_limit.rules[0]")),
+            "{problems:?}"
+        );
+        // Limits are read as the section is: their problems carry the path.
+        let bad_limits = Config::parse(
+            "rate_limit:\n  rules:\n    - name: x\n      limits: {capacity: 0, rate_per_sec: 1}\n",
+        )
+        .expect_err("capacity 0");
+        assert_eq!(
+            bad_limits[0].field, "rate_limit.rules[0].limits",
+            "{bad_limits:?}"
+        );
+
+        let ok = Config::parse(
+            "rate_limit:
+  dry_run: true
+  rules:
+    - name: search
+      match: {path_prefix: /api/search, methods: [GET, post]}
+      key: header:X-Tenant
+      limits: {capacity: 10, rate: 100/min}
+      cost: 2
+",
+        )
+        .expect("valid");
+        assert!(ok.rate_limit.dry_run);
+        let specs = ok.rate_limit.rule_specs();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].methods, [http::Method::GET, http::Method::POST]);
+        assert_eq!(specs[0].key.to_string(), "header:x-tenant");
+        assert_eq!(specs[0].cost.get(), 2);
+    }
 }

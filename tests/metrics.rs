@@ -115,6 +115,62 @@ async fn metrics_count_what_happened() {
     }
     lb.shutdown().await;
     open_tunnels_are_a_gauge(&bs[0]).await;
+    dry_runs_count_what_they_would_have_refused(&bs[0]).await;
+}
+
+/// A rule in dry-run and a refusing rule: the refusals a dry run did not
+/// enforce are counted apart from the enforced ones, each by its rule.
+async fn dry_runs_count_what_they_would_have_refused(b: &support::TestBackend) {
+    let mut cfg = config(&[b.addr]);
+    cfg.rate_limit.rules = tollgate::config::Config::parse(
+        "rate_limit:
+  rules:
+    - name: trial
+      match: {path_prefix: /trial}
+      limits: {capacity: 1, rate_per_sec: 0.001}
+      dry_run: true
+    - name: strict
+      match: {path_prefix: /strict}
+      limits: {capacity: 1, rate_per_sec: 0.001}
+",
+    )
+    .expect("valid rules")
+    .rate_limit
+    .rules;
+    let lb = balancer(&cfg).await;
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(
+            support::get_status(&c, lb.proxy_addr(), "/trial").await,
+            200
+        );
+    }
+    for status in [200, 429, 429] {
+        assert_eq!(
+            support::get_status(&c, lb.proxy_addr(), "/strict").await,
+            status
+        );
+    }
+    let text = scrape(&c, lb.admin_addr()).await;
+    let m = parse(&text);
+    let get = |k: &str| {
+        m.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("{k} missing from:\n{text}"))
+    };
+    assert_eq!(
+        get("tollgate_rate_limited_total{policy=\"trial\",dry_run=\"true\"}"),
+        2.0
+    );
+    assert_eq!(
+        get("tollgate_rate_limited_total{policy=\"strict\",dry_run=\"false\"}"),
+        2.0
+    );
+    assert!(
+        !text.contains("policy=\"trial\",dry_run=\"false\""),
+        "{text}"
+    );
+    lb.shutdown().await;
 }
 
 /// `tollgate_upgraded_connections` while a WebSocket tunnel is open and

@@ -30,6 +30,7 @@ mod ipv6;
 mod lease;
 mod proxy_protocol;
 mod reload;
+mod rules;
 mod shared;
 mod strict;
 mod tls;

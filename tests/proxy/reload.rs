@@ -31,6 +31,8 @@ struct Settings {
     health_path: &'static str,
     health_interval: &'static str,
     unhealthy_threshold: u32,
+    /// More `rate_limit` lines, indented by two spaces.
+    rate_limit_extra: String,
 }
 
 impl Settings {
@@ -49,6 +51,7 @@ impl Settings {
             health_path: "/health",
             health_interval: "1h",
             unhealthy_threshold: 2,
+            rate_limit_extra: String::new(),
         }
     }
 
@@ -59,7 +62,7 @@ impl Settings {
              proxy:\n  request_timeout: {}\n\
              health_check:\n  path: {}\n  interval: {}\n  unhealthy_threshold: {}\n\
              rate_limit:\n  enabled: {}\n  api_key_header: {}\n  trusted_proxies: {}\n\
-             \x20 default: {{capacity: {}, rate_per_sec: {}}}\n",
+             \x20 default: {{capacity: {}, rate_per_sec: {}}}\n{}",
             self.listen,
             self.admin,
             self.backend,
@@ -72,7 +75,8 @@ impl Settings {
             self.api_key_header,
             self.trusted,
             self.capacity,
-            self.rate
+            self.rate,
+            self.rate_limit_extra
         )
     }
 }
@@ -545,5 +549,38 @@ async fn rate_limiting_can_be_switched_off_and_on() {
     let (status, _) = r.reload_with(&s).await;
     assert_eq!(status, 200);
     assert_eq!(r.get("/", &[]).await, (200, 10, 8));
+    r.lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn rules_and_dry_run_change_on_reload_and_rules_keep_their_buckets() {
+    let (r, mut s) = Reloadable::start(|_| {}).await;
+    assert_eq!(r.get("/r", &[]).await.0, 200);
+    let rule = |dry_run: bool| {
+        format!(
+            "  rules:\n    - name: one\n      match: {{path_prefix: /r}}\n      \
+             limits: {{capacity: 1, rate_per_sec: 0.001}}\n      dry_run: {dry_run}\n"
+        )
+    };
+    // Tried in dry-run first: nothing refused.
+    s.rate_limit_extra = rule(true);
+    let (status, body) = r.reload_with(&s).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(strings(&body["applied"]), ["rate_limit.rules"]);
+    assert_eq!(strings(&body["restart_required"]), Vec::<String>::new());
+    for _ in 0..3 {
+        assert_eq!(r.get("/r", &[]).await, (200, 1, 0));
+    }
+    // Enforced: the rule kept its (empty) bucket across the reload.
+    s.rate_limit_extra = rule(false);
+    assert_eq!(r.reload_with(&s).await.0, 200);
+    assert_eq!(r.get("/r", &[]).await.0, 429);
+    assert_eq!(r.get("/other", &[]).await.0, 200);
+    // A global dry run lets it through again.
+    s.rate_limit_extra = format!("  dry_run: true\n{}", rule(false));
+    let (status, body) = r.reload_with(&s).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(strings(&body["applied"]), ["rate_limit.dry_run"]);
+    assert_eq!(r.get("/r", &[]).await, (200, 1, 0));
     r.lb.shutdown().await;
 }

@@ -217,6 +217,57 @@ async fn three_replicas_leasing_admit_a_burst_exactly_once() {
 }
 
 #[tokio::test]
+async fn rule_buckets_are_shared_like_client_buckets() {
+    for mode in MODES {
+        let Some(mut s) = setup(Limits::new(1000, 0.001).expect("valid")).await else {
+            return;
+        };
+        s.cfg.rate_limit.shared.mode = mode;
+        s.cfg.rate_limit.rules = tollgate::config::Config::parse(
+            "rate_limit:
+  rules:
+    - name: api
+      match: {path_prefix: /api}
+      limits: {capacity: 6, rate_per_sec: 0.001}
+      cost: 2
+",
+        )
+        .expect("valid")
+        .rate_limit
+        .rules;
+        let a = balancer(&s.cfg).await;
+        let z = balancer(&s.cfg).await;
+        let c = client();
+        let mut statuses = Vec::new();
+        for i in 0..6 {
+            let lb = if i % 2 == 0 { &a } else { &z };
+            statuses.push(get_status(&c, lb.proxy_addr(), "/api/x").await);
+        }
+        // 6 tokens at 2 a request, across both replicas.
+        assert_eq!(statuses, [200, 200, 200, 429, 429, 429], "{mode:?}");
+        // The client's own bucket gave back what the refusals took.
+        let r = redis::Client::open(s.redis.as_str()).expect("redis url");
+        let mut conn = r
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}rule:*", s.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        assert_eq!(
+            keys,
+            [format!("{}rule:api:ip:127.0.0.1", s.prefix)],
+            "{mode:?}"
+        );
+        a.shutdown().await;
+        z.shutdown().await;
+        forget(&s.redis, &s.prefix).await;
+    }
+}
+
+#[tokio::test]
 async fn a_zero_rate_allowance_is_shared_and_never_comes_back() {
     for mode in MODES {
         a_zero_rate_allowance_is_shared(mode).await;
