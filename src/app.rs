@@ -260,6 +260,12 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
     let proxy = Arc::new(proxy);
     let bound = bind_proxy(config)?;
     let (store, restored) = open_store(config, &registry).await?;
+    if let Some(rules) = proxy.rules() {
+        let buckets = snapshot::restore_rules(rules, &restored.states);
+        if buckets > 0 {
+            tracing::info!(buckets, "rule bucket levels restored");
+        }
+    }
     let bind_admin_error = |source| StartError::Bind {
         addr: config.admin.listen,
         source,
@@ -310,7 +316,11 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         signal.clone().wait(),
     ));
     tasks.spawn(run_snapshots(
-        Snapshotter::new(registry.clone(), store.clone(), &restored.states),
+        match proxy.rules() {
+            Some(rules) => Snapshotter::new(registry.clone(), store.clone(), &restored.states)
+                .with_rules(rules.clone()),
+            None => Snapshotter::new(registry.clone(), store.clone(), &restored.states),
+        },
         config.store.snapshot_interval,
         config.server.drain_timeout,
         signal.clone(),

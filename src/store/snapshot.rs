@@ -11,12 +11,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{now_ms, BucketState, ClientRow, ClientStore, SnapshotDelta, StoreError};
+use crate::limiter::rules::RuleSet;
 use crate::limiter::{ClientKey, Limits, Registry};
+
+/// The stored name of a rule's bucket: `rule:<rule>:<key>`, beside the
+/// clients' `ip:` and `key:` names.
+fn rule_bucket_name(rule: &str, key: &ClientKey) -> String {
+    format!("rule:{rule}:{}", key.encode())
+}
 
 /// Writes snapshots, remembering what it wrote last.
 #[derive(Debug)]
 pub struct Snapshotter {
     registry: Arc<Registry>,
+    rules: Option<Arc<RuleSet>>,
     store: Arc<dyn ClientStore>,
     saved: HashMap<String, f64>,
 }
@@ -40,12 +48,19 @@ impl Snapshotter {
     ) -> Self {
         Self {
             registry,
+            rules: None,
             store,
             saved: restored
                 .iter()
                 .map(|s| (s.client_key.clone(), s.tokens))
                 .collect(),
         }
+    }
+
+    /// The same snapshotter, saving the rules' buckets too.
+    pub fn with_rules(mut self, rules: Arc<RuleSet>) -> Self {
+        self.rules = Some(rules);
+        self
     }
 
     /// Writes one snapshot.
@@ -57,6 +72,13 @@ impl Snapshotter {
                 current.insert(b.key.encode(), b.tokens);
             }
         });
+        for rule in self.rules.iter().flat_map(|r| r.current().to_vec()) {
+            rule.registry.for_each(|b| {
+                if b.tokens < f64::from(b.capacity) {
+                    current.insert(rule_bucket_name(&rule.name, &b.key), b.tokens);
+                }
+            });
+        }
         let mut delta = SnapshotDelta::default();
         for (key, tokens) in &current {
             if self.saved.get(key) != Some(tokens) {
@@ -153,4 +175,36 @@ pub async fn restore(registry: &Registry, store: &dyn ClientStore) -> Result<Res
         states,
         clients,
     })
+}
+
+/// Restores the snapshotted levels of the rules' buckets (`rule:` rows),
+/// with the refill owed since they were saved; rows of rules no longer
+/// configured are left to be deleted by the next snapshot. Returns how
+/// many were restored.
+pub fn restore_rules(rules: &RuleSet, states: &[BucketState]) -> usize {
+    let now = now_ms();
+    let current = rules.current();
+    let mut restored = 0;
+    for s in states {
+        let Some(rest) = s.client_key.strip_prefix("rule:") else {
+            continue;
+        };
+        let Some((name, key)) = rest.split_once(':') else {
+            continue;
+        };
+        let (Some(rule), Some(key)) = (
+            current.iter().find(|r| &*r.name == name),
+            ClientKey::decode(key),
+        ) else {
+            continue;
+        };
+        let limits = rule.spec.limits;
+        let down_secs = (now - s.saved_at_ms).max(0) as f64 / 1000.0;
+        let tokens =
+            (s.tokens + limits.rate_per_sec() * down_secs).min(f64::from(limits.capacity()));
+        if tokens < f64::from(limits.capacity()) && rule.registry.set_tokens(&key, tokens).is_ok() {
+            restored += 1;
+        }
+    }
+    restored
 }

@@ -284,3 +284,32 @@ async fn dry_run_never_refuses_but_sends_the_headers() {
     assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
     lb.shutdown().await;
 }
+
+#[tokio::test]
+async fn rule_buckets_survive_a_restart() {
+    let b = backend("solo").await;
+    let yaml = "    - name: daily
+      match: {path_prefix: /p}
+      limits: {capacity: 2, rate: 2/day}
+";
+    let cfg = with_rules(b.addr, PLENTY(), yaml);
+    let c = client();
+    let lb = balancer(&cfg).await;
+    assert_eq!(
+        statuses(&c, lb.proxy_addr(), Method::GET, "/p", &[], 3).await,
+        [200, 200, 429]
+    );
+    // Shutdown writes a last snapshot; the next start restores from it.
+    lb.shutdown().await;
+    let lb = balancer(&cfg).await;
+    assert_eq!(
+        statuses(&c, lb.proxy_addr(), Method::GET, "/p", &[], 1).await,
+        [429],
+        "the rule's bucket came back empty, not full"
+    );
+    assert_eq!(
+        statuses(&c, lb.proxy_addr(), Method::GET, "/", &[], 1).await,
+        [200]
+    );
+    lb.shutdown().await;
+}
