@@ -12,8 +12,6 @@ mod support {
     pub mod openapi;
     pub mod process;
     pub use process::*;
-    #[allow(dead_code)]
-    pub mod raw;
     pub mod tls;
 }
 

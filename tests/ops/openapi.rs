@@ -7,12 +7,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tollgate::config::Config;
 
 use crate::support::openapi::{validate, Spec};
-use crate::support::raw::RawClient;
 use crate::support::tls::TestCa;
 use crate::support::{self, backend, client, url};
 
@@ -78,23 +78,36 @@ impl Api {
     }
 
     /// A request whose body never finishes: the answer once
-    /// `admin.body_read_timeout` is up.
+    /// `admin.body_read_timeout` is up (then the server closes the
+    /// connection, the rest of the body unread).
     async fn half_sent(&mut self, template: &str, method: &str, path: &str) {
-        let mut raw = RawClient::connect(self.admin).await;
-        raw.send(
-            format!(
-                "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\n\
-                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"capacity\":"
-            )
-            .as_bytes(),
-        )
-        .await;
-        let r = raw.response().await;
-        let content_type = r.header("content-type").pop();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.admin)
+            .await
+            .expect("connect");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"capacity\":"
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut bytes = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
+            .await
+            .expect("an answer and a close within 10 s")
+            .expect("read");
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
         let answer = Answer {
-            status: r.status,
-            content_type,
-            body: r.body,
+            status: head
+                .get(9..12)
+                .and_then(|s| s.parse().ok())
+                .expect("a status"),
+            content_type: head.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-type")
+                    .then(|| value.trim().to_owned())
+            }),
+            body: body.as_bytes().to_vec(),
         };
         self.judge(template, method, answer, 408);
     }
