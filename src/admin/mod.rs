@@ -258,7 +258,7 @@ struct NewClient {
     rate_per_sec: Option<f64>,
     /// N tokens per unit, e.g. `1000/day`; kept exactly as given. Give this
     /// or `rate_per_sec`, not both.
-    #[schema(value_type = String, pattern = "^[0-9]+/(s|min|hour|day)$")]
+    #[schema(value_type = String, required = false, pattern = "^[0-9]+/(s|min|hour|day)$")]
     rate: Option<Rate>,
 }
 
@@ -278,7 +278,7 @@ struct NewLimits {
     rate_per_sec: Option<f64>,
     /// N tokens per unit, e.g. `1000/day`; kept exactly as given. Give this
     /// or `rate_per_sec`, not both.
-    #[schema(value_type = String, pattern = "^[0-9]+/(s|min|hour|day)$")]
+    #[schema(value_type = String, required = false, pattern = "^[0-9]+/(s|min|hour|day)$")]
     rate: Option<Rate>,
 }
 
@@ -960,6 +960,12 @@ mod tests {
                 "{name}"
             );
             assert_eq!(schema["additionalProperties"], false, "{name}");
+            let required = if name == "NewClient" {
+                serde_json::json!(["client_id", "capacity"])
+            } else {
+                serde_json::json!(["capacity"])
+            };
+            assert_eq!(schema["required"], required, "{name}");
             assert_eq!(schema["properties"]["rate_per_sec"]["type"], "number");
             assert_eq!(schema["properties"]["rate"]["type"], "string");
         }

@@ -54,10 +54,20 @@ impl Api {
 
     /// Sends `req`, checks its answer against `template`'s operation, and
     /// asserts its status is `want`; returns the body as JSON (null if
-    /// empty or not JSON).
+    /// empty or not JSON). A JSON body sent expecting success must be
+    /// valid under the documented request schema too.
     async fn expect(&mut self, template: &str, req: reqwest::RequestBuilder, want: u16) -> Value {
         let req = req.build().expect("request");
         let method = req.method().as_str().to_owned();
+        let json_body = req
+            .body()
+            .and_then(|b| b.as_bytes())
+            .and_then(|b| serde_json::from_slice::<Value>(b).ok());
+        if let (true, Some(body)) = ((200..300).contains(&want), json_body) {
+            if let Err(e) = self.spec.check_request(template, &method, &body) {
+                panic!("{e}");
+            }
+        }
         let answer = receive(self.http.execute(req).await.expect("an answer")).await;
         self.judge(template, &method, answer, want)
     }
@@ -195,6 +205,13 @@ async fn every_documented_answer_is_what_the_server_sends() {
     assert_eq!(created["capacity"], 4_294_967_295_u64);
     api.expect("/clients", api.req("POST", "/clients").json(&new), 409)
         .await;
+    // A rate per unit: shown back as given (a string where the other
+    // client has null).
+    let daily = json!({"client_id": "daily", "capacity": 1000, "rate": "1000/day"});
+    let created = api
+        .expect("/clients", api.req("POST", "/clients").json(&daily), 201)
+        .await;
+    assert_eq!(created["rate"], "1000/day");
     let zero = json!({"client_id": "user2", "capacity": 0, "rate_per_sec": 1});
     api.expect("/clients", api.req("POST", "/clients").json(&zero), 400)
         .await;
@@ -212,7 +229,7 @@ async fn every_documented_answer_is_what_the_server_sends() {
     let listed = api
         .expect("/clients", api.req("GET", "/clients"), 200)
         .await;
-    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
 
     let one = "/clients/{id}";
     api.expect(one, api.req("GET", "/clients/user1"), 200).await;
@@ -443,7 +460,9 @@ fn the_checker_refuses_a_missing_field_a_wrong_type_an_extra_field_and_an_undocu
         .check("/other", "GET", 200, json, b"[]")
         .expect_err("undocumented path");
     assert!(e.contains("operation not documented"), "{e}");
-    // A keyword the checker cannot judge fails rather than passes.
     let e = validate(&doc, &json!({"pattern": "^a$"}), &json!("b"), "$").expect_err("pattern");
+    assert!(e.contains("does not match"), "{e}");
+    // A keyword the checker cannot judge fails rather than passes.
+    let e = validate(&doc, &json!({"if": true}), &json!("b"), "$").expect_err("if");
     assert!(e.contains("does not know"), "{e}");
 }

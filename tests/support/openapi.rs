@@ -4,9 +4,9 @@
 //! The schema checker covers the part of JSON Schema that utoipa emits
 //! for tollgate's types (`type`, `properties`, `required`,
 //! `additionalProperties`, `items`, `$ref`, `enum`, `oneOf`/`anyOf`/
-//! `allOf`, numeric and length bounds, integer formats) and refuses any
-//! other keyword, so a schema it cannot judge fails instead of passing
-//! unread. One rule is stricter than JSON Schema: an object whose schema
+//! `allOf`, numeric and length bounds, `pattern`, integer formats) and
+//! refuses any other keyword, so a schema it cannot judge fails instead
+//! of passing unread. One rule is stricter than JSON Schema: an object whose schema
 //! lists `properties` may carry no others unless `additionalProperties`
 //! allows them, so a field sent but not documented fails too. (An `allOf`
 //! of partial object schemas would need their union; utoipa emits none
@@ -125,6 +125,20 @@ impl Spec {
             .get("schema")
             .ok_or_else(|| format!("{what}: {media} without a schema"))?;
         validate(&self.doc, schema, &value, "$").map_err(|e| format!("{what}: {e}\nbody: {text}"))
+    }
+
+    /// Checks a request body the server is expected to accept: it must
+    /// be valid under the operation's JSON request body schema, or the
+    /// document refuses what the server takes.
+    pub fn check_request(&self, path: &str, method: &str, body: &Value) -> Result<(), String> {
+        let method = method.to_ascii_lowercase();
+        let what = format!("{} {path} request", method.to_uppercase());
+        let schema = self.doc["paths"]
+            .get(path)
+            .and_then(|item| item.get(&method))
+            .and_then(|op| op.pointer("/requestBody/content/application~1json/schema"))
+            .ok_or_else(|| format!("{what}: no JSON request body documented"))?;
+        validate(&self.doc, schema, body, "$").map_err(|e| format!("{what}: {e}\nbody: {body}"))
     }
 
     /// The documented answers not checked yet, leaving out `skip`.
@@ -262,6 +276,19 @@ pub fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<
                         || (keyword == "maxLength" && n > bound)
                     {
                         return Err(format!("{at}: {n} characters, {keyword} is {bound}"));
+                    }
+                }
+            }
+            "pattern" => {
+                if let Value::String(s) = value {
+                    // The document's patterns are ECMA-262; the ones it
+                    // has (character classes, anchors, alternation) mean
+                    // the same to the regex crate.
+                    let pattern = arg.as_str().ok_or(format!("{at}: pattern {arg}"))?;
+                    let re = regex::Regex::new(pattern)
+                        .map_err(|e| format!("{at}: pattern {pattern:?}: {e}"))?;
+                    if !re.is_match(s) {
+                        return Err(format!("{at}: {value} does not match {pattern:?}"));
                     }
                 }
             }
