@@ -254,11 +254,11 @@ struct NewClient {
     #[schema(minimum = 1, maximum = 4294967295_u64)]
     capacity: u64,
     /// Refill rate, tokens per second. Give this or `rate`, not both.
-    #[schema(minimum = 0, maximum = 1000000000, nullable = false)]
+    #[schema(minimum = 0, maximum = 1000000000)]
     rate_per_sec: Option<f64>,
     /// N tokens per unit, e.g. `1000/day`; kept exactly as given. Give this
     /// or `rate_per_sec`, not both.
-    #[schema(value_type = String, required = false, pattern = "^[0-9]+/(s|min|hour|day)$")]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+/(s|min|hour|day)$")]
     rate: Option<Rate>,
 }
 
@@ -274,11 +274,11 @@ struct NewLimits {
     #[schema(minimum = 1, maximum = 4294967295_u64)]
     capacity: u64,
     /// Refill rate, tokens per second. Give this or `rate`, not both.
-    #[schema(minimum = 0, maximum = 1000000000, nullable = false)]
+    #[schema(minimum = 0, maximum = 1000000000)]
     rate_per_sec: Option<f64>,
     /// N tokens per unit, e.g. `1000/day`; kept exactly as given. Give this
     /// or `rate_per_sec`, not both.
-    #[schema(value_type = String, required = false, pattern = "^[0-9]+/(s|min|hour|day)$")]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+/(s|min|hour|day)$")]
     rate: Option<Rate>,
 }
 
@@ -954,11 +954,7 @@ mod tests {
             serde_json::from_str(&openapi_document(false)).expect("valid JSON");
         for name in ["NewClient", "Limits"] {
             let schema = &doc["components"]["schemas"][name];
-            assert_eq!(
-                schema["oneOf"],
-                serde_json::json!([{"required": ["rate_per_sec"]}, {"required": ["rate"]}]),
-                "{name}"
-            );
+            assert_eq!(schema["oneOf"], openapi::one_rate(), "{name}");
             assert_eq!(schema["additionalProperties"], false, "{name}");
             let required = if name == "NewClient" {
                 serde_json::json!(["client_id", "capacity"])
@@ -966,8 +962,10 @@ mod tests {
                 serde_json::json!(["capacity"])
             };
             assert_eq!(schema["required"], required, "{name}");
-            assert_eq!(schema["properties"]["rate_per_sec"]["type"], "number");
-            assert_eq!(schema["properties"]["rate"]["type"], "string");
+            // null is taken as "not given".
+            let types = |field: &str| schema["properties"][field]["type"].clone();
+            assert_eq!(types("rate_per_sec"), serde_json::json!(["number", "null"]));
+            assert_eq!(types("rate"), serde_json::json!(["string", "null"]));
         }
     }
 

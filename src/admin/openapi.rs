@@ -26,7 +26,7 @@ and any other method 405. When admin.token is set, every request needs Authoriza
 Bearer <token> (the scheme in any case), and this document, as served, lists the bearer \
 scheme and the 401 answers; without a token it lists neither. capacity is a JSON Schema \
 integer: 3 and 3.0 are both accepted. Limits take exactly one of rate_per_sec and rate \
-(both or neither: 400). Limits whose fill time (capacity / rate) exceeds about nine years \
+(both or neither: 400; null is taken as not given). Limits whose fill time (capacity / rate) exceeds about nine years \
 are refused with 400, which this schema cannot express.";
 
 /// The name of the security scheme.
@@ -47,6 +47,15 @@ pub(super) fn base() -> OpenApi {
         .build()
 }
 
+/// Exactly one of `rate_per_sec` and `rate` given, and not null (the
+/// fields themselves are nullable: null is taken as not given).
+pub(super) fn one_rate() -> serde_json::Value {
+    serde_json::json!([
+        {"required": ["rate_per_sec"], "properties": {"rate_per_sec": {"type": "number"}}},
+        {"required": ["rate"], "properties": {"rate": {"type": "string"}}},
+    ])
+}
+
 /// The request bodies that take limits, by schema name.
 const LIMITS_BODIES: [&str; 2] = ["NewClient", "Limits"];
 
@@ -64,10 +73,7 @@ pub(super) fn render(mut api: OpenApi, token: bool) -> String {
             .pointer_mut(&format!("/components/schemas/{name}"))
             .and_then(|s| s.as_object_mut())
         {
-            schema.insert(
-                "oneOf".into(),
-                serde_json::json!([{"required": ["rate_per_sec"]}, {"required": ["rate"]}]),
-            );
+            schema.insert("oneOf".into(), one_rate());
         }
     }
     doc.to_string()

@@ -6,11 +6,13 @@
 //! `additionalProperties`, `items`, `$ref`, `enum`, `oneOf`/`anyOf`/
 //! `allOf`, numeric and length bounds, `pattern`, integer formats) and
 //! refuses any other keyword, so a schema it cannot judge fails instead
-//! of passing unread. One rule is stricter than JSON Schema: an object whose schema
-//! lists `properties` may carry no others unless `additionalProperties`
-//! allows them, so a field sent but not documented fails too. (An `allOf`
-//! of partial object schemas would need their union; utoipa emits none
-//! for tollgate's types, and one would fail loudly, not pass.)
+//! of passing unread. One rule is stricter than JSON Schema: an object
+//! whose schema says `type: object` and lists `properties` may carry no
+//! others unless `additionalProperties` allows them, so a field sent but
+//! not documented fails too. (A `oneOf` branch that only constrains some
+//! properties is open, as JSON Schema has it; an `allOf` of partial
+//! object schemas would need their union: utoipa emits none for
+//! tollgate's types, and one would fail loudly, not pass.)
 //!
 //! Not the `jsonschema` crate (0.61): 26 more packages, itself included,
 //! without its default features (a regex engine, big-number fractions,
@@ -19,7 +21,7 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 /// One documented answer: path template, method (lower case), status.
 pub type Answer = (String, String, u16);
@@ -379,8 +381,12 @@ fn check_object(
             // Stricter than JSON Schema, which allows any other property
             // unless told otherwise: an answer sends only what the
             // document lists. utoipa's response schemas do not say
-            // `additionalProperties`.
-            (None, None) if !properties.is_empty() => {
+            // `additionalProperties`. Only for a whole object's schema
+            // (`type: object`), not for a `oneOf` branch that constrains
+            // a few of its properties.
+            (None, None)
+                if !properties.is_empty() && schema.get("type") == Some(&json!("object")) =>
+            {
                 return Err(format!("{here}: an undocumented property"));
             }
             (None, None) => {}
