@@ -170,12 +170,11 @@ impl AdminError {
             // The one error with more than a message: what to fix.
             Self::InvalidConfig(problems) => json_response(
                 self.status(),
-                serde_json::json!({
-                    "code": self.status().as_u16(),
-                    "message": self.to_string(),
-                    "problems": problems,
-                })
-                .to_string(),
+                to_json(&InvalidConfigBody {
+                    code: self.status().as_u16(),
+                    message: &self.to_string(),
+                    problems,
+                }),
             ),
             _ => json_error(self.status(), &self.to_string()),
         };
@@ -204,9 +203,42 @@ fn json_response(status: StatusCode, body: String) -> Response<Body> {
     response
 }
 
+/// The body of every JSON error tollgate answers with.
+// The admin API's OpenAPI document describes it from this type.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// The HTTP status, repeated.
+    pub code: u16,
+    /// What is wrong.
+    pub message: &'a str,
+}
+
+/// The body of `POST /reload`'s 400: an error with every problem of the
+/// config file.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = InvalidConfig)]
+pub struct InvalidConfigBody<'a> {
+    /// 400.
+    pub code: u16,
+    /// `invalid configuration`.
+    pub message: &'a str,
+    /// Each problem as `field.path: reason`.
+    pub problems: &'a [String],
+}
+
+/// `body` as JSON text.
+fn to_json(body: &impl serde::Serialize) -> String {
+    // Numbers and strings only: serialising them cannot fail.
+    serde_json::to_string(body).unwrap_or_default()
+}
+
 /// The body of [`json_error`].
 fn json_text(status: StatusCode, message: &str) -> String {
-    serde_json::json!({ "code": status.as_u16(), "message": message }).to_string()
+    to_json(&ErrorBody {
+        code: status.as_u16(),
+        message,
+    })
 }
 
 /// The JSON body for a request that hyper's HTTP/1.1 parser refused with

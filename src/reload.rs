@@ -105,7 +105,7 @@ impl ReloadError {
 }
 
 /// What a reload changed: the answer of `POST /reload`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Reloaded {
     /// Config keys (field paths) that changed and now apply.
     pub applied: Vec<String>,

@@ -68,8 +68,9 @@ impl<'de> Deserialize<'de> for Weight {
 
 /// What `/backends` shows as a backend's `state` (see the module
 /// documentation for the precedence).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(description = "Whether a backend gets new requests: only when active.")]
 pub enum State {
     /// In rotation.
     Active,

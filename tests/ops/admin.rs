@@ -623,9 +623,16 @@ async fn openapi_document_says_what_the_server_does() {
         doc["components"]
     );
     // The path parameter is the body's client_id, same rules.
-    let param = &doc["components"]["parameters"]["ClientId"]["schema"];
-    let body_id = &doc["components"]["schemas"]["NewClient"]["properties"]["client_id"];
-    assert_eq!(param, body_id);
+    let mut body_id = doc["components"]["schemas"]["NewClient"]["properties"]["client_id"].clone();
+    body_id
+        .as_object_mut()
+        .expect("a schema")
+        .remove("description");
+    for method in ["get", "put", "delete"] {
+        let param = &doc["paths"]["/clients/{id}"][method]["parameters"][0];
+        assert_eq!(param["name"], "id");
+        assert_eq!(param["schema"], body_id, "{method}");
+    }
     // capacity is a JSON Schema integer, and 1.0 is one: accepted.
     let (s, body) = send(
         c.post(url(lb.admin_addr(), "/clients"))

@@ -1,6 +1,7 @@
-//! Operating tollgate: the admin API and its client table, the SQLite and
-//! PostgreSQL stores, the command line and the deployment files, and the
-//! real binary under signals, crashes and a small open-file limit.
+//! Operating tollgate: the admin API, its client table and its OpenAPI
+//! document, the SQLite and PostgreSQL stores, the command line and the
+//! deployment files, and the real binary under signals, crashes and a
+//! small open-file limit.
 
 #[path = "../support"]
 mod support {
@@ -8,6 +9,7 @@ mod support {
     pub use db::*;
     pub mod net;
     pub use net::*;
+    pub mod openapi;
     pub mod process;
     pub use process::*;
     pub mod tls;
@@ -18,6 +20,7 @@ mod cli;
 mod deploy;
 mod durability;
 mod fd_limit;
+mod openapi;
 mod reload;
 mod shutdown;
 mod store;
