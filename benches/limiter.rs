@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use governor::{Quota, RateLimiter};
+use tollgate::limiter::rules::{RuleBounds, RuleKey, RuleSet, RuleSpec};
 use tollgate::limiter::{ClientKey, Limits, Registry, RegistryConfig};
 
 const KEYS: usize = 1_000_000;
@@ -186,11 +187,89 @@ fn refuse_when_full(c: &mut Criterion) {
     g.finish();
 }
 
+/// `n` rules on `/rule-<i>` prefixes (none matches `/`), plus one on
+/// `/` when `matching`.
+fn rule_set(n: usize, matching: bool) -> RuleSet {
+    let mut specs: Vec<RuleSpec> = (0..n)
+        .map(|i| RuleSpec {
+            name: format!("rule-{i}"),
+            path_prefix: format!("/rule-{i}"),
+            methods: vec![http::Method::GET],
+            key: RuleKey::Client,
+            limits: Limits::new(1_000_000_000, 1e9).expect("valid"),
+            cost: NonZeroU32::MIN,
+            dry_run: false,
+        })
+        .collect();
+    if matching {
+        specs.push(RuleSpec {
+            name: "all".into(),
+            path_prefix: "/".into(),
+            ..specs.first().cloned().unwrap_or_else(|| RuleSpec {
+                name: String::new(),
+                path_prefix: String::new(),
+                methods: Vec::new(),
+                key: RuleKey::Client,
+                limits: Limits::new(1_000_000_000, 1e9).expect("valid"),
+                cost: NonZeroU32::MIN,
+                dry_run: false,
+            })
+        });
+    }
+    RuleSet::new(
+        &specs,
+        RuleBounds {
+            max_clients: NonZeroUsize::new(1000).expect("nonzero"),
+            idle_timeout: Duration::from_secs(3600),
+            refill_interval: Duration::from_millis(100),
+        },
+    )
+}
+
+/// The limiter's part of admitting one request with rules, as the proxy
+/// does it: the client's bucket, the rules in force matched by method and
+/// path, and a take from each matching rule's bucket (headers not
+/// included; `scripts/bench.sh` with `RULES=10` measures the whole path).
+fn rules(c: &mut Criterion) {
+    let mut g = c.benchmark_group("admit_with_rules");
+    let reg = registry(1000);
+    let key = ClientKey::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    let method = http::Method::GET;
+    for (label, n, matching) in [
+        ("0 rules", 0, false),
+        ("10 rules, none matching", 10, false),
+        ("1 rule, matching", 0, true),
+        ("10 rules + 1 matching", 10, true),
+    ] {
+        let set = rule_set(n, matching);
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                let mut allowed = reg
+                    .check(black_box(&key))
+                    .map(|d| d.allowed())
+                    .unwrap_or(false);
+                let current = set.current();
+                for rule in current.iter() {
+                    if rule.spec.matches(&method, black_box("/")) {
+                        allowed &= rule
+                            .registry
+                            .check_cost(&key, rule.spec.cost.get())
+                            .map(|d| d.allowed())
+                            .unwrap_or(false);
+                    }
+                }
+                black_box(allowed)
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = hot_key, many_keys, sweep, refuse_when_full
+    targets = hot_key, many_keys, sweep, refuse_when_full, rules
 }
 criterion_main!(benches);

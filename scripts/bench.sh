@@ -7,6 +7,7 @@
 #   REDIS_URL=redis://127.0.0.1:6379 scripts/bench.sh   # adds shared limits
 #   TLS=0 scripts/bench.sh      # without the TLS section
 #   ACCESS_LOG=1 scripts/bench.sh   # adds tollgate+accesslog
+#   RULES=10 scripts/bench.sh       # adds tollgate+10rules (limit rules none of the requests match)
 #
 # The TLS section puts tollgate and nginx in front of the same backends
 # with the same ECDSA P-256 certificate (made by openssl for the run):
@@ -118,6 +119,18 @@ if [ "$ACCESS_LOG" = 1 ]; then
   wait_http "http://127.0.0.1:$TA/health"
   TARGETS+=("tollgate+accesslog http://127.0.0.1:$TA/")
 fi
+# With RULES=N, a tollgate with N limit rules on paths the load never
+# asks for: what evaluating rules costs a request they do not match.
+if [ "${RULES:-0}" -gt 0 ]; then
+  rules_lines="  rules:"
+  for i in $(seq "$RULES"); do
+    rules_lines+=$'\n'"    - {name: rule-$i, match: {path_prefix: /rule-$i, methods: [GET]}, limits: {capacity: 1000, rate_per_sec: 100}}"
+  done
+  read -r pid port < <(start_tollgate "tollgate+${RULES}rules" "$rules_lines"); PIDS+=("$pid")
+  SERVER_PIDS[tollgate+${RULES}rules]=$pid
+  wait_http "http://127.0.0.1:$port/health"
+  TARGETS+=("tollgate+${RULES}rules http://127.0.0.1:$port/")
+fi
 if command -v nginx >/dev/null; then
   NG=$(free_port)
   tls_args=()
@@ -224,6 +237,10 @@ echo
 echo "server CPU: user + system time of the target's own processes (tollgate; nginx master and"
 echo "workers; backend b0 for direct) per request; the backends behind a proxy are not counted."
 echo
+if [ "${RULES:-0}" -gt 0 ]; then
+  echo "tollgate+${RULES}rules vs tollgate alone: wrk $(ratio "${RPS[wrk-tollgate+${RULES}rules]}" "${RPS[wrk-tollgate]}")x, ab $(ratio "${RPS[ab-tollgate+${RULES}rules]}" "${RPS[ab-tollgate]}")x"
+  echo
+fi
 if [ "${#REDIS_ROWS[@]}" -gt 0 ]; then
   for mode in "${SHARED_MODES[@]}"; do
     echo "tollgate+$mode vs tollgate alone: wrk $(ratio "${RPS[wrk-tollgate+$mode]}" "${RPS[wrk-tollgate]}")x, ab $(ratio "${RPS[ab-tollgate+$mode]}" "${RPS[ab-tollgate]}")x"

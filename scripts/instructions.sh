@@ -7,6 +7,7 @@
 #   scripts/instructions.sh
 #   ACCESS_LOG=1 scripts/instructions.sh     # adds tollgate+accesslog (JSON lines to a file)
 #   REDIS_URL=redis://127.0.0.1:6379 scripts/instructions.sh   # adds shared limits, lease and exact
+#   RULES=10 scripts/instructions.sh   # adds tollgate+10rules (rules the load never matches)
 #   BIN=/tmp/tollgate-old scripts/instructions.sh   # another build, not rebuilt
 #
 # Each server runs under callgrind; counting is switched on only around
@@ -82,6 +83,20 @@ if [ "$ACCESS_LOG" = 1 ]; then
     "$BIN" serve --config "$WORK/tollgate-accesslog.yaml" >"$WORK/tollgate-accesslog.log" 2>&1 & APID=$!; PIDS+=("$APID")
   wait_http "http://127.0.0.1:$port/health"
   while read -r line; do RESULTS+=("$line"); done < <(measure tollgate+accesslog "$APID" "http://127.0.0.1:$port/")
+fi
+
+if [ "${RULES:-0}" -gt 0 ]; then
+  rules_lines="  rules:"
+  for i in $(seq "$RULES"); do
+    rules_lines+=$'\n'"    - {name: rule-$i, match: {path_prefix: /rule-$i, methods: [GET]}, limits: {capacity: 1000, rate_per_sec: 100}}"
+  done
+  port=$(free_port); admin=$(free_port)
+  tollgate_conf "$WORK/tollgate-rules.yaml" "$port" "$admin" "$rules_lines"
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
+    "$BIN" serve --config "$WORK/tollgate-rules.yaml" >"$WORK/tollgate-rules.log" 2>&1 & RPID=$!; PIDS+=("$RPID")
+  wait_http "http://127.0.0.1:$port/health"
+  while read -r line; do RESULTS+=("$line"); done < <(measure "tollgate+${RULES}rules" "$RPID" "http://127.0.0.1:$port/")
+  kill "$RPID" 2>/dev/null || true
 fi
 
 # Shared limits (limits never reached): tollgate's own instructions only,
