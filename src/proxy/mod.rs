@@ -405,15 +405,10 @@ impl Proxy {
         )];
         let mut refused = !client.0.allowed() && !live.dry_run;
         for rule in matching {
-            lines.push(PolicyLine::of_limits(rule.name.clone(), &rule.spec.limits));
-            if refused {
-                // All or nothing: once a bucket refused, the rest are not
-                // charged.
-                continue;
-            }
             let ip =
                 ip_key.get_or_insert_with(|| live.identifier.client_key(req.headers(), peer.ip()));
             let rule_key = match rule.key_of(&key, ip, req.headers()) {
+                // Keyed by a header the request lacks: not matched.
                 None => continue,
                 Some(Ok(k)) => k,
                 Some(Err(reason)) => {
@@ -421,6 +416,12 @@ impl Proxy {
                     return Err(ProxyError::BadRequest(reason.into()));
                 }
             };
+            lines.push(PolicyLine::of_limits(rule.name.clone(), &rule.spec.limits));
+            if refused {
+                // All or nothing: once a bucket refused, the rest are not
+                // charged.
+                continue;
+            }
             let cost = rule.spec.cost.get();
             let local = match rule.registry.check_cost(&rule_key, cost) {
                 Ok(d) => d,

@@ -201,6 +201,12 @@ async fn header_keys_give_each_tenant_a_bucket_and_skip_requests_without_it() {
         [200, 429]
     );
     assert_eq!(statuses(&c, p, Method::GET, "/", &[], 3).await, [200; 3]);
+    // Not matched without the header: the client's policy alone.
+    let r = send(&c, p, Method::GET, "/", &[]).await;
+    assert_eq!(
+        r.headers()["ratelimit-policy"],
+        "\"tollgate\";q=1000;w=1000000"
+    );
     let r = send(&c, p, Method::GET, "/", &[("x-tenant", "bad value!")]).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: serde_json::Value = r.json().await.expect("json");
