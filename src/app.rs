@@ -487,6 +487,7 @@ fn build_proxy(
         timeout: rl.shared.timeout,
         mode: rl.shared.mode,
         period: rl.refill_interval,
+        max_leases: rl.max_clients.get(),
     })
     .map_err(StartError::SharedLimiter)?;
     tracing::info!(

@@ -37,6 +37,7 @@ impl Replica {
             timeout: Duration::from_millis(500),
             mode: SharedMode::Lease,
             period: Duration::from_millis(100),
+            max_leases: 1000,
         })
         .expect("redis url");
         Self {

@@ -279,13 +279,20 @@ type Shard = HashMap<String, Arc<Lease>>;
 pub(crate) struct Leases {
     shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::fast::RandomState,
+    /// Entries held, at most `max_entries`.
+    entries: std::sync::atomic::AtomicUsize,
+    max_entries: usize,
 }
 
 impl Leases {
-    pub(crate) fn new() -> Self {
+    /// A table of at most `max_entries` clients (`rate_limit.max_clients`):
+    /// a flood of fresh addresses cannot grow it without bound.
+    pub(crate) fn new(max_entries: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: foldhash::fast::RandomState::default(),
+            entries: std::sync::atomic::AtomicUsize::new(0),
+            max_entries,
         }
     }
 
@@ -296,8 +303,12 @@ impl Leases {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `key`'s lease, made empty if it has none.
+    /// `key`'s lease, made empty if it has none. With the table full, a
+    /// new client gets a lease of its own that is not kept: it asks Redis
+    /// for one token per request, as `exact` mode does, until entries are
+    /// forgotten.
     pub(crate) fn get(&self, key: &str, now: Instant, limits: LeaseLimits) -> Arc<Lease> {
+        use std::sync::atomic::Ordering;
         let mut shard = self.shard(key);
         if let Some(lease) = shard.get(key) {
             return lease.clone();
@@ -306,7 +317,10 @@ impl Leases {
             state: Mutex::new(LeaseState::new(now, limits)),
             fetching: Arc::new(tokio::sync::Mutex::new(())),
         });
-        shard.insert(key.to_owned(), lease.clone());
+        if self.entries.load(Ordering::Relaxed) < self.max_entries {
+            self.entries.fetch_add(1, Ordering::Relaxed);
+            shard.insert(key.to_owned(), lease.clone());
+        }
         lease
     }
 
@@ -336,7 +350,12 @@ impl Leases {
                 // request in flight or a check about to spend keeps it.
                 let idle = state.tokens == 0 && state.last_used <= forget_since;
                 drop(state);
-                !(idle && Arc::strong_count(lease) == 1)
+                let forget = idle && Arc::strong_count(lease) == 1;
+                if forget {
+                    self.entries
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                !forget
             });
         }
         returned
@@ -494,7 +513,7 @@ mod tests {
 
     #[test]
     fn idle_leases_are_returned_and_idle_entries_forgotten() {
-        let leases = Leases::new();
+        let leases = Leases::new(100);
         let now = Instant::now();
         let l = limits(20, 50.0);
         let lease = leases.get("key:a", now, l);
@@ -531,7 +550,7 @@ mod tests {
 
     #[test]
     fn a_held_entry_is_not_forgotten() {
-        let leases = Leases::new();
+        let leases = Leases::new(100);
         let now = Instant::now();
         let held = leases.get("key:a", now, limits(20, 50.0));
         let later = now + FORGET_AFTER;
@@ -543,8 +562,25 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_hands_out_leases_it_does_not_keep() {
+        let leases = Leases::new(1);
+        let now = Instant::now();
+        let l = limits(20, 50.0);
+        let kept = leases.get("key:a", now, l);
+        let extra = leases.get("key:b", now, l);
+        assert_eq!(leases.len(), 1);
+        assert!(!Arc::ptr_eq(&extra, &leases.get("key:b", now, l)));
+        assert!(Arc::ptr_eq(&kept, &leases.get("key:a", now, l)));
+        drop(kept);
+        let later = now + FORGET_AFTER;
+        leases.sweep(Some(later), later);
+        let _ = leases.get("key:b", now, l);
+        assert_eq!(leases.len(), 1, "room again once a was forgotten");
+    }
+
+    #[test]
     fn shutdown_returns_every_lease() {
-        let leases = Leases::new();
+        let leases = Leases::new(100);
         let now = Instant::now();
         let l = limits(20, 50.0);
         let lease = leases.get("key:a", now, l);

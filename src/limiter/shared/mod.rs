@@ -170,6 +170,8 @@ pub struct SharedOptions {
     pub mode: SharedMode,
     /// `rate_limit.refill_interval`: how often a refused replica asks.
     pub period: Duration,
+    /// `rate_limit.max_clients`: most clients with a lease on this replica.
+    pub max_leases: usize,
 }
 
 impl SharedLimiter {
@@ -194,7 +196,7 @@ impl SharedLimiter {
             timeout,
             mode: options.mode,
             period: options.period.max(Duration::from_millis(1)),
-            leases: Leases::new(),
+            leases: Leases::new(options.max_leases),
             counters: Counters::default(),
             started: Instant::now(),
             paused_until_ms: AtomicU64::new(0),
