@@ -39,8 +39,9 @@ pub(crate) struct Taken {
     pub(crate) key: Option<ClientKey>,
     /// The local take admitted (its tokens are gone from the registry).
     pub(crate) local: Option<Decision>,
-    /// The shared bucket's name in Redis, when its check admitted.
-    pub(crate) shared: Option<String>,
+    /// The shared bucket's check admitted (its tokens are gone from
+    /// Redis or the lease).
+    pub(crate) shared: bool,
     /// Tokens taken.
     pub(crate) cost: u32,
 }

@@ -34,7 +34,7 @@ use crate::access_log::{AccessLog, Client, Limited, Record};
 use crate::balancer::{Backend, Pool};
 use crate::error::ProxyError;
 use crate::limiter::rules::{Rule, RuleSet};
-use crate::limiter::shared::{OnFailure, SharedLimiter};
+use crate::limiter::shared::{Bucket, OnFailure, SharedLimiter};
 use crate::limiter::{ClientKey, Decision, Registry, RegistryError};
 use crate::telemetry;
 use admission::{Charged, Policies, PolicyLine, Taken};
@@ -505,12 +505,10 @@ impl Proxy {
         local: Decision,
         cost: u32,
     ) -> Result<(Decision, Taken), ProxyError> {
-        let name = self.shared.as_ref().map(|_| key.encode());
-        self.charge(name, key, local, cost).await
+        self.charge(None, key, local, cost).await
     }
 
-    /// A rule's bucket with shared limits, named `rule:<name>:<key>` in
-    /// Redis.
+    /// A rule's bucket with shared limits (`rule:<name>:<key>` in Redis).
     async fn charge_shared_rule(
         &self,
         rule: &str,
@@ -518,16 +516,12 @@ impl Proxy {
         local: Decision,
         cost: u32,
     ) -> Result<(Decision, Taken), ProxyError> {
-        let name = self
-            .shared
-            .as_ref()
-            .map(|_| format!("rule:{rule}:{}", key.encode()));
-        self.charge(name, key, local, cost).await
+        self.charge(Some(rule), key, local, cost).await
     }
 
     async fn charge(
         &self,
-        shared_name: Option<String>,
+        rule: Option<&str>,
         key: ClientKey,
         local: Decision,
         cost: u32,
@@ -535,25 +529,24 @@ impl Proxy {
         let mut taken = Taken {
             key: Some(key),
             local: local.allowed().then_some(local),
-            shared: None,
+            shared: false,
             cost,
         };
-        let (Some(shared), Some(name)) = (&self.shared, shared_name) else {
+        let (Some(shared), Some(key)) = (&self.shared, taken.key.as_ref()) else {
             return Ok((local, taken));
         };
+        let bucket = Bucket { rule, key };
         // A leased token answers without Redis and without a future. The
         // Redis exchange is boxed: inline, that large future would grow
         // every request's future, which is moved several times per
         // request, with or without shared limits.
-        let answer = match shared.limiter.try_local(&name, &local, cost) {
+        let answer = match shared.limiter.try_local(bucket, &local, cost) {
             Some(v) => Ok(v),
-            None => Box::pin(shared.limiter.check_remote(&name, &local, cost)).await,
+            None => Box::pin(shared.limiter.check_remote(bucket, &local, cost)).await,
         };
         match answer {
             Ok(v) => {
-                if v.allowed() {
-                    taken.shared = Some(name);
-                }
+                taken.shared = v.allowed();
                 Ok((v, taken))
             }
             Err(_) => {
@@ -562,7 +555,7 @@ impl Proxy {
                     OnFailure::Local => Ok((local, taken)),
                     OnFailure::Reject => {
                         self.give_back(std::slice::from_ref(&Charged {
-                            rule: None,
+                            rule: rule.map(Arc::from),
                             decision: local,
                             dry_run: false,
                             taken,
@@ -598,8 +591,12 @@ impl Proxy {
                     }
                 }
             }
-            if let (Some(shared), Some(name)) = (&self.shared, &t.shared) {
-                shared.limiter.refund(name, &c.decision, t.cost);
+            if let (Some(shared), true) = (&self.shared, t.shared) {
+                let bucket = Bucket {
+                    rule: c.rule.as_deref(),
+                    key,
+                };
+                shared.limiter.refund(bucket, &c.decision, t.cost);
             }
         }
     }

@@ -50,7 +50,14 @@ impl Replica {
     async fn check(&self, client: &ClientKey) -> bool {
         let local = self.local.check(client).expect("room for the client");
         self.shared
-            .check(&client.encode(), &local, 1)
+            .check(
+                tollgate::limiter::shared::Bucket {
+                    rule: None,
+                    key: client,
+                },
+                &local,
+                1,
+            )
             .await
             .expect("redis answers")
             .allowed()

@@ -25,10 +25,12 @@
 //! The state machine here is pure (time is passed in) so its rules are
 //! unit-tested without Redis; `SharedLimiter` drives it.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use super::Bucket;
+use crate::limiter::ClientKey;
 
 /// The window over which a client's demand on this replica is measured,
 /// and so the time a lease is sized to last.
@@ -260,10 +262,55 @@ impl Lease {
     }
 }
 
+/// A bucket's name as the lease table keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwnedBucket {
+    rule: Option<Box<str>>,
+    key: ClientKey,
+}
+
+impl OwnedBucket {
+    fn of(b: Bucket<'_>) -> Self {
+        Self {
+            rule: b.rule.map(Box::from),
+            key: b.key.clone(),
+        }
+    }
+
+    pub(crate) fn name(&self) -> String {
+        Bucket {
+            rule: self.rule.as_deref(),
+            key: &self.key,
+        }
+        .name()
+    }
+}
+
+// Hashed as its borrowed form, so a lookup needs no owned key.
+impl Hash for OwnedBucket {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.rule.as_deref().hash(h);
+        self.key.hash(h);
+    }
+}
+
+impl Hash for Bucket<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.rule.hash(h);
+        self.key.hash(h);
+    }
+}
+
+impl hashbrown::Equivalent<OwnedBucket> for Bucket<'_> {
+    fn equivalent(&self, owned: &OwnedBucket) -> bool {
+        self.rule == owned.rule.as_deref() && *self.key == owned.key
+    }
+}
+
 /// Tokens taken back from idle leases, to be returned to Redis.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Returned {
-    /// The client's shared-bucket name (without the key prefix).
+    /// The shared bucket's name in Redis (without the key prefix).
     pub(crate) key: String,
     /// Tokens to give back.
     pub(crate) tokens: u32,
@@ -271,8 +318,8 @@ pub(crate) struct Returned {
     pub(crate) limits: LeaseLimits,
 }
 
-/// One shard of the lease table: client name → lease.
-type Shard = HashMap<String, Arc<Lease>>;
+/// One shard of the lease table: bucket → lease.
+type Shard = hashbrown::HashMap<OwnedBucket, Arc<Lease>, foldhash::fast::RandomState>;
 
 /// Every client's lease on this replica.
 #[derive(Debug)]
@@ -289,15 +336,17 @@ impl Leases {
     /// a flood of fresh addresses cannot grow it without bound.
     pub(crate) fn new(max_entries: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Shard::with_hasher(foldhash::fast::RandomState::default())))
+                .collect(),
             hasher: foldhash::fast::RandomState::default(),
             entries: std::sync::atomic::AtomicUsize::new(0),
             max_entries,
         }
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let i = (self.hasher.hash_one(key) as usize) % self.shards.len();
+    fn shard(&self, bucket: Bucket<'_>) -> MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(bucket) as usize) % self.shards.len();
         self.shards[i]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -307,10 +356,10 @@ impl Leases {
     /// new client gets a lease of its own that is not kept: it asks Redis
     /// for one token per request, as `exact` mode does, until entries are
     /// forgotten.
-    pub(crate) fn get(&self, key: &str, now: Instant, limits: LeaseLimits) -> Arc<Lease> {
+    pub(crate) fn get(&self, bucket: Bucket<'_>, now: Instant, limits: LeaseLimits) -> Arc<Lease> {
         use std::sync::atomic::Ordering;
-        let mut shard = self.shard(key);
-        if let Some(lease) = shard.get(key) {
+        let mut shard = self.shard(bucket);
+        if let Some(lease) = shard.get(&bucket) {
             return lease.clone();
         }
         let lease = Arc::new(Lease {
@@ -319,7 +368,7 @@ impl Leases {
         });
         if self.entries.load(Ordering::Relaxed) < self.max_entries {
             self.entries.fetch_add(1, Ordering::Relaxed);
-            shard.insert(key.to_owned(), lease.clone());
+            shard.insert(OwnedBucket::of(bucket), lease.clone());
         }
         lease
     }
@@ -340,7 +389,7 @@ impl Leases {
                 let since = idle_since.unwrap_or(state.last_used);
                 if let Some((tokens, limits)) = state.reclaim(since) {
                     returned.push(Returned {
-                        key: key.clone(),
+                        key: key.name(),
                         tokens,
                         limits,
                     });
@@ -375,6 +424,14 @@ mod tests {
     use super::*;
 
     const PERIOD: Duration = Duration::from_millis(100);
+
+    fn client(id: &str) -> ClientKey {
+        ClientKey::api(id).expect("key")
+    }
+
+    fn of(key: &ClientKey) -> Bucket<'_> {
+        Bucket { rule: None, key }
+    }
 
     fn limits(capacity: u32, rate: f64) -> LeaseLimits {
         LeaseLimits {
@@ -516,7 +573,7 @@ mod tests {
         let leases = Leases::new(100);
         let now = Instant::now();
         let l = limits(20, 50.0);
-        let lease = leases.get("key:a", now, l);
+        let lease = leases.get(of(&client("a")), now, l);
         lease.state().note_demand(now);
         lease.state().granted(
             now,
@@ -552,7 +609,7 @@ mod tests {
     fn a_held_entry_is_not_forgotten() {
         let leases = Leases::new(100);
         let now = Instant::now();
-        let held = leases.get("key:a", now, limits(20, 50.0));
+        let held = leases.get(of(&client("a")), now, limits(20, 50.0));
         let later = now + FORGET_AFTER;
         leases.sweep(Some(later), later);
         assert_eq!(leases.len(), 1);
@@ -566,15 +623,15 @@ mod tests {
         let leases = Leases::new(1);
         let now = Instant::now();
         let l = limits(20, 50.0);
-        let kept = leases.get("key:a", now, l);
-        let extra = leases.get("key:b", now, l);
+        let kept = leases.get(of(&client("a")), now, l);
+        let extra = leases.get(of(&client("b")), now, l);
         assert_eq!(leases.len(), 1);
-        assert!(!Arc::ptr_eq(&extra, &leases.get("key:b", now, l)));
-        assert!(Arc::ptr_eq(&kept, &leases.get("key:a", now, l)));
+        assert!(!Arc::ptr_eq(&extra, &leases.get(of(&client("b")), now, l)));
+        assert!(Arc::ptr_eq(&kept, &leases.get(of(&client("a")), now, l)));
         drop(kept);
         let later = now + FORGET_AFTER;
         leases.sweep(Some(later), later);
-        let _ = leases.get("key:b", now, l);
+        let _ = leases.get(of(&client("b")), now, l);
         assert_eq!(leases.len(), 1, "room again once a was forgotten");
     }
 
@@ -583,7 +640,7 @@ mod tests {
         let leases = Leases::new(100);
         let now = Instant::now();
         let l = limits(20, 50.0);
-        let lease = leases.get("key:a", now, l);
+        let lease = leases.get(of(&client("a")), now, l);
         lease.state().granted(
             now,
             Grant {

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use self::lease::{Grant, LeaseLimits, Leases, Local, Returned};
-use super::Decision;
+use super::{ClientKey, Decision};
 use crate::shutdown::Ticks;
 use crate::telemetry;
 
@@ -77,6 +77,27 @@ impl OnFailure {
         match self {
             Self::Local => "local",
             Self::Reject => "reject",
+        }
+    }
+}
+
+/// Which shared bucket a check is for: a client's own, or a rule's for a
+/// key. Borrowed, so that a check answered from a lease builds no name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket<'a> {
+    /// `None`: the client's own bucket; else the rule's name.
+    pub rule: Option<&'a str>,
+    /// The client's key, or the rule's key for the request.
+    pub key: &'a ClientKey,
+}
+
+impl Bucket<'_> {
+    /// The bucket's Redis key without the prefix: `ip:…` / `key:…` /
+    /// `net:…` for clients, `rule:<name>:<key>` for rules.
+    pub fn name(&self) -> String {
+        match self.rule {
+            None => self.key.encode(),
+            Some(rule) => format!("rule:{rule}:{}", self.key.encode()),
         }
     }
 }
@@ -233,13 +254,13 @@ impl SharedLimiter {
     /// which knows its limits).
     pub async fn check(
         self: &Arc<Self>,
-        key: &str,
+        bucket: Bucket<'_>,
         local: &Decision,
         cost: u32,
     ) -> Result<Decision, SharedError> {
-        match self.try_local(key, local, cost) {
+        match self.try_local(bucket, local, cost) {
             Some(decided) => Ok(decided),
-            None => self.check_remote(key, local, cost).await,
+            None => self.check_remote(bucket, local, cost).await,
         }
     }
 
@@ -248,13 +269,13 @@ impl SharedLimiter {
     /// Redis must be asked ([`SharedLimiter::check_remote`], which must
     /// then follow). Synchronous, so the request path only builds the
     /// Redis exchange's future when there is one.
-    pub fn try_local(&self, key: &str, local: &Decision, cost: u32) -> Option<Decision> {
+    pub fn try_local(&self, bucket: Bucket<'_>, local: &Decision, cost: u32) -> Option<Decision> {
         if self.mode != SharedMode::Lease {
             return None;
         }
         let limits = lease_limits(local);
         let now = Instant::now();
-        let lease = self.leases.get(key, now, limits);
+        let lease = self.leases.get(bucket, now, limits);
         let step = {
             let mut state = lease.state();
             state.note_demand(now);
@@ -267,30 +288,30 @@ impl SharedLimiter {
     /// mode (after [`SharedLimiter::try_local`] said so).
     pub async fn check_remote(
         self: &Arc<Self>,
-        key: &str,
+        bucket: Bucket<'_>,
         local: &Decision,
         cost: u32,
     ) -> Result<Decision, SharedError> {
         match self.mode {
-            SharedMode::Exact => self.check_exact(key, local, cost).await,
-            SharedMode::Lease => self.lease(key, local, cost).await,
+            SharedMode::Exact => self.check_exact(&bucket.name(), local, cost).await,
+            SharedMode::Lease => self.lease(bucket, local, cost).await,
         }
     }
 
     /// Gives back `cost` tokens a check of `key` took, for a request that
     /// another bucket refused: into the lease in `lease` mode, to Redis
     /// (in a task of its own, so the refusal is not delayed) in `exact`.
-    pub fn refund(self: &Arc<Self>, key: &str, local: &Decision, cost: u32) {
+    pub fn refund(self: &Arc<Self>, bucket: Bucket<'_>, local: &Decision, cost: u32) {
         let limits = lease_limits(local);
         match self.mode {
             SharedMode::Lease => {
-                let lease = self.leases.get(key, Instant::now(), limits);
+                let lease = self.leases.get(bucket, Instant::now(), limits);
                 lease.state().refund(cost);
             }
             SharedMode::Exact => {
                 let limiter = self.clone();
                 let returned = vec![Returned {
-                    key: key.to_owned(),
+                    key: bucket.name(),
                     tokens: cost,
                     limits,
                 }];
@@ -322,12 +343,12 @@ impl SharedLimiter {
     /// Leases tokens for a check its lease could not answer.
     async fn lease(
         self: &Arc<Self>,
-        key: &str,
+        bucket: Bucket<'_>,
         local: &Decision,
         cost: u32,
     ) -> Result<Decision, SharedError> {
         let limits = lease_limits(local);
-        let lease = self.leases.get(key, Instant::now(), limits);
+        let lease = self.leases.get(bucket, Instant::now(), limits);
         // One lease request at a time: whoever holds the lock is asking
         // Redis; the others wait here and then find its tokens.
         let guard = lease.fetching.clone().lock_owned().await;
@@ -346,7 +367,7 @@ impl SharedLimiter {
         // The exchange runs in a task of its own, so a client that goes
         // away mid-request does not drop a grant on the floor.
         let limiter = self.clone();
-        let name = format!("{}{key}", self.prefix);
+        let name = format!("{}{}", self.prefix, bucket.name());
         let fetch = tokio::spawn(async move {
             let _one_at_a_time = guard;
             let mut invocation = limiter.lease_script.key(name);
