@@ -134,6 +134,10 @@ pub(crate) struct LeaseState {
     window_start: Instant,
     /// Requests per second in the previous window.
     previous_rate: f64,
+    /// Tokens of the last grant that gave any.
+    last_grant: u32,
+    /// A lease request made ahead of need is in flight.
+    prefetching: bool,
 }
 
 impl LeaseState {
@@ -147,6 +151,8 @@ impl LeaseState {
             window_count: 0,
             window_start: now,
             previous_rate: 0.0,
+            last_grant: 0,
+            prefetching: false,
         }
     }
 
@@ -212,11 +218,46 @@ impl LeaseState {
         self.empty_until = (grant.granted == 0 || grant.remaining == 0)
             .then(|| now + grant.wait.unwrap_or(NEVER_RECHECK));
         self.tokens = self.tokens.saturating_add(grant.granted);
+        if grant.granted > 0 {
+            self.last_grant = grant.granted;
+        }
         if self.tokens < cost {
             return false;
         }
         self.tokens -= cost;
         true
+    }
+
+    /// After a spend: whether to ask Redis for the next lease now, before
+    /// this one runs out, so that checks do not wait for Redis: for leases
+    /// of 4 tokens or more, once a quarter of the last grant is left, one
+    /// request at a time. `(want, wait_for)` as for a fetch.
+    pub(crate) fn prefetch(&mut self, period: Duration) -> Option<(u32, u32)> {
+        if self.prefetching
+            || self.last_grant < 4
+            || self.tokens > self.last_grant / 4
+            || self.empty_until.is_some()
+        {
+            return None;
+        }
+        self.prefetching = true;
+        let want = self.want();
+        Some((want, self.limits.wait_for(want, period)))
+    }
+
+    /// Takes in the answer to a lease request made ahead of need (`None`:
+    /// it failed): the tokens join the lease, none is spent.
+    pub(crate) fn prefetched(&mut self, now: Instant, grant: Option<Grant>) {
+        self.prefetching = false;
+        let Some(grant) = grant else { return };
+        self.shared_remaining = grant.remaining;
+        if grant.granted == 0 || grant.remaining == 0 {
+            self.empty_until = Some(now + grant.wait.unwrap_or(NEVER_RECHECK));
+        }
+        self.tokens = self.tokens.saturating_add(grant.granted);
+        if grant.granted > 0 {
+            self.last_grant = grant.granted;
+        }
     }
 
     /// Puts back `n` tokens a check took from this lease for a request
@@ -532,6 +573,46 @@ mod tests {
             arrive(&mut state, now, l),
             Local::Empty { until: now + wait }
         );
+    }
+
+    #[test]
+    fn a_large_lease_is_renewed_before_it_runs_out() {
+        let now = Instant::now();
+        let l = limits(1000, 100.0);
+        let mut state = LeaseState::new(now, l);
+        let _ = arrive(&mut state, now, l);
+        let grant = Grant {
+            granted: 8,
+            remaining: 500,
+            wait: Some(Duration::ZERO),
+        };
+        assert!(state.granted(now, grant, 1));
+        let mut asked = Vec::new();
+        for _ in 0..7 {
+            assert!(matches!(arrive(&mut state, now, l), Local::Spent { .. }));
+            asked.push(state.prefetch(PERIOD).is_some());
+        }
+        // 7 left after the grant; asked once 2 (a quarter of 8) were left,
+        // and not again while that request is in flight.
+        assert_eq!(asked, [false, false, false, false, true, false, false]);
+        state.prefetched(now, Some(grant));
+        assert!(matches!(
+            arrive(&mut state, now, l),
+            Local::Spent { remaining: 507 }
+        ));
+        // Small leases are not renewed ahead: one token is one call.
+        let mut small = LeaseState::new(now, l);
+        let _ = arrive(&mut small, now, l);
+        small.granted(
+            now,
+            Grant {
+                granted: 2,
+                ..grant
+            },
+            1,
+        );
+        let _ = arrive(&mut small, now, l);
+        assert_eq!(small.prefetch(PERIOD), None);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use self::lease::{Grant, LeaseLimits, Leases, Local, Returned};
+use self::lease::{Grant, Lease, LeaseLimits, Leases, Local, Returned};
 use super::{ClientKey, Decision};
 use crate::shutdown::Ticks;
 use crate::telemetry;
@@ -269,19 +269,72 @@ impl SharedLimiter {
     /// Redis must be asked ([`SharedLimiter::check_remote`], which must
     /// then follow). Synchronous, so the request path only builds the
     /// Redis exchange's future when there is one.
-    pub fn try_local(&self, bucket: Bucket<'_>, local: &Decision, cost: u32) -> Option<Decision> {
+    pub fn try_local(
+        self: &Arc<Self>,
+        bucket: Bucket<'_>,
+        local: &Decision,
+        cost: u32,
+    ) -> Option<Decision> {
         if self.mode != SharedMode::Lease {
             return None;
         }
         let limits = lease_limits(local);
         let now = Instant::now();
         let lease = self.leases.get(bucket, now, limits);
-        let step = {
+        let (step, renew) = {
             let mut state = lease.state();
             state.note_demand(now);
-            state.take(now, limits, self.period, cost)
+            let step = state.take(now, limits, self.period, cost);
+            let renew = match step {
+                Local::Spent { .. } => state.prefetch(self.period),
+                _ => None,
+            };
+            (step, renew)
         };
+        if let Some((want, wait_for)) = renew {
+            self.renew(bucket, lease, limits, want, wait_for);
+        }
         self.local_answer(step, local, now)
+    }
+
+    /// Asks Redis for the next lease in a task of its own while checks
+    /// spend what is left of this one; skipped if a lease request is
+    /// already in flight.
+    fn renew(
+        self: &Arc<Self>,
+        bucket: Bucket<'_>,
+        lease: Arc<Lease>,
+        limits: LeaseLimits,
+        want: u32,
+        wait_for: u32,
+    ) {
+        let Ok(one_at_a_time) = lease.fetching.clone().try_lock_owned() else {
+            lease.state().prefetched(Instant::now(), None);
+            return;
+        };
+        let limiter = self.clone();
+        let name = format!("{}{}", self.prefix, bucket.name());
+        tokio::spawn(async move {
+            let _one_at_a_time = one_at_a_time;
+            let mut invocation = limiter.lease_script.key(name);
+            invocation
+                .arg(limits.capacity)
+                .arg(limits.emission_us)
+                .arg(want)
+                .arg(wait_for)
+                .arg(1);
+            let grant = limiter
+                .call::<(i64, i64, i64)>(&invocation)
+                .await
+                .ok()
+                .map(to_grant);
+            if let Some(grant) = &grant {
+                let leased = u64::from(grant.granted);
+                limiter.counters.leased.fetch_add(leased, Ordering::Relaxed);
+                metrics::counter!(telemetry::SHARED_LIMITER_LEASED).increment(leased);
+            }
+            lease.state().prefetched(Instant::now(), grant);
+        });
     }
 
     /// Asks Redis: one check in `exact` mode, a lease request in `lease`
@@ -377,12 +430,7 @@ impl SharedLimiter {
                 .arg(want)
                 .arg(wait_for)
                 .arg(min);
-            let answer = limiter.call::<(i64, i64, i64)>(&invocation).await?;
-            let grant = Grant {
-                granted: u32::try_from(answer.0.max(0)).unwrap_or(0),
-                remaining: u32::try_from(answer.1.max(0)).unwrap_or(u32::MAX),
-                wait: u64::try_from(answer.2).ok().map(Duration::from_micros),
-            };
+            let grant = to_grant(limiter.call::<(i64, i64, i64)>(&invocation).await?);
             let leased = u64::from(grant.granted);
             limiter.counters.leased.fetch_add(leased, Ordering::Relaxed);
             metrics::counter!(telemetry::SHARED_LIMITER_LEASED).increment(leased);
@@ -545,6 +593,15 @@ impl SharedLimiter {
         if self.paused_until_ms.swap(0, Ordering::Relaxed) != 0 {
             tracing::info!("shared rate limiter answering again");
         }
+    }
+}
+
+/// A lease script's `{granted, remaining, wait_us}`.
+fn to_grant((granted, remaining, wait_us): (i64, i64, i64)) -> Grant {
+    Grant {
+        granted: u32::try_from(granted.max(0)).unwrap_or(0),
+        remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+        wait: u64::try_from(wait_us).ok().map(Duration::from_micros),
     }
 }
 
