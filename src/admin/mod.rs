@@ -1,5 +1,7 @@
 //! The admin API (axum, on `admin.listen`): the client table, backend
-//! state, health and the OpenAPI document.
+//! state, health, the OpenAPI document, and the status page (`GET /`, an
+//! HTML shell that holds no data and so is the one public route; its
+//! script reads `GET /status` with the token, see [`crate::status`]).
 //!
 //! Each handler carries its `#[utoipa::path]` (route, parameters, body,
 //! every answer it gives) and is routed through utoipa-axum's `routes!`,

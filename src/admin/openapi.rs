@@ -9,7 +9,8 @@
 //! "exactly one of `rate_per_sec` and `rate`" (JSON Schema states it,
 //! utoipa's derive cannot), and, when `admin.token` is set, the bearer
 //! scheme with a 401 answer on every operation (the `authorize`
-//! middleware's, in front of every route).
+//! middleware's, in front of every route) but the public ones
+//! ([`is_public`]: the status page's shell), which get no requirement.
 
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{

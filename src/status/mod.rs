@@ -356,6 +356,9 @@ fn parse(text: &str) -> Totals {
     t
 }
 
+/// A sample's labels: (name, value), in order.
+type Labels = Vec<(String, String)>;
+
 fn label<'a>(labels: &'a [(String, String)], name: &str) -> Option<&'a str> {
     labels
         .iter()
@@ -365,7 +368,7 @@ fn label<'a>(labels: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// `name{k="v",...} value` (or `name value`) as its parts; label values
 /// unescaped (`\\`, `\"`, `\n`).
-fn split_sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn split_sample(line: &str) -> Option<(&str, Labels, f64)> {
     let (name, rest) = match line.find('{') {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => {

@@ -240,12 +240,12 @@ async fn background_traffic(proxy: SocketAddr, stop: Arc<AtomicBool>) {
             _ => "/".to_owned(),
         };
         let _ = c.get(url(proxy, &path)).send().await;
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             let _ = c
                 .get(url(proxy, "/"))
                 .header(
                     "x-api-key",
-                    if i % 9 == 0 {
+                    if i.is_multiple_of(9) {
                         "scraper-7"
                     } else {
                         "mobile-app"
