@@ -451,6 +451,52 @@ async fn the_page_in_a_browser_shows_backends_health_and_edits_clients() {
             std::path::Path::new(&path).display()
         );
     }
+
+    // Search, edit and delete through the page too.
+    browser.fill("#client-search", "partner").await;
+    let listed = browser
+        .eval(
+            "return [...document.querySelectorAll('#clients tbody tr')].map(r => r.dataset.id)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(listed, json!(["partner-42"]));
+    browser
+        .click("#clients tr[data-id=\"partner-42\"] .edit")
+        .await;
+    browser.fill("#client-capacity", "45").await;
+    browser.click("#client-submit").await;
+    let http = &c;
+    let client_now = |capacity: u64| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (s, body) = admin_json(
+                http,
+                admin,
+                Some(token),
+                reqwest::Method::GET,
+                "/clients/partner-42",
+                None,
+            )
+            .await;
+            let done = match capacity {
+                0 => s == StatusCode::NOT_FOUND,
+                n => body["capacity"] == n,
+            };
+            if done {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{s}: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    client_now(45).await;
+    // Delete asks once more before it deletes.
+    let delete = "#clients tr[data-id=\"partner-42\"] .delete";
+    browser.click(delete).await;
+    browser.click(delete).await;
+    client_now(0).await;
+
     stop.store(true, Ordering::Relaxed);
     if let Some(t) = traffic_task {
         let _ = t.await;
