@@ -21,6 +21,7 @@ use crate::proxy::server::{
 use crate::proxy::{Live, Proxy, ProxySettings, SharedLimits};
 use crate::reload::{self, ReloadError, Reloaded, Reloader};
 use crate::shutdown::{self, Signal, Ticks, Trigger};
+use crate::status::Board;
 use crate::store::snapshot::{self, Snapshotter};
 use crate::store::ClientStore;
 use crate::tls::server::{CertError, TlsSettings, TlsTerminator};
@@ -98,7 +99,8 @@ pub struct Running {
     trigger: Trigger,
     workers: Vec<std::thread::JoinHandle<Drained>>,
     /// Every background task (refill, health checks, snapshots, admin API,
-    /// metrics upkeep, table reload); each stops on the shutdown signal.
+    /// metrics upkeep, the status sampler, table reload); each stops on
+    /// the shutdown signal.
     tasks: JoinSet<()>,
     /// The access log's writer thread, stopped last.
     access_log: Option<Writer>,
@@ -275,7 +277,8 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         .map_err(bind_admin_error)?;
     let admin_addr = admin_listener.local_addr().map_err(bind_admin_error)?;
 
-    let mut reloader = Reloader::new(bound.tls.as_ref().map(|t| t.certificates().clone()));
+    let mut reloader = Reloader::new(bound.tls.as_ref().map(|t| t.certificates().clone()))
+        .with_events(proxy.pool().events().clone());
     if let Some(path) = path {
         reloader = reloader.with_file(
             path,
@@ -289,6 +292,11 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         );
     }
     let (trigger, signal) = shutdown::channel();
+    let board = Arc::new(Board::new(
+        proxy.pool().clone(),
+        registry.clone(),
+        proxy.refusals().clone(),
+    ));
     let admin = AdminState::new(
         registry.clone(),
         store.clone(),
@@ -299,8 +307,14 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
     .with_shared_limiter(shared_limiter.clone())
     .with_store_timeout(config.store.timeout)
     .with_body_read_timeout(config.admin.body_read_timeout)
-    .with_reloader(reloader.clone());
+    .with_reloader(reloader.clone())
+    .with_status(board.clone());
     let mut tasks = JoinSet::new();
+    tasks.spawn(crate::status::run(
+        board,
+        metrics.clone(),
+        signal.clone().wait(),
+    ));
     if let Some(handle) = metrics {
         tasks.spawn(crate::telemetry::upkeep(
             handle,

@@ -22,6 +22,8 @@
 //! - [`store`]: the client table and bucket snapshots (SQLite via sqlx).
 //! - [`admin`]: the admin API (axum).
 //! - [`telemetry`]: Prometheus metrics.
+//! - [`status`]: the status page's numbers, sampled once a second;
+//!   [`events`]: the recent transitions and reloads it lists.
 //! - [`access_log`]: one line per request, written off the request path.
 //! - [`app`]: wiring everything together; [`cli`]: the commands.
 
@@ -37,12 +39,14 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod limiter;
 pub mod logging;
 pub mod proxy;
 pub mod reload;
 pub mod shutdown;
+pub mod status;
 pub mod store;
 mod sync;
 pub mod telemetry;

@@ -28,6 +28,7 @@ use signal_hook_tokio::Signals;
 
 use crate::balancer::{strategy_for, BackendSpec, PassiveSettings, Pool, Thresholds};
 use crate::config::{Config, ConfigError};
+use crate::events::{EventKind, Events};
 use crate::health::Checker;
 use crate::limiter::Registry;
 use crate::proxy::identity::Identifier;
@@ -42,6 +43,8 @@ use diff::Part;
 pub struct Reloader {
     certificates: Option<Arc<Certificates>>,
     file: Option<Arc<FileReload>>,
+    /// Where each reload's outcome is recorded for the status page.
+    events: Option<Arc<Events>>,
 }
 
 /// The config file, the config running now, and what a change is applied
@@ -123,7 +126,15 @@ impl Reloader {
         Self {
             certificates,
             file: None,
+            events: None,
         }
+    }
+
+    /// The same reloader, recording each outcome of
+    /// [`Reloader::reload_logged`] in `events` (the status page's list).
+    pub fn with_events(mut self, events: Arc<Events>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// The same reloader, re-reading the config file at `path` too;
@@ -201,13 +212,36 @@ impl Reloader {
                     certificates = r.certificates,
                     "reloaded"
                 );
+                self.note(EventKind::Reload, || {
+                    let list = |keys: &[String]| {
+                        if keys.is_empty() {
+                            "nothing".to_owned()
+                        } else {
+                            keys.join(", ")
+                        }
+                    };
+                    format!(
+                        "applied: {}; restart required: {}",
+                        list(&r.applied),
+                        list(&r.restart_required)
+                    )
+                });
             }
             Err(e) => {
                 crate::telemetry::config_reload(e.result());
                 tracing::error!(error = %e, "reload failed");
+                self.note(EventKind::ReloadFailed, || e.to_string());
             }
         }
         result
+    }
+}
+
+impl Reloader {
+    fn note(&self, kind: EventKind, message: impl FnOnce() -> String) {
+        if let Some(events) = &self.events {
+            events.push(kind, None, message());
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! The admin API (axum, on `admin.listen`): the client table, backend
-//! state, health and the OpenAPI document.
+//! state, health, the OpenAPI document, and the status page (`GET /`, an
+//! HTML shell that holds no data and so is the one public route; its
+//! script reads `GET /status` with the token, see [`crate::status`]).
 //!
 //! Each handler carries its `#[utoipa::path]` (route, parameters, body,
 //! every answer it gives) and is routed through utoipa-axum's `routes!`,
@@ -45,6 +47,7 @@ use crate::error::{AdminError, ErrorBody, InvalidConfigBody};
 use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{ApiKey, ClientKey, Limits, Rate, Registry, MAX_PINNED};
 use crate::reload::{ReloadError, Reloaded, Reloader};
+use crate::status::{Board, StatusDocument};
 use crate::store::{Client, ClientRow, ClientStore, StoreError};
 
 /// Largest accepted request body.
@@ -66,6 +69,7 @@ pub struct AdminState {
     /// Filled in by [`router`], from the routes it serves.
     openapi: Arc<str>,
     reloader: Option<Reloader>,
+    status: Option<Arc<Board>>,
 }
 
 impl AdminState {
@@ -90,7 +94,14 @@ impl AdminState {
             store_timeout: crate::store::DEFAULT_TIMEOUT,
             body_read_timeout: Duration::from_secs(10),
             reloader: None,
+            status: None,
         }
+    }
+
+    /// Serves `GET /status` (and so the status page) from this board.
+    pub fn with_status(mut self, board: Arc<Board>) -> Self {
+        self.status = Some(board);
+        self
     }
 
     /// Serves `POST /reload` with this reloader (the one SIGHUP uses, so
@@ -165,6 +176,8 @@ fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(reload))
         .routes(routes!(serve_openapi))
         .routes(routes!(metrics_text))
+        .routes(routes!(status))
+        .routes(routes!(status_page))
 }
 
 /// The OpenAPI document of this API as a server with (`token`) or without
@@ -174,7 +187,9 @@ pub fn openapi_document(token: bool) -> String {
 }
 
 async fn authorize(State(state): State<AdminState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
+    let public = matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+        && openapi::is_public(req.uri().path());
+    if let (Some(token), false) = (&state.token, public) {
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -892,6 +907,54 @@ async fn metrics_text(State(state): State<AdminState>) -> Result<Response, Admin
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
+/// The 404 of a state without a board is not documented: a running
+/// tollgate always has one.
+#[utoipa::path(
+    get,
+    path = "/status",
+    summary = "Everything the status page shows: rates and latency over the last minute, backends with their state and load, the clients refused most, recent events",
+    responses((status = 200, description = "the status document", body = StatusDocument))
+)]
+async fn status(State(state): State<AdminState>) -> Result<Json<StatusDocument>, AdminError> {
+    let board = state
+        .status
+        .as_ref()
+        .ok_or_else(|| AdminError::NotFound("this process has no status board".into()))?;
+    Ok(Json(board.document()))
+}
+
+/// The status page: one HTML file with its CSS and JavaScript inline, no
+/// data in it. Public, so a browser can load it and ask for the token;
+/// its script reads `/status` and `/clients` with the token.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+#[utoipa::path(
+    get,
+    path = "/",
+    summary = "The status page (HTML). Public: it holds no data; its script asks for the admin token and reads /status and /clients with it",
+    responses((status = 200, description = "the page", body = String, content_type = "text/html"))
+)]
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            // Inline script and style only; it talks to this origin alone
+            // and cannot be framed.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
+}
+
 #[utoipa::path(
     get,
     path = "/openapi.json",
@@ -945,7 +1008,7 @@ mod tests {
                 assert!(op["responses"].get("401").is_none());
             }
         }
-        assert_eq!(operations, 12);
+        assert_eq!(operations, 14);
     }
 
     #[test]
@@ -978,8 +1041,14 @@ mod tests {
             doc["components"]["securitySchemes"]["bearer"],
             serde_json::json!({"type": "http", "scheme": "bearer"})
         );
-        for item in doc["paths"].as_object().expect("paths").values() {
+        for (path, item) in doc["paths"].as_object().expect("paths") {
             for op in item.as_object().expect("path item").values() {
+                if path == "/" {
+                    // The status page's shell: public, no 401.
+                    assert_eq!(op["security"], serde_json::json!([]));
+                    assert!(op["responses"].get("401").is_none());
+                    continue;
+                }
                 assert_eq!(
                     op["responses"]["401"]["$ref"],
                     "#/components/responses/Unauthorized"

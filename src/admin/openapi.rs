@@ -9,7 +9,8 @@
 //! "exactly one of `rate_per_sec` and `rate`" (JSON Schema states it,
 //! utoipa's derive cannot), and, when `admin.token` is set, the bearer
 //! scheme with a 401 answer on every operation (the `authorize`
-//! middleware's, in front of every route).
+//! middleware's, in front of every route) but the public ones
+//! ([`is_public`]: the status page's shell), which get no requirement.
 
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
@@ -24,10 +25,20 @@ const DESCRIPTION: &str = "Manage the client table (per-client rate limits) and 
 backends. Every error is JSON {\"code\":N,\"message\":\"...\"}; any other path answers 404 \
 and any other method 405. When admin.token is set, every request needs Authorization: \
 Bearer <token> (the scheme in any case), and this document, as served, lists the bearer \
-scheme and the 401 answers; without a token it lists neither. capacity is a JSON Schema \
+scheme and the 401 answers; without a token it lists neither. GET / (the status page, HTML) is \
+public: it holds no data, and its script asks for the token. capacity is a JSON Schema \
 integer: 3 and 3.0 are both accepted. Limits take exactly one of rate_per_sec and rate \
 (both or neither: 400; null is taken as not given). Limits whose fill time (capacity / rate) exceeds about nine years \
 are refused with 400, which this schema cannot express.";
+
+/// Paths served without the token (GET and HEAD): the status page's
+/// shell, which holds no data.
+const PUBLIC: &[&str] = &["/"];
+
+/// Whether `path` is served without the token (for GET and HEAD).
+pub(super) fn is_public(path: &str) -> bool {
+    PUBLIC.contains(&path)
+}
 
 /// The name of the security scheme.
 const BEARER: &str = "bearer";
@@ -98,7 +109,8 @@ fn require_bearer(api: &mut OpenApi) {
         ),
     );
     api.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
-    for item in api.paths.paths.values_mut() {
+    for (path, item) in api.paths.paths.iter_mut() {
+        let public = is_public(path);
         let operations = [
             &mut item.get,
             &mut item.put,
@@ -111,6 +123,11 @@ fn require_bearer(api: &mut OpenApi) {
             &mut item.query,
         ];
         for op in operations.into_iter().flatten() {
+            if public {
+                // No requirement at all: overrides the document's.
+                op.security = Some(Vec::new());
+                continue;
+            }
             op.responses.responses.insert(
                 "401".into(),
                 RefOr::Ref(Ref::from_response_name(UNAUTHORIZED)),

@@ -26,6 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use arc_swap::ArcSwap;
 use serde::Deserialize;
 
+use crate::events::{EventKind, Events};
+
 pub use backend::{default_name, Backend, Counters, InFlight, State, Weight};
 pub use least_connections::LeastConnections;
 pub use p2c::PowerOfTwo;
@@ -150,6 +152,8 @@ pub struct Pool {
     passive: passive::Settings,
     /// Zero of the ejection clock.
     epoch: tokio::time::Instant,
+    /// Health transitions, ejections and drains, for the status page.
+    events: Arc<Events>,
 }
 
 impl Pool {
@@ -177,7 +181,14 @@ impl Pool {
             healthy_threshold: AtomicU32::new(defaults.healthy),
             passive: passive::Settings::default(),
             epoch: tokio::time::Instant::now(),
+            events: Arc::new(Events::new()),
         }
+    }
+
+    /// Where the pool records its backends' transitions (the status
+    /// page's event list; the reloader writes there too).
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
     }
 
     /// The same pool with these health thresholds.
@@ -289,6 +300,22 @@ impl Pool {
             return false;
         }
         self.republish(&self.lock());
+        let name = backend.name();
+        if healthy {
+            let n = backend.consecutive_successes();
+            self.events.push(
+                EventKind::Healthy,
+                Some(&name),
+                format!("back in the pool after {n} successful health result(s) in a row"),
+            );
+        } else {
+            let n = backend.consecutive_failures();
+            self.events.push(
+                EventKind::Unhealthy,
+                Some(&name),
+                format!("out of the pool after {n} failed health result(s) in a row"),
+            );
+        }
         true
     }
 
@@ -310,6 +337,18 @@ impl Pool {
         let backend = self.find(name)?;
         if backend.draining.swap(draining, Ordering::AcqRel) != draining {
             self.republish(&changes);
+            let (kind, message) = if draining {
+                (
+                    EventKind::Draining,
+                    "drained by the operator: no new requests",
+                )
+            } else {
+                (
+                    EventKind::Enabled,
+                    "enabled by the operator: back in rotation",
+                )
+            };
+            self.events.push(kind, Some(&backend.name()), message);
             tracing::info!(
                 backend = %backend.name(),
                 in_flight = backend.in_flight(),

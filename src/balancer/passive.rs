@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Backend, Pool};
+use crate::events::EventKind;
 
 /// `health_check.passive`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +154,14 @@ impl Pool {
             self.republish(&changes);
         }
         let name = backend.name();
+        self.events.push(
+            EventKind::Ejected,
+            Some(&name),
+            format!(
+                "ejected for {:?} after {seen} consecutive 5xx answers",
+                settings.ejection_time
+            ),
+        );
         metrics::counter!(crate::telemetry::BACKEND_EJECTIONS, "backend" => name.to_string())
             .increment(1);
         tracing::warn!(
@@ -193,6 +202,11 @@ impl Pool {
         self.republish(&changes);
         drop(changes);
         for b in ended {
+            self.events.push(
+                EventKind::EjectionEnded,
+                Some(&b.name()),
+                "ejection ended: back in rotation",
+            );
             tracing::info!(backend = %b.name(), "backend ejection ended: back in rotation");
         }
     }

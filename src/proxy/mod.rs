@@ -36,6 +36,7 @@ use crate::error::ProxyError;
 use crate::limiter::rules::{Rule, RuleSet};
 use crate::limiter::shared::{Bucket, OnFailure, SharedLimiter};
 use crate::limiter::{ClientKey, Decision, Registry, RegistryError};
+use crate::status::refusals::Refusals;
 use crate::telemetry;
 use admission::{Charged, Policies, PolicyLine, Taken};
 use identity::Identifier;
@@ -146,6 +147,8 @@ pub struct Proxy {
     backend_tls: Arc<rustls::ClientConfig>,
     /// Where answered requests are logged (`log.access`).
     access_log: Option<AccessLog>,
+    /// 429s by client, for the status page's "refused most" list.
+    refusals: Arc<Refusals>,
 }
 
 impl Proxy {
@@ -173,6 +176,7 @@ impl Proxy {
             pool,
             live,
             access_log: None,
+            refusals: Arc::new(Refusals::new()),
         }
     }
 
@@ -195,6 +199,7 @@ impl Proxy {
             pool: self.pool.clone(),
             live: self.live.clone(),
             access_log: self.access_log.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 
@@ -233,6 +238,12 @@ impl Proxy {
     /// The backend pool.
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// Where refusals are counted by client (every thread's copy counts
+    /// into the same one).
+    pub fn refusals(&self) -> &Arc<Refusals> {
+        &self.refusals
     }
 
     /// Answers one client request. Every answer carries the request's
@@ -312,6 +323,10 @@ impl Proxy {
         let decision = match self.admit(&req, conn.peer, &live, outcome).await {
             Ok(d) => d,
             Err(e) => {
+                // Enforced 429s only: the status page's "refused most".
+                if let (Some(_), Some(client)) = (&outcome.limited, &outcome.client) {
+                    self.refusals.count(client);
+                }
                 let mut response = refuse(e);
                 if let Some(p) = &outcome.policies {
                     headers::rate_limit_policies(response.headers_mut(), p);

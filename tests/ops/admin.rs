@@ -454,7 +454,7 @@ async fn openapi_document_matches_the_routes() {
             }
         }
     }
-    assert_eq!(documented, 12, "the router serves 12 method+path pairs");
+    assert_eq!(documented, 14, "the router serves 14 method+path pairs");
     // The routes the router serves are all in the document.
     for route in [
         "/clients",
@@ -466,6 +466,8 @@ async fn openapi_document_matches_the_routes() {
         "/metrics",
         "/openapi.json",
         "/reload",
+        "/status",
+        "/",
     ] {
         assert!(
             paths.contains_key(route),

@@ -1,5 +1,5 @@
 //! Operating tollgate: the admin API, its client table and its OpenAPI
-//! document, the SQLite and PostgreSQL stores, the command line and the
+//! document, the status page, the SQLite and PostgreSQL stores, the command line and the
 //! deployment files, and the real binary under signals, crashes and a
 //! small open-file limit.
 
@@ -13,6 +13,7 @@ mod support {
     pub mod process;
     pub use process::*;
     pub mod tls;
+    pub mod webdriver;
 }
 
 mod admin;
@@ -23,5 +24,6 @@ mod fd_limit;
 mod openapi;
 mod reload;
 mod shutdown;
+mod status;
 mod store;
 mod tls_reload;

@@ -187,8 +187,15 @@ async fn every_documented_answer_is_what_the_server_sends() {
     api.expect("/openapi.json", api.req("GET", "/openapi.json"), 200)
         .await;
 
-    // 401 on every operation, without the token.
+    // 401 on every operation, without the token, but the status page's
+    // shell: public, and documented so.
+    let documented = api.spec.documented();
+    let mut public = Vec::new();
     for (template, method) in api.spec.operations() {
+        if !documented.contains(&(template.clone(), method.clone(), 401)) {
+            public.push((template, method));
+            continue;
+        }
         let concrete = template.replace("{id}", "probe").replace("{name}", "b0");
         let req = api.http.request(
             method.to_uppercase().parse().expect("method"),
@@ -196,6 +203,9 @@ async fn every_documented_answer_is_what_the_server_sends() {
         );
         api.expect(&template, req, 401).await;
     }
+    assert_eq!(public, [("/".to_owned(), "get".to_owned())]);
+    let shell = api.http.get(api.url("/"));
+    api.expect("/", shell, 200).await;
 
     // The client table. The largest capacity: its format must hold it.
     let new = json!({"client_id": "user1", "capacity": 4_294_967_295_u64, "rate_per_sec": 1000});
@@ -358,6 +368,35 @@ async fn every_documented_answer_is_what_the_server_sends() {
     }
     api.expect("/healthz", api.req("GET", "/healthz"), 200)
         .await;
+
+    // The status document with its lists filled: refusals (the default
+    // bucket holds 100 tokens), events (the drains above), backends.
+    for _ in 0..110 {
+        api.http
+            .get(url(lb.proxy_addr(), "/"))
+            .send()
+            .await
+            .expect("proxied");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let answer = receive(api.req("GET", "/status").send().await.expect("answer")).await;
+        let doc: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        let filled = |v: &Value| v.as_array().is_some_and(|a| !a.is_empty());
+        if filled(&doc["top_refused"]) && filled(&doc["series"]["p50_ms"]) {
+            break answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refusal in the status document: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let doc = api.judge("/status", "GET", status, 200);
+    assert!(
+        !doc["events"].as_array().expect("events").is_empty(),
+        "{doc}"
+    );
     api.expect("/metrics", api.req("GET", "/metrics"), 200)
         .await;
 
