@@ -252,15 +252,20 @@ impl Browser {
         .await;
     }
 
-    /// Clicks the element `css`.
+    /// Clicks the element `css`. Found and clicked in one script run: the
+    /// page redraws its tables every refresh, so an element looked up in
+    /// one WebDriver call can be gone ("stale") by the next.
     pub async fn click(&self, css: &str) {
-        let el = self.element(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{el}/click"),
-            Some(json!({})),
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let script = "const el = document.querySelector(arguments[0]); \
+                      if (!el) return false; el.click(); return true;";
+        while self.eval(script, json!([css])).await != true {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no element {css} to click"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// A PNG of the window.
