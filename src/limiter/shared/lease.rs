@@ -26,7 +26,7 @@
 //! unit-tested without Redis; `SharedLimiter` drives it.
 
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use super::Bucket;
@@ -365,7 +365,10 @@ type Shard = hashbrown::HashMap<OwnedBucket, Arc<Lease>, foldhash::fast::RandomS
 /// Every client's lease on this replica.
 #[derive(Debug)]
 pub(crate) struct Leases {
-    shards: Box<[Mutex<Shard>]>,
+    /// Read-locked to find a lease, write-locked only to add or forget
+    /// one: checks of one busy client from every proxy thread look it up
+    /// at once without waiting on each other.
+    shards: Box<[RwLock<Shard>]>,
     hasher: foldhash::fast::RandomState,
     /// Entries held, at most `max_entries`.
     entries: std::sync::atomic::AtomicUsize,
@@ -378,7 +381,7 @@ impl Leases {
     pub(crate) fn new(max_entries: usize) -> Self {
         Self {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(Shard::with_hasher(foldhash::fast::RandomState::default())))
+                .map(|_| RwLock::new(Shard::with_hasher(foldhash::fast::RandomState::default())))
                 .collect(),
             hasher: foldhash::fast::RandomState::default(),
             entries: std::sync::atomic::AtomicUsize::new(0),
@@ -386,11 +389,9 @@ impl Leases {
         }
     }
 
-    fn shard(&self, bucket: Bucket<'_>) -> MutexGuard<'_, Shard> {
+    fn shard(&self, bucket: Bucket<'_>) -> &RwLock<Shard> {
         let i = (self.hasher.hash_one(bucket) as usize) % self.shards.len();
-        self.shards[i]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        &self.shards[i]
     }
 
     /// `key`'s lease, made empty if it has none. With the table full, a
@@ -399,7 +400,15 @@ impl Leases {
     /// forgotten.
     pub(crate) fn get(&self, bucket: Bucket<'_>, now: Instant, limits: LeaseLimits) -> Arc<Lease> {
         use std::sync::atomic::Ordering;
-        let mut shard = self.shard(bucket);
+        let shard = self.shard(bucket);
+        if let Some(lease) = shard
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&bucket)
+        {
+            return lease.clone();
+        }
+        let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(lease) = shard.get(&bucket) {
             return lease.clone();
         }
@@ -424,7 +433,7 @@ impl Leases {
     ) -> Vec<Returned> {
         let mut returned = Vec::new();
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
             shard.retain(|key, lease| {
                 let mut state = lease.state();
                 let since = idle_since.unwrap_or(state.last_used);
@@ -455,7 +464,7 @@ impl Leases {
     pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
     }
 }
