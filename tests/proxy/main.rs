@@ -3,7 +3,8 @@
 //! end to end, strict HTTP and hostile clients at the front door, backend
 //! connection reuse, https backends, health checks, PROXY protocol on
 //! incoming connections, IPv6 clients limited by network, limits shared
-//! through Redis, the TLS listener,
+//! through Redis (exact and leased), limit rules and dry-run, the TLS
+//! listener,
 //! WebSocket tunnels, config reloads, and the access log with its request
 //! ids.
 
