@@ -316,23 +316,10 @@ impl SharedLimiter {
         let name = format!("{}{}", self.prefix, bucket.name());
         tokio::spawn(async move {
             let _one_at_a_time = one_at_a_time;
-            let mut invocation = limiter.lease_script.key(name);
-            invocation
-                .arg(limits.capacity)
-                .arg(limits.emission_us)
-                .arg(want)
-                .arg(wait_for)
-                .arg(1);
             let grant = limiter
-                .call::<(i64, i64, i64)>(&invocation)
+                .request_lease(name, limits, want, wait_for, 1)
                 .await
-                .ok()
-                .map(to_grant);
-            if let Some(grant) = &grant {
-                let leased = u64::from(grant.granted);
-                limiter.counters.leased.fetch_add(leased, Ordering::Relaxed);
-                metrics::counter!(telemetry::SHARED_LIMITER_LEASED).increment(leased);
-            }
+                .ok();
             lease.state().prefetched(Instant::now(), grant);
         });
     }
@@ -423,17 +410,9 @@ impl SharedLimiter {
         let name = format!("{}{}", self.prefix, bucket.name());
         let fetch = tokio::spawn(async move {
             let _one_at_a_time = guard;
-            let mut invocation = limiter.lease_script.key(name);
-            invocation
-                .arg(limits.capacity)
-                .arg(limits.emission_us)
-                .arg(want)
-                .arg(wait_for)
-                .arg(min);
-            let grant = to_grant(limiter.call::<(i64, i64, i64)>(&invocation).await?);
-            let leased = u64::from(grant.granted);
-            limiter.counters.leased.fetch_add(leased, Ordering::Relaxed);
-            metrics::counter!(telemetry::SHARED_LIMITER_LEASED).increment(leased);
+            let grant = limiter
+                .request_lease(name, limits, want, wait_for, min)
+                .await?;
             let mut state = lease.state();
             let allowed = state.granted(Instant::now(), grant, cost);
             Ok::<_, SharedError>((allowed, state.level(), grant.wait))
@@ -445,6 +424,30 @@ impl SharedLimiter {
             let reset = wait.filter(|_| limits.emission_us > 0.0);
             Ok(local.shared(false, 0, reset))
         }
+    }
+
+    /// One lease script call for the bucket named `name` (prefix
+    /// included), counted.
+    async fn request_lease(
+        &self,
+        name: String,
+        limits: LeaseLimits,
+        want: u32,
+        wait_for: u32,
+        min: u32,
+    ) -> Result<Grant, SharedError> {
+        let mut invocation = self.lease_script.key(name);
+        invocation
+            .arg(limits.capacity)
+            .arg(limits.emission_us)
+            .arg(want)
+            .arg(wait_for)
+            .arg(min);
+        let grant = to_grant(self.call::<(i64, i64, i64)>(&invocation).await?);
+        let leased = u64::from(grant.granted);
+        self.counters.leased.fetch_add(leased, Ordering::Relaxed);
+        metrics::counter!(telemetry::SHARED_LIMITER_LEASED).increment(leased);
+        Ok(grant)
     }
 
     /// The decision for a check the lease answers by itself; `None` when
