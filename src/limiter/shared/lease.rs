@@ -26,6 +26,7 @@
 //! unit-tested without Redis; `SharedLimiter` drives it.
 
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -169,6 +170,30 @@ impl LeaseState {
         self.last_used = now;
     }
 
+    /// Counts `n` requests spent from the lock-free side of the lease
+    /// since the state was last locked.
+    fn absorb_demand(&mut self, now: Instant, n: u32) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= HORIZON {
+            self.previous_rate = f64::from(self.window_count) / elapsed.as_secs_f64();
+            self.window_start = now;
+            self.window_count = 0;
+        }
+        self.window_count = self.window_count.saturating_add(n);
+        self.last_used = now;
+    }
+
+    /// Below how many lock-free tokens a spend should take the lock to
+    /// renew the lease ahead of need (0: never), as [`Self::prefetch`]
+    /// decides.
+    fn renew_below(&self) -> u32 {
+        if self.prefetching || self.last_grant < 4 || self.empty_until.is_some() {
+            0
+        } else {
+            self.last_grant / 4 + 1
+        }
+    }
+
     /// Spends `cost` leased tokens, refuses from what Redis said, or says
     /// what to ask Redis for.
     pub(crate) fn take(
@@ -287,19 +312,111 @@ impl LeaseState {
 
 /// One client's lease and the lock that keeps its lease requests one at a
 /// time.
+///
+/// Its unspent tokens live on the lock-free side (`spare`) whenever the
+/// state is not locked: a check of a busy client then spends with one
+/// compare-and-swap instead of taking a mutex that every proxy thread
+/// wants. Locking the state ([`Lease::state`]) moves them into
+/// `LeaseState::tokens` and the guard moves them back, so the state's
+/// rules see every token.
 #[derive(Debug)]
 pub(crate) struct Lease {
     state: Mutex<LeaseState>,
+    /// Leased tokens spendable without the lock.
+    spare: AtomicU32,
+    /// Requests spent from `spare` since the state was last locked.
+    demand: AtomicU32,
+    /// Redis's level at the last lease, for the headers.
+    shared_remaining: AtomicU32,
+    /// A spend leaving fewer than this takes the lock to renew ahead.
+    renew_below: AtomicU32,
     /// Held by the one lease request in flight; checks that find the lease
     /// empty wait on it, then look again.
     pub(crate) fetching: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Lease {
-    pub(crate) fn state(&self) -> MutexGuard<'_, LeaseState> {
+    fn new(now: Instant, limits: LeaseLimits) -> Self {
+        Self {
+            state: Mutex::new(LeaseState::new(now, limits)),
+            spare: AtomicU32::new(0),
+            demand: AtomicU32::new(0),
+            shared_remaining: AtomicU32::new(0),
+            renew_below: AtomicU32::new(0),
+            fetching: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// The state, with every token and every request counted so far on
+    /// the lock-free side moved in.
+    pub(crate) fn state(&self) -> LeaseGuard<'_> {
         // The state is a few numbers updated in place: a panic elsewhere
         // cannot leave it half-written in a way worth refusing service for.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.tokens = state
+            .tokens
+            .saturating_add(self.spare.swap(0, Ordering::AcqRel));
+        let n = self.demand.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            state.absorb_demand(Instant::now(), n);
+        }
+        LeaseGuard { state, lease: self }
+    }
+
+    /// Spends `cost` tokens without the lock, if the lock-free side has
+    /// them: `(tokens left there, Redis's level at the last lease)`.
+    pub(crate) fn spend(&self, cost: u32) -> Option<(u32, u32)> {
+        let before = self
+            .spare
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(cost))
+            .ok()?;
+        self.demand.fetch_add(1, Ordering::Relaxed);
+        Some((before - cost, self.shared_remaining.load(Ordering::Relaxed)))
+    }
+
+    /// Whether a spend that left `left` tokens should renew the lease now
+    /// (it then takes the lock; only the first spend under the mark does).
+    pub(crate) fn due_for_renewal(&self, left: u32) -> bool {
+        let mark = self.renew_below.load(Ordering::Relaxed);
+        left < mark
+            && self
+                .renew_below
+                .compare_exchange(mark, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// The locked state of a lease; on drop its tokens go back to the
+/// lock-free side.
+pub(crate) struct LeaseGuard<'a> {
+    state: MutexGuard<'a, LeaseState>,
+    lease: &'a Lease,
+}
+
+impl std::ops::Deref for LeaseGuard<'_> {
+    type Target = LeaseState;
+    fn deref(&self) -> &LeaseState {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for LeaseGuard<'_> {
+    fn deref_mut(&mut self) -> &mut LeaseState {
+        &mut self.state
+    }
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        let lease = self.lease;
+        lease
+            .shared_remaining
+            .store(self.state.shared_remaining, Ordering::Relaxed);
+        lease
+            .renew_below
+            .store(self.state.renew_below(), Ordering::Relaxed);
+        let tokens = std::mem::take(&mut self.state.tokens);
+        lease.spare.fetch_add(tokens, Ordering::AcqRel);
     }
 }
 
@@ -398,8 +515,7 @@ impl Leases {
     /// new client gets a lease of its own that is not kept: it asks Redis
     /// for one token per request, as `exact` mode does, until entries are
     /// forgotten.
-    pub(crate) fn get(&self, bucket: Bucket<'_>, now: Instant, limits: LeaseLimits) -> Arc<Lease> {
-        use std::sync::atomic::Ordering;
+    pub(crate) fn get(&self, bucket: Bucket<'_>, limits: LeaseLimits) -> Arc<Lease> {
         let shard = self.shard(bucket);
         if let Some(lease) = shard
             .read()
@@ -412,10 +528,7 @@ impl Leases {
         if let Some(lease) = shard.get(&bucket) {
             return lease.clone();
         }
-        let lease = Arc::new(Lease {
-            state: Mutex::new(LeaseState::new(now, limits)),
-            fetching: Arc::new(tokio::sync::Mutex::new(())),
-        });
+        let lease = Arc::new(Lease::new(Instant::now(), limits));
         if self.entries.load(Ordering::Relaxed) < self.max_entries {
             self.entries.fetch_add(1, Ordering::Relaxed);
             shard.insert(OwnedBucket::of(bucket), lease.clone());
@@ -451,8 +564,7 @@ impl Leases {
                 drop(state);
                 let forget = idle && Arc::strong_count(lease) == 1;
                 if forget {
-                    self.entries
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    self.entries.fetch_sub(1, Ordering::Relaxed);
                 }
                 !forget
             });
@@ -663,7 +775,7 @@ mod tests {
         let leases = Leases::new(100);
         let now = Instant::now();
         let l = limits(20, 50.0);
-        let lease = leases.get(of(&client("a")), now, l);
+        let lease = leases.get(of(&client("a")), l);
         lease.state().note_demand(now);
         lease.state().granted(
             now,
@@ -699,7 +811,7 @@ mod tests {
     fn a_held_entry_is_not_forgotten() {
         let leases = Leases::new(100);
         let now = Instant::now();
-        let held = leases.get(of(&client("a")), now, limits(20, 50.0));
+        let held = leases.get(of(&client("a")), limits(20, 50.0));
         let later = now + FORGET_AFTER;
         leases.sweep(Some(later), later);
         assert_eq!(leases.len(), 1);
@@ -713,16 +825,52 @@ mod tests {
         let leases = Leases::new(1);
         let now = Instant::now();
         let l = limits(20, 50.0);
-        let kept = leases.get(of(&client("a")), now, l);
-        let extra = leases.get(of(&client("b")), now, l);
+        let kept = leases.get(of(&client("a")), l);
+        let extra = leases.get(of(&client("b")), l);
         assert_eq!(leases.len(), 1);
-        assert!(!Arc::ptr_eq(&extra, &leases.get(of(&client("b")), now, l)));
-        assert!(Arc::ptr_eq(&kept, &leases.get(of(&client("a")), now, l)));
+        assert!(!Arc::ptr_eq(&extra, &leases.get(of(&client("b")), l)));
+        assert!(Arc::ptr_eq(&kept, &leases.get(of(&client("a")), l)));
         drop(kept);
         let later = now + FORGET_AFTER;
         leases.sweep(Some(later), later);
-        let _ = leases.get(of(&client("b")), now, l);
+        let _ = leases.get(of(&client("b")), l);
         assert_eq!(leases.len(), 1, "room again once a was forgotten");
+    }
+
+    #[test]
+    fn lock_free_spends_and_locked_state_never_lose_or_mint_a_token() {
+        let leases = Leases::new(10);
+        let l = limits(1_000_000, 1000.0);
+        let lease = leases.get(of(&client("a")), l);
+        let grant = Grant {
+            granted: 100_000,
+            remaining: 0,
+            wait: Some(Duration::from_secs(60)),
+        };
+        assert!(lease.state().granted(Instant::now(), grant, 1));
+        let spent = std::sync::atomic::AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    while lease.spend(1).is_some() {
+                        spent.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            // Meanwhile the slow path locks the state again and again,
+            // taking the tokens in and handing them back.
+            s.spawn(|| {
+                for _ in 0..20_000 {
+                    let mut state = lease.state();
+                    if let Local::Spent { .. } = state.take(Instant::now(), l, PERIOD, 1) {
+                        spent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        });
+        // Whatever the spenders left (the slow one may stop first).
+        let left = lease.state().tokens;
+        assert_eq!(spent.load(Ordering::Relaxed) + left, 99_999);
     }
 
     #[test]
@@ -730,7 +878,7 @@ mod tests {
         let leases = Leases::new(100);
         let now = Instant::now();
         let l = limits(20, 50.0);
-        let lease = leases.get(of(&client("a")), now, l);
+        let lease = leases.get(of(&client("a")), l);
         lease.state().granted(
             now,
             Grant {

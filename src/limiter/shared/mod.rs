@@ -279,8 +279,22 @@ impl SharedLimiter {
             return None;
         }
         let limits = lease_limits(local);
+        let lease = self.leases.get(bucket, limits);
+        // The common case: a token on the lock-free side of the lease.
+        if let Some((left, shared_remaining)) = lease.spend(cost) {
+            if lease.due_for_renewal(left) {
+                let renew = {
+                    let mut state = lease.state();
+                    state.prefetch(self.period)
+                };
+                if let Some((want, wait_for)) = renew {
+                    self.renew(bucket, lease, limits, want, wait_for);
+                }
+            }
+            let remaining = left.saturating_add(shared_remaining).min(limits.capacity);
+            return Some(local.shared(true, remaining, spent_reset(local, remaining)));
+        }
         let now = Instant::now();
-        let lease = self.leases.get(bucket, now, limits);
         let (step, renew) = {
             let mut state = lease.state();
             state.note_demand(now);
@@ -345,7 +359,7 @@ impl SharedLimiter {
         let limits = lease_limits(local);
         match self.mode {
             SharedMode::Lease => {
-                let lease = self.leases.get(bucket, Instant::now(), limits);
+                let lease = self.leases.get(bucket, limits);
                 lease.state().refund(cost);
             }
             SharedMode::Exact => {
@@ -388,7 +402,7 @@ impl SharedLimiter {
         cost: u32,
     ) -> Result<Decision, SharedError> {
         let limits = lease_limits(local);
-        let lease = self.leases.get(bucket, Instant::now(), limits);
+        let lease = self.leases.get(bucket, limits);
         // One lease request at a time: whoever holds the lock is asking
         // Redis; the others wait here and then find its tokens.
         let guard = lease.fetching.clone().lock_owned().await;
