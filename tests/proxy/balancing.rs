@@ -30,10 +30,15 @@ fn named(addrs: &[SocketAddr], weights: &[u64], strategy: StrategyName) -> Confi
 async fn backend_of(c: &reqwest::Client, u: &str) -> String {
     let r = c.get(u).send().await.expect("request");
     assert_eq!(r.status(), StatusCode::OK);
-    r.headers()["x-backend"]
+    let name = r.headers()["x-backend"]
         .to_str()
         .expect("ascii")
-        .to_string()
+        .to_string();
+    // Read to the end: a response dropped with its body unread closes the
+    // client's connection, and the next request may then open one on the
+    // other proxy thread (which the pool tests must not depend on).
+    r.bytes().await.expect("body");
+    name
 }
 
 /// Who answered `n` sequential `GET /`s, in order.
