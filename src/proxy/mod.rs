@@ -399,7 +399,13 @@ impl Proxy {
         };
         let client = self.charge_shared(key.clone(), local, 1).await?;
         outcome.client = Some(key.clone());
-        let rules = self.rules.as_ref().map(|r| r.current());
+        // Without rules, no Arc of the rule list is taken: its count is a
+        // cache line every proxy thread would otherwise write per request.
+        let rules = self
+            .rules
+            .as_ref()
+            .filter(|r| !r.is_empty())
+            .map(|r| r.current());
         let matching: Vec<&Arc<Rule>> = rules
             .iter()
             .flat_map(|r| r.iter())
