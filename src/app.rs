@@ -25,6 +25,7 @@ use crate::status::Board;
 use crate::store::snapshot::{self, Snapshotter};
 use crate::store::ClientStore;
 use crate::tls::server::{CertError, TlsSettings, TlsTerminator};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 /// Why tollgate could not start.
@@ -229,11 +230,72 @@ pub async fn start_with_file(
 
 /// [`start`], with what a config file cannot name.
 pub async fn start_with(config: &Config, options: StartOptions) -> Result<Running, StartError> {
-    let path = options.config_file.clone();
     raise_open_file_limit();
     // Before anything registers a metric handle.
     let metrics = crate::telemetry::install();
     let registry = Arc::new(Registry::new(RegistryConfig::from(&config.rate_limit)));
+    let core = build_core(config, &registry, options.access_log_sink).await?;
+    let bound = bind_proxy(config)?;
+    let (store, restored) = open_store(config, &registry).await?;
+    if let Some(rules) = core.proxy.rules() {
+        let buckets = snapshot::restore_rules(rules, &restored.states);
+        if buckets > 0 {
+            tracing::info!(buckets, "rule bucket levels restored");
+        }
+    }
+    let (admin_listener, admin_addr) = bind_admin(config).await?;
+    let reloader = build_reloader(config, options.config_file, &bound, &core, &registry);
+    let (trigger, signal) = shutdown::channel();
+    let mut tasks = JoinSet::new();
+    let admin = Admin {
+        listener: admin_listener,
+        metrics,
+        reloader: reloader.clone(),
+    };
+    spawn_admin(&mut tasks, config, admin, &core, &registry, &store, &signal);
+    spawn_background(
+        &mut tasks, config, &core, &registry, &store, &restored, &signal,
+    );
+    let (plain_addr, tls_addr) = (bound.plain_addr, bound.tls_addr);
+    let listening = Listening {
+        plain: plain_addr,
+        tls: tls_addr,
+        admin: admin_addr,
+    };
+    let workers = serve(config, bound, &core.proxy, signal, listening)?;
+    Ok(Running {
+        plain_addr,
+        tls_addr,
+        admin_addr,
+        reloader,
+        proxy: core.proxy,
+        registry,
+        store,
+        trigger,
+        workers,
+        tasks,
+        access_log: core.access_log,
+        drain_timeout: config.server.drain_timeout,
+    })
+}
+
+/// The request path and what it is built from: the backend pool (after
+/// one health round), its checker, the proxy with its rules and shared
+/// limits, and the access log's writer.
+struct Core {
+    proxy: Arc<Proxy>,
+    checker: Checker,
+    shared_limiter: Option<Arc<SharedLimiter>>,
+    access_log: Option<Writer>,
+}
+
+/// Builds the [`Core`]; `sink`: where access log lines go (stdout when
+/// `None`).
+async fn build_core(
+    config: &Config,
+    registry: &Arc<Registry>,
+    sink: Option<Sink>,
+) -> Result<Core, StartError> {
     // One TLS client configuration for the proxy and the health checks.
     let backend_tls = crate::tls::client::backend_client_config(
         config.proxy.ca_file.as_deref(),
@@ -244,11 +306,9 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
     )
     .map_err(StartError::BackendTls)?;
     let (pool, checker) = build_pool(config, &backend_tls).await;
-    let (proxy, shared_limiter) = build_proxy(config, &registry, pool, backend_tls)?;
+    let (proxy, shared_limiter) = build_proxy(config, registry, pool, backend_tls)?;
     let (proxy, access_log) = if config.log.access {
-        let sink = options
-            .access_log_sink
-            .unwrap_or_else(|| Box::new(std::io::stdout()));
+        let sink = sink.unwrap_or_else(|| Box::new(std::io::stdout()));
         let (log, writer) = access_log::start(
             access_log_format(config.log.format),
             sink,
@@ -259,63 +319,96 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
     } else {
         (proxy, None)
     };
-    let proxy = Arc::new(proxy);
-    let bound = bind_proxy(config)?;
-    let (store, restored) = open_store(config, &registry).await?;
-    if let Some(rules) = proxy.rules() {
-        let buckets = snapshot::restore_rules(rules, &restored.states);
-        if buckets > 0 {
-            tracing::info!(buckets, "rule bucket levels restored");
-        }
-    }
+    Ok(Core {
+        proxy: Arc::new(proxy),
+        checker,
+        shared_limiter,
+        access_log,
+    })
+}
+
+/// The admin listener, bound before any task starts.
+async fn bind_admin(config: &Config) -> Result<(TcpListener, SocketAddr), StartError> {
     let bind_admin_error = |source| StartError::Bind {
         addr: config.admin.listen,
         source,
     };
-    let admin_listener = TcpListener::bind(config.admin.listen)
+    let listener = TcpListener::bind(config.admin.listen)
         .await
         .map_err(bind_admin_error)?;
-    let admin_addr = admin_listener.local_addr().map_err(bind_admin_error)?;
+    let addr = listener.local_addr().map_err(bind_admin_error)?;
+    Ok((listener, addr))
+}
 
-    let mut reloader = Reloader::new(bound.tls.as_ref().map(|t| t.certificates().clone()))
+/// What SIGHUP and `POST /reload` re-read: the TLS certificates, and the
+/// config file when tollgate was started from one.
+fn build_reloader(
+    config: &Config,
+    path: Option<std::path::PathBuf>,
+    bound: &Bound,
+    core: &Core,
+    registry: &Arc<Registry>,
+) -> Reloader {
+    let proxy = &core.proxy;
+    let reloader = Reloader::new(bound.tls.as_ref().map(|t| t.certificates().clone()))
         .with_events(proxy.pool().events().clone());
-    if let Some(path) = path {
-        reloader = reloader.with_file(
-            path,
-            config.clone(),
-            reload::Targets {
-                registry: registry.clone(),
-                proxy: proxy.clone(),
-                checker: checker.clone(),
-                pool: proxy.pool().clone(),
-            },
-        );
-    }
-    let (trigger, signal) = shutdown::channel();
+    let Some(path) = path else {
+        return reloader;
+    };
+    reloader.with_file(
+        path,
+        config.clone(),
+        reload::Targets {
+            registry: registry.clone(),
+            proxy: proxy.clone(),
+            checker: core.checker.clone(),
+            pool: proxy.pool().clone(),
+        },
+    )
+}
+
+/// The admin side's own parts.
+struct Admin {
+    listener: TcpListener,
+    metrics: Option<PrometheusHandle>,
+    reloader: Reloader,
+}
+
+/// Starts the admin API, the status page's sampler and the metrics'
+/// upkeep.
+fn spawn_admin(
+    tasks: &mut JoinSet<()>,
+    config: &Config,
+    admin: Admin,
+    core: &Core,
+    registry: &Arc<Registry>,
+    store: &Arc<dyn ClientStore>,
+    signal: &Signal,
+) {
+    let proxy = &core.proxy;
     let board = Arc::new(Board::new(
         proxy.pool().clone(),
         registry.clone(),
         proxy.refusals().clone(),
     ));
-    let admin = AdminState::new(
+    let state = AdminState::new(
         registry.clone(),
         store.clone(),
         proxy.pool().clone(),
         config.admin.token.clone(),
     )
-    .with_metrics(metrics.clone())
-    .with_shared_limiter(shared_limiter.clone())
+    .with_metrics(admin.metrics.clone())
+    .with_shared_limiter(core.shared_limiter.clone())
     .with_store_timeout(config.store.timeout)
     .with_body_read_timeout(config.admin.body_read_timeout)
-    .with_reloader(reloader.clone())
+    .with_reloader(admin.reloader)
     .with_status(board.clone());
-    let mut tasks = JoinSet::new();
     tasks.spawn(crate::status::run(
         board,
-        metrics.clone(),
+        admin.metrics.clone(),
         signal.clone().wait(),
     ));
-    if let Some(handle) = metrics {
+    if let Some(handle) = admin.metrics {
         tasks.spawn(crate::telemetry::upkeep(
             handle,
             crate::telemetry::UPKEEP_INTERVAL,
@@ -323,56 +416,81 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         ));
     }
     tasks.spawn(crate::admin::server::serve(
-        admin_listener,
-        crate::admin::router(admin),
+        admin.listener,
+        crate::admin::router(state),
         config.admin.header_read_timeout,
         config.server.drain_timeout,
         signal.clone().wait(),
     ));
+}
+
+/// Starts the background tasks of the request path: snapshots, the client
+/// table's reload (PostgreSQL), health checks, the shared limiter's
+/// upkeep, and the refill of the client and rule buckets.
+fn spawn_background(
+    tasks: &mut JoinSet<()>,
+    config: &Config,
+    core: &Core,
+    registry: &Arc<Registry>,
+    store: &Arc<dyn ClientStore>,
+    restored: &snapshot::Restored,
+    signal: &Signal,
+) {
+    let rules = core.proxy.rules();
+    let snapshotter = Snapshotter::new(registry.clone(), store.clone(), &restored.states);
     tasks.spawn(run_snapshots(
-        match proxy.rules() {
-            Some(rules) => Snapshotter::new(registry.clone(), store.clone(), &restored.states)
-                .with_rules(rules.clone()),
-            None => Snapshotter::new(registry.clone(), store.clone(), &restored.states),
+        match rules {
+            Some(rules) => snapshotter.with_rules(rules.clone()),
+            None => snapshotter,
         },
         config.store.snapshot_interval,
         config.server.drain_timeout,
         signal.clone(),
     ));
     if crate::store::is_shared(&config.store.url) {
+        let sync = crate::store::reload::TableSync::new(
+            registry.clone(),
+            store.clone(),
+            &restored.clients,
+        );
         tasks.spawn(crate::store::reload::run(
-            crate::store::reload::TableSync::new(
-                registry.clone(),
-                store.clone(),
-                &restored.clients,
-            ),
+            sync,
             config.store.reload_interval,
             signal.clone().wait(),
         ));
     }
-    tasks.spawn(checker.run(config.health_check.interval, signal.clone()));
-    if let Some(shared) = shared_limiter {
-        tasks.spawn(shared.upkeep(signal.clone().wait()));
+    tasks.spawn(
+        core.checker
+            .clone()
+            .run(config.health_check.interval, signal.clone()),
+    );
+    if let Some(shared) = &core.shared_limiter {
+        tasks.spawn(shared.clone().upkeep(signal.clone().wait()));
     }
+    let refill = config.rate_limit.refill_interval;
     tasks.spawn(limiter::refill::run(
         registry.clone(),
-        config.rate_limit.refill_interval,
+        refill,
         signal.clone().wait(),
     ));
-    if let Some(rules) = proxy.rules() {
-        tasks.spawn(
-            rules
-                .clone()
-                .run_refill(config.rate_limit.refill_interval, signal.clone().wait()),
-        );
+    if let Some(rules) = rules {
+        tasks.spawn(rules.clone().run_refill(refill, signal.clone().wait()));
     }
+}
 
+/// Starts one proxy thread per set of listeners, each with its own proxy
+/// (and so its own backend connection pool) serving that thread's plain
+/// and TLS listeners; logs where everything listens.
+fn serve(
+    config: &Config,
+    bound: Bound,
+    proxy: &Arc<Proxy>,
+    signal: Signal,
+    listening: Listening,
+) -> Result<Vec<std::thread::JoinHandle<Drained>>, StartError> {
     let serve_options = ServeOptions::from(config);
     let max_connections = serve_options.budget.as_ref().map(ConnectionBudget::limit);
     let threads = bound.threads.len();
-    let (plain_addr, tls_addr) = (bound.plain_addr, bound.tls_addr);
-    // One proxy (and so one backend connection pool) per proxy thread,
-    // serving that thread's plain and TLS listeners.
     let parts = proxy.clone();
     let workers = serve_per_core(
         bound.threads,
@@ -387,35 +505,14 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         signal,
     )
     .map_err(|source| StartError::Bind {
-        addr: plain_addr.or(tls_addr).unwrap_or(config.admin.listen),
+        addr: listening
+            .plain
+            .or(listening.tls)
+            .unwrap_or(config.admin.listen),
         source,
     })?;
-
-    log_started(
-        config,
-        Listening {
-            plain: plain_addr,
-            tls: tls_addr,
-            admin: admin_addr,
-        },
-        threads,
-        max_connections,
-        &proxy,
-    );
-    Ok(Running {
-        plain_addr,
-        tls_addr,
-        admin_addr,
-        reloader,
-        proxy,
-        registry,
-        store,
-        trigger,
-        workers,
-        tasks,
-        access_log,
-        drain_timeout: config.server.drain_timeout,
-    })
+    log_started(config, listening, threads, max_connections, proxy);
+    Ok(workers)
 }
 
 fn access_log_format(format: LogFormat) -> access_log::Format {

@@ -30,15 +30,15 @@ use http::{header, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::access_log::{AccessLog, Client, Limited, Record};
+use crate::access_log::{AccessLog, Client, Record};
 use crate::balancer::{Backend, Pool};
 use crate::error::ProxyError;
-use crate::limiter::rules::{Rule, RuleSet};
-use crate::limiter::shared::{Bucket, OnFailure, SharedLimiter};
-use crate::limiter::{ClientKey, Decision, Registry, RegistryError};
+use crate::limiter::rules::RuleSet;
+use crate::limiter::shared::{OnFailure, SharedLimiter};
+use crate::limiter::Registry;
 use crate::status::refusals::Refusals;
 use crate::telemetry;
-use admission::{Charged, Policies, PolicyLine, Taken};
+use admission::Admission;
 use identity::Identifier;
 use timeout::{Direction, IdleBody, IdleTimeout};
 use upstream::{Answer, SendError, Upstreams};
@@ -121,24 +121,17 @@ pub struct SharedLimits {
 /// What the access log wants to know of an answer besides its status.
 #[derive(Debug, Default)]
 struct Outcome {
-    /// The key the limiter charged.
-    client: Option<ClientKey>,
+    /// What admission learned: the client, what refused, the policies.
+    admission: admission::Report,
     /// The backend that answered.
     backend: Option<Arc<Backend>>,
-    /// Which limit refused the request.
-    limited: Option<Limited>,
-    /// Every policy that applied, when rules did (else the client's
-    /// decision alone shapes the headers).
-    policies: Option<Policies>,
 }
 
 /// Shared state of the request path.
 #[derive(Debug)]
 pub struct Proxy {
-    limiter: Option<Arc<Registry>>,
-    /// `rate_limit.rules`; `None`: none configured at start-up.
-    rules: Option<Arc<RuleSet>>,
-    shared: Option<SharedLimits>,
+    /// The buckets a request is charged to.
+    admission: Admission,
     pool: Arc<Pool>,
     /// Shared by every thread's copy, so one reload reaches them all.
     live: Arc<ArcSwap<Live>>,
@@ -170,9 +163,7 @@ impl Proxy {
         Self {
             upstreams: Upstreams::new(live.clone(), backend_tls.clone()),
             backend_tls,
-            shared: None,
-            rules: None,
-            limiter,
+            admission: Admission::new(limiter),
             pool,
             live,
             access_log: None,
@@ -193,9 +184,7 @@ impl Proxy {
         Self {
             upstreams: Upstreams::new(self.live.clone(), self.backend_tls.clone()),
             backend_tls: self.backend_tls.clone(),
-            shared: self.shared.clone(),
-            rules: self.rules.clone(),
-            limiter: self.limiter.clone(),
+            admission: self.admission.clone(),
             pool: self.pool.clone(),
             live: self.live.clone(),
             access_log: self.access_log.clone(),
@@ -212,25 +201,25 @@ impl Proxy {
     /// The same proxy, checking every request against limits shared with
     /// other replicas as well.
     pub fn with_shared_limits(mut self, shared: SharedLimits) -> Self {
-        self.shared = Some(shared);
+        self.admission.set_shared(shared);
         self
     }
 
     /// The same proxy, charging requests to `rules` as well.
     pub fn with_rules(mut self, rules: Arc<RuleSet>) -> Self {
-        self.rules = Some(rules);
+        self.admission.set_rules(rules);
         self
     }
 
     /// The rules in force, if the proxy has a rule set.
     pub fn rules(&self) -> Option<&Arc<RuleSet>> {
-        self.rules.as_ref()
+        self.admission.rules()
     }
 
     /// Puts new rules in force (config reload); rules that keep their
     /// name keep their buckets.
     pub fn replace_rules(&self, specs: &[crate::limiter::rules::RuleSpec]) {
-        if let Some(rules) = &self.rules {
+        if let Some(rules) = self.admission.rules() {
             rules.replace(specs);
         }
     }
@@ -279,14 +268,14 @@ impl Proxy {
             .insert(request_id::X_REQUEST_ID.clone(), request_id.clone());
         let record = Record {
             ts,
-            client: outcome.client.map_or(Client::Ip(ip), Client::Key),
+            client: outcome.admission.client.map_or(Client::Ip(ip), Client::Key),
             method,
             uri,
             status: response.status().as_u16(),
             backend: outcome.backend,
             duration: Duration::ZERO,
             bytes_sent: 0,
-            limited: outcome.limited,
+            limited: outcome.admission.limited,
             request_id,
         };
         log.wrap(response, record, started)
@@ -320,15 +309,16 @@ impl Proxy {
             Ok(host) => host,
             Err(e) => return refuse(e),
         };
-        let decision = match self.admit(&req, conn.peer, &live, outcome).await {
+        let report = &mut outcome.admission;
+        let decision = match self.admission.admit(&req, conn.peer, &live, report).await {
             Ok(d) => d,
             Err(e) => {
                 // Enforced 429s only: the status page's "refused most".
-                if let (Some(_), Some(client)) = (&outcome.limited, &outcome.client) {
+                if let (Some(_), Some(client)) = (&report.limited, &report.client) {
                     self.refusals.count(client);
                 }
                 let mut response = refuse(e);
-                if let Some(p) = &outcome.policies {
+                if let Some(p) = &report.policies {
                     headers::rate_limit_policies(response.headers_mut(), p);
                 }
                 return response;
@@ -342,7 +332,7 @@ impl Proxy {
             Ok((r, backend)) => (r, Some(backend)),
             Err(e) => (e.into_response(), None),
         };
-        match (&outcome.policies, &decision) {
+        match (&outcome.admission.policies, &decision) {
             (Some(p), _) => headers::rate_limit_policies(response.headers_mut(), p),
             (None, Some(d)) => headers::rate_limit(response.headers_mut(), d),
             (None, None) => {}
@@ -355,271 +345,6 @@ impl Proxy {
         );
         outcome.backend = backend;
         response
-    }
-
-    /// Identifies the client and charges its bucket and every matching
-    /// rule's (all or nothing, see `admission`); `Ok(None)` when rate
-    /// limiting is off. With shared limits the shared buckets decide; the
-    /// local ones are charged too, so that a fallback to them starts from
-    /// this replica's recent traffic. `outcome` gets the key charged, what
-    /// refused, and the policies when rules applied.
-    async fn admit(
-        &self,
-        req: &Request<Incoming>,
-        peer: SocketAddr,
-        live: &Live,
-        outcome: &mut Outcome,
-    ) -> Result<Option<Decision>, ProxyError> {
-        let Some(limiter) = self.limiter.as_ref().filter(|_| live.limiting) else {
-            return Ok(None);
-        };
-        let api_key = live
-            .identifier
-            .api_key(req.headers())
-            .map_err(|e| ProxyError::BadApiKey(e.to_string()))?;
-        let full = |registry: &Registry| ProxyError::ClientTableFull {
-            retry_after: registry.tick_interval(),
-        };
-        // A key counts only if it is in the client table; any other key
-        // is charged to the caller's address like no key at all.
-        let mut ip_key = None;
-        let (key, local) = match api_key
-            .map(ClientKey::Api)
-            .and_then(|k| limiter.check_pinned(&k).map(|d| (k, d)))
-        {
-            Some(pinned) => pinned,
-            None => {
-                let ip = live.identifier.client_key(req.headers(), peer.ip());
-                let d = limiter
-                    .check(&ip)
-                    .map_err(|RegistryError::Full(_)| full(limiter))?;
-                ip_key = Some(ip.clone());
-                (ip, d)
-            }
-        };
-        let client = self.charge_shared(key.clone(), local, 1).await?;
-        outcome.client = Some(key.clone());
-        // Without rules, no Arc of the rule list is taken: its count is a
-        // cache line every proxy thread would otherwise write per request.
-        let rules = self
-            .rules
-            .as_ref()
-            .filter(|r| !r.is_empty())
-            .map(|r| r.current());
-        let matching: Vec<&Arc<Rule>> = rules
-            .iter()
-            .flat_map(|r| r.iter())
-            .filter(|r| r.spec.matches(req.method(), req.uri().path()))
-            .collect();
-        if matching.is_empty() {
-            return self.settle_client(client, live, outcome);
-        }
-        let mut charged = vec![Charged {
-            rule: None,
-            decision: client.0,
-            dry_run: live.dry_run,
-            taken: client.1,
-        }];
-        let mut lines = vec![PolicyLine::of_decision(
-            Arc::from(admission::CLIENT_POLICY),
-            &client.0,
-        )];
-        let mut refused = !client.0.allowed() && !live.dry_run;
-        for rule in matching {
-            let ip =
-                ip_key.get_or_insert_with(|| live.identifier.client_key(req.headers(), peer.ip()));
-            let rule_key = match rule.key_of(&key, ip, req.headers()) {
-                // Keyed by a header the request lacks: not matched.
-                None => continue,
-                Some(Ok(k)) => k,
-                Some(Err(reason)) => {
-                    self.give_back(&charged);
-                    return Err(ProxyError::BadRequest(reason.into()));
-                }
-            };
-            lines.push(PolicyLine::of_limits(rule.name.clone(), &rule.spec.limits));
-            if refused {
-                // All or nothing: once a bucket refused, the rest are not
-                // charged.
-                continue;
-            }
-            let cost = rule.spec.cost.get();
-            let local = match rule.registry.check_cost(&rule_key, cost) {
-                Ok(d) => d,
-                Err(RegistryError::Full(_)) => {
-                    self.give_back(&charged);
-                    return Err(full(&rule.registry));
-                }
-            };
-            let (decision, taken) = match self
-                .charge_shared_rule(&rule.name, rule_key, local, cost)
-                .await
-            {
-                Ok(answer) => answer,
-                Err(e) => {
-                    self.give_back(&charged);
-                    return Err(e);
-                }
-            };
-            let dry_run = live.dry_run || rule.spec.dry_run;
-            refused = !decision.allowed() && !dry_run;
-            charged.push(Charged {
-                rule: Some(rule.name.clone()),
-                decision,
-                dry_run,
-                taken,
-            });
-        }
-        let Some(shown) = admission::shown(&charged) else {
-            return Ok(None);
-        };
-        outcome.policies = Some(Policies {
-            lines,
-            shown_name: shown
-                .rule
-                .clone()
-                .unwrap_or_else(|| Arc::from(admission::CLIENT_POLICY)),
-            shown: shown.decision,
-        });
-        let verdict = shown.decision;
-        for c in charged.iter().filter(|c| !c.decision.allowed()) {
-            let policy = c.rule.as_deref().unwrap_or("client");
-            telemetry::rate_limited(policy, c.dry_run);
-            if c.dry_run {
-                tracing::debug!(policy, client = %key, "dry run: would have refused");
-            }
-        }
-        if let Some(c) = charged.iter().find(|c| !c.decision.allowed() && !c.dry_run) {
-            outcome.limited = Some(c.rule.clone().map_or(Limited::Client, Limited::Rule));
-            let refused_by = c.decision;
-            self.give_back(&charged);
-            return Err(ProxyError::RateLimited(refused_by));
-        }
-        Ok(Some(verdict))
-    }
-
-    /// The answer when only the client's bucket applied.
-    fn settle_client(
-        &self,
-        (verdict, _): (Decision, Taken),
-        live: &Live,
-        outcome: &mut Outcome,
-    ) -> Result<Option<Decision>, ProxyError> {
-        if verdict.allowed() {
-            return Ok(Some(verdict));
-        }
-        if live.dry_run {
-            telemetry::rate_limited("client", true);
-            tracing::debug!(client = ?outcome.client, "dry run: would have refused");
-            return Ok(Some(verdict));
-        }
-        telemetry::rate_limited("client", false);
-        outcome.limited = Some(Limited::Client);
-        Err(ProxyError::RateLimited(verdict))
-    }
-
-    /// The client's bucket with shared limits: Redis's (or the lease's)
-    /// answer, or the failure policy's.
-    async fn charge_shared(
-        &self,
-        key: ClientKey,
-        local: Decision,
-        cost: u32,
-    ) -> Result<(Decision, Taken), ProxyError> {
-        self.charge(None, key, local, cost).await
-    }
-
-    /// A rule's bucket with shared limits (`rule:<name>:<key>` in Redis).
-    async fn charge_shared_rule(
-        &self,
-        rule: &str,
-        key: ClientKey,
-        local: Decision,
-        cost: u32,
-    ) -> Result<(Decision, Taken), ProxyError> {
-        self.charge(Some(rule), key, local, cost).await
-    }
-
-    async fn charge(
-        &self,
-        rule: Option<&str>,
-        key: ClientKey,
-        local: Decision,
-        cost: u32,
-    ) -> Result<(Decision, Taken), ProxyError> {
-        let mut taken = Taken {
-            key: Some(key),
-            local: local.allowed().then_some(local),
-            shared: false,
-            cost,
-        };
-        let (Some(shared), Some(key)) = (&self.shared, taken.key.as_ref()) else {
-            return Ok((local, taken));
-        };
-        let bucket = Bucket { rule, key };
-        // A leased token answers without Redis and without a future. The
-        // Redis exchange is boxed: inline, that large future would grow
-        // every request's future, which is moved several times per
-        // request, with or without shared limits.
-        let answer = match shared.limiter.try_local(bucket, &local, cost) {
-            Some(v) => Ok(v),
-            None => Box::pin(shared.limiter.check_remote(bucket, &local, cost)).await,
-        };
-        match answer {
-            Ok(v) => {
-                taken.shared = v.allowed();
-                Ok((v, taken))
-            }
-            Err(_) => {
-                telemetry::shared_fallback(shared.on_failure.as_str());
-                match shared.on_failure {
-                    OnFailure::Local => Ok((local, taken)),
-                    OnFailure::Reject => {
-                        self.give_back(std::slice::from_ref(&Charged {
-                            rule: rule.map(Arc::from),
-                            decision: local,
-                            dry_run: false,
-                            taken,
-                        }));
-                        Err(ProxyError::LimiterUnavailable)
-                    }
-                }
-            }
-        }
-    }
-
-    /// Gives back what `charged` took, for a request that is not
-    /// admitted after all.
-    fn give_back(&self, charged: &[Charged]) {
-        for c in charged {
-            let t = &c.taken;
-            let Some(key) = &t.key else { continue };
-            if t.local.is_some() {
-                match &c.rule {
-                    None => {
-                        if let Some(limiter) = &self.limiter {
-                            limiter.give_back(key, t.cost);
-                        }
-                    }
-                    Some(name) => {
-                        if let Some(rule) = self
-                            .rules
-                            .as_ref()
-                            .and_then(|r| r.current().iter().find(|r| r.name == *name).cloned())
-                        {
-                            rule.registry.give_back(key, t.cost);
-                        }
-                    }
-                }
-            }
-            if let (Some(shared), true) = (&self.shared, t.shared) {
-                let bucket = Bucket {
-                    rule: c.rule.as_deref(),
-                    key,
-                };
-                shared.limiter.refund(bucket, &c.decision, t.cost);
-            }
-        }
     }
 
     /// Sends the request on, with one retry where that is safe; returns
@@ -748,37 +473,7 @@ impl Proxy {
             Ok(Ok(Answer::Switched(switched))) => {
                 return self.switched(backend, switched, upgrade);
             }
-            Ok(Err(SendError::Connect(e))) => {
-                self.passive_failure(backend, "connect failed");
-                tracing::warn!(backend = %backend.url(), error = %e, "backend connection failed");
-                return Err(Failure::Connect);
-            }
-            Ok(Err(SendError::Local(e))) => {
-                // Our own shortage: the backend is not to blame.
-                tracing::debug!(backend = %backend.url(), error = %e, "no socket for a backend connection");
-                return Err(Failure::Local);
-            }
-            Ok(Err(SendError::Exchange(e)))
-                if IdleTimeout::find(&e).is_some_and(|t| t.direction == Direction::ClientBody) =>
-            {
-                return Err(Failure::ClientBodyIdle);
-            }
-            Ok(Err(SendError::Exchange(e))) => {
-                // hyper reports a request body that failed to read as a
-                // failed send; the marker tells the client's fault apart.
-                if let Some(reason) = ClientBodyError::find(&e) {
-                    tracing::info!(backend = %backend.url(), error = %reason, "client's request body failed; answered 400");
-                    return Err(Failure::ClientBody(reason));
-                }
-                tracing::warn!(backend = %backend.url(), error = %e, "backend broke the exchange");
-                return Err(Failure::Other("backend closed the connection".into()));
-            }
-            Ok(Err(SendError::Switched)) => {
-                tracing::warn!(backend = %backend.url(), "backend answered 101 to a request without Upgrade");
-                return Err(Failure::Answer(
-                    "backend switched protocols without an upgrade request",
-                ));
-            }
+            Ok(Err(e)) => return Err(self.send_failure(backend, e)),
             Err(_) => {
                 self.passive_failure(backend, "timed out");
                 return Err(Failure::Timeout);
@@ -824,6 +519,42 @@ impl Proxy {
             self.live.load().settings.upgrade_idle_timeout,
         ));
         Ok(response)
+    }
+
+    /// What a failed send means: whose fault, whether it can be retried,
+    /// and whether it counts against the backend's health.
+    fn send_failure(&self, backend: &Backend, e: SendError) -> Failure {
+        match e {
+            SendError::Connect(e) => {
+                self.passive_failure(backend, "connect failed");
+                tracing::warn!(backend = %backend.url(), error = %e, "backend connection failed");
+                Failure::Connect
+            }
+            SendError::Local(e) => {
+                // Our own shortage: the backend is not to blame.
+                tracing::debug!(backend = %backend.url(), error = %e, "no socket for a backend connection");
+                Failure::Local
+            }
+            SendError::Exchange(e)
+                if IdleTimeout::find(&e).is_some_and(|t| t.direction == Direction::ClientBody) =>
+            {
+                Failure::ClientBodyIdle
+            }
+            SendError::Exchange(e) => {
+                // hyper reports a request body that failed to read as a
+                // failed send; the marker tells the client's fault apart.
+                if let Some(reason) = ClientBodyError::find(&e) {
+                    tracing::info!(backend = %backend.url(), error = %reason, "client's request body failed; answered 400");
+                    return Failure::ClientBody(reason);
+                }
+                tracing::warn!(backend = %backend.url(), error = %e, "backend broke the exchange");
+                Failure::Other("backend closed the connection".into())
+            }
+            SendError::Switched => {
+                tracing::warn!(backend = %backend.url(), "backend answered 101 to a request without Upgrade");
+                Failure::Answer("backend switched protocols without an upgrade request")
+            }
+        }
     }
 
     fn passive_failure(&self, backend: &Backend, what: &str) {

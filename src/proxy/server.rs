@@ -276,6 +276,66 @@ async fn accept_any(
     .await
 }
 
+/// hyper's HTTP/1.1 and HTTP/2 servers, set up once per listener thread.
+fn protocol_builders(options: &ServeOptions) -> (http1::Builder, http2::Builder<TokioExecutor>) {
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_header_size(options.max_header_bytes)
+        .keep_alive(true);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(options.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    (http1, http2)
+}
+
+/// A place in the connection budget, waiting (new connections stay in
+/// the listen queue) while it is spent; `None` if shutdown came first.
+async fn wait_for_room(
+    budget: &ConnectionBudget,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = budget.permits.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    BUDGET_SPENT.note(|times| {
+        tracing::warn!(
+            limit = budget.limit,
+            times,
+            "server.max_connections reached: new connections wait in the \
+             listen queue until others close"
+        );
+    });
+    tokio::select! {
+        permit = budget.permits.clone().acquire_owned() => permit.ok(),
+        () = shutdown => None,
+    }
+}
+
+/// The accepted connection; on a failed accept (out of file descriptors,
+/// a connection reset before accept) a brief back-off instead of a spin.
+async fn accepted_or_back_off(
+    accepted: std::io::Result<(TcpStream, SocketAddr)>,
+) -> Option<(TcpStream, SocketAddr)> {
+    match accepted {
+        Ok(a) => Some(a),
+        Err(e) => {
+            ACCEPT_FAILED.note(|times| {
+                tracing::warn!(error = %e, times, "accept failed");
+            });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            None
+        }
+    }
+}
+
 async fn serve_endpoints<H, F>(
     endpoints: Vec<Endpoint>,
     handler: H,
@@ -293,21 +353,7 @@ where
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on the listener");
         }
     }
-    let mut http1 = http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
-        .max_header_size(options.max_header_bytes)
-        .keep_alive(true);
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
-    http2
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(options.http2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
-        .keep_alive_interval(H2_PING_INTERVAL)
-        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let (http1, http2) = protocol_builders(&options);
     // Tells open tunnels the drain is over (fired, or dropped, when this
     // function returns).
     let (cut, cut_signal) = crate::shutdown::channel();
@@ -329,37 +375,15 @@ where
     loop {
         let permit = match &options.budget {
             None => None,
-            Some(budget) => match budget.permits.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    BUDGET_SPENT.note(|times| {
-                        tracing::warn!(
-                            limit = budget.limit,
-                            times,
-                            "server.max_connections reached: new connections wait in the \
-                             listen queue until others close"
-                        );
-                    });
-                    tokio::select! {
-                        permit = budget.permits.clone().acquire_owned() => permit.ok(),
-                        () = &mut shutdown => break,
-                    }
-                }
+            Some(budget) => match wait_for_room(budget, &mut shutdown).await {
+                Some(permit) => Some(permit),
+                None => break,
             },
         };
         tokio::select! {
             (endpoint, accepted) = accept_any(&endpoints, &mut next) => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        ACCEPT_FAILED.note(|times| {
-                            tracing::warn!(error = %e, times, "accept failed");
-                        });
-                        // Out of file descriptors or a connection reset
-                        // before accept: back off briefly instead of spinning.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
+                let Some((stream, peer)) = accepted_or_back_off(accepted).await else {
+                    continue;
                 };
                 // Boxed: the connection future holds hyper's connection
                 // state (several KB), and tokio moves a task's future a few
@@ -412,7 +436,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// bytes; then hyper.
 async fn serve_connection<H, F>(
     shared: Arc<Shared<H>>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsTerminator>,
     // Held until the connection ends: the drain waits for every watcher.
@@ -424,38 +448,10 @@ async fn serve_connection<H, F>(
     H: Fn(Request<Incoming>, Conn) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    // Everything before the first request (handshake, first bytes) shares
-    // one deadline: a client that connects and stays silent holds a
-    // connection for header_read_timeout at most.
-    // PROXY header first, then the handshake (and only they are read):
-    // from here on `peer` is the client the balancer in front names.
-    let deadline = Instant::now() + shared.header_read_timeout;
-    let peer = match &shared.proxy_protocol {
-        None => peer,
-        Some(pp) => tokio::select! {
-            biased;
-            () = closing.clone().wait() => return,
-            client = pp.accept(&mut stream, peer, deadline) => match client {
-                Some(client) => client,
-                None => return,
-            },
-        },
-    };
-    // The TLS handshake is boxed (rustls' state is large); a plain
-    // connection allocates nothing for this step.
-    let opened = match tls {
-        None => futures_util::future::Either::Left(sniff_plain(stream, deadline)),
-        Some(tls) => {
-            futures_util::future::Either::Right(Box::pin(handshake(tls, stream, deadline)))
-        }
-    };
-    let (transport, first, h2) = tokio::select! {
-        biased;
-        () = closing.clone().wait() => return,
-        opened = opened => match opened {
-            Some(opened) => opened,
-            None => return,
-        },
+    let Some((peer, transport, first, h2)) =
+        open_connection(&shared, stream, peer, tls, &closing).await
+    else {
+        return;
     };
     let conn = Conn {
         peer,
@@ -471,10 +467,80 @@ async fn serve_connection<H, F>(
         state: state.clone(),
         upgraded: false,
     });
-    let handler = shared.clone();
+    let service = request_service(shared.clone(), conn, h2, &state);
+    let result = if h2 {
+        let conn = shared.http2.serve_connection(io, service);
+        drive_h2(conn, &state, shared.header_read_timeout, closing).await
+    } else {
+        let conn = shared.http1.serve_connection(io, service);
+        drive_h1(conn, &state, closing, shared.cut.clone()).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Everything before the first request: the PROXY header, then the TLS
+/// handshake or the first bytes of a plain connection (and only they are
+/// read), within one deadline, so a client that connects and stays
+/// silent holds a connection for `header_read_timeout` at most. Returns
+/// the client (the one the balancer in front names, with PROXY), the
+/// transport, the bytes read ahead and whether it speaks HTTP/2; `None`
+/// if the connection ended, went silent, or the drain began first.
+async fn open_connection<H>(
+    shared: &Shared<H>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsTerminator>,
+    closing: &Signal,
+) -> Option<(SocketAddr, Transport, Bytes, bool)> {
+    let deadline = Instant::now() + shared.header_read_timeout;
+    let peer = match &shared.proxy_protocol {
+        None => peer,
+        Some(pp) => tokio::select! {
+            biased;
+            () = closing.clone().wait() => return None,
+            client = pp.accept(&mut stream, peer, deadline) => client?,
+        },
+    };
+    // The TLS handshake is boxed (rustls' state is large); a plain
+    // connection allocates nothing for this step.
+    let opened = match tls {
+        None => futures_util::future::Either::Left(sniff_plain(stream, deadline)),
+        Some(tls) => {
+            futures_util::future::Either::Right(Box::pin(handshake(tls, stream, deadline)))
+        }
+    };
+    let (transport, first, h2) = tokio::select! {
+        biased;
+        () = closing.clone().wait() => return None,
+        opened = opened => opened?,
+    };
+    Some((peer, transport, first, h2))
+}
+
+/// The per-request service of one connection: the handler, the 101 that
+/// hands a tunnel to the driver, and (HTTP/2) the open-request count the
+/// connection's idle timer reads.
+fn request_service<H, F>(
+    shared: Arc<Shared<H>>,
+    conn: Conn,
+    h2: bool,
+    state: &Arc<ConnState>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
+where
+    H: Fn(Request<Incoming>, Conn) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handler = shared;
     let counted = h2.then(|| state.clone());
     let upgrades = state.clone();
-    let service = hyper::service::service_fn(move |req| {
+    hyper::service::service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
         // HTTP/2 only: the connection's idle timer needs to know when no
         // request is open (HTTP/1.1 has hyper's own).
@@ -506,17 +572,7 @@ async fn serve_connection<H, F>(
                 None => response,
             })
         }
-    });
-    let result = if h2 {
-        let conn = shared.http2.serve_connection(io, service);
-        drive_h2(conn, &state, shared.header_read_timeout, closing).await
-    } else {
-        let conn = shared.http1.serve_connection(io, service);
-        drive_h1(conn, &state, closing, shared.cut.clone()).await
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-    }
+    })
 }
 
 /// A connection's bytes, what was read of them ahead, and whether they

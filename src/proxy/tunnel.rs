@@ -232,6 +232,20 @@ where
         },
         () = &mut cut => return,
     };
+    relay(client, backend, side.idle_timeout, cut).await;
+}
+
+/// Copies both ways until a side closes, the tunnel is idle for
+/// `idle_timeout`, or `cut` completes.
+async fn relay<C, B>(
+    client: C,
+    backend: B,
+    idle_timeout: Duration,
+    mut cut: std::pin::Pin<&mut impl Future<Output = ()>>,
+) where
+    C: AsyncRead + AsyncWrite + Send + Unpin,
+    B: AsyncRead + AsyncWrite + Send + Unpin,
+{
     let activity = Activity::new();
     let (mut client_reads, mut client_writes) = tokio::io::split(Watched {
         io: client,
@@ -258,7 +272,7 @@ where
         }
     };
     tokio::pin!(copy);
-    let idle = tokio::time::sleep(side.idle_timeout);
+    let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     loop {
         tokio::select! {
@@ -270,7 +284,7 @@ where
                 return;
             }
             () = &mut idle => {
-                let due = activity.last() + side.idle_timeout;
+                let due = activity.last() + idle_timeout;
                 if due <= Instant::now() {
                     telemetry::idle_timeout("upgrade");
                     tracing::debug!("tunnel closed after proxy.upgrade_idle_timeout without a byte");
@@ -278,7 +292,7 @@ where
                 }
                 idle.as_mut().reset(due);
             }
-            () = &mut cut => {
+            () = cut.as_mut() => {
                 tracing::debug!("tunnel cut at the end of the drain");
                 return;
             }
