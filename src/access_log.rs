@@ -14,20 +14,18 @@
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Uri};
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
 use http_body_util::BodyExt;
 
 use crate::balancer::Backend;
-use crate::body::{Body, BoxError};
+use crate::body::{Body, Watched};
 use crate::limiter::ClientKey;
 use crate::telemetry::{self, Throttle};
 
@@ -209,15 +207,14 @@ impl AccessLog {
         started: Instant,
     ) -> http::Response<Body> {
         let (parts, body) = response.into_parts();
-        let body = LoggedBody {
-            inner: body,
+        let logged = Logged {
             pending: Some(Pending {
                 log: self.clone(),
                 record,
                 started,
             }),
         };
-        http::Response::from_parts(parts, body.boxed_unsync())
+        http::Response::from_parts(parts, Watched::new(body, logged).boxed_unsync())
     }
 }
 
@@ -448,14 +445,13 @@ struct Pending {
     started: Instant,
 }
 
-/// A response body that counts the bytes taken from it and sends its
-/// record once: at its end, at an error, or when dropped unfinished.
-struct LoggedBody {
-    inner: Body,
+/// Hooks on a response body that count the bytes taken from it and send
+/// its record once: at its end, at an error, or when dropped unfinished.
+struct Logged {
     pending: Option<Pending>,
 }
 
-impl LoggedBody {
+impl Logged {
     fn finish(&mut self) {
         if let Some(mut p) = self.pending.take() {
             p.record.duration = p.started.elapsed();
@@ -464,41 +460,26 @@ impl LoggedBody {
     }
 }
 
-impl http_body::Body for LoggedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(p)) = (frame.data_ref(), this.pending.as_mut()) {
-                    p.record.bytes_sent += data.len() as u64;
-                }
-                if this.inner.is_end_stream() {
-                    this.finish();
-                }
-            }
-            Poll::Ready(Some(Err(_)) | None) => this.finish(),
-            Poll::Pending => {}
+impl crate::body::Hooks for Logged {
+    fn frame(&mut self, frame: &Frame<Bytes>, end: bool) {
+        if let (Some(data), Some(p)) = (frame.data_ref(), self.pending.as_mut()) {
+            p.record.bytes_sent += data.len() as u64;
         }
-        polled
+        if end {
+            self.finish();
+        }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    fn error(&mut self) {
+        self.finish();
     }
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn end(&mut self) {
+        self.finish();
     }
 }
 
-impl Drop for LoggedBody {
+impl Drop for Logged {
     fn drop(&mut self) {
         self.finish();
     }

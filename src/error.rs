@@ -1,7 +1,9 @@
 //! Errors a client can see, and the one place they become HTTP responses.
 //!
 //! Every error tollgate answers with is JSON `{"code":N,"message":"..."}`
-//! with the matching status, built by [`json_error`].
+//! with the matching status, built by [`json_error`]. [`chain`] walks an
+//! error's sources, which is how the request path tells a client's fault
+//! from a backend's and how logs show the cause under a library's wrapper.
 
 use std::borrow::Cow;
 
@@ -10,6 +12,36 @@ use http::{header, HeaderValue, Response, StatusCode};
 pub use crate::body::full;
 use crate::body::Body;
 use crate::limiter::Decision;
+
+/// `err` and every error below it (its `source()`s), outermost first.
+pub fn chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
+
+/// The first error of type `T` in `err`'s chain, if any.
+pub fn find_in_chain<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    chain(err).find_map(|e| e.downcast_ref::<T>())
+}
+
+/// An error and its sources, `: `-separated, for a log line or a message.
+#[derive(Debug, Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in chain(self.0).enumerate() {
+            if i > 0 {
+                f.write_str(": ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
 
 /// Why the proxy did not forward a request, or could not complete it.
 #[derive(Debug, thiserror::Error)]

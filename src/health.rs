@@ -131,7 +131,7 @@ impl Probe {
                 // reason (refused, certificate not trusted) is in the chain.
                 tracing::debug!(
                     backend = %backend.url(),
-                    error = %ErrorChain(&e),
+                    error = %crate::error::Chain(&e),
                     "health check failed"
                 );
                 Some(false)
@@ -228,31 +228,9 @@ pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
 /// [`is_local_exhaustion`] anywhere in `err`'s chain of sources (reqwest
 /// wraps the connect error a few levels down).
 fn error_chain_is_local_exhaustion(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(is_local_exhaustion)
-        {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
-}
-
-/// An error and its sources, `: `-separated, for a log line.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cur = self.0.source();
-        while let Some(e) = cur {
-            write!(f, ": {e}")?;
-            cur = e.source();
-        }
-        Ok(())
-    }
+    crate::error::chain(err)
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(is_local_exhaustion)
 }
 
 /// Checks skipped for want of sockets, logged at most once per

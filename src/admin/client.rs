@@ -179,16 +179,9 @@ async fn call(
     // reqwest's own message only repeats the URL; its causes say what
     // happened (connection refused, timed out...).
     let unreachable = |e: reqwest::Error| {
-        let mut causes = Vec::new();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            causes.push(cause.to_string());
-            source = cause.source();
-        }
-        let reason = if causes.is_empty() {
-            e.to_string()
-        } else {
-            causes.join(": ")
+        let reason = match std::error::Error::source(&e) {
+            Some(cause) => crate::error::Chain(cause).to_string(),
+            None => e.to_string(),
         };
         AdminClientError::Unreachable {
             url: url.clone(),

@@ -40,7 +40,7 @@ use crate::status::refusals::Refusals;
 use crate::telemetry;
 use admission::Admission;
 use identity::Identifier;
-use timeout::{Direction, IdleBody, IdleTimeout};
+use timeout::{idle_body, Direction, IdleTimeout};
 use upstream::{Answer, SendError, Upstreams};
 
 pub use crate::body::{Body, BoxError};
@@ -386,7 +386,7 @@ impl Proxy {
         let first = self.pool.pick().ok_or(ProxyError::NoHealthyBackend)?;
         // The marker tells a failed read of the client's body from a
         // backend's failure; the idle timer bounds its pauses.
-        let body = IdleBody::new(
+        let body = idle_body(
             body.map_err(|e| BoxError::from(ClientBodyError(e))),
             live.settings.client_body_timeout,
             Direction::ClientBody,
@@ -621,19 +621,8 @@ impl ClientBodyError {
     /// The reason, if `e` was caused by the client's body: the innermost
     /// error's text ("Invalid chunk size line: ...").
     fn find(e: &hyper::Error) -> Option<String> {
-        use std::error::Error;
-        let mut cause = e.source();
-        while let Some(c) = cause {
-            if let Some(ClientBodyError(inner)) = c.downcast_ref::<ClientBodyError>() {
-                let mut innermost: &dyn Error = inner;
-                while let Some(next) = innermost.source() {
-                    innermost = next;
-                }
-                return Some(innermost.to_string());
-            }
-            cause = c.source();
-        }
-        None
+        let ClientBodyError(inner) = crate::error::find_in_chain::<ClientBodyError>(e)?;
+        crate::error::chain(inner).last().map(|e| e.to_string())
     }
 }
 

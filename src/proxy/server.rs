@@ -53,7 +53,6 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -568,7 +567,7 @@ where
                 }
             }
             Ok::<_, Infallible>(match open {
-                Some(open) => response.map(|body| Body::new(Tracked { body, _open: open })),
+                Some(open) => response.map(|body| Body::new(crate::body::Watched::new(body, open))),
                 None => response,
             })
         }
@@ -780,31 +779,9 @@ impl Drop for OpenRequest {
     }
 }
 
-/// A response body that keeps its request counted as open until it ends.
-struct Tracked {
-    body: Body,
-    _open: OpenRequest,
-}
-
-impl HttpBody for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
+/// Keeps an HTTP/2 request counted as open until its response body ends
+/// (or is dropped).
+impl crate::body::Hooks for OpenRequest {}
 
 /// A client connection as hyper sees it: the bytes read ahead come first;
 /// a write that stays blocked for `send_timeout` fails; on HTTP/1.1,

@@ -17,10 +17,11 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::Frame;
 use tokio::time::{Instant, Sleep};
 
 use super::BoxError;
+use crate::body::{Hooks, Watched};
 
 /// Which side went quiet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,14 +54,7 @@ pub(crate) struct IdleTimeout {
 impl IdleTimeout {
     /// The idle timeout somewhere in `err`'s chain of sources, if any.
     pub(crate) fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a IdleTimeout> {
-        let mut cur = Some(err);
-        while let Some(e) = cur {
-            if let Some(t) = e.downcast_ref::<IdleTimeout>() {
-                return Some(t);
-            }
-            cur = e.source();
-        }
-        None
+        crate::error::find_in_chain(err)
     }
 }
 
@@ -120,60 +114,50 @@ impl IdleTimer {
     }
 }
 
-/// `B`, failing with [`IdleTimeout`] when it has nothing for `timeout`
-/// while being polled.
+/// A body failing with [`IdleTimeout`] when it has nothing for its
+/// timeout while being polled.
+pub(crate) type IdleBody<B> = Watched<B, Idle>;
+
+/// `inner`, failing with [`IdleTimeout`] when it has nothing for
+/// `timeout` while being polled.
+pub(crate) fn idle_body<B>(inner: B, timeout: Duration, direction: Direction) -> IdleBody<B> {
+    Watched::new(
+        inner,
+        Idle {
+            direction,
+            timer: IdleTimer::new(timeout),
+        },
+    )
+}
+
+/// Hooks that restart the idle timer on every frame and end the body
+/// with [`IdleTimeout`] when it expires.
 #[derive(Debug)]
-pub(crate) struct IdleBody<B> {
-    inner: B,
+pub(crate) struct Idle {
     direction: Direction,
     timer: IdleTimer,
 }
 
-impl<B> IdleBody<B> {
-    pub(crate) fn new(inner: B, timeout: Duration, direction: Direction) -> Self {
-        Self {
-            inner,
-            direction,
-            timer: IdleTimer::new(timeout),
-        }
+impl Hooks for Idle {
+    fn frame(&mut self, _frame: &Frame<Bytes>, _end: bool) {
+        self.timer.progress();
     }
 
-    pub(crate) fn get_ref(&self) -> &B {
-        &self.inner
-    }
-}
-
-impl<B> HttpBody for IdleBody<B>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            this.timer.progress();
-            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
-        }
-        ready!(this.timer.poll_expired(cx));
-        crate::telemetry::idle_timeout(this.direction.label());
-        Poll::Ready(Some(Err(Box::new(IdleTimeout {
-            direction: this.direction,
-            after: this.timer.timeout(),
-        }))))
+    fn error(&mut self) {
+        self.timer.progress();
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    fn end(&mut self) {
+        self.timer.progress();
     }
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn pending(&mut self, cx: &mut Context<'_>) -> Poll<BoxError> {
+        ready!(self.timer.poll_expired(cx));
+        crate::telemetry::idle_timeout(self.direction.label());
+        Poll::Ready(Box::new(IdleTimeout {
+            direction: self.direction,
+            after: self.timer.timeout(),
+        }))
     }
 }
 
@@ -182,7 +166,7 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
 
-    fn silent_after_one() -> impl HttpBody<Data = Bytes, Error = BoxError> + Unpin {
+    fn silent_after_one() -> impl http_body::Body<Data = Bytes, Error = BoxError> + Unpin {
         let frames = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from("a")))])
             .chain(futures_util::stream::pending());
         StreamBody::new(Box::pin(frames))
@@ -192,7 +176,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_body_fails_after_its_timeout() {
-        let mut body = IdleBody::new(
+        let mut body = idle_body(
             silent_after_one(),
             Duration::from_secs(60),
             Direction::BackendBody,
@@ -214,7 +198,7 @@ mod tests {
                 rx,
                 |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
             );
-        let mut body = IdleBody::new(
+        let mut body = idle_body(
             StreamBody::new(Box::pin(stream)),
             Duration::from_secs(10),
             Direction::ClientBody,

@@ -27,17 +27,13 @@
 //! nothing of it reached the backend.
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::Frame;
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
@@ -46,9 +42,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant as Deadline;
 use tokio_rustls::TlsConnector;
 
-use super::timeout::{Direction, IdleBody};
-use super::{Body, BoxError, Live};
+use super::timeout::{idle_body, Direction};
+use super::{Body, Live};
 use crate::balancer::{self, Backend, InFlight};
+use crate::body::Watched;
 
 /// Idle connections kept per backend and thread; more than this are closed
 /// when they fall idle.
@@ -208,19 +205,21 @@ impl Upstreams {
                 }
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
-                    let body = Returning {
-                        body: IdleBody::new(
-                            body,
-                            self.inner.live.load().settings.backend_body_timeout,
-                            Direction::BackendBody,
-                        ),
-                        finished: false,
+                    let returning = Returning {
+                        // An empty body (HEAD, 204) is read to the end
+                        // before it is polled.
+                        finished: http_body::Body::is_end_stream(&body),
                         connection: Some((sender, self.inner.clone(), backend.clone())),
                         _in_flight: in_flight,
                     };
+                    let body = idle_body(
+                        body,
+                        self.inner.live.load().settings.backend_body_timeout,
+                        Direction::BackendBody,
+                    );
                     return Ok(Answer::Response(Response::from_parts(
                         parts,
-                        Body::new(body),
+                        Body::new(Watched::new(body, returning)),
                     )));
                 }
                 Err(mut e) => match e.take_message() {
@@ -377,39 +376,27 @@ fn key(backend: &Arc<Backend>) -> usize {
     Arc::as_ptr(backend) as usize
 }
 
-/// A backend response body that hands its connection back to the pool once
-/// it has been read to the end, and keeps the request counted in flight
-/// until then (so `least_connections` sees streaming downloads as load).
+/// Hooks on a backend response body that hand its connection back to the
+/// pool once the body has been read to the end, and keep the request
+/// counted in flight until then (so `least_connections` sees streaming
+/// downloads as load).
 struct Returning {
-    body: IdleBody<Incoming>,
     finished: bool,
     connection: Option<(SendRequest<Body>, Arc<Inner>, Arc<Backend>)>,
     _in_flight: InFlight,
 }
 
-impl http_body::Body for Returning {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.finished = true,
-            Poll::Ready(Some(Err(_))) => self.connection = None,
-            _ => {}
-        }
-        polled
+impl crate::body::Hooks for Returning {
+    fn frame(&mut self, _frame: &http_body::Frame<Bytes>, end: bool) {
+        self.finished |= end;
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+    fn error(&mut self) {
+        self.connection = None;
     }
 
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+    fn end(&mut self) {
+        self.finished = true;
     }
 }
 
@@ -417,7 +404,7 @@ impl Drop for Returning {
     fn drop(&mut self) {
         // A body that was not read to the end leaves the connection
         // mid-response; it closes with the sender instead.
-        if self.finished || http_body::Body::is_end_stream(self.body.get_ref()) {
+        if self.finished {
             if let Some((sender, pool, backend)) = self.connection.take() {
                 pool.give_back(backend, sender);
             }
