@@ -135,6 +135,8 @@ enum Message {
 pub struct AccessLog {
     tx: SyncSender<Message>,
     dropped: Arc<AtomicU64>,
+    /// [`telemetry::ACCESS_LOG_DROPPED`].
+    dropped_metric: metrics::Counter,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -157,10 +159,12 @@ static WRITE_ERRORS: Throttle = Throttle::new();
 
 /// Starts the writer thread: lines in `format` to `sink`, at most
 /// `capacity` records waiting.
+/// Dropped lines are counted in `metrics`.
 pub fn start(
     format: Format,
     sink: Sink,
     capacity: usize,
+    metrics: &telemetry::Metrics,
 ) -> Result<(AccessLog, Writer), AccessLogError> {
     let (tx, rx) = mpsc::sync_channel(capacity);
     let thread = std::thread::Builder::new()
@@ -170,6 +174,7 @@ pub fn start(
     let log = AccessLog {
         tx: tx.clone(),
         dropped: Arc::new(AtomicU64::new(0)),
+        dropped_metric: metrics.counter(telemetry::ACCESS_LOG_DROPPED, &[]),
     };
     Ok((log, Writer { tx, thread }))
 }
@@ -182,7 +187,7 @@ impl AccessLog {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(telemetry::ACCESS_LOG_DROPPED).increment(1);
+                self.dropped_metric.increment(1);
                 DROPS.note(|before| {
                     tracing::warn!(
                         dropped = before + 1,
@@ -606,7 +611,8 @@ mod tests {
             release: release_rx,
             seen: seen.clone(),
         };
-        let (log, writer) = start(Format::Json, Box::new(gate), 4).expect("start");
+        let (log, writer) =
+            start(Format::Json, Box::new(gate), 4, &telemetry::Metrics::new()).expect("start");
         log.send(record());
         // The writer holds the first line and is stuck writing it; the
         // queue is empty.

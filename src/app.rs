@@ -24,8 +24,8 @@ use crate::shutdown::{self, Signal, Ticks, Trigger};
 use crate::status::Board;
 use crate::store::snapshot::{self, Snapshotter};
 use crate::store::ClientStore;
+use crate::telemetry::Metrics;
 use crate::tls::server::{CertError, TlsSettings, TlsTerminator};
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 /// Why tollgate could not start.
@@ -231,10 +231,9 @@ pub async fn start_with_file(
 /// [`start`], with what a config file cannot name.
 pub async fn start_with(config: &Config, options: StartOptions) -> Result<Running, StartError> {
     raise_open_file_limit();
-    // Before anything registers a metric handle.
-    let metrics = crate::telemetry::install();
+    let metrics = Metrics::new();
     let registry = Arc::new(Registry::new(RegistryConfig::from(&config.rate_limit)));
-    let core = build_core(config, &registry, options.access_log_sink).await?;
+    let core = build_core(config, &registry, &metrics, options.access_log_sink).await?;
     let bound = bind_proxy(config)?;
     let (store, restored) = open_store(config, &registry).await?;
     if let Some(rules) = core.proxy.rules() {
@@ -244,17 +243,19 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         }
     }
     let (admin_listener, admin_addr) = bind_admin(config).await?;
-    let reloader = build_reloader(config, options.config_file, &bound, &core, &registry);
+    let reloader = build_reloader(config, options.config_file, &bound, &core, &registry)
+        .with_metrics(metrics.clone());
     let (trigger, signal) = shutdown::channel();
     let mut tasks = JoinSet::new();
     let admin = Admin {
         listener: admin_listener,
-        metrics,
+        metrics: metrics.clone(),
         reloader: reloader.clone(),
     };
     spawn_admin(&mut tasks, config, admin, &core, &registry, &store, &signal);
+    let restored = (&store, &restored);
     spawn_background(
-        &mut tasks, config, &core, &registry, &store, &restored, &signal,
+        &mut tasks, config, &core, &registry, restored, &metrics, &signal,
     );
     let (plain_addr, tls_addr) = (bound.plain_addr, bound.tls_addr);
     let listening = Listening {
@@ -262,7 +263,7 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         tls: tls_addr,
         admin: admin_addr,
     };
-    let workers = serve(config, bound, &core.proxy, signal, listening)?;
+    let workers = serve(config, bound, &core.proxy, (signal, metrics), listening)?;
     Ok(Running {
         plain_addr,
         tls_addr,
@@ -294,6 +295,7 @@ struct Core {
 async fn build_core(
     config: &Config,
     registry: &Arc<Registry>,
+    metrics: &Metrics,
     sink: Option<Sink>,
 ) -> Result<Core, StartError> {
     // One TLS client configuration for the proxy and the health checks.
@@ -305,14 +307,15 @@ async fn build_core(
             .any(|b| b.url.scheme == crate::balancer::Scheme::Https),
     )
     .map_err(StartError::BackendTls)?;
-    let (pool, checker) = build_pool(config, &backend_tls).await;
-    let (proxy, shared_limiter) = build_proxy(config, registry, pool, backend_tls)?;
+    let (pool, checker) = build_pool(config, &backend_tls, metrics).await;
+    let (proxy, shared_limiter) = build_proxy(config, registry, pool, backend_tls, metrics)?;
     let (proxy, access_log) = if config.log.access {
         let sink = sink.unwrap_or_else(|| Box::new(std::io::stdout()));
         let (log, writer) = access_log::start(
             access_log_format(config.log.format),
             sink,
             access_log::DEFAULT_CAPACITY,
+            metrics,
         )
         .map_err(StartError::AccessLog)?;
         (proxy.with_access_log(log), Some(writer))
@@ -370,7 +373,7 @@ fn build_reloader(
 /// The admin side's own parts.
 struct Admin {
     listener: TcpListener,
-    metrics: Option<PrometheusHandle>,
+    metrics: Metrics,
     reloader: Reloader,
 }
 
@@ -405,16 +408,14 @@ fn spawn_admin(
     .with_status(board.clone());
     tasks.spawn(crate::status::run(
         board,
-        admin.metrics.clone(),
+        Some(admin.metrics.clone()),
         signal.clone().wait(),
     ));
-    if let Some(handle) = admin.metrics {
-        tasks.spawn(crate::telemetry::upkeep(
-            handle,
-            crate::telemetry::UPKEEP_INTERVAL,
-            signal.clone().wait(),
-        ));
-    }
+    tasks.spawn(
+        admin
+            .metrics
+            .upkeep(crate::telemetry::UPKEEP_INTERVAL, signal.clone().wait()),
+    );
     tasks.spawn(crate::admin::server::serve(
         admin.listener,
         crate::admin::router(state),
@@ -432,8 +433,8 @@ fn spawn_background(
     config: &Config,
     core: &Core,
     registry: &Arc<Registry>,
-    store: &Arc<dyn ClientStore>,
-    restored: &snapshot::Restored,
+    (store, restored): (&Arc<dyn ClientStore>, &snapshot::Restored),
+    metrics: &Metrics,
     signal: &Signal,
 ) {
     let rules = core.proxy.rules();
@@ -443,8 +444,8 @@ fn spawn_background(
             Some(rules) => snapshotter.with_rules(rules.clone()),
             None => snapshotter,
         },
-        config.store.snapshot_interval,
-        config.server.drain_timeout,
+        (config.store.snapshot_interval, config.server.drain_timeout),
+        metrics.histogram(crate::telemetry::SNAPSHOT),
         signal.clone(),
     ));
     if crate::store::is_shared(&config.store.url) {
@@ -468,9 +469,10 @@ fn spawn_background(
         tasks.spawn(shared.clone().upkeep(signal.clone().wait()));
     }
     let refill = config.rate_limit.refill_interval;
-    tasks.spawn(limiter::refill::run(
+    tasks.spawn(limiter::refill::run_timed(
         registry.clone(),
         refill,
+        metrics.histogram(crate::telemetry::REFILL_SWEEP),
         signal.clone().wait(),
     ));
     if let Some(rules) = rules {
@@ -485,10 +487,13 @@ fn serve(
     config: &Config,
     bound: Bound,
     proxy: &Arc<Proxy>,
-    signal: Signal,
+    (signal, metrics): (Signal, Metrics),
     listening: Listening,
 ) -> Result<Vec<std::thread::JoinHandle<Drained>>, StartError> {
-    let serve_options = ServeOptions::from(config);
+    let serve_options = ServeOptions {
+        metrics,
+        ..ServeOptions::from(config)
+    };
     let max_connections = serve_options.budget.as_ref().map(ConnectionBudget::limit);
     let threads = bound.threads.len();
     let parts = proxy.clone();
@@ -544,6 +549,7 @@ async fn stop_access_log(writer: Writer, within: std::time::Duration) {
 async fn build_pool(
     config: &Config,
     backend_tls: &Arc<rustls::ClientConfig>,
+    metrics: &Metrics,
 ) -> (Arc<Pool>, Checker) {
     let hc = &config.health_check;
     let pool = Arc::new(
@@ -552,7 +558,8 @@ async fn build_pool(
             strategy_for(config.balancing.strategy),
         )
         .with_thresholds(Thresholds::from(hc))
-        .with_passive(PassiveSettings::from(&hc.passive)),
+        .with_passive(PassiveSettings::from(&hc.passive))
+        .with_metrics(metrics.clone()),
     );
     let checker = Checker::new(pool.clone(), &hc.path, hc.timeout, backend_tls);
     checker.initial_round().await;
@@ -565,6 +572,7 @@ fn build_proxy(
     registry: &Arc<Registry>,
     pool: Arc<Pool>,
     backend_tls: Arc<rustls::ClientConfig>,
+    metrics: &Metrics,
 ) -> Result<(Proxy, Option<Arc<SharedLimiter>>), StartError> {
     let rl = &config.rate_limit;
     let identifier = Identifier::from(rl);
@@ -575,6 +583,7 @@ fn build_proxy(
         identifier.clone(),
         ProxySettings::from(config),
         backend_tls,
+        metrics.clone(),
     );
     proxy.reconfigure(
         Live::new(identifier, ProxySettings::from(config), rl.enabled).with_dry_run(rl.dry_run),
@@ -600,7 +609,8 @@ fn build_proxy(
         period: rl.refill_interval,
         max_leases: rl.max_clients.get(),
     })
-    .map_err(StartError::SharedLimiter)?;
+    .map_err(StartError::SharedLimiter)?
+    .with_metrics(metrics.clone());
     tracing::info!(
         on_failure = rl.shared.on_failure.as_str(),
         mode = rl.shared.mode.as_str(),
@@ -759,8 +769,8 @@ fn log_started(
 /// periodic snapshot still running when shutdown starts gives way to it.
 async fn run_snapshots(
     mut snapshotter: Snapshotter,
-    interval: std::time::Duration,
-    drain_timeout: std::time::Duration,
+    (interval, drain_timeout): (std::time::Duration, std::time::Duration),
+    took: metrics::Histogram,
     signal: Signal,
 ) {
     // The first tick is a period away: nothing has changed yet. A
@@ -772,13 +782,13 @@ async fn run_snapshots(
     );
     while ticks.next().await {
         if !ticks
-            .unless_stopped(snapshot_once(&mut snapshotter, false))
+            .unless_stopped(snapshot_once(&mut snapshotter, &took, false))
             .await
         {
             break;
         }
     }
-    if tokio::time::timeout(drain_timeout, snapshot_once(&mut snapshotter, true))
+    if tokio::time::timeout(drain_timeout, snapshot_once(&mut snapshotter, &took, true))
         .await
         .is_err()
     {
@@ -790,10 +800,10 @@ async fn run_snapshots(
 }
 
 /// Writes one snapshot and records how it went.
-async fn snapshot_once(snapshotter: &mut Snapshotter, last: bool) {
+async fn snapshot_once(snapshotter: &mut Snapshotter, took: &metrics::Histogram, last: bool) {
     let started = std::time::Instant::now();
     let result = snapshotter.snapshot().await;
-    metrics::histogram!(crate::telemetry::SNAPSHOT).record(started.elapsed().as_secs_f64());
+    took.record(started.elapsed().as_secs_f64());
     match result {
         Ok(stats) => tracing::debug!(
             written = stats.written,

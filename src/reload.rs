@@ -45,6 +45,8 @@ pub struct Reloader {
     file: Option<Arc<FileReload>>,
     /// Where each reload's outcome is recorded for the status page.
     events: Option<Arc<Events>>,
+    /// Where each reload's outcome is counted.
+    metrics: crate::telemetry::Metrics,
 }
 
 /// The config file, the config running now, and what a change is applied
@@ -127,7 +129,14 @@ impl Reloader {
             certificates,
             file: None,
             events: None,
+            metrics: crate::telemetry::Metrics::default(),
         }
+    }
+
+    /// The same reloader, counting outcomes in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::telemetry::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The same reloader, recording each outcome of
@@ -199,7 +208,7 @@ impl Reloader {
         let result = self.reload().await;
         match &result {
             Ok(r) => {
-                crate::telemetry::config_reload("applied");
+                self.metrics.config_reload("applied");
                 if !r.restart_required.is_empty() {
                     tracing::warn!(
                         restart_required = %r.restart_required.join(", "),
@@ -228,7 +237,7 @@ impl Reloader {
                 });
             }
             Err(e) => {
-                crate::telemetry::config_reload(e.result());
+                self.metrics.config_reload(e.result());
                 tracing::error!(error = %e, "reload failed");
                 self.note(EventKind::ReloadFailed, || e.to_string());
             }

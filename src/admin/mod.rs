@@ -62,7 +62,7 @@ pub struct AdminState {
     pool: Arc<Pool>,
     token: Option<Arc<str>>,
     locks: Arc<[tokio::sync::Mutex<()>]>,
-    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    metrics: Option<crate::telemetry::Metrics>,
     shared: Option<Arc<SharedLimiter>>,
     store_timeout: Duration,
     body_read_timeout: Duration,
@@ -132,12 +132,9 @@ impl AdminState {
         self
     }
 
-    /// Serves `/metrics` from this Prometheus handle.
-    pub fn with_metrics(
-        mut self,
-        handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    ) -> Self {
-        self.metrics = handle;
+    /// Serves `/metrics` from these metrics (the running tollgate's).
+    pub fn with_metrics(mut self, metrics: crate::telemetry::Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -873,20 +870,21 @@ async fn healthz(State(state): State<AdminState>) -> Json<Health> {
     })
 }
 
-/// The 404 is documented but not produced by the tests: it needs a process
-/// where something else installed a metrics recorder before tollgate.
+/// The 404 is documented but not produced by the tests: a started
+/// tollgate always hands its metrics to the admin API; only a program
+/// embedding the router without them gets it.
 #[utoipa::path(
     get,
     path = "/metrics",
     summary = "Prometheus metrics (text format 0.0.4)",
     responses(
         (status = 200, description = "metrics", body = String, content_type = "text/plain"),
-        (status = 404, description = "metrics are off: the embedding program installed another metrics recorder first", body = ErrorBody<'static>),
+        (status = 404, description = "metrics are off: the embedding program built the admin router without them", body = ErrorBody<'static>),
     )
 )]
 async fn metrics_text(State(state): State<AdminState>) -> Result<Response, AdminError> {
-    let handle = state.metrics.as_ref().ok_or_else(|| {
-        AdminError::NotFound("metrics are off: another metrics recorder was installed first".into())
+    let metrics = state.metrics.as_ref().ok_or_else(|| {
+        AdminError::NotFound("metrics are off: the admin router was built without them".into())
     })?;
     let backends = state.pool.backends();
     let labels: Vec<_> = backends.iter().map(|b| b.label()).collect();
@@ -903,7 +901,7 @@ async fn metrics_text(State(state): State<AdminState>) -> Result<Response, Admin
         clients_tracked: state.registry.len(),
         clients_pinned: state.registry.pinned_len(),
     };
-    let text = crate::telemetry::render(handle, &gauges);
+    let text = metrics.render(&gauges);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 

@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Deserializer};
 
 use super::BackendUrl;
-use crate::telemetry::RequestCounters;
+use crate::telemetry::{Metrics, RequestCounters};
 
 /// A backend's share of requests relative to the others: 1 to
 /// [`Weight::MAX`].
@@ -113,20 +113,6 @@ impl Named {
     }
 }
 
-/// The request counters of a backend, as labelled when they were read.
-#[derive(Debug)]
-pub struct Counters(arc_swap::Guard<Arc<Named>>);
-
-impl std::ops::Deref for Counters {
-    type Target = RequestCounters;
-
-    fn deref(&self) -> &RequestCounters {
-        self.0
-            .counters
-            .get_or_init(|| RequestCounters::new(&self.0.name))
-    }
-}
-
 /// One upstream server.
 #[derive(Debug)]
 pub struct Backend {
@@ -200,10 +186,17 @@ impl Backend {
         self.weight.load(Ordering::Relaxed)
     }
 
-    /// Its request counters, labelled with its current name (registered
-    /// on first use).
-    pub fn request_counters(&self) -> Counters {
-        Counters(self.named.load())
+    /// Calls `f` with its request counters, labelled with its current
+    /// name (registered in `metrics` on first use).
+    pub fn with_request_counters<R>(
+        &self,
+        metrics: &Metrics,
+        f: impl FnOnce(&RequestCounters) -> R,
+    ) -> R {
+        let named = self.named.load();
+        f(named
+            .counters
+            .get_or_init(|| metrics.request_counters(&named.name)))
     }
 
     /// Requests currently being forwarded to it (bodies included).

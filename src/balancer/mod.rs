@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use crate::events::{EventKind, Events};
 
-pub use backend::{default_name, Backend, Counters, InFlight, State, Weight};
+pub use backend::{default_name, Backend, InFlight, State, Weight};
 pub use least_connections::LeastConnections;
 pub use p2c::PowerOfTwo;
 pub use passive::PassiveSettings;
@@ -154,6 +154,8 @@ pub struct Pool {
     epoch: tokio::time::Instant,
     /// Health transitions, ejections and drains, for the status page.
     events: Arc<Events>,
+    /// Where ejections are counted.
+    metrics: crate::telemetry::Metrics,
 }
 
 impl Pool {
@@ -182,6 +184,7 @@ impl Pool {
             passive: passive::Settings::default(),
             epoch: tokio::time::Instant::now(),
             events: Arc::new(Events::new()),
+            metrics: crate::telemetry::Metrics::default(),
         }
     }
 
@@ -189,6 +192,12 @@ impl Pool {
     /// page's event list; the reloader writes there too).
     pub fn events(&self) -> &Arc<Events> {
         &self.events
+    }
+
+    /// The same pool, counting its ejections in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::telemetry::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The same pool with these health thresholds.

@@ -162,7 +162,8 @@ impl Pool {
                 settings.ejection_time
             ),
         );
-        metrics::counter!(crate::telemetry::BACKEND_EJECTIONS, "backend" => name.to_string())
+        self.metrics
+            .counter(crate::telemetry::BACKEND_EJECTIONS, &[("backend", &name)])
             .increment(1);
         tracing::warn!(
             backend = %name,

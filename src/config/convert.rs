@@ -183,6 +183,8 @@ impl From<&ServerConfig> for crate::proxy::server::ServeOptions {
             budget: Some(budget),
             // Needs the trusted proxies too: see `From<&Config>`.
             proxy_protocol: None,
+            // The running tollgate's own, set when it starts.
+            metrics: crate::telemetry::Metrics::default(),
         }
     }
 }

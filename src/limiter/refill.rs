@@ -25,11 +25,21 @@ pub async fn run(
     interval: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    run_timed(registry, interval, metrics::Histogram::noop(), shutdown).await;
+}
+
+/// [`run`], recording each sweep's duration in `sweeps`.
+pub async fn run_timed(
+    registry: Arc<Registry>,
+    interval: Duration,
+    sweeps: metrics::Histogram,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let mut ticks = Ticks::every(interval, MissedTickBehavior::Skip, shutdown);
     while ticks.next().await {
         let started = std::time::Instant::now();
         let report = registry.refill();
-        metrics::histogram!(crate::telemetry::REFILL_SWEEP).record(started.elapsed().as_secs_f64());
+        sweeps.record(started.elapsed().as_secs_f64());
         if report.evicted > 0 {
             tracing::debug!(
                 evicted = report.evicted,

@@ -24,7 +24,7 @@ use crate::error::ProxyError;
 use crate::limiter::rules::{Rule, RuleSet};
 use crate::limiter::shared::{Bucket, OnFailure};
 use crate::limiter::{ClientKey, Decision, Limits, Registry, RegistryError};
-use crate::telemetry;
+use crate::telemetry::Metrics;
 
 /// The name the client's own bucket goes by in the headers.
 pub(crate) const CLIENT_POLICY: &str = "tollgate";
@@ -116,13 +116,15 @@ pub(crate) fn shown(charged: &[Charged]) -> Option<&Charged> {
 /// The buckets a request is charged to: the client registry, the rules
 /// and, with several replicas, the shared limiter. Every proxy thread's
 /// copy shares them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Admission {
     /// `None`: rate limiting off at start-up (a reload cannot turn it on).
     limiter: Option<Arc<Registry>>,
     /// `rate_limit.rules`; `None`: none configured at start-up.
     rules: Option<Arc<RuleSet>>,
     shared: Option<SharedLimits>,
+    /// Where refusals and fallbacks are counted.
+    metrics: Metrics,
 }
 
 /// What admission learned of a request, for its answer and the access log.
@@ -149,11 +151,12 @@ struct Identified {
 
 impl Admission {
     /// Admission charging `limiter` (`None`: no limits).
-    pub(crate) fn new(limiter: Option<Arc<Registry>>) -> Self {
+    pub(crate) fn new(limiter: Option<Arc<Registry>>, metrics: Metrics) -> Self {
         Self {
             limiter,
             rules: None,
             shared: None,
+            metrics,
         }
     }
 
@@ -204,7 +207,7 @@ impl Admission {
             .filter(|r| r.spec.matches(req.method(), req.uri().path()))
             .collect();
         if matching.is_empty() {
-            return settle_client(client.0, live, report);
+            return settle_client(client.0, live, report, &self.metrics);
         }
         let asked = Asked {
             req,
@@ -308,7 +311,7 @@ impl Admission {
         let verdict = shown.decision;
         for c in charged.iter().filter(|c| !c.decision.allowed()) {
             let policy = c.rule.as_deref().unwrap_or("client");
-            telemetry::rate_limited(policy, c.dry_run);
+            self.metrics.rate_limited(policy, c.dry_run);
             if c.dry_run {
                 tracing::debug!(policy, client = %key, "dry run: would have refused");
             }
@@ -356,7 +359,7 @@ impl Admission {
                 Ok((v, taken))
             }
             Err(_) => {
-                telemetry::shared_fallback(shared.on_failure.as_str());
+                self.metrics.shared_fallback(shared.on_failure.as_str());
                 match shared.on_failure {
                     OnFailure::Local => Ok((local, taken)),
                     OnFailure::Reject => {
@@ -484,16 +487,17 @@ fn settle_client(
     verdict: Decision,
     live: &Live,
     report: &mut Report,
+    metrics: &Metrics,
 ) -> Result<Option<Decision>, ProxyError> {
     if verdict.allowed() {
         return Ok(Some(verdict));
     }
     if live.dry_run {
-        telemetry::rate_limited("client", true);
+        metrics.rate_limited("client", true);
         tracing::debug!(client = ?report.client, "dry run: would have refused");
         return Ok(Some(verdict));
     }
-    telemetry::rate_limited("client", false);
+    metrics.rate_limited("client", false);
     report.limited = Some(Limited::Client);
     Err(ProxyError::RateLimited(verdict))
 }

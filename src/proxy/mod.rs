@@ -37,7 +37,7 @@ use crate::limiter::rules::RuleSet;
 use crate::limiter::shared::{OnFailure, SharedLimiter};
 use crate::limiter::Registry;
 use crate::status::refusals::Refusals;
-use crate::telemetry;
+use crate::telemetry::Metrics;
 use admission::Admission;
 use identity::Identifier;
 use timeout::{idle_body, Direction, IdleTimeout};
@@ -142,6 +142,10 @@ pub struct Proxy {
     access_log: Option<AccessLog>,
     /// 429s by client, for the status page's "refused most" list.
     refusals: Arc<Refusals>,
+    /// Where answers, refusals and timeouts are counted.
+    metrics: Metrics,
+    /// `idle_timeouts{direction="client_body"}`, at hand for every body.
+    client_body_idle: metrics::Counter,
 }
 
 impl Proxy {
@@ -154,6 +158,7 @@ impl Proxy {
         identifier: Identifier,
         settings: ProxySettings,
         backend_tls: Arc<rustls::ClientConfig>,
+        metrics: Metrics,
     ) -> Self {
         let live = Arc::new(ArcSwap::from_pointee(Live::new(
             identifier,
@@ -161,9 +166,11 @@ impl Proxy {
             limiter.is_some(),
         )));
         Self {
-            upstreams: Upstreams::new(live.clone(), backend_tls.clone()),
+            upstreams: Upstreams::new(live.clone(), backend_tls.clone(), metrics.clone()),
             backend_tls,
-            admission: Admission::new(limiter),
+            admission: Admission::new(limiter, metrics.clone()),
+            client_body_idle: metrics.idle_timeouts(Direction::ClientBody.label()),
+            metrics,
             pool,
             live,
             access_log: None,
@@ -182,7 +189,13 @@ impl Proxy {
     /// them).
     pub fn for_another_thread(&self) -> Self {
         Self {
-            upstreams: Upstreams::new(self.live.clone(), self.backend_tls.clone()),
+            upstreams: Upstreams::new(
+                self.live.clone(),
+                self.backend_tls.clone(),
+                self.metrics.clone(),
+            ),
+            metrics: self.metrics.clone(),
+            client_body_idle: self.client_body_idle.clone(),
             backend_tls: self.backend_tls.clone(),
             admission: self.admission.clone(),
             pool: self.pool.clone(),
@@ -301,7 +314,8 @@ impl Proxy {
             if let Some(v) = &verdict {
                 headers::rate_limited(response.headers_mut(), v);
             }
-            telemetry::request(response.status().as_u16(), None, started.elapsed());
+            self.metrics
+                .request(response.status().as_u16(), None, started.elapsed());
             response
         };
         let live = self.live.load_full();
@@ -337,12 +351,13 @@ impl Proxy {
             (None, Some(d)) => headers::rate_limit(response.headers_mut(), d),
             (None, None) => {}
         }
-        let counters = backend.as_deref().map(Backend::request_counters);
-        telemetry::request(
-            response.status().as_u16(),
-            counters.as_deref(),
-            started.elapsed(),
-        );
+        let (status, took) = (response.status().as_u16(), started.elapsed());
+        match backend.as_deref() {
+            Some(b) => b.with_request_counters(&self.metrics, |c| {
+                self.metrics.request(status, Some(c), took)
+            }),
+            None => self.metrics.request(status, None, took),
+        }
         outcome.backend = backend;
         response
     }
@@ -390,6 +405,7 @@ impl Proxy {
             body.map_err(|e| BoxError::from(ClientBodyError(e))),
             live.settings.client_body_timeout,
             Direction::ClientBody,
+            self.client_body_idle.clone(),
         )
         .boxed_unsync();
         // Keep the headers for a retry only when one may happen; otherwise
@@ -517,6 +533,7 @@ impl Proxy {
             upgrade,
             in_flight,
             self.live.load().settings.upgrade_idle_timeout,
+            self.metrics.clone(),
         ));
         Ok(response)
     }

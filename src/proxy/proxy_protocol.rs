@@ -117,10 +117,12 @@ impl ProxyProtocol {
         stream: &mut TcpStream,
         peer: SocketAddr,
         deadline: Instant,
+        metrics: &telemetry::Metrics,
     ) -> Option<SocketAddr> {
         match self.client_addr(stream, peer, deadline).await {
             Ok(client) => Some(client),
             Err(refused) => {
+                metrics.proxy_protocol_refused(refused.reason());
                 note_refused(&refused, peer);
                 None
             }
@@ -146,7 +148,6 @@ impl ProxyProtocol {
 }
 
 fn note_refused(refused: &Refused, peer: SocketAddr) {
-    telemetry::proxy_protocol_refused(refused.reason());
     let cause = std::error::Error::source(refused).map(ToString::to_string);
     tracing::debug!(%peer, reason = refused.reason(), error = %refused, ?cause,
         "connection closed: PROXY protocol");

@@ -68,7 +68,7 @@ use super::transport::Transport;
 use super::tunnel::{self, Tunnel};
 use super::{Body, BoxError, Conn};
 use crate::shutdown::Signal;
-use crate::telemetry::Throttle;
+use crate::telemetry::{Metrics, Throttle};
 use crate::tls::server::TlsTerminator;
 
 /// How connections are served.
@@ -91,6 +91,8 @@ pub struct ServeOptions {
     /// Every connection starts with a PROXY header (`server.proxy_protocol`);
     /// `None`: none does.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Where refusals, idle timeouts and handshake failures are counted.
+    pub metrics: Metrics,
 }
 
 impl Default for ServeOptions {
@@ -103,6 +105,7 @@ impl Default for ServeOptions {
             http2_max_concurrent_streams: 128,
             budget: None,
             proxy_protocol: None,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -364,6 +367,7 @@ where
         header_read_timeout: options.header_read_timeout,
         send_timeout: options.send_timeout,
         proxy_protocol: options.proxy_protocol.clone(),
+        metrics: options.metrics.clone(),
     });
     let graceful = GracefulShutdown::new();
     // Tells connections to give up (still waiting for their first bytes)
@@ -422,6 +426,7 @@ struct Shared<H> {
     header_read_timeout: Duration,
     send_timeout: Duration,
     proxy_protocol: Option<ProxyProtocol>,
+    metrics: Metrics,
     /// Completes when the drain is over: open tunnels are cut.
     cut: Signal,
 }
@@ -456,7 +461,7 @@ async fn serve_connection<H, F>(
         peer,
         tls: transport.is_tls(),
     };
-    let state = Arc::new(ConnState::new());
+    let state = Arc::new(ConnState::new(shared.metrics.clone()));
     let io = TokioIo::new(ClientStream {
         stream: transport,
         ahead: first,
@@ -499,16 +504,19 @@ async fn open_connection<H>(
         Some(pp) => tokio::select! {
             biased;
             () = closing.clone().wait() => return None,
-            client = pp.accept(&mut stream, peer, deadline) => client?,
+            client = pp.accept(&mut stream, peer, deadline, &shared.metrics) => client?,
         },
     };
     // The TLS handshake is boxed (rustls' state is large); a plain
     // connection allocates nothing for this step.
     let opened = match tls {
         None => futures_util::future::Either::Left(sniff_plain(stream, deadline)),
-        Some(tls) => {
-            futures_util::future::Either::Right(Box::pin(handshake(tls, stream, deadline)))
-        }
+        Some(tls) => futures_util::future::Either::Right(Box::pin(handshake(
+            tls,
+            stream,
+            deadline,
+            shared.metrics.clone(),
+        ))),
     };
     let (transport, first, h2) = tokio::select! {
         biased;
@@ -600,8 +608,13 @@ async fn sniff_plain(mut stream: TcpStream, deadline: Instant) -> Opened {
 }
 
 /// TLS: the handshake, then HTTP/2 if ALPN chose `h2`, else HTTP/1.1.
-async fn handshake(tls: TlsTerminator, stream: TcpStream, deadline: Instant) -> Opened {
-    let stream = tls.handshake(stream, deadline).await.ok()?;
+async fn handshake(
+    tls: TlsTerminator,
+    stream: TcpStream,
+    deadline: Instant,
+    metrics: Metrics,
+) -> Opened {
+    let stream = tls.handshake(stream, deadline, &metrics).await.ok()?;
     let h2 = crate::tls::server::negotiated_h2(&stream);
     Some((Transport::Tls(Box::new(stream)), Bytes::new(), h2))
 }
@@ -690,7 +703,7 @@ where
                 let now = Instant::now();
                 match state.idle_since() {
                     Some(since) if since + idle_timeout <= now => {
-                        crate::telemetry::idle_timeout("h2_idle");
+                        state.metrics.idle_timeout("h2_idle");
                         cut = true;
                         if !draining {
                             draining = true;
@@ -722,11 +735,14 @@ struct ConnState {
     holding: AtomicBool,
     /// HTTP/1.1: the tunnel of a 101 being sent, until the driver runs it.
     tunnel: Mutex<Option<Tunnel>>,
+    /// Where its idle timeouts are counted.
+    metrics: Metrics,
 }
 
 impl ConnState {
-    fn new() -> Self {
+    fn new(metrics: Metrics) -> Self {
         Self {
+            metrics,
             started: Instant::now(),
             open: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
@@ -909,7 +925,7 @@ impl ClientStream {
             return Poll::Ready(r);
         }
         ready!(self.send_timer.poll_expired(cx));
-        crate::telemetry::idle_timeout("send");
+        self.state.metrics.idle_timeout("send");
         Poll::Ready(Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "the client took no response bytes for send_timeout",

@@ -120,12 +120,19 @@ pub(crate) type IdleBody<B> = Watched<B, Idle>;
 
 /// `inner`, failing with [`IdleTimeout`] when it has nothing for
 /// `timeout` while being polled.
-pub(crate) fn idle_body<B>(inner: B, timeout: Duration, direction: Direction) -> IdleBody<B> {
+/// `cut` counts it when it fires.
+pub(crate) fn idle_body<B>(
+    inner: B,
+    timeout: Duration,
+    direction: Direction,
+    cut: metrics::Counter,
+) -> IdleBody<B> {
     Watched::new(
         inner,
         Idle {
             direction,
             timer: IdleTimer::new(timeout),
+            cut,
         },
     )
 }
@@ -136,6 +143,8 @@ pub(crate) fn idle_body<B>(inner: B, timeout: Duration, direction: Direction) ->
 pub(crate) struct Idle {
     direction: Direction,
     timer: IdleTimer,
+    /// `idle_timeouts` for this direction.
+    cut: metrics::Counter,
 }
 
 impl Hooks for Idle {
@@ -153,7 +162,7 @@ impl Hooks for Idle {
 
     fn pending(&mut self, cx: &mut Context<'_>) -> Poll<BoxError> {
         ready!(self.timer.poll_expired(cx));
-        crate::telemetry::idle_timeout(self.direction.label());
+        self.cut.increment(1);
         Poll::Ready(Box::new(IdleTimeout {
             direction: self.direction,
             after: self.timer.timeout(),
@@ -180,6 +189,7 @@ mod tests {
             silent_after_one(),
             Duration::from_secs(60),
             Direction::BackendBody,
+            metrics::Counter::noop(),
         );
         let first = body.frame().await.expect("frame").expect("data");
         assert_eq!(first.into_data().ok(), Some(Bytes::from("a")));
@@ -202,6 +212,7 @@ mod tests {
             StreamBody::new(Box::pin(stream)),
             Duration::from_secs(10),
             Direction::ClientBody,
+            metrics::Counter::noop(),
         );
         let started = Instant::now();
         let feeder = tokio::spawn(async move {

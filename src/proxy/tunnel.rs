@@ -37,7 +37,7 @@ use tokio::time::Instant;
 
 use crate::balancer::InFlight;
 use crate::shutdown::Signal;
-use crate::telemetry;
+use crate::telemetry::Metrics;
 
 /// The protocols an HTTP/1.1 request asks to switch to (its `Upgrade`
 /// lines, joined), if it asks: `Upgrade` alone is not enough, the
@@ -155,6 +155,7 @@ struct BackendSide {
     /// open tunnel as load on its backend.
     in_flight: InFlight,
     idle_timeout: Duration,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -167,11 +168,17 @@ impl Tunnel {
     /// The backend's side of a switch (`upgrade`, from its 101), with the
     /// request's in-flight guard; closed after `idle_timeout` without a
     /// byte either way.
-    pub(crate) fn new(upgrade: OnUpgrade, in_flight: InFlight, idle_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        upgrade: OnUpgrade,
+        in_flight: InFlight,
+        idle_timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
         Self(Arc::new(Mutex::new(Some(Side::Backend(BackendSide {
             upgrade,
             in_flight,
             idle_timeout,
+            metrics,
         })))))
     }
 
@@ -217,7 +224,7 @@ where
         }
     };
     let _in_flight = side.in_flight;
-    let _open = telemetry::OpenTunnel::new();
+    let _open = side.metrics.open_tunnel();
     let cut = cut.wait();
     tokio::pin!(cut);
     // The backend's connection task hands its socket over as soon as it
@@ -232,7 +239,8 @@ where
         },
         () = &mut cut => return,
     };
-    relay(client, backend, side.idle_timeout, cut).await;
+    let cut_idle = side.metrics.idle_timeouts("upgrade");
+    relay(client, backend, (side.idle_timeout, cut_idle), cut).await;
 }
 
 /// Copies both ways until a side closes, the tunnel is idle for
@@ -240,7 +248,7 @@ where
 async fn relay<C, B>(
     client: C,
     backend: B,
-    idle_timeout: Duration,
+    (idle_timeout, cut_idle): (Duration, metrics::Counter),
     mut cut: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) where
     C: AsyncRead + AsyncWrite + Send + Unpin,
@@ -286,7 +294,7 @@ async fn relay<C, B>(
             () = &mut idle => {
                 let due = activity.last() + idle_timeout;
                 if due <= Instant::now() {
-                    telemetry::idle_timeout("upgrade");
+                    cut_idle.increment(1);
                     tracing::debug!("tunnel closed after proxy.upgrade_idle_timeout without a byte");
                     return;
                 }

@@ -46,6 +46,7 @@ use super::timeout::{idle_body, Direction};
 use super::{Body, Live};
 use crate::balancer::{self, Backend, InFlight};
 use crate::body::Watched;
+use crate::telemetry::Metrics;
 
 /// Idle connections kept per backend and thread; more than this are closed
 /// when they fall idle.
@@ -132,6 +133,10 @@ struct Inner {
     /// [`balancer::removals`] when `idle` was last swept of removed
     /// backends.
     removals_seen: AtomicU64,
+    /// Connections opened and backend bodies cut are counted here.
+    metrics: Metrics,
+    /// `idle_timeouts{direction="backend_body"}`, at hand for every body.
+    backend_body_idle: metrics::Counter,
 }
 
 /// A backend's idle connections, oldest first.
@@ -160,13 +165,19 @@ impl Upstreams {
     /// handshake included), whose response bodies fail after its
     /// `backend_body_timeout` without a byte; `https://` backends are
     /// verified with `tls`.
-    pub(crate) fn new(live: Arc<ArcSwap<Live>>, tls: Arc<rustls::ClientConfig>) -> Self {
+    pub(crate) fn new(
+        live: Arc<ArcSwap<Live>>,
+        tls: Arc<rustls::ClientConfig>,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 live,
                 tls,
                 idle: Mutex::new(HashMap::default()),
                 removals_seen: AtomicU64::new(balancer::removals()),
+                backend_body_idle: metrics.idle_timeouts(Direction::BackendBody.label()),
+                metrics,
             }),
         }
     }
@@ -216,6 +227,7 @@ impl Upstreams {
                         body,
                         self.inner.live.load().settings.backend_body_timeout,
                         Direction::BackendBody,
+                        self.inner.backend_body_idle.clone(),
                     );
                     return Ok(Answer::Response(Response::from_parts(
                         parts,
@@ -279,7 +291,7 @@ impl Upstreams {
         // Two monomorphic paths rather than one boxed stream: the plain
         // one stays what it was, with no dynamic dispatch per read.
         match url.server_name() {
-            None => http1(backend, stream).await,
+            None => http1(backend, stream, &self.inner.metrics).await,
             // Boxed: the TLS handshake is a large future, and inline it
             // would grow every request's future (moved several times per
             // request), https or not.
@@ -303,13 +315,17 @@ impl Upstreams {
             .await
             .map_err(|_| SendError::Connect(ConnectError::TimedOut(connect_timeout)))?
             .map_err(|e| SendError::Connect(ConnectError::Tls(e)))?;
-        http1(backend, stream).await
+        http1(backend, stream, &self.inner.metrics).await
     }
 }
 
 /// The HTTP/1.1 handshake on a new connection to `backend`, its
 /// connection task spawned; counted as a connection opened.
-async fn http1<S>(backend: &Backend, stream: S) -> Result<SendRequest<Body>, SendError>
+async fn http1<S>(
+    backend: &Backend,
+    stream: S,
+    metrics: &Metrics,
+) -> Result<SendRequest<Body>, SendError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -317,7 +333,11 @@ where
         .await
         .map_err(|e| SendError::Connect(ConnectError::Handshake(e)))?;
     let label = backend.label().to_string();
-    metrics::counter!(crate::telemetry::BACKEND_CONNECTIONS, "backend" => label.clone())
+    metrics
+        .counter(
+            crate::telemetry::BACKEND_CONNECTIONS,
+            &[("backend", &label)],
+        )
         .increment(1);
     // With upgrades: after a 101 the socket goes to the tunnel (only a
     // request that asked gets there; any other 101 drops it, closed).

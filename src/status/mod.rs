@@ -38,7 +38,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
 use utoipa::ToSchema;
@@ -294,20 +293,21 @@ fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
     Some(below.0)
 }
 
-/// Samples `board` every [`INTERVAL`] from the counters behind `handle`
-/// (`None`: another metrics recorder was installed first; then only the
-/// backends, refusals and events are shown) until `stop` completes.
+/// Samples `board` every [`INTERVAL`] from the counters in `metrics`
+/// (`None`: none, as for an embedding program that has no metrics; then
+/// only the backends, refusals and events are shown) until `stop`
+/// completes.
 pub async fn run(
     board: Arc<Board>,
-    handle: Option<PrometheusHandle>,
+    metrics: Option<telemetry::Metrics>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let read = |h: &PrometheusHandle| parse(&h.render());
-    board.sample(handle.as_ref().map(read), 0.0);
+    let read = |m: &telemetry::Metrics| parse(&m.render_text());
+    board.sample(metrics.as_ref().map(read), 0.0);
     let mut last = Instant::now();
     let mut ticks = Ticks::every(INTERVAL, MissedTickBehavior::Delay, stop);
     while ticks.next().await {
-        let totals = handle.as_ref().map(read);
+        let totals = metrics.as_ref().map(read);
         let now = Instant::now();
         board.sample(totals, now.duration_since(last).as_secs_f64());
         last = now;

@@ -449,6 +449,7 @@ impl TlsTerminator {
         &self,
         stream: TcpStream,
         deadline: Instant,
+        metrics: &crate::telemetry::Metrics,
     ) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
         // Counted before the connection is closed (the stream is dropped
         // at the end of this function), so a client that sees the close
@@ -460,13 +461,13 @@ impl TlsTerminator {
                 Ok(tls) => return Ok(tls),
                 Err((e, _stream)) => {
                     let failure = HandshakeFailure::from_io(&e);
-                    crate::telemetry::tls_handshake_failure(failure.as_str());
+                    metrics.tls_handshake_failure(failure.as_str());
                     return Err(failure);
                 }
             },
             () = tokio::time::sleep_until(deadline) => HandshakeFailure::Timeout,
         };
-        crate::telemetry::tls_handshake_failure(failure.as_str());
+        metrics.tls_handshake_failure(failure.as_str());
         Err(failure)
     }
 }

@@ -1,12 +1,13 @@
 //! Operating tollgate: the admin API, its client table and its OpenAPI
 //! document, the status page, the SQLite and PostgreSQL stores, the command line and the
-//! deployment files, and the real binary under signals, crashes and a
+//! deployment files, the metrics it exports, and the real binary under signals, crashes and a
 //! small open-file limit.
 
 #[path = "../support"]
 mod support {
     pub mod db;
     pub use db::*;
+    pub mod metrics;
     pub mod net;
     pub use net::*;
     pub mod openapi;
@@ -21,6 +22,7 @@ mod cli;
 mod deploy;
 mod durability;
 mod fd_limit;
+mod metrics;
 mod openapi;
 mod reload;
 mod shutdown;

@@ -5,7 +5,7 @@
 //! incoming connections, IPv6 clients limited by network, limits shared
 //! through Redis (exact and leased), limit rules and dry-run, the TLS
 //! listener,
-//! WebSocket tunnels, config reloads, and the access log with its request
+//! bodies streamed both ways, WebSocket tunnels, config reloads, and the access log with its request
 //! ids.
 
 #[path = "../support"]
@@ -33,6 +33,7 @@ mod proxy_protocol;
 mod reload;
 mod rules;
 mod shared;
+mod streaming;
 mod strict;
 mod tls;
 mod upgrade;

@@ -166,6 +166,8 @@ pub struct SharedLimiter {
     started: Instant,
     /// Milliseconds since `started` until which Redis is not asked.
     paused_until_ms: AtomicU64,
+    /// Where calls, leases and failures are counted.
+    metrics: telemetry::Metrics,
 }
 
 impl std::fmt::Debug for SharedLimiter {
@@ -221,7 +223,15 @@ impl SharedLimiter {
             counters: Counters::default(),
             started: Instant::now(),
             paused_until_ms: AtomicU64::new(0),
+            metrics: telemetry::Metrics::default(),
         })
+    }
+
+    /// The same limiter, counting its calls, leases and failures in
+    /// `metrics` (the running tollgate's).
+    pub fn with_metrics(mut self, metrics: telemetry::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -460,7 +470,9 @@ impl SharedLimiter {
         let grant = to_grant(self.call::<(i64, i64, i64)>(&invocation).await?);
         let leased = u64::from(grant.granted);
         self.counters.leased.fetch_add(leased, Ordering::Relaxed);
-        metrics::counter!(telemetry::SHARED_LIMITER_LEASED).increment(leased);
+        self.metrics
+            .counter(telemetry::SHARED_LIMITER_LEASED, &[])
+            .increment(leased);
         Ok(grant)
     }
 
@@ -473,7 +485,9 @@ impl SharedLimiter {
             }
             Local::Empty { until } => {
                 self.counters.local_refusals.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(telemetry::SHARED_LIMITER_LOCAL_REFUSALS).increment(1);
+                self.metrics
+                    .counter(telemetry::SHARED_LIMITER_LOCAL_REFUSALS, &[])
+                    .increment(1);
                 let reset = local
                     .token_interval()
                     .map(|_| until.saturating_duration_since(now));
@@ -529,7 +543,9 @@ impl SharedLimiter {
                 Ok(_) => {
                     let n: u64 = chunk.iter().map(|r| u64::from(r.tokens)).sum();
                     self.counters.returned.fetch_add(n, Ordering::Relaxed);
-                    metrics::counter!(telemetry::SHARED_LIMITER_RETURNED).increment(n);
+                    self.metrics
+                        .counter(telemetry::SHARED_LIMITER_RETURNED, &[])
+                        .increment(n);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, leases = chunk.len(), "leased tokens not given back");
@@ -570,7 +586,11 @@ impl SharedLimiter {
         let answer = self.invoke::<T>(invocation, self.timeout).await;
         if !matches!(answer, Err(SharedError::Paused)) {
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(telemetry::SHARED_LIMITER_CALLS, "mode" => self.mode.as_str())
+            self.metrics
+                .counter(
+                    telemetry::SHARED_LIMITER_CALLS,
+                    &[("mode", self.mode.as_str())],
+                )
                 .increment(1);
         }
         match &answer {
@@ -603,7 +623,9 @@ impl SharedLimiter {
         if before == 0 {
             tracing::warn!(%error, pause_ms = RETRY_AFTER_FAILURE.as_millis() as u64, "shared rate limiter unavailable; applying rate_limit.shared.on_failure");
         }
-        metrics::counter!(telemetry::SHARED_LIMITER_FAILURES).increment(1);
+        self.metrics
+            .counter(telemetry::SHARED_LIMITER_FAILURES, &[])
+            .increment(1);
     }
 
     fn recovered(&self) {

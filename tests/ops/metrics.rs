@@ -1,19 +1,14 @@
 //! `/metrics` after traffic: every family present with values that match
-//! the requests sent. Alone in its test binary because the metrics
-//! recorder is process-wide.
+//! the requests sent, and the shared limiter's metrics while Redis is
+//! away. Each balancer counts in its own registry, so these run beside
+//! the other tests of the binary.
 
-// The one test of this binary (alone: see above) uses only some of the
-// helpers in net.rs.
-#[allow(dead_code)]
-#[path = "support"]
-mod support {
-    pub mod metrics;
-    pub mod net;
-    pub use net::*;
-}
+use std::collections::HashMap;
+use std::time::Duration;
 
-use support::metrics::{parse, scrape};
-use support::{backends, balancer, client, config};
+use crate::support::metrics::{parse, scrape};
+use crate::support::{backend, backends, balancer, client, closed_port, config, get_status};
+use tollgate::limiter::shared::OnFailure;
 use tollgate::limiter::Limits;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +22,7 @@ async fn metrics_count_what_happened() {
     for _ in 0..10 {
         // Bodies read to the end, so the client keeps its one connection.
         let r = c
-            .get(support::url(lb.proxy_addr(), "/"))
+            .get(crate::support::url(lb.proxy_addr(), "/"))
             .send()
             .await
             .expect("request");
@@ -35,7 +30,10 @@ async fn metrics_count_what_happened() {
         r.bytes().await.expect("body");
     }
     for _ in 0..3 {
-        assert_eq!(support::get_status(&c, lb.proxy_addr(), "/").await, 429);
+        assert_eq!(
+            crate::support::get_status(&c, lb.proxy_addr(), "/").await,
+            429
+        );
     }
     let text = scrape(&c, lb.admin_addr()).await;
     let m = parse(&text);
@@ -120,7 +118,7 @@ async fn metrics_count_what_happened() {
 
 /// A rule in dry-run and a refusing rule: the refusals a dry run did not
 /// enforce are counted apart from the enforced ones, each by its rule.
-async fn dry_runs_count_what_they_would_have_refused(b: &support::TestBackend) {
+async fn dry_runs_count_what_they_would_have_refused(b: &crate::support::TestBackend) {
     let mut cfg = config(&[b.addr]);
     cfg.rate_limit.rules = tollgate::config::Config::parse(
         "rate_limit:
@@ -141,13 +139,13 @@ async fn dry_runs_count_what_they_would_have_refused(b: &support::TestBackend) {
     let c = client();
     for _ in 0..3 {
         assert_eq!(
-            support::get_status(&c, lb.proxy_addr(), "/trial").await,
+            crate::support::get_status(&c, lb.proxy_addr(), "/trial").await,
             200
         );
     }
     for status in [200, 429, 429] {
         assert_eq!(
-            support::get_status(&c, lb.proxy_addr(), "/strict").await,
+            crate::support::get_status(&c, lb.proxy_addr(), "/strict").await,
             status
         );
     }
@@ -175,7 +173,7 @@ async fn dry_runs_count_what_they_would_have_refused(b: &support::TestBackend) {
 
 /// `tollgate_upgraded_connections` while a WebSocket tunnel is open and
 /// after it closed (a balancer of its own: the first spent its tokens).
-async fn open_tunnels_are_a_gauge(b: &support::TestBackend) {
+async fn open_tunnels_are_a_gauge(b: &crate::support::TestBackend) {
     use futures_util::{SinkExt, StreamExt};
     let lb = balancer(&config(&[b.addr])).await;
     let c = client();
@@ -205,4 +203,52 @@ async fn open_tunnels_are_a_gauge(b: &support::TestBackend) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     lb.shutdown().await;
+}
+
+async fn metrics(c: &reqwest::Client, admin: std::net::SocketAddr) -> HashMap<String, f64> {
+    parse(&scrape(c, admin).await)
+}
+
+#[tokio::test]
+async fn fallbacks_count_requests_the_failure_policy_decided() {
+    let b = backend("solo").await;
+    let c = client();
+    let mut cfg = config(&[b.addr]);
+    cfg.rate_limit.default = Limits::new(3, 0.001).expect("valid");
+    cfg.rate_limit.shared.redis_url = Some(format!("redis://{}", closed_port()));
+    cfg.rate_limit.shared.timeout = Duration::from_millis(500);
+
+    cfg.rate_limit.shared.on_failure = OnFailure::Local;
+    let lb = balancer(&cfg).await;
+    for _ in 0..5 {
+        get_status(&c, lb.proxy_addr(), "/").await;
+    }
+    let m = metrics(&c, lb.admin_addr()).await;
+    lb.shutdown().await;
+    let local = m
+        .get("tollgate_shared_limiter_fallbacks_total{policy=\"local\"}")
+        .copied();
+    assert_eq!(local, Some(5.0), "{m:?}");
+    // Redis was asked once; the pause after a failure skipped it for the
+    // other four, which the failure counter does not count.
+    let failures = m
+        .get("tollgate_shared_limiter_failures_total")
+        .copied()
+        .unwrap_or(0.0);
+    assert!((1.0..=5.0).contains(&failures), "{failures}");
+
+    cfg.rate_limit.shared.on_failure = OnFailure::Reject;
+    let lb = balancer(&cfg).await;
+    for _ in 0..3 {
+        assert_eq!(get_status(&c, lb.proxy_addr(), "/").await, 503);
+    }
+    let m = metrics(&c, lb.admin_addr()).await;
+    lb.shutdown().await;
+    assert_eq!(
+        m.get("tollgate_shared_limiter_fallbacks_total{policy=\"reject\"}")
+            .copied(),
+        Some(3.0),
+        "{m:?}"
+    );
+    b.stop().await;
 }
