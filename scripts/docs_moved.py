@@ -43,6 +43,16 @@ REWORDED = [
      "'above' became a link to the errors table (docs/security.md)"),
     ("| atomic check / take / refill |",
      "'(see below)' became a link (docs/architecture.md, The brief in Rust terms)"),
+    ("| `ops` | `admin`, `openapi`,",
+     "the test table gained the `docs` module (docs/architecture.md, Development)"),
+    ("| `cli` | the commands |",
+     "the module map row gained `probe` (docs/architecture.md, Module map)"),
+    ("| `Dockerfile`, `docker-compose.yml`, `deploy/` |",
+     "the layout row gained `.dockerignore` and what the files hold (docs/architecture.md, Layout)"),
+    ("The image is multi-stage (built in `rust:1-bookworm`",
+     "rewritten for issue 24 item 8: the certificate is made by the certs service, "
+     "no longer by running scripts/dev-cert.sh first; every other claim is in "
+     "docs/operations.md, Docker"),
 ]
 
 
