@@ -49,6 +49,11 @@ REWORDED = [
      "the module map row gained `probe` (docs/architecture.md, Module map)"),
     ("| `Dockerfile`, `docker-compose.yml`, `deploy/` |",
      "the layout row gained `.dockerignore` and what the files hold (docs/architecture.md, Layout)"),
+    ("| `src/config.rs` |",
+     "config.rs became src/config/ (issue 24 item 1; docs/architecture.md, Layout)"),
+    ("2. `proxy::strict::check` refuses",
+     "admission moved from proxy/mod.rs to proxy/admission.rs (issue 24 item 3): "
+     "`proxy::Proxy::admit` is now `proxy::admission::Admission::admit`"),
     ("The image is multi-stage (built in `rust:1-bookworm`",
      "rewritten for issue 24 item 8: the certificate is made by the certs service, "
      "no longer by running scripts/dev-cert.sh first; every other claim is in "
