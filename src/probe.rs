@@ -61,19 +61,12 @@ pub async fn probe(url: &str, token: Option<&str>, timeout: Duration) -> Result<
     if !url.starts_with("http://") {
         return Err(ProbeError::BadUrl(url.to_owned()));
     }
-    let unreachable = |e: reqwest::Error| {
-        let causes: Vec<String> =
-            std::iter::successors(std::error::Error::source(&e), |c| c.source())
-                .map(ToString::to_string)
-                .collect();
-        ProbeError::Unreachable {
-            url: url.to_owned(),
-            reason: if causes.is_empty() {
-                e.to_string()
-            } else {
-                causes.join(": ")
-            },
-        }
+    let unreachable = |e: reqwest::Error| ProbeError::Unreachable {
+        url: url.to_owned(),
+        reason: match std::error::Error::source(&e) {
+            Some(cause) => crate::error::Chain(cause).to_string(),
+            None => e.to_string(),
+        },
     };
     let client = reqwest::Client::builder()
         .no_proxy()
