@@ -1,6 +1,6 @@
 #!/bin/sh
 # A private CA and an ECDSA P-256 certificate for localhost signed by it,
-# for trying the TLS listener (README, "TLS"; docker-compose.yml mounts
+# for trying the TLS listener (docs/operations.md, "TLS"; docker-compose.yml mounts
 # the directory). Test certificates only: the keys are made readable by
 # the container's tollgate user and must not be used for anything real.
 #   scripts/dev-cert.sh [DIR]      (default: deploy/tls)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Front-door measurements (README, "Limits on hostile clients").
+"""Front-door measurements (docs/security.md, "Limits on hostile clients").
 
 usage: scripts/front_door.py BINARY LABEL item1|item4|item5
   item1  2000 h2c connections that never finish a HEADERS block,

@@ -158,6 +158,45 @@ pub fn clients(
     ))
 }
 
+/// `tollgate health [--url URL]`: exit 0 when a running tollgate's admin
+/// API answers `/healthz` (where the config says it listens, with its
+/// token), or `url` answers 2xx; 1 when it does not, saying why; 2 for
+/// an invalid config or URL.
+pub fn health(path: Option<PathBuf>, url: Option<String>) -> ExitCode {
+    let (url, token) = match url {
+        Some(url) => (url, admin_token()),
+        None => match load(path) {
+            Ok((config, _)) => (
+                crate::probe::healthz_url(config.admin.listen),
+                config.admin.token.or_else(admin_token),
+            ),
+            Err(code) => return code,
+        },
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(crate::probe::probe(
+        &url,
+        token.as_deref(),
+        crate::probe::TIMEOUT,
+    )) {
+        Ok(status) => {
+            println!("healthy: {url} answered {status}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ crate::probe::ProbeError::BadUrl(_)) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The admin token from the environment; empty counts as none.
 fn admin_token() -> Option<String> {
     std::env::var(crate::admin::client::TOKEN_ENV)

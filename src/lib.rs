@@ -25,7 +25,8 @@
 //! - [`status`]: the status page's numbers, sampled once a second;
 //!   [`events`]: the recent transitions and reloads it lists.
 //! - [`access_log`]: one line per request, written off the request path.
-//! - [`app`]: wiring everything together; [`cli`]: the commands.
+//! - [`app`]: wiring everything together; [`cli`]: the commands;
+//!   [`probe`]: `tollgate health`, the container health check's probe.
 
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![forbid(unsafe_code)]
@@ -43,6 +44,7 @@ pub mod events;
 pub mod health;
 pub mod limiter;
 pub mod logging;
+pub mod probe;
 pub mod proxy;
 pub mod reload;
 pub mod shutdown;

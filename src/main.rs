@@ -46,6 +46,15 @@ enum Command {
     },
     /// Validate the config and exit 0, or print every problem and exit 2.
     Check,
+    /// Probe a running tollgate for a container health check: exit 0 when
+    /// its admin API answers /healthz (address and token from the config),
+    /// 1 when it does not.
+    Health {
+        /// Probe this URL instead (e.g. a demo backend's /health); token
+        /// from $TOLLGATE_ADMIN_TOKEN.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// List, drain or enable backends of a running tollgate (admin API;
     /// token from $TOLLGATE_ADMIN_TOKEN). Exit 1 when the API refused.
     Backends {
@@ -184,6 +193,7 @@ fn main() -> ExitCode {
         Command::Demo => tollgate::cli::demo(cli.config),
         Command::Backend { listen, name } => tollgate::cli::backend(listen, name),
         Command::Check => tollgate::cli::check(cli.config),
+        Command::Health { url } => tollgate::cli::health(cli.config, url),
         Command::Backends { api, action } => {
             let command = match action {
                 BackendsAction::List => BackendsCommand::List,

@@ -12,8 +12,8 @@
 //! with SipHash, took a mutex, built a URI and, whenever a response body was
 //! still streaming when the headers arrived, spawned a task per request
 //! just to return the connection later. Here returning a connection is a
-//! push onto a vector when the body ends (see `scripts/bench.sh` and the
-//! README's performance section for what that changed).
+//! push onto a vector when the body ends (see `scripts/bench.sh` and
+//! docs/benchmarks.md, "Proxy under load", for what that changed).
 //!
 //! An `https://` backend's connections are TLS (rustls, verified against
 //! the roots of `tls::client`, SNI = the URL's host). hyper's sender does

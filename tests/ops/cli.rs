@@ -607,3 +607,92 @@ async fn clients_add_and_set_with_a_rate_per_unit() {
     assert!(err.contains("400"), "{err}");
     lb.shutdown().await;
 }
+
+/// `tollgate health ARGS...`, with `TOLLGATE_ADMIN_TOKEN` unset.
+async fn health_cli(args: Vec<String>) -> Ran {
+    let mut cmd = tollgate();
+    cmd.arg("health")
+        .args(args)
+        .env_remove("TOLLGATE_ADMIN_TOKEN")
+        .env_remove("TOLLGATE_CONFIG");
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run tollgate"))
+        .await
+        .expect("join");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_the_admin_api_the_config_names_with_its_token() {
+    let bs = crate::support::backends(1).await;
+    let mut cfg = crate::support::config(&[bs[0].addr]);
+    let token = "health-probe-token-0123456789";
+    cfg.admin.token = Some(token.into());
+    let lb = crate::support::balancer(&cfg).await;
+    let port = lb.admin_addr().port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // As in the compose file: the admin API on every address, asked on
+    // loopback by the probe in the same container.
+    let write = |name: &str, token: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("admin: {{listen: '0.0.0.0:{port}', token: {token}}}\n"),
+        )
+        .expect("write config");
+        path.display().to_string()
+    };
+    let good = write("good.yaml", token);
+    let (code, out, err) = health_cli(vec!["--config".into(), good]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("http://127.0.0.1:{port}/healthz answered 200")),
+        "{out}"
+    );
+
+    // A token the server does not hold: 401, unhealthy, and it says so.
+    let wrong = write("wrong.yaml", "not-the-token-0123456789");
+    let (code, out, err) = health_cli(vec!["--config".into(), wrong]).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("answered 401"), "{err}");
+
+    // The config from $TOLLGATE_CONFIG, as in the image.
+    let mut cmd = tollgate();
+    cmd.arg("health")
+        .env("TOLLGATE_CONFIG", dir.path().join("good.yaml"))
+        .env_remove("TOLLGATE_ADMIN_TOKEN");
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+        .await
+        .expect("join");
+    assert!(out.status.success(), "{out:?}");
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_a_url_and_fails_on_errors_and_silence() {
+    let bs = crate::support::backends(1).await;
+    let at = |path: &str| crate::support::url(bs[0].addr, path);
+    let (code, out, err) = health_cli(vec!["--url".into(), at("/health")]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    let (code, _, err) = health_cli(vec!["--url".into(), at("/status/503")]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("answered 503"), "{err}");
+
+    let closed = crate::support::url(crate::support::closed_port(), "/healthz");
+    let (code, _, err) = health_cli(vec!["--url".into(), closed]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no answer from"), "{err}");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+
+    let (code, _, err) = health_cli(vec!["--url".into(), "localhost:9090".into()]).await;
+    assert_eq!(code, Some(2), "{err}");
+
+    // No config to find the admin API in: a config error, not "healthy".
+    let (code, _, err) =
+        health_cli(vec!["--config".into(), "/nonexistent/tollgate.yaml".into()]).await;
+    assert_eq!(code, Some(2), "{err}");
+}

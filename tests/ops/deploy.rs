@@ -12,48 +12,170 @@ fn repo(p: &str) -> String {
         .unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
+/// One instruction of a Dockerfile: its stage (0 for the first `FROM`),
+/// keyword and arguments, continuation lines joined.
+#[derive(Debug)]
+struct Instruction {
+    stage: usize,
+    name: String,
+    args: String,
+}
+
+fn instructions(dockerfile: &str) -> Vec<Instruction> {
+    let mut out: Vec<Instruction> = Vec::new();
+    let mut stage = None::<usize>;
+    let mut pending = String::new();
+    for line in dockerfile.lines().map(str::trim) {
+        if line.starts_with('#') || (line.is_empty() && pending.is_empty()) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => {
+                pending.push_str(part);
+                pending.push(' ');
+                continue;
+            }
+            None => pending.push_str(line),
+        }
+        let text = std::mem::take(&mut pending);
+        let (name, args) = text.split_once(' ').unwrap_or((text.as_str(), ""));
+        let name = name.to_uppercase();
+        if name == "FROM" {
+            stage = Some(stage.map_or(0, |s| s + 1));
+        }
+        out.push(Instruction {
+            stage: stage.expect("FROM comes first"),
+            name,
+            args: args.split_whitespace().collect::<Vec<_>>().join(" "),
+        });
+    }
+    out
+}
+
+/// Whether `.dockerignore` keeps `path` out of the build context: the
+/// last pattern matching the path or one of its parent directories
+/// decides, `!` taking it back in (Docker's rules for the patterns used
+/// there: `*` within one path segment, `**` across segments).
+fn docker_ignored(dockerignore: &str, path: &str) -> bool {
+    fn matches(pattern: &[&str], path: &[&str]) -> bool {
+        match (pattern.first(), path.first()) {
+            (None, None) => true,
+            (Some(&"**"), _) => {
+                matches(&pattern[1..], path) || (!path.is_empty() && matches(pattern, &path[1..]))
+            }
+            (Some(p), Some(s)) => glob(p, s) && matches(&pattern[1..], &path[1..]),
+            _ => false,
+        }
+    }
+    fn glob(p: &str, s: &str) -> bool {
+        match p.split_once('*') {
+            None => p == s,
+            Some((head, tail)) => {
+                s.starts_with(head)
+                    && (head.len()..=s.len()).any(|i| s.is_char_boundary(i) && glob(tail, &s[i..]))
+            }
+        }
+    }
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut ignored = false;
+    for line in dockerignore.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (keep, pattern) = match line.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, line),
+        };
+        let pattern: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+        if (1..=segments.len()).any(|n| matches(&pattern, &segments[..n])) {
+            ignored = !keep;
+        }
+    }
+    ignored
+}
+
+#[test]
+fn the_dockerignore_matcher_follows_dockers_rules() {
+    let rules = "target\n**/*.db\ndeploy/tls\n*.md\n!KEEP.md\n";
+    assert!(docker_ignored(rules, "target"));
+    assert!(docker_ignored(rules, "target/production/tollgate"));
+    assert!(docker_ignored(rules, "a/b/x.db"));
+    assert!(docker_ignored(rules, "x.db"));
+    assert!(docker_ignored(rules, "deploy/tls/site.key"));
+    assert!(docker_ignored(rules, "README.md"));
+    assert!(
+        !docker_ignored(rules, "docs/x.md"),
+        "* stays in one segment"
+    );
+    assert!(!docker_ignored(rules, "KEEP.md"));
+    assert!(!docker_ignored(rules, "deploy/compose-config.yaml"));
+    assert!(!docker_ignored(rules, "src/target.rs"));
+}
+
 #[test]
 fn dockerfile_is_multi_stage_non_root_and_stops_with_sigterm() {
-    let d = repo("Dockerfile");
+    let all = instructions(&repo("Dockerfile"));
+    let froms: Vec<&Instruction> = all.iter().filter(|i| i.name == "FROM").collect();
+    let runtime = froms.len() - 1;
+    assert!(froms.len() >= 2, "build and runtime stages");
+    assert!(froms[0].args.ends_with(" AS build"), "{:?}", froms[0]);
+    assert!(froms[runtime].args.contains("slim"), "small runtime image");
+    assert!(
+        !froms[runtime].args.contains(" AS "),
+        "the runtime image is the last stage, what `docker build .` builds"
+    );
     let instr = |name: &str| -> Vec<String> {
-        d.lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with(&format!("{name} ")))
-            .map(|l| l[name.len()..].trim().to_string())
+        all.iter()
+            .filter(|i| i.stage == runtime && i.name == name)
+            .map(|i| i.args.clone())
             .collect()
     };
-    assert_eq!(instr("FROM").len(), 2, "build and runtime stages");
-    assert!(instr("FROM")[1].contains("slim"), "small runtime image");
     let user = instr("USER");
     assert_eq!(user.len(), 1);
-    assert_ne!(user[0], "root");
+    assert!(
+        !["root", "0", "0:0"].contains(&user[0].as_str()),
+        "{user:?}"
+    );
     assert_eq!(instr("STOPSIGNAL"), vec!["SIGTERM"]);
     assert_eq!(instr("EXPOSE"), vec!["8080 8443 9090"]);
     assert!(instr("VOLUME")
         .iter()
         .any(|v| v.contains("/var/lib/tollgate")));
-    // Every path the build stage copies exists in the repository.
-    for copy in instr("COPY").iter().filter(|c| !c.starts_with("--from")) {
-        let parts: Vec<&str> = copy.split_whitespace().collect();
+    // Every path a stage copies from the build context exists, and
+    // .dockerignore leaves it in the context.
+    let ignore = repo(".dockerignore");
+    for copy in all.iter().filter(|i| i.name == "COPY") {
+        if copy.args.starts_with("--from") {
+            continue;
+        }
+        let parts: Vec<&str> = copy.args.split_whitespace().collect();
         for src in &parts[..parts.len() - 1] {
             assert!(
                 Path::new(env!("CARGO_MANIFEST_DIR")).join(src).exists(),
                 "COPY {src}: missing"
+            );
+            assert!(
+                !docker_ignored(&ignore, src),
+                "COPY {src}: .dockerignore leaves it out"
             );
         }
     }
     // The runtime stage copies the binary the build stage made: the
     // profile named in `cargo build --profile P` exists in Cargo.toml, and
     // its output directory is the one copied.
-    let build = instr("RUN")
-        .into_iter()
-        .find(|r| r.starts_with("cargo build"))
-        .expect("a cargo build step");
-    let profile = build
-        .split_whitespace()
-        .skip_while(|w| *w != "--profile")
-        .nth(1)
-        .expect("cargo build --profile P");
+    let builds: Vec<&Instruction> = all
+        .iter()
+        .filter(|i| i.stage == 0 && i.name == "RUN" && i.args.contains("cargo build"))
+        .collect();
+    let profile = |run: &Instruction| -> String {
+        run.args
+            .split_whitespace()
+            .skip_while(|w| *w != "--profile")
+            .nth(1)
+            .expect("cargo build --profile P")
+            .to_string()
+    };
+    let profile = profile(builds.last().expect("a cargo build step"));
     assert!(
         repo("Cargo.toml").contains(&format!("[profile.{profile}]")),
         "profile {profile} not in Cargo.toml"
@@ -69,6 +191,119 @@ fn dockerfile_is_multi_stage_non_root_and_stops_with_sigterm() {
     let c = Config::parse(&repo("config.yaml")).expect("config.yaml");
     assert_eq!(c.server.listen.map(|a| a.port()), Some(8080));
     assert_eq!(c.admin.listen.port(), 9090);
+}
+
+#[test]
+fn dockerfile_builds_the_dependencies_in_a_layer_before_the_sources() {
+    let all = instructions(&repo("Dockerfile"));
+    let build: Vec<&Instruction> = all.iter().filter(|i| i.stage == 0).collect();
+    let position = |what: &dyn Fn(&Instruction) -> bool| build.iter().position(|i| what(i));
+    let copy_src = position(&|i| i.name == "COPY" && i.args.starts_with("src "))
+        .expect("COPY src in the build stage");
+    let deps = position(&|i| i.name == "RUN" && i.args.contains("cargo build"))
+        .expect("a cargo build step");
+    assert!(
+        deps < copy_src,
+        "the first cargo build (the dependency layer) must come before COPY src"
+    );
+    // What the dependency layer sees: the manifest and the lock file,
+    // nothing that changes with the code.
+    for copy in build[..deps].iter().filter(|i| i.name == "COPY") {
+        for src in copy.args.split_whitespace().rev().skip(1) {
+            assert!(
+                ["Cargo.toml", "Cargo.lock", "build.rs"].contains(&src),
+                "the dependency layer copies {src}: a change there rebuilds every dependency"
+            );
+        }
+    }
+    let deps_run = &build[deps].args;
+    assert!(
+        deps_run.contains("--locked"),
+        "the lock file decides: {deps_run}"
+    );
+    // Every [[bench]] of the manifest gets a stub (cargo refuses a
+    // manifest whose declared targets are missing): the stub loop reads
+    // their names from Cargo.toml rather than listing them.
+    assert!(deps_run.contains("benches/"), "{deps_run}");
+    // The stubs' fingerprints go before the real build, or cargo may take
+    // the stub build for up to date and ship an empty binary.
+    let real = build
+        .iter()
+        .skip(copy_src)
+        .find(|i| i.name == "RUN" && i.args.contains("cargo build"))
+        .expect("a cargo build after COPY src");
+    let profile = real
+        .args
+        .split_whitespace()
+        .skip_while(|w| *w != "--profile")
+        .nth(1)
+        .expect("--profile");
+    let rm = format!("rm -rf target/{profile}/.fingerprint/tollgate-*");
+    let rm_at = real
+        .args
+        .find(&rm)
+        .unwrap_or_else(|| panic!("{rm} before the real build"));
+    assert!(rm_at < real.args.find("cargo build").expect("cargo build"));
+    assert!(
+        deps_run.contains(&format!("--profile {profile}")),
+        "both builds use one profile, or the dependency layer is not reused"
+    );
+}
+
+#[test]
+fn the_image_checks_its_health_with_the_admin_healthz() {
+    let all = instructions(&repo("Dockerfile"));
+    let runtime = all.iter().map(|i| i.stage).max().expect("stages");
+    let checks: Vec<&Instruction> = all
+        .iter()
+        .filter(|i| i.stage == runtime && i.name == "HEALTHCHECK")
+        .collect();
+    assert_eq!(checks.len(), 1, "one HEALTHCHECK in the runtime stage");
+    let check = &checks[0].args;
+    assert!(
+        check.ends_with(r#"CMD ["tollgate", "health"]"#),
+        "the image has no curl or wget; `tollgate health` probes /healthz: {check}"
+    );
+    // Docker kills a probe at --timeout; the probe gives up before that,
+    // so the health log says why it failed.
+    let timeout = check
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("--timeout="))
+        .and_then(|t| t.strip_suffix('s'))
+        .and_then(|t| t.parse::<u64>().ok())
+        .expect("HEALTHCHECK --timeout=Ns");
+    assert!(
+        std::time::Duration::from_secs(timeout) > tollgate::probe::TIMEOUT,
+        "--timeout={timeout}s is not above the probe's own {:?}",
+        tollgate::probe::TIMEOUT
+    );
+    // The probe reads the config the image runs with.
+    let env: Vec<&Instruction> = all
+        .iter()
+        .filter(|i| i.stage == runtime && i.name == "ENV")
+        .collect();
+    assert!(
+        env.iter()
+            .any(|e| e.args == "TOLLGATE_CONFIG=/etc/tollgate/config.yaml"),
+        "{env:?}"
+    );
+}
+
+#[test]
+fn dockerignore_keeps_build_output_history_and_keys_out() {
+    let ignore = repo(".dockerignore");
+    for path in [
+        "target",
+        "target/production/tollgate",
+        ".git",
+        ".git/HEAD",
+        "deploy/tls/site.key",
+        "deploy/tls/ca.key",
+        "tollgate.db",
+        "tollgate.db-wal",
+    ] {
+        assert!(docker_ignored(&ignore, path), "{path} is sent to the build");
+    }
 }
 
 #[test]
@@ -237,14 +472,154 @@ fn compose_scale_replicas_share_the_compose_postgres() {
                 "/etc/tollgate/compose-scale-config.yaml"
             ]
         );
-        let depends: Vec<&str> = svc["depends_on"]
-            .as_sequence()
-            .expect("depends_on")
-            .iter()
-            .filter_map(|v| v.as_str())
-            .collect();
         for needed in ["postgres", "redis"] {
-            assert!(depends.contains(&needed), "{replica}: {depends:?}");
+            assert_eq!(
+                svc["depends_on"][needed]["condition"], "service_healthy",
+                "{replica} waits for {needed}"
+            );
         }
     }
+}
+
+/// The command of a compose service's health check (`test`), without
+/// its leading `CMD`.
+fn health_command(svc: &serde_yaml::Value) -> Vec<String> {
+    let test: Vec<String> = svc["healthcheck"]["test"]
+        .as_sequence()
+        .map(|t| {
+            t.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        test.first().map(String::as_str),
+        Some("CMD"),
+        "exec form: {test:?}"
+    );
+    test[1..].to_vec()
+}
+
+fn strings(v: &serde_yaml::Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .skip_while(|a| *a != flag)
+        .nth(1)
+        .map(String::as_str)
+}
+
+#[test]
+fn compose_services_are_health_checked_and_start_in_order() {
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&repo("docker-compose.yml")).expect("compose YAML");
+    let services = compose["services"].as_mapping().expect("services");
+    let name = |k: &serde_yaml::Value| k.as_str().unwrap_or_default().to_string();
+    // One-shot services: they run to the end and are waited for with
+    // service_completed_successfully; every other service has a health
+    // check and is waited for with service_healthy.
+    let one_shot = |svc: &serde_yaml::Value| svc["restart"].as_str() == Some("no");
+    for (key, svc) in services {
+        let me = name(key);
+        if one_shot(svc) {
+            assert!(
+                svc["healthcheck"].is_null(),
+                "{me}: a one-shot has no health check"
+            );
+        } else {
+            assert!(!health_command(svc).is_empty(), "{me}: no health check");
+        }
+        let Some(depends) = svc["depends_on"].as_mapping() else {
+            assert!(
+                svc["depends_on"].is_null(),
+                "{me}: depends_on must name a condition for each service"
+            );
+            continue;
+        };
+        for (dep, how) in depends {
+            let dep = name(dep);
+            let target = &compose["services"][dep.as_str()];
+            assert!(target.is_mapping(), "{me} depends on unknown {dep}");
+            let want = if one_shot(target) {
+                "service_completed_successfully"
+            } else {
+                "service_healthy"
+            };
+            assert_eq!(how["condition"], want, "{me} -> {dep}");
+        }
+    }
+
+    // tollgate's probe reads the config tollgate runs with: the admin
+    // address and token come from there.
+    for svc in ["tollgate", "tollgate-a", "tollgate-b"] {
+        let svc = &compose["services"][svc];
+        let serve = strings(&svc["command"]);
+        let probe = health_command(svc);
+        assert_eq!(probe[..2], ["tollgate", "health"], "{probe:?}");
+        assert_eq!(after(&probe, "--config"), after(&serve, "--config"));
+    }
+    // A demo backend's probe asks its own /health on its own port.
+    for b in ["backend1", "backend2", "backend3"] {
+        let svc = &compose["services"][b];
+        let listen = after(&strings(&svc["command"]), "--listen")
+            .expect("--listen")
+            .to_string();
+        let port = listen.rsplit(':').next().expect("port");
+        let probe = health_command(svc);
+        assert_eq!(
+            after(&probe, "--url"),
+            Some(format!("http://127.0.0.1:{port}/health").as_str()),
+            "{b}"
+        );
+        // The image is built by the tollgate service, never pulled (there
+        // is no tollgate image to pull).
+        assert_eq!(svc["pull_policy"], "never", "{b}");
+    }
+    assert!(compose["services"]["tollgate"]["build"].is_string());
+
+    // No step before `docker compose up`: the one-shot writes the TLS
+    // directory tollgate mounts, from the Dockerfile stage that has
+    // openssl, with the script the docs describe.
+    let certs = &compose["services"]["certs"];
+    assert!(one_shot(certs));
+    assert_eq!(certs["build"]["target"], "devcert");
+    let stages: Vec<String> = instructions(&repo("Dockerfile"))
+        .into_iter()
+        .filter(|i| i.name == "FROM")
+        .map(|i| i.args)
+        .collect();
+    assert!(
+        stages.iter().any(|s| s.ends_with(" AS devcert")),
+        "{stages:?}"
+    );
+    let host_dir = |svc: &serde_yaml::Value, inside: &str| -> Option<String> {
+        strings(&svc["volumes"]).into_iter().find_map(|v| {
+            let mut parts = v.split(':');
+            let host = parts.next()?.to_string();
+            (parts.next()? == inside).then_some(host)
+        })
+    };
+    let written = host_dir(certs, "/tls").expect("certs mounts /tls");
+    let read = host_dir(&compose["services"]["tollgate"], "/etc/tollgate/tls")
+        .expect("tollgate mounts its certificates");
+    assert_eq!(written, read);
+    let command = strings(&certs["command"]).join(" ");
+    assert!(
+        command.contains("dev-cert.sh /tls"),
+        "the one-shot runs scripts/dev-cert.sh: {command}"
+    );
+    assert!(
+        repo(".gitignore")
+            .lines()
+            .any(|l| l.trim_matches('/') == written.trim_start_matches("./")),
+        "{written} (private keys) is not git-ignored"
+    );
 }

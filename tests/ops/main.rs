@@ -1,7 +1,8 @@
 //! Operating tollgate: the admin API, its client table and its OpenAPI
-//! document, the status page, the SQLite and PostgreSQL stores, the command line and the
-//! deployment files, the metrics it exports, and the real binary under signals, crashes and a
-//! small open-file limit.
+//! document, the status page, the SQLite and PostgreSQL stores, the command line, the
+//! deployment files, the metrics it exports and the documentation
+//! (checked against the config's types), and the real binary under
+//! signals, crashes and a small open-file limit.
 
 #[path = "../support"]
 mod support {
@@ -20,6 +21,7 @@ mod support {
 mod admin;
 mod cli;
 mod deploy;
+mod docs;
 mod durability;
 mod fd_limit;
 mod metrics;
