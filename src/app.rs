@@ -23,6 +23,7 @@ use crate::reload::{self, ReloadError, Reloaded, Reloader};
 use crate::shutdown::{self, Signal, Ticks, Trigger};
 use crate::status::Board;
 use crate::store::snapshot::{self, Snapshotter};
+use crate::store::writes::LocalWrites;
 use crate::store::ClientStore;
 use crate::tls::server::{CertError, TlsSettings, TlsTerminator};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -287,6 +288,9 @@ struct Core {
     checker: Checker,
     shared_limiter: Option<Arc<SharedLimiter>>,
     access_log: Option<Writer>,
+    /// This replica's client writes, counted by the admin API so that the
+    /// table sync's reads cannot undo one.
+    local_writes: Arc<LocalWrites>,
 }
 
 /// Builds the [`Core`]; `sink`: where access log lines go (stdout when
@@ -324,6 +328,7 @@ async fn build_core(
         checker,
         shared_limiter,
         access_log,
+        local_writes: LocalWrites::new(),
     })
 }
 
@@ -402,7 +407,8 @@ fn spawn_admin(
     .with_store_timeout(config.store.timeout)
     .with_body_read_timeout(config.admin.body_read_timeout)
     .with_reloader(admin.reloader)
-    .with_status(board.clone());
+    .with_status(board.clone())
+    .with_local_writes(core.local_writes.clone());
     tasks.spawn(crate::status::run(
         board,
         admin.metrics.clone(),
@@ -452,7 +458,8 @@ fn spawn_background(
             registry.clone(),
             store.clone(),
             &restored.clients,
-        );
+        )
+        .with_local_writes(core.local_writes.clone());
         tasks.spawn(crate::store::reload::run(
             sync,
             config.store.reload_interval,

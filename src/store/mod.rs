@@ -17,6 +17,7 @@ pub mod reload;
 pub mod snapshot;
 mod sql;
 mod sqlite;
+pub mod writes;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

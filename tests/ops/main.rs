@@ -23,6 +23,7 @@ mod durability;
 mod fd_limit;
 mod openapi;
 mod reload;
+mod replicas;
 mod shutdown;
 mod status;
 mod store;
