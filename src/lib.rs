@@ -25,6 +25,7 @@
 //! - [`status`]: the status page's numbers, sampled once a second;
 //!   [`events`]: the recent transitions and reloads it lists.
 //! - [`access_log`]: one line per request, written off the request path.
+//! - [`redact`]: passwords out of every URL and error text that is shown.
 //! - [`app`]: wiring everything together; [`cli`]: the commands.
 
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
@@ -44,6 +45,7 @@ pub mod health;
 pub mod limiter;
 pub mod logging;
 pub mod proxy;
+pub mod redact;
 pub mod reload;
 pub mod shutdown;
 pub mod status;
