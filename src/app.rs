@@ -22,6 +22,7 @@ use crate::proxy::{Live, Proxy, ProxySettings, SharedLimits};
 use crate::reload::{self, ReloadError, Reloaded, Reloader};
 use crate::shutdown::{self, Signal, Ticks, Trigger};
 use crate::status::Board;
+use crate::store::reload::TableSync;
 use crate::store::snapshot::{self, Snapshotter};
 use crate::store::writes::LocalWrites;
 use crate::store::ClientStore;
@@ -454,17 +455,9 @@ fn spawn_background(
         signal.clone(),
     ));
     if crate::store::is_shared(&config.store.url) {
-        let sync = crate::store::reload::TableSync::new(
-            registry.clone(),
-            store.clone(),
-            &restored.clients,
-        )
-        .with_local_writes(core.local_writes.clone());
-        tasks.spawn(crate::store::reload::run(
-            sync,
-            config.store.reload_interval,
-            signal.clone().wait(),
-        ));
+        let sync = TableSync::new(registry.clone(), store.clone(), &restored.clients)
+            .with_local_writes(core.local_writes.clone());
+        spawn_table_sync(tasks, config, sync, signal);
     }
     tasks.spawn(
         core.checker
@@ -683,6 +676,26 @@ fn bind_proxy(config: &Config) -> Result<Bound, StartError> {
     })
 }
 
+/// Keeps a shared (PostgreSQL) client table applied: the periodic reload,
+/// and with `store.notify` the listener whose notifications it applies.
+fn spawn_table_sync(tasks: &mut JoinSet<()>, config: &Config, sync: TableSync, signal: &Signal) {
+    let notices = config.store.notify.then(|| {
+        // A burst of writes queues here while a read is under way; past
+        // that, the listener waits and PostgreSQL holds the rest.
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let (url, timeout) = (config.store.url.clone(), config.store.timeout);
+        let stop = signal.clone().wait();
+        tasks.spawn(async move { crate::store::notify::listen(&url, timeout, tx, stop).await });
+        rx
+    });
+    tasks.spawn(crate::store::reload::run(
+        sync,
+        config.store.reload_interval,
+        notices,
+        signal.clone().wait(),
+    ));
+}
+
 /// The client table, with the limits and bucket levels it holds restored
 /// into `registry`.
 async fn open_store(
@@ -690,18 +703,22 @@ async fn open_store(
     registry: &Registry,
 ) -> Result<(Arc<dyn ClientStore>, snapshot::Restored), StartError> {
     let store_error = |source| StartError::Store {
-        url: config.store.url.clone(),
+        url: crate::redact::url(&config.store.url).into_owned(),
         source,
     };
     let started = std::time::Instant::now();
-    let store = crate::store::open_with_timeout(&config.store.url, config.store.timeout)
+    let options = crate::store::OpenOptions {
+        timeout: config.store.timeout,
+        notify: config.store.notify,
+    };
+    let store = crate::store::open_with(&config.store.url, options)
         .await
         .map_err(store_error)?;
     let restored = snapshot::restore(registry, store.as_ref())
         .await
         .map_err(store_error)?;
     tracing::info!(
-        url = %config.store.url,
+        url = %crate::redact::url(&config.store.url),
         clients = restored.stats.clients,
         rejected_rows = restored.stats.rejected,
         buckets = restored.stats.buckets,

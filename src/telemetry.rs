@@ -78,6 +78,14 @@ pub const SNAPSHOT: &str = "tollgate_snapshot_seconds";
 /// Gauge: upgraded (WebSocket) connections open now, tunnelled to a backend.
 pub const UPGRADED_CONNECTIONS: &str = "tollgate_upgraded_connections";
 
+/// `store.notify` notifications handled, by `result`: `applied` (the
+/// announced row was read and now runs), `failed` (it could not be read;
+/// the next reload applies it).
+pub const STORE_NOTIFICATIONS: &str = "tollgate_store_notifications_total";
+/// Times the `store.notify` listening connection was made again after it
+/// was lost (each followed by a read of the whole client table).
+pub const STORE_LISTENER_RECONNECTS: &str = "tollgate_store_listener_reconnects_total";
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder (once per process) and returns its
@@ -161,6 +169,14 @@ fn describe() {
         "Upgraded (WebSocket) connections open, tunnelled to a backend"
     );
     metrics::describe_counter!(CONFIG_RELOADS, "Config reloads, by result");
+    metrics::describe_counter!(
+        STORE_NOTIFICATIONS,
+        "store.notify notifications handled, by result (applied, failed)"
+    );
+    metrics::describe_counter!(
+        STORE_LISTENER_RECONNECTS,
+        "Times the store.notify listening connection was made again"
+    );
     metrics::describe_counter!(
         ACCESS_LOG_DROPPED,
         "Access log lines dropped because the writer was behind"
@@ -282,6 +298,17 @@ impl Drop for OpenTunnel {
 /// [`CONFIG_RELOADS`].
 pub fn config_reload(result: &'static str) {
     metrics::counter!(CONFIG_RELOADS, "result" => result).increment(1);
+}
+
+/// Counts one `store.notify` notification; `result` is one of those
+/// documented on [`STORE_NOTIFICATIONS`].
+pub fn store_notification(result: &'static str) {
+    metrics::counter!(STORE_NOTIFICATIONS, "result" => result).increment(1);
+}
+
+/// Counts one reconnection of the `store.notify` listener.
+pub fn store_listener_reconnect() {
+    metrics::counter!(STORE_LISTENER_RECONNECTS).increment(1);
 }
 
 /// How often histogram samples are folded into their buckets.

@@ -19,6 +19,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
+use super::notify::Notice;
 use super::writes::LocalWrites;
 use super::{ClientRow, ClientStore, StoreError};
 use crate::limiter::{ApiKey, ClientKey, Registry};
@@ -197,17 +200,58 @@ fn same_values(last: &ClientRow, now: &ClientRow) -> bool {
         && last.rate() == now.rate()
 }
 
-/// Reloads every `every` until `stop` completes. A failed read is logged
-/// and retried at the next tick; live limits stay as they were.
+/// Reloads every `every` until `stop` completes, and applies what
+/// `notices` announces (`store.notify`) as it arrives. A failed read is
+/// logged and retried at the next tick; live limits stay as they were.
 pub async fn run(
     mut sync: TableSync,
     every: Duration,
+    mut notices: Option<mpsc::Receiver<Notice>>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     // The first tick is a period away: start-up has just read the table.
     let mut ticks = Ticks::every(every, tokio::time::MissedTickBehavior::Delay, stop);
-    while ticks.next().await {
-        reload_logged(&mut sync).await;
+    loop {
+        let notice = async {
+            match notices.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            more = ticks.next() => {
+                if !more {
+                    return;
+                }
+                reload_logged(&mut sync).await;
+            }
+            notice = notice => match notice {
+                Some(Notice::Row(id)) => apply_notified(&mut sync, &id).await,
+                Some(Notice::Resync) => reload_logged(&mut sync).await,
+                // The listener stopped: the ticks go on.
+                None => notices = None,
+            },
+        }
+    }
+}
+
+/// Applies the row a notification named, counting and logging the
+/// outcome.
+async fn apply_notified(sync: &mut TableSync, id: &str) {
+    let Ok(key) = ApiKey::new(id) else {
+        // Not written by tollgate (its ids are API keys): ignored.
+        tracing::debug!(payload = %crate::redact::text(id).escape_debug(), "store.notify: a notification that names no client");
+        return;
+    };
+    match sync.reload_row(&key).await {
+        Ok(applied) => {
+            crate::telemetry::store_notification("applied");
+            tracing::debug!(client_id = %key, ?applied, "store.notify: client row applied");
+        }
+        Err(e) => {
+            crate::telemetry::store_notification("failed");
+            tracing::warn!(client_id = %key, error = %e, "store.notify: cannot read the announced row; the next reload applies it");
+        }
     }
 }
 

@@ -74,13 +74,7 @@ impl Replica {
 
     /// The client-table clients this replica runs, with their capacities.
     fn applied(&self) -> BTreeMap<String, u32> {
-        let mut pinned = BTreeMap::new();
-        self.registry.for_each(|b| {
-            if b.pinned {
-                pinned.insert(b.key.to_string(), b.capacity);
-            }
-        });
-        pinned
+        runs(&self.registry)
     }
 }
 
@@ -123,13 +117,17 @@ async fn write_through(
     }
 }
 
+/// A write to make during a `list`: through this registry and counter,
+/// this id gets this capacity.
+type DuringList = (Arc<Registry>, Arc<LocalWrites>, &'static str, u32);
+
 /// A store whose next `list` lets a local write through the replica
 /// commit and apply after the rows were read and before they are handed
 /// over: the race between a reload and an admin write, made certain.
 #[derive(Debug)]
 struct WriteDuringList {
     inner: Arc<dyn ClientStore>,
-    during: std::sync::Mutex<Option<(Arc<Registry>, Arc<LocalWrites>, &'static str, u32)>>,
+    during: std::sync::Mutex<Option<DuringList>>,
 }
 
 #[async_trait::async_trait]
@@ -276,5 +274,169 @@ async fn replicas_run_what_the_table_holds_after_interleaved_writes() {
         }
     }
     drop((a, b));
+    db.drop_db().await;
+}
+
+/// Client-table clients `registry` runs, by id, with their capacities.
+fn runs(registry: &Registry) -> BTreeMap<String, u32> {
+    let mut pinned = BTreeMap::new();
+    registry.for_each(|b| {
+        if b.pinned {
+            pinned.insert(b.key.to_string(), b.capacity);
+        }
+    });
+    pinned
+}
+
+/// Polls until `registry` runs `id` with `capacity` (`None`: not at all),
+/// failing after `within`; returns how long that took.
+async fn until_runs(
+    registry: &Registry,
+    id: &str,
+    capacity: Option<u32>,
+    within: Duration,
+) -> Duration {
+    let started = tokio::time::Instant::now();
+    loop {
+        if runs(registry).get(id).copied() == capacity {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "after {within:?} the replica runs {:?} for {id}, not {capacity:?}",
+            runs(registry).get(id)
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// `LISTEN`ing connections of tollgate on the test database.
+async fn listeners(db: &support::PgDatabase) -> i64 {
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'tollgate-listen' \
+         AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count listeners");
+    pool.close().await;
+    n
+}
+
+async fn admin_write(
+    c: &reqwest::Client,
+    admin: std::net::SocketAddr,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) {
+    let mut request = c.request(method, support::url(admin, path));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let r = request.send().await.expect("admin request");
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+}
+
+/// With `store.notify`, a write through one replica runs on the other
+/// well before `reload_interval` (an hour here, so only the notification
+/// can explain it), deletions too, and after the listening connections
+/// were killed the replicas listen again and catch up.
+#[tokio::test]
+async fn notify_applies_writes_on_every_replica_at_once() {
+    let Some(db) = support::pg_database().await else {
+        return;
+    };
+    let mut cfg = support::config(&[support::closed_port()]);
+    cfg.store.url = db.url.clone();
+    cfg.store.reload_interval = Duration::from_secs(3600);
+    let a = support::balancer(&cfg).await;
+    let b = support::balancer(&cfg).await;
+    let c = support::client();
+    let within = Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listeners(&db).await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replicas never LISTENed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut took = Vec::new();
+    for i in 0..20u32 {
+        let body =
+            serde_json::json!({"client_id": format!("c{i}"), "capacity": 3 + i, "rate_per_sec": 1});
+        admin_write(
+            &c,
+            a.admin_addr(),
+            reqwest::Method::POST,
+            "/clients",
+            Some(body),
+        )
+        .await;
+        took.push(until_runs(b.registry(), &format!("c{i}"), Some(3 + i), within).await);
+        let body = serde_json::json!({"capacity": 100 + i, "rate_per_sec": 1});
+        let path = format!("/clients/c{i}");
+        admin_write(&c, b.admin_addr(), reqwest::Method::PUT, &path, Some(body)).await;
+        took.push(until_runs(a.registry(), &format!("c{i}"), Some(100 + i), within).await);
+        admin_write(&c, a.admin_addr(), reqwest::Method::DELETE, &path, None).await;
+        took.push(until_runs(b.registry(), &format!("c{i}"), None, within).await);
+    }
+    took.sort();
+    eprintln!(
+        "notify: write through one replica to applied on the other, {} samples: median {:?}, 90th {:?}, max {:?}",
+        took.len(),
+        took[took.len() / 2],
+        took[took.len() * 9 / 10],
+        took[took.len() - 1]
+    );
+
+    // Kill both listening connections; a write made before they are back
+    // arrives by the re-read that follows the reconnection...
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'tollgate-listen'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("terminate listeners");
+    assert_eq!(killed, [true, true]);
+    let body = serde_json::json!({"client_id": "after-kill", "capacity": 7, "rate_per_sec": 1});
+    admin_write(
+        &c,
+        a.admin_addr(),
+        reqwest::Method::POST,
+        "/clients",
+        Some(body),
+    )
+    .await;
+    until_runs(b.registry(), "after-kill", Some(7), Duration::from_secs(5)).await;
+    // ...and once they listen again, a write arrives by its notification.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listeners(&db).await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replicas never LISTENed again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let body = serde_json::json!({"capacity": 8, "rate_per_sec": 1});
+    admin_write(
+        &c,
+        b.admin_addr(),
+        reqwest::Method::PUT,
+        "/clients/after-kill",
+        Some(body),
+    )
+    .await;
+    until_runs(a.registry(), "after-kill", Some(8), within).await;
+    pool.close().await;
+
+    a.shutdown().await;
+    b.shutdown().await;
     db.drop_db().await;
 }
