@@ -53,7 +53,7 @@ pub enum StartError {
         source: crate::store::StoreError,
     },
     /// `rate_limit.shared.redis_url` could not be used.
-    #[error("shared rate limiter: {0}")]
+    #[error("shared rate limiter: {}", crate::redact::Scrubbed(.0))]
     SharedLimiter(#[source] redis::RedisError),
     /// The roots for `https://` backends could not be loaded.
     #[error("https backends: {0}")]

@@ -130,7 +130,7 @@ async fn forward(
             Ok(Some(n)) => Notice::Row(n.payload().to_owned()),
             Ok(None) => {
                 crate::telemetry::store_listener_reconnect();
-                tracing::info!(%address, "store.notify: listening connection lost and made again; re-reading the client table");
+                tracing::info!(%address, "store.notify: listening again; re-reading the client table");
                 Notice::Resync
             }
             Err(e) => return Some(e),

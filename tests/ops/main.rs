@@ -24,6 +24,7 @@ mod fd_limit;
 mod openapi;
 mod reload;
 mod replicas;
+mod secrets;
 mod shutdown;
 mod status;
 mod store;
