@@ -605,8 +605,7 @@ async fn postgres_unreachable_at_start_names_the_address_and_the_cause() {
     cfg.store.timeout = Duration::from_secs(1);
     let e = tollgate::app::start(&cfg)
         .await
-        .err()
-        .expect("no database, no start")
+        .expect_err("no database, no start")
         .to_string();
     assert_eq!(
         e,
