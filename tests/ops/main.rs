@@ -1,7 +1,8 @@
 //! Operating tollgate: the admin API, its client table and its OpenAPI
-//! document, the status page, the SQLite and PostgreSQL stores, the command line and the
-//! deployment files, and the real binary under signals, crashes and a
-//! small open-file limit.
+//! document, the status page, the SQLite and PostgreSQL stores (replicas
+//! sharing one table, `LISTEN`/`NOTIFY`), passwords kept out of every
+//! output, the command line and the deployment files, and the real binary
+//! under signals, crashes and a small open-file limit.
 
 #[path = "../support"]
 mod support {
