@@ -69,7 +69,8 @@ pub async fn listen(
         () = stop => {}
         () = listen_forever(&pool, &address, &notices) => {}
     }
-    pool.close().await;
+    // Dropped, not closed: closing waits for the server to take the
+    // goodbye, and a hung database would hold shutdown.
 }
 
 /// Returns only when `notices` is closed.

@@ -22,6 +22,10 @@ use super::{OpenOptions, StoreError};
 /// payload is the client id.
 pub const CHANNEL: &str = "tollgate_clients";
 
+/// Least time the pool waits for a connection (as before `store.timeout`
+/// bounded the first connection too).
+const POOL_ACQUIRE: Duration = Duration::from_secs(5);
+
 /// Wait between two connection attempts at start-up while the cause may
 /// pass (a PostgreSQL still starting refuses connections).
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -73,7 +77,10 @@ impl PostgresStore {
         first_connection(&connect, options.timeout).await?;
         let pool = PgPoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(options.timeout)
+            // Past `store.timeout`, which bounds every operation (see
+            // `Guarded`): a database that hangs then reads "did not answer"
+            // (503), not a pool error (500) racing it.
+            .acquire_timeout(POOL_ACQUIRE.max(options.timeout * 2))
             .connect_with(connect.clone())
             .await
             .map_err(|e| connect_error(&connect, classify(&e, options.timeout)))?;
