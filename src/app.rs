@@ -22,7 +22,9 @@ use crate::proxy::{Live, Proxy, ProxySettings, SharedLimits};
 use crate::reload::{self, ReloadError, Reloaded, Reloader};
 use crate::shutdown::{self, Signal, Ticks, Trigger};
 use crate::status::Board;
+use crate::store::reload::TableSync;
 use crate::store::snapshot::{self, Snapshotter};
+use crate::store::writes::LocalWrites;
 use crate::store::ClientStore;
 use crate::telemetry::Metrics;
 use crate::tls::server::{CertError, TlsSettings, TlsTerminator};
@@ -51,7 +53,7 @@ pub enum StartError {
         source: crate::store::StoreError,
     },
     /// `rate_limit.shared.redis_url` could not be used.
-    #[error("shared rate limiter: {0}")]
+    #[error("shared rate limiter: {}", crate::redact::Scrubbed(.0))]
     SharedLimiter(#[source] redis::RedisError),
     /// The roots for `https://` backends could not be loaded.
     #[error("https backends: {0}")]
@@ -288,6 +290,9 @@ struct Core {
     checker: Checker,
     shared_limiter: Option<Arc<SharedLimiter>>,
     access_log: Option<Writer>,
+    /// This replica's client writes, counted by the admin API so that the
+    /// table sync's reads cannot undo one.
+    local_writes: Arc<LocalWrites>,
 }
 
 /// Builds the [`Core`]; `sink`: where access log lines go (stdout when
@@ -327,6 +332,7 @@ async fn build_core(
         checker,
         shared_limiter,
         access_log,
+        local_writes: LocalWrites::new(),
     })
 }
 
@@ -405,7 +411,8 @@ fn spawn_admin(
     .with_store_timeout(config.store.timeout)
     .with_body_read_timeout(config.admin.body_read_timeout)
     .with_reloader(admin.reloader)
-    .with_status(board.clone());
+    .with_status(board.clone())
+    .with_local_writes(core.local_writes.clone());
     tasks.spawn(crate::status::run(
         board,
         Some(admin.metrics.clone()),
@@ -449,16 +456,10 @@ fn spawn_background(
         signal.clone(),
     ));
     if crate::store::is_shared(&config.store.url) {
-        let sync = crate::store::reload::TableSync::new(
-            registry.clone(),
-            store.clone(),
-            &restored.clients,
-        );
-        tasks.spawn(crate::store::reload::run(
-            sync,
-            config.store.reload_interval,
-            signal.clone().wait(),
-        ));
+        let sync = TableSync::new(registry.clone(), store.clone(), &restored.clients)
+            .with_local_writes(core.local_writes.clone())
+            .with_metrics(metrics.clone());
+        spawn_table_sync(tasks, config, sync, signal);
     }
     tasks.spawn(
         core.checker
@@ -686,6 +687,26 @@ fn bind_proxy(config: &Config) -> Result<Bound, StartError> {
     })
 }
 
+/// Keeps a shared (PostgreSQL) client table applied: the periodic reload,
+/// and with `store.notify` the listener whose notifications it applies.
+fn spawn_table_sync(tasks: &mut JoinSet<()>, config: &Config, sync: TableSync, signal: &Signal) {
+    let notices = config.store.notify.then(|| {
+        // A burst of writes queues here while a read is under way; past
+        // that, the listener waits and PostgreSQL holds the rest.
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let (url, timeout) = (config.store.url.clone(), config.store.timeout);
+        let stop = signal.clone().wait();
+        tasks.spawn(async move { crate::store::notify::listen(&url, timeout, tx, stop).await });
+        rx
+    });
+    tasks.spawn(crate::store::reload::run(
+        sync,
+        config.store.reload_interval,
+        notices,
+        signal.clone().wait(),
+    ));
+}
+
 /// The client table, with the limits and bucket levels it holds restored
 /// into `registry`.
 async fn open_store(
@@ -693,18 +714,22 @@ async fn open_store(
     registry: &Registry,
 ) -> Result<(Arc<dyn ClientStore>, snapshot::Restored), StartError> {
     let store_error = |source| StartError::Store {
-        url: config.store.url.clone(),
+        url: crate::redact::url(&config.store.url).into_owned(),
         source,
     };
     let started = std::time::Instant::now();
-    let store = crate::store::open_with_timeout(&config.store.url, config.store.timeout)
+    let options = crate::store::OpenOptions {
+        timeout: config.store.timeout,
+        notify: config.store.notify,
+    };
+    let store = crate::store::open_with(&config.store.url, options)
         .await
         .map_err(store_error)?;
     let restored = snapshot::restore(registry, store.as_ref())
         .await
         .map_err(store_error)?;
     tracing::info!(
-        url = %config.store.url,
+        url = %crate::redact::url(&config.store.url),
         clients = restored.stats.clients,
         rejected_rows = restored.stats.rejected,
         buckets = restored.stats.buckets,

@@ -25,6 +25,7 @@
 //! - [`status`]: the status page's numbers, sampled once a second;
 //!   [`events`]: the recent transitions and reloads it lists.
 //! - [`access_log`]: one line per request, written off the request path.
+//! - [`redact`]: passwords out of every URL and error text that is shown.
 //! - [`app`]: wiring everything together; [`cli`]: the commands;
 //!   [`probe`]: `tollgate health`, the container health check's probe.
 
@@ -46,6 +47,7 @@ pub mod limiter;
 pub mod logging;
 pub mod probe;
 pub mod proxy;
+pub mod redact;
 pub mod reload;
 pub mod shutdown;
 pub mod status;

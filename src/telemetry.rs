@@ -91,6 +91,13 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0,
 ];
+/// `store.notify` notifications handled, by `result`: `applied` (the
+/// announced row was read and now runs), `failed` (it could not be read;
+/// the next reload applies it).
+pub const STORE_NOTIFICATIONS: &str = "tollgate_store_notifications_total";
+/// Times the `store.notify` listening connection was made again after it
+/// was lost (each followed by a read of the whole client table).
+pub const STORE_LISTENER_RECONNECTS: &str = "tollgate_store_listener_reconnects_total";
 
 /// One Prometheus registry and the handles the request path bumps, shared
 /// by every part of one running tollgate (cheap to clone).
@@ -370,6 +377,14 @@ fn describe(r: &PrometheusRecorder) {
         "Upgraded (WebSocket) connections open, tunnelled to a backend",
     );
     counter(CONFIG_RELOADS, "Config reloads, by result");
+    counter(
+        STORE_NOTIFICATIONS,
+        "store.notify notifications handled, by result (applied, failed)",
+    );
+    counter(
+        STORE_LISTENER_RECONNECTS,
+        "Times the store.notify listening connection was made again",
+    );
     counter(
         ACCESS_LOG_DROPPED,
         "Access log lines dropped because the writer was behind",

@@ -48,6 +48,7 @@ use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{ApiKey, ClientKey, Limits, Rate, Registry, MAX_PINNED};
 use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::status::{Board, StatusDocument};
+use crate::store::writes::LocalWrites;
 use crate::store::{Client, ClientRow, ClientStore, StoreError};
 
 /// Largest accepted request body.
@@ -70,6 +71,9 @@ pub struct AdminState {
     openapi: Arc<str>,
     reloader: Option<Reloader>,
     status: Option<Arc<Board>>,
+    /// Counts this replica's client writes, so a reload of the shared
+    /// table cannot undo one (see [`crate::store::writes`]).
+    writes: Arc<LocalWrites>,
 }
 
 impl AdminState {
@@ -95,7 +99,15 @@ impl AdminState {
             body_read_timeout: Duration::from_secs(10),
             reloader: None,
             status: None,
+            writes: LocalWrites::new(),
         }
+    }
+
+    /// Counts client writes in `writes`, the counter the table sync of
+    /// this replica orders its reads against.
+    pub fn with_local_writes(mut self, writes: Arc<LocalWrites>) -> Self {
+        self.writes = writes;
+        self
     }
 
     /// Serves `GET /status` (and so the status page) from this board.
@@ -599,8 +611,9 @@ async fn create_client(
     let client = Client { id, limits };
     within(&state, Op::Write, async {
         let _serial = state.lock(&client.id).await;
+        let write = state.writes.begin();
         state.store.create(&client).await?;
-        apply(&state, &client.key(), Some(client.limits));
+        write.apply(|| apply(&state, &client.key(), Some(client.limits)));
         Ok(())
     })
     .await?;
@@ -636,8 +649,9 @@ async fn update_client(
     };
     within(&state, Op::Write, async {
         let _serial = state.lock(&client.id).await;
+        let write = state.writes.begin();
         state.store.update(&client).await?;
-        apply(&state, &client.key(), Some(client.limits));
+        write.apply(|| apply(&state, &client.key(), Some(client.limits)));
         Ok(())
     })
     .await?;
@@ -663,8 +677,9 @@ async fn delete_client(
 ) -> Result<StatusCode, AdminError> {
     within(&state, Op::Write, async {
         let _serial = state.lock(&id).await;
+        let write = state.writes.begin();
         state.store.delete(&id).await?;
-        apply(&state, &ClientKey::Api(id.clone()), None);
+        write.apply(|| apply(&state, &ClientKey::Api(id.clone()), None));
         Ok(())
     })
     .await?;

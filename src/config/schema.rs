@@ -551,6 +551,11 @@ pub struct StoreConfig {
     /// `server.drain_timeout` on top.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// PostgreSQL only (accepted and ignored with SQLite, whose table only
+    /// this process writes): admin writes announce the client with
+    /// `NOTIFY`, and this replica `LISTEN`s and applies announced rows at
+    /// once; `reload_interval` stays as the safety net.
+    pub notify: bool,
 }
 
 impl Default for StoreConfig {
@@ -560,6 +565,7 @@ impl Default for StoreConfig {
             snapshot_interval: Duration::from_secs(5),
             reload_interval: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
+            notify: true,
         }
     }
 }

@@ -209,7 +209,7 @@ impl Config {
                 "store.url",
                 format!(
                     "{:?} is not a supported database URL (sqlite://FILE or postgres://USER@HOST/DB)",
-                    self.store.url
+                    crate::redact::url(&self.store.url)
                 ),
             );
         }
@@ -308,17 +308,25 @@ impl Config {
 }
 
 /// `rate_limit.shared.redis_url`: read by the same parser `serve` uses,
-/// so `check` passing means `serve` can use the URL.
+/// so `check` passing means `serve` can use the URL. Quoted with its
+/// password masked.
 fn check_redis_url(url: &str, add: &mut Add<'_>) {
     if !(url.starts_with("redis://") || url.starts_with("unix://")) {
         add(
             "rate_limit.shared.redis_url",
-            format!("{url:?} is not a Redis URL (redis://HOST:PORT[/DB])"),
+            format!(
+                "{:?} is not a Redis URL (redis://HOST:PORT[/DB])",
+                crate::redact::url(url)
+            ),
         );
     } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url) {
         add(
             "rate_limit.shared.redis_url",
-            format!("{url:?} is not a usable Redis URL: {e}"),
+            format!(
+                "{:?} is not a usable Redis URL: {}",
+                crate::redact::url(url),
+                crate::redact::Scrubbed(e)
+            ),
         );
     }
 }

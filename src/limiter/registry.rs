@@ -532,6 +532,42 @@ impl Registry {
         true
     }
 
+    /// Whether `key` is a client-table client (pinned) running exactly
+    /// `limits`: what a reload of the table compares a row with, so that
+    /// whatever put other limits there (a local write, a missed change)
+    /// cannot keep them.
+    pub fn runs(&self, key: &ClientKey, limits: &Limits) -> bool {
+        let lookup = self.lookup(key);
+        let index = read(&self.shard(lookup.hash).index);
+        self.find(&index, lookup)
+            .and_then(|i| self.slab.get(i))
+            .is_some_and(|slot| {
+                slot.flags.load(Ordering::Relaxed) & PINNED != 0
+                    && slot.capacity.load(Ordering::Relaxed) == limits.capacity()
+                    && slot.emission.load(Ordering::Relaxed) == limits.emission()
+            })
+    }
+
+    /// The keys of every client-table client (pinned bucket). Only API
+    /// keys are looked at: the client table holds nothing else, and the IP
+    /// clients, which may be millions, are not walked.
+    pub fn pinned_keys(&self) -> Vec<ClientKey> {
+        let mut keys = Vec::with_capacity(self.pinned_len());
+        for shard in self.shards.iter() {
+            let index = read(&shard.index);
+            for (text, idx) in index.keys.iter() {
+                let pinned = self
+                    .slab
+                    .get(*idx)
+                    .is_some_and(|s| s.flags.load(Ordering::Relaxed) & PINNED != 0);
+                if let (true, Ok(key)) = (pinned, ClientKey::api(text)) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys
+    }
+
     /// Sets `key`'s level to `tokens` (clamped to its capacity), creating
     /// its bucket on the default limits if it has none. Used to restore
     /// snapshots.

@@ -247,6 +247,7 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
         .key("snapshot_interval", |s| &mut s.snapshot_interval, restart)
         .key("reload_interval", |s| &mut s.reload_interval, restart)
         .key("timeout", |s| &mut s.timeout, restart)
+        .key("notify", |s| &mut s.notify, restart)
         .rest();
 
     c.section("log", &old.log, &new.log)

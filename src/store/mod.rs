@@ -12,11 +12,13 @@
 //! [`ClientRow`]s, each a typed [`Client`] or a [`RejectedRow`] with its
 //! reason, and writes only [`Client`]s.
 
+pub mod notify;
 mod postgres;
 pub mod reload;
 pub mod snapshot;
 mod sql;
 mod sqlite;
+pub mod writes;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,7 +27,7 @@ use async_trait::async_trait;
 
 use crate::limiter::{ApiKey, ClientKey, KeyError, Limits, LimitsError};
 
-pub use postgres::PostgresStore;
+pub use postgres::{ConnectCause, PostgresStore};
 pub use sqlite::SqliteStore;
 
 /// A client of the client table, validated: what the limiter runs and
@@ -188,20 +190,29 @@ pub enum StoreError {
     #[error("client {0:?} not found")]
     NotFound(String),
     /// `store.url` names a database this build does not support.
-    #[error("unsupported store URL {0:?} (expected sqlite://FILE or postgres://USER@HOST/DB)")]
+    #[error("unsupported store URL {:?} (expected sqlite://FILE or postgres://USER@HOST/DB)", crate::redact::url(.0))]
     UnsupportedUrl(String),
-    /// The database failed.
-    #[error("database error: {0}")]
+    /// PostgreSQL could not be reached when the store was opened.
+    #[error("cannot connect to PostgreSQL at {address}: {cause}")]
+    Connect {
+        /// `host:port` (or the socket path).
+        address: String,
+        /// Why.
+        cause: ConnectCause,
+    },
+    /// The database failed. (Shown scrubbed: a driver's message may quote
+    /// the URL it was given, password and all.)
+    #[error("database error: {}", crate::redact::Scrubbed(.0))]
     Database(#[source] sqlx::Error),
     /// A table is missing: the database was dropped and created again, or
     /// emptied, while tollgate ran. [`Guarded`] runs the migrations again.
-    #[error("table missing (database re-created or emptied?): {0}")]
+    #[error("table missing (database re-created or emptied?): {}", crate::redact::Scrubbed(.0))]
     MissingTable(#[source] sqlx::Error),
     /// The database did not answer in time.
     #[error("the database did not answer within {0:?}")]
     Timeout(Duration),
     /// Migrations failed.
-    #[error("migration failed: {0}")]
+    #[error("migration failed: {}", crate::redact::Scrubbed(.0))]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
@@ -331,10 +342,29 @@ pub fn is_supported(url: &str) -> bool {
     url.starts_with("sqlite:") || is_shared(url)
 }
 
+/// How to open a store: the `store` settings besides the URL.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// Bound of each operation, and of reaching the database at all
+    /// (`store.timeout`).
+    pub timeout: Duration,
+    /// PostgreSQL: client writes send `NOTIFY` (`store.notify`).
+    pub notify: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_TIMEOUT,
+            notify: true,
+        }
+    }
+}
+
 /// Opens the store named by `store.url`, each operation bounded by
 /// [`DEFAULT_TIMEOUT`].
 pub async fn open(url: &str) -> Result<Arc<dyn ClientStore>, StoreError> {
-    open_with_timeout(url, DEFAULT_TIMEOUT).await
+    open_with(url, OpenOptions::default()).await
 }
 
 /// Opens the store named by `store.url`, each operation bounded by
@@ -343,14 +373,30 @@ pub async fn open_with_timeout(
     url: &str,
     timeout: Duration,
 ) -> Result<Arc<dyn ClientStore>, StoreError> {
+    open_with(
+        url,
+        OpenOptions {
+            timeout,
+            ..OpenOptions::default()
+        },
+    )
+    .await
+}
+
+/// Opens the store named by `store.url` with `options`, tables re-created
+/// if they go missing.
+pub async fn open_with(
+    url: &str,
+    options: OpenOptions,
+) -> Result<Arc<dyn ClientStore>, StoreError> {
     let inner: Arc<dyn ClientStore> = if url.starts_with("sqlite:") {
         Arc::new(SqliteStore::open(url).await?)
     } else if is_shared(url) {
-        Arc::new(PostgresStore::open(url).await?)
+        Arc::new(PostgresStore::open(url, options).await?)
     } else {
         return Err(StoreError::UnsupportedUrl(url.to_owned()));
     };
-    Ok(Arc::new(Guarded::new(inner, timeout)))
+    Ok(Arc::new(Guarded::new(inner, options.timeout)))
 }
 
 /// Now, in milliseconds since the Unix epoch.

@@ -19,7 +19,9 @@ use crate::limiter::{ApiKey, Limits, LimitsError, Rate};
 pub(super) const BATCH: usize = 1000;
 
 /// Implements [`super::ClientStore`] for `$store`, whose `pool` field is a
-/// `sqlx::Pool<$db>`.
+/// `sqlx::Pool<$db>` and which has an `announce(&self, tx, client_id)`:
+/// called inside each client write's transaction, so that what it sends
+/// (PostgreSQL's `NOTIFY`) goes out only if the write commits.
 macro_rules! sql_store {
     ($store:ty, $db:ty) => {
         impl $store {
@@ -82,13 +84,16 @@ macro_rules! sql_store {
                         .push_bind(now)
                         .push_bind(now);
                 });
-                q.build().execute(&self.pool).await.map_err(|e| {
+                let mut tx = self.pool.begin().await?;
+                q.build().execute(&mut *tx).await.map_err(|e| {
                     if matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation()) {
                         $crate::store::StoreError::AlreadyExists(c.id.as_str().to_owned())
                     } else {
                         $crate::store::StoreError::from(e)
                     }
                 })?;
+                self.announce(&mut tx, c.id.as_str()).await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -106,10 +111,13 @@ macro_rules! sql_store {
                     .push_bind($crate::store::now_ms())
                     .push(" WHERE client_id = ")
                     .push_bind(c.id.as_str());
-                let done = q.build().execute(&self.pool).await?;
+                let mut tx = self.pool.begin().await?;
+                let done = q.build().execute(&mut *tx).await?;
                 if done.rows_affected() == 0 {
                     return Err($crate::store::StoreError::NotFound(c.id.as_str().to_owned()));
                 }
+                self.announce(&mut tx, c.id.as_str()).await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -119,10 +127,13 @@ macro_rules! sql_store {
             ) -> Result<(), $crate::store::StoreError> {
                 let mut q = sqlx::QueryBuilder::<$db>::new("DELETE FROM clients WHERE client_id = ");
                 q.push_bind(id.as_str());
-                let done = q.build().execute(&self.pool).await?;
+                let mut tx = self.pool.begin().await?;
+                let done = q.build().execute(&mut *tx).await?;
                 if done.rows_affected() == 0 {
                     return Err($crate::store::StoreError::NotFound(id.as_str().to_owned()));
                 }
+                self.announce(&mut tx, id.as_str()).await?;
+                tx.commit().await?;
                 Ok(())
             }
 

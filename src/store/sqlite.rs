@@ -35,6 +35,16 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Nothing: only this process writes a SQLite table, so no other
+    /// replica needs telling (`store.notify` is ignored here).
+    async fn announce(
+        &self,
+        _tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        _client_id: &str,
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
     /// Creates or updates the tables.
     pub(super) async fn run_migrations(&self) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations/sqlite")

@@ -1,8 +1,9 @@
 //! Operating tollgate: the admin API, its client table and its OpenAPI
-//! document, the status page, the SQLite and PostgreSQL stores, the command line, the
-//! deployment files, the metrics it exports and the documentation
-//! (checked against the config's types), and the real binary under
-//! signals, crashes and a small open-file limit.
+//! document, the status page, the SQLite and PostgreSQL stores (replicas
+//! sharing one table, `LISTEN`/`NOTIFY`), passwords kept out of every
+//! output, the command line, the deployment files, the metrics it exports
+//! and the documentation (checked against the config's types), and the
+//! real binary under signals, crashes and a small open-file limit.
 
 #[path = "../support"]
 mod support {
@@ -27,6 +28,8 @@ mod fd_limit;
 mod metrics;
 mod openapi;
 mod reload;
+mod replicas;
+mod secrets;
 mod shutdown;
 mod status;
 mod store;

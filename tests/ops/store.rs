@@ -548,3 +548,71 @@ async fn postgres_keeps_rates_as_written() {
     rates_as_written(&db.url).await;
     db.drop_db().await;
 }
+
+/// PostgreSQL that cannot be reached at start-up is reported with its
+/// host and port and the cause, not as "pool timed out".
+#[tokio::test]
+async fn postgres_unreachable_at_start_names_the_address_and_the_cause() {
+    use std::time::Duration;
+    let Ok(server) = std::env::var("TOLLGATE_TEST_DATABASE_URL") else {
+        eprintln!("skipped: TOLLGATE_TEST_DATABASE_URL is not set");
+        return;
+    };
+    // host:port of the test server, for a login it refuses.
+    let authority = server
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|a| a.rsplit_once('@').map_or(Some(a), |(_, hp)| Some(hp)))
+        .expect("host:port in TOLLGATE_TEST_DATABASE_URL")
+        .to_owned();
+    let refused = support::closed_port();
+    // Accepts connections (the kernel does) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let cases = [
+        (
+            format!("postgres://postgres@{refused}/test"),
+            format!("{refused}: connection refused"),
+        ),
+        (
+            format!("postgres://no_such_role_tollgate:s3cr3tPW@{authority}/test"),
+            format!("{authority}: authentication failed"),
+        ),
+        (
+            "postgres://postgres@db.tollgate.invalid:5432/test".to_owned(),
+            "db.tollgate.invalid:5432: DNS lookup of \"db.tollgate.invalid\" failed".to_owned(),
+        ),
+        (
+            format!("postgres://postgres@{silent_addr}/test"),
+            format!("{silent_addr}: no answer within 1s"),
+        ),
+    ];
+    for (url, says) in cases {
+        let e = tollgate::store::open_with_timeout(&url, Duration::from_secs(1))
+            .await
+            .expect_err(&url)
+            .to_string();
+        assert!(
+            e.starts_with("cannot connect to PostgreSQL at ") && e.contains(&says),
+            "{url}: {e}"
+        );
+        assert!(!e.contains("s3cr3tPW"), "{url}: {e}");
+    }
+
+    // The same through start-up, where the operator reads it.
+    let mut cfg = support::config(&[support::closed_port()]);
+    cfg.store.url = format!("postgres://tollgate:s3cr3tPW@{refused}/test");
+    cfg.store.timeout = Duration::from_secs(1);
+    let e = tollgate::app::start(&cfg)
+        .await
+        .expect_err("no database, no start")
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "client table (postgres://tollgate:***@{refused}/test): cannot connect to PostgreSQL \
+             at {refused}: connection refused (is PostgreSQL running and listening there?)"
+        )
+    );
+    drop(silent);
+}

@@ -45,8 +45,9 @@ const LEVELS_BATCH: usize = 1000;
 /// Why the shared limiter gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
-    /// Redis failed or answered nonsense.
-    #[error("redis: {0}")]
+    /// Redis failed or answered nonsense. (Scrubbed: the client's errors
+    /// may quote the URL, password and all.)
+    #[error("redis: {}", crate::redact::Scrubbed(.0))]
     Redis(#[from] redis::RedisError),
     /// No answer within the timeout.
     #[error("redis did not answer within {0:?}")]
