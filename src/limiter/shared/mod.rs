@@ -34,7 +34,7 @@ use super::{ClientKey, Decision};
 use crate::shutdown::Ticks;
 use crate::telemetry;
 
-pub use self::lease::{FORGET_AFTER, HORIZON, IDLE_RETURN};
+pub use self::lease::{CRASH_REFILL, FORGET_AFTER, HORIZON, IDLE_RETURN};
 
 /// How long Redis is not asked again after a failed check.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
