@@ -459,7 +459,7 @@ pub(crate) struct OwnedBucket {
 }
 
 impl OwnedBucket {
-    fn of(b: Bucket<'_>) -> Self {
+    pub(crate) fn of(b: Bucket<'_>) -> Self {
         Self {
             rule: b.rule.map(Box::from),
             key: b.key.clone(),
