@@ -172,6 +172,12 @@ impl Running {
         self.proxy.pool()
     }
 
+    /// The Redis side of shared limits, when `rate_limit.shared.redis_url`
+    /// is set.
+    pub fn shared_limiter(&self) -> Option<&Arc<SharedLimiter>> {
+        self.proxy.shared_limits().map(|s| &s.limiter)
+    }
+
     /// Stops accepting, drains, stops background tasks.
     pub async fn shutdown(self) -> Drained {
         self.trigger.fire();

@@ -57,6 +57,12 @@ pub const SHARED_LIMITER_RETURNED: &str = "tollgate_shared_limiter_returned_toke
 /// Requests refused without asking Redis, because it had said the client's
 /// bucket was empty until later (`mode: lease`).
 pub const SHARED_LIMITER_LOCAL_REFUSALS: &str = "tollgate_shared_limiter_local_refusals_total";
+/// Script calls tried a second time on a fresh connection because the
+/// first found its connection broken (a Redis restart).
+pub const SHARED_LIMITER_RETRIES: &str = "tollgate_shared_limiter_retries_total";
+/// Live replicas this one counts (heartbeats in Redis): while Redis is away
+/// it admits capacity and rate divided by this.
+pub const SHARED_LIMITER_REPLICAS: &str = "tollgate_shared_limiter_replicas";
 /// Exchanges cut because one side paused longer than its idle timeout,
 /// by `direction`: `client_body` (request body from the client),
 /// `send` (client not taking the response), `backend_body` (response body
@@ -355,6 +361,14 @@ fn describe(r: &PrometheusRecorder) {
     counter(
         SHARED_LIMITER_RETURNED,
         "Leased tokens given back to Redis unspent",
+    );
+    counter(
+        SHARED_LIMITER_RETRIES,
+        "Script calls tried again on a fresh connection after finding theirs broken",
+    );
+    gauge(
+        SHARED_LIMITER_REPLICAS,
+        "Live replicas counted from heartbeats; while Redis is away each admits its share of a limit",
     );
     counter(
         SHARED_LIMITER_LOCAL_REFUSALS,

@@ -22,7 +22,7 @@ use super::{Live, SharedLimits};
 use crate::access_log::Limited;
 use crate::error::ProxyError;
 use crate::limiter::rules::{Rule, RuleSet};
-use crate::limiter::shared::{Bucket, OnFailure};
+use crate::limiter::shared::{Bucket, OnFailure, SharedLimiter};
 use crate::limiter::{ClientKey, Decision, Limits, Registry, RegistryError};
 use crate::telemetry::Metrics;
 
@@ -52,6 +52,10 @@ pub(crate) struct Taken {
     /// The shared bucket's check admitted (its tokens are gone from
     /// Redis or the lease).
     pub(crate) shared: bool,
+    /// Redis could not answer and this replica's share of the shared
+    /// bucket admitted (`on_failure: local`): its tokens are gone from
+    /// the share.
+    pub(crate) fallback: bool,
     /// Tokens taken.
     pub(crate) cost: u32,
 }
@@ -168,6 +172,11 @@ impl Admission {
     /// Checks every request against limits shared with other replicas.
     pub(crate) fn set_shared(&mut self, shared: SharedLimits) {
         self.shared = Some(shared);
+    }
+
+    /// The limits shared with other replicas, if any.
+    pub(crate) fn shared(&self) -> Option<&SharedLimits> {
+        self.shared.as_ref()
     }
 
     /// The rules in force, if there is a rule set.
@@ -339,6 +348,7 @@ impl Admission {
             key: Some(key),
             local: local.allowed().then_some(local),
             shared: false,
+            fallback: false,
             cost,
         };
         let (Some(shared), Some(key)) = (&self.shared, taken.key.as_ref()) else {
@@ -361,7 +371,7 @@ impl Admission {
             Err(_) => {
                 self.metrics.shared_fallback(shared.on_failure.as_str());
                 match shared.on_failure {
-                    OnFailure::Local => Ok((local, taken)),
+                    OnFailure::Local => Ok(self.share(&shared.limiter, rule, local, taken)),
                     OnFailure::Reject => {
                         self.give_back(std::slice::from_ref(&Charged {
                             rule: rule.map(Arc::from),
@@ -376,6 +386,28 @@ impl Admission {
         }
     }
 
+    /// `on_failure: local`: this replica's share of the bucket decides,
+    /// never its whole own bucket, since every replica is falling back at
+    /// once. A refusal gives the own bucket's token back.
+    fn share(
+        &self,
+        limiter: &SharedLimiter,
+        rule: Option<&str>,
+        local: Decision,
+        mut taken: Taken,
+    ) -> (Decision, Taken) {
+        let Some(key) = taken.key.take() else {
+            return (local, taken);
+        };
+        let v = limiter.fallback(Bucket { rule, key: &key }, &local, taken.cost);
+        taken.fallback = v.allowed();
+        if !v.allowed() && taken.local.take().is_some() {
+            self.give_back_local(rule, &key, taken.cost);
+        }
+        taken.key = Some(key);
+        (v, taken)
+    }
+
     /// Gives back what `charged` took, for a request that is not
     /// admitted after all.
     fn give_back(&self, charged: &[Charged]) {
@@ -385,12 +417,15 @@ impl Admission {
             if t.local.is_some() {
                 self.give_back_local(c.rule.as_deref(), key, t.cost);
             }
-            if let (Some(shared), true) = (&self.shared, t.shared) {
-                let bucket = Bucket {
-                    rule: c.rule.as_deref(),
-                    key,
-                };
+            let Some(shared) = &self.shared else { continue };
+            let bucket = Bucket {
+                rule: c.rule.as_deref(),
+                key,
+            };
+            if t.shared {
                 shared.limiter.refund(bucket, &c.decision, t.cost);
+            } else if t.fallback {
+                shared.limiter.refund_fallback(bucket, t.cost);
             }
         }
     }

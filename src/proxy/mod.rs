@@ -218,6 +218,11 @@ impl Proxy {
         self
     }
 
+    /// The limits shared with other replicas, if any.
+    pub fn shared_limits(&self) -> Option<&SharedLimits> {
+        self.admission.shared()
+    }
+
     /// The same proxy, charging requests to `rules` as well.
     pub fn with_rules(mut self, rules: Arc<RuleSet>) -> Self {
         self.admission.set_rules(rules);

@@ -424,7 +424,7 @@ async fn the_admin_api_reports_the_shared_level() {
 
 /// A private `redis-server`, stopped when dropped (a failing test leaves
 /// no server behind).
-struct PrivateRedis(std::process::Child);
+pub(super) struct PrivateRedis(std::process::Child);
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
@@ -435,7 +435,7 @@ impl Drop for PrivateRedis {
 
 /// A private `redis-server` on `port`, for tests that stop and restart
 /// Redis (the shared one must stay up); `None` if the binary is missing.
-fn private_redis(port: u16) -> Option<PrivateRedis> {
+pub(super) fn private_redis(port: u16) -> Option<PrivateRedis> {
     let dir = tempfile::tempdir().expect("tempdir").keep();
     std::process::Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -460,7 +460,7 @@ async fn redis_answers(url: &str) -> bool {
     }
 }
 
-async fn until_redis_answers(url: &str) {
+pub(super) async fn until_redis_answers(url: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !redis_answers(url).await {
         assert!(
@@ -537,4 +537,66 @@ async fn shared_limits_come_back_when_redis_does() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_redis_each_replica_admits_only_its_share() {
+    for mode in MODES {
+        if !share_of_three(mode).await {
+            return;
+        }
+    }
+}
+
+/// Three replicas that have seen each other through their Redis lose it:
+/// one of them admits a third of a client's bucket, not all of it.
+/// `false` when `redis-server` is missing.
+async fn share_of_three(mode: SharedMode) -> bool {
+    let port = closed_port().port();
+    let url_redis = format!("redis://127.0.0.1:{port}");
+    let Some(redis) = private_redis(port) else {
+        eprintln!("skipped: redis-server is not installed");
+        return false;
+    };
+    until_redis_answers(&url_redis).await;
+    let b = backend("solo").await;
+    // Practically no refill: what is admitted is the burst.
+    let mut cfg = shared_config(
+        b.addr,
+        &url_redis,
+        "share:",
+        Limits::new(30, 0.001).expect("valid"),
+    );
+    cfg.rate_limit.shared.mode = mode;
+    let replicas = [
+        balancer(&cfg).await,
+        balancer(&cfg).await,
+        balancer(&cfg).await,
+    ];
+    let limiters: Vec<_> = replicas
+        .iter()
+        .map(|r| r.shared_limiter().expect("shared limits").clone())
+        .collect();
+    // Heartbeats every second: each sees all three within two.
+    support::eventually("three replicas counted", || {
+        limiters.iter().all(|l| l.replicas() == 3)
+    })
+    .await;
+    drop(redis);
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..15 {
+        statuses.push(get_status(&c, replicas[0].proxy_addr(), "/").await);
+    }
+    // Its own bucket (30, full) would admit all 15: a third of it is 10.
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(admitted, 10, "{mode:?}: {statuses:?}");
+    assert!(
+        statuses[10..].iter().all(|s| *s == 429),
+        "{mode:?}: {statuses:?}"
+    );
+    for r in replicas {
+        r.shutdown().await;
+    }
+    true
 }

@@ -9,11 +9,16 @@
 //! small:
 //!
 //! - its size follows the client's demand on this replica over the last
-//!   [`HORIZON`] and never exceeds a quarter of the bucket's capacity
-//!   ([`max_lease`]);
+//!   [`HORIZON`];
+//! - what a replica holds of one bucket (unspent tokens plus the grant it
+//!   is asking for) never exceeds [`max_lease`]: a quarter of the
+//!   capacity, and no more than a crash may cost, the larger of one token,
+//!   1 % of the capacity and [`CRASH_REFILL`] of refill. A replica killed
+//!   with -9 gives nothing back, and a quota like `1000/day` takes hours to
+//!   earn back what it stranded, so the bound is set by time as well as
+//!   by tokens;
 //! - a lease left unused for [`IDLE_RETURN`] is given back to Redis, so a
-//!   client whose traffic moves to another replica gets it back there, and
-//!   a replica that dies loses at most what it held.
+//!   client whose traffic moves to another replica gets it back there.
 //!
 //! When Redis says a bucket is empty, it also says when enough tokens for
 //! the next lease will be back; until then this replica refuses the client
@@ -49,10 +54,26 @@ const NEVER_RECHECK: Duration = Duration::from_secs(1);
 
 const SHARDS: usize = 32;
 
-/// The largest lease for a bucket of `capacity`: a quarter of it, at
-/// least one token.
-pub(crate) fn max_lease(capacity: u32) -> u32 {
-    (capacity / 4).max(1)
+/// The refill a crashed replica may strand at most (with one token and
+/// 1 % of the capacity, whichever is largest): for a fast bucket this is
+/// more than a quarter of its capacity and so no limit at all, while a
+/// slow quota (`1000/day`) is held to 1 % of it.
+pub const CRASH_REFILL: Duration = Duration::from_secs(5);
+
+/// The most a replica holds of one bucket at once (tokens leased and
+/// unspent plus the grant it asks for): a quarter of the capacity, and no
+/// more than `max(1, ⌊capacity / 100⌋, ⌊CRASH_REFILL of refill⌋)`, so
+/// that a replica that dies strands no more than that.
+pub(crate) fn max_lease(limits: LeaseLimits) -> u32 {
+    let by_tokens = (limits.capacity / 4).max(1);
+    let refill = if limits.emission_us > 0.0 {
+        // Float to int casts saturate: an absurd rate gives u32::MAX.
+        (CRASH_REFILL.as_secs_f64() * 1e6 / limits.emission_us).floor() as u32
+    } else {
+        0
+    };
+    let by_time = (limits.capacity / 100).max(refill).max(1);
+    by_tokens.min(by_time)
 }
 
 /// The limits a lease was taken under. A change (client table edit) drops
@@ -218,7 +239,10 @@ impl LeaseState {
             _ => self.empty_until = None,
         }
         let min = cost - self.tokens;
-        let want = self.want().max(min).min(limits.capacity.max(min));
+        // What it holds after the grant stays within `max_lease`, unless
+        // this one request costs more (then it spends the grant at once).
+        let room = max_lease(limits).saturating_sub(self.tokens);
+        let want = self.want().min(room).max(min);
         Local::Fetch {
             want,
             min,
@@ -232,7 +256,7 @@ impl LeaseState {
     fn want(&self) -> u32 {
         let previous = self.previous_rate * HORIZON.as_secs_f64();
         let demand = previous.max(f64::from(self.window_count)).ceil();
-        (demand as u32).clamp(1, max_lease(self.limits.capacity))
+        (demand as u32).clamp(1, max_lease(self.limits))
     }
 
     /// Takes in Redis's answer to a lease request made for one request of
@@ -265,8 +289,15 @@ impl LeaseState {
         {
             return None;
         }
+        // The tokens still held count against `max_lease` too: a crash
+        // while this request is in flight strands both.
+        let want = self
+            .want()
+            .min(max_lease(self.limits).saturating_sub(self.tokens));
+        if want == 0 {
+            return None;
+        }
         self.prefetching = true;
-        let want = self.want();
         Some((want, self.limits.wait_for(want, period)))
     }
 
@@ -428,7 +459,7 @@ pub(crate) struct OwnedBucket {
 }
 
 impl OwnedBucket {
-    fn of(b: Bucket<'_>) -> Self {
+    pub(crate) fn of(b: Bucket<'_>) -> Self {
         Self {
             rule: b.rule.map(Box::from),
             key: b.key.clone(),
@@ -636,6 +667,58 @@ mod tests {
             }
         }
         assert_eq!(wants, [1, 2, 3, 4, 5, 5, 5, 5]);
+    }
+
+    #[test]
+    fn a_lease_is_bounded_by_what_a_crash_may_strand() {
+        let per_day = |n: f64| limits(1000, n / 86_400.0);
+        // 1000/day: 5 s of refill is 0.06 tokens; 1 % of the capacity wins.
+        assert_eq!(max_lease(per_day(1000.0)), 10);
+        // Fast buckets keep the quarter of their capacity.
+        assert_eq!(max_lease(limits(20, 50.0)), 5);
+        assert_eq!(max_lease(limits(100, 1000.0)), 25);
+        // Large and slow: 5 s of refill (50) is less than 1 % (100).
+        assert_eq!(max_lease(limits(10_000, 10.0)), 100);
+        // Large and quicker: 5 s of refill (500) beats 1 % (100).
+        assert_eq!(max_lease(limits(10_000, 100.0)), 500);
+        // Never below one token, whatever the limits.
+        assert_eq!(max_lease(limits(3, 0.0)), 1);
+        assert_eq!(max_lease(limits(1, 0.001)), 1);
+    }
+
+    #[test]
+    fn a_busy_slow_quota_never_holds_more_than_the_crash_bound() {
+        // 1000/day, flooded: demand says hundreds, but what the replica
+        // holds plus what it asks for stays at most 10, renewals included.
+        let now = Instant::now();
+        let l = limits(1000, 1000.0 / 86_400.0);
+        let mut state = LeaseState::new(now, l);
+        let grant = |granted| Grant {
+            granted,
+            remaining: 500,
+            wait: Some(Duration::ZERO),
+        };
+        let mut most = 0;
+        for i in 0..400 {
+            let t = now + Duration::from_millis(i);
+            state.note_demand(t);
+            match state.take(t, l, PERIOD, 1) {
+                Local::Fetch { want, .. } => {
+                    most = most.max(state.tokens + want);
+                    assert!(state.granted(t, grant(want), 1));
+                }
+                Local::Spent { .. } => {}
+                Local::Empty { .. } => panic!("Redis never said empty"),
+            }
+            if let Some((want, _)) = state.prefetch(PERIOD) {
+                most = most.max(state.tokens + want);
+                state.prefetched(t, Some(grant(want)));
+            }
+        }
+        assert_eq!(
+            most, 10,
+            "held and asked for at most the bound, and reached it"
+        );
     }
 
     #[test]

@@ -12,29 +12,34 @@
 //!   current in Redis.
 //!
 //! Redis is a dependency on the request path, so a failure must not stall
-//! traffic: each call waits at most `rate_limit.shared.timeout`, and after
-//! a failure Redis is left alone for [`RETRY_AFTER_FAILURE`] while the
-//! configured policy decides (this replica's own buckets, or 503). The
-//! local buckets are charged on every request either way, so a fallback
-//! starts from this replica's recent traffic, not from full buckets.
-//! Tokens already leased are still spent while Redis is away: they were
-//! taken from the shared bucket.
+//! traffic: each call waits at most `rate_limit.shared.timeout`. A call
+//! that finds its connection broken (a Redis restart) is tried once more on
+//! a fresh one within that time, since the next connection usually works.
+//! After a failure Redis is left alone for [`RETRY_AFTER_FAILURE`] while
+//! the configured policy decides: 503, or this replica's share of each
+//! bucket (`fallback`), never the whole bucket, since every replica falls
+//! back at once. Replicas learn how many they are from heartbeats in Redis
+//! (`upkeep`). Tokens already leased are still spent while Redis is away:
+//! they were taken from the shared bucket.
 
+mod fallback;
 mod lease;
 mod scripts;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use self::fallback::{Census, Shares};
 use self::lease::{Grant, Lease, LeaseLimits, Leases, Local, Returned};
 use super::{ClientKey, Decision};
 use crate::shutdown::Ticks;
 use crate::telemetry;
 
-pub use self::lease::{FORGET_AFTER, HORIZON, IDLE_RETURN};
+pub use self::fallback::{HEARTBEAT, REPLICA_TTL};
+pub use self::lease::{CRASH_REFILL, FORGET_AFTER, HORIZON, IDLE_RETURN};
 
 /// How long Redis is not asked again after a failed check.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -156,7 +161,14 @@ pub struct SharedLimiter {
     lease_script: redis::Script,
     give_back_script: redis::Script,
     levels_script: redis::Script,
+    heartbeat_script: redis::Script,
     prefix: String,
+    /// This replica's name in the set of live replicas.
+    id: String,
+    /// Live replicas seen at the last heartbeats (0: none answered yet).
+    replicas: AtomicU32,
+    /// This replica's share of each bucket during an outage.
+    shares: Shares,
     timeout: Duration,
     mode: SharedMode,
     /// Refused replicas wait for about this much refill before asking
@@ -169,6 +181,9 @@ pub struct SharedLimiter {
     paused_until_ms: AtomicU64,
     /// Where calls, leases and failures are counted.
     metrics: telemetry::Metrics,
+    /// Log lines about outages and recoveries.
+    outages: telemetry::Throttle,
+    recoveries: telemetry::Throttle,
 }
 
 impl std::fmt::Debug for SharedLimiter {
@@ -216,7 +231,11 @@ impl SharedLimiter {
             lease_script: redis::Script::new(scripts::LEASE),
             give_back_script: redis::Script::new(scripts::GIVE_BACK),
             levels_script: redis::Script::new(scripts::LEVELS),
+            heartbeat_script: redis::Script::new(scripts::HEARTBEAT),
             prefix: options.prefix,
+            id: format!("{:016x}", rand::random::<u64>()),
+            replicas: AtomicU32::new(0),
+            shares: Shares::new(options.max_leases),
             timeout,
             mode: options.mode,
             period: options.period.max(Duration::from_millis(1)),
@@ -225,6 +244,8 @@ impl SharedLimiter {
             started: Instant::now(),
             paused_until_ms: AtomicU64::new(0),
             metrics: telemetry::Metrics::default(),
+            outages: telemetry::Throttle::new(),
+            recoveries: telemetry::Throttle::new(),
         })
     }
 
@@ -258,6 +279,38 @@ impl SharedLimiter {
     /// Clients this replica holds lease state for.
     pub fn lease_entries(&self) -> usize {
         self.leases.len()
+    }
+
+    /// Live replicas this one counts while Redis is away (the largest
+    /// count its heartbeats saw over [`REPLICA_TTL`]); 0 before any
+    /// heartbeat was answered.
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed)
+    }
+
+    /// The decision of `on_failure: local` for a check Redis could not
+    /// answer: `local` (this replica's own bucket, charged already) must
+    /// admit, and so must this replica's share of the shared bucket, its
+    /// capacity and rate divided by the live replicas last seen. A
+    /// replica that never heard from Redis knows of no other and uses the
+    /// whole bucket.
+    pub fn fallback(&self, bucket: Bucket<'_>, local: &Decision, cost: u32) -> Decision {
+        if !local.allowed() {
+            return *local;
+        }
+        let replicas = self.replicas().max(1);
+        // The level before this request took its cost.
+        let own_level = local.remaining().saturating_add(cost);
+        let answer = self
+            .shares
+            .take(bucket, lease_limits(local), replicas, own_level, cost);
+        local.shared(answer.allowed, answer.remaining, answer.reset)
+    }
+
+    /// Gives back `cost` tokens [`SharedLimiter::fallback`] took for a
+    /// request that another bucket refused.
+    pub fn refund_fallback(&self, bucket: Bucket<'_>, cost: u32) {
+        self.shares.refund(bucket, cost);
     }
 
     /// Takes `cost` tokens (all or none) from `key`'s shared bucket,
@@ -357,6 +410,11 @@ impl SharedLimiter {
         local: &Decision,
         cost: u32,
     ) -> Result<Decision, SharedError> {
+        // In the pause, without queueing behind the client's lease request
+        // or spawning one: the failure policy answers at once.
+        if self.paused() {
+            return Err(SharedError::Paused);
+        }
         match self.mode {
             SharedMode::Exact => self.check_exact(&bucket.name(), local, cost).await,
             SharedMode::Lease => self.lease(bucket, local, cost).await,
@@ -498,26 +556,51 @@ impl SharedLimiter {
         }
     }
 
-    /// Gives back leases idle for [`IDLE_RETURN`] and forgets idle
-    /// entries, every `period`, until `shutdown`; then gives back every
-    /// lease, so a replica stopped in order keeps nothing.
+    /// Says in Redis that this replica is alive every [`HEARTBEAT`] and
+    /// counts the live ones, for [`SharedLimiter::fallback`]; in `lease`
+    /// mode also gives back leases idle for [`IDLE_RETURN`] and forgets
+    /// idle entries, every `period`. At `shutdown` it gives back every
+    /// lease, so a replica stopped in order keeps nothing, and leaves the
+    /// set of live replicas.
     pub async fn upkeep(
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        if self.mode != SharedMode::Lease {
-            shutdown.await;
-            return;
-        }
+        let lease = self.mode == SharedMode::Lease;
         let every = self.period.max(Duration::from_millis(100));
         let mut ticks = Ticks::every(every, tokio::time::MissedTickBehavior::Skip, shutdown);
-        while ticks.next().await {
+        let mut census = Census::default();
+        let mut next_heartbeat = Instant::now();
+        let mut counted = false;
+        loop {
             let now = Instant::now();
-            let idle = self.leases.sweep(
-                now.checked_sub(IDLE_RETURN),
-                now.checked_sub(FORGET_AFTER).unwrap_or(now),
-            );
-            let _ = ticks.unless_stopped(self.give_back(idle)).await;
+            // In the pause after a failure the heartbeat is also the
+            // probe: every tick, within the checks' timeout, and its
+            // answer ends the pause. A Redis back after a restart or a
+            // stall then gets the checks again a tick later, not a whole
+            // pause later, so the fallback lasts as long as the trouble.
+            let probe = self.paused();
+            if probe || now >= next_heartbeat {
+                next_heartbeat = now + HEARTBEAT;
+                let mut beat = false;
+                let _ = ticks
+                    .unless_stopped(async { beat = self.heartbeat(&mut census, probe).await })
+                    .await;
+                counted = beat;
+                if probe && beat {
+                    self.recovered();
+                }
+            }
+            if lease {
+                let idle = self.leases.sweep(
+                    now.checked_sub(IDLE_RETURN),
+                    now.checked_sub(FORGET_AFTER).unwrap_or(now),
+                );
+                let _ = ticks.unless_stopped(self.give_back(idle)).await;
+            }
+            if !ticks.next().await {
+                break;
+            }
         }
         let all = self.leases.sweep(None, Instant::now());
         let count: u64 = all.iter().map(|r| u64::from(r.tokens)).sum();
@@ -525,6 +608,62 @@ impl SharedLimiter {
         if count > 0 {
             tracing::debug!(tokens = count, "leased tokens given back at shutdown");
         }
+        // Not when Redis failed lately: the entry expires by itself, and
+        // the connection may be waiting to reconnect on a runtime that is
+        // gone by now.
+        if counted && !self.paused() {
+            self.leave().await;
+        }
+    }
+
+    /// One heartbeat: this replica is alive, and this many are; `true`
+    /// if Redis answered. As a `probe` (in the pause) it has the checks'
+    /// timeout: an answer must mean that checks would get one.
+    async fn heartbeat(&self, census: &mut Census, probe: bool) -> bool {
+        let mut invocation = self.heartbeat_script.key(self.replicas_key());
+        invocation
+            .arg(&self.id)
+            .arg(u64::try_from(REPLICA_TTL.as_millis()).unwrap_or(u64::MAX));
+        let wait = if probe {
+            self.timeout
+        } else {
+            self.timeout.max(Duration::from_secs(1))
+        };
+        match self.send::<u32>(&invocation, wait).await {
+            Ok(count) => {
+                let counted = census.saw(Instant::now(), count);
+                let before = self.replicas.swap(counted, Ordering::Relaxed);
+                if before != counted {
+                    tracing::debug!(replicas = counted, "live replicas sharing limits");
+                }
+                self.metrics
+                    .gauge(telemetry::SHARED_LIMITER_REPLICAS, &[])
+                    .set(f64::from(counted));
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat not recorded");
+                false
+            }
+        }
+    }
+
+    /// Leaves the set of live replicas, so that the others stop counting
+    /// this one.
+    async fn leave(&self) {
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("ZREM");
+        command.arg(self.replicas_key()).arg(&self.id);
+        let leave = command.query_async::<i64>(&mut connection);
+        let wait = self.timeout.max(Duration::from_secs(1));
+        if let Ok(Err(e)) = tokio::time::timeout(wait, leave).await {
+            tracing::debug!(error = %e, "not removed from the live replicas");
+        }
+    }
+
+    /// The sorted set of live replicas (no bucket name starts this way).
+    fn replicas_key(&self) -> String {
+        format!("{}replicas", self.prefix)
     }
 
     /// Returns leased tokens to Redis; on failure they are lost (never
@@ -584,7 +723,22 @@ impl SharedLimiter {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, SharedError> {
-        let answer = self.invoke::<T>(invocation, self.timeout).await;
+        let started = Instant::now();
+        let mut answer = self.invoke::<T>(invocation, self.timeout).await;
+        let left = self.timeout.saturating_sub(started.elapsed());
+        if let (Err(SharedError::Redis(e)), false) = (&answer, left.is_zero()) {
+            if e.is_connection_dropped() || e.is_unrecoverable_error() {
+                // The connection manager has started a new connection; a
+                // restarted Redis is usually there already. If the lost
+                // call did run, the retry takes its tokens a second time:
+                // fewer admitted, never more.
+                tracing::debug!(error = %e, "redis connection lost; retrying once on a new one");
+                self.metrics
+                    .counter(telemetry::SHARED_LIMITER_RETRIES, &[])
+                    .increment(1);
+                answer = self.invoke::<T>(invocation, left).await;
+            }
+        }
         if !matches!(answer, Err(SharedError::Paused)) {
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             self.metrics
@@ -608,9 +762,18 @@ impl SharedLimiter {
         invocation: &redis::ScriptInvocation<'_>,
         wait: Duration,
     ) -> Result<T, SharedError> {
-        if self.now_ms() < self.paused_until_ms.load(Ordering::Relaxed) {
+        if self.paused() {
             return Err(SharedError::Paused);
         }
+        self.send(invocation, wait).await
+    }
+
+    /// Runs a script within `wait`, paused or not.
+    async fn send<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        wait: Duration,
+    ) -> Result<T, SharedError> {
         let mut connection = self.connection.clone();
         match tokio::time::timeout(wait, invocation.invoke_async::<T>(&mut connection)).await {
             Ok(answer) => answer.map_err(SharedError::Redis),
@@ -618,11 +781,20 @@ impl SharedLimiter {
         }
     }
 
+    /// Within the pause after a failure: Redis is not asked.
+    fn paused(&self) -> bool {
+        self.now_ms() < self.paused_until_ms.load(Ordering::Relaxed)
+    }
+
     fn failed(&self, error: &SharedError) {
         let until = self.now_ms() + RETRY_AFTER_FAILURE.as_millis() as u64;
         let before = self.paused_until_ms.swap(until, Ordering::Relaxed);
         if before == 0 {
-            tracing::warn!(%error, pause_ms = RETRY_AFTER_FAILURE.as_millis() as u64, "shared rate limiter unavailable; applying rate_limit.shared.on_failure");
+            // Outages that come and go (a loaded Redis) log once per quiet
+            // period, with a count.
+            self.outages.note(|more| {
+                tracing::warn!(%error, pause_ms = RETRY_AFTER_FAILURE.as_millis() as u64, outages_not_logged = more, "shared rate limiter unavailable; applying rate_limit.shared.on_failure");
+            });
         }
         self.metrics
             .counter(telemetry::SHARED_LIMITER_FAILURES, &[])
@@ -631,7 +803,14 @@ impl SharedLimiter {
 
     fn recovered(&self) {
         if self.paused_until_ms.swap(0, Ordering::Relaxed) != 0 {
-            tracing::info!("shared rate limiter answering again");
+            // The next outage starts its shares from the levels of then.
+            self.shares.clear();
+            self.recoveries.note(|more| {
+                tracing::info!(
+                    recoveries_not_logged = more,
+                    "shared rate limiter answering again"
+                );
+            });
         }
     }
 }

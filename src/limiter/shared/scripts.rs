@@ -135,3 +135,18 @@ for i, key in ipairs(KEYS) do
 end
 return out
 ";
+
+/// A replica says it is alive and learns how many are. KEYS[1]: the
+/// sorted set of replicas (member: id, score: Redis's time in ms of its
+/// last heartbeat). ARGV: id, time to live (ms). Drops members not heard
+/// from within the time to live and returns how many are left (this one
+/// included). The set expires with its last member's heartbeat.
+pub(super) const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - ttl))
+redis.call('PEXPIRE', KEYS[1], ttl)
+return redis.call('ZCARD', KEYS[1])
+";
