@@ -194,6 +194,7 @@ fn rule_set(n: usize, matching: bool) -> RuleSet {
         .map(|i| RuleSpec {
             name: format!("rule-{i}"),
             path_prefix: format!("/rule-{i}"),
+            ignore_case: false,
             methods: vec![http::Method::GET],
             key: RuleKey::Client,
             limits: Limits::new(1_000_000_000, 1e9).expect("valid"),
@@ -208,6 +209,7 @@ fn rule_set(n: usize, matching: bool) -> RuleSet {
             ..specs.first().cloned().unwrap_or_else(|| RuleSpec {
                 name: String::new(),
                 path_prefix: String::new(),
+                ignore_case: false,
                 methods: Vec::new(),
                 key: RuleKey::Client,
                 limits: Limits::new(1_000_000_000, 1e9).expect("valid"),

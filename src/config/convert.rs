@@ -5,6 +5,7 @@ use std::num::NonZeroU32;
 
 use super::schema::*;
 use crate::limiter::rules::{RuleKey, RuleSpec};
+use crate::proxy::path::EscapedSlashes;
 use crate::tls::server::{CertificatePaths, TlsSettings};
 
 impl RuleConfig {
@@ -41,6 +42,8 @@ impl RuleConfig {
                 "match.path_prefix",
                 format!("{prefix:?}: must start with / and hold no spaces, controls, ? or #"),
             ));
+        } else if let Some(problem) = normal_form_problem(prefix) {
+            wrong.push(("match.path_prefix", problem));
         }
         let mut methods = Vec::new();
         for m in &self.matcher.methods {
@@ -70,6 +73,7 @@ impl RuleConfig {
             (Some(key), Some(cost)) if wrong.is_empty() => Ok(RuleSpec {
                 name: self.name.clone(),
                 path_prefix: prefix.clone(),
+                ignore_case: self.matcher.ignore_case,
                 methods,
                 key,
                 limits: self.limits,
@@ -78,6 +82,19 @@ impl RuleConfig {
             }),
             _ => Err(wrong),
         }
+    }
+}
+
+/// Why `prefix` is not a path in normal form, if it is not: requests are
+/// matched on their normalized path ([`crate::proxy::path`]), which a
+/// prefix such as `/a//b` or `/a/%62` could never start.
+fn normal_form_problem(prefix: &str) -> Option<String> {
+    match crate::proxy::path::normalize(prefix, EscapedSlashes::Keep) {
+        Ok(normal) if normal == prefix => None,
+        Ok(normal) => Some(format!(
+            "{prefix:?}: requests are matched on their normalized path; write {normal:?}"
+        )),
+        Err(e) => Some(format!("{prefix:?}: {e}")),
     }
 }
 
@@ -145,6 +162,7 @@ impl From<&Config> for crate::proxy::ProxySettings {
             client_body_timeout: c.server.client_body_timeout,
             allow_underscores_in_headers: c.proxy.allow_underscores_in_headers,
             upgrade_idle_timeout: c.proxy.upgrade_idle_timeout,
+            escaped_slashes: c.proxy.escaped_slashes,
         }
     }
 }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Deserializer};
 use crate::balancer::{BackendUrl, StrategyName, Weight};
 use crate::limiter::shared::{OnFailure, SharedMode};
 use crate::limiter::{Limits, Rate};
+use crate::proxy::path::EscapedSlashes;
 use crate::tls::server::{Alpn, MinVersion};
 
 /// Environment variable naming the config file when `--config` is absent.
@@ -268,6 +269,9 @@ pub struct ProxyConfig {
     /// long is closed.
     #[serde(deserialize_with = "duration")]
     pub upgrade_idle_timeout: Duration,
+    /// `%2F` and `%5C` in a request path: refused (400), or forwarded
+    /// untouched and matched as text.
+    pub escaped_slashes: EscapedSlashes,
 }
 
 impl Default for ProxyConfig {
@@ -279,6 +283,7 @@ impl Default for ProxyConfig {
             allow_underscores_in_headers: false,
             ca_file: None,
             upgrade_idle_timeout: Duration::from_secs(600),
+            escaped_slashes: EscapedSlashes::Reject,
         }
     }
 }
@@ -410,10 +415,14 @@ fn one() -> u64 {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuleMatch {
-    /// Requests whose path starts with this (`/` by default: all).
+    /// Requests whose (normalized) path starts with this (`/` by default:
+    /// all).
     pub path_prefix: String,
-    /// Methods; empty or absent: every method.
+    /// Methods; empty or absent: every method. `GET` matches `HEAD` too.
     pub methods: Vec<String>,
+    /// Compare the path without regard to ASCII case (for backends that
+    /// read `/API/search` as `/api/search`).
+    pub ignore_case: bool,
 }
 
 impl Default for RuleMatch {
@@ -421,6 +430,7 @@ impl Default for RuleMatch {
         Self {
             path_prefix: "/".into(),
             methods: Vec::new(),
+            ignore_case: false,
         }
     }
 }

@@ -623,3 +623,30 @@ fn rules_are_checked_with_their_field_paths() {
     assert_eq!(specs[0].key.to_string(), "header:x-tenant");
     assert_eq!(specs[0].cost.get(), 2);
 }
+
+#[test]
+fn rule_methods_in_any_case_and_prefixes_in_normal_form() {
+    let c = Config::parse(
+        "rate_limit:\n  rules:\n    - name: r\n      match: {path_prefix: /a, methods: [get, Post]}\n      limits: {capacity: 1, rate_per_sec: 1}\n",
+    )
+    .expect("lower-case methods are accepted");
+    let spec = c.rate_limit.rules[0].spec().expect("valid");
+    assert_eq!(spec.methods, [http::Method::GET, http::Method::POST]);
+    for (prefix, says) in [
+        ("/a//b", "write \"/a/b\""),
+        ("/a/%62", "write \"/a/b\""),
+        ("/a/./b", "write \"/a/b\""),
+        ("/a\\\\b", "Backslash"),
+        ("/../a", "climbs above the root"),
+    ] {
+        let text = format!(
+            "rate_limit:\n  rules:\n    - name: r\n      match: {{path_prefix: \"{prefix}\"}}\n      limits: {{capacity: 1, rate_per_sec: 1}}\n"
+        );
+        let problems = Config::parse(&text).expect_err(prefix);
+        assert!(
+            problems.iter().any(|p| p.field == "rate_limit.rules[0].match.path_prefix"
+                && p.reason.contains(says)),
+            "{prefix}: {problems:?}"
+        );
+    }
+}

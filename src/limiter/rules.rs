@@ -63,8 +63,10 @@ impl std::fmt::Display for RuleKey {
 pub struct RuleSpec {
     /// `[a-z0-9_-]+`, unique: in metrics, logs and `RateLimit-Policy`.
     pub name: String,
-    /// Requests whose path starts with this.
+    /// Requests whose (normalized) path starts with this.
     pub path_prefix: String,
+    /// Compare the path without regard to ASCII case.
+    pub ignore_case: bool,
     /// Methods it applies to; empty: every method.
     pub methods: Vec<Method>,
     /// What its buckets are keyed by.
@@ -78,10 +80,21 @@ pub struct RuleSpec {
 }
 
 impl RuleSpec {
-    /// Whether a request with this method and path is subject to the rule.
+    /// Whether a request with this method and (normalized) path is
+    /// subject to the rule. A rule on `GET` takes `HEAD` too: a HEAD is a
+    /// GET without the body, and a HEAD flood is a GET flood.
     pub fn matches(&self, method: &Method, path: &str) -> bool {
-        path.starts_with(&self.path_prefix)
-            && (self.methods.is_empty() || self.methods.contains(method))
+        let prefix = self.path_prefix.as_bytes();
+        let starts = if self.ignore_case {
+            path.len() >= prefix.len()
+                && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix)
+        } else {
+            path.as_bytes().starts_with(prefix)
+        };
+        starts
+            && (self.methods.is_empty()
+                || self.methods.contains(method)
+                || (method == Method::HEAD && self.methods.contains(&Method::GET)))
     }
 }
 
@@ -110,7 +123,13 @@ impl Rule {
             RuleKey::Client => Some(Ok(client.clone())),
             RuleKey::Ip => Some(Ok(ip.clone())),
             RuleKey::Header(name) => {
-                let value = headers.get(name)?;
+                let mut values = headers.get_all(name).iter();
+                let value = values.next()?;
+                // Charged by one value while the backend may read the
+                // other: refused, as two API keys are.
+                if values.next().is_some() {
+                    return Some(Err(format!("More than one {name} header")));
+                }
                 Some(
                     value
                         .to_str()
@@ -226,6 +245,7 @@ mod tests {
         RuleSpec {
             name: name.into(),
             path_prefix: prefix.into(),
+            ignore_case: false,
             methods: methods.to_vec(),
             key: RuleKey::Client,
             limits: Limits::new(10, 1.0).expect("valid"),

@@ -12,6 +12,7 @@
 mod admission;
 pub mod headers;
 pub mod identity;
+pub mod path;
 pub mod proxy_protocol;
 pub mod request_id;
 pub mod server;
@@ -70,6 +71,8 @@ pub struct ProxySettings {
     /// Longest an upgraded (WebSocket) tunnel stays open without a byte
     /// either way.
     pub upgrade_idle_timeout: Duration,
+    /// `%2F` and `%5C` in a request path: refused, or kept as text.
+    pub escaped_slashes: path::EscapedSlashes,
 }
 
 /// What a config reload can change on the request path, swapped whole:
@@ -328,6 +331,10 @@ impl Proxy {
             Ok(host) => host,
             Err(e) => return refuse(e),
         };
+        // One path from here on: what rules match is what the backend gets.
+        if let Err(e) = path::settle(req.uri_mut(), live.settings.escaped_slashes) {
+            return refuse(ProxyError::BadRequest(e.to_string().into()));
+        }
         let report = &mut outcome.admission;
         let decision = match self.admission.admit(&req, conn.peer, &live, report).await {
             Ok(d) => d,

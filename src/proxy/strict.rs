@@ -36,6 +36,12 @@ pub(crate) fn check<B>(
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
+    if let Some(standard) = case_folded_standard(req.method()) {
+        return Err(bad(format!(
+            "Method names are case-sensitive: {} is not {standard}",
+            req.method()
+        )));
+    }
     let mut host = None;
     let mut hosts = 0u32;
     let mut keys = 0u32;
@@ -96,6 +102,22 @@ pub(crate) fn check<B>(
         drop_underscored(req.headers_mut());
     }
     Ok(host)
+}
+
+/// The standard method `m` spells in another case (`get`, `Post`), if it
+/// does: a backend that folds case would serve it as that method, while
+/// rules on `GET` would not see it (nginx answers 400 too). Standard
+/// methods are upper case, so only a method with a lower-case letter is
+/// looked at.
+fn case_folded_standard(m: &Method) -> Option<&'static str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    let name = m.as_str();
+    if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        return None;
+    }
+    STANDARD.into_iter().find(|s| s.eq_ignore_ascii_case(name))
 }
 
 fn bad(message: impl Into<Cow<'static, str>>) -> ProxyError {

@@ -29,6 +29,7 @@ mod health;
 mod https_backend;
 mod ipv6;
 mod lease;
+mod path;
 mod proxy_protocol;
 mod reload;
 mod rules;
