@@ -195,6 +195,8 @@ fn rule_set(n: usize, matching: bool) -> RuleSet {
             name: format!("rule-{i}"),
             path_prefix: format!("/rule-{i}"),
             ignore_case: false,
+            routes: Vec::new(),
+            hosts: Vec::new(),
             methods: vec![http::Method::GET],
             key: RuleKey::Client,
             limits: Limits::new(1_000_000_000, 1e9).expect("valid"),
@@ -210,6 +212,8 @@ fn rule_set(n: usize, matching: bool) -> RuleSet {
                 name: String::new(),
                 path_prefix: String::new(),
                 ignore_case: false,
+                routes: Vec::new(),
+                hosts: Vec::new(),
                 methods: Vec::new(),
                 key: RuleKey::Client,
                 limits: Limits::new(1_000_000_000, 1e9).expect("valid"),
@@ -252,7 +256,10 @@ fn rules(c: &mut Criterion) {
                     .unwrap_or(false);
                 let current = set.current();
                 for rule in current.iter() {
-                    if rule.spec.matches(&method, black_box("/")) {
+                    if rule
+                        .spec
+                        .matches(&method, black_box("/"), Default::default())
+                    {
                         allowed &= rule
                             .registry
                             .check_cost(&key, rule.spec.cost.get())

@@ -8,9 +8,8 @@ use tokio::task::JoinSet;
 
 use crate::access_log::{self, AccessLogError, Sink, Writer};
 use crate::admin::AdminState;
-use crate::balancer::{strategy_for, BackendSpec, PassiveSettings, Pool, Thresholds};
+use crate::balancer::Pool;
 use crate::config::{Config, LogConfig, LogFormat};
-use crate::health::Checker;
 use crate::limiter::rules::{RuleBounds, RuleSet};
 use crate::limiter::shared::{SharedLimiter, SharedOptions};
 use crate::limiter::{self, Registry, RegistryConfig};
@@ -20,6 +19,8 @@ use crate::proxy::server::{
 };
 use crate::proxy::{Live, Proxy, ProxySettings, SharedLimits};
 use crate::reload::{self, ReloadError, Reloaded, Reloader};
+use crate::routing::pools::PoolSet;
+use crate::routing::{Routing, StatsByRoute};
 use crate::shutdown::{self, Signal, Ticks, Trigger};
 use crate::status::Board;
 use crate::store::reload::TableSync;
@@ -97,6 +98,8 @@ pub struct Running {
     admin_addr: SocketAddr,
     reloader: Reloader,
     proxy: Arc<Proxy>,
+    /// The pools and their health checkers, which stop when it is dropped.
+    pools: Arc<PoolSet>,
     registry: Arc<Registry>,
     store: Arc<dyn ClientStore>,
     trigger: Trigger,
@@ -167,9 +170,14 @@ impl Running {
         &self.registry
     }
 
-    /// The backend pool.
-    pub fn pool(&self) -> &Arc<Pool> {
+    /// The default pool (the top-level backends).
+    pub fn pool(&self) -> Arc<Pool> {
         self.proxy.pool()
+    }
+
+    /// The pool named `name`, if there is one.
+    pub fn pool_named(&self, name: &str) -> Option<Arc<Pool>> {
+        self.pools.get(name)
     }
 
     /// The Redis side of shared limits, when `rate_limit.shared.redis_url`
@@ -241,7 +249,10 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
     raise_open_file_limit();
     let metrics = Metrics::new();
     let registry = Arc::new(Registry::new(RegistryConfig::from(&config.rate_limit)));
-    let core = build_core(config, &registry, &metrics, options.access_log_sink).await?;
+    // Before the pools: their health checkers stop with it.
+    let (trigger, signal) = shutdown::channel();
+    let parts = (registry.clone(), metrics.clone(), signal.clone());
+    let core = build_core(config, parts, options.access_log_sink).await?;
     let bound = bind_proxy(config)?;
     let (store, restored) = open_store(config, &registry).await?;
     if let Some(rules) = core.proxy.rules() {
@@ -253,7 +264,6 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
     let (admin_listener, admin_addr) = bind_admin(config).await?;
     let reloader = build_reloader(config, options.config_file, &bound, &core, &registry)
         .with_metrics(metrics.clone());
-    let (trigger, signal) = shutdown::channel();
     let mut tasks = JoinSet::new();
     let admin = Admin {
         listener: admin_listener,
@@ -278,6 +288,7 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         admin_addr,
         reloader,
         proxy: core.proxy,
+        pools: core.pools,
         registry,
         store,
         trigger,
@@ -288,12 +299,13 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
     })
 }
 
-/// The request path and what it is built from: the backend pool (after
-/// one health round), its checker, the proxy with its rules and shared
-/// limits, and the access log's writer.
+/// The request path and what it is built from: the pools (after one
+/// health round each) with their checkers, the routes' counts, the proxy
+/// with its rules and shared limits, and the access log's writer.
 struct Core {
     proxy: Arc<Proxy>,
-    checker: Checker,
+    pools: Arc<PoolSet>,
+    route_stats: Arc<StatsByRoute>,
     shared_limiter: Option<Arc<SharedLimiter>>,
     access_log: Option<Writer>,
     /// This replica's client writes, counted by the admin API so that the
@@ -305,21 +317,24 @@ struct Core {
 /// `None`).
 async fn build_core(
     config: &Config,
-    registry: &Arc<Registry>,
-    metrics: &Metrics,
+    (registry, metrics, signal): (Arc<Registry>, Metrics, Signal),
     sink: Option<Sink>,
 ) -> Result<Core, StartError> {
+    let (registry, metrics) = (&registry, &metrics);
     // One TLS client configuration for the proxy and the health checks.
     let backend_tls = crate::tls::client::backend_client_config(
         config.proxy.ca_file.as_deref(),
         config
-            .backends
+            .pool_specs()
             .iter()
+            .flat_map(|p| &p.backends)
             .any(|b| b.url.scheme == crate::balancer::Scheme::Https),
     )
     .map_err(StartError::BackendTls)?;
-    let (pool, checker) = build_pool(config, &backend_tls, metrics).await;
-    let (proxy, shared_limiter) = build_proxy(config, registry, pool, backend_tls, metrics)?;
+    let pools = Arc::new(PoolSet::new(backend_tls.clone(), metrics.clone(), signal));
+    let route_stats = Arc::new(StatsByRoute::default());
+    let routing = reload::routing_for(config, &pools, &route_stats).await;
+    let (proxy, shared_limiter) = build_proxy(config, registry, routing, backend_tls, metrics)?;
     let (proxy, access_log) = if config.log.access {
         let sink = sink.unwrap_or_else(|| Box::new(std::io::stdout()));
         let (log, writer) = access_log::start(
@@ -335,7 +350,8 @@ async fn build_core(
     };
     Ok(Core {
         proxy: Arc::new(proxy),
-        checker,
+        pools,
+        route_stats,
         shared_limiter,
         access_log,
         local_writes: LocalWrites::new(),
@@ -366,7 +382,7 @@ fn build_reloader(
 ) -> Reloader {
     let proxy = &core.proxy;
     let reloader = Reloader::new(bound.tls.as_ref().map(|t| t.certificates().clone()))
-        .with_events(proxy.pool().events().clone());
+        .with_events(core.pools.events().clone());
     let Some(path) = path else {
         return reloader;
     };
@@ -376,8 +392,8 @@ fn build_reloader(
         reload::Targets {
             registry: registry.clone(),
             proxy: proxy.clone(),
-            checker: core.checker.clone(),
-            pool: proxy.pool().clone(),
+            pools: core.pools.clone(),
+            route_stats: core.route_stats.clone(),
         },
     )
 }
@@ -467,11 +483,6 @@ fn spawn_background(
             .with_metrics(metrics.clone());
         spawn_table_sync(tasks, config, sync, signal);
     }
-    tasks.spawn(
-        core.checker
-            .clone()
-            .run(config.health_check.interval, signal.clone()),
-    );
     if let Some(shared) = &core.shared_limiter {
         tasks.spawn(shared.clone().upkeep(signal.clone().wait()));
     }
@@ -551,33 +562,11 @@ async fn stop_access_log(writer: Writer, within: std::time::Duration) {
     }
 }
 
-/// The backend pool, after one round of health checks: a dead backend at
-/// start never gets traffic, a live one gets it from the first request.
-async fn build_pool(
-    config: &Config,
-    backend_tls: &Arc<rustls::ClientConfig>,
-    metrics: &Metrics,
-) -> (Arc<Pool>, Checker) {
-    let hc = &config.health_check;
-    let pool = Arc::new(
-        Pool::of(
-            config.backends.iter().map(BackendSpec::from),
-            strategy_for(config.balancing.strategy),
-        )
-        .with_thresholds(Thresholds::from(hc))
-        .with_passive(PassiveSettings::from(&hc.passive))
-        .with_metrics(metrics.clone()),
-    );
-    let checker = Checker::new(pool.clone(), &hc.path, hc.timeout, backend_tls);
-    checker.initial_round().await;
-    (pool, checker)
-}
-
 /// The request path, with limits shared through Redis when configured.
 fn build_proxy(
     config: &Config,
     registry: &Arc<Registry>,
-    pool: Arc<Pool>,
+    routing: Arc<Routing>,
     backend_tls: Arc<rustls::ClientConfig>,
     metrics: &Metrics,
 ) -> Result<(Proxy, Option<Arc<SharedLimiter>>), StartError> {
@@ -586,14 +575,15 @@ fn build_proxy(
     // The limiter is always there, so a reload can switch limiting on.
     let proxy = Proxy::new(
         Some(registry.clone()),
-        pool,
+        routing.clone(),
         identifier.clone(),
         ProxySettings::from(config),
         backend_tls,
         metrics.clone(),
     );
     proxy.reconfigure(
-        Live::new(identifier, ProxySettings::from(config), rl.enabled).with_dry_run(rl.dry_run),
+        Live::new(identifier, ProxySettings::from(config), rl.enabled, routing)
+            .with_dry_run(rl.dry_run),
     );
     // Always there (empty without rules), so a reload can add rules.
     let rules = Arc::new(RuleSet::new(

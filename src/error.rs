@@ -62,6 +62,9 @@ pub enum ProxyError {
     /// Every backend is out of the pool.
     #[error("No healthy backends")]
     NoHealthyBackend,
+    /// Routes are configured, none matches, and there is no default pool.
+    #[error("no route")]
+    NoRoute,
     /// The API key header is present but not a valid key.
     #[error("Invalid API key header: {0}")]
     BadApiKey(String),
@@ -107,6 +110,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NoRoute => StatusCode::NOT_FOUND,
             Self::TransferCodingNotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,

@@ -9,6 +9,8 @@
 //! - [`balancer`]: the backend pool and one file per balancing strategy.
 //! - [`proxy`]: the request path (identify, limit, balance, forward) and
 //!   the connection server with graceful drain.
+//! - [`routing`]: routes and pools: which pool a request goes to, the
+//!   live pools with their health checkers.
 //! - [`health`]: active health checks (passive ones are in [`proxy`]).
 //! - [`error`]: errors a client sees, turned into JSON responses.
 //! - [`body`]: the one body type of every request and response.
@@ -49,6 +51,7 @@ pub mod probe;
 pub mod proxy;
 pub mod redact;
 pub mod reload;
+pub mod routing;
 pub mod shutdown;
 pub mod status;
 pub mod store;

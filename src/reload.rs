@@ -26,13 +26,13 @@ use serde::Serialize;
 use signal_hook::consts::SIGHUP;
 use signal_hook_tokio::Signals;
 
-use crate::balancer::{strategy_for, BackendSpec, PassiveSettings, Pool, Thresholds};
 use crate::config::{Config, ConfigError};
 use crate::events::{EventKind, Events};
-use crate::health::Checker;
 use crate::limiter::Registry;
 use crate::proxy::identity::Identifier;
 use crate::proxy::{Live, Proxy, ProxySettings};
+use crate::routing::pools::{PoolSet, PoolUse};
+use crate::routing::{Routing, StatsByRoute};
 use crate::shutdown::Signal;
 use crate::tls::server::{CertError, CertificatePaths, Certificates};
 use diff::Part;
@@ -64,13 +64,12 @@ struct FileReload {
 pub struct Targets {
     /// Default limits.
     pub registry: Arc<Registry>,
-    /// Identification, proxy timeouts, `rate_limit.enabled`.
+    /// Identification, proxy timeouts, `rate_limit.enabled`, the routes.
     pub proxy: Arc<Proxy>,
-    /// Health-check path, timeout and interval.
-    pub checker: Checker,
-    /// Health thresholds, the backend set, the strategy and the
-    /// ejection settings.
-    pub pool: Arc<Pool>,
+    /// The pools: backends, strategies, health checks.
+    pub pools: Arc<PoolSet>,
+    /// The routes' counts, kept for routes that stay.
+    pub route_stats: Arc<StatsByRoute>,
 }
 
 /// Why a reload changed nothing.
@@ -197,8 +196,7 @@ impl Reloader {
                 None => reloaded.restart_required.push(change.key.clone()),
             }
         }
-        file.apply(&changes, &new);
-        file.apply_backends(&changes, &new).await;
+        file.apply(&changes, &new).await;
         *running = new;
         Ok(reloaded)
     }
@@ -256,58 +254,63 @@ impl Reloader {
 
 impl FileReload {
     /// Applies every change that can be made in place (the certificates
-    /// are done already). Nothing here can fail.
-    fn apply(&self, changes: &diff::Changes, new: &Config) {
+    /// are done already). Nothing here can fail. Pools and routes change
+    /// together with the rest of the request path's settings, in one
+    /// swap: a request runs on the old routes and pools or the new ones,
+    /// never a mix.
+    async fn apply(&self, changes: &diff::Changes, new: &Config) {
         let t = &self.targets;
         if changes.touches(Part::DefaultLimits) {
             let moved = t.registry.set_default_limits(new.rate_limit.default);
             tracing::debug!(clients = moved, "clients moved to the new default limits");
         }
-        if changes.touches(Part::Proxy) {
+        if [Part::Proxy, Part::Backends, Part::Health, Part::Routing]
+            .into_iter()
+            .any(|p| changes.touches(p))
+        {
+            let routing = routing_for(new, &t.pools, &t.route_stats).await;
             let rl = &new.rate_limit;
             t.proxy.reconfigure(
-                Live::new(Identifier::from(rl), ProxySettings::from(new), rl.enabled)
-                    .with_dry_run(rl.dry_run),
+                Live::new(
+                    Identifier::from(rl),
+                    ProxySettings::from(new),
+                    rl.enabled,
+                    routing,
+                )
+                .with_dry_run(rl.dry_run),
             );
         }
         if changes.touches(Part::Rules) {
             t.proxy.replace_rules(&new.rate_limit.rule_specs());
         }
-        if changes.touches(Part::Health) {
-            let hc = &new.health_check;
-            t.checker.reconfigure(&hc.path, hc.timeout, hc.interval);
-            t.pool.set_thresholds(Thresholds::from(hc));
-        }
     }
 }
 
-impl FileReload {
-    /// Replaces the backend set, the strategy and the ejection settings.
-    /// Backends kept (same URL) keep their health, drain state and
-    /// counters; new ones are checked once before they join; removed ones
-    /// get no new requests while their in-flight ones finish (see
-    /// `balancer::Pool::commit`).
-    async fn apply_backends(&self, changes: &diff::Changes, new: &Config) {
-        let t = &self.targets;
-        let changed = |key: &str| changes.keys.iter().any(|c| c.key == key);
-        if changed("backends") {
-            let specs = new.backends.iter().map(BackendSpec::from).collect();
-            let replaced = t.checker.replace_backends(specs).await;
-            tracing::info!(
-                added = ?replaced.added,
-                removed = ?replaced.removed,
-                changed = ?replaced.changed,
-                "backend set replaced"
-            );
-        }
-        if changed("balancing.strategy") {
-            t.pool.set_strategy(strategy_for(new.balancing.strategy));
-        }
-        if changed("health_check.passive") {
-            t.pool
-                .set_passive(PassiveSettings::from(&new.health_check.passive));
-        }
-    }
+/// The pools `config` describes, made live in `pools` (new ones checked
+/// once first, kept ones changed in place, removed ones stopped), and
+/// the routes to them. Start-up and every reload build it this way.
+pub async fn routing_for(config: &Config, pools: &PoolSet, stats: &StatsByRoute) -> Arc<Routing> {
+    let specs = config.pool_specs();
+    let live = pools.apply(&specs).await;
+    let uses = specs
+        .iter()
+        .filter_map(|s| {
+            let pool = live.get(&s.name)?.clone();
+            let use_ = PoolUse {
+                name: Arc::from(s.name.as_str()),
+                pool,
+                timeouts: s.timeouts,
+                retries: s.retries,
+            };
+            Some((s.name.clone(), Arc::new(use_)))
+        })
+        .collect();
+    Arc::new(Routing::compile(
+        config.route_specs(),
+        uses,
+        stats,
+        config.is_routed(),
+    ))
 }
 
 /// Switches the log level and format; `false` if this process's log

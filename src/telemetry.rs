@@ -68,6 +68,9 @@ pub const SHARED_LIMITER_REPLICAS: &str = "tollgate_shared_limiter_replicas";
 /// `send` (client not taking the response), `backend_body` (response body
 /// from the backend), `h2_idle` (HTTP/2 connection with no request).
 pub const IDLE_TIMEOUTS: &str = "tollgate_idle_timeouts_total";
+/// Requests sent again to another backend of their pool, by `pool` and
+/// `reason` (`connect_failure`, `reset`, `502`, `503`, `504`).
+pub const RETRIES: &str = "tollgate_retries_total";
 /// Connections closed before their first request because of the PROXY
 /// protocol, by `reason`: `untrusted` (peer outside
 /// `rate_limit.trusted_proxies`), `missing` (no PROXY signature),
@@ -194,6 +197,20 @@ impl Metrics {
         RequestCounters::register(&self.0.recorder, backend)
     }
 
+    /// The counters of requests answered by `backend` of `pool` that took
+    /// `route` (empty: none), one per status class.
+    pub fn labelled_request_counters(
+        &self,
+        backend: &str,
+        pool: &str,
+        route: &str,
+    ) -> RequestCounters {
+        RequestCounters::register_with(
+            &self.0.recorder,
+            &[("backend", backend), ("pool", pool), ("route", route)],
+        )
+    }
+
     /// Records one answered request.
     pub fn request(&self, status: u16, backend: Option<&RequestCounters>, took: Duration) {
         let counters = backend.unwrap_or(&self.0.no_backend);
@@ -202,15 +219,27 @@ impl Metrics {
     }
 
     /// Counts one refusal by `policy` (`client` or a rule's name); with
-    /// `dry_run`, one that was not enforced.
-    pub fn rate_limited(&self, policy: &str, dry_run: bool) {
-        if policy == "client" && !dry_run {
-            self.0.client_limited.increment(1);
-            return;
-        }
+    /// `dry_run`, one that was not enforced. `place`: the route and pool
+    /// of the request, when pools or routes are configured.
+    pub fn rate_limited(&self, policy: &str, dry_run: bool, place: Option<(&str, &str)>) {
         let dry_run = if dry_run { "true" } else { "false" };
-        self.counter(RATE_LIMITED, &[("policy", policy), ("dry_run", dry_run)])
-            .increment(1);
+        match place {
+            None if policy == "client" && dry_run == "false" => self.0.client_limited.increment(1),
+            None => self
+                .counter(RATE_LIMITED, &[("policy", policy), ("dry_run", dry_run)])
+                .increment(1),
+            Some((route, pool)) => self
+                .counter(
+                    RATE_LIMITED,
+                    &[
+                        ("policy", policy),
+                        ("dry_run", dry_run),
+                        ("route", route),
+                        ("pool", pool),
+                    ],
+                )
+                .increment(1),
+        }
     }
 
     /// The counter of exchanges cut by an idle timeout in `direction`
@@ -363,6 +392,10 @@ fn describe(r: &PrometheusRecorder) {
         "Leased tokens given back to Redis unspent",
     );
     counter(
+        RETRIES,
+        "Requests sent again to another backend of their pool, by pool and reason",
+    );
+    counter(
         SHARED_LIMITER_RETRIES,
         "Script calls tried again on a fresh connection after finding theirs broken",
     );
@@ -416,15 +449,14 @@ pub struct RequestCounters([metrics::Counter; 5]);
 
 impl RequestCounters {
     fn register(recorder: &PrometheusRecorder, backend: &str) -> Self {
+        Self::register_with(recorder, &[("backend", backend)])
+    }
+
+    fn register_with(recorder: &PrometheusRecorder, labels: &[(&'static str, &str)]) -> Self {
         Self(["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
-            let key = Key::from_parts(
-                REQUESTS,
-                vec![
-                    Label::from_static_parts("status", class),
-                    Label::new("backend", backend.to_owned()),
-                ],
-            );
-            recorder.register_counter(&key, &METADATA)
+            let mut all = vec![Label::from_static_parts("status", class)];
+            all.extend(labels.iter().map(|&(k, v)| Label::new(k, v.to_owned())));
+            recorder.register_counter(&Key::from_parts(REQUESTS, all), &METADATA)
         }))
     }
 

@@ -156,6 +156,9 @@ pub struct Pool {
     events: Arc<Events>,
     /// Where ejections are counted.
     metrics: crate::telemetry::Metrics,
+    /// Its name (`default` for the top-level backends): in metrics, logs
+    /// and the admin API.
+    name: Arc<str>,
 }
 
 impl Pool {
@@ -185,6 +188,7 @@ impl Pool {
             epoch: tokio::time::Instant::now(),
             events: Arc::new(Events::new()),
             metrics: crate::telemetry::Metrics::default(),
+            name: Arc::from("default"),
         }
     }
 
@@ -192,6 +196,24 @@ impl Pool {
     /// page's event list; the reloader writes there too).
     pub fn events(&self) -> &Arc<Events> {
         &self.events
+    }
+
+    /// The same pool, named `name`.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Arc::from(name);
+        self
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The same pool, recording its transitions in `events` (shared by
+    /// every pool, for the status page).
+    pub fn with_events(mut self, events: Arc<Events>) -> Self {
+        self.events = events;
+        self
     }
 
     /// The same pool, counting its ejections in `metrics`.
@@ -287,12 +309,18 @@ impl Pool {
 
     /// Chooses a backend that takes requests other than `not`, if there
     /// is one.
-    pub fn pick_other(&self, not: &Backend) -> Option<Arc<Backend>> {
+    pub fn pick_other(&self, not: &Arc<Backend>) -> Option<Arc<Backend>> {
+        self.pick_excluding(std::slice::from_ref(not))
+    }
+
+    /// Chooses a backend that takes requests and is none of `tried`, if
+    /// there is one (a retry goes to a backend not tried yet).
+    pub fn pick_excluding(&self, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         let m = self.members.load();
         let others: Vec<Arc<Backend>> = m
             .eligible
             .iter()
-            .filter(|b| !std::ptr::eq(b.as_ref(), not))
+            .filter(|b| !tried.iter().any(|t| Arc::ptr_eq(t, b)))
             .cloned()
             .collect();
         if others.is_empty() {

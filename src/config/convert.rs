@@ -3,9 +3,15 @@
 
 use std::num::NonZeroU32;
 
+use super::schema::RetryOn as ConfigRetryOn;
 use super::schema::*;
+use crate::balancer::{BackendSpec, PassiveSettings, Thresholds};
 use crate::limiter::rules::{RuleKey, RuleSpec};
 use crate::proxy::path::EscapedSlashes;
+use crate::routing::hosts::HostPattern;
+use crate::routing::pools::{HealthSpec, PoolSpec, Retries, RetryOn, Timeouts};
+use crate::routing::trie::PathRule;
+use crate::routing::{Edits, RouteSpec};
 use crate::tls::server::{CertificatePaths, TlsSettings};
 
 impl RuleConfig {
@@ -45,11 +51,18 @@ impl RuleConfig {
         } else if let Some(problem) = normal_form_problem(prefix) {
             wrong.push(("match.path_prefix", problem));
         }
-        let mut methods = Vec::new();
-        for m in &self.matcher.methods {
-            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                Ok(method) => methods.push(method),
-                Err(_) => wrong.push(("match.methods", format!("{m:?} is not an HTTP method"))),
+        let methods = methods(&self.matcher.methods).unwrap_or_else(|e| {
+            wrong.push(("match.methods", e));
+            Vec::new()
+        });
+        let mut hosts = Vec::new();
+        for h in &self.matcher.hosts {
+            match HostPattern::parse(h) {
+                Some(p) => hosts.push(p),
+                None => wrong.push((
+                    "match.hosts",
+                    format!("{h:?}: a host name, or *. and a name (the port is not written)"),
+                )),
             }
         }
         let key = RuleKey::parse(&self.key)
@@ -74,6 +87,8 @@ impl RuleConfig {
                 name: self.name.clone(),
                 path_prefix: prefix.clone(),
                 ignore_case: self.matcher.ignore_case,
+                routes: self.matcher.routes.clone(),
+                hosts,
                 methods,
                 key,
                 limits: self.limits,
@@ -218,4 +233,245 @@ impl From<&Config> for crate::proxy::server::ServeOptions {
             ..Self::from(&c.server)
         }
     }
+}
+
+// ---------------------------------------------------------------------
+// Pools and routes.
+
+impl Config {
+    /// Every pool, resolved against the top-level settings: `default`
+    /// (the top-level `backends`, `balancing`, `health_check`, `proxy`)
+    /// first, then each of `pools`.
+    pub fn pool_specs(&self) -> Vec<PoolSpec> {
+        let default = PoolConfig {
+            backends: self.backends.clone(),
+            ..PoolConfig::default()
+        };
+        std::iter::once((DEFAULT_POOL, &default))
+            .chain(self.pools.iter().map(|(n, p)| (n.as_str(), p)))
+            .map(|(name, p)| self.pool_spec(name, p))
+            .collect()
+    }
+
+    fn pool_spec(&self, name: &str, p: &PoolConfig) -> PoolSpec {
+        let (hc, o) = (&self.health_check, &p.health_check);
+        let px = &self.proxy;
+        PoolSpec {
+            name: name.to_owned(),
+            backends: p.backends.iter().map(BackendSpec::from).collect(),
+            strategy: p.strategy.unwrap_or(self.balancing.strategy),
+            health: HealthSpec {
+                path: o.path.clone().unwrap_or_else(|| hc.path.clone()),
+                interval: o.interval.unwrap_or(hc.interval),
+                timeout: o.timeout.unwrap_or(hc.timeout),
+                thresholds: Thresholds {
+                    unhealthy: o
+                        .unhealthy_threshold
+                        .unwrap_or(hc.unhealthy_threshold)
+                        .get(),
+                    healthy: o.healthy_threshold.unwrap_or(hc.healthy_threshold).get(),
+                },
+                passive: PassiveSettings::from(o.passive.as_ref().unwrap_or(&hc.passive)),
+            },
+            timeouts: Timeouts {
+                connect: p.proxy.connect_timeout.unwrap_or(px.connect_timeout),
+                request: p.proxy.request_timeout.unwrap_or(px.request_timeout),
+                backend_body: p
+                    .proxy
+                    .backend_body_timeout
+                    .unwrap_or(px.backend_body_timeout),
+                upgrade_idle: p
+                    .proxy
+                    .upgrade_idle_timeout
+                    .unwrap_or(px.upgrade_idle_timeout),
+            },
+            retries: Retries::from(&p.retries),
+        }
+    }
+
+    /// The routes, validated (`Config::load` refused a config whose
+    /// routes are not valid, so this only drops what it already reported).
+    pub fn route_specs(&self) -> Vec<RouteSpec> {
+        self.routes.iter().filter_map(|r| r.spec().ok()).collect()
+    }
+
+    /// Whether pools or routes are configured (then metrics and the access
+    /// log name them).
+    pub fn is_routed(&self) -> bool {
+        !self.pools.is_empty() || !self.routes.is_empty()
+    }
+}
+
+impl From<&RetriesConfig> for Retries {
+    fn from(r: &RetriesConfig) -> Self {
+        let has = |what| r.on.contains(&what);
+        Self {
+            attempts: r.attempts,
+            on: RetryOn {
+                connect_failure: has(ConfigRetryOn::ConnectFailure),
+                reset: has(ConfigRetryOn::Reset),
+                bad_gateway: has(ConfigRetryOn::BadGateway),
+                unavailable: has(ConfigRetryOn::Unavailable),
+                timeout: has(ConfigRetryOn::Timeout),
+            },
+        }
+    }
+}
+
+/// HTTP methods as a config writes them, in any case.
+pub(super) fn methods(written: &[String]) -> Result<Vec<http::Method>, String> {
+    written
+        .iter()
+        .map(|m| {
+            http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("{m:?} is not an HTTP method"))
+        })
+        .collect()
+}
+
+impl RouteConfig {
+    /// The compiled route, or each thing wrong with it as (field under the
+    /// route, reason).
+    pub fn spec(&self) -> Result<RouteSpec, Vec<(&'static str, String)>> {
+        let mut wrong = Vec::new();
+        let m = &self.matcher;
+        let mut hosts = Vec::new();
+        for h in &m.hosts {
+            match HostPattern::parse(h) {
+                Some(p) => hosts.push(p),
+                None => wrong.push((
+                    "match.hosts",
+                    format!("{h:?}: a host name, or *. and a name (the port is not written)"),
+                )),
+            }
+        }
+        let path = match (&m.path_prefix, &m.path_exact) {
+            (Some(_), Some(_)) => {
+                wrong.push(("match", "path_prefix or path_exact, not both".into()));
+                PathRule::Any
+            }
+            (Some(p), None) => path_rule(p, "match.path_prefix", &mut wrong, PathRule::Prefix),
+            (None, Some(p)) => path_rule(p, "match.path_exact", &mut wrong, PathRule::Exact),
+            (None, None) => PathRule::Any,
+        };
+        let methods = methods(&m.methods).unwrap_or_else(|e| {
+            wrong.push(("match.methods", e));
+            Vec::new()
+        });
+        let headers = route_headers(&m.headers, &mut wrong);
+        let rewrite = self.rewrite.as_ref().map(|r| r.prefix.clone());
+        if let Some(to) = &rewrite {
+            if !to.starts_with('/') || normal_form_problem(to).is_some() {
+                wrong.push((
+                    "rewrite.prefix",
+                    format!("{to:?}: a path in normal form, starting with /"),
+                ));
+            }
+        }
+        let request_headers = edits(&self.request_headers, "request_headers", &mut wrong);
+        let response_headers = edits(&self.response_headers, "response_headers", &mut wrong);
+        if !wrong.is_empty() {
+            return Err(wrong);
+        }
+        Ok(RouteSpec {
+            name: self.name.clone(),
+            hosts,
+            path,
+            ignore_case: m.ignore_case,
+            methods,
+            headers,
+            rewrite,
+            pool: self.pool.clone(),
+            request_headers,
+            response_headers,
+        })
+    }
+}
+
+/// A route's path condition, checked for normal form.
+fn path_rule(
+    p: &str,
+    field: &'static str,
+    wrong: &mut Vec<(&'static str, String)>,
+    make: fn(String) -> PathRule,
+) -> PathRule {
+    if !p.starts_with('/') {
+        wrong.push((field, format!("{p:?} must start with /")));
+    } else if let Some(problem) = normal_form_problem(p) {
+        wrong.push((field, problem));
+    }
+    make(p.to_owned())
+}
+
+/// `match.headers`: names and values a request must carry.
+fn route_headers(
+    written: &std::collections::BTreeMap<String, String>,
+    wrong: &mut Vec<(&'static str, String)>,
+) -> Vec<(http::HeaderName, Option<http::HeaderValue>)> {
+    let mut out = Vec::new();
+    for (name, value) in written {
+        let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            wrong.push(("match.headers", format!("{name:?} is not a header name")));
+            continue;
+        };
+        let value = match value.as_str() {
+            "*" => None,
+            v => match http::HeaderValue::from_str(v) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    wrong.push((
+                        "match.headers",
+                        format!("{name}: {v:?} is not a header value"),
+                    ));
+                    continue;
+                }
+            },
+        };
+        out.push((name, value));
+    }
+    out
+}
+
+/// Header names a route may not set or remove: they frame the message or
+/// decide who the client is, and tollgate sets them itself.
+const PROTECTED_HEADERS: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "x-forwarded-for",
+    "x-request-id",
+    "trailer",
+];
+
+/// `request_headers` / `response_headers`.
+fn edits(e: &HeaderEdits, field: &'static str, wrong: &mut Vec<(&'static str, String)>) -> Edits {
+    let name = |n: &str, wrong: &mut Vec<(&'static str, String)>| match http::HeaderName::from_bytes(
+        n.as_bytes(),
+    ) {
+        Ok(h) if PROTECTED_HEADERS.contains(&h.as_str()) => {
+            wrong.push((
+                field,
+                format!("{n}: set by tollgate itself, not by a route"),
+            ));
+            None
+        }
+        Ok(h) => Some(h),
+        Err(_) => {
+            wrong.push((field, format!("{n:?} is not a header name")));
+            None
+        }
+    };
+    let mut set = Vec::new();
+    for (n, v) in &e.set {
+        let Some(h) = name(n, wrong) else { continue };
+        match http::HeaderValue::from_str(v) {
+            Ok(v) => set.push((h, v)),
+            Err(_) => wrong.push((field, format!("{n}: {v:?} is not a header value"))),
+        }
+    }
+    let remove = e.remove.iter().filter_map(|n| name(n, wrong)).collect();
+    Edits::new(set, remove)
 }

@@ -112,8 +112,16 @@ impl Config {
                 }])
             }
         };
+        // The demo's three backends are the default of a file that names
+        // none; one that routes to pools of its own has no default pool
+        // unless it lists `backends`.
+        let routed = ["pools", "routes"].iter().any(|k| map.contains_key(*k));
         let mut config = Config {
-            backends: default_backends(),
+            backends: if routed {
+                Vec::new()
+            } else {
+                default_backends()
+            },
             ..Config::default()
         };
         let mut problems = Vec::new();
@@ -135,10 +143,12 @@ impl Config {
                 "rate_limit" => section(name, value, &mut config.rate_limit, &mut problems),
                 "store" => section(name, value, &mut config.store, &mut problems),
                 "log" => section(name, value, &mut config.log, &mut problems),
+                "pools" => section(name, value, &mut config.pools, &mut problems),
+                "routes" => section(name, value, &mut config.routes, &mut problems),
                 other => problems.push(Problem {
                     field: other.into(),
                     reason: "unknown section (expected server, admin, backends, balancing, \
-                             proxy, health_check, rate_limit, store or log)"
+                             proxy, health_check, rate_limit, store, log, pools or routes)"
                         .into(),
                 }),
             }

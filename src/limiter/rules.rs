@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, Method};
 
 use super::{ClientKey, Limits, Registry, RegistryConfig};
+use crate::routing::hosts::HostPattern;
 
 /// What a rule's bucket is keyed by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,11 @@ pub struct RuleSpec {
     pub path_prefix: String,
     /// Compare the path without regard to ASCII case.
     pub ignore_case: bool,
+    /// Routes whose requests it applies to; empty: every route (and
+    /// requests that took none).
+    pub routes: Vec<String>,
+    /// Hosts whose requests it applies to; empty: every host.
+    pub hosts: Vec<HostPattern>,
     /// Methods it applies to; empty: every method.
     pub methods: Vec<Method>,
     /// What its buckets are keyed by.
@@ -80,10 +86,23 @@ pub struct RuleSpec {
 }
 
 impl RuleSpec {
-    /// Whether a request with this method and (normalized) path is
-    /// subject to the rule. A rule on `GET` takes `HEAD` too: a HEAD is a
-    /// GET without the body, and a HEAD flood is a GET flood.
-    pub fn matches(&self, method: &Method, path: &str) -> bool {
+    /// Whether a request with this method and (normalized) path, on this
+    /// route and host, is subject to the rule. A rule on `GET` takes
+    /// `HEAD` too: a HEAD is a GET without the body, and a HEAD flood is a
+    /// GET flood.
+    pub fn matches(&self, method: &Method, path: &str, place: Place<'_>) -> bool {
+        let route_ok = self.routes.is_empty()
+            || place
+                .route
+                .is_some_and(|r| self.routes.iter().any(|n| n == r));
+        let host_ok = self.hosts.is_empty()
+            || place
+                .host
+                .is_some_and(|h| self.hosts.iter().any(|p| p.matches(h)));
+        route_ok && host_ok && self.matches_request(method, path)
+    }
+
+    fn matches_request(&self, method: &Method, path: &str) -> bool {
         let prefix = self.path_prefix.as_bytes();
         let starts = if self.ignore_case {
             path.len() >= prefix.len()
@@ -96,6 +115,16 @@ impl RuleSpec {
                 || self.methods.contains(method)
                 || (method == Method::HEAD && self.methods.contains(&Method::GET)))
     }
+}
+
+/// Where a request is, besides its method and path: what rules may also
+/// match on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Place<'a> {
+    /// The route it took.
+    pub route: Option<&'a str>,
+    /// Its host (normalized: no port, lower case).
+    pub host: Option<&'a str>,
 }
 
 /// A rule with its buckets.
@@ -246,6 +275,8 @@ mod tests {
             name: name.into(),
             path_prefix: prefix.into(),
             ignore_case: false,
+            routes: Vec::new(),
+            hosts: Vec::new(),
             methods: methods.to_vec(),
             key: RuleKey::Client,
             limits: Limits::new(10, 1.0).expect("valid"),
@@ -266,12 +297,12 @@ mod tests {
     #[test]
     fn a_rule_matches_by_prefix_and_method() {
         let search = spec("search", "/api/search", &[Method::GET]);
-        assert!(search.matches(&Method::GET, "/api/search"));
-        assert!(search.matches(&Method::GET, "/api/search/deep"));
-        assert!(!search.matches(&Method::POST, "/api/search"));
-        assert!(!search.matches(&Method::GET, "/api/other"));
+        assert!(search.matches(&Method::GET, "/api/search", Place::default()));
+        assert!(search.matches(&Method::GET, "/api/search/deep", Place::default()));
+        assert!(!search.matches(&Method::POST, "/api/search", Place::default()));
+        assert!(!search.matches(&Method::GET, "/api/other", Place::default()));
         let any = spec("any", "/", &[]);
-        assert!(any.matches(&Method::DELETE, "/x"));
+        assert!(any.matches(&Method::DELETE, "/x", Place::default()));
     }
 
     #[test]

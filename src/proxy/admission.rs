@@ -21,9 +21,11 @@ use hyper::body::Incoming;
 use super::{Live, SharedLimits};
 use crate::access_log::Limited;
 use crate::error::ProxyError;
-use crate::limiter::rules::{Rule, RuleSet};
+use crate::limiter::rules::{Place, Rule, RuleSet};
 use crate::limiter::shared::{Bucket, OnFailure, SharedLimiter};
 use crate::limiter::{ClientKey, Decision, Limits, Registry, RegistryError};
+use crate::routing::hosts::request_host;
+use crate::routing::Target;
 use crate::telemetry::Metrics;
 
 /// The name the client's own bucket goes by in the headers.
@@ -194,7 +196,7 @@ impl Admission {
         &self,
         req: &Request<Incoming>,
         peer: SocketAddr,
-        live: &Live,
+        (live, target): (&Live, Target<'_>),
         report: &mut Report,
     ) -> Result<Option<Decision>, ProxyError> {
         let Some(limiter) = self.limiter.as_ref().filter(|_| live.limiting) else {
@@ -203,6 +205,11 @@ impl Admission {
         let Identified { key, local, ip } = identify(limiter, req, peer, live)?;
         let client = self.charge(None, key.clone(), local, 1).await?;
         report.client = Some(key.clone());
+        let route = target.route.map(|r| &*r.name);
+        let place = live
+            .routing
+            .labelled()
+            .then(|| (route.unwrap_or(""), &*target.pool.name));
         // Without rules, no Arc of the rule list is taken: its count is a
         // cache line every proxy thread would otherwise write per request.
         let rules = self
@@ -210,13 +217,12 @@ impl Admission {
             .as_ref()
             .filter(|r| !r.is_empty())
             .map(|r| r.current());
-        let matching: Vec<&Arc<Rule>> = rules
-            .iter()
-            .flat_map(|r| r.iter())
-            .filter(|r| r.spec.matches(req.method(), req.uri().path()))
-            .collect();
+        let matching = match &rules {
+            Some(rules) => matching_rules(rules, req, route),
+            None => Vec::new(),
+        };
         if matching.is_empty() {
-            return settle_client(client.0, live, report, &self.metrics);
+            return settle_client(client.0, live, report, (&self.metrics, place));
         }
         let asked = Asked {
             req,
@@ -226,7 +232,7 @@ impl Admission {
             ip,
         };
         let (charged, lines) = self.charge_rules(client, matching, asked).await?;
-        self.settle(charged, lines, &key, report)
+        self.settle(charged, lines, (&key, place), report)
     }
 
     /// Charges each matching rule after the client's bucket, until one
@@ -303,7 +309,7 @@ impl Admission {
         &self,
         charged: Vec<Charged>,
         lines: Vec<PolicyLine>,
-        key: &ClientKey,
+        (key, place): (&ClientKey, Option<(&str, &str)>),
         report: &mut Report,
     ) -> Result<Option<Decision>, ProxyError> {
         let Some(shown) = shown(&charged) else {
@@ -320,7 +326,7 @@ impl Admission {
         let verdict = shown.decision;
         for c in charged.iter().filter(|c| !c.decision.allowed()) {
             let policy = c.rule.as_deref().unwrap_or("client");
-            self.metrics.rate_limited(policy, c.dry_run);
+            self.metrics.rate_limited(policy, c.dry_run, place);
             if c.dry_run {
                 tracing::debug!(policy, client = %key, "dry run: would have refused");
             }
@@ -510,6 +516,32 @@ fn identify(
     })
 }
 
+/// The rules that apply to `req` on `route`. The request's host is
+/// worked out only if some rule names hosts.
+fn matching_rules<'r>(
+    rules: &'r [Arc<Rule>],
+    req: &Request<Incoming>,
+    route: Option<&str>,
+) -> Vec<&'r Arc<Rule>> {
+    let host = rules
+        .iter()
+        .any(|r| !r.spec.hosts.is_empty())
+        .then(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| request_host(h.as_bytes()))
+        })
+        .flatten();
+    let place = Place {
+        route,
+        host: host.as_deref(),
+    };
+    rules
+        .iter()
+        .filter(|r| r.spec.matches(req.method(), req.uri().path(), place))
+        .collect()
+}
+
 /// The answer for a registry with no room for another client.
 fn full(registry: &Registry) -> ProxyError {
     ProxyError::ClientTableFull {
@@ -522,17 +554,17 @@ fn settle_client(
     verdict: Decision,
     live: &Live,
     report: &mut Report,
-    metrics: &Metrics,
+    (metrics, place): (&Metrics, Option<(&str, &str)>),
 ) -> Result<Option<Decision>, ProxyError> {
     if verdict.allowed() {
         return Ok(Some(verdict));
     }
     if live.dry_run {
-        metrics.rate_limited("client", true);
+        metrics.rate_limited("client", true, place);
         tracing::debug!(client = ?report.client, "dry run: would have refused");
         return Ok(Some(verdict));
     }
-    metrics.rate_limited("client", false);
+    metrics.rate_limited("client", false, place);
     report.limited = Some(Limited::Client);
     Err(ProxyError::RateLimited(verdict))
 }

@@ -31,7 +31,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::client::conn::http1::SendRequest;
@@ -43,9 +42,10 @@ use tokio::time::Instant as Deadline;
 use tokio_rustls::TlsConnector;
 
 use super::timeout::{idle_body, Direction};
-use super::{Body, Live};
+use super::Body;
 use crate::balancer::{self, Backend, InFlight};
 use crate::body::Watched;
+use crate::routing::pools::Timeouts;
 use crate::telemetry::Metrics;
 
 /// Idle connections kept per backend and thread; more than this are closed
@@ -122,9 +122,6 @@ pub(crate) struct Upstreams {
 
 #[derive(Debug)]
 struct Inner {
-    /// Where the connect and body timeouts are read, per connection and
-    /// per response, so a reload reaches this thread's pool too.
-    live: Arc<ArcSwap<Live>>,
     /// For `https://` backends (built once at start, see `tls::client`).
     tls: Arc<rustls::ClientConfig>,
     /// Keyed by the backend's address in memory; the entry holds the
@@ -165,14 +162,9 @@ impl Upstreams {
     /// handshake included), whose response bodies fail after its
     /// `backend_body_timeout` without a byte; `https://` backends are
     /// verified with `tls`.
-    pub(crate) fn new(
-        live: Arc<ArcSwap<Live>>,
-        tls: Arc<rustls::ClientConfig>,
-        metrics: Metrics,
-    ) -> Self {
+    pub(crate) fn new(tls: Arc<rustls::ClientConfig>, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(Inner {
-                live,
                 tls,
                 idle: Mutex::new(HashMap::default()),
                 removals_seen: AtomicU64::new(balancer::removals()),
@@ -186,18 +178,18 @@ impl Upstreams {
     /// none is left, and returns the response with its body wrapped so the
     /// connection comes back to the pool when the body has been read.
     /// `in_flight` stays alive until then too. A 101 is an answer only to
-    /// a request that `asks_upgrade`.
+    /// a request that `asks_upgrade`. `timeouts`: the backend's pool's.
     pub(crate) async fn send(
         &self,
         backend: &Arc<Backend>,
         mut req: Request<Body>,
         in_flight: InFlight,
-        asks_upgrade: bool,
+        (asks_upgrade, timeouts): (bool, &Timeouts),
     ) -> Result<Answer, SendError> {
         loop {
             let (mut sender, reused) = match self.checkout(backend) {
                 Some(idle) => (idle.sender, true),
-                None => (self.connect(backend).await?, false),
+                None => (self.connect(backend, timeouts.connect).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(mut response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
@@ -225,7 +217,7 @@ impl Upstreams {
                     };
                     let body = idle_body(
                         body,
-                        self.inner.live.load().settings.backend_body_timeout,
+                        timeouts.backend_body,
                         Direction::BackendBody,
                         self.inner.backend_body_idle.clone(),
                     );
@@ -270,11 +262,14 @@ impl Upstreams {
         None
     }
 
-    async fn connect(&self, backend: &Backend) -> Result<SendRequest<Body>, SendError> {
+    async fn connect(
+        &self,
+        backend: &Backend,
+        connect_timeout: std::time::Duration,
+    ) -> Result<SendRequest<Body>, SendError> {
         let url = backend.url();
         // One deadline for TCP and TLS together: `connect_timeout` bounds
         // how long a request waits before it can be sent.
-        let connect_timeout = self.inner.live.load().settings.connect_timeout;
         let deadline = Deadline::now() + connect_timeout;
         let stream =
             tokio::time::timeout_at(deadline, TcpStream::connect((url.host(), url.port())))

@@ -25,6 +25,8 @@ pub(super) enum Part {
     Backends,
     /// `rate_limit.rules`: the proxy's rule set.
     Rules,
+    /// `pools`, `routes`: the pools and the routing table.
+    Routing,
 }
 
 /// One changed key.
@@ -249,6 +251,17 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
         .key("timeout", |s| &mut s.timeout, restart)
         .key("notify", |s| &mut s.notify, restart)
         .rest();
+
+    let names: std::collections::BTreeSet<&String> =
+        old.pools.keys().chain(new.pools.keys()).collect();
+    for name in names {
+        if old.pools.get(name) != new.pools.get(name) {
+            c.note(&format!("pools.{name}"), Some(Routing));
+        }
+    }
+    if old.routes != new.routes {
+        c.note("routes", Some(Routing));
+    }
 
     c.section("log", &old.log, &new.log)
         .key("level", |l| &mut l.level, Some(Log))

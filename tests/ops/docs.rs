@@ -19,8 +19,8 @@ use std::path::Path;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess};
 use serde::de::{Deserializer, Visitor};
 use tollgate::config::{
-    AdminConfig, BackendConfig, BalancingConfig, Config, HealthCheckConfig, LogConfig, ProxyConfig,
-    RateLimitConfig, ServerConfig, StoreConfig,
+    AdminConfig, BackendConfig, BalancingConfig, Config, HealthCheckConfig, LogConfig, PoolConfig,
+    ProxyConfig, RateLimitConfig, RouteConfig, ServerConfig, StoreConfig,
 };
 
 fn repo(p: &str) -> String {
@@ -40,6 +40,10 @@ fn all_keys() -> BTreeSet<String> {
     keys.extend(keys_of::<RateLimitConfig>("rate_limit"));
     keys.extend(keys_of::<StoreConfig>("store"));
     keys.extend(keys_of::<LogConfig>("log"));
+    keys.extend(keys_of::<std::collections::BTreeMap<String, PoolConfig>>(
+        "pools",
+    ));
+    keys.extend(keys_of::<Vec<RouteConfig>>("routes"));
     let sections: BTreeSet<String> = top_level_fields(&format!("{:?}", Config::default()));
     for s in &sections {
         assert!(
@@ -158,6 +162,18 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
         visitor.visit_newtype_struct(self)
     }
 
+    /// A map of names (`pools`): one entry, named `NAME`.
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
+        visitor.visit_map(OneField(Some((
+            "NAME",
+            Tracer {
+                walk: self.walk,
+                path: format!("{}.NAME", self.path),
+                depth: self.depth,
+            },
+        ))))
+    }
+
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
         visitor.visit_seq(OneElement(Some(Tracer {
             walk: self.walk,
@@ -195,7 +211,7 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct tuple tuple_struct map enum identifier
+        bytes byte_buf unit unit_struct tuple tuple_struct enum identifier
         ignored_any
     }
 }

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+mod routes;
+
 use super::load::{Files, Problem};
-use super::schema::Config;
+use super::schema::{BackendConfig, Config, PassiveConfig};
 use crate::tls::server::{CertificatePaths, PairFile};
 
 /// Bounds of `server.max_header_bytes`: below 1 KiB ordinary browser
@@ -29,7 +31,7 @@ fn backend_name_problem(name: &str) -> Option<String> {
 }
 
 /// Collects problems with their field paths.
-type Add<'a> = dyn FnMut(&str, String) + 'a;
+pub(super) type Add<'a> = dyn FnMut(&str, String) + 'a;
 
 impl Config {
     /// Rules that involve more than one field, section by section.
@@ -50,6 +52,8 @@ impl Config {
         self.check_proxy(add);
         self.check_rate_limit(add);
         self.check_store(add);
+        self.check_pools(add);
+        self.check_routes(add);
     }
 
     /// `admin`: a token where the listener is reachable from elsewhere, a
@@ -218,41 +222,16 @@ impl Config {
     /// `backends` (URLs and names unique, names usable) and
     /// `health_check.passive`.
     fn check_backends(&self, add: &mut Add<'_>) {
-        if self.backends.is_empty() {
-            add("backends", "at least one backend is required".into());
-        }
-        for (i, a) in self.backends.iter().enumerate() {
-            if self.backends[..i].iter().any(|b| b.url == a.url) {
-                add(
-                    &format!("backends[{i}].url"),
-                    format!("{} is listed twice", a.url),
-                );
-            }
-            if let Some(reason) = a.name.as_deref().and_then(backend_name_problem) {
-                add(&format!("backends[{i}].name"), reason);
-                continue;
-            }
-            let name = a.name();
-            if let Some(j) = self.backends[..i].iter().position(|b| b.name() == name) {
-                add(
-                    &format!("backends[{i}].name"),
-                    format!("{name:?} is already the name of backends[{j}]; names are unique"),
-                );
-            }
-        }
-        let passive = &self.health_check.passive;
-        if passive.max_ejected_percent > 100 {
+        // With routes, requests no route takes may have nowhere to go (a
+        // 404): the top-level list may be empty.
+        if self.backends.is_empty() && self.routes.is_empty() {
             add(
-                "health_check.passive.max_ejected_percent",
-                format!("{}: a percentage is 0 to 100", passive.max_ejected_percent),
+                "backends",
+                "at least one backend is required (or routes to pools)".into(),
             );
         }
-        if passive.consecutive_5xx > 0 && passive.ejection_time.is_zero() {
-            add(
-                "health_check.passive.ejection_time",
-                "must be greater than 0 when consecutive_5xx is set".into(),
-            );
-        }
+        check_backend_list(&self.backends, "backends", add);
+        check_passive(&self.health_check.passive, "health_check.passive", add);
     }
 
     /// `server.listen`, `server.tls`: a listener at all, distinct
@@ -327,6 +306,46 @@ fn check_redis_url(url: &str, add: &mut Add<'_>) {
                 crate::redact::url(url),
                 crate::redact::Scrubbed(e)
             ),
+        );
+    }
+}
+
+/// One backend list (the top-level one or a pool's): URLs and names
+/// unique, names usable; `field` is where the list is written.
+pub(super) fn check_backend_list(backends: &[BackendConfig], field: &str, add: &mut Add<'_>) {
+    for (i, a) in backends.iter().enumerate() {
+        if backends[..i].iter().any(|b| b.url == a.url) {
+            add(
+                &format!("{field}[{i}].url"),
+                format!("{} is listed twice", a.url),
+            );
+        }
+        if let Some(reason) = a.name.as_deref().and_then(backend_name_problem) {
+            add(&format!("{field}[{i}].name"), reason);
+            continue;
+        }
+        let name = a.name();
+        if let Some(j) = backends[..i].iter().position(|b| b.name() == name) {
+            add(
+                &format!("{field}[{i}].name"),
+                format!("{name:?} is already the name of {field}[{j}]; names are unique in a pool"),
+            );
+        }
+    }
+}
+
+/// A `passive` block: a percentage, and an ejection that ends.
+pub(super) fn check_passive(passive: &PassiveConfig, field: &str, add: &mut Add<'_>) {
+    if passive.max_ejected_percent > 100 {
+        add(
+            &format!("{field}.max_ejected_percent"),
+            format!("{}: a percentage is 0 to 100", passive.max_ejected_percent),
+        );
+    }
+    if passive.consecutive_5xx > 0 && passive.ejection_time.is_zero() {
+        add(
+            &format!("{field}.ejection_time"),
+            "must be greater than 0 when consecutive_5xx is set".into(),
         );
     }
 }

@@ -23,6 +23,9 @@ use crate::limiter::{Limits, Rate};
 use crate::proxy::path::EscapedSlashes;
 use crate::tls::server::{Alpn, MinVersion};
 
+mod pools;
+pub use pools::*;
+
 /// Environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "TOLLGATE_CONFIG";
 
@@ -47,6 +50,10 @@ pub struct Config {
     pub store: StoreConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Named backend pools besides `default` (the top-level backends).
+    pub pools: std::collections::BTreeMap<String, PoolConfig>,
+    /// Routes to the pools, first match wins.
+    pub routes: Vec<RouteConfig>,
 }
 
 /// `server`: the public listener.
@@ -423,6 +430,10 @@ pub struct RuleMatch {
     /// Compare the path without regard to ASCII case (for backends that
     /// read `/API/search` as `/api/search`).
     pub ignore_case: bool,
+    /// Routes whose requests it applies to (by name); empty: every route.
+    pub routes: Vec<String>,
+    /// Hosts whose requests it applies to (as routes write them).
+    pub hosts: Vec<String>,
 }
 
 impl Default for RuleMatch {
@@ -431,6 +442,8 @@ impl Default for RuleMatch {
             path_prefix: "/".into(),
             methods: Vec::new(),
             ignore_case: false,
+            routes: Vec::new(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -644,7 +657,7 @@ impl<'de> Deserialize<'de> for HeaderName {
 
 /// Deserializes a [`Dur`] straight into the `Duration` the running parts
 /// take.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     Dur::deserialize(d).map(|d| d.0)
 }
 

@@ -1,0 +1,309 @@
+//! The live set of backend pools: each pool with its health checker,
+//! created, changed and removed as the config says, and what the request
+//! path needs of one (timeouts, retry policy).
+//!
+//! A pool that a reload keeps is the same [`Pool`]: its backends keep
+//! their health, counters, drain state and pooled connections, and
+//! requests in flight on it finish there. A new pool's backends are
+//! checked once before it takes requests, as at start-up; a removed pool's
+//! checker stops and its backends are marked removed, so idle connections
+//! to them close.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::balancer::{strategy_for, BackendSpec, PassiveSettings, Pool, StrategyName, Thresholds};
+use crate::health::Checker;
+use crate::shutdown::{self, Signal, Trigger};
+use crate::telemetry::Metrics;
+
+/// What a failed attempt must be for another to be made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// No connection could be made.
+    pub connect_failure: bool,
+    /// The connection broke before a response came.
+    pub reset: bool,
+    /// The backend answered 502.
+    pub bad_gateway: bool,
+    /// The backend answered 503.
+    pub unavailable: bool,
+    /// No response headers within the request timeout.
+    pub timeout: bool,
+}
+
+/// `pools.NAME.retries`, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// Retries after the first try, each on another backend.
+    pub attempts: u32,
+    /// Which failures are retried.
+    pub on: RetryOn,
+}
+
+impl Default for Retries {
+    /// One retry of a connect failure or a connection that broke before a
+    /// response: the behaviour before pools.
+    fn default() -> Self {
+        Self {
+            attempts: 1,
+            on: RetryOn {
+                connect_failure: true,
+                reset: true,
+                ..RetryOn::default()
+            },
+        }
+    }
+}
+
+/// A pool's upstream timeouts (top-level `proxy`, then its overrides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To open a connection.
+    pub connect: Duration,
+    /// For response headers.
+    pub request: Duration,
+    /// Longest pause in a response body.
+    pub backend_body: Duration,
+    /// An idle upgraded tunnel is closed after this.
+    pub upgrade_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            request: Duration::from_secs(30),
+            backend_body: Duration::from_secs(60),
+            upgrade_idle: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A pool's active health checks, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    /// Path requested.
+    pub path: String,
+    /// Between rounds.
+    pub interval: Duration,
+    /// For one check.
+    pub timeout: Duration,
+    /// Flips.
+    pub thresholds: Thresholds,
+    /// Outlier ejection.
+    pub passive: PassiveSettings,
+}
+
+/// One pool as the config describes it, resolved against the top level.
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    /// `default` for the top-level backends.
+    pub name: String,
+    /// Its backends.
+    pub backends: Vec<BackendSpec>,
+    /// How one is chosen.
+    pub strategy: StrategyName,
+    /// Its checks.
+    pub health: HealthSpec,
+    /// Its timeouts.
+    pub timeouts: Timeouts,
+    /// Its retries.
+    pub retries: Retries,
+}
+
+/// What a request needs of its pool, swapped with the routes.
+#[derive(Debug)]
+pub struct PoolUse {
+    /// Its name.
+    pub name: Arc<str>,
+    /// The pool (the same object as long as a reload keeps the name).
+    pub pool: Arc<Pool>,
+    /// Its timeouts.
+    pub timeouts: Timeouts,
+    /// Its retry policy.
+    pub retries: Retries,
+}
+
+impl PoolUse {
+    /// An empty pool of this name with default settings (tests, and the
+    /// request path of a balancer without a default pool).
+    pub fn detached(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            pool: Arc::new(Pool::new([], strategy_for(StrategyName::RoundRobin))),
+            timeouts: Timeouts::default(),
+            retries: Retries::default(),
+        }
+    }
+}
+
+/// One pool of the set, with its checker.
+#[derive(Debug)]
+struct Managed {
+    pool: Arc<Pool>,
+    checker: Checker,
+    strategy: StrategyName,
+    health: HealthSpec,
+    /// Stops its checker when the pool is removed.
+    stop: Trigger,
+}
+
+/// Every pool, by name, and what they share.
+#[derive(Debug)]
+pub struct PoolSet {
+    pools: Mutex<BTreeMap<String, Managed>>,
+    tls: Arc<rustls::ClientConfig>,
+    metrics: Metrics,
+    /// The process's shutdown: every checker stops with it.
+    shutdown: Signal,
+    /// Where the pools record transitions (the status page's events).
+    events: Arc<crate::events::Events>,
+}
+
+impl PoolSet {
+    /// An empty set; checkers verify `https://` backends with `tls` and
+    /// stop at `shutdown`.
+    pub fn new(tls: Arc<rustls::ClientConfig>, metrics: Metrics, shutdown: Signal) -> Self {
+        Self {
+            pools: Mutex::new(BTreeMap::new()),
+            tls,
+            metrics,
+            shutdown,
+            events: Arc::new(crate::events::Events::new()),
+        }
+    }
+
+    /// Where every pool records its transitions.
+    pub fn events(&self) -> &Arc<crate::events::Events> {
+        &self.events
+    }
+
+    /// The pool named `name`, if there is one.
+    pub fn get(&self, name: &str) -> Option<Arc<Pool>> {
+        self.lock().get(name).map(|m| m.pool.clone())
+    }
+
+    /// Every pool, by name.
+    pub fn all(&self) -> Vec<(String, Arc<Pool>)> {
+        self.lock()
+            .iter()
+            .map(|(n, m)| (n.clone(), m.pool.clone()))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Managed>> {
+        self.pools.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes the set what `specs` say: new pools built and checked once
+    /// before this returns, kept ones changed in place (new backends
+    /// checked first), removed ones stopped. Returns the pools by name.
+    /// Reloads run one at a time, so nothing else changes the set
+    /// meanwhile; the request path never takes this lock.
+    pub async fn apply(&self, specs: &[PoolSpec]) -> BTreeMap<String, Arc<Pool>> {
+        let gone: Vec<Managed> = {
+            let mut pools = self.lock();
+            let names: Vec<String> = pools
+                .keys()
+                .filter(|n| !specs.iter().any(|s| &s.name == *n))
+                .cloned()
+                .collect();
+            names.iter().filter_map(|n| pools.remove(n)).collect()
+        };
+        for m in gone {
+            m.stop.fire();
+            m.checker.replace_backends(Vec::new()).await;
+        }
+        for spec in specs {
+            let existing = self
+                .lock()
+                .get(&spec.name)
+                .map(|m| (m.checker.clone(), m.strategy, m.health.clone()));
+            match existing {
+                Some((checker, strategy, health)) => {
+                    self.change(spec, &checker, strategy, &health).await;
+                }
+                None => self.add(spec).await,
+            }
+        }
+        self.lock()
+            .iter()
+            .map(|(n, m)| (n.clone(), m.pool.clone()))
+            .collect()
+    }
+
+    /// A new pool: built, its backends checked once, its checker started.
+    async fn add(&self, spec: &PoolSpec) {
+        let h = &spec.health;
+        let pool = Arc::new(
+            Pool::of(spec.backends.iter().cloned(), strategy_for(spec.strategy))
+                .named(&spec.name)
+                .with_events(self.events.clone())
+                .with_thresholds(h.thresholds)
+                .with_passive(h.passive)
+                .with_metrics(self.metrics.clone()),
+        );
+        let checker = Checker::new(pool.clone(), &h.path, h.timeout, &self.tls);
+        checker.initial_round().await;
+        let (stop, stopped) = shutdown::channel();
+        let (run, global, interval) = (checker.clone(), self.shutdown.clone(), h.interval);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = run.run(interval, stopped) => {}
+                () = global.wait() => {}
+            }
+        });
+        self.lock().insert(
+            spec.name.clone(),
+            Managed {
+                pool,
+                checker,
+                strategy: spec.strategy,
+                health: h.clone(),
+                stop,
+            },
+        );
+    }
+
+    /// A kept pool: backends replaced (kept ones keep their state), then
+    /// the strategy and health settings if they changed.
+    async fn change(
+        &self,
+        spec: &PoolSpec,
+        checker: &Checker,
+        strategy: StrategyName,
+        health: &HealthSpec,
+    ) {
+        let replaced = checker.replace_backends(spec.backends.clone()).await;
+        if !(replaced.added.is_empty()
+            && replaced.removed.is_empty()
+            && replaced.changed.is_empty())
+        {
+            tracing::info!(
+                pool = %spec.name,
+                added = ?replaced.added,
+                removed = ?replaced.removed,
+                changed = ?replaced.changed,
+                "backend set replaced"
+            );
+        }
+        let Some(pool) = self.get(&spec.name) else {
+            return;
+        };
+        if strategy != spec.strategy {
+            pool.set_strategy(strategy_for(spec.strategy));
+        }
+        let h = &spec.health;
+        if health != h {
+            checker.reconfigure(&h.path, h.timeout, h.interval);
+            pool.set_thresholds(h.thresholds);
+            pool.set_passive(h.passive);
+        }
+        if let Some(m) = self.lock().get_mut(&spec.name) {
+            m.strategy = spec.strategy;
+            m.health = h.clone();
+        }
+    }
+}
