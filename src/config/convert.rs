@@ -55,16 +55,7 @@ impl RuleConfig {
             wrong.push(("match.methods", e));
             Vec::new()
         });
-        let mut hosts = Vec::new();
-        for h in &self.matcher.hosts {
-            match HostPattern::parse(h) {
-                Some(p) => hosts.push(p),
-                None => wrong.push((
-                    "match.hosts",
-                    format!("{h:?}: a host name, or *. and a name (the port is not written)"),
-                )),
-            }
-        }
+        let hosts = host_patterns(&self.matcher.hosts, &mut wrong);
         let key = RuleKey::parse(&self.key)
             .map_err(|e| wrong.push(("key", e)))
             .ok();
@@ -335,16 +326,7 @@ impl RouteConfig {
     pub fn spec(&self) -> Result<RouteSpec, Vec<(&'static str, String)>> {
         let mut wrong = Vec::new();
         let m = &self.matcher;
-        let mut hosts = Vec::new();
-        for h in &m.hosts {
-            match HostPattern::parse(h) {
-                Some(p) => hosts.push(p),
-                None => wrong.push((
-                    "match.hosts",
-                    format!("{h:?}: a host name, or *. and a name (the port is not written)"),
-                )),
-            }
-        }
+        let hosts = host_patterns(&m.hosts, &mut wrong);
         let path = match (&m.path_prefix, &m.path_exact) {
             (Some(_), Some(_)) => {
                 wrong.push(("match", "path_prefix or path_exact, not both".into()));
@@ -386,6 +368,23 @@ impl RouteConfig {
             response_headers,
         })
     }
+}
+
+/// `match.hosts`, compiled.
+fn host_patterns(written: &[String], wrong: &mut Vec<(&'static str, String)>) -> Vec<HostPattern> {
+    written
+        .iter()
+        .filter_map(|h| {
+            let p = HostPattern::parse(h);
+            if p.is_none() {
+                wrong.push((
+                    "match.hosts",
+                    format!("{h:?}: a host name, or *. and a name (the port is not written)"),
+                ));
+            }
+            p
+        })
+        .collect()
 }
 
 /// A route's path condition, checked for normal form.
