@@ -20,6 +20,7 @@ mod support {
 }
 
 mod admin;
+mod admin_guard;
 mod cli;
 mod deploy;
 mod docs;
