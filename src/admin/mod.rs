@@ -21,6 +21,7 @@
 //! router produce included, is JSON `{"code":N,"message":"..."}`.
 
 pub mod client;
+pub mod guard;
 pub mod openapi;
 pub mod server;
 
@@ -74,6 +75,8 @@ pub struct AdminState {
     /// Counts this replica's client writes, so a reload of the shared
     /// table cannot undo one (see [`crate::store::writes`]).
     writes: Arc<LocalWrites>,
+    hosts: Arc<guard::AllowedHosts>,
+    bad_tokens: Arc<guard::BadTokens>,
 }
 
 impl AdminState {
@@ -100,6 +103,8 @@ impl AdminState {
             reloader: None,
             status: None,
             writes: LocalWrites::new(),
+            hosts: Arc::new(guard::AllowedHosts::default()),
+            bad_tokens: Arc::new(guard::BadTokens::new()),
         }
     }
 
@@ -107,6 +112,18 @@ impl AdminState {
     /// this replica orders its reads against.
     pub fn with_local_writes(mut self, writes: Arc<LocalWrites>) -> Self {
         self.writes = writes;
+        self
+    }
+
+    /// Serves requests whose `Host` names `listen`'s address or one of
+    /// `allowed_hosts` (`admin.allowed_hosts`), besides the loopback
+    /// names; without this call, the loopback names only.
+    pub fn with_allowed_hosts(
+        mut self,
+        listen: std::net::SocketAddr,
+        allowed_hosts: &[String],
+    ) -> Self {
+        self.hosts = Arc::new(guard::AllowedHosts::new(listen, allowed_hosts));
         self
     }
 
@@ -167,8 +184,11 @@ pub fn router(mut state: AdminState) -> Router {
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), read_body))
-        // Outermost: an unauthorised client's body is never read.
+        // An unauthorised client's body is never read.
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        // Outermost: a request for another host, or a browser's for
+        // another site, reaches nothing else (not even the token check).
+        .layer(middleware::from_fn_with_state(state.clone(), guard::front))
         .with_state(state)
 }
 
@@ -199,14 +219,26 @@ async fn authorize(State(state): State<AdminState>, req: Request, next: Next) ->
     let public = matches!(*req.method(), http::Method::GET | http::Method::HEAD)
         && openapi::is_public(req.uri().path());
     if let (Some(token), false) = (&state.token, public) {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        // No Authorization at all is no guess: 401, not counted.
+        let Some(authorization) = req.headers().get(header::AUTHORIZATION) else {
+            return AdminError::Unauthorized.into_response();
+        };
+        let presented = authorization
+            .to_str()
+            .ok()
             .and_then(bearer_credentials)
             .unwrap_or("");
-        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-            return AdminError::Unauthorized.into_response();
+        let right = constant_time_eq(presented.as_bytes(), token.as_bytes());
+        let peer = guard::peer(&req);
+        match state
+            .bad_tokens
+            .judge(peer, right, std::time::Instant::now())
+        {
+            guard::Verdict::Pass => {}
+            guard::Verdict::Wrong => return AdminError::Unauthorized.into_response(),
+            guard::Verdict::Throttled(retry_after) => {
+                return AdminError::TooManyBadTokens { retry_after }.into_response();
+            }
         }
     }
     next.run(req).await

@@ -54,10 +54,8 @@ pub async fn serve(
         let answer = hyper::service::Service::call(&service, req);
         async move {
             match answer.await {
-                Ok(response) => response.map(|body| {
-                    body.map_err(|e| -> BoxError { Box::new(e) })
-                        .boxed_unsync()
-                }),
+                Ok(response) => response
+                    .map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()),
                 Err(never) => match never {},
             }
         }

@@ -712,7 +712,7 @@ async fn admin_requests_have_header_and_body_read_timeouts() {
     let mut head = tokio::net::TcpStream::connect(lb.admin_addr())
         .await
         .expect("connect");
-    head.write_all(b"GET /clients HTTP/1.1\r\nHost: admin\r\n")
+    head.write_all(b"GET /clients HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .expect("write");
     let answer = tokio::time::timeout(limit, read_response(&mut head))
@@ -728,7 +728,7 @@ async fn admin_requests_have_header_and_body_read_timeouts() {
         .await
         .expect("connect");
     body.write_all(
-        b"POST /clients HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n\
+        b"POST /clients HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
           Content-Length: 100\r\n\r\n{\"client_id\":",
     )
     .await
@@ -756,14 +756,14 @@ async fn a_half_sent_admin_request_does_not_hold_shutdown_past_the_drain_timeout
     let mut head = tokio::net::TcpStream::connect(lb.admin_addr())
         .await
         .expect("connect");
-    head.write_all(b"GET /clients HTTP/1.1\r\nHost: admin\r\n")
+    head.write_all(b"GET /clients HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .expect("write");
     let mut body = tokio::net::TcpStream::connect(lb.admin_addr())
         .await
         .expect("connect");
     body.write_all(
-        b"PUT /clients/a HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n\
+        b"PUT /clients/a HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
           Content-Length: 100\r\n\r\n{",
     )
     .await

@@ -96,7 +96,7 @@ impl Api {
             .await
             .expect("connect");
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\
              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"capacity\":"
         );
         stream.write_all(head.as_bytes()).await.expect("write");
