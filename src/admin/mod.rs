@@ -1045,12 +1045,24 @@ mod tests {
             serde_json::from_str(&openapi_document(false)).expect("valid JSON");
         assert!(doc.get("security").is_none());
         assert!(doc["components"].get("securitySchemes").is_none());
-        assert!(doc["components"].get("responses").is_none());
+        let shared: Vec<&String> = doc["components"]["responses"]
+            .as_object()
+            .expect("the guard's answers")
+            .keys()
+            .collect();
+        assert_eq!(shared, ["CrossSite", "MisdirectedHost"]);
         let mut operations = 0;
         for item in doc["paths"].as_object().expect("paths").values() {
-            for op in item.as_object().expect("path item").values() {
+            for (method, op) in item.as_object().expect("path item") {
                 operations += 1;
                 assert!(op["responses"].get("401").is_none());
+                assert!(op["responses"].get("429").is_none());
+                assert_eq!(
+                    op["responses"]["421"]["$ref"],
+                    "#/components/responses/MisdirectedHost"
+                );
+                let changes = !matches!(method.as_str(), "get" | "head");
+                assert_eq!(op["responses"].get("403").is_some(), changes, "{method}");
             }
         }
         assert_eq!(operations, 14);
@@ -1097,6 +1109,10 @@ mod tests {
                 assert_eq!(
                     op["responses"]["401"]["$ref"],
                     "#/components/responses/Unauthorized"
+                );
+                assert_eq!(
+                    op["responses"]["429"]["$ref"],
+                    "#/components/responses/TooManyBadTokens"
                 );
             }
         }
