@@ -28,6 +28,7 @@ mod durability;
 mod fd_limit;
 mod metrics;
 mod openapi;
+mod paging;
 mod reload;
 mod replicas;
 mod secrets;

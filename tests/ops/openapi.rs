@@ -296,6 +296,12 @@ async fn every_documented_answer_is_what_the_server_sends() {
         .expect("/clients", api.req("GET", "/clients"), 200)
         .await;
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    let page = api
+        .expect("/clients", api.req("GET", "/clients?limit=1&after=a"), 200)
+        .await;
+    assert_eq!(page[0]["client_id"], "daily", "{page}");
+    api.expect("/clients", api.req("GET", "/clients?limit=0"), 400)
+        .await;
 
     let one = "/clients/{id}";
     api.expect(one, api.req("GET", "/clients/user1"), 200).await;
