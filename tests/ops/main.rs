@@ -21,6 +21,7 @@ mod support {
 
 mod admin;
 mod admin_guard;
+mod bad_rows;
 mod cli;
 mod deploy;
 mod docs;
