@@ -64,6 +64,33 @@ fn check_prints_every_problem_with_its_field_and_exits_2() {
 }
 
 #[test]
+fn check_refuses_a_short_token_on_a_public_admin_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("admin.yaml");
+    let run = |yaml: &str| {
+        std::fs::write(&path, yaml).expect("write config");
+        let out = tollgate()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run tollgate");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("admin:\n  listen: 0.0.0.0:9090\n  token: short-token\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("admin.token") && err.contains("16"), "{err}");
+    let (code, err) = run("admin:\n  listen: 0.0.0.0:9090\n  token: 0123456789abcdef\n");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) =
+        run("admin:\n  allowed_hosts: [admin.example.com, \"https://admin.example.com/\"]\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("admin.allowed_hosts[1]"), "{err}");
+}
+
+#[test]
 fn config_comes_from_the_environment_and_serve_fails_before_listening() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bad.yaml");
