@@ -347,7 +347,10 @@ fn store_urls_name_a_supported_database() {
 fn admin_allowed_hosts_are_host_names() {
     let c = Config::parse("admin:\n  allowed_hosts: [admin.example.com, \"10.0.0.5:9090\"]\n")
         .expect("valid");
-    assert_eq!(c.admin.allowed_hosts, ["admin.example.com", "10.0.0.5:9090"]);
+    assert_eq!(
+        c.admin.allowed_hosts,
+        ["admin.example.com", "10.0.0.5:9090"]
+    );
     let problems = Config::parse(
         "admin:\n  allowed_hosts: [ok.example, \"http://a.example\", \"*.example\"]\n",
     )
@@ -657,8 +660,10 @@ fn rule_methods_in_any_case_and_prefixes_in_normal_form() {
         );
         let problems = Config::parse(&text).expect_err(prefix);
         assert!(
-            problems.iter().any(|p| p.field == "rate_limit.rules[0].match.path_prefix"
-                && p.reason.contains(says)),
+            problems
+                .iter()
+                .any(|p| p.field == "rate_limit.rules[0].match.path_prefix"
+                    && p.reason.contains(says)),
             "{prefix}: {problems:?}"
         );
     }
