@@ -432,6 +432,8 @@ fn spawn_admin(
     .with_shared_limiter(core.shared_limiter.clone())
     .with_store_timeout(config.store.timeout)
     .with_body_read_timeout(config.admin.body_read_timeout)
+    // Only the address counts (ports are ignored): the configured one.
+    .with_allowed_hosts(config.admin.listen, &config.admin.allowed_hosts)
     .with_reloader(admin.reloader)
     .with_status(board.clone())
     .with_local_writes(core.local_writes.clone());

@@ -122,12 +122,10 @@ impl ProxyError {
         let mut response = json_error(self.status(), &self.to_string());
         match &self {
             Self::ClientTableFull { retry_after } => {
-                // Whole seconds, rounded up, never 0 (RFC 9110 §10.2.3).
-                let secs = retry_after.as_nanos().div_ceil(1_000_000_000).max(1);
-                let secs = u64::try_from(secs).unwrap_or(u64::MAX);
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(whole_seconds(*retry_after)),
+                );
             }
             // RFC 9110 §15.5.6: a 405 names what is allowed. Which methods
             // a path supports is the backend's business; these are the
@@ -153,6 +151,22 @@ pub enum AdminError {
     /// Missing or wrong bearer token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// Too many wrong bearer tokens from this address; it may try again
+    /// after `retry_after`.
+    #[error(
+        "too many wrong bearer tokens from this address: requests with a token are refused \
+         for now (see Retry-After)"
+    )]
+    TooManyBadTokens {
+        /// Until the address may present a token again.
+        retry_after: std::time::Duration,
+    },
+    /// A state-changing request a browser sent for another site.
+    #[error("{0}")]
+    CrossSite(String),
+    /// A `Host` this admin API does not serve (`admin.allowed_hosts`).
+    #[error("{0}")]
+    MisdirectedHost(String),
     /// Unknown client or route.
     #[error("{0}")]
     NotFound(String),
@@ -189,6 +203,9 @@ impl AdminError {
         match self {
             Self::BadRequest(_) | Self::InvalidConfig(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::TooManyBadTokens { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::CrossSite(_) => StatusCode::FORBIDDEN,
+            Self::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -214,13 +231,29 @@ impl AdminError {
             ),
             _ => json_error(self.status(), &self.to_string()),
         };
-        if matches!(self, Self::Unauthorized) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            Self::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::TooManyBadTokens { retry_after } => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(whole_seconds(*retry_after)),
+                );
+            }
+            _ => {}
         }
         response
     }
+}
+
+/// A `Retry-After` value: whole seconds, rounded up, never 0 (RFC 9110
+/// §10.2.3).
+fn whole_seconds(d: std::time::Duration) -> u64 {
+    let secs = d.as_nanos().div_ceil(1_000_000_000).max(1);
+    u64::try_from(secs).unwrap_or(u64::MAX)
 }
 
 /// `{"code":N,"message":"..."}` with status `N`.

@@ -14,6 +14,7 @@
 //! - [`health`]: active health checks (passive ones are in [`proxy`]).
 //! - [`error`]: errors a client sees, turned into JSON responses.
 //! - [`body`]: the one body type of every request and response.
+//! - [`escape`]: control characters made visible for terminals and logs.
 //! - [`shutdown`]: signals and the in-process shutdown trigger.
 //! - [`reload`]: what SIGHUP and `POST /reload` re-read (the config file,
 //!   the TLS certificates) and how each change is applied in place.
@@ -43,6 +44,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod escape;
 pub mod events;
 pub mod health;
 pub mod limiter;

@@ -6,6 +6,13 @@
 //! bearer token from `TOLLGATE_ADMIN_TOKEN`), so it changes the live
 //! process, not a config file. An answer the API refused carries the
 //! API's own message, which is what the operator sees.
+//!
+//! What it prints is safe for a terminal whoever wrote it: control
+//! characters in client ids and messages are shown escaped
+//! ([`crate::escape`]), an error body is cut at [`MAX_ERROR_BODY`] (a
+//! server, or something posing as one, could send gigabytes), and a
+//! redirect is reported, never followed: following it would send the
+//! token to wherever the `Location` points.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -15,6 +22,17 @@ pub const TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
 
 /// The admin URL used when `--admin` is not given.
 pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9090";
+
+/// Most of an error answer's body shown (and read).
+pub const MAX_ERROR_BODY: usize = 4096;
+
+/// Largest successful answer read: a page of 1000 clients is well under
+/// 1 MiB.
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
+
+/// Pages `clients list` follows at most: 1000 clients a page, past the
+/// client table's maximum.
+const MAX_PAGES: usize = 10_000;
 
 /// What to do with the backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +73,17 @@ pub enum AdminClientError {
     /// The answer was not the JSON the API sends.
     #[error("unexpected answer from the admin API: {0}")]
     BadAnswer(String),
+    /// The API answered with a redirect, which is not followed.
+    #[error(
+        "the admin API answered {status} with Location: {location}; redirects are not \
+         followed (the token goes to --admin only): give the final address as --admin"
+    )]
+    Redirected {
+        /// The HTTP status (3xx).
+        status: u16,
+        /// Where it pointed, control characters escaped.
+        location: String,
+    },
 }
 
 /// What to do with the client table.
@@ -145,22 +174,31 @@ impl AdminClientError {
     }
 }
 
-/// One request to the admin API: the answer's text when it succeeded
-/// (empty for a 204), the API's message as [`AdminClientError::Refused`]
-/// when it did not.
+/// A successful answer: its text (empty for a 204) and, for a page of a
+/// list, the path of the next page (`Link: <...>; rel="next"`).
+#[derive(Debug)]
+struct Answer {
+    text: String,
+    next: Option<String>,
+}
+
+/// One request to the admin API: the answer when it succeeded, the API's
+/// message as [`AdminClientError::Refused`] when it did not.
 async fn call(
     admin: &str,
     token: Option<&str>,
     method: reqwest::Method,
     path: &str,
     body: Option<serde_json::Value>,
-) -> Result<String, AdminClientError> {
+) -> Result<Answer, AdminClientError> {
     let base = admin.trim_end_matches('/');
     if !(base.starts_with("http://") || base.starts_with("https://")) {
         return Err(AdminClientError::BadUrl(admin.to_owned()));
     }
     let http = reqwest::Client::builder()
         .no_proxy()
+        // A redirect would take the token with it.
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| AdminClientError::BadAnswer(e.to_string()))?;
@@ -176,40 +214,145 @@ async fn call(
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_string());
     }
-    // reqwest's own message only repeats the URL; its causes say what
-    // happened (connection refused, timed out...).
-    let unreachable = |e: reqwest::Error| {
-        let reason = match std::error::Error::source(&e) {
-            Some(cause) => crate::error::Chain(cause).to_string(),
-            None => e.to_string(),
-        };
-        AdminClientError::Unreachable {
-            url: url.clone(),
-            reason,
-        }
+    let unreachable = |e: reqwest::Error| AdminClientError::Unreachable {
+        url: url.clone(),
+        reason: causes(&e),
     };
-    let answer = req.send().await.map_err(unreachable)?;
+    let mut answer = req.send().await.map_err(unreachable)?;
     let status = answer.status();
-    let text = answer.text().await.map_err(unreachable)?;
-    if status.is_success() {
-        if !text.is_empty() {
-            serde_json::from_str::<serde_json::Value>(&text)
-                .map_err(|_| AdminClientError::BadAnswer(format!("{status}: {text}")))?;
-        }
-        return Ok(text);
+    if status.is_redirection() {
+        let location = answer
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .map_or("(none)".into(), |v| {
+                crate::escape::escaped(&String::from_utf8_lossy(v.as_bytes()))
+            });
+        return Err(AdminClientError::Redirected {
+            status: status.as_u16(),
+            location,
+        });
     }
-    let message = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|body| body["message"].as_str().map(str::to_owned))
-        .ok_or_else(|| AdminClientError::BadAnswer(format!("{status}: {text}")))?;
-    Err(AdminClientError::Refused {
-        status: status.as_u16(),
-        message,
+    if !status.is_success() {
+        let (head, cut) = read_at_most(&mut answer, MAX_ERROR_BODY)
+            .await
+            .map_err(unreachable)?;
+        return Err(refusal(status, &head, cut));
+    }
+    let next = answer
+        .headers()
+        .get(reqwest::header::LINK)
+        .and_then(|v| v.to_str().ok())
+        .and_then(next_page);
+    let (bytes, cut) = read_at_most(&mut answer, MAX_ANSWER)
+        .await
+        .map_err(unreachable)?;
+    if cut {
+        return Err(AdminClientError::BadAnswer(format!(
+            "{status}: an answer larger than {MAX_ANSWER} bytes"
+        )));
+    }
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if !text.is_empty() && serde_json::from_str::<serde_json::Value>(&text).is_err() {
+        return Err(AdminClientError::BadAnswer(format!(
+            "{status}: {}",
+            shown(&text, false)
+        )));
+    }
+    Ok(Answer { text, next })
+}
+
+/// reqwest's message only repeats the URL; its causes say what happened
+/// (connection refused, timed out...).
+fn causes(e: &reqwest::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => crate::error::Chain(cause).to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// The first `limit` bytes of the body, and whether there was more (the
+/// rest is not read: the connection is dropped with the answer).
+async fn read_at_most(
+    answer: &mut reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = answer.chunk().await? {
+        let room = limit - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            return Ok((bytes, true));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((bytes, false))
+}
+
+/// The error for a refused request: the API's message if the body is its
+/// JSON error, else the body itself; either at most [`MAX_ERROR_BODY`]
+/// bytes, control characters escaped.
+fn refusal(status: reqwest::StatusCode, body: &[u8], cut: bool) -> AdminClientError {
+    let text = String::from_utf8_lossy(body);
+    let message = (!cut)
+        .then(|| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .flatten()
+        .and_then(|v| v["message"].as_str().map(str::to_owned));
+    match message {
+        Some(message) => {
+            let cut = message.len() > MAX_ERROR_BODY;
+            AdminClientError::Refused {
+                status: status.as_u16(),
+                message: shown(cut_at(&message, MAX_ERROR_BODY), cut),
+            }
+        }
+        None => AdminClientError::BadAnswer(format!("{status}: {}", shown(&text, cut))),
+    }
+}
+
+/// `text` for a terminal: control characters escaped, and a note when it
+/// was cut.
+fn shown(text: &str, cut: bool) -> String {
+    let mut out = crate::escape::escaped(text);
+    if cut {
+        out.push_str(&format!(
+            " ... (truncated: only the first {MAX_ERROR_BODY} bytes are shown)"
+        ));
+    }
+    out
+}
+
+/// The longest start of `text` of at most `max` bytes, on a character
+/// boundary.
+fn cut_at(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The path of a `Link: <path>; rel="next"` value, if it names one on the
+/// same server (a path, never a URL: the token goes to --admin only).
+fn next_page(link: &str) -> Option<String> {
+    link.split(',').find_map(|item| {
+        let (target, params) = item.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let next = params.split(';').any(|p| {
+            p.trim()
+                .strip_prefix("rel=")
+                .is_some_and(|rel| rel.trim_matches('"').split(' ').any(|r| r == "next"))
+        });
+        (next && target.starts_with('/') && !target.starts_with("//")).then(|| target.to_owned())
     })
 }
 
 fn parse(text: &str) -> Result<serde_json::Value, AdminClientError> {
-    serde_json::from_str(text).map_err(|_| AdminClientError::BadAnswer(text.to_owned()))
+    serde_json::from_str(text).map_err(|_| {
+        AdminClientError::BadAnswer(shown(
+            cut_at(text, MAX_ERROR_BODY),
+            text.len() > MAX_ERROR_BODY,
+        ))
+    })
 }
 
 /// Runs `command` against the admin API at `admin` and returns what to
@@ -231,9 +374,9 @@ pub async fn backends(
             format!("/backends/{}/enable", encode(name)),
         ),
     };
-    let text = call(admin, token, method, &path, None).await?;
+    let text = call(admin, token, method, &path, None).await?.text;
     if json {
-        return Ok(text);
+        return Ok(crate::escape::json_for_terminal(&text));
     }
     let body = parse(&text)?;
     let items = match command {
@@ -271,36 +414,70 @@ pub async fn clients(
         ClientsCommand::Set(id, limits) => (Method::PUT, one(id), Some(limits.fields().into())),
         ClientsCommand::Delete(id) => (Method::DELETE, one(id), None),
     };
-    let text = call(admin, token, method, &path, body).await?;
+    if let ClientsCommand::List = command {
+        let items = every_page(admin, token).await?;
+        if json {
+            let text = serde_json::Value::Array(items).to_string();
+            return Ok(crate::escape::json_for_terminal(&text));
+        }
+        return Ok(table(
+            &["CLIENT_ID", "CAPACITY", "RATE", "TOKENS"],
+            items.iter().map(|c| {
+                vec![
+                    cell(&c["client_id"]),
+                    cell(&c["capacity"]),
+                    rate(c),
+                    tokens(&c["tokens"]),
+                ]
+            }),
+        ));
+    }
+    let text = call(admin, token, method, &path, body).await?.text;
     if json {
-        return Ok(text);
+        return Ok(crate::escape::json_for_terminal(&text));
     }
     Ok(match command {
-        ClientsCommand::List => {
-            let body = parse(&text)?;
-            let items = body.as_array().map_or(&[][..], Vec::as_slice);
-            table(
-                &["CLIENT_ID", "CAPACITY", "RATE", "TOKENS"],
-                items.iter().map(|c| {
-                    vec![
-                        cell(&c["client_id"]),
-                        cell(&c["capacity"]),
-                        rate(c),
-                        tokens(&c["tokens"]),
-                    ]
-                }),
-            )
-        }
-        ClientsCommand::Delete(id) => format!("deleted {id}: back to the default limits"),
+        ClientsCommand::Delete(id) => format!(
+            "deleted {}: back to the default limits",
+            crate::escape::escaped(id)
+        ),
         _ => fields(&parse(&text)?),
     })
+}
+
+/// Every client, page after page as the API's `Link` headers lead.
+async fn every_page(
+    admin: &str,
+    token: Option<&str>,
+) -> Result<Vec<serde_json::Value>, AdminClientError> {
+    let mut items = Vec::new();
+    let mut path = format!("/clients?limit={}", super::MAX_PAGE);
+    for _ in 0..MAX_PAGES {
+        let answer = call(admin, token, reqwest::Method::GET, &path, None).await?;
+        match parse(&answer.text)? {
+            serde_json::Value::Array(page) => items.extend(page),
+            other => {
+                return Err(AdminClientError::BadAnswer(format!(
+                    "expected a list of clients, got {}",
+                    shown(cut_at(&other.to_string(), MAX_ERROR_BODY), false)
+                )))
+            }
+        }
+        match answer.next {
+            Some(next) if next != path => path = next,
+            _ => return Ok(items),
+        }
+    }
+    Err(AdminClientError::BadAnswer(format!(
+        "more than {MAX_PAGES} pages of clients: stopped"
+    )))
 }
 
 /// A client's rate as the operator wrote it: its `rate` string, else
 /// `rate_per_sec` per second.
 fn rate(client: &serde_json::Value) -> String {
     match client["rate"].as_str() {
-        Some(r) => r.to_owned(),
+        Some(r) => crate::escape::escaped(r),
         None => format!("{}/s", cell(&client["rate_per_sec"])),
     }
 }
@@ -320,7 +497,7 @@ fn tokens(v: &serde_json::Value) -> String {
 fn fields(client: &serde_json::Value) -> String {
     const ORDER: [&str; 5] = ["client_id", "capacity", "rate", "rate_per_sec", "tokens"];
     let Some(map) = client.as_object() else {
-        return client.to_string();
+        return crate::escape::json_for_terminal(&client.to_string());
     };
     let mut rows: Vec<Vec<String>> = ORDER
         .iter()
@@ -337,7 +514,7 @@ fn fields(client: &serde_json::Value) -> String {
     rows.extend(
         map.iter()
             .filter(|(k, _)| !ORDER.contains(&k.as_str()))
-            .map(|(k, v)| vec![k.clone(), cell(v)]),
+            .map(|(k, v)| vec![crate::escape::escaped(k), cell(v)]),
     );
     aligned(&rows)
 }
@@ -346,7 +523,8 @@ fn fields(client: &serde_json::Value) -> String {
 /// Rust prints them (`10`, not `10.0`).
 fn cell(v: &serde_json::Value) -> String {
     match v {
-        serde_json::Value::String(s) => s.clone(),
+        // Ids come from the client table, which can be written by hand.
+        serde_json::Value::String(s) => crate::escape::escaped(s),
         serde_json::Value::Null => "-".into(),
         serde_json::Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
             (Some(u), _, _) => u.to_string(),
@@ -354,7 +532,7 @@ fn cell(v: &serde_json::Value) -> String {
             (None, None, Some(f)) => f.to_string(),
             _ => n.to_string(),
         },
-        other => other.to_string(),
+        other => crate::escape::json_for_terminal(&other.to_string()),
     }
 }
 
@@ -391,9 +569,10 @@ fn aligned(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A name as one path segment: anything but unreserved characters and
-/// `:` percent-encoded (an IPv6 default name has brackets).
-fn encode(name: &str) -> String {
+/// A name as one path segment (or query value): anything but unreserved
+/// characters and `:` percent-encoded (an IPv6 default name has
+/// brackets).
+pub(super) fn encode(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {

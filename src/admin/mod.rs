@@ -21,6 +21,7 @@
 //! router produce included, is JSON `{"code":N,"message":"..."}`.
 
 pub mod client;
+pub mod guard;
 pub mod openapi;
 pub mod server;
 
@@ -74,6 +75,8 @@ pub struct AdminState {
     /// Counts this replica's client writes, so a reload of the shared
     /// table cannot undo one (see [`crate::store::writes`]).
     writes: Arc<LocalWrites>,
+    hosts: Arc<guard::AllowedHosts>,
+    bad_tokens: Arc<guard::BadTokens>,
 }
 
 impl AdminState {
@@ -100,6 +103,8 @@ impl AdminState {
             reloader: None,
             status: None,
             writes: LocalWrites::new(),
+            hosts: Arc::new(guard::AllowedHosts::default()),
+            bad_tokens: Arc::new(guard::BadTokens::new()),
         }
     }
 
@@ -107,6 +112,18 @@ impl AdminState {
     /// this replica orders its reads against.
     pub fn with_local_writes(mut self, writes: Arc<LocalWrites>) -> Self {
         self.writes = writes;
+        self
+    }
+
+    /// Serves requests whose `Host` names `listen`'s address or one of
+    /// `allowed_hosts` (`admin.allowed_hosts`), besides the loopback
+    /// names; without this call, the loopback names only.
+    pub fn with_allowed_hosts(
+        mut self,
+        listen: std::net::SocketAddr,
+        allowed_hosts: &[String],
+    ) -> Self {
+        self.hosts = Arc::new(guard::AllowedHosts::new(listen, allowed_hosts));
         self
     }
 
@@ -167,8 +184,11 @@ pub fn router(mut state: AdminState) -> Router {
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), read_body))
-        // Outermost: an unauthorised client's body is never read.
+        // An unauthorised client's body is never read.
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        // Outermost: a request for another host, or a browser's for
+        // another site, reaches nothing else (not even the token check).
+        .layer(middleware::from_fn_with_state(state.clone(), guard::front))
         .with_state(state)
 }
 
@@ -199,14 +219,26 @@ async fn authorize(State(state): State<AdminState>, req: Request, next: Next) ->
     let public = matches!(*req.method(), http::Method::GET | http::Method::HEAD)
         && openapi::is_public(req.uri().path());
     if let (Some(token), false) = (&state.token, public) {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        // No Authorization at all is no guess: 401, not counted.
+        let Some(authorization) = req.headers().get(header::AUTHORIZATION) else {
+            return AdminError::Unauthorized.into_response();
+        };
+        let presented = authorization
+            .to_str()
+            .ok()
             .and_then(bearer_credentials)
             .unwrap_or("");
-        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-            return AdminError::Unauthorized.into_response();
+        let right = constant_time_eq(presented.as_bytes(), token.as_bytes());
+        let peer = guard::peer(&req);
+        match state
+            .bad_tokens
+            .judge(peer, right, std::time::Instant::now())
+        {
+            guard::Verdict::Pass => {}
+            guard::Verdict::Wrong => return AdminError::Unauthorized.into_response(),
+            guard::Verdict::Throttled(retry_after) => {
+                return AdminError::TooManyBadTokens { retry_after }.into_response();
+            }
         }
     }
     next.run(req).await
@@ -317,6 +349,19 @@ struct ClientPath {
     id: String,
 }
 
+/// The `{id}` of `DELETE /clients/{id}` as the OpenAPI document
+/// describes it; [`RowId`] parses it.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // only its IntoParams impl is used
+struct RowPath {
+    /// The row's client_id as stored, percent-encoded where needed: any
+    /// text, so that a row written by hand with an id that is no client_id
+    /// can be removed too.
+    #[param(min_length = 1, max_length = 4096)]
+    id: String,
+}
+
 /// The `{name}` of `/backends/{name}/...` as the OpenAPI document
 /// describes it; [`BackendName`] parses it.
 #[derive(IntoParams)]
@@ -381,6 +426,34 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientId {
                 AdminError::BadRequest(format!("client id in the path: {}", e.body_text()))
             })?;
         api_key(&id).map(Self)
+    }
+}
+
+/// Longest id [`RowId`] takes: far past any client_id (256 bytes), short
+/// enough to bound the statement.
+const MAX_ROW_ID: usize = 4096;
+
+/// The `{id}` path segment as any text of 1 to [`MAX_ROW_ID`] bytes: a
+/// row's id as stored, which a row written by hand need not have made a
+/// valid client_id. Rejections are [`AdminError`]s.
+struct RowId(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RowId {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AdminError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e: PathRejection| {
+                AdminError::BadRequest(format!("client id in the path: {}", e.body_text()))
+            })?;
+        if id.is_empty() || id.len() > MAX_ROW_ID {
+            return Err(AdminError::BadRequest(format!(
+                "client id in the path: 1 to {MAX_ROW_ID} bytes (got {})",
+                id.len()
+            )));
+        }
+        Ok(Self(id))
     }
 }
 
@@ -541,21 +614,108 @@ async fn within<T>(
         .map_err(|e| store_error(op, e))
 }
 
+/// Clients per page of `GET /clients` when `limit` is not given.
+pub const DEFAULT_PAGE: u32 = 100;
+/// Largest `limit` of `GET /clients`.
+pub const MAX_PAGE: u32 = 1000;
+/// Longest `after` or `search` accepted.
+const MAX_QUERY_TEXT: usize = 1024;
+
+/// The query of `GET /clients`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// Clients per page, 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Start after this client_id: the `after` of the previous answer's
+    /// `Link: <...>; rel="next"`.
+    #[param(max_length = 1024)]
+    after: Option<String>,
+    /// Only clients whose id contains this text (ASCII letters in any
+    /// case).
+    #[param(max_length = 1024)]
+    search: Option<String>,
+}
+
+/// [`ListQuery`] from the query string; rejections are [`AdminError`]s.
+struct ListParams(ListQuery);
+
+impl<S: Send + Sync> FromRequestParts<S> for ListParams {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AdminError> {
+        let axum::extract::Query(q) =
+            axum::extract::Query::<ListQuery>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| AdminError::BadRequest(format!("query: {}", e.body_text())))?;
+        if let Some(limit) = q.limit {
+            if !(1..=MAX_PAGE).contains(&limit) {
+                return Err(AdminError::BadRequest(format!(
+                    "query: limit must be 1 to {MAX_PAGE} (got {limit})"
+                )));
+            }
+        }
+        for (name, text) in [("after", &q.after), ("search", &q.search)] {
+            if text.as_ref().is_some_and(|t| t.len() > MAX_QUERY_TEXT) {
+                return Err(AdminError::BadRequest(format!(
+                    "query: {name} must be at most {MAX_QUERY_TEXT} bytes"
+                )));
+            }
+        }
+        Ok(Self(q))
+    }
+}
+
+/// The `Link` to the page after one that ended with `last`.
+fn next_link(last: &str, limit: u32, search: Option<&str>) -> String {
+    let mut link = format!("</clients?after={}&limit={limit}", client::encode(last));
+    if let Some(search) = search {
+        link.push_str("&search=");
+        link.push_str(&client::encode(search));
+    }
+    link.push_str(">; rel=\"next\"");
+    link
+}
+
 #[utoipa::path(
     get,
     path = "/clients",
-    summary = "List the client table",
+    summary = "List the client table, a page at a time, ordered by client_id",
+    params(ListQuery),
     responses(
-        (status = 200, description = "every client", body = [ClientView]),
+        (status = 200, description = "one page of clients; unless it is the last, a `Link: </clients?after=ID&limit=N>; rel=\"next\"` header names the next", body = [ClientView],
+            headers(("Link" = String, description = "the next page, `<...>; rel=\"next\"`; absent on the last page"))),
+        (status = 400, description = "a bad query: limit outside 1-1000, not a number, an unknown or repeated parameter", body = ErrorBody<'static>),
         (status = 500, description = "the client table could not be read", body = ErrorBody<'static>),
         (status = 503, description = "the client table did not answer within store.timeout", body = ErrorBody<'static>),
     )
 )]
 async fn list_clients(
     State(state): State<AdminState>,
-) -> Result<Json<Vec<ClientView>>, AdminError> {
-    let rows = within(&state, Op::Read, state.store.list()).await?;
-    Ok(Json(views(&state, &rows).await))
+    ListParams(query): ListParams,
+) -> Result<Response, AdminError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    let search = query.search.as_deref().filter(|s| !s.is_empty());
+    // One row more than the page: whether there is a next page, without a
+    // second query.
+    let page = crate::store::Page {
+        after: query.after.as_deref(),
+        limit: limit + 1,
+        search,
+    };
+    let mut rows = within(&state, Op::Read, state.store.list_page(&page)).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let link = more
+        .then(|| rows.last().map(|r| next_link(r.client_id(), limit, search)))
+        .flatten();
+    let mut response = Json(views(&state, &rows).await).into_response();
+    if let Some(value) = link.and_then(|l| http::HeaderValue::try_from(l).ok()) {
+        response.headers_mut().insert(header::LINK, value);
+    }
+    Ok(response)
 }
 
 #[utoipa::path(
@@ -661,11 +821,11 @@ async fn update_client(
 #[utoipa::path(
     delete,
     path = "/clients/{id}",
-    summary = "Remove a client; it returns to the default limits",
-    params(ClientPath),
+    summary = "Remove a client; it returns to the default limits. Any row can be removed, also one written by hand that makes no valid client",
+    params(RowPath),
     responses(
         (status = 204, description = "removed"),
-        (status = 400, description = "the id is no client_id", body = ErrorBody<'static>),
+        (status = 400, description = "the id is not UTF-8, or longer than 4096 bytes", body = ErrorBody<'static>),
         (status = 404, description = "no such client", body = ErrorBody<'static>),
         (status = 500, description = "the client table could not be written", body = ErrorBody<'static>),
         (status = 503, description = "the client table did not answer within store.timeout; the client may or may not have been removed", body = ErrorBody<'static>),
@@ -673,13 +833,22 @@ async fn update_client(
 )]
 async fn delete_client(
     State(state): State<AdminState>,
-    ClientId(id): ClientId,
+    RowId(id): RowId,
 ) -> Result<StatusCode, AdminError> {
+    // A row whose id is no API key never had a bucket of its own.
+    let key = ApiKey::new(&id).ok();
     within(&state, Op::Write, async {
-        let _serial = state.lock(&id).await;
+        let _serial = match &key {
+            Some(key) => Some(state.lock(key).await),
+            None => None,
+        };
         let write = state.writes.begin();
         state.store.delete(&id).await?;
-        write.apply(|| apply(&state, &ClientKey::Api(id.clone()), None));
+        write.apply(|| {
+            if let Some(key) = &key {
+                apply(&state, &ClientKey::Api(key.clone()), None);
+            }
+        });
         Ok(())
     })
     .await?;
@@ -1013,12 +1182,24 @@ mod tests {
             serde_json::from_str(&openapi_document(false)).expect("valid JSON");
         assert!(doc.get("security").is_none());
         assert!(doc["components"].get("securitySchemes").is_none());
-        assert!(doc["components"].get("responses").is_none());
+        let shared: Vec<&String> = doc["components"]["responses"]
+            .as_object()
+            .expect("the guard's answers")
+            .keys()
+            .collect();
+        assert_eq!(shared, ["CrossSite", "MisdirectedHost"]);
         let mut operations = 0;
         for item in doc["paths"].as_object().expect("paths").values() {
-            for op in item.as_object().expect("path item").values() {
+            for (method, op) in item.as_object().expect("path item") {
                 operations += 1;
                 assert!(op["responses"].get("401").is_none());
+                assert!(op["responses"].get("429").is_none());
+                assert_eq!(
+                    op["responses"]["421"]["$ref"],
+                    "#/components/responses/MisdirectedHost"
+                );
+                let changes = !matches!(method.as_str(), "get" | "head");
+                assert_eq!(op["responses"].get("403").is_some(), changes, "{method}");
             }
         }
         assert_eq!(operations, 14);
@@ -1065,6 +1246,10 @@ mod tests {
                 assert_eq!(
                     op["responses"]["401"]["$ref"],
                     "#/components/responses/Unauthorized"
+                );
+                assert_eq!(
+                    op["responses"]["429"]["$ref"],
+                    "#/components/responses/TooManyBadTokens"
                 );
             }
         }

@@ -344,6 +344,22 @@ fn store_urls_name_a_supported_database() {
 }
 
 #[test]
+fn admin_allowed_hosts_are_host_names() {
+    let c = Config::parse("admin:\n  allowed_hosts: [admin.example.com, \"10.0.0.5:9090\"]\n")
+        .expect("valid");
+    assert_eq!(
+        c.admin.allowed_hosts,
+        ["admin.example.com", "10.0.0.5:9090"]
+    );
+    let problems = Config::parse(
+        "admin:\n  allowed_hosts: [ok.example, \"http://a.example\", \"*.example\"]\n",
+    )
+    .expect_err("bad entries");
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["admin.allowed_hosts[1]", "admin.allowed_hosts[2]"]);
+}
+
+#[test]
 fn public_admin_needs_a_token() {
     let problems = Config::parse("admin:\n  listen: 0.0.0.0:9090\n").expect_err("no token");
     assert_eq!(problems[0].field, "admin.token");

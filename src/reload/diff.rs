@@ -168,6 +168,7 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
             restart,
         )
         .key("body_read_timeout", |a| &mut a.body_read_timeout, restart)
+        .key("allowed_hosts", |a| &mut a.allowed_hosts, restart)
         .rest();
 
     if old.backends != new.backends {

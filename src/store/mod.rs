@@ -67,9 +67,25 @@ pub struct RejectedRow {
 impl RejectedRow {
     /// Says, once per row as read, that the limiter goes on without it.
     /// Start-up and reload both report through here, so the message has
-    /// one wording.
+    /// one wording. The id is shown with its control characters escaped:
+    /// a row written by hand can hold anything.
     pub fn warn_skipped(&self) {
-        tracing::warn!(client_id = %self.client_id, error = %self.reason, "skipping an invalid row of the client table");
+        let id = crate::escape::Escaped(&self.client_id);
+        tracing::warn!(
+            client_id = %id,
+            problem = %self.problem(),
+            "skipping an invalid row of the client table (DELETE /clients/{{id}} removes it)"
+        );
+    }
+
+    /// What is wrong, as `tollgate check` words a problem: where, then
+    /// why (`clients["b"]: capacity must be an integer >= 1 (got 0)`).
+    pub fn problem(&self) -> String {
+        let id = crate::escape::Escaped(&self.client_id);
+        match &self.reason {
+            InvalidRow::Key(e) => format!("clients[\"{id}\"].client_id: {e}"),
+            InvalidRow::Limits { source, .. } => format!("clients[\"{id}\"]: {source}"),
+        }
     }
 }
 
@@ -180,6 +196,19 @@ pub struct SnapshotDelta {
     pub delete: Vec<String>,
 }
 
+/// One page of the client table: the rows whose `client_id` comes after
+/// `after` in the database's order of `client_id`, at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page<'a> {
+    /// The last `client_id` of the previous page; `None`: from the first.
+    pub after: Option<&'a str>,
+    /// Rows at most.
+    pub limit: u32,
+    /// Only ids that contain this text, ASCII letters in any case;
+    /// `None`: every id.
+    pub search: Option<&'a str>,
+}
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -239,14 +268,19 @@ pub trait ClientStore: Send + Sync + std::fmt::Debug + 'static {
     /// Every row, ordered by id; rows that make no usable client come back
     /// as [`ClientRow::Rejected`], not as an error.
     async fn list(&self) -> Result<Vec<ClientRow>, StoreError>;
+    /// One page of rows, ordered by id (rejected rows too, as in
+    /// [`list`](Self::list)).
+    async fn list_page(&self, page: &Page<'_>) -> Result<Vec<ClientRow>, StoreError>;
     /// One row.
     async fn get(&self, id: &ApiKey) -> Result<Option<ClientRow>, StoreError>;
     /// Adds a client; [`StoreError::AlreadyExists`] if the id is taken.
     async fn create(&self, client: &Client) -> Result<(), StoreError>;
     /// Replaces a client's limits; [`StoreError::NotFound`] if unknown.
     async fn update(&self, client: &Client) -> Result<(), StoreError>;
-    /// Removes a client; [`StoreError::NotFound`] if unknown.
-    async fn delete(&self, id: &ApiKey) -> Result<(), StoreError>;
+    /// Removes the row whose `client_id` is `id`, a valid API key or not
+    /// (a row written by hand must be removable too);
+    /// [`StoreError::NotFound`] if there is none.
+    async fn delete(&self, id: &str) -> Result<(), StoreError>;
     /// Applies a snapshot delta in one transaction.
     async fn save_bucket_states(&self, delta: &SnapshotDelta) -> Result<(), StoreError>;
     /// Every snapshotted bucket level.
@@ -308,6 +342,9 @@ impl ClientStore for Guarded {
     async fn list(&self) -> Result<Vec<ClientRow>, StoreError> {
         self.call(|s| s.list()).await
     }
+    async fn list_page(&self, page: &Page<'_>) -> Result<Vec<ClientRow>, StoreError> {
+        self.call(|s| s.list_page(page)).await
+    }
     async fn get(&self, id: &ApiKey) -> Result<Option<ClientRow>, StoreError> {
         self.call(|s| s.get(id)).await
     }
@@ -317,7 +354,7 @@ impl ClientStore for Guarded {
     async fn update(&self, client: &Client) -> Result<(), StoreError> {
         self.call(|s| s.update(client)).await
     }
-    async fn delete(&self, id: &ApiKey) -> Result<(), StoreError> {
+    async fn delete(&self, id: &str) -> Result<(), StoreError> {
         self.call(|s| s.delete(id)).await
     }
     async fn save_bucket_states(&self, delta: &SnapshotDelta) -> Result<(), StoreError> {

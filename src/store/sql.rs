@@ -55,6 +55,30 @@ macro_rules! sql_store {
                     .collect::<Result<_, sqlx::Error>>()?)
             }
 
+            async fn list_page(
+                &self,
+                page: &$crate::store::Page<'_>,
+            ) -> Result<Vec<$crate::store::ClientRow>, $crate::store::StoreError> {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT client_id, capacity, rate_per_sec, rate FROM clients WHERE 1 = 1",
+                );
+                if let Some(after) = page.after {
+                    q.push(" AND client_id > ").push_bind(after);
+                }
+                if let Some(search) = page.search {
+                    q.push(" AND LOWER(client_id) LIKE ")
+                        .push_bind($crate::store::sql::contains_pattern(search))
+                        .push(" ESCAPE '\\'");
+                }
+                q.push(" ORDER BY client_id LIMIT ")
+                    .push_bind(i64::from(page.limit));
+                let rows = q.build().fetch_all(&self.pool).await?;
+                Ok(rows
+                    .iter()
+                    .map(Self::client_row)
+                    .collect::<Result<_, sqlx::Error>>()?)
+            }
+
             async fn get(
                 &self,
                 id: &$crate::limiter::ApiKey,
@@ -121,18 +145,15 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn delete(
-                &self,
-                id: &$crate::limiter::ApiKey,
-            ) -> Result<(), $crate::store::StoreError> {
+            async fn delete(&self, id: &str) -> Result<(), $crate::store::StoreError> {
                 let mut q = sqlx::QueryBuilder::<$db>::new("DELETE FROM clients WHERE client_id = ");
-                q.push_bind(id.as_str());
+                q.push_bind(id);
                 let mut tx = self.pool.begin().await?;
                 let done = q.build().execute(&mut *tx).await?;
                 if done.rows_affected() == 0 {
-                    return Err($crate::store::StoreError::NotFound(id.as_str().to_owned()));
+                    return Err($crate::store::StoreError::NotFound(id.to_owned()));
                 }
-                self.announce(&mut tx, id.as_str()).await?;
+                self.announce(&mut tx, id).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -206,6 +227,22 @@ macro_rules! sql_store {
     };
 }
 pub(super) use sql_store;
+
+/// A `LIKE` pattern (escape character `\`) for ids that contain `text`,
+/// compared in lower case on both sides (`LOWER(client_id)`), so the
+/// search ignores the case of ASCII letters on SQLite and PostgreSQL alike.
+pub(super) fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.to_ascii_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
 
 /// Judges a client row as read: the one place a row becomes a
 /// [`Client`], so start-up, reload and the admin API see
@@ -312,6 +349,12 @@ mod tests {
             }
         ));
         assert_eq!(row.rate().as_deref(), Some("5/week"));
+    }
+
+    #[test]
+    fn search_text_is_matched_literally() {
+        assert_eq!(super::contains_pattern("Ab"), "%ab%");
+        assert_eq!(super::contains_pattern("50%_a\\b"), "%50\\%\\_a\\\\b%");
     }
 
     #[test]

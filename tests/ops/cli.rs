@@ -64,6 +64,33 @@ fn check_prints_every_problem_with_its_field_and_exits_2() {
 }
 
 #[test]
+fn check_refuses_a_short_token_on_a_public_admin_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("admin.yaml");
+    let run = |yaml: &str| {
+        std::fs::write(&path, yaml).expect("write config");
+        let out = tollgate()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run tollgate");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("admin:\n  listen: 0.0.0.0:9090\n  token: short-token\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("admin.token") && err.contains("16"), "{err}");
+    let (code, err) = run("admin:\n  listen: 0.0.0.0:9090\n  token: 0123456789abcdef\n");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) =
+        run("admin:\n  allowed_hosts: [admin.example.com, \"https://admin.example.com/\"]\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("admin.allowed_hosts[1]"), "{err}");
+}
+
+#[test]
 fn config_comes_from_the_environment_and_serve_fails_before_listening() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bad.yaml");
@@ -695,4 +722,114 @@ async fn health_probes_a_url_and_fails_on_errors_and_silence() {
     let (code, _, err) =
         health_cli(vec!["--config".into(), "/nonexistent/tollgate.yaml".into()]).await;
     assert_eq!(code, Some(2), "{err}");
+}
+
+/// A server that answers every request with `answer` (whatever it is
+/// asked) and counts the connections it accepted.
+async fn fixed_server(
+    answer: Vec<u8>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                // The client may hang up before all of it is sent.
+                let _ = stream.write_all(&answer).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_body_is_cut_at_4_kib() {
+    let ten_mb = 10 * 1024 * 1024;
+    let raw = [
+        format!("HTTP/1.1 500 Internal Server Error\r\ncontent-length: {ten_mb}\r\n\r\n")
+            .into_bytes(),
+        vec![b'x'; ten_mb],
+    ]
+    .concat();
+    let message = "y".repeat(ten_mb);
+    let json_body = format!("{{\"code\":500,\"message\":\"{message}\"}}");
+    let json = [
+        format!(
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            json_body.len()
+        )
+        .into_bytes(),
+        json_body.into_bytes(),
+    ]
+    .concat();
+    for (what, answer) in [("plain", raw), ("JSON", json)] {
+        let (addr, _) = fixed_server(answer).await;
+        let (code, out, err) = clients_cli(addr, &["list"]).await;
+        assert_eq!(code, Some(1), "{what}");
+        assert!(out.is_empty(), "{what}: {} bytes on stdout", out.len());
+        assert!(
+            err.len() < 4096 + 256,
+            "{what}: {} bytes on stderr",
+            err.len()
+        );
+        assert!(err.contains("500"), "{what}: {err}");
+        assert!(err.contains("truncated"), "{what}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_reported_and_not_followed() {
+    let (elsewhere, visits) = fixed_server(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]"
+            .to_vec(),
+    )
+    .await;
+    let location = format!("http://{elsewhere}/clients?limit=1000");
+    for status in [
+        "301 Moved Permanently",
+        "302 Found",
+        "307 Temporary Redirect",
+    ] {
+        let (admin, _) = fixed_server(
+            format!("HTTP/1.1 {status}\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n")
+                .into_bytes(),
+        )
+        .await;
+        let (code, _, err) = admin_cli(
+            "clients",
+            &format!("http://{admin}"),
+            Some("redirect-test-token-0123456789"),
+            &["list"],
+        )
+        .await;
+        assert_eq!(code, Some(1), "{status}: {err}");
+        assert!(err.contains(&status[..3]), "{err}");
+        assert!(err.contains(&location), "{err}");
+        assert!(err.contains("not followed"), "{err}");
+    }
+    assert_eq!(
+        visits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a redirect was followed"
+    );
 }

@@ -20,6 +20,8 @@ mod support {
 }
 
 mod admin;
+mod admin_guard;
+mod bad_rows;
 mod cli;
 mod deploy;
 mod docs;
@@ -27,6 +29,7 @@ mod durability;
 mod fd_limit;
 mod metrics;
 mod openapi;
+mod paging;
 mod reload;
 mod replicas;
 mod secrets;

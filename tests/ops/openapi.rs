@@ -96,7 +96,7 @@ impl Api {
             .await
             .expect("connect");
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\
              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"capacity\":"
         );
         stream.write_all(head.as_bytes()).await.expect("write");
@@ -120,6 +120,61 @@ impl Api {
             body: body.as_bytes().to_vec(),
         };
         self.judge(template, method, answer, 408);
+    }
+}
+
+/// The answers of the admin API's front guard, on every operation they
+/// are documented for: 421 (a Host not served), 403 (a browser's state
+/// change from another site), 429 (too many wrong tokens, from an address
+/// of its own so that the rest of the test is not throttled).
+async fn guard_answers(api: &mut Api) {
+    let documented = api.spec.documented();
+    let guesser = reqwest::Client::builder()
+        .no_proxy()
+        .local_address("127.0.0.3".parse::<std::net::IpAddr>().expect("ip"))
+        .build()
+        .expect("client");
+    for (template, method) in api.spec.operations() {
+        let concrete = template.replace("{id}", "probe").replace("{name}", "b0");
+        let has = |status: u16| documented.contains(&(template.clone(), method.clone(), status));
+        let upper = method.to_uppercase();
+        assert!(has(421), "{method} {template}: 421 not documented");
+        let req = api
+            .req(&upper, &concrete)
+            .header("host", "rebind.evil.example");
+        api.expect(&template, req, 421).await;
+        let changes = !matches!(method.as_str(), "get" | "head");
+        assert_eq!(has(403), changes, "{method} {template}");
+        if changes {
+            let req = api
+                .req(&upper, &concrete)
+                .header("origin", "http://evil.example");
+            api.expect(&template, req, 403).await;
+        }
+        if !has(401) {
+            continue;
+        }
+        assert!(has(429), "{method} {template}: 429 not documented");
+        // Wrong tokens until the address is throttled (a few at most;
+        // one more may pass each second the loop takes).
+        let mut answer = None;
+        for _ in 0..20 {
+            let got = receive(
+                guesser
+                    .request(upper.parse().expect("method"), api.url(&concrete))
+                    .bearer_auth("a-wrong-token-0000000000")
+                    .send()
+                    .await
+                    .expect("an answer"),
+            )
+            .await;
+            if got.status != 401 {
+                answer = Some(got);
+                break;
+            }
+        }
+        let answer = answer.expect("throttled within 20 wrong tokens");
+        api.judge(&template, &method, answer, 429);
     }
 }
 
@@ -206,6 +261,7 @@ async fn every_documented_answer_is_what_the_server_sends() {
     assert_eq!(public, [("/".to_owned(), "get".to_owned())]);
     let shell = api.http.get(api.url("/"));
     api.expect("/", shell, 200).await;
+    guard_answers(&mut api).await;
 
     // The client table. The largest capacity: its format must hold it.
     let new = json!({"client_id": "user1", "capacity": 4_294_967_295_u64, "rate_per_sec": 1000});
@@ -240,6 +296,12 @@ async fn every_documented_answer_is_what_the_server_sends() {
         .expect("/clients", api.req("GET", "/clients"), 200)
         .await;
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    let page = api
+        .expect("/clients", api.req("GET", "/clients?limit=1&after=a"), 200)
+        .await;
+    assert_eq!(page[0]["client_id"], "daily", "{page}");
+    api.expect("/clients", api.req("GET", "/clients?limit=0"), 400)
+        .await;
 
     let one = "/clients/{id}";
     api.expect(one, api.req("GET", "/clients/user1"), 200).await;

@@ -14,7 +14,9 @@ use std::time::Duration;
 use tollgate::limiter::{ApiKey, ClientKey, Limits, Registry, RegistryConfig};
 use tollgate::store::reload::TableSync;
 use tollgate::store::writes::LocalWrites;
-use tollgate::store::{BucketState, Client, ClientRow, ClientStore, SnapshotDelta, StoreError};
+use tollgate::store::{
+    BucketState, Client, ClientRow, ClientStore, Page, SnapshotDelta, StoreError,
+};
 
 use crate::support;
 
@@ -104,7 +106,7 @@ async fn write_through(
                 store.update(&c).await
             }
         }
-        (None, ClientKey::Api(id)) => store.delete(id).await,
+        (None, ClientKey::Api(id)) => store.delete(id.as_str()).await,
         _ => unreachable!("an API key"),
     };
     if done.is_ok() {
@@ -148,6 +150,9 @@ impl ClientStore for WriteDuringList {
         }
         Ok(rows)
     }
+    async fn list_page(&self, page: &Page<'_>) -> Result<Vec<ClientRow>, StoreError> {
+        self.inner.list_page(page).await
+    }
     async fn get(&self, id: &ApiKey) -> Result<Option<ClientRow>, StoreError> {
         self.inner.get(id).await
     }
@@ -157,7 +162,7 @@ impl ClientStore for WriteDuringList {
     async fn update(&self, client: &Client) -> Result<(), StoreError> {
         self.inner.update(client).await
     }
-    async fn delete(&self, id: &ApiKey) -> Result<(), StoreError> {
+    async fn delete(&self, id: &str) -> Result<(), StoreError> {
         self.inner.delete(id).await
     }
     async fn save_bucket_states(&self, delta: &SnapshotDelta) -> Result<(), StoreError> {

@@ -452,12 +452,86 @@ async fn the_page_in_a_browser_shows_backends_health_and_edits_clients() {
         );
     }
 
-    // Search, edit and delete through the page too.
+    // The table a page at a time: 120 more clients, and one whose id is
+    // 200 characters long, which must wrap rather than widen the page.
+    // Wide letters: 200 of them are wider than the window.
+    let long_id = format!("x-{}", "w".repeat(198));
+    let (s, _) = post(json!({"client_id": long_id, "capacity": 1, "rate_per_sec": 1})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    for i in 0..120 {
+        let id = format!("bulk-{i:03}");
+        let (s, _) = post(json!({"client_id": id, "capacity": 1, "rate_per_sec": 1})).await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    browser.open(&url(admin, "/")).await;
+    let first = browser
+        .wait_for(
+            "the first page of clients",
+            "const ids = [...document.querySelectorAll('#clients tbody tr')].map(r => r.dataset.id);
+             return ids.length === 100 && !document.getElementById('client-next').disabled
+                 ? [ids[0], ids[99]] : null;",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(first, json!(["bulk-000", "bulk-099"]));
+    browser.click("#client-next").await;
+    let second = browser
+        .wait_for(
+            "the second page of clients",
+            "const ids = [...document.querySelectorAll('#clients tbody tr')].map(r => r.dataset.id);
+             return ids[0] === 'bulk-100' ? ids : null;",
+            Duration::from_secs(10),
+        )
+        .await;
+    let second: Vec<&str> = second
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_str().expect("id"))
+        .collect();
+    assert_eq!(second.len(), 24, "{second:?}");
+    assert!(second.ends_with(&["mobile-app", "partner-42", "scraper-7", long_id.as_str()]));
+    let layout = browser
+        .eval(
+            "const cell = [...document.querySelectorAll('#clients tbody tr')]
+                 .find(r => r.dataset.id.length === 200).cells[0];
+             return [document.documentElement.scrollWidth, document.documentElement.clientWidth,
+                     cell.getBoundingClientRect().right,
+                     document.getElementById('clients').getBoundingClientRect().right];",
+            json!([]),
+        )
+        .await;
+    let n = |i: usize| layout[i].as_f64().expect("a number");
+    assert!(n(0) <= n(1), "the page is wider than the window: {layout}");
+    assert!(n(2) <= n(3) + 0.5, "the id overflows its table: {layout}");
+    assert_eq!(
+        browser
+            .eval(
+                "return document.getElementById('client-next').disabled",
+                json!([])
+            )
+            .await,
+        true
+    );
+    browser.click("#client-prev").await;
+    browser
+        .wait_for(
+            "the first page again",
+            "const r = document.querySelector('#clients tbody tr');
+             return r && r.dataset.id === 'bulk-000' ? true : null;",
+            Duration::from_secs(10),
+        )
+        .await;
+
+    // Search (by the API, across every page), edit and delete through the
+    // page too.
     browser.fill("#client-search", "partner").await;
     let listed = browser
-        .eval(
-            "return [...document.querySelectorAll('#clients tbody tr')].map(r => r.dataset.id)",
-            json!([]),
+        .wait_for(
+            "the search's answer",
+            "const ids = [...document.querySelectorAll('#clients tbody tr')].map(r => r.dataset.id);
+             return ids.length === 1 ? ids : null;",
+            Duration::from_secs(10),
         )
         .await;
     assert_eq!(listed, json!(["partner-42"]));

@@ -70,9 +70,9 @@ async fn contract(store: Arc<dyn ClientStore>) {
         Err(StoreError::NotFound(id)) if id == "zz"
     ));
 
-    store.delete(&id(odd)).await.expect("delete");
+    store.delete(odd).await.expect("delete");
     assert!(matches!(
-        store.delete(&id(odd)).await,
+        store.delete(odd).await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(store.list().await.expect("list").len(), 2);

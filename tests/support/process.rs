@@ -14,6 +14,8 @@ pub struct Process {
     pub admin: SocketAddr,
     /// TLS listener, if configured (reported before the admin listener).
     pub tls: Option<SocketAddr>,
+    /// The JSON log lines up to the listeners' reports.
+    pub startup: Vec<serde_json::Value>,
     /// Every JSON log line printed after start-up was read.
     pub logs: std::sync::mpsc::Receiver<serde_json::Value>,
     /// The config file it was started with (a reload re-reads it).
@@ -99,6 +101,7 @@ pub fn spawn_serve_with_open_files(yaml: &str, nofile: Option<u64>) -> Process {
     let mut proxy = None;
     let mut admin = None;
     let mut tls = None;
+    let mut startup = Vec::new();
     while proxy.is_none() || admin.is_none() {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
@@ -110,12 +113,14 @@ pub fn spawn_serve_with_open_files(yaml: &str, nofile: Option<u64>) -> Process {
             Some("TLS listening") => tls = addr,
             _ => {}
         }
+        startup.push(line);
     }
     Process {
         child,
         proxy: proxy.expect("proxy addr"),
         admin: admin.expect("admin addr"),
         tls,
+        startup,
         logs: rx,
         config: path,
     }

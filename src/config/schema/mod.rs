@@ -198,6 +198,10 @@ pub struct AdminConfig {
     /// How long an admin client may take to send its request body.
     #[serde(deserialize_with = "duration")]
     pub body_read_timeout: Duration,
+    /// Host names (port ignored) a request's `Host` may carry besides the
+    /// loopback names and the listen address; any other gets 421 (a
+    /// DNS-rebinding page's requests carry its own name).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -207,6 +211,7 @@ impl Default for AdminConfig {
             token: None,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -57,8 +57,14 @@ impl Config {
     }
 
     /// `admin`: a token where the listener is reachable from elsewhere, a
-    /// token worth the name, an address of its own.
+    /// token worth the name, an address of its own, host names in
+    /// `allowed_hosts` (each checked as the admin API will compare it).
     fn check_admin(&self, add: &mut Add<'_>) {
+        for (i, host) in self.admin.allowed_hosts.iter().enumerate() {
+            if let Err(reason) = crate::admin::guard::allowed_host_entry(host) {
+                add(&format!("admin.allowed_hosts[{i}]"), reason);
+            }
+        }
         if !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
             add(
                 "admin.token",
