@@ -38,7 +38,10 @@
 //!
 //! hyper answers requests its HTTP/1.1 parser refuses (400, 414, 431) by
 //! itself, with an empty body; [`ClientStream`] puts the JSON error every
-//! other refusal carries in its place (see [`Held`]).
+//! other refusal carries in its place (see [`Held`]), on both listeners
+//! (the TLS shutdown hyper asks for waits until the answer is out), and
+//! the refusal gets its access log line ([`parser_refusal`]): the handler,
+//! which logs every other request, never saw it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -62,11 +65,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::parser_refusal::{self, Refused};
 use super::proxy_protocol::ProxyProtocol;
 use super::timeout::IdleTimer;
 use super::transport::Transport;
 use super::tunnel::{self, Tunnel};
 use super::{Body, BoxError, Conn};
+use crate::access_log::AccessLog;
 use crate::shutdown::Signal;
 use crate::telemetry::{Metrics, Throttle};
 use crate::tls::server::TlsTerminator;
@@ -93,6 +98,9 @@ pub struct ServeOptions {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Where refusals, idle timeouts and handshake failures are counted.
     pub metrics: Metrics,
+    /// Where requests the HTTP/1.1 parser refuses are logged
+    /// (`log.access`); every other request is logged by the handler.
+    pub access_log: Option<AccessLog>,
 }
 
 impl Default for ServeOptions {
@@ -106,6 +114,7 @@ impl Default for ServeOptions {
             budget: None,
             proxy_protocol: None,
             metrics: Metrics::default(),
+            access_log: None,
         }
     }
 }
@@ -368,6 +377,7 @@ where
         send_timeout: options.send_timeout,
         proxy_protocol: options.proxy_protocol.clone(),
         metrics: options.metrics.clone(),
+        access_log: options.access_log.clone(),
     });
     let graceful = GracefulShutdown::new();
     // Tells connections to give up (still waiting for their first bytes)
@@ -427,6 +437,7 @@ struct Shared<H> {
     send_timeout: Duration,
     proxy_protocol: Option<ProxyProtocol>,
     metrics: Metrics,
+    access_log: Option<AccessLog>,
     /// Completes when the drain is over: open tunnels are cut.
     cut: Signal,
 }
@@ -477,7 +488,11 @@ async fn serve_connection<H, F>(
         drive_h2(conn, &state, shared.header_read_timeout, closing).await
     } else {
         let conn = shared.http1.serve_connection(io, service);
-        drive_h1(conn, &state, closing, shared.cut.clone()).await
+        let (result, refused) = drive_h1(conn, &state, closing, shared.cut.clone()).await;
+        if let (Some(log), Some(refused)) = (&shared.access_log, refused) {
+            parser_refusal::log(log, peer.ip(), &refused);
+        }
+        result
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -620,15 +635,15 @@ async fn handshake(
 }
 
 /// Runs an HTTP/1.1 connection to its end; then sends whatever
-/// [`ClientStream`] held back, or the JSON error in place of hyper's own;
-/// or, if it ended in an upgrade, runs the tunnel until it closes or `cut`
-/// completes.
+/// [`ClientStream`] held back, or the JSON error in place of hyper's own
+/// (and returns that refusal, for the access log); or, if it ended in an
+/// upgrade, runs the tunnel until it closes or `cut` completes.
 async fn drive_h1<S>(
     mut conn: http1::Connection<TokioIo<ClientStream>, S>,
     state: &ConnState,
     closing: Signal,
     cut: Signal,
-) -> Result<(), hyper::Error>
+) -> (Result<(), hyper::Error>, Option<Refused>)
 where
     S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin,
     S::Error: Into<BoxError>,
@@ -660,12 +675,20 @@ where
         if let Some(tunnel) = state.take_tunnel() {
             stream.upgraded(parts.read_buf);
             tunnel::run(stream, tunnel, cut).await;
-            return Ok(());
+            return (Ok(()), None);
         }
     }
     let parse_error = result.as_ref().err().is_some_and(hyper::Error::is_parse);
-    stream.finish(parse_error).await;
-    result
+    // On a parse error hyper's read buffer still holds the refused head.
+    let refused = stream
+        .finish(parse_error)
+        .await
+        .map(|(status, body_len)| Refused {
+            status,
+            body_len,
+            head: parts.read_buf,
+        });
+    (result, refused)
 }
 
 /// Runs an HTTP/2 connection to its end, closing it once it has had no
@@ -872,7 +895,8 @@ fn looks_like_parser_error(bytes: &[u8]) -> bool {
 
 /// The JSON answer in place of hyper's empty `held` one: same status line
 /// and date, a body saying what was wrong, and the connection closing.
-fn json_parser_error(held: &[u8]) -> Option<Vec<u8>> {
+/// Returns the status, the answer and the length of its body.
+fn json_parser_error(held: &[u8]) -> Option<(u16, Vec<u8>, usize)> {
     let head = std::str::from_utf8(held).ok()?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next()?;
@@ -890,7 +914,7 @@ fn json_parser_error(held: &[u8]) -> Option<Vec<u8>> {
     }
     out.push_str("\r\n");
     out.push_str(&body);
-    Some(out.into_bytes())
+    Some((code, out.into_bytes(), body.len()))
 }
 
 /// Longest a refused client gets to read its error answer before the
@@ -989,25 +1013,30 @@ impl ClientStream {
 
     /// After the connection ended: the JSON answer in place of a held
     /// parser error (`parse_error`: the connection ended with one), or the
-    /// held response as it was; then a short linger so that the client
-    /// reads the answer before the close.
-    async fn finish(&mut self, parse_error: bool) {
-        let Some(held) = self.held.take() else {
-            return;
-        };
+    /// held response as it was; then the shutdown hyper's was held back
+    /// for, and a short linger so that the client reads the answer before
+    /// the close. Returns the status and body bytes sent of a JSON answer.
+    async fn finish(&mut self, parse_error: bool) -> Option<(u16, u64)> {
+        let held = self.held.take()?;
         let current = held.round == self.state.round.load(Ordering::Relaxed);
-        let answer = if parse_error && current && held.sent == 0 {
-            json_parser_error(&held.bytes).unwrap_or(held.bytes)
-        } else {
-            held.bytes
-                .get(held.sent..)
-                .map(<[u8]>::to_vec)
-                .unwrap_or_default()
+        let json = (parse_error && current && held.sent == 0)
+            .then(|| json_parser_error(&held.bytes))
+            .flatten();
+        let (answer, refused) = match json {
+            Some((status, answer, body_len)) => (answer, Some((status, body_len as u64))),
+            None => (
+                held.bytes
+                    .get(held.sent..)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default(),
+                None,
+            ),
         };
         let sent =
             tokio::time::timeout(self.send_timer.timeout(), self.stream.write_all(&answer)).await;
         if !matches!(sent, Ok(Ok(()))) {
-            return;
+            // Refused all the same; the client did not take the answer.
+            return refused.map(|(status, _)| (status, 0));
         }
         // Closing with unread request bytes (the rest of an oversized
         // head) would reset the connection and could destroy the answer
@@ -1019,6 +1048,7 @@ impl ClientStream {
             while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {}
         })
         .await;
+        refused
     }
 }
 
@@ -1078,6 +1108,13 @@ impl AsyncWrite for ClientStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.held.is_some() {
+            // hyper shuts the connection right after writing its parser
+            // error answer, which is held back: a TLS close_notify now
+            // would end the stream before [`ClientStream::finish`] writes
+            // the answer, so that shutdown is left to `finish`.
+            return Poll::Ready(Ok(()));
+        }
         let upgraded = self.upgraded;
         match &mut self.stream {
             plain @ Transport::Plain(_) if upgraded => Pin::new(plain).poll_shutdown(cx),
