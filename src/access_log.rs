@@ -307,8 +307,14 @@ pub fn format_line(out: &mut Vec<u8>, record: &Record, format: Format) {
     let fields: [(&str, Value<'_>); 10] = [
         ("ts", Value::Str(ts)),
         ("client", Value::Str(&client)),
-        ("method", Value::Str(record.method.as_ref().map_or("-", Method::as_str))),
-        ("path", Value::Str(record.uri.as_ref().map_or("-", Uri::path))),
+        (
+            "method",
+            Value::Str(record.method.as_ref().map_or("-", Method::as_str)),
+        ),
+        (
+            "path",
+            Value::Str(record.uri.as_ref().map_or("-", Uri::path)),
+        ),
         ("status", Value::Number(status)),
         ("backend", backend.map_or(Value::Null, Value::Str)),
         ("duration_ms", Value::Number(duration)),

@@ -7,9 +7,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tollgate::app::{Running, StartOptions};
-use tokio::net::TcpStream;
 use tollgate::config::{CertificateConfig, Config, LogFormat, TlsConfig};
 use tollgate::limiter::Limits;
 

@@ -283,7 +283,8 @@ pub fn parser_refusals() -> Vec<Refusal> {
             path: "/malformed",
         },
         Refusal {
-            request: format!("GET /big?q=1 HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n").into_bytes(),
+            request: format!("GET /big?q=1 HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n")
+                .into_bytes(),
             status: 431,
             method: "GET",
             path: "/big",
