@@ -10,6 +10,7 @@
 //! it opens a tunnel ([`tunnel`]).
 
 mod admission;
+mod h2_stall;
 pub mod headers;
 pub mod identity;
 mod parser_refusal;

@@ -58,13 +58,14 @@ use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::h2_stall::{self, Stalls, StreamExec, StreamWatch};
 use super::parser_refusal::{self, Refused};
 use super::proxy_protocol::ProxyProtocol;
 use super::timeout::IdleTimer;
@@ -287,24 +288,47 @@ async fn accept_any(
     .await
 }
 
-/// hyper's HTTP/1.1 and HTTP/2 servers, set up once per listener thread.
-fn protocol_builders(options: &ServeOptions) -> (http1::Builder, http2::Builder<TokioExecutor>) {
+/// hyper's HTTP/1.1 server, set up once per listener thread.
+fn http1_builder(options: &ServeOptions) -> http1::Builder {
     let mut http1 = http1::Builder::new();
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .max_header_size(options.max_header_bytes)
         .keep_alive(true);
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http1
+}
+
+/// What hyper's HTTP/2 server is set up with.
+#[derive(Debug, Clone, Copy)]
+struct Http2Settings {
+    max_header_list_size: u32,
+    max_concurrent_streams: u32,
+}
+
+impl From<&ServeOptions> for Http2Settings {
+    fn from(options: &ServeOptions) -> Self {
+        Self {
+            max_header_list_size: u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX),
+            max_concurrent_streams: options.http2_max_concurrent_streams,
+        }
+    }
+}
+
+/// hyper's HTTP/2 server for one connection: made per connection, since
+/// the executor its streams run on is that connection's (it counts the
+/// connection's stalled streams, see [`h2_stall`]).
+fn http2_builder(settings: Http2Settings, exec: StreamExec) -> http2::Builder<StreamExec> {
+    let mut http2 = http2::Builder::new(exec);
     http2
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(options.http2_max_concurrent_streams)
+        .max_header_list_size(settings.max_header_list_size)
+        .max_concurrent_streams(settings.max_concurrent_streams)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
-    (http1, http2)
+    http2
 }
 
 /// A place in the connection budget, waiting (new connections stay in
@@ -364,15 +388,14 @@ where
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on the listener");
         }
     }
-    let (http1, http2) = protocol_builders(&options);
     // Tells open tunnels the drain is over (fired, or dropped, when this
     // function returns).
     let (cut, cut_signal) = crate::shutdown::channel();
     let shared = Arc::new(Shared {
         cut: cut_signal,
         handler,
-        http1,
-        http2,
+        http1: http1_builder(&options),
+        http2: Http2Settings::from(&options),
         header_read_timeout: options.header_read_timeout,
         send_timeout: options.send_timeout,
         proxy_protocol: options.proxy_protocol.clone(),
@@ -432,7 +455,7 @@ where
 struct Shared<H> {
     handler: H,
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: Http2Settings,
     header_read_timeout: Duration,
     send_timeout: Duration,
     proxy_protocol: Option<ProxyProtocol>,
@@ -484,8 +507,10 @@ async fn serve_connection<H, F>(
     });
     let service = request_service(shared.clone(), conn, h2, &state);
     let result = if h2 {
-        let conn = shared.http2.serve_connection(io, service);
-        drive_h2(conn, &state, shared.header_read_timeout, closing).await
+        let stalls = Arc::new(Stalls::default());
+        let exec = StreamExec::new(shared.send_timeout, stalls.clone(), &shared.metrics);
+        let conn = http2_builder(shared.http2, exec).serve_connection(io, service);
+        drive_h2(conn, &state, &stalls, shared.header_read_timeout, closing).await
     } else {
         let conn = shared.http1.serve_connection(io, service);
         let (result, refused) = drive_h1(conn, &state, closing, shared.cut.clone()).await;
@@ -590,7 +615,11 @@ where
                 }
             }
             Ok::<_, Infallible>(match open {
-                Some(open) => response.map(|body| Body::new(crate::body::Watched::new(body, open))),
+                Some(mut open) => {
+                    // Built inside the stream's task, where its guard is.
+                    open.watch = StreamWatch::current();
+                    response.map(|body| Body::new(crate::body::Watched::new(body, open)))
+                }
                 None => response,
             })
         }
@@ -692,10 +721,12 @@ where
 }
 
 /// Runs an HTTP/2 connection to its end, closing it once it has had no
-/// request open for `idle_timeout`.
+/// request open for `idle_timeout`, or once `stalls` says too many of its
+/// streams were reset for want of window.
 async fn drive_h2<S>(
-    conn: http2::Connection<TokioIo<ClientStream>, S, TokioExecutor>,
+    conn: http2::Connection<TokioIo<ClientStream>, S, StreamExec>,
     state: &ConnState,
+    stalls: &Stalls,
     idle_timeout: Duration,
     closing: Signal,
 ) -> Result<(), hyper::Error>
@@ -709,6 +740,8 @@ where
     tokio::pin!(closing);
     let idle = tokio::time::sleep_until(state.started + idle_timeout);
     tokio::pin!(idle);
+    let stalled = stalls.too_many();
+    tokio::pin!(stalled);
     let mut draining = false;
     let mut cut = false;
     loop {
@@ -717,6 +750,20 @@ where
             () = &mut closing, if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            () = &mut stalled, if !cut => {
+                // A client that keeps stalling streams: GOAWAY, then
+                // closed like an idle connection.
+                tracing::debug!(
+                    streams = h2_stall::MAX_STALLED_STREAMS,
+                    "HTTP/2 connection closed: streams reset for want of window"
+                );
+                cut = true;
+                if !draining {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                idle.as_mut().reset(Instant::now() + H2_GOAWAY_GRACE);
             }
             () = &mut idle => {
                 if cut {
@@ -797,30 +844,62 @@ impl ConnState {
 
 /// One HTTP/2 request from the handler call to the end of its response
 /// (or to the stream's reset, which drops it).
-struct OpenRequest(Arc<ConnState>);
+struct OpenRequest {
+    state: Arc<ConnState>,
+    /// Told of each frame hyper takes from the response body and each
+    /// poll of it, so that a stream without window is found
+    /// ([`h2_stall`]).
+    watch: Option<Arc<StreamWatch>>,
+}
 
 impl OpenRequest {
     fn new(state: Arc<ConnState>) -> Self {
         state.open.fetch_add(1, Ordering::AcqRel);
-        Self(state)
+        Self { state, watch: None }
+    }
+
+    fn polled(&self) {
+        if let Some(watch) = &self.watch {
+            watch.polled();
+        }
     }
 }
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
-        let ms = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let state = &self.state;
+        let ms = u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         // Stored before the count falls, so a reader that sees zero sees
         // this moment or a later one.
-        if self.0.open.load(Ordering::Acquire) == 1 {
-            self.0.idle_since_ms.store(ms, Ordering::Release);
+        if state.open.load(Ordering::Acquire) == 1 {
+            state.idle_since_ms.store(ms, Ordering::Release);
         }
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        state.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Keeps an HTTP/2 request counted as open until its response body ends
-/// (or is dropped).
-impl crate::body::Hooks for OpenRequest {}
+/// (or is dropped), and tells the stream's guard what hyper takes.
+impl crate::body::Hooks for OpenRequest {
+    fn frame(&mut self, frame: &http_body::Frame<Bytes>, _end: bool) {
+        if let Some(watch) = &self.watch {
+            watch.took(frame);
+        }
+    }
+
+    fn error(&mut self) {
+        self.polled();
+    }
+
+    fn end(&mut self) {
+        self.polled();
+    }
+
+    fn pending(&mut self, _cx: &mut Context<'_>) -> Poll<BoxError> {
+        self.polled();
+        Poll::Pending
+    }
+}
 
 /// A client connection as hyper sees it: the bytes read ahead come first;
 /// a write that stays blocked for `send_timeout` fails; on HTTP/1.1,
