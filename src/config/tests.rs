@@ -644,8 +644,10 @@ fn rule_methods_in_any_case_and_prefixes_in_normal_form() {
         );
         let problems = Config::parse(&text).expect_err(prefix);
         assert!(
-            problems.iter().any(|p| p.field == "rate_limit.rules[0].match.path_prefix"
-                && p.reason.contains(says)),
+            problems
+                .iter()
+                .any(|p| p.field == "rate_limit.rules[0].match.path_prefix"
+                    && p.reason.contains(says)),
             "{prefix}: {problems:?}"
         );
     }
