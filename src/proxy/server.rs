@@ -15,7 +15,10 @@
 //!   that has had no request open for `header_read_timeout` is sent a
 //!   GOAWAY here and closed [`H2_GOAWAY_GRACE`] later.
 //! - **Time a client leaves response bytes unread** (`send_timeout`):
-//!   [`ClientStream`] fails a write that stays blocked that long.
+//!   [`ClientStream`] fails a write that stays blocked that long; on
+//!   HTTP/2, where flow control stalls a stream and not the socket, the
+//!   executor the streams run on resets a stream that waits that long for
+//!   window, and the connection is closed after several ([`h2_stall`]).
 //! - **Request head size** (`max_header_bytes`): hyper's HTTP/1.1
 //!   `max_header_size`, HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`.
 //! - **HTTP/2 streams**: concurrent streams, and hyper's rapid-reset
