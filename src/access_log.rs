@@ -96,11 +96,13 @@ pub struct Record {
     pub ts: SystemTime,
     /// Who it was charged to.
     pub client: Client,
-    /// Its method.
-    pub method: Method,
+    /// Its method; `None` (logged `-`) for a request head the HTTP/1.1
+    /// parser refused before a method could be read.
+    pub method: Option<Method>,
     /// Its target (only the path is logged: query strings often carry
-    /// credentials).
-    pub uri: Uri,
+    /// credentials); `None` (logged `-`) when a refused head had none
+    /// that could be read, or one too long to log.
+    pub uri: Option<Uri>,
     /// The status answered.
     pub status: u16,
     /// The backend that answered, if one did.
@@ -305,8 +307,14 @@ pub fn format_line(out: &mut Vec<u8>, record: &Record, format: Format) {
     let fields: [(&str, Value<'_>); 10] = [
         ("ts", Value::Str(ts)),
         ("client", Value::Str(&client)),
-        ("method", Value::Str(record.method.as_str())),
-        ("path", Value::Str(record.uri.path())),
+        (
+            "method",
+            Value::Str(record.method.as_ref().map_or("-", Method::as_str)),
+        ),
+        (
+            "path",
+            Value::Str(record.uri.as_ref().map_or("-", Uri::path)),
+        ),
         ("status", Value::Number(status)),
         ("backend", backend.map_or(Value::Null, Value::Str)),
         ("duration_ms", Value::Number(duration)),
@@ -498,8 +506,8 @@ mod tests {
         Record {
             ts: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_930_652_123),
             client: Client::Ip("127.0.0.1".parse().expect("ip")),
-            method: Method::GET,
-            uri: Uri::from_static("/a/b?token=secret"),
+            method: Some(Method::GET),
+            uri: Some(Uri::from_static("/a/b?token=secret")),
             status: 200,
             backend: None,
             duration: Duration::from_micros(1500),

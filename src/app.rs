@@ -512,6 +512,7 @@ fn serve(
 ) -> Result<Vec<std::thread::JoinHandle<Drained>>, StartError> {
     let serve_options = ServeOptions {
         metrics,
+        access_log: proxy.access_log().cloned(),
         ..ServeOptions::from(config)
     };
     let max_connections = serve_options.budget.as_ref().map(ConnectionBudget::limit);

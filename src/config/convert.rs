@@ -209,6 +209,8 @@ impl From<&ServerConfig> for crate::proxy::server::ServeOptions {
             proxy_protocol: None,
             // The running tollgate's own, set when it starts.
             metrics: crate::telemetry::Metrics::default(),
+            // The proxy's, set when it starts.
+            access_log: None,
         }
     }
 }

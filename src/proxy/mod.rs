@@ -11,9 +11,11 @@
 
 mod admission;
 mod forward;
+mod h2_stall;
 pub mod headers;
 pub mod identity;
 mod labels;
+mod parser_refusal;
 pub mod path;
 pub mod proxy_protocol;
 pub mod request_id;
@@ -226,6 +228,11 @@ impl Proxy {
         }
     }
 
+    /// Where answered requests are logged, if anywhere (`log.access`).
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.as_ref()
+    }
+
     /// The same proxy, logging every answered request to `log`.
     pub fn with_access_log(mut self, log: AccessLog) -> Self {
         self.access_log = Some(log);
@@ -324,8 +331,8 @@ impl Proxy {
         let record = Record {
             ts,
             client: outcome.admission.client.map_or(Client::Ip(ip), Client::Key),
-            method,
-            uri,
+            method: Some(method),
+            uri: Some(uri),
             status: response.status().as_u16(),
             backend: outcome.backend,
             duration: Duration::ZERO,

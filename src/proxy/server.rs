@@ -15,7 +15,10 @@
 //!   that has had no request open for `header_read_timeout` is sent a
 //!   GOAWAY here and closed [`H2_GOAWAY_GRACE`] later.
 //! - **Time a client leaves response bytes unread** (`send_timeout`):
-//!   [`ClientStream`] fails a write that stays blocked that long.
+//!   [`ClientStream`] fails a write that stays blocked that long; on
+//!   HTTP/2, where flow control stalls a stream and not the socket, the
+//!   executor the streams run on resets a stream that waits that long for
+//!   window, and the connection is closed after several ([`h2_stall`]).
 //! - **Request head size** (`max_header_bytes`): hyper's HTTP/1.1
 //!   `max_header_size`, HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`.
 //! - **HTTP/2 streams**: concurrent streams, and hyper's rapid-reset
@@ -38,7 +41,10 @@
 //!
 //! hyper answers requests its HTTP/1.1 parser refuses (400, 414, 431) by
 //! itself, with an empty body; [`ClientStream`] puts the JSON error every
-//! other refusal carries in its place (see [`Held`]).
+//! other refusal carries in its place (see [`Held`]), on both listeners
+//! (the TLS shutdown hyper asks for waits until the answer is out), and
+//! the refusal gets its access log line ([`parser_refusal`]): the handler,
+//! which logs every other request, never saw it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -55,18 +61,21 @@ use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::h2_stall::{self, Stalls, StreamExec, StreamWatch};
+use super::parser_refusal::{self, Refused};
 use super::proxy_protocol::ProxyProtocol;
 use super::timeout::IdleTimer;
 use super::transport::Transport;
 use super::tunnel::{self, Tunnel};
 use super::{Body, BoxError, Conn};
+use crate::access_log::AccessLog;
 use crate::shutdown::Signal;
 use crate::telemetry::{Metrics, Throttle};
 use crate::tls::server::TlsTerminator;
@@ -93,6 +102,9 @@ pub struct ServeOptions {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Where refusals, idle timeouts and handshake failures are counted.
     pub metrics: Metrics,
+    /// Where requests the HTTP/1.1 parser refuses are logged
+    /// (`log.access`); every other request is logged by the handler.
+    pub access_log: Option<AccessLog>,
 }
 
 impl Default for ServeOptions {
@@ -106,6 +118,7 @@ impl Default for ServeOptions {
             budget: None,
             proxy_protocol: None,
             metrics: Metrics::default(),
+            access_log: None,
         }
     }
 }
@@ -278,24 +291,47 @@ async fn accept_any(
     .await
 }
 
-/// hyper's HTTP/1.1 and HTTP/2 servers, set up once per listener thread.
-fn protocol_builders(options: &ServeOptions) -> (http1::Builder, http2::Builder<TokioExecutor>) {
+/// hyper's HTTP/1.1 server, set up once per listener thread.
+fn http1_builder(options: &ServeOptions) -> http1::Builder {
     let mut http1 = http1::Builder::new();
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .max_header_size(options.max_header_bytes)
         .keep_alive(true);
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http1
+}
+
+/// What hyper's HTTP/2 server is set up with.
+#[derive(Debug, Clone, Copy)]
+struct Http2Settings {
+    max_header_list_size: u32,
+    max_concurrent_streams: u32,
+}
+
+impl From<&ServeOptions> for Http2Settings {
+    fn from(options: &ServeOptions) -> Self {
+        Self {
+            max_header_list_size: u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX),
+            max_concurrent_streams: options.http2_max_concurrent_streams,
+        }
+    }
+}
+
+/// hyper's HTTP/2 server for one connection: made per connection, since
+/// the executor its streams run on is that connection's (it counts the
+/// connection's stalled streams, see [`h2_stall`]).
+fn http2_builder(settings: Http2Settings, exec: StreamExec) -> http2::Builder<StreamExec> {
+    let mut http2 = http2::Builder::new(exec);
     http2
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(options.http2_max_concurrent_streams)
+        .max_header_list_size(settings.max_header_list_size)
+        .max_concurrent_streams(settings.max_concurrent_streams)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
-    (http1, http2)
+    http2
 }
 
 /// A place in the connection budget, waiting (new connections stay in
@@ -355,19 +391,19 @@ where
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on the listener");
         }
     }
-    let (http1, http2) = protocol_builders(&options);
     // Tells open tunnels the drain is over (fired, or dropped, when this
     // function returns).
     let (cut, cut_signal) = crate::shutdown::channel();
     let shared = Arc::new(Shared {
         cut: cut_signal,
         handler,
-        http1,
-        http2,
+        http1: http1_builder(&options),
+        http2: Http2Settings::from(&options),
         header_read_timeout: options.header_read_timeout,
         send_timeout: options.send_timeout,
         proxy_protocol: options.proxy_protocol.clone(),
         metrics: options.metrics.clone(),
+        access_log: options.access_log.clone(),
     });
     let graceful = GracefulShutdown::new();
     // Tells connections to give up (still waiting for their first bytes)
@@ -422,11 +458,12 @@ where
 struct Shared<H> {
     handler: H,
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: Http2Settings,
     header_read_timeout: Duration,
     send_timeout: Duration,
     proxy_protocol: Option<ProxyProtocol>,
     metrics: Metrics,
+    access_log: Option<AccessLog>,
     /// Completes when the drain is over: open tunnels are cut.
     cut: Signal,
 }
@@ -473,11 +510,17 @@ async fn serve_connection<H, F>(
     });
     let service = request_service(shared.clone(), conn, h2, &state);
     let result = if h2 {
-        let conn = shared.http2.serve_connection(io, service);
-        drive_h2(conn, &state, shared.header_read_timeout, closing).await
+        let stalls = Arc::new(Stalls::default());
+        let exec = StreamExec::new(shared.send_timeout, stalls.clone(), &shared.metrics);
+        let conn = http2_builder(shared.http2, exec).serve_connection(io, service);
+        drive_h2(conn, &state, &stalls, shared.header_read_timeout, closing).await
     } else {
         let conn = shared.http1.serve_connection(io, service);
-        drive_h1(conn, &state, closing, shared.cut.clone()).await
+        let (result, refused) = drive_h1(conn, &state, closing, shared.cut.clone()).await;
+        if let (Some(log), Some(refused)) = (&shared.access_log, refused) {
+            parser_refusal::log(log, peer.ip(), &refused);
+        }
+        result
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -575,7 +618,11 @@ where
                 }
             }
             Ok::<_, Infallible>(match open {
-                Some(open) => response.map(|body| Body::new(crate::body::Watched::new(body, open))),
+                Some(mut open) => {
+                    // Built inside the stream's task, where its guard is.
+                    open.watch = StreamWatch::current();
+                    response.map(|body| Body::new(crate::body::Watched::new(body, open)))
+                }
                 None => response,
             })
         }
@@ -620,15 +667,15 @@ async fn handshake(
 }
 
 /// Runs an HTTP/1.1 connection to its end; then sends whatever
-/// [`ClientStream`] held back, or the JSON error in place of hyper's own;
-/// or, if it ended in an upgrade, runs the tunnel until it closes or `cut`
-/// completes.
+/// [`ClientStream`] held back, or the JSON error in place of hyper's own
+/// (and returns that refusal, for the access log); or, if it ended in an
+/// upgrade, runs the tunnel until it closes or `cut` completes.
 async fn drive_h1<S>(
     mut conn: http1::Connection<TokioIo<ClientStream>, S>,
     state: &ConnState,
     closing: Signal,
     cut: Signal,
-) -> Result<(), hyper::Error>
+) -> (Result<(), hyper::Error>, Option<Refused>)
 where
     S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin,
     S::Error: Into<BoxError>,
@@ -660,19 +707,29 @@ where
         if let Some(tunnel) = state.take_tunnel() {
             stream.upgraded(parts.read_buf);
             tunnel::run(stream, tunnel, cut).await;
-            return Ok(());
+            return (Ok(()), None);
         }
     }
     let parse_error = result.as_ref().err().is_some_and(hyper::Error::is_parse);
-    stream.finish(parse_error).await;
-    result
+    // On a parse error hyper's read buffer still holds the refused head.
+    let refused = stream
+        .finish(parse_error)
+        .await
+        .map(|(status, body_len)| Refused {
+            status,
+            body_len,
+            head: parts.read_buf,
+        });
+    (result, refused)
 }
 
 /// Runs an HTTP/2 connection to its end, closing it once it has had no
-/// request open for `idle_timeout`.
+/// request open for `idle_timeout`, or once `stalls` says too many of its
+/// streams were reset for want of window.
 async fn drive_h2<S>(
-    conn: http2::Connection<TokioIo<ClientStream>, S, TokioExecutor>,
+    conn: http2::Connection<TokioIo<ClientStream>, S, StreamExec>,
     state: &ConnState,
+    stalls: &Stalls,
     idle_timeout: Duration,
     closing: Signal,
 ) -> Result<(), hyper::Error>
@@ -686,6 +743,8 @@ where
     tokio::pin!(closing);
     let idle = tokio::time::sleep_until(state.started + idle_timeout);
     tokio::pin!(idle);
+    let stalled = stalls.too_many();
+    tokio::pin!(stalled);
     let mut draining = false;
     let mut cut = false;
     loop {
@@ -694,6 +753,20 @@ where
             () = &mut closing, if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            () = &mut stalled, if !cut => {
+                // A client that keeps stalling streams: GOAWAY, then
+                // closed like an idle connection.
+                tracing::debug!(
+                    streams = h2_stall::MAX_STALLED_STREAMS,
+                    "HTTP/2 connection closed: streams reset for want of window"
+                );
+                cut = true;
+                if !draining {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                idle.as_mut().reset(Instant::now() + H2_GOAWAY_GRACE);
             }
             () = &mut idle => {
                 if cut {
@@ -774,30 +847,62 @@ impl ConnState {
 
 /// One HTTP/2 request from the handler call to the end of its response
 /// (or to the stream's reset, which drops it).
-struct OpenRequest(Arc<ConnState>);
+struct OpenRequest {
+    state: Arc<ConnState>,
+    /// Told of each frame hyper takes from the response body and each
+    /// poll of it, so that a stream without window is found
+    /// ([`h2_stall`]).
+    watch: Option<Arc<StreamWatch>>,
+}
 
 impl OpenRequest {
     fn new(state: Arc<ConnState>) -> Self {
         state.open.fetch_add(1, Ordering::AcqRel);
-        Self(state)
+        Self { state, watch: None }
+    }
+
+    fn polled(&self) {
+        if let Some(watch) = &self.watch {
+            watch.polled();
+        }
     }
 }
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
-        let ms = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let state = &self.state;
+        let ms = u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         // Stored before the count falls, so a reader that sees zero sees
         // this moment or a later one.
-        if self.0.open.load(Ordering::Acquire) == 1 {
-            self.0.idle_since_ms.store(ms, Ordering::Release);
+        if state.open.load(Ordering::Acquire) == 1 {
+            state.idle_since_ms.store(ms, Ordering::Release);
         }
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        state.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Keeps an HTTP/2 request counted as open until its response body ends
-/// (or is dropped).
-impl crate::body::Hooks for OpenRequest {}
+/// (or is dropped), and tells the stream's guard what hyper takes.
+impl crate::body::Hooks for OpenRequest {
+    fn frame(&mut self, frame: &http_body::Frame<Bytes>, _end: bool) {
+        if let Some(watch) = &self.watch {
+            watch.took(frame);
+        }
+    }
+
+    fn error(&mut self) {
+        self.polled();
+    }
+
+    fn end(&mut self) {
+        self.polled();
+    }
+
+    fn pending(&mut self, _cx: &mut Context<'_>) -> Poll<BoxError> {
+        self.polled();
+        Poll::Pending
+    }
+}
 
 /// A client connection as hyper sees it: the bytes read ahead come first;
 /// a write that stays blocked for `send_timeout` fails; on HTTP/1.1,
@@ -872,7 +977,8 @@ fn looks_like_parser_error(bytes: &[u8]) -> bool {
 
 /// The JSON answer in place of hyper's empty `held` one: same status line
 /// and date, a body saying what was wrong, and the connection closing.
-fn json_parser_error(held: &[u8]) -> Option<Vec<u8>> {
+/// Returns the status, the answer and the length of its body.
+fn json_parser_error(held: &[u8]) -> Option<(u16, Vec<u8>, usize)> {
     let head = std::str::from_utf8(held).ok()?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next()?;
@@ -890,7 +996,7 @@ fn json_parser_error(held: &[u8]) -> Option<Vec<u8>> {
     }
     out.push_str("\r\n");
     out.push_str(&body);
-    Some(out.into_bytes())
+    Some((code, out.into_bytes(), body.len()))
 }
 
 /// Longest a refused client gets to read its error answer before the
@@ -989,25 +1095,30 @@ impl ClientStream {
 
     /// After the connection ended: the JSON answer in place of a held
     /// parser error (`parse_error`: the connection ended with one), or the
-    /// held response as it was; then a short linger so that the client
-    /// reads the answer before the close.
-    async fn finish(&mut self, parse_error: bool) {
-        let Some(held) = self.held.take() else {
-            return;
-        };
+    /// held response as it was; then the shutdown hyper's was held back
+    /// for, and a short linger so that the client reads the answer before
+    /// the close. Returns the status and body bytes sent of a JSON answer.
+    async fn finish(&mut self, parse_error: bool) -> Option<(u16, u64)> {
+        let held = self.held.take()?;
         let current = held.round == self.state.round.load(Ordering::Relaxed);
-        let answer = if parse_error && current && held.sent == 0 {
-            json_parser_error(&held.bytes).unwrap_or(held.bytes)
-        } else {
-            held.bytes
-                .get(held.sent..)
-                .map(<[u8]>::to_vec)
-                .unwrap_or_default()
+        let json = (parse_error && current && held.sent == 0)
+            .then(|| json_parser_error(&held.bytes))
+            .flatten();
+        let (answer, refused) = match json {
+            Some((status, answer, body_len)) => (answer, Some((status, body_len as u64))),
+            None => (
+                held.bytes
+                    .get(held.sent..)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default(),
+                None,
+            ),
         };
         let sent =
             tokio::time::timeout(self.send_timer.timeout(), self.stream.write_all(&answer)).await;
         if !matches!(sent, Ok(Ok(()))) {
-            return;
+            // Refused all the same; the client did not take the answer.
+            return refused.map(|(status, _)| (status, 0));
         }
         // Closing with unread request bytes (the rest of an oversized
         // head) would reset the connection and could destroy the answer
@@ -1019,6 +1130,7 @@ impl ClientStream {
             while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {}
         })
         .await;
+        refused
     }
 }
 
@@ -1078,6 +1190,13 @@ impl AsyncWrite for ClientStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.held.is_some() {
+            // hyper shuts the connection right after writing its parser
+            // error answer, which is held back: a TLS close_notify now
+            // would end the stream before [`ClientStream::finish`] writes
+            // the answer, so that shutdown is left to `finish`.
+            return Poll::Ready(Ok(()));
+        }
         let upgraded = self.upgraded;
         match &mut self.stream {
             plain @ Transport::Plain(_) if upgraded => Pin::new(plain).poll_shutdown(cx),

@@ -7,12 +7,14 @@ use std::io::Write;
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tollgate::app::{Running, StartOptions};
-use tollgate::config::{Config, LogFormat};
+use tollgate::config::{CertificateConfig, Config, LogFormat, TlsConfig};
 use tollgate::limiter::Limits;
 
-use crate::support::raw::RawClient;
+use crate::support::raw::{parser_refusals, split_response, RawClient, REFUSALS_MAX_HEADER_BYTES};
+use crate::support::tls::{exchange, TestCa};
 use crate::support::{backends, client, closed_port, config, url};
 
 /// What the writer thread writes, sent on to the test as it arrives.
@@ -327,5 +329,52 @@ async fn a_request_id_named_in_connection_still_reaches_the_backend() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["x-request-id"], "hop-1");
     assert_eq!(r.header("x-request-id"), ["hop-1"]);
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn parser_refusals_are_logged_on_both_listeners() {
+    let bs = backends(1).await;
+    let ca = TestCa::new("test CA");
+    let site = ca.issue("site", &["app.test"]);
+    let mut cfg = config(&[bs[0].addr]);
+    cfg.server.max_header_bytes = REFUSALS_MAX_HEADER_BYTES;
+    cfg.server.tls = Some(TlsConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        certificates: vec![CertificateConfig {
+            cert: site.cert.clone(),
+            key: site.key.clone(),
+        }],
+        ..TlsConfig::default()
+    });
+    let (lb, mut lines) = logged(cfg, LogFormat::Json).await;
+    let plain = lb.plain_addr().expect("plain listener");
+    let tls = lb.tls_addr().expect("TLS listener");
+    for over_tls in [false, true] {
+        for refusal in parser_refusals() {
+            let tcp = TcpStream::connect(if over_tls { tls } else { plain })
+                .await
+                .expect("connect");
+            let answer = if over_tls {
+                exchange(ca.tls_over(tcp).await, &refusal.request).await
+            } else {
+                exchange(tcp, &refusal.request).await
+            };
+            let listener = if over_tls { "TLS" } else { "plain" };
+            assert_eq!(split_response(&answer).0, refusal.status, "{listener}");
+            let line = lines.next_json().await;
+            assert_eq!(line["status"], refusal.status, "{listener}: {line}");
+            assert_eq!(line["method"], refusal.method, "{listener}: {line}");
+            assert_eq!(line["path"], refusal.path, "{listener}: {line}");
+            assert_eq!(line["client"], "127.0.0.1", "{line}");
+            assert_eq!(line["backend"], serde_json::Value::Null, "{line}");
+            let id = line["request_id"].as_str().expect("a request id");
+            assert!(
+                id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "a new id: {line}"
+            );
+            assert!(line["bytes_sent"].as_u64().is_some_and(|n| n > 0), "{line}");
+        }
+    }
     lb.shutdown().await;
 }

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -473,5 +474,117 @@ async fn a_client_that_stops_reading_is_cut_and_frees_the_backend() {
         .await
         .expect("the backend connection was closed");
     drop(s);
+    lb.shutdown().await;
+}
+
+/// Descriptors this process has open (the balancer runs in it): printed by
+/// the zero-window test for the record, not asserted, since the other
+/// tests of this binary open and close theirs at the same time.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+#[tokio::test]
+async fn h2_streams_the_client_gives_no_window_are_reset_and_free_their_backends() {
+    const CONNECTIONS: usize = 3;
+    const STREAMS: usize = 50;
+    let b = backend("b").await;
+    let mut c = timeouts_config(b.addr);
+    // Longer than opening the 150 streams takes, so that none is reset
+    // before the last has its response head.
+    c.server.send_timeout = Duration::from_secs(2);
+    let send_timeout = c.server.send_timeout;
+    let opened = tokio::time::Instant::now();
+    let lb = balancer(&c).await;
+    let backend = lb.pool().backends()[0].clone();
+    let fds_before = open_fds();
+    let mut connections = Vec::new();
+    let mut bodies = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let tcp = TcpStream::connect(lb.proxy_addr()).await.expect("connect");
+        // No stream may receive a byte: SETTINGS_INITIAL_WINDOW_SIZE=0,
+        // and no WINDOW_UPDATE ever. The connection task answers PINGs.
+        let (mut h2, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .expect("h2 handshake");
+        connections.push(tokio::spawn(connection));
+        for _ in 0..STREAMS {
+            h2 = h2.ready().await.expect("room for a stream");
+            let req = http::Request::get(format!("http://{}/bytes/10000000", lb.proxy_addr()))
+                .body(())
+                .expect("request");
+            let (response, _) = h2.send_request(req, true).expect("send");
+            bodies.push(response);
+        }
+    }
+    let mut held = Vec::new();
+    for response in bodies {
+        let response = tokio::time::timeout(PATIENCE, response)
+            .await
+            .expect("response headers in time")
+            .expect("response headers");
+        assert_eq!(response.status(), 200);
+        held.push(response.into_body());
+    }
+    // Every response has its backend connection, none can send a byte.
+    let stalled_at = tokio::time::Instant::now();
+    assert_eq!(
+        backend.in_flight(),
+        CONNECTIONS * STREAMS,
+        "opening the streams took {:?}",
+        stalled_at - opened
+    );
+    let fds_stalled = open_fds();
+    let deadline = stalled_at + send_timeout + Duration::from_secs(1);
+    while backend.in_flight() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} backend requests still open {:?} after the streams stalled \
+             (open fds: {fds_before} before, {fds_stalled} stalled, {} now)",
+            backend.in_flight(),
+            stalled_at.elapsed(),
+            open_fds()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let freed_after = stalled_at.elapsed();
+    let fds_after = open_fds();
+    eprintln!(
+        "open fds: {fds_before} before, {fds_stalled} with {} streams stalled, \
+         {fds_after} {freed_after:?} later (every backend request ended)",
+        CONNECTIONS * STREAMS
+    );
+    // Each stream was reset (or its connection closed), none ended as if
+    // the response were complete.
+    for mut body in held {
+        let end = tokio::time::timeout(PATIENCE, body.data())
+            .await
+            .expect("the stream ended");
+        assert!(matches!(end, Some(Err(_))), "a reset, not {end:?}");
+    }
+    // Connections that keep stalling streams are closed.
+    for connection in connections {
+        tokio::time::timeout(PATIENCE, connection)
+            .await
+            .expect("the server closed the connection")
+            .expect("connection task")
+            .ok();
+    }
+    eprintln!(
+        "open fds: {} {:?} after the stall, the client connections closed",
+        open_fds(),
+        stalled_at.elapsed()
+    );
+    let metrics = crate::support::metrics::parse(
+        &crate::support::metrics::scrape(&client(), lb.admin_addr()).await,
+    );
+    let cut = metrics
+        .get("tollgate_idle_timeouts_total{direction=\"h2_send\"}")
+        .copied()
+        .unwrap_or(0.0);
+    eprintln!("tollgate_idle_timeouts_total{{direction=\"h2_send\"}} {cut}");
+    assert!(cut >= CONNECTIONS as f64, "streams reset, counted: {cut}");
     lb.shutdown().await;
 }

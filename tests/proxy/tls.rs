@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::{StatusCode, Version};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, ProtocolVersion, SupportedProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,7 +19,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::support::tls::{CertFiles, TestCa};
+use crate::support::raw::{parser_refusals, split_response, REFUSALS_MAX_HEADER_BYTES};
+use crate::support::tls::{exchange, CertFiles, TestCa};
 use crate::support::{backend, balancer, client, config, metrics, url};
 use tollgate::config::{CertificateConfig, Config, TlsConfig};
 use tollgate::limiter::Limits;
@@ -142,22 +142,7 @@ async fn connect(
 /// A TLS connection over `tcp` (which may already carry a PROXY header),
 /// verifying the server against `ca` for `app.test`.
 async fn tls_over(tcp: TcpStream, ca: &TestCa) -> TlsStream<TcpStream> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    let ca_der = CertificateDer::from_pem_slice(ca.ca_pem().as_bytes()).expect("CA pem");
-    roots.add(ca_der).expect("root");
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let name = ServerName::try_from("app.test").expect("name");
-    let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp);
-    tokio::time::timeout(PATIENCE, handshake)
-        .await
-        .expect("handshake in time")
-        .expect("handshake")
+    ca.tls_over(tcp).await
 }
 
 /// The leaf certificate the server presented on `stream`.
@@ -663,6 +648,33 @@ async fn a_config_reload_takes_a_new_list_of_certificate_files() {
     assert_eq!(reloaded.certificates, 2);
     assert_eq!(presented(addr, Some("other.test")).await, other.der);
     assert_eq!(presented(addr, Some("app.test")).await, site.der);
+    lb.shutdown().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn parser_refusals_over_tls_get_the_json_answer_plain_tcp_gets() {
+    let b = backend("b").await;
+    let ca = TestCa::new("test CA");
+    let site = ca.issue("site", &["app.test"]);
+    let mut cfg = config(&[b.addr]);
+    with_tls(&mut cfg, &[&site]);
+    cfg.server.max_header_bytes = REFUSALS_MAX_HEADER_BYTES;
+    let lb = balancer(&cfg).await;
+    let plain = lb.plain_addr().expect("plain listener");
+    for refusal in parser_refusals() {
+        let tcp = TcpStream::connect(tls_addr(&lb)).await.expect("connect");
+        let over_tls = exchange(ca.tls_over(tcp).await, &refusal.request).await;
+        let (status, head, body) = split_response(&over_tls);
+        assert_eq!(status, refusal.status, "{head}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+        assert_eq!(json["code"], refusal.status);
+        assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
+        let tcp = TcpStream::connect(plain).await.expect("connect");
+        let (_, _, plain_body) = split_response(&exchange(tcp, &refusal.request).await);
+        assert_eq!(body, plain_body, "the same answer on both listeners");
+    }
     lb.shutdown().await;
     b.stop().await;
 }

@@ -250,3 +250,67 @@ impl RawClient {
         Some(RawResponse { status, head, body })
     }
 }
+
+/// `server.max_header_bytes` for [`parser_refusals`]: above hyper's 64 KiB
+/// limit on a URI, so that a long URI gets its 414 rather than a 431.
+pub const REFUSALS_MAX_HEADER_BYTES: usize = 96 * 1024;
+
+/// A request hyper's HTTP/1.1 parser refuses, with the status a balancer
+/// whose `server.max_header_bytes` is [`REFUSALS_MAX_HEADER_BYTES`]
+/// answers, and the method and path its access log line names.
+pub struct Refusal {
+    /// The bytes sent.
+    pub request: Vec<u8>,
+    /// The status answered.
+    pub status: u16,
+    /// `method` in the log line.
+    pub method: &'static str,
+    /// `path` in the log line.
+    pub path: &'static str,
+}
+
+/// One request for each way the parser refuses: a malformed header line,
+/// a head over the limit, a URI over hyper's, and bytes that are not
+/// HTTP at all.
+pub fn parser_refusals() -> Vec<Refusal> {
+    let big = "a".repeat(120 * 1024);
+    let long = "u".repeat(70 * 1024);
+    vec![
+        Refusal {
+            request: b"GET /malformed HTTP/1.1\r\nno colon here\r\n\r\n".to_vec(),
+            status: 400,
+            method: "GET",
+            path: "/malformed",
+        },
+        Refusal {
+            request: format!("GET /big?q=1 HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n")
+                .into_bytes(),
+            status: 431,
+            method: "GET",
+            path: "/big",
+        },
+        Refusal {
+            request: format!("POST /{long} HTTP/1.1\r\nhost: x\r\n\r\n").into_bytes(),
+            status: 414,
+            method: "POST",
+            path: "-",
+        },
+        Refusal {
+            request: b"\x01\x02 not http\r\n\r\n".to_vec(),
+            status: 400,
+            method: "-",
+            path: "-",
+        },
+    ]
+}
+
+/// The status, lower-cased head and body of one raw response.
+pub fn split_response(raw: &[u8]) -> (u16, String, String) {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}

@@ -5,6 +5,14 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
@@ -91,4 +99,44 @@ impl TestCa {
             .tls_built_in_root_certs(false)
             .add_root_certificate(ca)
     }
+
+    /// A TLS connection over `tcp` (which may already carry a PROXY
+    /// header), verifying the server against this CA for `app.test`,
+    /// offering ALPN `http/1.1`.
+    pub async fn tls_over(&self, tcp: TcpStream) -> TlsStream<TcpStream> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        let ca_der = CertificateDer::from_pem_slice(self.ca_pem().as_bytes()).expect("CA pem");
+        roots.add(ca_der).expect("root");
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = ServerName::try_from("app.test").expect("name");
+        let handshake = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp);
+        tokio::time::timeout(PATIENCE, handshake)
+            .await
+            .expect("handshake in time")
+            .expect("handshake")
+    }
+}
+
+/// Longest [`TestCa::tls_over`] and [`exchange`] wait.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Writes `request` on `stream` and returns everything read until the
+/// server closes. The server may answer and close before it has read the
+/// whole request (a write error is ignored), and what came before a close
+/// without close_notify counts.
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &[u8]) -> Vec<u8> {
+    let _ = stream.write_all(request).await;
+    let _ = stream.flush().await;
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut got))
+        .await
+        .expect("the server answered and closed")
+        .ok();
+    got
 }
