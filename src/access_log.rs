@@ -115,6 +115,19 @@ pub struct Record {
     pub limited: Option<Limited>,
     /// The `X-Request-Id` the backend was given.
     pub request_id: HeaderValue,
+    /// The route and the pool (`None`: the request reached none), when
+    /// pools or routes are configured; then the line carries `route` and
+    /// `pool`.
+    pub place: Option<Place>,
+}
+
+/// Where a request went, for a config with pools or routes.
+#[derive(Debug, Clone, Default)]
+pub struct Place {
+    /// The route it took (`None`: none).
+    pub route: Option<Arc<str>>,
+    /// The pool it went to (`None`: none).
+    pub pool: Option<Arc<str>>,
 }
 
 /// The name a backend goes by in the access log: its configured `name`
@@ -304,7 +317,13 @@ pub fn format_line(out: &mut Vec<u8>, record: &Record, format: Format) {
     let bytes = bytes.format(record.bytes_sent);
     let mut duration = [0u8; 32];
     let duration = millis(record.duration, &mut duration);
-    let fields: [(&str, Value<'_>); 10] = [
+    let place = record.place.as_ref().map(|p| {
+        [
+            ("route", p.route.as_deref().map_or(Value::Null, Value::Str)),
+            ("pool", p.pool.as_deref().map_or(Value::Null, Value::Str)),
+        ]
+    });
+    let core: [(&str, Value<'_>); 10] = [
         ("ts", Value::Str(ts)),
         ("client", Value::Str(&client)),
         (
@@ -322,10 +341,14 @@ pub fn format_line(out: &mut Vec<u8>, record: &Record, format: Format) {
         ("limited", limited.map_or(Value::Null, Value::Str)),
         ("request_id", Value::Str(&request_id)),
     ];
+    // `route` and `pool` follow `backend`; without pools or routes the
+    // line is what it always was.
+    let (head, tail) = core.split_at(6);
+    let fields = head.iter().chain(place.iter().flatten()).chain(tail.iter());
     match format {
         Format::Json => {
             out.push(b'{');
-            for (i, (name, value)) in fields.iter().enumerate() {
+            for (i, (name, value)) in fields.enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
@@ -342,7 +365,7 @@ pub fn format_line(out: &mut Vec<u8>, record: &Record, format: Format) {
             out.extend_from_slice(b"}\n");
         }
         Format::Text => {
-            for (i, (name, value)) in fields.iter().enumerate() {
+            for (i, (name, value)) in fields.enumerate() {
                 if i > 0 {
                     out.push(b' ');
                 }
@@ -514,6 +537,7 @@ mod tests {
             bytes_sent: 42,
             limited: None,
             request_id: HeaderValue::from_static("abc"),
+            place: None,
         }
     }
 

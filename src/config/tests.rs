@@ -668,3 +668,80 @@ fn rule_methods_in_any_case_and_prefixes_in_normal_form() {
         );
     }
 }
+
+#[test]
+fn pools_and_routes_problems_are_named_with_their_field() {
+    let text = "
+pools:
+  api:
+    backends: [{url: 'http://127.0.0.1:1', name: a}, {url: 'http://127.0.0.1:2', name: a}]
+  idle:
+    backends: [{url: 'http://127.0.0.1:3'}]
+  default:
+    backends: [{url: 'http://127.0.0.1:4'}]
+  Bad:
+    backends: []
+routes:
+  - name: all
+    match: {path_prefix: /}
+    pool: api
+  - name: under
+    match: {path_prefix: /api, hosts: [a.example.com]}
+    pool: api
+  - name: all
+    match: {path_exact: /x, hosts: ['bad host']}
+    pool: nowhere
+  - name: edits
+    match: {hosts: [b.example.com]}
+    pool: api
+    request_headers: {set: {Host: evil}}
+rate_limit:
+  rules:
+    - name: r
+      match: {routes: [missing]}
+      limits: {capacity: 1, rate_per_sec: 1}
+";
+    let problems = Config::parse(text).expect_err("invalid");
+    let has = |field: &str, says: &str| {
+        problems
+            .iter()
+            .any(|p| p.field == field && p.reason.contains(says))
+    };
+    for (field, says) in [
+        ("pools.api.backends[1].name", "names are unique in a pool"),
+        ("pools.idle", "no route sends requests"),
+        ("pools.default", "top-level backends"),
+        ("pools.Bad", "[a-z0-9_-]+"),
+        ("pools.Bad.backends", "at least one backend"),
+        ("routes[1]", "never taken: routes[0]"),
+        ("routes[2].name", "already the name of routes[0]"),
+        ("routes[2].pool", "\"nowhere\" is not a pool"),
+        ("routes[2].match.hosts", "\"bad host\""),
+        ("routes[3].request_headers", "set by tollgate itself"),
+        (
+            "rate_limit.rules[0].match.routes",
+            "\"missing\" is not a route",
+        ),
+    ] {
+        assert!(has(field, says), "{field}: {says}\n{problems:#?}");
+    }
+    // A route under a host-bound one is not shadowed by it; the default
+    // pool may be empty when routes are set.
+    let fine = "
+pools:
+  api:
+    backends: [{url: 'http://127.0.0.1:1'}]
+  web:
+    backends: [{url: 'http://127.0.0.1:2'}]
+routes:
+  - name: api
+    match: {hosts: [api.example.com], path_prefix: /api}
+    pool: api
+  - name: web
+    match: {path_prefix: /api}
+    pool: web
+";
+    let c = Config::parse(fine).expect("valid");
+    assert!(c.backends.is_empty(), "no default pool unless written");
+    assert_eq!(c.route_specs().len(), 2);
+}

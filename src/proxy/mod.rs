@@ -34,7 +34,7 @@ use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
-use crate::access_log::{AccessLog, Client, Record};
+use crate::access_log::{AccessLog, Client, Place, Record};
 use crate::balancer::{Backend, Pool};
 use crate::error::ProxyError;
 use crate::limiter::rules::RuleSet;
@@ -147,8 +147,9 @@ struct Outcome {
     admission: admission::Report,
     /// The backend that answered.
     backend: Option<Arc<Backend>>,
-    /// The route and pool, when pools or routes are configured.
-    place: Option<(Option<Arc<str>>, Arc<str>)>,
+    /// The route and pool, when pools or routes are configured (`None`
+    /// inside: the request reached none).
+    place: Option<Place>,
 }
 
 /// Shared state of the request path.
@@ -339,6 +340,7 @@ impl Proxy {
             bytes_sent: 0,
             limited: outcome.admission.limited,
             request_id,
+            place: outcome.place,
         };
         log.wrap(response, record, started)
     }
@@ -355,6 +357,9 @@ impl Proxy {
         outcome: &mut Outcome,
     ) -> Response<Body> {
         let live = self.live.load_full();
+        if live.routing.labelled() {
+            outcome.place = Some(Place::default());
+        }
         let refuse = |e: ProxyError, target: Option<Target<'_>>| {
             let response = e.into_response();
             self.count(&live.routing, target, None, (response.status(), started));
@@ -373,10 +378,10 @@ impl Proxy {
             Err(e) => return refuse(e, None),
         };
         if live.routing.labelled() {
-            outcome.place = Some((
-                target.route.map(|r| r.name.clone()),
-                target.pool.name.clone(),
-            ));
+            outcome.place = Some(Place {
+                route: target.route.map(|r| r.name.clone()),
+                pool: Some(target.pool.name.clone()),
+            });
         }
         if let Some(r) = target.route {
             r.stats.request();

@@ -52,6 +52,9 @@ pub(crate) fn log(log: &AccessLog, peer: IpAddr, refused: &Refused) {
         bytes_sent: refused.body_len,
         limited: None,
         request_id: request_id::generate(),
+        // Refused before any route was looked for; the line's fields are
+        // the ones it has without pools.
+        place: None,
     });
 }
 

@@ -32,6 +32,7 @@ mod lease;
 mod path;
 mod proxy_protocol;
 mod reload;
+mod routing;
 mod rules;
 mod shared;
 mod streaming;
