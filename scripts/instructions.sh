@@ -8,6 +8,8 @@
 #   ACCESS_LOG=1 scripts/instructions.sh     # adds tollgate+accesslog (JSON lines to a file)
 #   REDIS_URL=redis://127.0.0.1:6379 scripts/instructions.sh   # adds shared limits, lease and exact
 #   RULES=10 scripts/instructions.sh   # adds tollgate+10rules (rules the load never matches)
+#   ROUTES=50 scripts/instructions.sh  # adds tollgate+1route and tollgate+50routes+20rules
+#                                      # (the load takes the last route; no rule matches it)
 #   BIN=/tmp/tollgate-old scripts/instructions.sh   # another build, not rebuilt
 #
 # Each server runs under callgrind; counting is switched on only around
@@ -97,6 +99,39 @@ if [ "${RULES:-0}" -gt 0 ]; then
   wait_http "http://127.0.0.1:$port/health"
   while read -r line; do RESULTS+=("$line"); done < <(measure "tollgate+${RULES}rules" "$RPID" "http://127.0.0.1:$port/")
   kill "$RPID" 2>/dev/null || true
+fi
+
+# Routing: one catch-all route, against ROUTES routes (ROUTES-1 on other
+# prefixes and hosts, then the catch-all the load takes) with 20 rules the
+# load never matches. Both send to the top-level backends (pool default),
+# and both carry route and pool labels, so the difference is the lookup.
+if [ "${ROUTES:-0}" -gt 0 ]; then
+  one="routes:
+  - {name: all, match: {path_prefix: /}, pool: default}"
+  many="routes:"
+  for i in $(seq $((ROUTES - 1))); do
+    many+=$'\n'"  - {name: svc-$i, match: {hosts: [svc-$i.example.com, \"*.svc-$i.example.com\"], path_prefix: /svc-$i}, pool: default}"
+  done
+  many+=$'\n'"  - {name: all, match: {path_prefix: /}, pool: default}"
+  rules_lines="  rules:"
+  for i in $(seq 20); do
+    rules_lines+=$'\n'"    - {name: rule-$i, match: {path_prefix: /svc-$i, methods: [GET]}, limits: {capacity: 1000, rate_per_sec: 100}}"
+  done
+  for variant in 1route "${ROUTES}routes+20rules"; do
+    port=$(free_port); admin=$(free_port)
+    if [ "$variant" = 1route ]; then
+      tollgate_conf "$WORK/tollgate-$variant.yaml" "$port" "$admin"
+      echo "$one" >>"$WORK/tollgate-$variant.yaml"
+    else
+      tollgate_conf "$WORK/tollgate-$variant.yaml" "$port" "$admin" "$rules_lines"
+      echo "$many" >>"$WORK/tollgate-$variant.yaml"
+    fi
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
+      "$BIN" serve --config "$WORK/tollgate-$variant.yaml" >"$WORK/tollgate-$variant.log" 2>&1 & XPID=$!; PIDS+=("$XPID")
+    wait_http "http://127.0.0.1:$port/health"
+    while read -r line; do RESULTS+=("$line"); done < <(measure "tollgate+$variant" "$XPID" "http://127.0.0.1:$port/")
+    kill "$XPID" 2>/dev/null || true
+  done
 fi
 
 # Shared limits (limits never reached): tollgate's own instructions only,
