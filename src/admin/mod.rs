@@ -420,11 +420,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientId {
     type Rejection = AdminError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AdminError> {
-        let Path(id) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e: PathRejection| {
-                AdminError::BadRequest(format!("client id in the path: {}", e.body_text()))
-            })?;
+        let RowId(id) = RowId::from_request_parts(parts, state).await?;
         api_key(&id).map(Self)
     }
 }
