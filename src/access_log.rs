@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Uri};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method};
 use http_body::Frame;
 use http_body_util::BodyExt;
 
@@ -99,10 +100,12 @@ pub struct Record {
     /// Its method; `None` (logged `-`) for a request head the HTTP/1.1
     /// parser refused before a method could be read.
     pub method: Option<Method>,
-    /// Its target (only the path is logged: query strings often carry
-    /// credentials); `None` (logged `-`) when a refused head had none
-    /// that could be read, or one too long to log.
-    pub uri: Option<Uri>,
+    /// Its target's path and query (only the path is logged: query
+    /// strings often carry credentials; the scheme and authority of an
+    /// absolute target are not kept, so a queued record stays small);
+    /// `None` (logged `-`) when a refused head had none that could be
+    /// read, or one too long to log.
+    pub uri: Option<PathAndQuery>,
     /// The status answered.
     pub status: u16,
     /// The backend that answered, if one did.
@@ -117,8 +120,9 @@ pub struct Record {
     pub request_id: HeaderValue,
     /// The route and the pool (`None`: the request reached none), when
     /// pools or routes are configured; then the line carries `route` and
-    /// `pool`.
-    pub place: Option<Place>,
+    /// `pool`. Boxed: most configs have none, and every queued record
+    /// would otherwise carry the room.
+    pub place: Option<Box<Place>>,
 }
 
 /// Where a request went, for a config with pools or routes.
@@ -332,7 +336,7 @@ pub fn format_line(out: &mut Vec<u8>, record: &Record, format: Format) {
         ),
         (
             "path",
-            Value::Str(record.uri.as_ref().map_or("-", Uri::path)),
+            Value::Str(record.uri.as_ref().map_or("-", PathAndQuery::path)),
         ),
         ("status", Value::Number(status)),
         ("backend", backend.map_or(Value::Null, Value::Str)),
@@ -530,7 +534,7 @@ mod tests {
             ts: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_930_652_123),
             client: Client::Ip("127.0.0.1".parse().expect("ip")),
             method: Some(Method::GET),
-            uri: Some(Uri::from_static("/a/b?token=secret")),
+            uri: Some(PathAndQuery::from_static("/a/b?token=secret")),
             status: 200,
             backend: None,
             duration: Duration::from_micros(1500),

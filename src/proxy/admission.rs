@@ -517,28 +517,27 @@ fn identify(
 }
 
 /// The rules that apply to `req` on `route`. The request's host is
-/// worked out only if some rule names hosts.
+/// worked out at the first rule that names hosts, if one does.
 fn matching_rules<'r>(
     rules: &'r [Arc<Rule>],
     req: &Request<Incoming>,
     route: Option<&str>,
 ) -> Vec<&'r Arc<Rule>> {
-    let host = rules
-        .iter()
-        .any(|r| !r.spec.hosts.is_empty())
-        .then(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| request_host(h.as_bytes()))
-        })
-        .flatten();
-    let place = Place {
-        route,
-        host: host.as_deref(),
-    };
+    let mut host: Option<Option<&str>> = None;
     rules
         .iter()
-        .filter(|r| r.spec.matches(req.method(), req.uri().path(), place))
+        .filter(|r| {
+            let host = match r.spec.hosts.is_empty() {
+                true => None,
+                false => *host.get_or_insert_with(|| {
+                    req.headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| request_host(h.as_bytes()))
+                }),
+            };
+            r.spec
+                .matches(req.method(), req.uri().path(), Place { route, host })
+        })
         .collect()
 }
 

@@ -149,7 +149,7 @@ struct Outcome {
     backend: Option<Arc<Backend>>,
     /// The route and pool, when pools or routes are configured (`None`
     /// inside: the request reached none).
-    place: Option<Place>,
+    place: Option<Box<Place>>,
 }
 
 /// Shared state of the request path.
@@ -309,7 +309,7 @@ impl Proxy {
             (
                 std::time::SystemTime::now(),
                 req.method().clone(),
-                req.uri().clone(),
+                req.uri().path_and_query().cloned(),
                 self.live
                     .load()
                     .identifier
@@ -333,7 +333,7 @@ impl Proxy {
             ts,
             client: outcome.admission.client.map_or(Client::Ip(ip), Client::Key),
             method: Some(method),
-            uri: Some(uri),
+            uri,
             status: response.status().as_u16(),
             backend: outcome.backend,
             duration: Duration::ZERO,
@@ -358,7 +358,7 @@ impl Proxy {
     ) -> Response<Body> {
         let live = self.live.load_full();
         if live.routing.labelled() {
-            outcome.place = Some(Place::default());
+            outcome.place = Some(Box::default());
         }
         let refuse = |e: ProxyError, target: Option<Target<'_>>| {
             let response = e.into_response();
@@ -378,10 +378,10 @@ impl Proxy {
             Err(e) => return refuse(e, None),
         };
         if live.routing.labelled() {
-            outcome.place = Some(Place {
+            outcome.place = Some(Box::new(Place {
                 route: target.route.map(|r| r.name.clone()),
                 pool: Some(target.pool.name.clone()),
-            });
+            }));
         }
         if let Some(r) = target.route {
             r.stats.request();

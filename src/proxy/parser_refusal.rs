@@ -43,7 +43,7 @@ pub(crate) fn log(log: &AccessLog, peer: IpAddr, refused: &Refused) {
         ts: SystemTime::now(),
         client: Client::Ip(peer),
         method,
-        uri,
+        uri: uri.and_then(|u| u.path_and_query().cloned()),
         status: refused.status,
         backend: None,
         // The head's first bytes may have come long before the refusal,

@@ -38,11 +38,15 @@ impl HostPattern {
         })
     }
 
-    /// Whether `host` (already [`request_host`]-normalized) matches.
+    /// Whether `host` (a [`request_host`]: no port, any case) matches.
     pub fn matches(&self, host: &str) -> bool {
+        let host = host.as_bytes();
         match self {
-            Self::Exact(name) => host == name,
-            Self::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            Self::Exact(name) => host.eq_ignore_ascii_case(name.as_bytes()),
+            Self::Wildcard(suffix) => {
+                host.len() > suffix.len()
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+            }
         }
     }
 
@@ -57,11 +61,11 @@ impl HostPattern {
 }
 
 /// The host a request names, as routes compare it: the `Host` value (for
-/// HTTP/2, the `:authority` strict HTTP put there) without its port, in
-/// lower case, without a trailing dot. The TLS SNI name is not used: a
-/// client may send one name in SNI and another in `Host`, and the backend
-/// reads `Host`.
-pub fn request_host(value: &[u8]) -> Option<String> {
+/// HTTP/2, the `:authority` strict HTTP put there) without its port and a
+/// trailing dot; patterns compare it without regard to case, so nothing
+/// is copied. The TLS SNI name is not used: a client may send one name in
+/// SNI and another in `Host`, and the backend reads `Host`.
+pub fn request_host(value: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(value).ok()?;
     let name = if text.starts_with('[') {
         // [v6]:port
@@ -72,8 +76,7 @@ pub fn request_host(value: &[u8]) -> Option<String> {
     } else {
         text.rsplit_once(':').map_or(text, |(h, _)| h)
     };
-    let name = name.strip_suffix('.').unwrap_or(name);
-    Some(name.to_ascii_lowercase())
+    Some(name.strip_suffix('.').unwrap_or(name))
 }
 
 #[cfg(test)]
@@ -86,12 +89,13 @@ mod tests {
 
     #[test]
     fn exact_names_match_without_port_and_case() {
-        let h = |v: &str| request_host(v.as_bytes()).expect("host");
-        assert!(p("api.example.com").matches(&h("API.Example.com:8080")));
-        assert!(p("api.example.com").matches(&h("api.example.com.")));
-        assert!(!p("api.example.com").matches(&h("example.com")));
-        assert!(p("[::1]").matches(&h("[::1]:8080")));
+        let h = |v: &'static str| request_host(v.as_bytes()).expect("host");
+        assert!(p("api.example.com").matches(h("API.Example.com:8080")));
+        assert!(p("api.example.com").matches(h("api.example.com.")));
+        assert!(!p("api.example.com").matches(h("example.com")));
+        assert!(p("[::1]").matches(h("[::1]:8080")));
         assert_eq!(h("127.0.0.1:80"), "127.0.0.1");
+        assert!(p("api.example.com").matches(h("API.EXAMPLE.COM")));
     }
 
     #[test]

@@ -108,6 +108,8 @@ pub struct Routing {
     folded: Option<Trie>,
     /// Headers some route matches on: each must come at most once.
     matched_headers: Vec<HeaderName>,
+    /// Whether some route names hosts (else the host is not looked at).
+    hosts_matter: bool,
     /// Where a request no route takes goes: the default pool, unless
     /// routes are configured and it has no backends.
     fallback: Option<Arc<PoolUse>>,
@@ -126,6 +128,7 @@ impl Routing {
             trie: Trie::default(),
             folded: None,
             matched_headers: Vec::new(),
+            hosts_matter: false,
             pools: BTreeMap::from([(default.name.to_string(), default.clone())]),
             fallback: Some(default),
             labelled: false,
@@ -182,6 +185,7 @@ impl Routing {
             .filter(|p| routes.is_empty() || !p.pool.backends().is_empty())
             .cloned();
         Self {
+            hosts_matter: routes.iter().any(|r| !r.hosts.is_empty()),
             routes,
             trie,
             folded,
@@ -231,18 +235,19 @@ impl Routing {
         {
             return Err(Miss::DoubledHeader);
         }
-        let mut candidates = Vec::new();
-        self.trie.candidates(path, &mut candidates);
+        let host = host.filter(|_| self.hosts_matter).and_then(request_host);
+        // The first route (lowest index) whose conditions all hold.
+        let mut first: Option<usize> = None;
+        let mut consider = |i: usize| {
+            if first.is_none_or(|f| i < f) && self.routes[i].admits(host, method, headers) {
+                first = Some(i);
+            }
+        };
+        self.trie.candidates(path, &mut consider);
         if let Some(folded) = &self.folded {
-            folded.candidates(&path.to_ascii_lowercase(), &mut candidates);
+            folded.candidates(&path.to_ascii_lowercase(), &mut consider);
         }
-        candidates.sort_unstable();
-        let host = host.and_then(request_host);
-        let found = candidates
-            .into_iter()
-            .map(|i| &self.routes[i])
-            .find(|r| r.admits(host.as_deref(), method, headers));
-        match found {
+        match first.map(|i| &self.routes[i]) {
             Some(route) => Ok(Target {
                 route: Some(route),
                 pool: &route.pool,

@@ -70,28 +70,27 @@ impl Trie {
         }
     }
 
-    /// Adds to `out` every route whose path condition `path` meets.
-    pub fn candidates(&self, path: &str, out: &mut Vec<usize>) {
+    /// Calls `found` with every route whose path condition `path` meets
+    /// (in no particular order; nothing is allocated).
+    pub fn candidates(&self, path: &str, mut found: impl FnMut(usize)) {
         let (segs, trailing) = segments(path);
         let mut node = &self.root;
-        out.extend_from_slice(&node.prefix);
+        node.prefix.iter().for_each(|&i| found(i));
         let mut segs = segs.peekable();
         while let Some(s) = segs.next() {
             let Some(next) = node.children.get(s) else {
                 return;
             };
             node = next;
-            out.extend_from_slice(&node.prefix);
+            node.prefix.iter().for_each(|&i| found(i));
             if segs.peek().is_some() || trailing {
-                out.extend_from_slice(&node.below);
+                node.below.iter().for_each(|&i| found(i));
             }
         }
-        out.extend(
-            node.exact
-                .iter()
-                .filter(|(_, t)| *t == trailing)
-                .map(|(i, _)| *i),
-        );
+        node.exact
+            .iter()
+            .filter(|(_, t)| *t == trailing)
+            .for_each(|&(i, _)| found(i));
     }
 }
 
@@ -101,7 +100,7 @@ mod tests {
 
     fn found(t: &Trie, path: &str) -> Vec<usize> {
         let mut v = Vec::new();
-        t.candidates(path, &mut v);
+        t.candidates(path, |i| v.push(i));
         v.sort_unstable();
         v
     }
