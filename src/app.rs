@@ -417,15 +417,19 @@ fn spawn_admin(
     signal: &Signal,
 ) {
     let proxy = &core.proxy;
+    // The proxy, not a pool: the admin API and the status page read the
+    // routes and pools in force, which a reload replaces.
+    let routing: Arc<dyn crate::routing::InForce> = proxy.clone();
     let board = Arc::new(Board::new(
-        proxy.pool().clone(),
+        routing.clone(),
+        core.pools.events().clone(),
         registry.clone(),
         proxy.refusals().clone(),
     ));
     let state = AdminState::new(
         registry.clone(),
         store.clone(),
-        proxy.pool().clone(),
+        routing,
         config.admin.token.clone(),
     )
     .with_metrics(admin.metrics.clone())
