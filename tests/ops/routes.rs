@@ -70,6 +70,11 @@ pub struct TwoPools {
 impl TwoPools {
     /// Starts them.
     pub async fn start() -> Self {
+        Self::start_with(("", "")).await
+    }
+
+    /// Starts them with `more` pools and routes (see [`two_pools_yaml`]).
+    pub async fn start_with(more: (&str, &str)) -> Self {
         let mut backends = Vec::new();
         for name in ["web-1", "web-2", "api-1", "api-2"] {
             backends.push(backend(name).await);
@@ -80,7 +85,7 @@ impl TwoPools {
             .keep()
             .join("config.yaml");
         let two = Self {
-            lb: start_from(&path, &Self::yaml_for(&backends, &db, ("", ""))).await,
+            lb: start_from(&path, &Self::yaml_for(&backends, &db, more)).await,
             backends,
             path,
             db,
