@@ -127,8 +127,9 @@ pub fn backend(listen: SocketAddr, name: Option<String>) -> ExitCode {
     })
 }
 
-/// `tollgate backends list | drain NAME | enable NAME`: exit 0, 1 when
-/// the API refused (its message printed) or could not be reached.
+/// `tollgate backends list | drain NAME [--pool POOL] | enable NAME
+/// [--pool POOL]`: exit 0, 1 when the API refused (its message printed)
+/// or could not be reached.
 pub fn backends(
     admin: &str,
     json: bool,
@@ -138,6 +139,26 @@ pub fn backends(
         admin,
         admin_token().as_deref(),
         command,
+        json,
+    ))
+}
+
+/// `tollgate pools list`: exit 0, 1 when the API refused (its message
+/// printed) or could not be reached, 2 for a bad `--admin`.
+pub fn pools(admin: &str, json: bool) -> ExitCode {
+    admin_command(crate::admin::client::pools(
+        admin,
+        admin_token().as_deref(),
+        json,
+    ))
+}
+
+/// `tollgate routes list`: exit 0, 1 when the API refused (its message
+/// printed) or could not be reached, 2 for a bad `--admin`.
+pub fn routes(admin: &str, json: bool) -> ExitCode {
+    admin_command(crate::admin::client::routes(
+        admin,
+        admin_token().as_deref(),
         json,
     ))
 }

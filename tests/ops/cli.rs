@@ -180,7 +180,8 @@ fn json_log_lines_parse_as_json() {
 /// What one run of the binary did: exit code, stdout, stderr.
 type Ran = (Option<i32>, String, String);
 
-/// `tollgate GROUP --admin URL ARGS...` (`GROUP` is `backends` or
+/// `tollgate GROUP --admin URL ARGS...` (`GROUP` is `backends`, `pools`,
+/// `routes` or
 /// `clients`) with `token` as `TOLLGATE_ADMIN_TOKEN` (unset if `None`).
 async fn admin_cli(group: &str, admin: &str, token: Option<&str>, args: &[&str]) -> Ran {
     let mut cmd = tollgate();
@@ -832,4 +833,181 @@ async fn a_redirect_is_reported_and_not_followed() {
         0,
         "a redirect was followed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_routes_and_drain_by_pool_from_the_command_line() {
+    let two = crate::routes::TwoPools::start().await;
+    let admin = two.admin();
+    let url = format!("http://{admin}");
+    let run = |group: &'static str, args: &'static [&'static str]| {
+        let url = url.clone();
+        async move { admin_cli(group, &url, None, args).await }
+    };
+
+    let (code, out, err) = run("pools", &["list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["NAME", "STRATEGY", "ACTIVE", "BACKENDS", "CONNECT", "REQUEST", "RETRIES"],
+            vec![
+                "default",
+                "round_robin",
+                "2/2",
+                "shared,web-2",
+                "2s",
+                "30s",
+                "1",
+                "on",
+                "connect_failure,reset"
+            ],
+            vec![
+                "api",
+                "p2c",
+                "2/2",
+                "shared,api-2",
+                "2s",
+                "5s",
+                "2",
+                "on",
+                "connect_failure,503"
+            ],
+        ],
+        "{out}"
+    );
+    let (code, out, err) = run("pools", &["list", "--json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(listed, api_json(admin, "/pools").await);
+
+    let c = crate::support::client();
+    for _ in 0..2 {
+        let status = crate::support::get_status(&c, two.lb.proxy_addr(), "/api/x").await;
+        assert_eq!(status, 200);
+    }
+    let (code, out, err) = run("routes", &["list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("NAME"), "{out}");
+    let api: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        api,
+        [
+            "api",
+            "api",
+            "path_prefix=/api",
+            "methods=GET,POST",
+            "/",
+            "2",
+            "0"
+        ],
+        "{out}"
+    );
+    let canary: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(
+        canary,
+        [
+            "canary",
+            "api",
+            "hosts=*.example.com",
+            "path_exact=/canary",
+            "headers=x-canary:1",
+            "-",
+            "0",
+            "0"
+        ],
+        "{out}"
+    );
+    let (code, out, err) = run("routes", &["--json", "list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(listed[0]["requests"], 2, "{out}");
+
+    // A name both pools have: refused, with how to say which.
+    let (code, _, err) = run("backends", &["drain", "shared"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("409") && err.contains("(default, api)"),
+        "{err}"
+    );
+    assert!(err.contains("--pool"), "{err}");
+    let (code, out, err) = run("backends", &["drain", "shared", "--pool", "api"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .expect("a row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[..3], ["shared", "api", "draining"], "{out}");
+    assert!(two
+        .lb
+        .pool_named("api")
+        .and_then(|p| p.find("shared"))
+        .expect("api's shared")
+        .is_draining());
+    assert!(!two
+        .lb
+        .pool()
+        .find("shared")
+        .expect("default's shared")
+        .is_draining());
+    let (code, out, err) = run("backends", &["list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().take(3).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["NAME", "POOL", "STATE"],
+            vec!["shared", "default", "active"],
+            vec!["web-2", "default", "active"],
+            vec!["shared", "api", "draining"],
+            vec!["api-2", "api", "active"],
+        ],
+        "{out}"
+    );
+    let (code, out, err) = run("backends", &["--json", "enable", "shared", "--pool", "api"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let item: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        (&item["pool"], &item["state"]),
+        (&"api".into(), &"active".into())
+    );
+    let (code, _, err) = run("backends", &["enable", "shared", "--pool", "nope"]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("404") && err.contains("no pool named \"nope\""),
+        "{err}"
+    );
+    let (code, _, err) = run("backends", &["drain", "web-2"]).await;
+    assert_eq!(code, Some(0), "a name one pool has needs no --pool: {err}");
+
+    // Usage errors: 2, without asking the API.
+    for (group, args) in [
+        ("routes", &["frobnicate"][..]),
+        ("pools", &[][..]),
+        ("backends", &["drain", "--pool", "api"]),
+        ("backends", &["drain", "shared", "--pool"]),
+    ] {
+        let (code, out, err) = admin_cli(group, &url, None, args).await;
+        assert_eq!(code, Some(2), "{group} {args:?}: {out}{err}");
+    }
+    let (code, _, err) = admin_cli("pools", "ftp://127.0.0.1", None, &["list"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    two.stop().await;
+    let closed = format!("http://{}", crate::support::closed_port());
+    for group in ["pools", "routes"] {
+        let (code, _, err) = admin_cli(group, &closed, None, &["list"]).await;
+        assert_eq!(code, Some(1), "{group}: {err}");
+        assert!(err.contains("cannot reach the admin API"), "{err}");
+    }
 }
