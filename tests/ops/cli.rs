@@ -181,8 +181,8 @@ fn json_log_lines_parse_as_json() {
 type Ran = (Option<i32>, String, String);
 
 /// `tollgate GROUP --admin URL ARGS...` (`GROUP` is `backends`, `pools`,
-/// `routes` or
-/// `clients`) with `token` as `TOLLGATE_ADMIN_TOKEN` (unset if `None`).
+/// `routes` or `clients`) with `token` as `TOLLGATE_ADMIN_TOKEN` (unset
+/// if `None`).
 async fn admin_cli(group: &str, admin: &str, token: Option<&str>, args: &[&str]) -> Ran {
     let mut cmd = tollgate();
     cmd.args([group, "--admin", admin]).args(args);
