@@ -1011,3 +1011,90 @@ async fn pools_routes_and_drain_by_pool_from_the_command_line() {
         assert!(err.contains("cannot reach the admin API"), "{err}");
     }
 }
+
+/// The shipped config.yaml as `tollgate demo` runs it, on free ports:
+/// its two pools' demo backends are started, and `/api/...`, the
+/// `api.localhost` host and everything else land where its three routes
+/// say, each demo backend answering with its configured name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_the_shipped_config_two_pools_behind_three_routes() {
+    let mut yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml"))
+        .expect("config.yaml");
+    let mut replace = |from: &str, to: &str| {
+        assert!(yaml.contains(from), "config.yaml has no {from:?}");
+        yaml = yaml.replace(from, to);
+    };
+    replace("listen: 0.0.0.0:8080", "listen: 127.0.0.1:0");
+    replace("listen: 127.0.0.1:9090", "listen: 127.0.0.1:0");
+    replace(
+        "url: sqlite://tollgate.db",
+        &format!("url: {}", crate::support::temp_db()),
+    );
+    replace("format: text", "format: json");
+    for port in ["9001", "9002", "9101", "9102"] {
+        let free = crate::support::closed_port().to_string();
+        replace(&format!("127.0.0.1:{port}"), &free);
+    }
+    let mut p = crate::support::spawn_demo(&yaml);
+    let started: Vec<&str> = p
+        .startup
+        .iter()
+        .filter(|l| l["message"] == "demo backend listening")
+        .map(|l| l["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(started, ["api-1", "api-2", "web-1", "web-2"]);
+
+    let c = crate::support::client();
+    let get = |path: &str, host: Option<&str>| {
+        let mut req = c.get(format!("http://{}{path}", p.proxy));
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        async move {
+            let r = req.send().await.expect("proxied");
+            assert_eq!(r.status(), 200);
+            let cache = r.headers().get("cache-control").cloned();
+            let body: serde_json::Value = r.json().await.expect("the demo backend's JSON");
+            (body, cache)
+        }
+    };
+    let (api, cache) = get("/api/x", None).await;
+    assert!(
+        api["backend"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("api-")),
+        "{api}"
+    );
+    assert_eq!(api["path"], "/x", "rewritten: {api}");
+    assert_eq!(cache.as_ref().map(|v| v.as_bytes()), Some(&b"no-store"[..]));
+    let (web, _) = get("/", None).await;
+    assert!(
+        web["backend"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("web-")),
+        "{web}"
+    );
+    let (host, _) = get("/users", Some("api.localhost:8080")).await;
+    assert!(
+        host["backend"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("api-")),
+        "{host}"
+    );
+    assert_eq!(host["path"], "/users");
+    let routes = api_json(p.admin, "/routes").await;
+    let counts: Vec<(&str, u64)> = routes
+        .as_array()
+        .expect("routes")
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().expect("name"),
+                r["requests"].as_u64().expect("n"),
+            )
+        })
+        .collect();
+    assert_eq!(counts, [("api", 1), ("api-host", 1), ("web", 1)]);
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+}

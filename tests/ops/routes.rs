@@ -433,3 +433,35 @@ async fn the_admin_api_sees_the_pools_and_routes_a_reload_puts_in_force() {
     two.stop().await;
     assets.stop().await;
 }
+
+/// The demo backend answers `GET /path` and any path it does not know
+/// like `GET /`, naming itself and the path it received: what the routes'
+/// tests (and an operator trying a rewrite) read.
+#[tokio::test]
+async fn the_demo_backend_answers_any_unknown_path_with_the_path_it_received() {
+    let b = backend("echo-1").await;
+    let c = client();
+    for (method, path) in [
+        ("GET", "/"),
+        ("GET", "/path"),
+        ("GET", "/api/v2/users/7?full=1"),
+        ("GET", "/health/deep"),
+        ("DELETE", "/things/3"),
+    ] {
+        let r = c
+            .request(method.parse().expect("method"), url(b.addr, path))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), StatusCode::OK, "{method} {path}");
+        assert_eq!(r.headers()["x-backend"], "echo-1");
+        let body: Value = r.json().await.expect("JSON");
+        let plain = path.split('?').next().expect("path");
+        assert_eq!(
+            body,
+            json!({"backend": "echo-1", "method": method, "path": plain}),
+            "{method} {path}"
+        );
+    }
+    b.stop().await;
+}
