@@ -218,9 +218,15 @@ impl Routing {
     }
 
     /// Every pool, [`DEFAULT_POOL`] first, then the others by name: the
-    /// order the admin API and the status page list them in.
+    /// order the admin API and the status page list them in. The default
+    /// pool is left out when it has no backends (routes are configured
+    /// and the top-level `backends` is empty): nothing was configured
+    /// there, and no request goes there.
     pub fn pools_in_order(&self) -> impl Iterator<Item = &Arc<PoolUse>> {
-        let default = self.pools.get(DEFAULT_POOL);
+        let default = self
+            .pools
+            .get(DEFAULT_POOL)
+            .filter(|p| !p.pool.backends().is_empty());
         default.into_iter().chain(
             self.pools
                 .iter()

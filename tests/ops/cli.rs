@@ -1082,6 +1082,15 @@ async fn the_demo_runs_the_shipped_config_two_pools_behind_three_routes() {
         "{host}"
     );
     assert_eq!(host["path"], "/users");
+    // The empty default pool is no pool the operator configured.
+    let pools = api_json(p.admin, "/pools").await;
+    let names: Vec<&str> = pools
+        .as_array()
+        .expect("pools")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["api", "web"]);
     let routes = api_json(p.admin, "/routes").await;
     let counts: Vec<(&str, u64)> = routes
         .as_array()
