@@ -417,15 +417,19 @@ fn spawn_admin(
     signal: &Signal,
 ) {
     let proxy = &core.proxy;
+    // The proxy, not a pool: the admin API and the status page read the
+    // routes and pools in force, which a reload replaces.
+    let routing: Arc<dyn crate::routing::InForce> = proxy.clone();
     let board = Arc::new(Board::new(
-        proxy.pool().clone(),
+        routing.clone(),
+        core.pools.events().clone(),
         registry.clone(),
         proxy.refusals().clone(),
     ));
     let state = AdminState::new(
         registry.clone(),
         store.clone(),
-        proxy.pool().clone(),
+        routing,
         config.admin.token.clone(),
     )
     .with_metrics(admin.metrics.clone())
@@ -770,12 +774,16 @@ fn log_started(
         );
     }
     tracing::info!(listen = %listening.admin, auth = config.admin.token.is_some(), "admin API listening");
-    tracing::info!(
-        backends = %config.backends.iter().map(|b| format!("{} ({}, weight {})", b.name(), b.url, b.weight.get())).collect::<Vec<_>>().join(", "),
-        healthy = proxy.pool().healthy_count(),
-        "backends"
-    );
-    tracing::info!(strategy = ?config.balancing.strategy, "balancing");
+    if config.is_routed() {
+        log_pools(config, proxy);
+    } else {
+        tracing::info!(
+            backends = %config.backends.iter().map(|b| format!("{} ({}, weight {})", b.name(), b.url, b.weight.get())).collect::<Vec<_>>().join(", "),
+            healthy = proxy.pool().healthy_count(),
+            "backends"
+        );
+        tracing::info!(strategy = ?config.balancing.strategy, "balancing");
+    }
     tracing::info!(
         enabled = rl.enabled,
         capacity = rl.default.capacity(),
@@ -783,6 +791,28 @@ fn log_started(
         rate = rl.default.rate().map(|r| r.to_string()),
         ipv6_prefix = rl.ipv6_prefix,
         "rate limiting"
+    );
+}
+
+/// With pools or routes: one line per pool (its strategy, backends and
+/// how many take requests) and one with the routes in order, where a
+/// config without them logs its one pool's backends and strategy.
+fn log_pools(config: &Config, proxy: &Proxy) {
+    let routing = proxy.routing();
+    for p in routing.pools_in_order() {
+        let backends = p.pool.backends();
+        tracing::info!(
+            name = %p.name,
+            strategy = ?p.strategy,
+            backends = %backends.iter().map(|b| format!("{} ({}, weight {})", b.name(), b.url(), b.weight())).collect::<Vec<_>>().join(", "),
+            healthy = p.pool.healthy_count(),
+            "pool"
+        );
+    }
+    tracing::info!(
+        routes = %config.routes.iter().map(|r| format!("{} -> {}", r.name, r.pool)).collect::<Vec<_>>().join(", "),
+        fallback = routing.fallback().map(|p| p.name.to_string()),
+        "routes"
     );
 }
 

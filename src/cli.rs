@@ -64,17 +64,31 @@ pub fn serve(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// `tollgate demo`: a demo backend for every loopback backend, then the
-/// balancer, in one process.
+/// `tollgate demo`: a demo backend for every loopback backend of every
+/// pool, then the balancer, in one process.
 pub fn demo(path: Option<PathBuf>) -> ExitCode {
     let (config, path, rt) = match prepare(path) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
     rt.block_on(async {
-        // Demo backends speak plain HTTP: an https:// backend is left to run
-        // on its own.
-        for backend in config
+        if let Err(code) = start_demo_backends(&config).await {
+            return code;
+        }
+        finish(crate::app::run_with_file(&config, Some(path)).await)
+    })
+}
+
+/// Starts one demo backend for each loopback `http://` address of every
+/// pool's backends (the top-level `backends` are the pool `default`),
+/// named as the config names it, so its answers say which backend, and
+/// so which pool, served a request. An address two pools share gets one
+/// backend. An `https://` backend is left to run on its own: demo
+/// backends speak plain HTTP.
+async fn start_demo_backends(config: &Config) -> Result<(), ExitCode> {
+    let mut started = std::collections::HashSet::new();
+    for pool in config.pool_specs() {
+        for backend in pool
             .backends
             .iter()
             .filter(|b| b.url.is_loopback() && b.url.scheme == crate::balancer::Scheme::Http)
@@ -84,22 +98,21 @@ pub fn demo(path: Option<PathBuf>) -> ExitCode {
                 .authority
                 .as_str()
                 .replace("localhost", "127.0.0.1");
-            let listener = match tokio::net::TcpListener::bind(&authority).await {
-                Ok(l) => l,
-                Err(e) => {
+            if !started.insert(authority.clone()) {
+                continue;
+            }
+            let listener = tokio::net::TcpListener::bind(&authority)
+                .await
+                .map_err(|e| {
                     eprintln!("cannot start demo backend on {authority}: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            tracing::info!(listen = %authority, "demo backend listening");
-            tokio::spawn(crate::demo::serve(
-                listener,
-                authority,
-                std::future::pending(),
-            ));
+                    ExitCode::FAILURE
+                })?;
+            let name = backend.name.to_string();
+            tracing::info!(listen = %authority, %name, pool = %pool.name, "demo backend listening");
+            tokio::spawn(crate::demo::serve(listener, name, std::future::pending()));
         }
-        finish(crate::app::run_with_file(&config, Some(path)).await)
-    })
+    }
+    Ok(())
 }
 
 /// `tollgate backend`: one demo backend.
@@ -127,8 +140,9 @@ pub fn backend(listen: SocketAddr, name: Option<String>) -> ExitCode {
     })
 }
 
-/// `tollgate backends list | drain NAME | enable NAME`: exit 0, 1 when
-/// the API refused (its message printed) or could not be reached.
+/// `tollgate backends list | drain NAME [--pool POOL] | enable NAME
+/// [--pool POOL]`: exit 0, 1 when the API refused (its message printed)
+/// or could not be reached.
 pub fn backends(
     admin: &str,
     json: bool,
@@ -138,6 +152,26 @@ pub fn backends(
         admin,
         admin_token().as_deref(),
         command,
+        json,
+    ))
+}
+
+/// `tollgate pools list`: exit 0, 1 when the API refused (its message
+/// printed) or could not be reached, 2 for a bad `--admin`.
+pub fn pools(admin: &str, json: bool) -> ExitCode {
+    admin_command(crate::admin::client::pools(
+        admin,
+        admin_token().as_deref(),
+        json,
+    ))
+}
+
+/// `tollgate routes list`: exit 0, 1 when the API refused (its message
+/// printed) or could not be reached, 2 for a bad `--admin`.
+pub fn routes(admin: &str, json: bool) -> ExitCode {
+    admin_command(crate::admin::client::routes(
+        admin,
+        admin_token().as_deref(),
         json,
     ))
 }

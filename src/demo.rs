@@ -10,7 +10,7 @@
 //! | `GET /bytes/{n}` | 200, `n` bytes streamed |
 //! | `GET /headers` | 200, the request headers as a JSON object |
 //! | `GET /ws` | WebSocket echo: text and binary messages sent back |
-//! | anything else | 200 JSON `{"backend","method","path"}` |
+//! | `GET /path`, anything else | 200 JSON `{"backend","method","path"}` (the path it received) |
 //!
 //! Every answer carries `X-Backend: NAME`.
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tollgate::admin::client::{self as admin_client, BackendsCommand, ClientsCommand};
+use tollgate::admin::client::{self as admin_client, BackendRef, BackendsCommand, ClientsCommand};
 
 /// mimalloc instead of glibc malloc: allocation was about a tenth of the
 /// proxy's CPU profile under load, and mimalloc's thread-local free lists
@@ -62,6 +62,23 @@ enum Command {
         api: AdminArgs,
         #[command(subcommand)]
         action: BackendsAction,
+    },
+    /// List the pools of a running tollgate: strategy, backends, timeouts,
+    /// retries (admin API; token from $TOLLGATE_ADMIN_TOKEN).
+    Pools {
+        #[command(flatten)]
+        api: AdminArgs,
+        #[command(subcommand)]
+        action: ListAction,
+    },
+    /// List the routes of a running tollgate in the order they are tried:
+    /// what each matches, its pool, its rewrite, its request and 429
+    /// counts (admin API; token from $TOLLGATE_ADMIN_TOKEN).
+    Routes {
+        #[command(flatten)]
+        api: AdminArgs,
+        #[command(subcommand)]
+        action: ListAction,
     },
     /// List, show, add, change or delete clients of a running tollgate
     /// (admin API; token from $TOLLGATE_ADMIN_TOKEN). Exit 1 when the API
@@ -169,18 +186,32 @@ impl LimitsArgs {
 
 #[derive(Debug, Subcommand)]
 enum BackendsAction {
-    /// Every backend: name, state, health, weight, load, URL.
+    /// Every backend of every pool: name, pool, state, health, weight,
+    /// load, URL.
     List,
     /// No new requests to NAME; in-flight ones finish.
     Drain {
         /// The backend's name.
         name: String,
+        /// Its pool; needed when more than one pool has a backend NAME.
+        #[arg(long)]
+        pool: Option<String>,
     },
     /// NAME back in rotation.
     Enable {
         /// The backend's name.
         name: String,
+        /// Its pool; needed when more than one pool has a backend NAME.
+        #[arg(long)]
+        pool: Option<String>,
     },
+}
+
+/// A read-only group's one action.
+#[derive(Debug, Subcommand)]
+enum ListAction {
+    /// Show them all.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -197,11 +228,23 @@ fn main() -> ExitCode {
         Command::Backends { api, action } => {
             let command = match action {
                 BackendsAction::List => BackendsCommand::List,
-                BackendsAction::Drain { name } => BackendsCommand::Drain(name),
-                BackendsAction::Enable { name } => BackendsCommand::Enable(name),
+                BackendsAction::Drain { name, pool } => {
+                    BackendsCommand::Drain(BackendRef { name, pool })
+                }
+                BackendsAction::Enable { name, pool } => {
+                    BackendsCommand::Enable(BackendRef { name, pool })
+                }
             };
             tollgate::cli::backends(&api.admin, api.json, &command)
         }
+        Command::Pools {
+            api,
+            action: ListAction::List,
+        } => tollgate::cli::pools(&api.admin, api.json),
+        Command::Routes {
+            api,
+            action: ListAction::List,
+        } => tollgate::cli::routes(&api.admin, api.json),
         Command::Clients { api, action } => {
             let command = match action {
                 ClientsAction::List => ClientsCommand::List,

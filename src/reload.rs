@@ -291,7 +291,7 @@ impl FileReload {
 /// the routes to them. Start-up and every reload build it this way.
 pub async fn routing_for(config: &Config, pools: &PoolSet, stats: &StatsByRoute) -> Arc<Routing> {
     let specs = config.pool_specs();
-    let live = pools.apply(&specs).await;
+    let live = pools.apply(&specs, config.is_routed()).await;
     let uses = specs
         .iter()
         .filter_map(|s| {
@@ -299,6 +299,7 @@ pub async fn routing_for(config: &Config, pools: &PoolSet, stats: &StatsByRoute)
             let use_ = PoolUse {
                 name: Arc::from(s.name.as_str()),
                 pool,
+                strategy: s.strategy,
                 timeouts: s.timeouts,
                 retries: s.retries,
             };

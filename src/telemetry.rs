@@ -302,10 +302,13 @@ impl Metrics {
     /// `state` first.
     pub fn render(&self, state: &StateGauges<'_>) -> String {
         for b in &state.backends {
-            let labels = [("backend", b.label)];
-            self.gauge(BACKEND_HEALTHY, &labels)
+            let labels: &[(&'static str, &str)] = match b.pool {
+                Some(pool) => &[("backend", b.label), ("pool", pool)],
+                None => &[("backend", b.label)],
+            };
+            self.gauge(BACKEND_HEALTHY, labels)
                 .set(f64::from(u8::from(b.healthy)));
-            self.gauge(BACKEND_IN_FLIGHT, &labels)
+            self.gauge(BACKEND_IN_FLIGHT, labels)
                 .set(b.in_flight as f64);
         }
         self.gauge(CLIENTS_TRACKED, &[])
@@ -486,6 +489,9 @@ pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 pub struct BackendGauge<'a> {
     /// Its label (its name).
     pub label: &'a str,
+    /// Its pool's name, when backend metrics carry a `pool` label (pools
+    /// or routes are configured).
+    pub pool: Option<&'a str>,
     /// Whether it is in the pool.
     pub healthy: bool,
     /// Requests in flight to it.

@@ -1,6 +1,7 @@
 //! A small client of the admin API for the command line: `tollgate
-//! backends list | drain NAME | enable NAME` and `tollgate clients list |
-//! get ID | add ID | set ID | delete ID`.
+//! backends list | drain NAME [--pool POOL] | enable NAME [--pool POOL]`,
+//! `tollgate pools list`, `tollgate routes list` and `tollgate clients
+//! list | get ID | add ID | set ID | delete ID`.
 //!
 //! It speaks to a running tollgate's admin listener (`--admin URL`,
 //! bearer token from `TOLLGATE_ADMIN_TOKEN`), so it changes the live
@@ -37,12 +38,36 @@ const MAX_PAGES: usize = 10_000;
 /// What to do with the backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendsCommand {
-    /// Show every backend.
+    /// Show every backend of every pool.
     List,
     /// Take one out of rotation.
-    Drain(String),
+    Drain(BackendRef),
     /// Put one back.
-    Enable(String),
+    Enable(BackendRef),
+}
+
+/// A backend by name, in the pool given or (without one) in the one pool
+/// that has a backend of that name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendRef {
+    /// Its name.
+    pub name: String,
+    /// Its pool (`--pool`).
+    pub pool: Option<String>,
+}
+
+impl BackendRef {
+    /// The admin API path that does `action` (`drain`, `enable`) to it.
+    fn path(&self, action: &str) -> String {
+        match &self.pool {
+            Some(pool) => format!(
+                "/pools/{}/backends/{}/{action}",
+                encode(pool),
+                encode(&self.name)
+            ),
+            None => format!("/backends/{}/{action}", encode(&self.name)),
+        }
+    }
 }
 
 /// Why a command did not succeed.
@@ -363,18 +388,26 @@ pub async fn backends(
     command: &BackendsCommand,
     json: bool,
 ) -> Result<String, AdminClientError> {
-    let (method, path) = match command {
-        BackendsCommand::List => (reqwest::Method::GET, "/backends".to_owned()),
-        BackendsCommand::Drain(name) => (
-            reqwest::Method::POST,
-            format!("/backends/{}/drain", encode(name)),
-        ),
-        BackendsCommand::Enable(name) => (
-            reqwest::Method::POST,
-            format!("/backends/{}/enable", encode(name)),
-        ),
+    let (method, path, one) = match command {
+        BackendsCommand::List => (reqwest::Method::GET, "/backends".to_owned(), None),
+        BackendsCommand::Drain(b) => (reqwest::Method::POST, b.path("drain"), Some(b)),
+        BackendsCommand::Enable(b) => (reqwest::Method::POST, b.path("enable"), Some(b)),
     };
-    let text = call(admin, token, method, &path, None).await?.text;
+    let text = match call(admin, token, method, &path, None).await {
+        Ok(answer) => answer.text,
+        // A name more than one pool has: the API names the pools; say
+        // how to pick one here.
+        Err(AdminClientError::Refused {
+            status: 409,
+            message,
+        }) if one.is_some_and(|b| b.pool.is_none()) => {
+            return Err(AdminClientError::Refused {
+                status: 409,
+                message: format!("{message}; give --pool POOL"),
+            })
+        }
+        Err(e) => return Err(e),
+    };
     if json {
         return Ok(crate::escape::json_for_terminal(&text));
     }
@@ -383,11 +416,185 @@ pub async fn backends(
         BackendsCommand::List => body.as_array().map_or(&[][..], Vec::as_slice),
         _ => std::slice::from_ref(&body),
     };
-    const KEYS: [&str; 6] = ["name", "state", "healthy", "weight", "in_flight", "url"];
-    Ok(table(
-        &["NAME", "STATE", "HEALTHY", "WEIGHT", "IN_FLIGHT", "URL"],
+    Ok(backend_table(items))
+}
+
+/// Backends as a table, a row each.
+fn backend_table(items: &[serde_json::Value]) -> String {
+    const KEYS: [&str; 7] = [
+        "name",
+        "pool",
+        "state",
+        "healthy",
+        "weight",
+        "in_flight",
+        "url",
+    ];
+    table(
+        &[
+            "NAME",
+            "POOL",
+            "STATE",
+            "HEALTHY",
+            "WEIGHT",
+            "IN_FLIGHT",
+            "URL",
+        ],
         items.iter().map(|b| KEYS.map(|k| cell(&b[k])).to_vec()),
-    ))
+    )
+}
+
+/// `GET path`: the API's JSON as it came with `json` (control characters
+/// escaped), else the list it holds, for `render` to make a table of.
+async fn list_of(
+    admin: &str,
+    token: Option<&str>,
+    path: &str,
+    json: bool,
+    render: fn(&[serde_json::Value]) -> String,
+) -> Result<String, AdminClientError> {
+    let text = call(admin, token, reqwest::Method::GET, path, None)
+        .await?
+        .text;
+    if json {
+        return Ok(crate::escape::json_for_terminal(&text));
+    }
+    match parse(&text)? {
+        serde_json::Value::Array(items) => Ok(render(&items)),
+        other => Err(AdminClientError::BadAnswer(format!(
+            "expected a list, got {}",
+            shown(cut_at(&other.to_string(), MAX_ERROR_BODY), false)
+        ))),
+    }
+}
+
+/// `tollgate pools list`: each pool with its strategy, its backends (how
+/// many take requests, of how many), timeouts and retries; the API's
+/// JSON with `json`.
+pub async fn pools(
+    admin: &str,
+    token: Option<&str>,
+    json: bool,
+) -> Result<String, AdminClientError> {
+    list_of(admin, token, "/pools", json, pool_table).await
+}
+
+fn pool_table(items: &[serde_json::Value]) -> String {
+    table(
+        &[
+            "NAME", "STRATEGY", "ACTIVE", "BACKENDS", "CONNECT", "REQUEST", "RETRIES",
+        ],
+        items.iter().map(|p| {
+            let backends = p["backends"].as_array().map_or(&[][..], Vec::as_slice);
+            let active = backends.iter().filter(|b| b["state"] == "active").count();
+            let names: Vec<String> = backends.iter().map(|b| cell(&b["name"])).collect();
+            let on: Vec<String> = p["retries"]["on"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .map(cell)
+                .collect();
+            vec![
+                cell(&p["name"]),
+                cell(&p["strategy"]),
+                format!("{active}/{}", backends.len()),
+                if names.is_empty() {
+                    "-".into()
+                } else {
+                    names.join(",")
+                },
+                millis(&p["timeouts"]["connect_ms"]),
+                millis(&p["timeouts"]["request_ms"]),
+                match (cell(&p["retries"]["attempts"]), on.is_empty()) {
+                    (n, true) => n,
+                    (n, false) => format!("{n} on {}", on.join(",")),
+                },
+            ]
+        }),
+    )
+}
+
+/// `tollgate routes list`: each route in the order they are tried, with
+/// what it matches, its pool, its rewrite and its counts; the API's JSON
+/// with `json`.
+pub async fn routes(
+    admin: &str,
+    token: Option<&str>,
+    json: bool,
+) -> Result<String, AdminClientError> {
+    list_of(admin, token, "/routes", json, route_table).await
+}
+
+fn route_table(items: &[serde_json::Value]) -> String {
+    table(
+        &["NAME", "POOL", "MATCH", "REWRITE", "REQUESTS", "LIMITED"],
+        items.iter().map(|r| {
+            vec![
+                cell(&r["name"]),
+                cell(&r["pool"]),
+                conditions(&r["match"]),
+                cell(&r["rewrite"]["prefix"]),
+                cell(&r["requests"]),
+                cell(&r["limited"]),
+            ]
+        }),
+    )
+}
+
+/// A route's conditions on one line, as the config writes them
+/// (`hosts=a,b path_prefix=/api methods=GET headers=x-canary:1`); `*`
+/// when it matches every request.
+fn conditions(m: &serde_json::Value) -> String {
+    let list = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .map(cell)
+            .collect()
+    };
+    let mut parts = Vec::new();
+    let hosts = list(&m["hosts"]);
+    if !hosts.is_empty() {
+        parts.push(format!("hosts={}", hosts.join(",")));
+    }
+    for key in ["path_prefix", "path_exact"] {
+        if !m[key].is_null() {
+            parts.push(format!("{key}={}", cell(&m[key])));
+        }
+    }
+    if m["ignore_case"] == true {
+        parts.push("ignore_case".into());
+    }
+    let methods = list(&m["methods"]);
+    if !methods.is_empty() {
+        parts.push(format!("methods={}", methods.join(",")));
+    }
+    if let Some(headers) = m["headers"].as_object().filter(|h| !h.is_empty()) {
+        let pairs: Vec<String> = headers
+            .iter()
+            .map(|(k, v)| format!("{}:{}", crate::escape::escaped(k), cell(v)))
+            .collect();
+        parts.push(format!("headers={}", pairs.join(",")));
+    }
+    if parts.is_empty() {
+        "*".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Milliseconds as a config writes a duration: `2s`, `500ms`, `10m`.
+fn millis(v: &serde_json::Value) -> String {
+    let Some(ms) = v.as_u64() else {
+        return cell(v);
+    };
+    match ms {
+        0 => "0s".into(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
 }
 
 /// Runs `command` against the admin API at `admin` and returns what to
@@ -593,6 +800,46 @@ mod tests {
         assert_eq!(encode("app-1"), "app-1");
         assert_eq!(encode("[::1]:9001"), "%5B::1%5D:9001");
         assert_eq!(encode("a/b"), "a%2Fb");
+    }
+
+    #[test]
+    fn a_backend_is_asked_for_in_its_pool_when_one_is_given() {
+        let b = |name: &str, pool: Option<&str>| BackendRef {
+            name: name.into(),
+            pool: pool.map(Into::into),
+        };
+        assert_eq!(b("app-1", None).path("drain"), "/backends/app-1/drain");
+        assert_eq!(
+            b("a/b", Some("api v2")).path("enable"),
+            "/pools/api%20v2/backends/a%2Fb/enable"
+        );
+    }
+
+    #[test]
+    fn durations_and_conditions_read_as_the_config_writes_them() {
+        let ms = |n: u64| millis(&serde_json::json!(n));
+        assert_eq!(
+            [
+                ms(0),
+                ms(250),
+                ms(2000),
+                ms(1500),
+                ms(600_000),
+                ms(7_200_000)
+            ],
+            ["0s", "250ms", "2s", "1500ms", "10m", "2h"]
+        );
+        let all = serde_json::json!({"hosts": [], "path_prefix": null, "path_exact": null,
+            "ignore_case": false, "methods": [], "headers": {}});
+        assert_eq!(conditions(&all), "*");
+        let some = serde_json::json!({"hosts": ["a.example", "*.b.example"], "path_prefix": "/api",
+            "path_exact": null, "ignore_case": true, "methods": ["GET", "POST"],
+            "headers": {"x-canary": "1", "x-env": "*"}});
+        assert_eq!(
+            conditions(&some),
+            "hosts=a.example,*.b.example path_prefix=/api ignore_case methods=GET,POST \
+             headers=x-canary:1,x-env:*"
+        );
     }
 
     #[test]

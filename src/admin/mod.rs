@@ -20,6 +20,7 @@
 //! not a request that hangs. Every error, the ones axum's extractors and
 //! router produce included, is JSON `{"code":N,"message":"..."}`.
 
+mod backends;
 pub mod client;
 pub mod guard;
 pub mod openapi;
@@ -43,11 +44,11 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::balancer::{Backend, Pool};
 use crate::error::{AdminError, ErrorBody, InvalidConfigBody};
 use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{ApiKey, ClientKey, Limits, Rate, Registry, MAX_PINNED};
 use crate::reload::{ReloadError, Reloaded, Reloader};
+use crate::routing::InForce;
 use crate::status::{Board, StatusDocument};
 use crate::store::writes::LocalWrites;
 use crate::store::{Client, ClientRow, ClientStore, StoreError};
@@ -61,7 +62,8 @@ const LOCK_STRIPES: usize = 64;
 pub struct AdminState {
     registry: Arc<Registry>,
     store: Arc<dyn ClientStore>,
-    pool: Arc<Pool>,
+    /// The routes and pools in force (a reload swaps them).
+    routing: Arc<dyn InForce>,
     token: Option<Arc<str>>,
     locks: Arc<[tokio::sync::Mutex<()>]>,
     metrics: Option<crate::telemetry::Metrics>,
@@ -80,17 +82,18 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// State over the given parts; `token` is the required bearer token.
+    /// State over the given parts; `routing` gives the routes and pools in
+    /// force whenever asked; `token` is the required bearer token.
     pub fn new(
         registry: Arc<Registry>,
         store: Arc<dyn ClientStore>,
-        pool: Arc<Pool>,
+        routing: Arc<dyn InForce>,
         token: Option<String>,
     ) -> Self {
         Self {
             registry,
             store,
-            pool,
+            routing,
             openapi: Arc::from(""),
             token: token.map(Into::into),
             locks: (0..LOCK_STRIPES)
@@ -198,9 +201,13 @@ fn routes() -> OpenApiRouter<AdminState> {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(list_clients, create_client))
         .routes(routes!(get_client, update_client, delete_client))
-        .routes(routes!(backends))
-        .routes(routes!(drain_backend))
-        .routes(routes!(enable_backend))
+        .routes(routes!(backends::list))
+        .routes(routes!(backends::drain))
+        .routes(routes!(backends::enable))
+        .routes(routes!(backends::pools))
+        .routes(routes!(backends::drain_in_pool))
+        .routes(routes!(backends::enable_in_pool))
+        .routes(routes!(backends::routes))
         .routes(routes!(healthz))
         .routes(routes!(reload))
         .routes(routes!(serve_openapi))
@@ -360,17 +367,6 @@ struct RowPath {
     /// can be removed too.
     #[param(min_length = 1, max_length = 4096)]
     id: String,
-}
-
-/// The `{name}` of `/backends/{name}/...` as the OpenAPI document
-/// describes it; [`BackendName`] parses it.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)] // only its IntoParams impl is used
-struct BackendPath {
-    /// A backend's name (`backends[].name`, default `host:port`).
-    #[param(min_length = 1)]
-    name: String,
 }
 
 /// A non-negative integer, written `3` or `3.0`: JSON Schema's `integer`
@@ -867,129 +863,6 @@ fn apply(state: &AdminState, key: &ClientKey, limits: Option<Limits>) {
     }
 }
 
-/// A backend as `/backends` shows it.
-#[derive(Debug, serde::Serialize, ToSchema)]
-#[schema(as = Backend)]
-struct BackendView {
-    /// `backends[].name`; default `host:port`.
-    name: String,
-    url: String,
-    #[schema(minimum = 1, maximum = 1000)]
-    weight: u32,
-    /// Whether it gets new requests: only when `active`. `draining` (the
-    /// operator) shows first, then `unhealthy` (failed active checks), then
-    /// `ejected` (consecutive 5xx answers).
-    state: crate::balancer::State,
-    /// Its active health checks pass.
-    healthy: bool,
-    in_flight: usize,
-    /// Health results in a row that succeeded.
-    #[schema(format = Int64)]
-    consecutive_successes: u32,
-    /// Health results in a row that failed (active checks and failed proxy
-    /// attempts).
-    #[schema(format = Int64)]
-    consecutive_failures: u32,
-}
-
-impl From<&Backend> for BackendView {
-    fn from(b: &Backend) -> Self {
-        Self {
-            name: b.name().to_string(),
-            url: b.url().to_string(),
-            weight: b.weight(),
-            state: b.state(),
-            healthy: b.is_healthy(),
-            in_flight: b.in_flight(),
-            consecutive_successes: b.consecutive_successes(),
-            consecutive_failures: b.consecutive_failures(),
-        }
-    }
-}
-
-#[utoipa::path(
-    get,
-    path = "/backends",
-    summary = "Each backend's health and requests in flight",
-    responses((status = 200, description = "backends", body = [BackendView]))
-)]
-async fn backends(State(state): State<AdminState>) -> Json<Vec<BackendView>> {
-    Json(
-        state
-            .pool
-            .backends()
-            .iter()
-            .map(|b| BackendView::from(b.as_ref()))
-            .collect(),
-    )
-}
-
-/// `POST /backends/{name}/drain`: no new requests, in-flight ones finish.
-#[utoipa::path(
-    post,
-    path = "/backends/{name}/drain",
-    summary = "Take a backend out of rotation: no new requests, in-flight ones finish, health checks go on; kept across a reload that keeps the backend",
-    params(BackendPath),
-    responses(
-        (status = 200, description = "the backend, now draining", body = BackendView),
-        (status = 400, description = "the name is not UTF-8", body = ErrorBody<'static>),
-        (status = 404, description = "no backend has this name", body = ErrorBody<'static>),
-    )
-)]
-async fn drain_backend(
-    State(state): State<AdminState>,
-    BackendName(name): BackendName,
-) -> Result<Json<BackendView>, AdminError> {
-    state
-        .pool
-        .drain(&name)
-        .map(|b| Json(BackendView::from(b.as_ref())))
-        .ok_or_else(|| no_backend(&name))
-}
-
-/// `POST /backends/{name}/enable`: back in rotation.
-#[utoipa::path(
-    post,
-    path = "/backends/{name}/enable",
-    summary = "Put a drained backend back in rotation (it gets requests when its health allows)",
-    params(BackendPath),
-    responses(
-        (status = 200, description = "the backend", body = BackendView),
-        (status = 400, description = "the name is not UTF-8", body = ErrorBody<'static>),
-        (status = 404, description = "no backend has this name", body = ErrorBody<'static>),
-    )
-)]
-async fn enable_backend(
-    State(state): State<AdminState>,
-    BackendName(name): BackendName,
-) -> Result<Json<BackendView>, AdminError> {
-    state
-        .pool
-        .enable(&name)
-        .map(|b| Json(BackendView::from(b.as_ref())))
-        .ok_or_else(|| no_backend(&name))
-}
-
-fn no_backend(name: &str) -> AdminError {
-    AdminError::NotFound(format!("no backend named {name:?}"))
-}
-
-/// The `{name}` path segment; rejections are [`AdminError`]s.
-struct BackendName(String);
-
-impl<S: Send + Sync> FromRequestParts<S> for BackendName {
-    type Rejection = AdminError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AdminError> {
-        let Path(name) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e: PathRejection| {
-                AdminError::BadRequest(format!("backend name in the path: {}", e.body_text()))
-            })?;
-        Ok(Self(name))
-    }
-}
-
 /// `POST /reload`: 200 with what changed; 400 with every problem of an
 /// invalid file (the running configuration stays). The 404 of a state
 /// without a reloader is not documented: a running tollgate always has one.
@@ -1043,8 +916,13 @@ enum Alive {
     responses((status = 200, description = "alive", body = Health))
 )]
 async fn healthz(State(state): State<AdminState>) -> Json<Health> {
+    let routing = state.routing.current();
     Json(Health {
-        healthy_backends: state.pool.healthy_count(),
+        healthy_backends: routing
+            .pools()
+            .values()
+            .map(|p| p.pool.healthy_count())
+            .sum(),
         status: Alive::Ok,
         tracked_clients: state.registry.len(),
     })
@@ -1066,14 +944,26 @@ async fn metrics_text(State(state): State<AdminState>) -> Result<Response, Admin
     let metrics = state.metrics.as_ref().ok_or_else(|| {
         AdminError::NotFound("metrics are off: the admin router was built without them".into())
     })?;
-    let backends = state.pool.backends();
-    let labels: Vec<_> = backends.iter().map(|b| b.label()).collect();
+    let routing = state.routing.current();
+    // By pool, labelled with it only when pools or routes are configured:
+    // without them the series are the ones they always were.
+    let backends: Vec<_> = routing
+        .pools_in_order()
+        .flat_map(|p| {
+            let pool = routing.labelled().then(|| p.name.clone());
+            p.pool
+                .backends()
+                .iter()
+                .map(|b| (b.clone(), b.label(), pool.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let gauges = crate::telemetry::StateGauges {
         backends: backends
             .iter()
-            .zip(&labels)
-            .map(|(b, label)| crate::telemetry::BackendGauge {
+            .map(|(b, label, pool)| crate::telemetry::BackendGauge {
                 label,
+                pool: pool.as_deref(),
                 healthy: b.is_healthy(),
                 in_flight: b.in_flight(),
             })
@@ -1198,7 +1088,7 @@ mod tests {
                 assert_eq!(op["responses"].get("403").is_some(), changes, "{method}");
             }
         }
-        assert_eq!(operations, 14);
+        assert_eq!(operations, 18);
     }
 
     #[test]

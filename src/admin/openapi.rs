@@ -27,8 +27,10 @@ use utoipa::ToSchema;
 use crate::error::ErrorBody;
 
 /// The notes of `info.description`.
-const DESCRIPTION: &str = "Manage the client table (per-client rate limits) and inspect \
-backends. Every error is JSON {\"code\":N,\"message\":\"...\"}; any other path answers 404 \
+const DESCRIPTION: &str = "Manage the client table (per-client rate limits), inspect \
+backends, pools and routes, and drain or enable a backend. A backend name is unique within \
+its pool: /backends/{name}/drain and /enable answer 409 for a name more than one pool has, \
+and /pools/{pool}/backends/{name}/... name the pool. Every error is JSON {\"code\":N,\"message\":\"...\"}; any other path answers 404 \
 and any other method 405. When admin.token is set, every request needs Authorization: \
 Bearer <token> (the scheme in any case), and this document, as served, lists the bearer \
 scheme and the 401 answers; without a token it lists neither. A few wrong tokens from one \

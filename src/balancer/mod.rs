@@ -20,7 +20,7 @@ mod round_robin;
 mod url;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -45,8 +45,11 @@ pub trait Strategy: Send + Sync + fmt::Debug + 'static {
 }
 
 /// Names of the balancing strategies (`balancing.strategy`).
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, serde::Serialize, utoipa::ToSchema, PartialEq, Eq,
+)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = Strategy, description = "How a pool chooses a backend (`strategy`).")]
 pub enum StrategyName {
     /// Smooth weighted round robin (each backend in turn when the weights
     /// are equal).
@@ -159,6 +162,10 @@ pub struct Pool {
     /// Its name (`default` for the top-level backends): in metrics, logs
     /// and the admin API.
     name: Arc<str>,
+    /// Whether its backends' metrics carry a `pool` label: only when
+    /// `pools` or `routes` are configured, so a config without them
+    /// exports exactly the series it always did.
+    labelled: AtomicBool,
 }
 
 impl Pool {
@@ -189,6 +196,7 @@ impl Pool {
             events: Arc::new(Events::new()),
             metrics: crate::telemetry::Metrics::default(),
             name: Arc::from("default"),
+            labelled: AtomicBool::new(false),
         }
     }
 
@@ -207,6 +215,17 @@ impl Pool {
     /// Its name.
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// Labels its backends' metrics with its name (`pool`) from now on,
+    /// or stops doing so.
+    pub fn set_labelled(&self, labelled: bool) {
+        self.labelled.store(labelled, Ordering::Relaxed);
+    }
+
+    /// The `pool` label of its backends' metrics, if they carry one.
+    pub fn metric_label(&self) -> Option<&str> {
+        self.labelled.load(Ordering::Relaxed).then_some(&*self.name)
     }
 
     /// The same pool, recording its transitions in `events` (shared by

@@ -162,8 +162,12 @@ impl Pool {
                 settings.ejection_time
             ),
         );
+        let labels: &[(&'static str, &str)] = match self.metric_label() {
+            Some(pool) => &[("backend", &name), ("pool", pool)],
+            None => &[("backend", &name)],
+        };
         self.metrics
-            .counter(crate::telemetry::BACKEND_EJECTIONS, &[("backend", &name)])
+            .counter(crate::telemetry::BACKEND_EJECTIONS, labels)
             .increment(1);
         tracing::warn!(
             backend = %name,

@@ -10,13 +10,42 @@ use crate::balancer::StrategyName;
 use crate::limiter::Limits;
 use crate::tls::server::{Alpn, MinVersion};
 
+/// The shipped config is the demo's routed one (two pools behind three
+/// routes, no default pool); every other key is the default.
 #[test]
-fn the_shipped_config_is_valid_and_equals_the_defaults() {
+fn the_shipped_config_is_valid_routed_and_otherwise_the_defaults() {
     let text = include_str!("../../config.yaml");
     let c = Config::parse(text).expect("shipped config.yaml is valid");
     let d = Config::parse("").expect("empty config is valid");
     assert_eq!(c.server.listen, d.server.listen);
-    assert_eq!(c.backends, d.backends);
+    assert!(c.backends.is_empty(), "no default pool: {:?}", c.backends);
+    assert_eq!(d.backends.len(), 3, "the default without routes");
+    assert!(c.is_routed());
+    let pools: Vec<(&str, Vec<String>)> = c
+        .pools
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.backends.iter().map(|b| b.name()).collect()))
+        .collect();
+    assert_eq!(
+        pools,
+        [
+            ("api", vec!["api-1".to_owned(), "api-2".to_owned()]),
+            ("web", vec!["web-1".to_owned(), "web-2".to_owned()])
+        ]
+    );
+    assert_eq!(c.pools["api"].strategy, Some(StrategyName::P2c));
+    assert_eq!(c.pools["web"].strategy, None, "balancing.strategy");
+    let routes: Vec<(&str, &str)> = c
+        .routes
+        .iter()
+        .map(|r| (r.name.as_str(), r.pool.as_str()))
+        .collect();
+    assert_eq!(
+        routes,
+        [("api", "api"), ("api-host", "api"), ("web", "web")]
+    );
+    assert_eq!(c.balancing.strategy, d.balancing.strategy);
+    assert_eq!(c.proxy.request_timeout, d.proxy.request_timeout);
     assert_eq!(c.rate_limit.default, d.rate_limit.default);
     assert_eq!(c.rate_limit.ipv6_prefix, d.rate_limit.ipv6_prefix);
     assert_eq!(c.rate_limit.refill_interval, Duration::from_millis(100));
@@ -24,7 +53,6 @@ fn the_shipped_config_is_valid_and_equals_the_defaults() {
     assert_eq!(c.rate_limit.idle_timeout, Duration::from_secs(600));
     assert_eq!(c.health_check.unhealthy_threshold.get(), 2);
     assert_eq!(c.health_check.passive, d.health_check.passive);
-    assert_eq!(c.backends.len(), 3);
     assert_eq!(c.admin.header_read_timeout, d.admin.header_read_timeout);
     assert_eq!(c.admin.body_read_timeout, d.admin.body_read_timeout);
     assert_eq!(c.store.timeout, d.store.timeout);

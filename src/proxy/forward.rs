@@ -143,12 +143,8 @@ impl Proxy {
 
         let outcome = tokio::time::timeout(
             pool.timeouts.request,
-            self.upstreams.send(
-                backend,
-                upstream,
-                in_flight,
-                (upgrade.is_some(), &pool.timeouts),
-            ),
+            self.upstreams
+                .send(backend, upstream, in_flight, (upgrade.is_some(), pool)),
         )
         .await;
         let mut response = match outcome {

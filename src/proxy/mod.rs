@@ -174,6 +174,12 @@ pub struct Proxy {
     labelled: LabelledCounters,
 }
 
+impl crate::routing::InForce for Proxy {
+    fn current(&self) -> Arc<Routing> {
+        self.routing()
+    }
+}
+
 impl Proxy {
     /// A proxy sending requests where `routing` says, limiting with
     /// `limiter` (`None`: no limits, and a reload cannot turn them on),

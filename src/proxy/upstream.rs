@@ -45,7 +45,7 @@ use super::timeout::{idle_body, Direction};
 use super::Body;
 use crate::balancer::{self, Backend, InFlight};
 use crate::body::Watched;
-use crate::routing::pools::Timeouts;
+use crate::routing::pools::PoolUse;
 use crate::telemetry::Metrics;
 
 /// Idle connections kept per backend and thread; more than this are closed
@@ -178,18 +178,23 @@ impl Upstreams {
     /// none is left, and returns the response with its body wrapped so the
     /// connection comes back to the pool when the body has been read.
     /// `in_flight` stays alive until then too. A 101 is an answer only to
-    /// a request that `asks_upgrade`. `timeouts`: the backend's pool's.
+    /// a request that `asks_upgrade`. `pool`: the backend's pool (its
+    /// timeouts, and the label of the connections it opens).
     pub(crate) async fn send(
         &self,
         backend: &Arc<Backend>,
         mut req: Request<Body>,
         in_flight: InFlight,
-        (asks_upgrade, timeouts): (bool, &Timeouts),
+        (asks_upgrade, pool): (bool, &PoolUse),
     ) -> Result<Answer, SendError> {
+        let timeouts = &pool.timeouts;
         loop {
             let (mut sender, reused) = match self.checkout(backend) {
                 Some(idle) => (idle.sender, true),
-                None => (self.connect(backend, timeouts.connect).await?, false),
+                None => {
+                    let label = pool.pool.metric_label();
+                    (self.connect(backend, timeouts.connect, label).await?, false)
+                }
             };
             match sender.try_send_request(req).await {
                 Ok(mut response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
@@ -262,10 +267,13 @@ impl Upstreams {
         None
     }
 
+    /// A new connection to `backend`, counted with its pool's `pool_label`
+    /// (`None`: no `pool` label, as without pools and routes).
     async fn connect(
         &self,
         backend: &Backend,
         connect_timeout: std::time::Duration,
+        pool_label: Option<&str>,
     ) -> Result<SendRequest<Body>, SendError> {
         let url = backend.url();
         // One deadline for TCP and TLS together: `connect_timeout` bounds
@@ -286,12 +294,13 @@ impl Upstreams {
         // Two monomorphic paths rather than one boxed stream: the plain
         // one stays what it was, with no dynamic dispatch per read.
         match url.server_name() {
-            None => http1(backend, stream, &self.inner.metrics).await,
+            None => http1(backend, stream, (&self.inner.metrics, pool_label)).await,
             // Boxed: the TLS handshake is a large future, and inline it
             // would grow every request's future (moved several times per
             // request), https or not.
             Some(name) => {
-                Box::pin(self.tls_http1(backend, name, stream, (deadline, connect_timeout))).await
+                let bounds = (deadline, connect_timeout);
+                Box::pin(self.tls_http1(backend, name, stream, bounds, pool_label)).await
             }
         }
     }
@@ -304,22 +313,24 @@ impl Upstreams {
         name: &ServerName<'static>,
         stream: TcpStream,
         (deadline, connect_timeout): (Deadline, Duration),
+        pool_label: Option<&str>,
     ) -> Result<SendRequest<Body>, SendError> {
         let tls = TlsConnector::from(self.inner.tls.clone());
         let stream = tokio::time::timeout_at(deadline, tls.connect(name.clone(), stream))
             .await
             .map_err(|_| SendError::Connect(ConnectError::TimedOut(connect_timeout)))?
             .map_err(|e| SendError::Connect(ConnectError::Tls(e)))?;
-        http1(backend, stream, &self.inner.metrics).await
+        http1(backend, stream, (&self.inner.metrics, pool_label)).await
     }
 }
 
 /// The HTTP/1.1 handshake on a new connection to `backend`, its
-/// connection task spawned; counted as a connection opened.
+/// connection task spawned; counted as a connection opened (labelled
+/// with `pool_label` when there is one).
 async fn http1<S>(
     backend: &Backend,
     stream: S,
-    metrics: &Metrics,
+    (metrics, pool_label): (&Metrics, Option<&str>),
 ) -> Result<SendRequest<Body>, SendError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -328,11 +339,12 @@ where
         .await
         .map_err(|e| SendError::Connect(ConnectError::Handshake(e)))?;
     let label = backend.label().to_string();
+    let labels: &[(&'static str, &str)] = match pool_label {
+        Some(pool) => &[("backend", &label), ("pool", pool)],
+        None => &[("backend", &label)],
+    };
     metrics
-        .counter(
-            crate::telemetry::BACKEND_CONNECTIONS,
-            &[("backend", &label)],
-        )
+        .counter(crate::telemetry::BACKEND_CONNECTIONS, labels)
         .increment(1);
     // With upgrades: after a 101 the socket goes to the tunnel (only a
     // request that asked gets there; any other 101 drops it, closed).

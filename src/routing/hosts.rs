@@ -60,6 +60,16 @@ impl HostPattern {
     }
 }
 
+impl std::fmt::Display for HostPattern {
+    /// As a config writes it: `api.example.com`, `*.example.com`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(name) => f.write_str(name),
+            Self::Wildcard(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
 /// The host a request names, as routes compare it: the `Host` value (for
 /// HTTP/2, the `:authority` strict HTTP put there) without its port and a
 /// trailing dot; patterns compare it without regard to case, so nothing
@@ -112,6 +122,12 @@ mod tests {
         for bad in ["", "*", "a.*.b", "a:80", "a b", "*.", "a..b"] {
             assert!(HostPattern::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn patterns_are_shown_as_written() {
+        assert_eq!(p("API.example.com").to_string(), "api.example.com");
+        assert_eq!(p("*.Example.com").to_string(), "*.example.com");
     }
 
     #[test]

@@ -98,6 +98,14 @@ impl StatsByRoute {
     }
 }
 
+/// Reads the routing in force. A reload swaps it whole, so a part that
+/// lives across reloads (the admin API, the status sampler) asks for it
+/// each time it needs it rather than keeping a copy that would go stale.
+pub trait InForce: Send + Sync + std::fmt::Debug {
+    /// The routes and pools in force now.
+    fn current(&self) -> Arc<Routing>;
+}
+
 /// The routes and pools in force.
 #[derive(Debug)]
 pub struct Routing {
@@ -171,6 +179,8 @@ impl Routing {
             routes.push(Route {
                 stats: stats.of(&spec.name),
                 name: spec.name.into(),
+                path: spec.path,
+                ignore_case: spec.ignore_case,
                 hosts: spec.hosts,
                 methods: spec.methods,
                 headers: spec.headers,
@@ -209,6 +219,24 @@ impl Routing {
     /// Every pool, by name.
     pub fn pools(&self) -> &BTreeMap<String, Arc<PoolUse>> {
         &self.pools
+    }
+
+    /// Every pool, [`DEFAULT_POOL`] first, then the others by name: the
+    /// order the admin API and the status page list them in. The default
+    /// pool is left out when it has no backends (routes are configured
+    /// and the top-level `backends` is empty): nothing was configured
+    /// there, and no request goes there.
+    pub fn pools_in_order(&self) -> impl Iterator<Item = &Arc<PoolUse>> {
+        let default = self
+            .pools
+            .get(DEFAULT_POOL)
+            .filter(|p| !p.pool.backends().is_empty());
+        default.into_iter().chain(
+            self.pools
+                .iter()
+                .filter(|(name, _)| name.as_str() != DEFAULT_POOL)
+                .map(|(_, p)| p),
+        )
     }
 
     /// The default pool, if requests can reach it.

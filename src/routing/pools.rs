@@ -120,6 +120,9 @@ pub struct PoolUse {
     pub name: Arc<str>,
     /// The pool (the same object as long as a reload keeps the name).
     pub pool: Arc<Pool>,
+    /// How a backend is chosen (what the admin API shows; the pool holds
+    /// the strategy itself).
+    pub strategy: StrategyName,
     /// Its timeouts.
     pub timeouts: Timeouts,
     /// Its retry policy.
@@ -133,6 +136,7 @@ impl PoolUse {
         Self {
             name: name.into(),
             pool: Arc::new(Pool::new([], strategy_for(StrategyName::RoundRobin))),
+            strategy: StrategyName::RoundRobin,
             timeouts: Timeouts::default(),
             retries: Retries::default(),
         }
@@ -199,10 +203,11 @@ impl PoolSet {
 
     /// Makes the set what `specs` say: new pools built and checked once
     /// before this returns, kept ones changed in place (new backends
-    /// checked first), removed ones stopped. Returns the pools by name.
-    /// Reloads run one at a time, so nothing else changes the set
-    /// meanwhile; the request path never takes this lock.
-    pub async fn apply(&self, specs: &[PoolSpec]) -> BTreeMap<String, Arc<Pool>> {
+    /// checked first), removed ones stopped. `labelled`: `pools` or
+    /// `routes` are configured, so backend metrics carry `pool`. Returns
+    /// the pools by name. Reloads run one at a time, so nothing else
+    /// changes the set meanwhile; the request path never takes this lock.
+    pub async fn apply(&self, specs: &[PoolSpec], labelled: bool) -> BTreeMap<String, Arc<Pool>> {
         let gone: Vec<Managed> = {
             let mut pools = self.lock();
             let names: Vec<String> = pools
@@ -230,7 +235,10 @@ impl PoolSet {
         }
         self.lock()
             .iter()
-            .map(|(n, m)| (n.clone(), m.pool.clone()))
+            .map(|(n, m)| {
+                m.pool.set_labelled(labelled);
+                (n.clone(), m.pool.clone())
+            })
             .collect()
     }
 

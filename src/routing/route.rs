@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use super::hosts::HostPattern;
 use super::pools::PoolUse;
+use super::trie::PathRule;
 
 /// What a route has been asked, kept by name across reloads so the counts
 /// of a route that stays go on.
@@ -66,6 +67,11 @@ impl Edits {
 pub struct Route {
     /// Its name (metrics, logs, the admin API).
     pub name: Arc<str>,
+    /// Its path condition, as written (the trie matches it; kept to be
+    /// shown).
+    pub(super) path: PathRule,
+    /// Whether paths are compared without regard to ASCII case.
+    pub(super) ignore_case: bool,
     /// Empty: every host.
     pub(super) hosts: Vec<HostPattern>,
     /// Empty: every method.
@@ -86,6 +92,36 @@ pub struct Route {
 }
 
 impl Route {
+    /// Its path condition.
+    pub fn path(&self) -> &PathRule {
+        &self.path
+    }
+
+    /// Whether it compares paths without regard to ASCII case.
+    pub fn ignore_case(&self) -> bool {
+        self.ignore_case
+    }
+
+    /// The hosts it takes (empty: every host).
+    pub fn hosts(&self) -> &[HostPattern] {
+        &self.hosts
+    }
+
+    /// The methods it takes (empty: every method; `GET` takes `HEAD`).
+    pub fn methods(&self) -> &[Method] {
+        &self.methods
+    }
+
+    /// The headers it requires: a value, or `None` for present.
+    pub fn headers(&self) -> &[(HeaderName, Option<HeaderValue>)] {
+        &self.headers
+    }
+
+    /// What replaces the start of a path it matched, if it rewrites.
+    pub fn rewrite_to(&self) -> Option<&str> {
+        self.rewrite.as_ref().map(|(_, to)| to.as_str())
+    }
+
     /// Whether a request with this (normalized) host, method and headers
     /// takes the route, its path having matched already.
     pub(super) fn admits(&self, host: Option<&str>, method: &Method, headers: &HeaderMap) -> bool {
@@ -133,6 +169,8 @@ mod tests {
     fn route(from: &str, to: &str) -> Route {
         Route {
             name: "r".into(),
+            path: PathRule::Prefix(from.into()),
+            ignore_case: false,
             hosts: Vec::new(),
             methods: Vec::new(),
             headers: Vec::new(),

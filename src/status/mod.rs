@@ -10,8 +10,13 @@
 //! - requests/s: `tollgate_requests_total`, all labels;
 //! - refused/s: `tollgate_rate_limited_total{dry_run="false"}`, every
 //!   policy (dry-run refusals are shown apart);
-//! - per backend: `tollgate_requests_total{backend=NAME}`, and its error
-//!   rate from the `status="5xx"` series;
+//! - per backend: `tollgate_requests_total{backend=NAME}` (with
+//!   `pool=POOL` when pools or routes are configured: names are unique
+//!   within a pool only), and its error rate from the `status="5xx"`
+//!   series;
+//! - per route: its requests and 429s, from the counts the route keeps
+//!   ([`crate::routing::route::RouteStats`], which the admin API's
+//!   `/routes` shows too), read at the same moment as the registry;
 //! - p50 and p99: from that second's increase of each bucket of
 //!   `tollgate_request_duration_seconds` (time to response headers, every
 //!   answer, 429s included), interpolated linearly inside the bucket the
@@ -20,8 +25,10 @@
 //!   10, 25 ms...); past the last finite bound (30 s) it is shown as 30 s.
 //!
 //! The registry is the process's, so the totals are the process's: one
-//! tollgate per process in production (tests run several). The pool's
-//! backends (state, in-flight) are read when the document is served.
+//! tollgate per process in production (tests run several). The backends
+//! of every pool (state, in-flight) and the routes are those of the
+//! routing in force when the document is served; a route or a pool a
+//! reload added shows from then on.
 //!
 //! The "refused most" list is the one figure `/metrics` cannot give (no
 //! per-client label, on purpose): the request path counts each 429 by
@@ -42,9 +49,10 @@ use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
 use utoipa::ToSchema;
 
-use crate::balancer::{Pool, State};
+use crate::balancer::State;
 use crate::events::{unix_ms, Event, Events};
 use crate::limiter::Registry;
+use crate::routing::InForce;
 use crate::shutdown::Ticks;
 use crate::telemetry;
 use refusals::Refusals;
@@ -66,7 +74,7 @@ pub const ERROR_WINDOW: usize = 10;
 pub struct Board {
     refusals: Arc<Refusals>,
     events: Arc<Events>,
-    pool: Arc<Pool>,
+    routing: Arc<dyn InForce>,
     registry: Arc<Registry>,
     ring: Mutex<Ring>,
 }
@@ -90,8 +98,10 @@ struct Sample {
     dry_run_refused: u64,
     p50: Option<f64>,
     p99: Option<f64>,
-    /// Answers by backend name: (all, 5xx).
-    backends: HashMap<String, (u64, u64)>,
+    /// Answers by (pool, backend name): (all, 5xx).
+    backends: HashMap<(String, String), (u64, u64)>,
+    /// Requests by route name: (all, refused with 429).
+    routes: HashMap<String, (u64, u64)>,
     /// The second's most refused clients, most first.
     top: Vec<(String, u64)>,
     /// Refusals not attributed to a client (bounded memory).
@@ -107,17 +117,25 @@ struct Totals {
     /// Cumulative bucket counts of the duration histogram: (upper bound
     /// in seconds, count); `+Inf` last.
     buckets: Vec<(f64, u64)>,
-    backends: HashMap<String, (u64, u64)>,
+    backends: HashMap<(String, String), (u64, u64)>,
+    /// Every route's counts (requests, refused).
+    routes: HashMap<String, (u64, u64)>,
 }
 
 impl Board {
-    /// A board over these parts; `refusals` is the one the proxy counts
-    /// into, `events` the pool's.
-    pub fn new(pool: Arc<Pool>, registry: Arc<Registry>, refusals: Arc<Refusals>) -> Self {
+    /// A board over these parts: `routing` gives the routes and pools in
+    /// force whenever asked, `events` is where the pools and the reloader
+    /// record transitions, `refusals` the one the proxy counts into.
+    pub fn new(
+        routing: Arc<dyn InForce>,
+        events: Arc<Events>,
+        registry: Arc<Registry>,
+        refusals: Arc<Refusals>,
+    ) -> Self {
         Self {
-            events: pool.events().clone(),
+            events,
             refusals,
-            pool,
+            routing,
             registry,
             ring: Mutex::new(Ring::default()),
         }
@@ -139,9 +157,11 @@ impl Board {
             .collect();
         top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(TOP_PER_SECOND);
+        let routes = self.route_totals();
         let mut ring = self.ring();
         ring.metrics = totals.is_some();
-        let now = totals.unwrap_or_default();
+        let mut now = totals.unwrap_or_default();
+        now.routes = routes;
         let Some(last) = ring.last.replace(now.clone()) else {
             return;
         };
@@ -158,14 +178,8 @@ impl Board {
                 (le, d(n, then))
             })
             .collect();
-        let backends = now
-            .backends
-            .iter()
-            .map(|(name, &(all, errors))| {
-                let (a, e) = last.backends.get(name).copied().unwrap_or((0, 0));
-                (name.clone(), (d(all, a), d(errors, e)))
-            })
-            .collect();
+        let backends = increase(&now.backends, &last.backends);
+        let routes = increase(&now.routes, &last.routes);
         if ring.samples.len() == WINDOW {
             ring.samples.pop_front();
         }
@@ -178,16 +192,33 @@ impl Board {
             p50: quantile(&buckets, 0.5),
             p99: quantile(&buckets, 0.99),
             backends,
+            routes,
             top,
             unattributed,
         });
+    }
+
+    /// Every route's counts now, by name.
+    fn route_totals(&self) -> HashMap<String, (u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.routing
+            .current()
+            .routes()
+            .iter()
+            .map(|r| {
+                let counts = (
+                    r.stats.requests.load(Relaxed),
+                    r.stats.limited.load(Relaxed),
+                );
+                (r.name.to_string(), counts)
+            })
+            .collect()
     }
 
     /// The document `GET /status` serves.
     pub fn document(&self) -> StatusDocument {
         let ring = self.ring();
         let samples = &ring.samples;
-        let per_sec = |n: u64, s: &Sample| if s.secs > 0.0 { n as f64 / s.secs } else { 0.0 };
         let latest = samples.back();
         let rate = |f: fn(&Sample) -> u64| latest.map_or(0.0, |s| per_sec(f(s), s));
         let now = Rates {
@@ -204,28 +235,9 @@ impl Board {
             p50_ms: samples.iter().map(|s| s.p50.map(ms)).collect(),
             p99_ms: samples.iter().map(|s| s.p99.map(ms)).collect(),
         };
-        let backends = self
-            .pool
-            .backends()
-            .iter()
-            .map(|b| {
-                let name = b.name().to_string();
-                let of = |s: &Sample| s.backends.get(&name).copied().unwrap_or((0, 0));
-                let recent = samples.iter().rev().take(ERROR_WINDOW).map(of);
-                let (all, errors) = recent.fold((0, 0), |(a, e), (x, y)| (a + x, e + y));
-                BackendStatus {
-                    url: b.url().to_string(),
-                    weight: b.weight(),
-                    state: b.state(),
-                    healthy: b.is_healthy(),
-                    in_flight: b.in_flight(),
-                    requests_per_sec: latest.map_or(0.0, |s| per_sec(of(s).0, s)),
-                    error_rate: (all > 0).then(|| errors as f64 / all as f64),
-                    requests_per_sec_series: samples.iter().map(|s| per_sec(of(s).0, s)).collect(),
-                    name,
-                }
-            })
-            .collect();
+        let routing = self.routing.current();
+        let backends = backend_statuses(&routing, samples);
+        let routes = route_statuses(&routing, samples);
         let mut refused: HashMap<&str, u64> = HashMap::new();
         for s in samples {
             for (client, n) in &s.top {
@@ -252,6 +264,7 @@ impl Board {
             now,
             series,
             backends,
+            routes,
             top_refused,
             unattributed_refusals: samples.iter().map(|s| s.unattributed).sum(),
             clients_tracked: self.registry.len(),
@@ -263,6 +276,84 @@ impl Board {
 
 fn ms(secs: f64) -> f64 {
     secs * 1000.0
+}
+
+/// `n` over the length of the second `s` was.
+fn per_sec(n: u64, s: &Sample) -> f64 {
+    if s.secs > 0.0 {
+        n as f64 / s.secs
+    } else {
+        0.0
+    }
+}
+
+/// The increase of each count of `now` since `last` (a count `last` did
+/// not have increased from 0).
+fn increase<K: Clone + Eq + std::hash::Hash>(
+    now: &HashMap<K, (u64, u64)>,
+    last: &HashMap<K, (u64, u64)>,
+) -> HashMap<K, (u64, u64)> {
+    now.iter()
+        .map(|(k, &(x, y))| {
+            let (a, b) = last.get(k).copied().unwrap_or((0, 0));
+            (k.clone(), (x.saturating_sub(a), y.saturating_sub(b)))
+        })
+        .collect()
+}
+
+/// Every backend of every pool in `routing` (the default pool first, then
+/// the others by name) with its load over `samples`.
+fn backend_statuses(
+    routing: &crate::routing::Routing,
+    samples: &VecDeque<Sample>,
+) -> Vec<BackendStatus> {
+    let latest = samples.back();
+    let mut out = Vec::new();
+    for p in routing.pools_in_order() {
+        for b in p.pool.backends().iter() {
+            let key = (p.name.to_string(), b.name().to_string());
+            let of = |s: &Sample| s.backends.get(&key).copied().unwrap_or((0, 0));
+            let recent = samples.iter().rev().take(ERROR_WINDOW).map(of);
+            let (all, errors) = recent.fold((0, 0), |(a, e), (x, y)| (a + x, e + y));
+            out.push(BackendStatus {
+                url: b.url().to_string(),
+                weight: b.weight(),
+                state: b.state(),
+                healthy: b.is_healthy(),
+                in_flight: b.in_flight(),
+                requests_per_sec: latest.map_or(0.0, |s| per_sec(of(s).0, s)),
+                error_rate: (all > 0).then(|| errors as f64 / all as f64),
+                requests_per_sec_series: samples.iter().map(|s| per_sec(of(s).0, s)).collect(),
+                name: key.1,
+                pool: key.0,
+            });
+        }
+    }
+    out
+}
+
+/// Every route of `routing`, in order, with its rates over `samples`.
+fn route_statuses(
+    routing: &crate::routing::Routing,
+    samples: &VecDeque<Sample>,
+) -> Vec<RouteStatus> {
+    let latest = samples.back();
+    routing
+        .routes()
+        .iter()
+        .map(|r| {
+            let name = r.name.to_string();
+            let of = |s: &Sample| s.routes.get(&name).copied().unwrap_or((0, 0));
+            RouteStatus {
+                pool: r.pool.name.to_string(),
+                requests_per_sec: latest.map_or(0.0, |s| per_sec(of(s).0, s)),
+                refused_per_sec: latest.map_or(0.0, |s| per_sec(of(s).1, s)),
+                requests_per_sec_series: samples.iter().map(|s| per_sec(of(s).0, s)).collect(),
+                refused_per_sec_series: samples.iter().map(|s| per_sec(of(s).1, s)).collect(),
+                name,
+            }
+        })
+        .collect()
 }
 
 /// The `q` quantile of a histogram given as cumulative (upper bound,
@@ -329,7 +420,11 @@ fn parse(text: &str) -> Totals {
         if name == requests {
             t.requests += n;
             if let Some(backend) = label(&labels, "backend").filter(|b| *b != "none") {
-                let e = t.backends.entry(backend.to_owned()).or_default();
+                // No `pool` label: pools and routes are not configured,
+                // and every backend is the default pool's.
+                let pool = label(&labels, "pool").unwrap_or(crate::routing::DEFAULT_POOL);
+                let key = (pool.to_owned(), backend.to_owned());
+                let e = t.backends.entry(key).or_default();
                 e.0 += n;
                 if label(&labels, "status") == Some("5xx") {
                     e.1 += n;
@@ -427,8 +522,11 @@ pub struct StatusDocument {
     pub now: Rates,
     /// The last 60 seconds, oldest first (one entry per second).
     pub series: Series,
-    /// Every backend, in configuration order.
+    /// Every backend, pool by pool (the default pool first, then the
+    /// others by name), each pool's in configuration order.
     pub backends: Vec<BackendStatus>,
+    /// Every route, in the order they are tried; empty without `routes`.
+    pub routes: Vec<RouteStatus>,
     /// The clients refused most (429) in the last 60 seconds, most first;
     /// at most 10.
     pub top_refused: Vec<RefusedClient>,
@@ -481,8 +579,10 @@ pub struct Series {
 /// One backend: its state now and its load.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BackendStatus {
-    /// `backends[].name`.
+    /// `backends[].name` (unique within its pool).
     pub name: String,
+    /// Its pool (`default`: the top-level `backends`).
+    pub pool: String,
     /// Its URL.
     pub url: String,
     /// Its weight.
@@ -502,6 +602,23 @@ pub struct BackendStatus {
     pub error_rate: Option<f64>,
     /// Its answers per second over the last 60 seconds, oldest first.
     pub requests_per_sec_series: Vec<f64>,
+}
+
+/// One route: its requests and refusals.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteStatus {
+    /// `routes[].name`.
+    pub name: String,
+    /// The pool it sends to.
+    pub pool: String,
+    /// Requests that took it in the last complete second.
+    pub requests_per_sec: f64,
+    /// Of those, refused with 429 (enforced, not dry-run).
+    pub refused_per_sec: f64,
+    /// Its requests per second over the last 60 seconds, oldest first.
+    pub requests_per_sec_series: Vec<f64>,
+    /// Its refusals per second over the last 60 seconds, oldest first.
+    pub refused_per_sec_series: Vec<f64>,
 }
 
 /// A client and how often it was refused.
@@ -534,7 +651,23 @@ mod tests {
         assert_eq!(t.requests, 15);
         assert_eq!(t.refused, 4);
         assert_eq!(t.dry_run_refused, 2);
-        assert_eq!(t.backends.get("b0"), Some(&(10, 3)));
+        assert_eq!(
+            t.backends.get(&("default".into(), "b0".into())),
+            Some(&(10, 3))
+        );
+        // With pools, a name is a pool's: two pools' b0 are two backends.
+        let text =
+            "tollgate_requests_total{status=\"2xx\",backend=\"b0\",pool=\"api\",route=\"r\"} 4\n\
+            tollgate_requests_total{status=\"2xx\",backend=\"b0\",pool=\"web\",route=\"\"} 2\n";
+        let routed = parse(text);
+        assert_eq!(
+            routed.backends.get(&("api".into(), "b0".into())),
+            Some(&(4, 0))
+        );
+        assert_eq!(
+            routed.backends.get(&("web".into(), "b0".into())),
+            Some(&(2, 0))
+        );
         assert_eq!(t.buckets, vec![(0.001, 10), (f64::INFINITY, 15)]);
         let (_, labels, v) = split_sample("x{name=\"a\\\"b\",c=\"d\"} 2").expect("sample");
         assert_eq!(labels[0].1, "a\"b");

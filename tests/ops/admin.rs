@@ -426,7 +426,10 @@ async fn openapi_document_matches_the_routes() {
     let all = ["get", "post", "put", "delete", "patch"];
     let mut documented = 0;
     for (path, ops) in paths {
-        let concrete = path.replace("{id}", "probe").replace("{name}", "probe");
+        let concrete = path
+            .replace("{id}", "probe")
+            .replace("{pool}", "probe")
+            .replace("{name}", "probe");
         for method in all {
             let req = c.request(
                 method.to_uppercase().parse().expect("method"),
@@ -454,7 +457,7 @@ async fn openapi_document_matches_the_routes() {
             }
         }
     }
-    assert_eq!(documented, 14, "the router serves 14 method+path pairs");
+    assert_eq!(documented, 18, "the router serves 18 method+path pairs");
     // The routes the router serves are all in the document.
     for route in [
         "/clients",
@@ -462,6 +465,10 @@ async fn openapi_document_matches_the_routes() {
         "/backends",
         "/backends/{name}/drain",
         "/backends/{name}/enable",
+        "/pools",
+        "/pools/{pool}/backends/{name}/drain",
+        "/pools/{pool}/backends/{name}/enable",
+        "/routes",
         "/healthz",
         "/metrics",
         "/openapi.json",

@@ -180,8 +180,9 @@ fn json_log_lines_parse_as_json() {
 /// What one run of the binary did: exit code, stdout, stderr.
 type Ran = (Option<i32>, String, String);
 
-/// `tollgate GROUP --admin URL ARGS...` (`GROUP` is `backends` or
-/// `clients`) with `token` as `TOLLGATE_ADMIN_TOKEN` (unset if `None`).
+/// `tollgate GROUP --admin URL ARGS...` (`GROUP` is `backends`, `pools`,
+/// `routes` or `clients`) with `token` as `TOLLGATE_ADMIN_TOKEN` (unset
+/// if `None`).
 async fn admin_cli(group: &str, admin: &str, token: Option<&str>, args: &[&str]) -> Ran {
     let mut cmd = tollgate();
     cmd.args([group, "--admin", admin]).args(args);
@@ -832,4 +833,277 @@ async fn a_redirect_is_reported_and_not_followed() {
         0,
         "a redirect was followed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_routes_and_drain_by_pool_from_the_command_line() {
+    let two = crate::routes::TwoPools::start().await;
+    let admin = two.admin();
+    let url = format!("http://{admin}");
+    let run = |group: &'static str, args: &'static [&'static str]| {
+        let url = url.clone();
+        async move { admin_cli(group, &url, None, args).await }
+    };
+
+    let (code, out, err) = run("pools", &["list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["NAME", "STRATEGY", "ACTIVE", "BACKENDS", "CONNECT", "REQUEST", "RETRIES"],
+            vec![
+                "default",
+                "round_robin",
+                "2/2",
+                "shared,web-2",
+                "2s",
+                "30s",
+                "1",
+                "on",
+                "connect_failure,reset"
+            ],
+            vec![
+                "api",
+                "p2c",
+                "2/2",
+                "shared,api-2",
+                "2s",
+                "5s",
+                "2",
+                "on",
+                "connect_failure,503"
+            ],
+        ],
+        "{out}"
+    );
+    let (code, out, err) = run("pools", &["list", "--json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(listed, api_json(admin, "/pools").await);
+
+    let c = crate::support::client();
+    for _ in 0..2 {
+        let status = crate::support::get_status(&c, two.lb.proxy_addr(), "/api/x").await;
+        assert_eq!(status, 200);
+    }
+    let (code, out, err) = run("routes", &["list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("NAME"), "{out}");
+    let api: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        api,
+        [
+            "api",
+            "api",
+            "path_prefix=/api",
+            "methods=GET,POST",
+            "/",
+            "2",
+            "0"
+        ],
+        "{out}"
+    );
+    let canary: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(
+        canary,
+        [
+            "canary",
+            "api",
+            "hosts=*.example.com",
+            "path_exact=/canary",
+            "headers=x-canary:1",
+            "-",
+            "0",
+            "0"
+        ],
+        "{out}"
+    );
+    let (code, out, err) = run("routes", &["--json", "list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(listed[0]["requests"], 2, "{out}");
+
+    // A name both pools have: refused, with how to say which.
+    let (code, _, err) = run("backends", &["drain", "shared"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("409") && err.contains("(default, api)"),
+        "{err}"
+    );
+    assert!(err.contains("--pool"), "{err}");
+    let (code, out, err) = run("backends", &["drain", "shared", "--pool", "api"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .expect("a row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[..3], ["shared", "api", "draining"], "{out}");
+    assert!(two
+        .lb
+        .pool_named("api")
+        .and_then(|p| p.find("shared"))
+        .expect("api's shared")
+        .is_draining());
+    assert!(!two
+        .lb
+        .pool()
+        .find("shared")
+        .expect("default's shared")
+        .is_draining());
+    let (code, out, err) = run("backends", &["list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().take(3).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["NAME", "POOL", "STATE"],
+            vec!["shared", "default", "active"],
+            vec!["web-2", "default", "active"],
+            vec!["shared", "api", "draining"],
+            vec!["api-2", "api", "active"],
+        ],
+        "{out}"
+    );
+    let (code, out, err) = run("backends", &["--json", "enable", "shared", "--pool", "api"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let item: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        (&item["pool"], &item["state"]),
+        (&"api".into(), &"active".into())
+    );
+    let (code, _, err) = run("backends", &["enable", "shared", "--pool", "nope"]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("404") && err.contains("no pool named \"nope\""),
+        "{err}"
+    );
+    let (code, _, err) = run("backends", &["drain", "web-2"]).await;
+    assert_eq!(code, Some(0), "a name one pool has needs no --pool: {err}");
+
+    // Usage errors: 2, without asking the API.
+    for (group, args) in [
+        ("routes", &["frobnicate"][..]),
+        ("pools", &[][..]),
+        ("backends", &["drain", "--pool", "api"]),
+        ("backends", &["drain", "shared", "--pool"]),
+    ] {
+        let (code, out, err) = admin_cli(group, &url, None, args).await;
+        assert_eq!(code, Some(2), "{group} {args:?}: {out}{err}");
+    }
+    let (code, _, err) = admin_cli("pools", "ftp://127.0.0.1", None, &["list"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    two.stop().await;
+    let closed = format!("http://{}", crate::support::closed_port());
+    for group in ["pools", "routes"] {
+        let (code, _, err) = admin_cli(group, &closed, None, &["list"]).await;
+        assert_eq!(code, Some(1), "{group}: {err}");
+        assert!(err.contains("cannot reach the admin API"), "{err}");
+    }
+}
+
+/// The shipped config.yaml as `tollgate demo` runs it, on free ports:
+/// its two pools' demo backends are started, and `/api/...`, the
+/// `api.localhost` host and everything else land where its three routes
+/// say, each demo backend answering with its configured name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_the_shipped_config_two_pools_behind_three_routes() {
+    let mut yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml"))
+        .expect("config.yaml");
+    let mut replace = |from: &str, to: &str| {
+        assert!(yaml.contains(from), "config.yaml has no {from:?}");
+        yaml = yaml.replace(from, to);
+    };
+    replace("listen: 0.0.0.0:8080", "listen: 127.0.0.1:0");
+    replace("listen: 127.0.0.1:9090", "listen: 127.0.0.1:0");
+    replace(
+        "url: sqlite://tollgate.db",
+        &format!("url: {}", crate::support::temp_db()),
+    );
+    replace("format: text", "format: json");
+    for port in ["9001", "9002", "9101", "9102"] {
+        let free = crate::support::closed_port().to_string();
+        replace(&format!("127.0.0.1:{port}"), &free);
+    }
+    let mut p = crate::support::spawn_demo(&yaml);
+    let started: Vec<&str> = p
+        .startup
+        .iter()
+        .filter(|l| l["message"] == "demo backend listening")
+        .map(|l| l["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(started, ["api-1", "api-2", "web-1", "web-2"]);
+
+    let c = crate::support::client();
+    let get = |path: &str, host: Option<&str>| {
+        let mut req = c.get(format!("http://{}{path}", p.proxy));
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        async move {
+            let r = req.send().await.expect("proxied");
+            assert_eq!(r.status(), 200);
+            let cache = r.headers().get("cache-control").cloned();
+            let body: serde_json::Value = r.json().await.expect("the demo backend's JSON");
+            (body, cache)
+        }
+    };
+    let (api, cache) = get("/api/x", None).await;
+    assert!(
+        api["backend"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("api-")),
+        "{api}"
+    );
+    assert_eq!(api["path"], "/x", "rewritten: {api}");
+    assert_eq!(cache.as_ref().map(|v| v.as_bytes()), Some(&b"no-store"[..]));
+    let (web, _) = get("/", None).await;
+    assert!(
+        web["backend"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("web-")),
+        "{web}"
+    );
+    let (host, _) = get("/users", Some("api.localhost:8080")).await;
+    assert!(
+        host["backend"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("api-")),
+        "{host}"
+    );
+    assert_eq!(host["path"], "/users");
+    // The empty default pool is no pool the operator configured.
+    let pools = api_json(p.admin, "/pools").await;
+    let names: Vec<&str> = pools
+        .as_array()
+        .expect("pools")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["api", "web"]);
+    let routes = api_json(p.admin, "/routes").await;
+    let counts: Vec<(&str, u64)> = routes
+        .as_array()
+        .expect("routes")
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().expect("name"),
+                r["requests"].as_u64().expect("n"),
+            )
+        })
+        .collect();
+    assert_eq!(counts, [("api", 1), ("api-host", 1), ("web", 1)]);
+    let _ = p.child.kill();
+    let _ = p.child.wait();
 }

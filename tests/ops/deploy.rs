@@ -313,7 +313,7 @@ fn compose_services_ports_and_config_agree() {
     let services = compose["services"].as_mapping().expect("services");
     let name = |k: &serde_yaml::Value| k.as_str().unwrap_or_default().to_string();
     let names: BTreeSet<String> = services.keys().map(name).collect();
-    for s in ["tollgate", "backend1", "backend2", "backend3"] {
+    for s in ["tollgate", "web1", "web2", "api1", "api2"] {
         assert!(names.contains(s), "service {s} missing");
     }
 
@@ -390,9 +390,14 @@ fn compose_services_ports_and_config_agree() {
         .any(|p| p.starts_with("127.0.0.1:")
             && p.ends_with(&format!(":{}", config.admin.listen.port()))));
 
-    // Each configured backend is a compose service listening on that port.
-    assert_eq!(config.backends.len(), 3);
-    for b in &config.backends {
+    // Each backend of each pool is a compose service listening on that
+    // port, named as the config names it (so its answers say which pool
+    // served a request).
+    let pools = config.pool_specs();
+    let backends: Vec<_> = pools.iter().flat_map(|p| &p.backends).collect();
+    assert_eq!(backends.len(), 4);
+    assert!(config.is_routed() && config.routes.len() == 3);
+    for b in backends {
         let host = b.url.authority.host().to_string();
         let port = b.url.authority.port_u16().expect("port");
         let svc = &compose["services"][host.as_str()];
@@ -412,6 +417,8 @@ fn compose_services_ports_and_config_agree() {
             listen.ends_with(&format!(":{port}")),
             "{host} listens on {listen}, config says {port}"
         );
+        let named = args.iter().skip_while(|a| **a != "--name").nth(1);
+        assert_eq!(named, Some(&&*b.name), "{host}");
         assert_eq!(svc["image"], tg["image"], "backends run the same image");
     }
 
@@ -449,6 +456,11 @@ fn compose_scale_replicas_share_the_compose_postgres() {
         pg["POSTGRES_DB"].as_str().expect("db"),
     );
     assert_eq!(config.store.url, want);
+    // The replicas route as the single tollgate does.
+    let single = Config::parse(&repo("deploy/compose-config.yaml")).expect("compose config");
+    assert_eq!(config.pools, single.pools);
+    assert_eq!(config.routes, single.routes);
+    assert_eq!(config.backends, single.backends);
     assert_eq!(
         config.rate_limit.shared.redis_url.as_deref(),
         Some("redis://redis:6379"),
@@ -567,7 +579,7 @@ fn compose_services_are_health_checked_and_start_in_order() {
         assert_eq!(after(&probe, "--config"), after(&serve, "--config"));
     }
     // A demo backend's probe asks its own /health on its own port.
-    for b in ["backend1", "backend2", "backend3"] {
+    for b in ["web1", "web2", "api1", "api2"] {
         let svc = &compose["services"][b];
         let listen = after(&strings(&svc["command"]), "--listen")
             .expect("--listen")

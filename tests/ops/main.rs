@@ -32,6 +32,7 @@ mod openapi;
 mod paging;
 mod reload;
 mod replicas;
+mod routes;
 mod secrets;
 mod shutdown;
 mod status;

@@ -89,6 +89,9 @@ async fn metrics_count_what_happened() {
             "{b}: {opened} connections"
         );
     }
+    // Without pools and routes, no series names a pool: the exporter's
+    // text is what it was before pools existed.
+    assert!(!text.contains("pool="), "{text}");
     assert_eq!(get("tollgate_clients_tracked"), 1.0);
     assert_eq!(get("tollgate_clients_pinned"), 0.0);
     assert_eq!(get("tollgate_upgraded_connections"), 0.0);
@@ -251,4 +254,70 @@ async fn fallbacks_count_requests_the_failure_policy_decided() {
         "{m:?}"
     );
     b.stop().await;
+}
+
+/// With pools and routes, every backend metric names its pool: two
+/// pools each have a backend named `shared`, and their series are apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_metrics_carry_their_pool_with_pools_and_routes() {
+    // One 5xx ejects a backend (of two: max_ejected_percent 50 allows one).
+    let ejecting = "health_check:\n  passive: {consecutive_5xx: 1, ejection_time: 1h}\n";
+    let two = crate::routes::TwoPools::start_with(("", ejecting)).await;
+    let c = client();
+    let proxy = two.lb.proxy_addr();
+    for path in ["/", "/", "/api/x", "/api/x"] {
+        assert_eq!(get_status(&c, proxy, path).await, 200, "{path}");
+    }
+    assert_eq!(get_status(&c, proxy, "/api/status/500").await, 500);
+    let text = scrape(&c, two.admin()).await;
+    let m = parse(&text);
+    let get = |k: &str| {
+        m.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("{k} missing from:\n{text}"))
+    };
+    for pool in ["default", "api"] {
+        let labels = format!("{{backend=\"shared\",pool=\"{pool}\"}}");
+        assert_eq!(get(&format!("tollgate_backend_in_flight{labels}")), 0.0);
+        assert!(
+            m.contains_key(&format!("tollgate_backend_healthy{labels}")),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        get("tollgate_backend_healthy{backend=\"web-2\",pool=\"default\"}"),
+        1.0
+    );
+    let sum = |prefix: &str| -> f64 {
+        m.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert!(
+        sum("tollgate_backend_connections_opened_total{backend=\"") >= 3.0,
+        "{text}"
+    );
+    for pool in ["default", "api"] {
+        let opened: f64 = m
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("tollgate_backend_connections_opened_total{")
+                    && k.ends_with(&format!(",pool=\"{pool}\"}}"))
+            })
+            .map(|(_, v)| v)
+            .sum();
+        assert!(opened >= 1.0, "{pool}: {text}");
+    }
+    let ejected: Vec<&String> = m
+        .keys()
+        .filter(|k| k.starts_with("tollgate_backend_ejections_total{"))
+        .collect();
+    assert_eq!(ejected.len(), 1, "{text}");
+    assert!(ejected[0].ends_with(",pool=\"api\"}"), "{text}");
+    // No backend series without its pool.
+    for line in text.lines().filter(|l| l.starts_with("tollgate_backend_")) {
+        assert!(line.contains(",pool=\""), "{line}");
+    }
+    two.stop().await;
 }

@@ -135,7 +135,7 @@ async fn guard_answers(api: &mut Api) {
         .build()
         .expect("client");
     for (template, method) in api.spec.operations() {
-        let concrete = template.replace("{id}", "probe").replace("{name}", "b0");
+        let concrete = concrete(&template);
         let has = |status: u16| documented.contains(&(template.clone(), method.clone(), status));
         let upper = method.to_uppercase();
         assert!(has(421), "{method} {template}: 421 not documented");
@@ -178,6 +178,14 @@ async fn guard_answers(api: &mut Api) {
     }
 }
 
+/// A path of `template` with its parameters filled in.
+fn concrete(template: &str) -> String {
+    template
+        .replace("{id}", "probe")
+        .replace("{pool}", "api")
+        .replace("{name}", "b0")
+}
+
 async fn receive(r: reqwest::Response) -> Answer {
     let status = r.status().as_u16();
     let content_type = r
@@ -196,13 +204,19 @@ async fn receive(r: reqwest::Response) -> Answer {
 /// The config file of the tollgate under test: TLS (certificates to spoil),
 /// a token (so 401s are documented), a short body read timeout and store
 /// timeout (408 and 503 within a second, yet long enough for a loaded
-/// machine's fsync not to time out the writes meant to succeed).
-fn yaml(cert: &Path, key: &Path, backend: SocketAddr, db: &str, capacity: u64) -> String {
+/// machine's fsync not to time out the writes meant to succeed), and a
+/// pool `api` with a route to it, whose backends are `b0` (a name the
+/// default pool has too) and `a1`.
+fn yaml(cert: &Path, key: &Path, backends: [SocketAddr; 2], db: &str, capacity: u64) -> String {
+    let [backend, other] = backends;
     format!(
         "server:\n  listen: 127.0.0.1:0\n  tls:\n    listen: 127.0.0.1:0\n    certificates:\n\
          \x20     - {{cert: {cert:?}, key: {key:?}}}\n\
          admin:\n  listen: 127.0.0.1:0\n  token: {TOKEN}\n  body_read_timeout: 1s\n\
          backends:\n  - {{url: http://{backend}, name: b0}}\n\
+         pools:\n  api:\n    backends:\n      - {{url: http://{backend}, name: b0}}\n\
+         \x20     - {{url: http://{other}, name: a1}}\n\
+         routes:\n  - {{name: api, match: {{path_prefix: /api}}, pool: api}}\n\
          store:\n  url: {db}\n  timeout: 1s\n\
          rate_limit:\n  default: {{capacity: {capacity}, rate_per_sec: 1}}\n"
     )
@@ -211,6 +225,7 @@ fn yaml(cert: &Path, key: &Path, backend: SocketAddr, db: &str, capacity: u64) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_answer_is_what_the_server_sends() {
     let b = backend("b0").await;
+    let a1 = backend("a1").await;
     let ca = TestCa::new("openapi CA");
     let site = ca.issue("site", &["app.test"]);
     let db = support::temp_db();
@@ -218,7 +233,8 @@ async fn every_documented_answer_is_what_the_server_sends() {
         .expect("tempdir")
         .keep()
         .join("config.yaml");
-    let config_file = |db: &str, capacity: u64| yaml(&site.cert, &site.key, b.addr, db, capacity);
+    let config_file =
+        |db: &str, capacity: u64| yaml(&site.cert, &site.key, [b.addr, a1.addr], db, capacity);
     std::fs::write(&path, config_file(&db, 100)).expect("write config");
     let config = Config::load(&path).expect("valid config");
     let lb = tollgate::app::start_with_file(&config, Some(path.clone()))
@@ -251,7 +267,7 @@ async fn every_documented_answer_is_what_the_server_sends() {
             public.push((template, method));
             continue;
         }
-        let concrete = template.replace("{id}", "probe").replace("{name}", "b0");
+        let concrete = concrete(&template);
         let req = api.http.request(
             method.to_uppercase().parse().expect("method"),
             api.url(&concrete),
@@ -419,13 +435,28 @@ async fn every_documented_answer_is_what_the_server_sends() {
         .expect("/backends", api.req("GET", "/backends"), 200)
         .await;
     assert_eq!(backends[0]["name"], "b0", "{backends}");
+    assert_eq!(backends[0]["pool"], "default", "{backends}");
+    let pools = api.expect("/pools", api.req("GET", "/pools"), 200).await;
+    assert_eq!(pools[1]["name"], "api", "{pools}");
     for action in ["drain", "enable"] {
         let template = format!("/backends/{{name}}/{action}");
         let at = |name: &str| format!("/backends/{name}/{action}");
-        api.expect(&template, api.req("POST", &at("b0")), 200).await;
+        api.expect(&template, api.req("POST", &at("a1")), 200).await;
+        // Both pools have a b0.
+        api.expect(&template, api.req("POST", &at("b0")), 409).await;
         api.expect(&template, api.req("POST", &at("%FF")), 400)
             .await;
         api.expect(&template, api.req("POST", &at("nope")), 404)
+            .await;
+        let template = format!("/pools/{{pool}}/backends/{{name}}/{action}");
+        let at = |pool: &str, name: &str| format!("/pools/{pool}/backends/{name}/{action}");
+        api.expect(&template, api.req("POST", &at("api", "b0")), 200)
+            .await;
+        api.expect(&template, api.req("POST", &at("%FF", "b0")), 400)
+            .await;
+        api.expect(&template, api.req("POST", &at("nope", "b0")), 404)
+            .await;
+        api.expect(&template, api.req("POST", &at("api", "nope")), 404)
             .await;
     }
     api.expect("/healthz", api.req("GET", "/healthz"), 200)
@@ -461,6 +492,13 @@ async fn every_documented_answer_is_what_the_server_sends() {
     );
     api.expect("/metrics", api.req("GET", "/metrics"), 200)
         .await;
+    api.http
+        .get(url(lb.proxy_addr(), "/api/x"))
+        .send()
+        .await
+        .expect("proxied");
+    let routes = api.expect("/routes", api.req("GET", "/routes"), 200).await;
+    assert_eq!(routes[0]["requests"], 1, "{routes}");
 
     // Reloads: one applied change and one that needs a restart (so both
     // lists have items to check), an invalid file, then an unusable
@@ -499,6 +537,7 @@ async fn every_documented_answer_is_what_the_server_sends() {
     );
     lb.shutdown().await;
     b.stop().await;
+    a1.stop().await;
 }
 
 /// The checker refuses what it should: without this, a checker that
@@ -563,6 +602,13 @@ fn the_checker_refuses_a_missing_field_a_wrong_type_an_extra_field_and_an_undocu
     assert!(e.contains("operation not documented"), "{e}");
     let e = validate(&doc, &json!({"pattern": "^a$"}), &json!("b"), "$").expect_err("pattern");
     assert!(e.contains("does not match"), "{e}");
+    let names = json!({"propertyNames": {"pattern": "^a"}});
+    assert_eq!(validate(&doc, &names, &json!({"ab": 1}), "$"), Ok(()));
+    let e = validate(&doc, &names, &json!({"ab": 1, "b": 2}), "$").expect_err("propertyNames");
+    assert!(
+        e.contains("$.b (the name)") && e.contains("does not match"),
+        "{e}"
+    );
     // A keyword the checker cannot judge fails rather than passes.
     let e = validate(&doc, &json!({"if": true}), &json!("b"), "$").expect_err("if");
     assert!(e.contains("does not know"), "{e}");

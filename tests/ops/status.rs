@@ -600,3 +600,166 @@ async fn location_has_token(browser: &Browser, token: &str) -> bool {
         .as_str()
         .is_some_and(|href| href.contains(token))
 }
+
+/// Requests to the `api` route until `stop`: by address (admitted) and
+/// as the client `tiny` (one token, never refilled: refused).
+async fn route_traffic(proxy: SocketAddr, stop: Arc<AtomicBool>) {
+    let c = client();
+    while !stop.load(Ordering::Relaxed) {
+        let _ = c.get(url(proxy, "/api/x")).send().await;
+        let _ = c
+            .get(url(proxy, "/api/x"))
+            .header("x-api-key", "tiny")
+            .send()
+            .await;
+        let _ = c.get(url(proxy, "/")).send().await;
+        // About 100 requests a second: a rate, not a load test.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+/// [`crate::routes::TwoPools`] with the client `tiny` (one token) and
+/// traffic to the `api` route running until the returned flag is set.
+async fn two_pools_with_traffic() -> (
+    crate::routes::TwoPools,
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let two = crate::routes::TwoPools::start().await;
+    let (s, body) = admin_json(
+        &client(),
+        two.admin(),
+        None,
+        reqwest::Method::POST,
+        "/clients",
+        Some(json!({"client_id": "tiny", "capacity": 1, "rate_per_sec": 0})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn(route_traffic(two.lb.proxy_addr(), stop.clone()));
+    (two, stop, traffic)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_groups_backends_by_pool_and_rates_each_route() {
+    let (two, stop, traffic) = two_pools_with_traffic().await;
+    let c = client();
+    let doc = status_until(&c, two.admin(), None, "the api route's rates", |d| {
+        d["routes"][0]["requests_per_sec"].as_f64() > Some(0.0)
+            && d["routes"][0]["refused_per_sec"].as_f64() > Some(0.0)
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.await;
+    let backends: Vec<(&str, &str)> = doc["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| {
+            (
+                b["pool"].as_str().expect("pool"),
+                b["name"].as_str().expect("name"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            ("default", "shared"),
+            ("default", "web-2"),
+            ("api", "shared"),
+            ("api", "api-2")
+        ]
+    );
+    let routes: Vec<&str> = doc["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .map(|r| r["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(routes, ["api", "canary"]);
+    let api = &doc["routes"][0];
+    assert_eq!(api["pool"], "api");
+    assert!(sum(&api["requests_per_sec_series"]) > 0.0, "{api}");
+    assert!(sum(&api["refused_per_sec_series"]) > 0.0, "{api}");
+    // Of every two requests to the route one is refused: fewer refusals
+    // than requests, whatever the second's length.
+    assert!(
+        api["refused_per_sec"].as_f64() < api["requests_per_sec"].as_f64(),
+        "{api}"
+    );
+    assert_eq!(sum(&doc["routes"][1]["requests_per_sec_series"]), 0.0);
+    // The pools' backends of one name are two backends: each its own rate.
+    let rate = |i: usize| sum(&doc["backends"][i]["requests_per_sec_series"]);
+    assert!(rate(0) > 0.0 && rate(2) > 0.0, "{doc:#}");
+    two.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_in_a_browser_groups_backends_by_pool_and_shows_route_rates() {
+    let (two, stop, traffic) = two_pools_with_traffic().await;
+    let Some(browser) = Browser::start(1400, 1000).await else {
+        stop.store(true, Ordering::Relaxed);
+        let _ = traffic.await;
+        two.stop().await;
+        return;
+    };
+    browser.open(&url(two.admin(), "/")).await;
+    let pools = browser
+        .wait_for(
+            "both pools with their backends",
+            "const bodies = [...document.querySelectorAll('#backends tbody')];
+             if (bodies.length < 2) return null;
+             return bodies.map(b => [b.dataset.pool,
+                 b.querySelector('tr.pool th').firstChild.textContent.trim(),
+                 [...b.querySelectorAll('tr[data-name]')].map(r => r.dataset.name)]);",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        pools,
+        json!([
+            ["default", "default", ["shared", "web-2"]],
+            ["api", "api", ["shared", "api-2"]]
+        ])
+    );
+    let rates = browser
+        .wait_for(
+            "the api route's request and 429 rates",
+            "const r = document.querySelector('#routes tr[data-route=\"api\"]');
+             if (!r || document.getElementById('routes-section').hidden) return null;
+             const n = (c) => Number(r.querySelector(c).textContent.replace(/[^0-9.]/g, ''));
+             // Both sparklines drawn (two seconds of samples at least).
+             const drawn = r.querySelectorAll('svg.spark polyline').length === 2;
+             return n('.rps') > 0 && n('.refused') > 0 && drawn ? [r.cells[1].textContent, drawn] : null;",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(rates, json!(["api", true]));
+    // A drain in one pool shows in that pool's rows only.
+    let (s, _) = admin_json(
+        &client(),
+        two.admin(),
+        None,
+        reqwest::Method::POST,
+        "/pools/api/backends/shared/drain",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let states = browser
+        .wait_for(
+            "api's shared draining",
+            "const state = (p) => document.querySelector(
+                 '#backends tr[data-pool=\"' + p + '\"][data-name=\"shared\"] .state').textContent;
+             return state('api') === 'draining' ? [state('default'), state('api')] : null;",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(states, json!(["active", "draining"]));
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.await;
+    browser.quit().await;
+    two.stop().await;
+}

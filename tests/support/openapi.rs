@@ -225,6 +225,14 @@ pub fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<
                     }
                 }
             }
+            "propertyNames" => {
+                if let Value::Object(object) = value {
+                    for key in object.keys() {
+                        let name = Value::String(key.clone());
+                        validate(doc, arg, &name, &format!("{at}.{key} (the name)"))?;
+                    }
+                }
+            }
             "minItems" | "maxItems" => {
                 if let Value::Array(items) = value {
                     let bound = arg.as_u64().ok_or(format!("{at}: {keyword} {arg}"))?;

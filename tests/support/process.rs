@@ -58,6 +58,18 @@ pub fn spawn_serve(yaml: &str) -> Process {
 /// [`spawn_serve`], with the open-file limit (soft and hard) of the
 /// process set to `nofile` when given.
 pub fn spawn_serve_with_open_files(yaml: &str, nofile: Option<u64>) -> Process {
+    spawn("serve", yaml, nofile)
+}
+
+/// Writes `yaml` to a temp file and starts `tollgate demo` on it (a demo
+/// backend for each loopback backend, then the balancer; JSON logs);
+/// waits for the listeners to be reported.
+pub fn spawn_demo(yaml: &str) -> Process {
+    spawn("demo", yaml, None)
+}
+
+/// `tollgate COMMAND --config FILE` with `yaml` in FILE.
+fn spawn(subcommand: &str, yaml: &str, nofile: Option<u64>) -> Process {
     use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir").keep();
     let path = dir.join("config.yaml");
@@ -73,7 +85,7 @@ pub fn spawn_serve_with_open_files(yaml: &str, nofile: Option<u64>) -> Process {
         }
     };
     let mut child = command
-        .arg("serve")
+        .arg(subcommand)
         .arg("--config")
         .arg(&path)
         .env_remove("RUST_LOG")
