@@ -279,6 +279,9 @@ impl FileReload {
                 )
                 .with_dry_run(rl.dry_run),
             );
+            // Only now that no route reaches them: requests on the old
+            // routes picked from them until the swap.
+            t.pools.retire(&new.pool_specs()).await;
         }
         if changes.touches(Part::Rules) {
             t.proxy.replace_rules(&new.rate_limit.rule_specs());
@@ -287,7 +290,8 @@ impl FileReload {
 }
 
 /// The pools `config` describes, made live in `pools` (new ones checked
-/// once first, kept ones changed in place, removed ones stopped), and
+/// once first, kept ones changed in place; removed ones are retired by the
+/// caller once the new routes are in force), and
 /// the routes to them. Start-up and every reload build it this way.
 pub async fn routing_for(config: &Config, pools: &PoolSet, stats: &StatsByRoute) -> Arc<Routing> {
     let specs = config.pool_specs();

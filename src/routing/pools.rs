@@ -201,26 +201,15 @@ impl PoolSet {
         self.pools.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes the set what `specs` say: new pools built and checked once
-    /// before this returns, kept ones changed in place (new backends
-    /// checked first), removed ones stopped. `labelled`: `pools` or
+    /// Makes the set have what `specs` say: new pools built and checked
+    /// once before this returns, kept ones changed in place (new backends
+    /// checked first). Pools `specs` no longer name stay until
+    /// [`PoolSet::retire`]: requests on the routes in force still pick from
+    /// them until the new routes replace those. `labelled`: `pools` or
     /// `routes` are configured, so backend metrics carry `pool`. Returns
     /// the pools by name. Reloads run one at a time, so nothing else
     /// changes the set meanwhile; the request path never takes this lock.
     pub async fn apply(&self, specs: &[PoolSpec], labelled: bool) -> BTreeMap<String, Arc<Pool>> {
-        let gone: Vec<Managed> = {
-            let mut pools = self.lock();
-            let names: Vec<String> = pools
-                .keys()
-                .filter(|n| !specs.iter().any(|s| &s.name == *n))
-                .cloned()
-                .collect();
-            names.iter().filter_map(|n| pools.remove(n)).collect()
-        };
-        for m in gone {
-            m.stop.fire();
-            m.checker.replace_backends(Vec::new()).await;
-        }
         for spec in specs {
             let existing = self
                 .lock()
@@ -240,6 +229,26 @@ impl PoolSet {
                 (n.clone(), m.pool.clone())
             })
             .collect()
+    }
+
+    /// Stops the pools `specs` do not name: their checkers end and their
+    /// backends are marked removed (no new requests; idle connections to
+    /// them close; requests in flight finish). Called once routes that no
+    /// longer reach them are in force.
+    pub async fn retire(&self, specs: &[PoolSpec]) {
+        let gone: Vec<Managed> = {
+            let mut pools = self.lock();
+            let names: Vec<String> = pools
+                .keys()
+                .filter(|n| !specs.iter().any(|s| &s.name == *n))
+                .cloned()
+                .collect();
+            names.iter().filter_map(|n| pools.remove(n)).collect()
+        };
+        for m in gone {
+            m.stop.fire();
+            m.checker.replace_backends(Vec::new()).await;
+        }
     }
 
     /// A new pool: built, its backends checked once, its checker started.
