@@ -466,12 +466,17 @@ impl OwnedBucket {
         }
     }
 
-    pub(crate) fn name(&self) -> String {
+    /// The client's (or the rule's) key.
+    pub(crate) fn key(&self) -> &ClientKey {
+        &self.key
+    }
+
+    /// The borrowed form, which names the bucket in Redis.
+    pub(crate) fn as_bucket(&self) -> Bucket<'_> {
         Bucket {
             rule: self.rule.as_deref(),
             key: &self.key,
         }
-        .name()
     }
 }
 
@@ -499,8 +504,8 @@ impl hashbrown::Equivalent<OwnedBucket> for Bucket<'_> {
 /// Tokens taken back from idle leases, to be returned to Redis.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Returned {
-    /// The shared bucket's name in Redis (without the key prefix).
-    pub(crate) key: String,
+    /// The shared bucket.
+    pub(crate) bucket: OwnedBucket,
     /// Tokens to give back.
     pub(crate) tokens: u32,
     /// The bucket's limits.
@@ -583,7 +588,7 @@ impl Leases {
                 let since = idle_since.unwrap_or(state.last_used);
                 if let Some((tokens, limits)) = state.reclaim(since) {
                     returned.push(Returned {
-                        key: key.name(),
+                        bucket: key.clone(),
                         tokens,
                         limits,
                     });
@@ -879,7 +884,7 @@ mod tests {
         assert_eq!(
             returned,
             [Returned {
-                key: "key:a".into(),
+                bucket: OwnedBucket::of(of(&client("a"))),
                 tokens: 3,
                 limits: l
             }]

@@ -21,7 +21,14 @@
 //! back at once. Replicas learn how many they are from heartbeats in Redis
 //! (`upkeep`). Tokens already leased are still spent while Redis is away:
 //! they were taken from the shared bucket.
+//!
+//! Redis may be one server, a Redis Cluster or a master found through
+//! Sentinel (`connection`). On a cluster every bucket's key carries its
+//! client's key as a hash tag (`prefix{ip:…}`, `prefix rule:<name>:{ip:…}`),
+//! so all of a client's buckets share one slot, and a script that touches
+//! several keys is sent for one client's keys at a time.
 
+mod connection;
 mod fallback;
 mod lease;
 mod scripts;
@@ -32,12 +39,14 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use self::connection::Connection;
 use self::fallback::{Census, Shares};
-use self::lease::{Grant, Lease, LeaseLimits, Leases, Local, Returned};
+use self::lease::{Grant, Lease, LeaseLimits, Leases, Local, OwnedBucket, Returned};
 use super::{ClientKey, Decision};
 use crate::shutdown::Ticks;
 use crate::telemetry;
 
+pub use self::connection::{RedisTarget, RedisUrlError};
 pub use self::fallback::{HEARTBEAT, REPLICA_TTL};
 pub use self::lease::{CRASH_REFILL, FORGET_AFTER, HORIZON, IDLE_RETURN};
 
@@ -46,6 +55,10 @@ pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// Rows per levels query: bounds one script's run time inside Redis.
 const LEVELS_BATCH: usize = 1000;
+
+/// Script calls in flight at once for a batch split by client (a
+/// cluster's levels and give-backs).
+const CLUSTER_CALLS_AT_ONCE: usize = 32;
 
 /// Why the shared limiter gave no answer.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +119,18 @@ impl Bucket<'_> {
             Some(rule) => format!("rule:{rule}:{}", self.key.encode()),
         }
     }
+
+    /// The name on a Redis Cluster: the key in braces, a hash tag, so
+    /// that every bucket of one key hashes to one slot (`{ip:…}`,
+    /// `rule:<name>:{ip:…}`). An encoded key is never empty and starts
+    /// the same in every bucket of the key, so whatever it holds (a `}`
+    /// in an API key), the tag Redis reads is the same for all of them.
+    pub fn tagged_name(&self) -> String {
+        match self.rule {
+            None => format!("{{{}}}", self.key.encode()),
+            Some(rule) => format!("rule:{rule}:{{{}}}", self.key.encode()),
+        }
+    }
 }
 
 /// How replicas spend a shared limit (`rate_limit.shared.mode`).
@@ -156,7 +181,10 @@ struct Counters {
 
 /// The Redis side of shared limits.
 pub struct SharedLimiter {
-    connection: redis::aio::ConnectionManager,
+    connection: Connection,
+    /// A Redis Cluster: keys carry hash tags, multi-key scripts go one
+    /// client at a time.
+    cluster: bool,
     check_script: redis::Script,
     lease_script: redis::Script,
     give_back_script: redis::Script,
@@ -199,7 +227,8 @@ impl std::fmt::Debug for SharedLimiter {
 /// Where a shared limiter finds Redis and how it uses it.
 #[derive(Debug, Clone)]
 pub struct SharedOptions {
-    /// `redis://host:port[/db]`.
+    /// `redis://host:port[/db]`, `redis+cluster://h1:p1,h2:p2,...` or
+    /// `redis+sentinel://s1:p1,s2:p2,.../master[/db]` ([`RedisTarget`]).
     pub url: String,
     /// Prefix of every key.
     pub prefix: String,
@@ -217,16 +246,13 @@ impl SharedLimiter {
     /// A limiter on the Redis at `options.url`. Connects lazily (in the
     /// background runtime that calls this), so a Redis that is down at
     /// start-up only means the failure policy applies until it is up.
-    pub fn new(options: SharedOptions) -> Result<Self, redis::RedisError> {
+    pub fn new(options: SharedOptions) -> Result<Self, RedisUrlError> {
         let timeout = options.timeout;
-        let client = redis::Client::open(options.url.as_str())?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let connection = redis::aio::ConnectionManager::new_lazy_with_config(client, config)?;
+        let target = RedisTarget::parse(&options.url)?;
+        let connection = Connection::open(&target, timeout)?;
         Ok(Self {
             connection,
+            cluster: target.is_cluster(),
             check_script: redis::Script::new(scripts::CHECK),
             lease_script: redis::Script::new(scripts::LEASE),
             give_back_script: redis::Script::new(scripts::GIVE_BACK),
@@ -416,7 +442,7 @@ impl SharedLimiter {
             return Err(SharedError::Paused);
         }
         match self.mode {
-            SharedMode::Exact => self.check_exact(&bucket.name(), local, cost).await,
+            SharedMode::Exact => self.check_exact(bucket, local, cost).await,
             SharedMode::Lease => self.lease(bucket, local, cost).await,
         }
     }
@@ -434,7 +460,7 @@ impl SharedLimiter {
             SharedMode::Exact => {
                 let limiter = self.clone();
                 let returned = vec![Returned {
-                    key: bucket.name(),
+                    bucket: OwnedBucket::of(bucket),
                     tokens: cost,
                     limits,
                 }];
@@ -445,11 +471,11 @@ impl SharedLimiter {
 
     async fn check_exact(
         &self,
-        key: &str,
+        bucket: Bucket<'_>,
         local: &Decision,
         cost: u32,
     ) -> Result<Decision, SharedError> {
-        let mut invocation = self.check_script.key(format!("{}{key}", self.prefix));
+        let mut invocation = self.check_script.key(self.key(bucket));
         invocation
             .arg(local.limit())
             .arg(emission_us(local))
@@ -490,7 +516,7 @@ impl SharedLimiter {
         // The exchange runs in a task of its own, so a client that goes
         // away mid-request does not drop a grant on the floor.
         let limiter = self.clone();
-        let name = format!("{}{}", self.prefix, bucket.name());
+        let name = self.key(bucket);
         let fetch = tokio::spawn(async move {
             let _one_at_a_time = guard;
             let grant = limiter
@@ -666,53 +692,109 @@ impl SharedLimiter {
         format!("{}replicas", self.prefix)
     }
 
+    /// The full Redis key of `bucket`: the prefix, then its name, tagged
+    /// on a cluster.
+    fn key(&self, bucket: Bucket<'_>) -> String {
+        if self.cluster {
+            format!("{}{}", self.prefix, bucket.tagged_name())
+        } else {
+            format!("{}{}", self.prefix, bucket.name())
+        }
+    }
+
+    /// The positions in `keys` that one multi-key script call may take
+    /// together: up to [`LEVELS_BATCH`] of them on one server; on a
+    /// cluster those of one client (their keys share a slot).
+    fn batches(&self, keys: &[&ClientKey]) -> Vec<Vec<usize>> {
+        if !self.cluster {
+            let all: Vec<usize> = (0..keys.len()).collect();
+            return all.chunks(LEVELS_BATCH).map(<[usize]>::to_vec).collect();
+        }
+        let mut of_client: hashbrown::HashMap<&ClientKey, usize> = hashbrown::HashMap::new();
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let at = *of_client.entry(key).or_insert_with(|| {
+                batches.push(Vec::new());
+                batches.len() - 1
+            });
+            batches[at].push(i);
+        }
+        batches
+    }
+
     /// Returns leased tokens to Redis; on failure they are lost (never
     /// more than the leases held).
     async fn give_back(&self, returned: Vec<Returned>) {
-        for chunk in returned.chunks(LEVELS_BATCH) {
-            let mut invocation = self.give_back_script.prepare_invoke();
-            for r in chunk {
-                invocation
-                    .key(format!("{}{}", self.prefix, r.key))
-                    .arg(r.limits.capacity)
-                    .arg(r.limits.emission_us)
-                    .arg(r.tokens);
+        let keys: Vec<&ClientKey> = returned.iter().map(|r| r.bucket.key()).collect();
+        let batches = self.batches(&keys);
+        for some in batches.chunks(CLUSTER_CALLS_AT_ONCE) {
+            let calls = some.iter().map(|batch| {
+                let chunk: Vec<&Returned> = batch.iter().map(|&i| &returned[i]).collect();
+                self.give_back_batch(chunk)
+            });
+            futures_util::future::join_all(calls).await;
+        }
+    }
+
+    /// One give-back script call for `chunk`, whose keys share a slot on a
+    /// cluster.
+    async fn give_back_batch(&self, chunk: Vec<&Returned>) {
+        let mut invocation = self.give_back_script.prepare_invoke();
+        for r in &chunk {
+            invocation
+                .key(self.key(r.bucket.as_bucket()))
+                .arg(r.limits.capacity)
+                .arg(r.limits.emission_us)
+                .arg(r.tokens);
+        }
+        let wait = self.timeout.max(Duration::from_secs(1));
+        match self.invoke::<i64>(&invocation, wait).await {
+            Ok(_) => {
+                let n: u64 = chunk.iter().map(|r| u64::from(r.tokens)).sum();
+                self.counters.returned.fetch_add(n, Ordering::Relaxed);
+                self.metrics
+                    .counter(telemetry::SHARED_LIMITER_RETURNED, &[])
+                    .increment(n);
             }
-            let wait = self.timeout.max(Duration::from_secs(1));
-            match self.invoke::<i64>(&invocation, wait).await {
-                Ok(_) => {
-                    let n: u64 = chunk.iter().map(|r| u64::from(r.tokens)).sum();
-                    self.counters.returned.fetch_add(n, Ordering::Relaxed);
-                    self.metrics
-                        .counter(telemetry::SHARED_LIMITER_RETURNED, &[])
-                        .increment(n);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, leases = chunk.len(), "leased tokens not given back");
-                }
+            Err(e) => {
+                tracing::debug!(error = %e, leases = chunk.len(), "leased tokens not given back");
             }
         }
     }
 
     /// The shared levels (tokens, fractions included) of `buckets`, each
-    /// named by its key and given its capacity and rate; takes nothing.
-    /// For the admin API, so it reports the level every replica decides by
+    /// given its capacity and rate (per second); takes nothing. For the
+    /// admin API, so it reports the level every replica decides by
     /// (tokens leased to replicas and not yet spent are not in it).
-    pub async fn levels(&self, buckets: &[(String, u32, f64)]) -> Result<Vec<f64>, SharedError> {
+    pub async fn levels(
+        &self,
+        buckets: &[(Bucket<'_>, u32, f64)],
+    ) -> Result<Vec<f64>, SharedError> {
         // An admin listing may carry many keys: more time than one check.
         let wait = self.timeout.max(Duration::from_secs(1));
-        let mut levels = Vec::with_capacity(buckets.len());
-        for chunk in buckets.chunks(LEVELS_BATCH) {
-            let mut invocation = self.levels_script.prepare_invoke();
-            for (key, capacity, rate) in chunk {
-                let emission_us = if *rate > 0.0 { 1e6 / rate } else { 0.0 };
-                invocation
-                    .key(format!("{}{key}", self.prefix))
-                    .arg(*capacity)
-                    .arg(emission_us);
+        let keys: Vec<&ClientKey> = buckets.iter().map(|(b, _, _)| b.key).collect();
+        let batches = self.batches(&keys);
+        let mut answers = Vec::with_capacity(batches.len());
+        for some in batches.chunks(CLUSTER_CALLS_AT_ONCE) {
+            let calls = some.iter().map(|batch| {
+                let mut invocation = self.levels_script.prepare_invoke();
+                for &i in batch {
+                    let (bucket, capacity, rate) = &buckets[i];
+                    let emission_us = if *rate > 0.0 { 1e6 / rate } else { 0.0 };
+                    invocation
+                        .key(self.key(*bucket))
+                        .arg(*capacity)
+                        .arg(emission_us);
+                }
+                async move { self.invoke::<Vec<String>>(&invocation, wait).await }
+            });
+            answers.extend(futures_util::future::join_all(calls).await);
+        }
+        let mut levels = vec![0.0; buckets.len()];
+        for (batch, texts) in batches.iter().zip(answers) {
+            for (&i, t) in batch.iter().zip(texts?) {
+                levels[i] = t.parse().unwrap_or(0.0);
             }
-            let texts = self.invoke::<Vec<String>>(&invocation, wait).await?;
-            levels.extend(texts.iter().map(|t| t.parse().unwrap_or(0.0)));
         }
         Ok(levels)
     }
@@ -777,7 +859,10 @@ impl SharedLimiter {
         let mut connection = self.connection.clone();
         match tokio::time::timeout(wait, invocation.invoke_async::<T>(&mut connection)).await {
             Ok(answer) => answer.map_err(SharedError::Redis),
-            Err(_) => Err(SharedError::Timeout(wait)),
+            Err(_) => {
+                self.connection.stalled();
+                Err(SharedError::Timeout(wait))
+            }
         }
     }
 
