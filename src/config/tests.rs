@@ -408,8 +408,7 @@ fn a_cluster_key_prefix_holds_no_hash_tag() {
     let yaml = |url: &str, prefix: &str| {
         format!("rate_limit:\n  shared:\n    redis_url: \"{url}\"\n    key_prefix: \"{prefix}\"\n")
     };
-    let problems =
-        Config::parse(&yaml("redis+cluster://h1:7000", "tg{a}:")).expect_err("a brace");
+    let problems = Config::parse(&yaml("redis+cluster://h1:7000", "tg{a}:")).expect_err("a brace");
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].field, "rate_limit.shared.key_prefix");
     assert!(problems[0].reason.contains("hash tags"), "{problems:?}");

@@ -216,13 +216,10 @@ impl RedisTarget {
             .collect::<Result<_, _>>()?;
         // The master's credentials and database, read by redis-rs's own
         // parser from a URL of the same form as a single server's.
-        let node = format!(
-            "redis://{}{}/{db}{}",
-            parts.userinfo, hosts[0], parts.query
-        )
-        .into_connection_info()?
-        .redis_settings()
-        .clone();
+        let node = format!("redis://{}{}/{db}{}", parts.userinfo, hosts[0], parts.query)
+            .into_connection_info()?
+            .redis_settings()
+            .clone();
         Ok(Self::Sentinel {
             sentinels,
             master: master.to_owned(),
@@ -350,17 +347,45 @@ impl ConnectionLike for Connection {
 
 /// A connection to the master that the sentinels name, found again after
 /// a failover.
+///
+/// A failover that the old master lives through (`SENTINEL FAILOVER`, a
+/// network split) breaks no connection: the old master goes on taking
+/// writes until the sentinels turn it into a replica, which they do only
+/// some seconds later. So besides dropping a connection that fails, the
+/// link asks a sentinel which master it names at most every
+/// [`MASTER_RECHECK`], in the background of a call, and drops a
+/// connection to any other.
 pub(super) struct SentinelLink {
-    /// Asks the sentinels; one search at a time (the lock), so that a
-    /// failover seen by every call at once costs one search.
+    /// Finds the master (and checks that it says it is one); one search
+    /// at a time (the lock), so that a failover seen by every call at
+    /// once costs one search.
     sentinel: Arc<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
-    /// The master's connection and its number; `None`: search again.
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// The master's connection; `None`: search again.
+    current: Mutex<Option<Master>>,
     /// Numbers the connections, so that a failure on an old one does not
     /// drop a newer one.
     found: std::sync::atomic::AtomicU64,
+    /// For the periodic question: the sentinels, the master's name, a
+    /// connection to the sentinel that last answered, and when it was
+    /// last asked (ms since `started`; only one asks at a time).
+    sentinels: Vec<ConnectionInfo>,
+    master: String,
+    asking: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+    asked_ms: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
     config: redis::AsyncConnectionConfig,
     db: i64,
+}
+
+/// How often a Sentinel link asks which master the sentinels name.
+pub const MASTER_RECHECK: Duration = Duration::from_millis(250);
+
+/// The master's connection, its number and its address.
+#[derive(Clone)]
+struct Master {
+    number: u64,
+    connection: MultiplexedConnection,
+    addr: redis::ConnectionAddr,
 }
 
 impl SentinelLink {
@@ -372,26 +397,32 @@ impl SentinelLink {
         timeout: Duration,
     ) -> RedisResult<Self> {
         let db = node.db();
-        let on_master = redis::sentinel::SentinelNodeConnectionInfo::default()
-            .set_redis_connection_info(node);
+        let on_master =
+            redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
         let sentinel = redis::sentinel::SentinelClient::build(
-            sentinels,
-            master,
+            sentinels.clone(),
+            master.clone(),
             Some(on_master),
             redis::sentinel::SentinelServerType::Master,
         )?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(timeout));
         Ok(Self {
             sentinel: Arc::new(tokio::sync::Mutex::new(sentinel)),
             current: Mutex::new(None),
             found: std::sync::atomic::AtomicU64::new(0),
-            config: redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(connect))
-                .set_response_timeout(Some(timeout)),
+            sentinels,
+            master,
+            asking: Arc::new(tokio::sync::Mutex::new(None)),
+            asked_ms: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            config,
             db,
         })
     }
 
-    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+    fn current(&self) -> Option<Master> {
         self.current
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -402,7 +433,7 @@ impl SentinelLink {
     /// the next call searches for the master.
     fn forget(&self, number: Option<u64>) {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if number.is_none() || current.as_ref().map(|(n, _)| *n) == number {
+        if number.is_none() || current.as_ref().map(|m| m.number) == number {
             *current = None;
         }
     }
@@ -411,8 +442,9 @@ impl SentinelLink {
     /// runs in a task of its own: a caller whose timeout ends it does not
     /// cancel it, so a search slower than one check's timeout still ends,
     /// and the next check finds its connection.
-    async fn connection(self: &Arc<Self>) -> RedisResult<(u64, MultiplexedConnection)> {
+    async fn connection(self: &Arc<Self>) -> RedisResult<Master> {
         if let Some(found) = self.current() {
+            self.recheck(&found);
             return Ok(found);
         }
         let link = self.clone();
@@ -426,7 +458,7 @@ impl SentinelLink {
             })?
     }
 
-    async fn search(&self) -> RedisResult<(u64, MultiplexedConnection)> {
+    async fn search(&self) -> RedisResult<Master> {
         let mut sentinel = self.sentinel.lock().await;
         // Another call found it while this one waited for the lock.
         if let Some(found) = self.current() {
@@ -434,11 +466,13 @@ impl SentinelLink {
         }
         let search = async {
             let client = sentinel.async_get_client().await?;
-            client
+            let addr = client.get_connection_info().addr().clone();
+            let connection = client
                 .get_multiplexed_async_connection_with_config(&self.config)
-                .await
+                .await?;
+            Ok::<_, redis::RedisError>((addr, connection))
         };
-        let connection = tokio::time::timeout(DISCOVERY_LIMIT, search)
+        let (addr, connection) = tokio::time::timeout(DISCOVERY_LIMIT, search)
             .await
             .map_err(|_| {
                 redis::RedisError::from((
@@ -450,10 +484,74 @@ impl SentinelLink {
             .found
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((number, connection.clone()));
-        tracing::debug!("redis master found through the sentinels");
-        Ok((number, connection))
+        tracing::debug!(master = %addr, "redis master found through the sentinels");
+        let master = Master {
+            number,
+            connection,
+            addr,
+        };
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(master.clone());
+        Ok(master)
+    }
+
+    /// Every [`MASTER_RECHECK`], in a task of its own: asks a sentinel for
+    /// the master's address and drops `master`'s connection if it names
+    /// another.
+    fn recheck(self: &Arc<Self>, master: &Master) {
+        use std::sync::atomic::Ordering;
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.asked_ms.load(Ordering::Relaxed);
+        let every = u64::try_from(MASTER_RECHECK.as_millis()).unwrap_or(u64::MAX);
+        // The one call that moves the mark asks.
+        if now < last.saturating_add(every)
+            || self
+                .asked_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let (link, master) = (self.clone(), master.clone());
+        tokio::spawn(async move {
+            let named = tokio::time::timeout(DISCOVERY_LIMIT, link.named()).await;
+            if let Ok(Some(named)) = named {
+                if named != master.addr {
+                    tracing::info!(old = %master.addr, new = %named, "the sentinels name another redis master");
+                    link.forget(Some(master.number));
+                }
+            }
+        });
+    }
+
+    /// The master's address as the first sentinel that answers names it.
+    async fn named(&self) -> Option<redis::ConnectionAddr> {
+        let mut asking = self.asking.lock().await;
+        let question = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.master)
+            .clone();
+        if let Some(connection) = asking.as_mut() {
+            if let Ok((host, port)) = question.query_async::<(String, u16)>(connection).await {
+                return Some(redis::ConnectionAddr::Tcp(host, port));
+            }
+            *asking = None;
+        }
+        for sentinel in &self.sentinels {
+            let Ok(client) = redis::Client::open(sentinel.clone()) else {
+                continue;
+            };
+            let Ok(mut connection) = client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await
+            else {
+                continue;
+            };
+            if let Ok((host, port)) = question.query_async::<(String, u16)>(&mut connection).await {
+                *asking = Some(connection);
+                return Some(redis::ConnectionAddr::Tcp(host, port));
+            }
+        }
+        None
     }
 
     /// After a failed call on connection `number`: a broken connection, or
@@ -470,10 +568,10 @@ impl SentinelLink {
     }
 
     async fn command(self: &Arc<Self>, cmd: &redis::Cmd) -> RedisResult<redis::Value> {
-        let (number, mut connection) = self.connection().await?;
-        let answer = connection.req_packed_command(cmd).await;
+        let mut master = self.connection().await?;
+        let answer = master.connection.req_packed_command(cmd).await;
         if let Err(e) = &answer {
-            self.failed(number, e);
+            self.failed(master.number, e);
         }
         answer
     }
@@ -484,12 +582,13 @@ impl SentinelLink {
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<redis::Value>> {
-        let (number, mut connection) = self.connection().await?;
-        let answer = connection
+        let mut master = self.connection().await?;
+        let answer = master
+            .connection
             .req_packed_commands(pipeline, offset, count)
             .await;
         if let Err(e) = &answer {
-            self.failed(number, e);
+            self.failed(master.number, e);
         }
         answer
     }
@@ -518,8 +617,8 @@ mod tests {
 
     #[test]
     fn a_cluster_url_lists_its_seed_nodes() {
-        let t = RedisTarget::parse("redis+cluster://:pw@h1:7000,h2,[::1]:7002,[::2]")
-            .expect("valid");
+        let t =
+            RedisTarget::parse("redis+cluster://:pw@h1:7000,h2,[::1]:7002,[::2]").expect("valid");
         let RedisTarget::Cluster(nodes) = &t else {
             panic!("{t:?}")
         };

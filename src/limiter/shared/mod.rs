@@ -46,7 +46,7 @@ use super::{ClientKey, Decision};
 use crate::shutdown::Ticks;
 use crate::telemetry;
 
-pub use self::connection::{RedisTarget, RedisUrlError};
+pub use self::connection::{RedisTarget, RedisUrlError, MASTER_RECHECK};
 pub use self::fallback::{HEARTBEAT, REPLICA_TTL};
 pub use self::lease::{CRASH_REFILL, FORGET_AFTER, HORIZON, IDLE_RETURN};
 
@@ -207,6 +207,10 @@ pub struct SharedLimiter {
     started: Instant,
     /// Milliseconds since `started` until which Redis is not asked.
     paused_until_ms: AtomicU64,
+    /// The key of the last check that failed: on a cluster, the pause ends
+    /// when its slot answers, not when the heartbeat's (another master's)
+    /// does.
+    failed_key: std::sync::Mutex<Option<String>>,
     /// Where calls, leases and failures are counted.
     metrics: telemetry::Metrics,
     /// Log lines about outages and recoveries.
@@ -269,6 +273,7 @@ impl SharedLimiter {
             counters: Counters::default(),
             started: Instant::now(),
             paused_until_ms: AtomicU64::new(0),
+            failed_key: std::sync::Mutex::new(None),
             metrics: telemetry::Metrics::default(),
             outages: telemetry::Throttle::new(),
             recoveries: telemetry::Throttle::new(),
@@ -417,7 +422,7 @@ impl SharedLimiter {
             return;
         };
         let limiter = self.clone();
-        let name = format!("{}{}", self.prefix, bucket.name());
+        let name = self.key(bucket);
         tokio::spawn(async move {
             let _one_at_a_time = one_at_a_time;
             let grant = limiter
@@ -475,12 +480,13 @@ impl SharedLimiter {
         local: &Decision,
         cost: u32,
     ) -> Result<Decision, SharedError> {
-        let mut invocation = self.check_script.key(self.key(bucket));
+        let key = self.key(bucket);
+        let mut invocation = self.check_script.key(&key);
         invocation
             .arg(local.limit())
             .arg(emission_us(local))
             .arg(cost);
-        let answer = self.call::<(i64, i64, i64)>(&invocation).await?;
+        let answer = self.call::<(i64, i64, i64)>(&invocation, &key).await?;
         let (allowed, remaining, wait_us) = answer;
         Ok(local.shared(
             allowed == 1,
@@ -545,14 +551,14 @@ impl SharedLimiter {
         wait_for: u32,
         min: u32,
     ) -> Result<Grant, SharedError> {
-        let mut invocation = self.lease_script.key(name);
+        let mut invocation = self.lease_script.key(&name);
         invocation
             .arg(limits.capacity)
             .arg(limits.emission_us)
             .arg(want)
             .arg(wait_for)
             .arg(min);
-        let grant = to_grant(self.call::<(i64, i64, i64)>(&invocation).await?);
+        let grant = to_grant(self.call::<(i64, i64, i64)>(&invocation, &name).await?);
         let leased = u64::from(grant.granted);
         self.counters.leased.fetch_add(leased, Ordering::Relaxed);
         self.metrics
@@ -602,7 +608,8 @@ impl SharedLimiter {
             let now = Instant::now();
             // In the pause after a failure the heartbeat is also the
             // probe: every tick, within the checks' timeout, and its
-            // answer ends the pause. A Redis back after a restart or a
+            // answer ends the pause (on a cluster, with the failed key's
+            // slot answering too). A Redis back after a restart or a
             // stall then gets the checks again a tick later, not a whole
             // pause later, so the fallback lasts as long as the trouble.
             let probe = self.paused();
@@ -613,7 +620,7 @@ impl SharedLimiter {
                     .unless_stopped(async { beat = self.heartbeat(&mut census, probe).await })
                     .await;
                 counted = beat;
-                if probe && beat {
+                if probe && self.answers_again(beat).await {
                     self.recovered();
                 }
             }
@@ -628,6 +635,15 @@ impl SharedLimiter {
                 break;
             }
         }
+        // A lease request still in flight would land after the sweep.
+        let busy = self.leases.in_flight();
+        let wait = self.timeout.max(Duration::from_secs(1));
+        let _ = tokio::time::timeout(wait, async {
+            for lock in busy {
+                let _ = lock.lock().await;
+            }
+        })
+        .await;
         let all = self.leases.sweep(None, Instant::now());
         let count: u64 = all.iter().map(|r| u64::from(r.tokens)).sum();
         self.give_back(all).await;
@@ -799,11 +815,12 @@ impl SharedLimiter {
         Ok(levels)
     }
 
-    /// One check's or lease's script call: counted, bounded by the
-    /// timeout, and recorded as a failure or a recovery.
+    /// One check's or lease's script call on `key`: counted, bounded by
+    /// the timeout, and recorded as a failure or a recovery.
     async fn call<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
+        key: &str,
     ) -> Result<T, SharedError> {
         let started = Instant::now();
         let mut answer = self.invoke::<T>(invocation, self.timeout).await;
@@ -833,9 +850,38 @@ impl SharedLimiter {
         match &answer {
             Ok(_) => self.recovered(),
             Err(SharedError::Paused) => {}
-            Err(failure) => self.failed(failure),
+            Err(failure) => {
+                if self.cluster {
+                    *self
+                        .failed_key
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(key.to_owned());
+                }
+                self.failed(failure);
+            }
         }
         answer
+    }
+
+    /// In the pause, after a heartbeat (`beat`: answered): whether the
+    /// checks would be answered again. On one server (or its Sentinel
+    /// master) the heartbeat's answer says so; on a cluster the failed
+    /// check's slot may be on another master than the heartbeat's, so that
+    /// key is read (levels script, which takes nothing) as well.
+    async fn answers_again(&self, beat: bool) -> bool {
+        let key = self
+            .failed_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(key) = key.filter(|_| self.cluster) else {
+            return beat;
+        };
+        let mut invocation = self.levels_script.key(&key);
+        invocation.arg(1).arg(0);
+        self.send::<Vec<String>>(&invocation, self.timeout)
+            .await
+            .is_ok()
     }
 
     /// Runs a script within `wait`, unless Redis failed recently.
