@@ -8,7 +8,9 @@
 //!
 //! Without `redis-server` and `redis-cli` a test skips, saying so, unless
 //! it runs in CI (`CI` set), where `.ci/run` installs them: their absence
-//! there fails the test instead of hiding it.
+//! there fails the test instead of hiding it. `TOLLGATE_TEST_REDIS_SERVER`
+//! and `TOLLGATE_TEST_REDIS_CLI` name other binaries (`valkey-server`,
+//! `valkey-cli`), to run the same tests on a Redis-compatible server.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,16 +18,26 @@ use std::time::Duration;
 /// Failure detection of the cluster's nodes and of the sentinels.
 pub const NODE_TIMEOUT_MS: u64 = 1000;
 
+/// The server binary: `redis-server`, or `TOLLGATE_TEST_REDIS_SERVER`.
+pub fn server_bin() -> String {
+    std::env::var("TOLLGATE_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+/// The command-line client: `redis-cli`, or `TOLLGATE_TEST_REDIS_CLI`.
+fn cli_bin() -> String {
+    std::env::var("TOLLGATE_TEST_REDIS_CLI").unwrap_or_else(|_| "redis-cli".into())
+}
+
 /// Whether the Redis tools are here; `false` (the test skips) only
 /// outside CI.
 pub fn redis_tools() -> bool {
-    let here = |bin: &str| {
+    let here = |bin: String| {
         Command::new(bin)
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if here("redis-server") && here("redis-cli") {
+    if here(server_bin()) && here(cli_bin()) {
         return true;
     }
     assert!(
@@ -50,7 +62,7 @@ pub struct Node {
 
 impl Node {
     fn spawn(port: u16, args: &[String]) -> Self {
-        let child = Command::new("redis-server")
+        let child = Command::new(server_bin())
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -182,7 +194,7 @@ impl Cluster {
             )
             .await;
         }
-        let mut create = Command::new("redis-cli");
+        let mut create = Command::new(cli_bin());
         create.args(["--cluster", "create"]);
         for n in &nodes {
             create.arg(format!("127.0.0.1:{}", n.port));
