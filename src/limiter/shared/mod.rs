@@ -30,7 +30,7 @@
 
 mod connection;
 mod fallback;
-mod lease;
+pub mod lease;
 mod scripts;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
