@@ -167,22 +167,19 @@ impl Cluster {
             .map(|_| {
                 let (port, bus) = (free_port(), free_port());
                 let mut args = base_args(port, dir.path());
-                args.extend(
-                    [
-                        "--cluster-enabled".to_string(),
-                        "yes".into(),
-                        "--cluster-config-file".into(),
-                        format!("nodes-{port}.conf"),
-                        "--cluster-port".into(),
-                        bus.to_string(),
-                        "--cluster-node-timeout".into(),
-                        NODE_TIMEOUT_MS.to_string(),
-                        // A replica fails over however long it was cut off.
-                        "--cluster-replica-validity-factor".into(),
-                        "0".into(),
-                    ]
-                    .into_iter(),
-                );
+                args.extend([
+                    "--cluster-enabled".to_string(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    format!("nodes-{port}.conf"),
+                    "--cluster-port".into(),
+                    bus.to_string(),
+                    "--cluster-node-timeout".into(),
+                    NODE_TIMEOUT_MS.to_string(),
+                    // A replica fails over however long it was cut off.
+                    "--cluster-replica-validity-factor".into(),
+                    "0".into(),
+                ]);
                 Node::spawn(port, &args)
             })
             .collect();
