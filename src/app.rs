@@ -55,7 +55,7 @@ pub enum StartError {
     },
     /// `rate_limit.shared.redis_url` could not be used.
     #[error("shared rate limiter: {}", crate::redact::Scrubbed(.0))]
-    SharedLimiter(#[source] redis::RedisError),
+    SharedLimiter(#[source] crate::limiter::shared::RedisUrlError),
     /// The roots for `https://` backends could not be loaded.
     #[error("https backends: {0}")]
     BackendTls(#[source] crate::tls::client::ClientTlsError),

@@ -45,7 +45,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{AdminError, ErrorBody, InvalidConfigBody};
-use crate::limiter::shared::SharedLimiter;
+use crate::limiter::shared::{Bucket, SharedLimiter};
 use crate::limiter::{ApiKey, ClientKey, Limits, Rate, Registry, MAX_PINNED};
 use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::routing::InForce;
@@ -519,11 +519,16 @@ fn view_with(row: &ClientRow, tokens: f64) -> ClientView {
 /// local ones.
 async fn views(state: &AdminState, rows: &[ClientRow]) -> Vec<ClientView> {
     if let Some(shared) = &state.shared {
-        let buckets: Vec<(String, u32, f64)> = rows
+        let keys: Vec<ClientKey> = rows.iter().filter_map(ClientRow::key).collect();
+        let buckets: Vec<(Bucket<'_>, u32, f64)> = rows
             .iter()
-            .filter_map(|r| Some((r.key()?.encode(), r.capacity(), r.rate_per_sec())))
+            .zip(&keys)
+            .map(|(r, key)| {
+                let bucket = Bucket { rule: None, key };
+                (bucket, r.capacity(), r.rate_per_sec())
+            })
             .collect();
-        if buckets.len() == rows.len() {
+        if keys.len() == rows.len() {
             match shared.levels(&buckets).await {
                 Ok(levels) => {
                     return rows

@@ -397,7 +397,17 @@ fn public_admin_needs_a_token() {
 
 #[test]
 fn redis_urls_are_parsed_by_check() {
-    for bad in ["redis://:::::", "redis://host:99999", "redis://h/notadb"] {
+    for bad in [
+        "redis://:::::",
+        "redis://host:99999",
+        "redis://h/notadb",
+        "http://h:6379",
+        "redis+cluster://",
+        "redis+cluster://h1:7000,,h2:7001",
+        "redis+cluster://h1:7000/1",
+        "redis+sentinel://s1:26379,s2:26379",
+        "redis+sentinel://s1:26379/mymaster/x",
+    ] {
         let problems = Config::parse(&format!(
             "rate_limit:\n  shared:\n    redis_url: \"{bad}\"\n"
         ))
@@ -409,12 +419,30 @@ fn redis_urls_are_parsed_by_check() {
         "redis://127.0.0.1:6379",
         "redis://h:6379/2",
         "redis://:pw@h",
+        "redis+cluster://h1:7000,h2:7001",
+        "redis+cluster://:pw@h1,[::1]:7001",
+        "redis+sentinel://s1:26379,s2:26379/mymaster",
+        "redis+sentinel://:pw@s1,s2,s3/mymaster/2",
     ] {
         let c = Config::parse(&format!(
             "rate_limit:\n  shared:\n    redis_url: \"{ok}\"\n"
         ));
         assert!(c.is_ok(), "{ok}: {c:?}");
     }
+}
+
+#[test]
+fn a_cluster_key_prefix_holds_no_hash_tag() {
+    let yaml = |url: &str, prefix: &str| {
+        format!("rate_limit:\n  shared:\n    redis_url: \"{url}\"\n    key_prefix: \"{prefix}\"\n")
+    };
+    let problems = Config::parse(&yaml("redis+cluster://h1:7000", "tg{a}:")).expect_err("a brace");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field, "rate_limit.shared.key_prefix");
+    assert!(problems[0].reason.contains("hash tags"), "{problems:?}");
+    // One server has no slots: any prefix goes.
+    assert!(Config::parse(&yaml("redis://h:6379", "tg{a}:")).is_ok());
+    assert!(Config::parse(&yaml("redis+cluster://h1:7000", "tg:")).is_ok());
 }
 
 #[test]

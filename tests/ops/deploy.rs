@@ -1,6 +1,8 @@
-//! Dockerfile and docker-compose.yml agree with each other and with the
-//! config they mount. No Docker engine runs on our machines, so this is
-//! the check we can make: parse both, compare ports, names and paths.
+//! Dockerfile, docker-compose.yml (with its `cluster` profile's HAProxy
+//! front) and the Kubernetes manifests agree with each other and with the
+//! config they mount. No Docker engine or Kubernetes runs on our
+//! machines, so this is the check we can make: parse them, compare ports,
+//! names and paths.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -571,7 +573,14 @@ fn compose_services_are_health_checked_and_start_in_order() {
 
     // tollgate's probe reads the config tollgate runs with: the admin
     // address and token come from there.
-    for svc in ["tollgate", "tollgate-a", "tollgate-b"] {
+    for svc in [
+        "tollgate",
+        "tollgate-a",
+        "tollgate-b",
+        "tollgate-1",
+        "tollgate-2",
+        "tollgate-3",
+    ] {
         let svc = &compose["services"][svc];
         let serve = strings(&svc["command"]);
         let probe = health_command(svc);
@@ -633,5 +642,391 @@ fn compose_services_are_health_checked_and_start_in_order() {
             .lines()
             .any(|l| l.trim_matches('/') == written.trim_start_matches("./")),
         "{written} (private keys) is not git-ignored"
+    );
+}
+
+/// `deploy/haproxy.cfg` as sections (`frontend proxy`, `backend
+/// replicas`, ...), each with its lines, comments dropped.
+fn haproxy_sections(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        let content = line.split('#').next().unwrap_or_default();
+        if content.trim().is_empty() {
+            continue;
+        }
+        if !content.starts_with(char::is_whitespace) {
+            sections.push((content.trim().to_string(), Vec::new()));
+        } else if let Some((_, lines)) = sections.last_mut() {
+            lines.push(content.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+    sections
+}
+
+fn section<'a>(sections: &'a [(String, Vec<String>)], name: &str) -> &'a [String] {
+    &sections
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("haproxy.cfg has no `{name}`"))
+        .1
+}
+
+/// The port of a `bind :PORT` line.
+fn bind_port(lines: &[String]) -> u16 {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("bind "))
+        .and_then(|b| b.rsplit(':').next()?.parse().ok())
+        .expect("bind :PORT")
+}
+
+#[test]
+fn compose_cluster_profile_puts_three_replicas_behind_one_front() {
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&repo("docker-compose.yml")).expect("compose YAML");
+    let services = &compose["services"];
+    let in_cluster =
+        |svc: &serde_yaml::Value| strings(&svc["profiles"]).contains(&"cluster".into());
+    let replicas: Vec<String> = services
+        .as_mapping()
+        .expect("services")
+        .iter()
+        .filter(|(_, svc)| in_cluster(svc) && svc["image"] == services["tollgate"]["image"])
+        .map(|(k, _)| k.as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(replicas, ["tollgate-1", "tollgate-2", "tollgate-3"]);
+    for needed in ["redis", "postgres", "front"] {
+        assert!(in_cluster(&services[needed]), "{needed} is in the profile");
+    }
+    let config_file = "/etc/tollgate/compose-cluster-config.yaml";
+    let config = Config::parse(&repo("deploy/compose-cluster-config.yaml")).expect("valid");
+    for r in &replicas {
+        let svc = &services[r.as_str()];
+        assert_eq!(
+            after(&strings(&svc["command"]), "--config"),
+            Some(config_file)
+        );
+        assert!(
+            strings(&svc["volumes"]).contains(&format!(
+                "./deploy/compose-cluster-config.yaml:{config_file}:ro"
+            )),
+            "{r} mounts its config read-only"
+        );
+        // Reached through the front only: no port of its own on the host,
+        // so no connection without the front's PROXY header.
+        assert!(svc["ports"].is_null(), "{r} publishes no port");
+        assert!(strings(&svc["networks"]).contains(&"cluster".into()), "{r}");
+        for needed in ["postgres", "redis"] {
+            assert_eq!(svc["depends_on"][needed]["condition"], "service_healthy");
+        }
+    }
+    // Limits and clients shared through the compose Redis and PostgreSQL.
+    let pg = &services["postgres"]["environment"];
+    assert_eq!(
+        config.store.url,
+        format!(
+            "postgres://{}:{}@postgres:5432/{}",
+            pg["POSTGRES_USER"].as_str().expect("user"),
+            pg["POSTGRES_PASSWORD"].as_str().expect("password"),
+            pg["POSTGRES_DB"].as_str().expect("db"),
+        )
+    );
+    assert!(config.store.notify);
+    assert_eq!(
+        config.rate_limit.shared.redis_url.as_deref(),
+        Some("redis://redis:6379")
+    );
+
+    // The front: the one peer whose PROXY header the replicas believe, at
+    // a fixed address of the cluster network.
+    let front = &services["front"];
+    let address: std::net::IpAddr = front["networks"]["cluster"]["ipv4_address"]
+        .as_str()
+        .expect("the front's fixed address")
+        .parse()
+        .expect("an address");
+    let subnet: ipnet::IpNet = compose["networks"]["cluster"]["ipam"]["config"][0]["subnet"]
+        .as_str()
+        .expect("the cluster network's subnet")
+        .parse()
+        .expect("a subnet");
+    assert!(subnet.contains(&address));
+    assert!(
+        config.server.proxy_protocol,
+        "replicas expect the PROXY header"
+    );
+    assert!(
+        config
+            .rate_limit
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&address))
+            && config
+                .rate_limit
+                .trusted_proxies
+                .iter()
+                .all(|n| n.prefix_len() == n.max_prefix_len()),
+        "the front's address, and only single addresses, are trusted: {:?}",
+        config.rate_limit.trusted_proxies
+    );
+    for r in &replicas {
+        assert_eq!(
+            front["depends_on"][r.as_str()]["condition"],
+            "service_healthy"
+        );
+    }
+
+    // HAProxy's config is the file the front mounts; it spreads TCP over
+    // exactly the replicas, on the port their config listens on, with the
+    // PROXY v2 header, checking their admin /healthz with its token.
+    let mount = strings(&front["volumes"])
+        .into_iter()
+        .find(|v| v.contains(":/usr/local/etc/haproxy/haproxy.cfg"))
+        .expect("haproxy.cfg mounted");
+    assert!(mount.ends_with(":ro"), "{mount}");
+    let host = mount
+        .split(':')
+        .next()
+        .expect("host path")
+        .trim_start_matches("./");
+    let sections = haproxy_sections(&repo(host));
+    assert!(section(&sections, "defaults").contains(&"mode tcp".to_string()));
+    let proxy = section(&sections, "frontend proxy");
+    let published = strings(&front["ports"]);
+    let port = bind_port(proxy);
+    assert!(
+        published.iter().any(|p| p.ends_with(&format!(":{port}"))),
+        "{published:?}"
+    );
+    assert!(proxy.contains(&"default_backend replicas".to_string()));
+    let backend = section(&sections, "backend replicas");
+    let listen = config.server.listen.expect("plain listener").port();
+    let servers: Vec<String> = backend
+        .iter()
+        .filter_map(|l| l.strip_prefix("server "))
+        .map(String::from)
+        .collect();
+    let want: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("{r} {r}:{listen}"))
+        .collect();
+    assert_eq!(servers, want);
+    let defaults = backend
+        .iter()
+        .find_map(|l| l.strip_prefix("default-server "))
+        .expect("default-server")
+        .split(' ')
+        .collect::<Vec<_>>();
+    assert!(defaults.contains(&"send-proxy-v2"), "{defaults:?}");
+    let admin_port = config.admin.listen.port().to_string();
+    assert!(
+        defaults
+            .windows(3)
+            .any(|w| w == ["check", "port", admin_port.as_str()]),
+        "{defaults:?}"
+    );
+    let token = config
+        .admin
+        .token
+        .as_deref()
+        .expect("a token: the admin API is not on loopback");
+    let check = backend
+        .iter()
+        .find(|l| l.starts_with("http-check send "))
+        .expect("http-check send");
+    assert!(check.contains("uri /healthz"), "{check}");
+    assert!(check.contains(&format!("\"Bearer {token}\"")), "{check}");
+    // The front's own health: compose asks HAProxy's monitor URI.
+    let health = section(&sections, "frontend health");
+    let uri = health
+        .iter()
+        .find_map(|l| l.strip_prefix("monitor-uri "))
+        .expect("monitor-uri");
+    let probe = health_command(front);
+    assert_eq!(
+        probe.last().map(String::as_str),
+        Some(format!("http://127.0.0.1:{}{uri}", bind_port(health)).as_str())
+    );
+}
+
+/// Every document of every manifest in `deploy/kubernetes`, by file.
+fn kubernetes_manifests() -> Vec<(String, serde_yaml::Value)> {
+    use serde::Deserialize;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for file in files {
+        let text = repo(&format!("deploy/kubernetes/{file}"));
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value =
+                serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{file}: {e}"));
+            docs.push((file.clone(), value));
+        }
+    }
+    docs
+}
+
+fn kind<'a>(docs: &'a [(String, serde_yaml::Value)], kind: &str) -> &'a serde_yaml::Value {
+    let found: Vec<_> = docs.iter().filter(|(_, d)| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind}");
+    &found[0].1
+}
+
+#[test]
+fn kubernetes_manifests_agree_with_the_image_and_the_config() {
+    let docs = kubernetes_manifests();
+    // kustomization.yaml lists every other manifest.
+    let kustomization = kind(&docs, "Kustomization");
+    let mut listed = strings(&kustomization["resources"]);
+    listed.sort();
+    let mut files: Vec<String> = docs
+        .iter()
+        .filter(|(_, d)| d["kind"] != "Kustomization")
+        .map(|(f, _)| f.clone())
+        .collect();
+    files.dedup();
+    assert_eq!(listed, files);
+
+    let deployment = kind(&docs, "Deployment");
+    let pod = &deployment["spec"]["template"];
+    let labels = &pod["metadata"]["labels"];
+    assert!(deployment["spec"]["replicas"].as_u64().expect("replicas") >= 2);
+    assert_eq!(&deployment["spec"]["selector"]["matchLabels"], labels);
+    let containers = pod["spec"]["containers"].as_sequence().expect("containers");
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let args = strings(&c["args"]);
+    assert_eq!(args[0], "serve");
+    let config_path = after(&args, "--config").expect("--config").to_string();
+
+    // The config is the ConfigMap's config.yaml, mounted where --config
+    // says, and valid.
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| config_path.starts_with(m["mountPath"].as_str().unwrap_or("-")))
+        .expect("the config's directory is mounted");
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["spec"]["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    let map = kind(&docs, "ConfigMap");
+    assert_eq!(volume["configMap"]["name"], map["metadata"]["name"]);
+    let key = Path::new(&config_path)
+        .file_name()
+        .expect("file")
+        .to_string_lossy();
+    let config = Config::parse(
+        map["data"][&*key]
+            .as_str()
+            .expect("config.yaml in the ConfigMap"),
+    )
+    .expect("the ConfigMap's config is valid");
+    assert!(
+        config.rate_limit.shared.redis_url.is_some(),
+        "limits are shared"
+    );
+    assert!(
+        config.store.url.starts_with("postgres://"),
+        "one client table"
+    );
+    // No password in the ConfigMap: PostgreSQL's comes from a Secret.
+    assert_eq!(tollgate::redact::url(&config.store.url), config.store.url);
+    let env = c["env"].as_sequence().expect("env");
+    let pgpassword = env
+        .iter()
+        .find(|e| e["name"] == "PGPASSWORD")
+        .expect("PGPASSWORD");
+    assert!(pgpassword["valueFrom"]["secretKeyRef"]["name"].is_string());
+    // The admin API stays inside the pod, so it needs no token.
+    assert!(config.admin.listen.ip().is_loopback());
+
+    // Ready when `tollgate health` gets an answer from /healthz of this
+    // config's admin API.
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let command = strings(&c[probe]["exec"]["command"]);
+        assert_eq!(command[..2], ["tollgate", "health"], "{probe}");
+        assert_eq!(
+            after(&command, "--config"),
+            Some(config_path.as_str()),
+            "{probe}"
+        );
+    }
+    let port = c["ports"][0]["containerPort"]
+        .as_u64()
+        .expect("containerPort");
+    assert_eq!(
+        Some(port),
+        config.server.listen.map(|a| u64::from(a.port()))
+    );
+
+    // Drain: the preStop sleep, then SIGTERM and drain_timeout, all within
+    // the grace period.
+    let sleep = strings(&c["lifecycle"]["preStop"]["exec"]["command"]);
+    assert_eq!(sleep[0], "sleep");
+    let sleep: u64 = sleep[1].parse().expect("seconds");
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace period");
+    assert!(
+        grace > sleep + config.server.drain_timeout.as_secs(),
+        "grace {grace} s for a {sleep} s sleep and a {:?} drain",
+        config.server.drain_timeout
+    );
+    for what in ["requests", "limits"] {
+        assert!(c["resources"][what]["memory"].is_string(), "{what}.memory");
+    }
+    assert!(c["resources"]["requests"]["cpu"].is_string());
+
+    // The image's user, as the Dockerfile makes it.
+    let uid = instructions(&repo("Dockerfile"))
+        .into_iter()
+        .find_map(|i| {
+            let args = i.args.split(' ').collect::<Vec<_>>();
+            (i.name == "RUN" && args[0] == "useradd")
+                .then(|| {
+                    args.windows(2)
+                        .find(|w| w[0] == "--uid")
+                        .map(|w| w[1].to_string())
+                })
+                .flatten()
+        })
+        .expect("useradd --uid in the Dockerfile");
+    assert_eq!(
+        pod["spec"]["securityContext"]["runAsUser"]
+            .as_u64()
+            .map(|u| u.to_string()),
+        Some(uid)
+    );
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+
+    // The Service and the PodDisruptionBudget select these pods; the
+    // Service sends to the container's port and keeps client addresses.
+    let service = kind(&docs, "Service");
+    assert_eq!(&service["spec"]["selector"], labels);
+    let target = &service["spec"]["ports"][0]["targetPort"];
+    assert!(
+        *target == c["ports"][0]["name"] || target.as_u64() == Some(port),
+        "{target:?}"
+    );
+    if service["spec"]["type"] == "LoadBalancer" {
+        assert_eq!(service["spec"]["externalTrafficPolicy"], "Local");
+    }
+    let pdb = kind(&docs, "PodDisruptionBudget");
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
+    assert!(
+        pdb["spec"]["maxUnavailable"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "a drain may take a pod"
     );
 }

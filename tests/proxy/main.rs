@@ -3,7 +3,8 @@
 //! end to end, strict HTTP and hostile clients at the front door, backend
 //! connection reuse, https backends, health checks, PROXY protocol on
 //! incoming connections, IPv6 clients limited by network, limits shared
-//! through Redis (exact and leased), limit rules and dry-run, the TLS
+//! through Redis (exact and leased; one server, a Redis Cluster,
+//! Sentinel), limit rules and dry-run, the TLS
 //! listener,
 //! bodies streamed both ways, WebSocket tunnels, config reloads, and the access log with its request
 //! ids.
@@ -15,6 +16,7 @@ mod support {
     pub mod net;
     pub use net::*;
     pub mod raw;
+    pub mod redis_cluster;
     pub mod tls;
     pub mod tls_backend;
     pub mod wait;
@@ -38,5 +40,6 @@ mod shared;
 mod streaming;
 mod strict;
 mod tls;
+mod topologies;
 mod upgrade;
 mod upstream;

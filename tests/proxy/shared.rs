@@ -437,7 +437,7 @@ impl Drop for PrivateRedis {
 /// Redis (the shared one must stay up); `None` if the binary is missing.
 pub(super) fn private_redis(port: u16) -> Option<PrivateRedis> {
     let dir = tempfile::tempdir().expect("tempdir").keep();
-    std::process::Command::new("redis-server")
+    std::process::Command::new(crate::support::redis_cluster::server_bin())
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--dir"])
         .arg(&dir)

@@ -192,7 +192,7 @@ impl Config {
             }
         }
         if let Some(url) = &rl.shared.redis_url {
-            check_redis_url(url, add);
+            check_redis_url(url, &rl.shared.key_prefix, add);
         }
         if !self.proxy.allow_underscores_in_headers && rl.api_key_header.0.as_str().contains('_') {
             add(
@@ -294,25 +294,23 @@ impl Config {
 
 /// `rate_limit.shared.redis_url`: read by the same parser `serve` uses,
 /// so `check` passing means `serve` can use the URL. Quoted with its
-/// password masked.
-fn check_redis_url(url: &str, add: &mut Add<'_>) {
-    if !(url.starts_with("redis://") || url.starts_with("unix://")) {
-        add(
+/// password masked. On a cluster the key prefix may hold no brace: Redis
+/// would take the hash tag from the prefix, and a client's buckets would
+/// no longer share a slot.
+fn check_redis_url(url: &str, prefix: &str, add: &mut Add<'_>) {
+    match crate::limiter::shared::RedisTarget::parse(url) {
+        Err(e) => add(
             "rate_limit.shared.redis_url",
+            format!("{:?}: {e}", crate::redact::url(url)),
+        ),
+        Ok(target) if target.is_cluster() && prefix.contains(['{', '}']) => add(
+            "rate_limit.shared.key_prefix",
             format!(
-                "{:?} is not a Redis URL (redis://HOST:PORT[/DB])",
-                crate::redact::url(url)
+                "{prefix:?} holds a brace: on a Redis Cluster the key names' \
+                 hash tags ({{...}}) are tollgate's, one per client"
             ),
-        );
-    } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url) {
-        add(
-            "rate_limit.shared.redis_url",
-            format!(
-                "{:?} is not a usable Redis URL: {}",
-                crate::redact::url(url),
-                crate::redact::Scrubbed(e)
-            ),
-        );
+        ),
+        Ok(_) => {}
     }
 }
 

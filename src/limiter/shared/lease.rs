@@ -27,8 +27,10 @@
 //! request per client is in flight on a replica: checks that arrive
 //! meanwhile wait for its answer.
 //!
-//! The state machine here is pure (time is passed in) so its rules are
-//! unit-tested without Redis; `SharedLimiter` drives it.
+//! The state machine here ([`LeaseState`]) is pure (time is passed in) so
+//! its rules are unit-tested without Redis; `SharedLimiter` drives it. It
+//! is public so that the replica simulation (`examples/replica_sim.rs`)
+//! runs these very rules, with a simulated clock, rather than a copy.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -64,7 +66,7 @@ pub const CRASH_REFILL: Duration = Duration::from_secs(5);
 /// unspent plus the grant it asks for): a quarter of the capacity, and no
 /// more than `max(1, ⌊capacity / 100⌋, ⌊CRASH_REFILL of refill⌋)`, so
 /// that a replica that dies strands no more than that.
-pub(crate) fn max_lease(limits: LeaseLimits) -> u32 {
+pub fn max_lease(limits: LeaseLimits) -> u32 {
     let by_tokens = (limits.capacity / 4).max(1);
     let refill = if limits.emission_us > 0.0 {
         // Float to int casts saturate: an absurd rate gives u32::MAX.
@@ -79,10 +81,11 @@ pub(crate) fn max_lease(limits: LeaseLimits) -> u32 {
 /// The limits a lease was taken under. A change (client table edit) drops
 /// what was learnt about the bucket being empty.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct LeaseLimits {
-    pub(crate) capacity: u32,
+pub struct LeaseLimits {
+    /// Tokens the bucket holds when full.
+    pub capacity: u32,
     /// Microseconds per token; 0 for a bucket that never refills.
-    pub(crate) emission_us: f64,
+    pub emission_us: f64,
 }
 
 impl LeaseLimits {
@@ -102,7 +105,7 @@ impl LeaseLimits {
 
 /// What a check can do without Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Local {
+pub enum Local {
     /// A leased token was spent; `remaining` is the level the headers show
     /// (tokens still leased here plus what Redis had left at the last
     /// lease).
@@ -130,19 +133,19 @@ pub(crate) enum Local {
 
 /// What Redis answered to a lease request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Grant {
+pub struct Grant {
     /// Tokens leased (0: none were there).
-    pub(crate) granted: u32,
+    pub granted: u32,
     /// Whole tokens left in the shared bucket after the grant.
-    pub(crate) remaining: u32,
+    pub remaining: u32,
     /// With no tokens left: time until the awaited ones are back; `None`
     /// for a bucket that never refills.
-    pub(crate) wait: Option<Duration>,
+    pub wait: Option<Duration>,
 }
 
 /// One client's lease on this replica.
 #[derive(Debug)]
-pub(crate) struct LeaseState {
+pub struct LeaseState {
     /// Leased tokens not spent yet.
     tokens: u32,
     /// Redis's level after the last grant.
@@ -163,7 +166,8 @@ pub(crate) struct LeaseState {
 }
 
 impl LeaseState {
-    pub(crate) fn new(now: Instant, limits: LeaseLimits) -> Self {
+    /// A lease holding nothing, for a bucket with `limits`, at `now`.
+    pub fn new(now: Instant, limits: LeaseLimits) -> Self {
         Self {
             tokens: 0,
             shared_remaining: 0,
@@ -180,7 +184,7 @@ impl LeaseState {
 
     /// Counts one request of demand (refused ones too: demand is what the
     /// client sends, not what it gets).
-    pub(crate) fn note_demand(&mut self, now: Instant) {
+    pub fn note_demand(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= HORIZON {
             self.previous_rate = f64::from(self.window_count) / elapsed.as_secs_f64();
@@ -217,7 +221,7 @@ impl LeaseState {
 
     /// Spends `cost` leased tokens, refuses from what Redis said, or says
     /// what to ask Redis for.
-    pub(crate) fn take(
+    pub fn take(
         &mut self,
         now: Instant,
         limits: LeaseLimits,
@@ -262,7 +266,7 @@ impl LeaseState {
     /// Takes in Redis's answer to a lease request made for one request of
     /// `cost`; `true` if that request is admitted (it takes its cost from
     /// the lease).
-    pub(crate) fn granted(&mut self, now: Instant, grant: Grant, cost: u32) -> bool {
+    pub fn granted(&mut self, now: Instant, grant: Grant, cost: u32) -> bool {
         self.shared_remaining = grant.remaining;
         self.empty_until = (grant.granted == 0 || grant.remaining == 0)
             .then(|| now + grant.wait.unwrap_or(NEVER_RECHECK));
@@ -281,7 +285,7 @@ impl LeaseState {
     /// this one runs out, so that checks do not wait for Redis: for leases
     /// of 4 tokens or more, once a quarter of the last grant is left, one
     /// request at a time. `(want, wait_for)` as for a fetch.
-    pub(crate) fn prefetch(&mut self, period: Duration) -> Option<(u32, u32)> {
+    pub fn prefetch(&mut self, period: Duration) -> Option<(u32, u32)> {
         if self.prefetching
             || self.last_grant < 4
             || self.tokens > self.last_grant / 4
@@ -303,7 +307,7 @@ impl LeaseState {
 
     /// Takes in the answer to a lease request made ahead of need (`None`:
     /// it failed): the tokens join the lease, none is spent.
-    pub(crate) fn prefetched(&mut self, now: Instant, grant: Option<Grant>) {
+    pub fn prefetched(&mut self, now: Instant, grant: Option<Grant>) {
         self.prefetching = false;
         let Some(grant) = grant else { return };
         self.shared_remaining = grant.remaining;
@@ -318,21 +322,27 @@ impl LeaseState {
 
     /// Puts back `n` tokens a check took from this lease for a request
     /// another bucket refused.
-    pub(crate) fn refund(&mut self, n: u32) {
+    pub fn refund(&mut self, n: u32) {
         self.tokens = self.tokens.saturating_add(n);
     }
 
     /// The level the headers show: leased tokens plus Redis's level at the
     /// last lease, at most the capacity.
-    pub(crate) fn level(&self) -> u32 {
+    pub fn level(&self) -> u32 {
         self.tokens
             .saturating_add(self.shared_remaining)
             .min(self.limits.capacity)
     }
 
+    /// Leased tokens not spent yet: what a crash of this replica would
+    /// strand.
+    pub fn held(&self) -> u32 {
+        self.tokens
+    }
+
     /// Takes the tokens of a lease idle since `idle_since` or earlier, to
     /// give them back to Redis.
-    fn reclaim(&mut self, idle_since: Instant) -> Option<(u32, LeaseLimits)> {
+    pub fn reclaim(&mut self, idle_since: Instant) -> Option<(u32, LeaseLimits)> {
         if self.tokens == 0 || self.last_used > idle_since {
             return None;
         }
@@ -466,12 +476,17 @@ impl OwnedBucket {
         }
     }
 
-    pub(crate) fn name(&self) -> String {
+    /// The client's (or the rule's) key.
+    pub(crate) fn key(&self) -> &ClientKey {
+        &self.key
+    }
+
+    /// The borrowed form, which names the bucket in Redis.
+    pub(crate) fn as_bucket(&self) -> Bucket<'_> {
         Bucket {
             rule: self.rule.as_deref(),
             key: &self.key,
         }
-        .name()
     }
 }
 
@@ -499,8 +514,8 @@ impl hashbrown::Equivalent<OwnedBucket> for Bucket<'_> {
 /// Tokens taken back from idle leases, to be returned to Redis.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Returned {
-    /// The shared bucket's name in Redis (without the key prefix).
-    pub(crate) key: String,
+    /// The shared bucket.
+    pub(crate) bucket: OwnedBucket,
     /// Tokens to give back.
     pub(crate) tokens: u32,
     /// The bucket's limits.
@@ -583,7 +598,7 @@ impl Leases {
                 let since = idle_since.unwrap_or(state.last_used);
                 if let Some((tokens, limits)) = state.reclaim(since) {
                     returned.push(Returned {
-                        key: key.name(),
+                        bucket: key.clone(),
                         tokens,
                         limits,
                     });
@@ -601,6 +616,23 @@ impl Leases {
             });
         }
         returned
+    }
+
+    /// The locks of the lease requests in flight now, for shutdown to
+    /// wait for: a grant that lands after the last sweep would be kept by
+    /// nobody.
+    pub(crate) fn in_flight(&self) -> Vec<Arc<tokio::sync::Mutex<()>>> {
+        let mut busy = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            busy.extend(
+                shard
+                    .values()
+                    .filter(|l| l.fetching.try_lock().is_err())
+                    .map(|l| l.fetching.clone()),
+            );
+        }
+        busy
     }
 
     /// Clients with a lease entry (for tests and the admin view).
@@ -879,7 +911,7 @@ mod tests {
         assert_eq!(
             returned,
             [Returned {
-                key: "key:a".into(),
+                bucket: OwnedBucket::of(of(&client("a"))),
                 tokens: 3,
                 limits: l
             }]

@@ -21,9 +21,16 @@
 //! back at once. Replicas learn how many they are from heartbeats in Redis
 //! (`upkeep`). Tokens already leased are still spent while Redis is away:
 //! they were taken from the shared bucket.
+//!
+//! Redis may be one server, a Redis Cluster or a master found through
+//! Sentinel (`connection`). On a cluster every bucket's key carries its
+//! client's key as a hash tag (`prefix{ip:…}`, `prefix rule:<name>:{ip:…}`),
+//! so all of a client's buckets share one slot, and a script that touches
+//! several keys is sent for one client's keys at a time.
 
+mod connection;
 mod fallback;
-mod lease;
+pub mod lease;
 mod scripts;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -32,12 +39,14 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use self::connection::Connection;
 use self::fallback::{Census, Shares};
-use self::lease::{Grant, Lease, LeaseLimits, Leases, Local, Returned};
+use self::lease::{Grant, Lease, LeaseLimits, Leases, Local, OwnedBucket, Returned};
 use super::{ClientKey, Decision};
 use crate::shutdown::Ticks;
 use crate::telemetry;
 
+pub use self::connection::{RedisTarget, RedisUrlError, MASTER_RECHECK};
 pub use self::fallback::{HEARTBEAT, REPLICA_TTL};
 pub use self::lease::{CRASH_REFILL, FORGET_AFTER, HORIZON, IDLE_RETURN};
 
@@ -46,6 +55,10 @@ pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// Rows per levels query: bounds one script's run time inside Redis.
 const LEVELS_BATCH: usize = 1000;
+
+/// Script calls in flight at once for a batch split by client (a
+/// cluster's levels and give-backs).
+const CLUSTER_CALLS_AT_ONCE: usize = 32;
 
 /// Why the shared limiter gave no answer.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +119,18 @@ impl Bucket<'_> {
             Some(rule) => format!("rule:{rule}:{}", self.key.encode()),
         }
     }
+
+    /// The name on a Redis Cluster: the key in braces, a hash tag, so
+    /// that every bucket of one key hashes to one slot (`{ip:…}`,
+    /// `rule:<name>:{ip:…}`). An encoded key is never empty and starts
+    /// the same in every bucket of the key, so whatever it holds (a `}`
+    /// in an API key), the tag Redis reads is the same for all of them.
+    pub fn tagged_name(&self) -> String {
+        match self.rule {
+            None => format!("{{{}}}", self.key.encode()),
+            Some(rule) => format!("rule:{rule}:{{{}}}", self.key.encode()),
+        }
+    }
 }
 
 /// How replicas spend a shared limit (`rate_limit.shared.mode`).
@@ -156,7 +181,10 @@ struct Counters {
 
 /// The Redis side of shared limits.
 pub struct SharedLimiter {
-    connection: redis::aio::ConnectionManager,
+    connection: Connection,
+    /// A Redis Cluster: keys carry hash tags, multi-key scripts go one
+    /// client at a time.
+    cluster: bool,
     check_script: redis::Script,
     lease_script: redis::Script,
     give_back_script: redis::Script,
@@ -179,6 +207,10 @@ pub struct SharedLimiter {
     started: Instant,
     /// Milliseconds since `started` until which Redis is not asked.
     paused_until_ms: AtomicU64,
+    /// The key of the last check that failed: on a cluster, the pause ends
+    /// when its slot answers, not when the heartbeat's (another master's)
+    /// does.
+    failed_key: std::sync::Mutex<Option<String>>,
     /// Where calls, leases and failures are counted.
     metrics: telemetry::Metrics,
     /// Log lines about outages and recoveries.
@@ -199,7 +231,8 @@ impl std::fmt::Debug for SharedLimiter {
 /// Where a shared limiter finds Redis and how it uses it.
 #[derive(Debug, Clone)]
 pub struct SharedOptions {
-    /// `redis://host:port[/db]`.
+    /// `redis://host:port[/db]`, `redis+cluster://h1:p1,h2:p2,...` or
+    /// `redis+sentinel://s1:p1,s2:p2,.../master[/db]` ([`RedisTarget`]).
     pub url: String,
     /// Prefix of every key.
     pub prefix: String,
@@ -217,16 +250,13 @@ impl SharedLimiter {
     /// A limiter on the Redis at `options.url`. Connects lazily (in the
     /// background runtime that calls this), so a Redis that is down at
     /// start-up only means the failure policy applies until it is up.
-    pub fn new(options: SharedOptions) -> Result<Self, redis::RedisError> {
+    pub fn new(options: SharedOptions) -> Result<Self, RedisUrlError> {
         let timeout = options.timeout;
-        let client = redis::Client::open(options.url.as_str())?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let connection = redis::aio::ConnectionManager::new_lazy_with_config(client, config)?;
+        let target = RedisTarget::parse(&options.url)?;
+        let connection = Connection::open(&target, timeout)?;
         Ok(Self {
             connection,
+            cluster: target.is_cluster(),
             check_script: redis::Script::new(scripts::CHECK),
             lease_script: redis::Script::new(scripts::LEASE),
             give_back_script: redis::Script::new(scripts::GIVE_BACK),
@@ -243,6 +273,7 @@ impl SharedLimiter {
             counters: Counters::default(),
             started: Instant::now(),
             paused_until_ms: AtomicU64::new(0),
+            failed_key: std::sync::Mutex::new(None),
             metrics: telemetry::Metrics::default(),
             outages: telemetry::Throttle::new(),
             recoveries: telemetry::Throttle::new(),
@@ -391,7 +422,7 @@ impl SharedLimiter {
             return;
         };
         let limiter = self.clone();
-        let name = format!("{}{}", self.prefix, bucket.name());
+        let name = self.key(bucket);
         tokio::spawn(async move {
             let _one_at_a_time = one_at_a_time;
             let grant = limiter
@@ -416,7 +447,7 @@ impl SharedLimiter {
             return Err(SharedError::Paused);
         }
         match self.mode {
-            SharedMode::Exact => self.check_exact(&bucket.name(), local, cost).await,
+            SharedMode::Exact => self.check_exact(bucket, local, cost).await,
             SharedMode::Lease => self.lease(bucket, local, cost).await,
         }
     }
@@ -434,7 +465,7 @@ impl SharedLimiter {
             SharedMode::Exact => {
                 let limiter = self.clone();
                 let returned = vec![Returned {
-                    key: bucket.name(),
+                    bucket: OwnedBucket::of(bucket),
                     tokens: cost,
                     limits,
                 }];
@@ -445,16 +476,17 @@ impl SharedLimiter {
 
     async fn check_exact(
         &self,
-        key: &str,
+        bucket: Bucket<'_>,
         local: &Decision,
         cost: u32,
     ) -> Result<Decision, SharedError> {
-        let mut invocation = self.check_script.key(format!("{}{key}", self.prefix));
+        let key = self.key(bucket);
+        let mut invocation = self.check_script.key(&key);
         invocation
             .arg(local.limit())
             .arg(emission_us(local))
             .arg(cost);
-        let answer = self.call::<(i64, i64, i64)>(&invocation).await?;
+        let answer = self.call::<(i64, i64, i64)>(&invocation, &key).await?;
         let (allowed, remaining, wait_us) = answer;
         Ok(local.shared(
             allowed == 1,
@@ -490,7 +522,7 @@ impl SharedLimiter {
         // The exchange runs in a task of its own, so a client that goes
         // away mid-request does not drop a grant on the floor.
         let limiter = self.clone();
-        let name = format!("{}{}", self.prefix, bucket.name());
+        let name = self.key(bucket);
         let fetch = tokio::spawn(async move {
             let _one_at_a_time = guard;
             let grant = limiter
@@ -519,14 +551,14 @@ impl SharedLimiter {
         wait_for: u32,
         min: u32,
     ) -> Result<Grant, SharedError> {
-        let mut invocation = self.lease_script.key(name);
+        let mut invocation = self.lease_script.key(&name);
         invocation
             .arg(limits.capacity)
             .arg(limits.emission_us)
             .arg(want)
             .arg(wait_for)
             .arg(min);
-        let grant = to_grant(self.call::<(i64, i64, i64)>(&invocation).await?);
+        let grant = to_grant(self.call::<(i64, i64, i64)>(&invocation, &name).await?);
         let leased = u64::from(grant.granted);
         self.counters.leased.fetch_add(leased, Ordering::Relaxed);
         self.metrics
@@ -576,7 +608,8 @@ impl SharedLimiter {
             let now = Instant::now();
             // In the pause after a failure the heartbeat is also the
             // probe: every tick, within the checks' timeout, and its
-            // answer ends the pause. A Redis back after a restart or a
+            // answer ends the pause (on a cluster, with the failed key's
+            // slot answering too). A Redis back after a restart or a
             // stall then gets the checks again a tick later, not a whole
             // pause later, so the fallback lasts as long as the trouble.
             let probe = self.paused();
@@ -587,7 +620,7 @@ impl SharedLimiter {
                     .unless_stopped(async { beat = self.heartbeat(&mut census, probe).await })
                     .await;
                 counted = beat;
-                if probe && beat {
+                if probe && self.answers_again(beat).await {
                     self.recovered();
                 }
             }
@@ -602,6 +635,15 @@ impl SharedLimiter {
                 break;
             }
         }
+        // A lease request still in flight would land after the sweep.
+        let busy = self.leases.in_flight();
+        let wait = self.timeout.max(Duration::from_secs(1));
+        let _ = tokio::time::timeout(wait, async {
+            for lock in busy {
+                let _ = lock.lock().await;
+            }
+        })
+        .await;
         let all = self.leases.sweep(None, Instant::now());
         let count: u64 = all.iter().map(|r| u64::from(r.tokens)).sum();
         self.give_back(all).await;
@@ -666,62 +708,119 @@ impl SharedLimiter {
         format!("{}replicas", self.prefix)
     }
 
+    /// The full Redis key of `bucket`: the prefix, then its name, tagged
+    /// on a cluster.
+    fn key(&self, bucket: Bucket<'_>) -> String {
+        if self.cluster {
+            format!("{}{}", self.prefix, bucket.tagged_name())
+        } else {
+            format!("{}{}", self.prefix, bucket.name())
+        }
+    }
+
+    /// The positions in `keys` that one multi-key script call may take
+    /// together: up to [`LEVELS_BATCH`] of them on one server; on a
+    /// cluster those of one client (their keys share a slot).
+    fn batches(&self, keys: &[&ClientKey]) -> Vec<Vec<usize>> {
+        if !self.cluster {
+            let all: Vec<usize> = (0..keys.len()).collect();
+            return all.chunks(LEVELS_BATCH).map(<[usize]>::to_vec).collect();
+        }
+        let mut of_client: hashbrown::HashMap<&ClientKey, usize> = hashbrown::HashMap::new();
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let at = *of_client.entry(key).or_insert_with(|| {
+                batches.push(Vec::new());
+                batches.len() - 1
+            });
+            batches[at].push(i);
+        }
+        batches
+    }
+
     /// Returns leased tokens to Redis; on failure they are lost (never
     /// more than the leases held).
     async fn give_back(&self, returned: Vec<Returned>) {
-        for chunk in returned.chunks(LEVELS_BATCH) {
-            let mut invocation = self.give_back_script.prepare_invoke();
-            for r in chunk {
-                invocation
-                    .key(format!("{}{}", self.prefix, r.key))
-                    .arg(r.limits.capacity)
-                    .arg(r.limits.emission_us)
-                    .arg(r.tokens);
+        let keys: Vec<&ClientKey> = returned.iter().map(|r| r.bucket.key()).collect();
+        let batches = self.batches(&keys);
+        for some in batches.chunks(CLUSTER_CALLS_AT_ONCE) {
+            let calls = some.iter().map(|batch| {
+                let chunk: Vec<&Returned> = batch.iter().map(|&i| &returned[i]).collect();
+                self.give_back_batch(chunk)
+            });
+            futures_util::future::join_all(calls).await;
+        }
+    }
+
+    /// One give-back script call for `chunk`, whose keys share a slot on a
+    /// cluster.
+    async fn give_back_batch(&self, chunk: Vec<&Returned>) {
+        let mut invocation = self.give_back_script.prepare_invoke();
+        for r in &chunk {
+            invocation
+                .key(self.key(r.bucket.as_bucket()))
+                .arg(r.limits.capacity)
+                .arg(r.limits.emission_us)
+                .arg(r.tokens);
+        }
+        let wait = self.timeout.max(Duration::from_secs(1));
+        match self.invoke::<i64>(&invocation, wait).await {
+            Ok(_) => {
+                let n: u64 = chunk.iter().map(|r| u64::from(r.tokens)).sum();
+                self.counters.returned.fetch_add(n, Ordering::Relaxed);
+                self.metrics
+                    .counter(telemetry::SHARED_LIMITER_RETURNED, &[])
+                    .increment(n);
             }
-            let wait = self.timeout.max(Duration::from_secs(1));
-            match self.invoke::<i64>(&invocation, wait).await {
-                Ok(_) => {
-                    let n: u64 = chunk.iter().map(|r| u64::from(r.tokens)).sum();
-                    self.counters.returned.fetch_add(n, Ordering::Relaxed);
-                    self.metrics
-                        .counter(telemetry::SHARED_LIMITER_RETURNED, &[])
-                        .increment(n);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, leases = chunk.len(), "leased tokens not given back");
-                }
+            Err(e) => {
+                tracing::debug!(error = %e, leases = chunk.len(), "leased tokens not given back");
             }
         }
     }
 
     /// The shared levels (tokens, fractions included) of `buckets`, each
-    /// named by its key and given its capacity and rate; takes nothing.
-    /// For the admin API, so it reports the level every replica decides by
+    /// given its capacity and rate (per second); takes nothing. For the
+    /// admin API, so it reports the level every replica decides by
     /// (tokens leased to replicas and not yet spent are not in it).
-    pub async fn levels(&self, buckets: &[(String, u32, f64)]) -> Result<Vec<f64>, SharedError> {
+    pub async fn levels(
+        &self,
+        buckets: &[(Bucket<'_>, u32, f64)],
+    ) -> Result<Vec<f64>, SharedError> {
         // An admin listing may carry many keys: more time than one check.
         let wait = self.timeout.max(Duration::from_secs(1));
-        let mut levels = Vec::with_capacity(buckets.len());
-        for chunk in buckets.chunks(LEVELS_BATCH) {
-            let mut invocation = self.levels_script.prepare_invoke();
-            for (key, capacity, rate) in chunk {
-                let emission_us = if *rate > 0.0 { 1e6 / rate } else { 0.0 };
-                invocation
-                    .key(format!("{}{key}", self.prefix))
-                    .arg(*capacity)
-                    .arg(emission_us);
+        let keys: Vec<&ClientKey> = buckets.iter().map(|(b, _, _)| b.key).collect();
+        let batches = self.batches(&keys);
+        let mut answers = Vec::with_capacity(batches.len());
+        for some in batches.chunks(CLUSTER_CALLS_AT_ONCE) {
+            let calls = some.iter().map(|batch| {
+                let mut invocation = self.levels_script.prepare_invoke();
+                for &i in batch {
+                    let (bucket, capacity, rate) = &buckets[i];
+                    let emission_us = if *rate > 0.0 { 1e6 / rate } else { 0.0 };
+                    invocation
+                        .key(self.key(*bucket))
+                        .arg(*capacity)
+                        .arg(emission_us);
+                }
+                async move { self.invoke::<Vec<String>>(&invocation, wait).await }
+            });
+            answers.extend(futures_util::future::join_all(calls).await);
+        }
+        let mut levels = vec![0.0; buckets.len()];
+        for (batch, texts) in batches.iter().zip(answers) {
+            for (&i, t) in batch.iter().zip(texts?) {
+                levels[i] = t.parse().unwrap_or(0.0);
             }
-            let texts = self.invoke::<Vec<String>>(&invocation, wait).await?;
-            levels.extend(texts.iter().map(|t| t.parse().unwrap_or(0.0)));
         }
         Ok(levels)
     }
 
-    /// One check's or lease's script call: counted, bounded by the
-    /// timeout, and recorded as a failure or a recovery.
+    /// One check's or lease's script call on `key`: counted, bounded by
+    /// the timeout, and recorded as a failure or a recovery.
     async fn call<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
+        key: &str,
     ) -> Result<T, SharedError> {
         let started = Instant::now();
         let mut answer = self.invoke::<T>(invocation, self.timeout).await;
@@ -751,9 +850,38 @@ impl SharedLimiter {
         match &answer {
             Ok(_) => self.recovered(),
             Err(SharedError::Paused) => {}
-            Err(failure) => self.failed(failure),
+            Err(failure) => {
+                if self.cluster {
+                    *self
+                        .failed_key
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(key.to_owned());
+                }
+                self.failed(failure);
+            }
         }
         answer
+    }
+
+    /// In the pause, after a heartbeat (`beat`: answered): whether the
+    /// checks would be answered again. On one server (or its Sentinel
+    /// master) the heartbeat's answer says so; on a cluster the failed
+    /// check's slot may be on another master than the heartbeat's, so that
+    /// key is read (levels script, which takes nothing) as well.
+    async fn answers_again(&self, beat: bool) -> bool {
+        let key = self
+            .failed_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(key) = key.filter(|_| self.cluster) else {
+            return beat;
+        };
+        let mut invocation = self.levels_script.key(&key);
+        invocation.arg(1).arg(0);
+        self.send::<Vec<String>>(&invocation, self.timeout)
+            .await
+            .is_ok()
     }
 
     /// Runs a script within `wait`, unless Redis failed recently.
@@ -777,7 +905,10 @@ impl SharedLimiter {
         let mut connection = self.connection.clone();
         match tokio::time::timeout(wait, invocation.invoke_async::<T>(&mut connection)).await {
             Ok(answer) => answer.map_err(SharedError::Redis),
-            Err(_) => Err(SharedError::Timeout(wait)),
+            Err(_) => {
+                self.connection.stalled();
+                Err(SharedError::Timeout(wait))
+            }
         }
     }
 
