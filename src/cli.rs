@@ -109,14 +109,21 @@ async fn start_demo_backends(config: &Config) -> Result<(), ExitCode> {
                 })?;
             let name = backend.name.to_string();
             tracing::info!(listen = %authority, %name, pool = %pool.name, "demo backend listening");
-            tokio::spawn(crate::demo::serve(listener, name, std::future::pending()));
+            // Both protocols, so `protocol: http2` pools work here too.
+            tokio::spawn(crate::demo::serve_with(
+                listener,
+                name,
+                true,
+                std::future::pending(),
+            ));
         }
     }
     Ok(())
 }
 
-/// `tollgate backend`: one demo backend.
-pub fn backend(listen: SocketAddr, name: Option<String>) -> ExitCode {
+/// `tollgate backend`: one demo backend; `h2c`: HTTP/2 with prior
+/// knowledge as well as HTTP/1.1.
+pub fn backend(listen: SocketAddr, name: Option<String>, h2c: bool) -> ExitCode {
     crate::app::init_logging(&config::LogConfig::default());
     let rt = match runtime() {
         Ok(rt) => rt,
@@ -131,8 +138,8 @@ pub fn backend(listen: SocketAddr, name: Option<String>) -> ExitCode {
             }
         };
         let name = name.unwrap_or_else(|| listen.to_string());
-        tracing::info!(%listen, %name, "demo backend listening");
-        crate::demo::serve(listener, name, async {
+        tracing::info!(%listen, %name, h2c, "demo backend listening");
+        crate::demo::serve_with(listener, name, h2c, async {
             let _ = crate::shutdown::os_signal().await;
         })
         .await;

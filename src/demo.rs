@@ -10,9 +10,15 @@
 //! | `GET /bytes/{n}` | 200, `n` bytes streamed |
 //! | `GET /headers` | 200, the request headers as a JSON object |
 //! | `GET /ws` | WebSocket echo: text and binary messages sent back |
+//! | `GET /trailers` | 200, a short body, then the trailer `x-trailer: yes` |
 //! | `GET /path`, anything else | 200 JSON `{"backend","method","path"}` (the path it received) |
 //!
-//! Every answer carries `X-Backend: NAME`.
+//! Every answer carries `X-Backend: NAME`. It speaks HTTP/1.1, and with
+//! `--h2c` HTTP/2 with prior knowledge as well (on the same port), to
+//! stand behind a pool with `protocol: http2`. Trailers reach an
+//! HTTP/1.1 client only if it sent `TE: trailers` (hyper's rule, and
+//! HTTP/1.1's: chunked trailers are for clients that said they want
+//! them, and only for fields the `Trailer` header announced).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,16 +40,29 @@ use crate::proxy::{Body, BoxError, Conn};
 const MAX_DELAY: Duration = Duration::from_secs(600);
 const CHUNK: usize = 64 * 1024;
 
-/// Serves the demo backend on `listener` until `shutdown` completes.
+/// Serves the demo backend (HTTP/1.1) on `listener` until `shutdown`
+/// completes.
 pub async fn serve(
     listener: TcpListener,
     name: String,
+    shutdown: impl Future<Output = ()>,
+) -> Drained {
+    serve_with(listener, name, false, shutdown).await
+}
+
+/// Serves the demo backend on `listener` until `shutdown` completes;
+/// `h2c`: HTTP/2 with prior knowledge as well as HTTP/1.1.
+pub async fn serve_with(
+    listener: TcpListener,
+    name: String,
+    h2c: bool,
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
     let name: Arc<str> = name.into();
     let options = ServeOptions {
         header_read_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(5),
+        h2c,
         ..ServeOptions::default()
     };
     serve_http(
@@ -102,6 +121,7 @@ async fn handle(req: Request<Incoming>, name: Arc<str>) -> Response<Body> {
             r
         }
         (&Method::GET, "ws", None) => websocket(&req),
+        (&Method::GET, "trailers", None) => with_trailer(),
         (&Method::GET, "bytes", Some(n)) => match n.parse::<u64>() {
             Ok(n) => Response::new(zeros(n)),
             Err(_) => crate::error::json_error(StatusCode::BAD_REQUEST, "bytes wants a count"),
@@ -161,6 +181,23 @@ fn describe(name: &str, method: &Method, path: &str) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    r
+}
+
+/// A short body followed by the trailer `x-trailer: yes`, announced in
+/// `Trailer` (HTTP/1.1 sends only announced trailer fields).
+fn with_trailer() -> Response<Body> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-trailer", HeaderValue::from_static("yes"));
+    let frames = [
+        Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"trailers follow\n"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let mut r = Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync());
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(header::TRAILER, HeaderValue::from_static("x-trailer"));
     r
 }
 

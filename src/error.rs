@@ -4,6 +4,14 @@
 //! with the matching status, built by [`json_error`]. [`chain`] walks an
 //! error's sources, which is how the request path tells a client's fault
 //! from a backend's and how logs show the cause under a library's wrapper.
+//!
+//! A gRPC client cannot read that JSON: it reads `grpc-status`. So a
+//! refusal of a gRPC call ([`crate::grpc::is_grpc`]) is the same response
+//! turned by [`grpc_refusal`] into what Envoy sends: HTTP 200, no body,
+//! `grpc-status` and `grpc-message` in the headers (a trailers-only
+//! response), every other header (`RateLimit`, `Retry-After`) kept. The
+//! code comes from the HTTP status by [`grpc_status`], so a refusal added
+//! later gets a code without being listed twice.
 
 use std::borrow::Cow;
 
@@ -117,9 +125,12 @@ impl ProxyError {
         }
     }
 
-    /// The JSON response for this error.
+    /// The JSON response for this error, marked as a refusal
+    /// ([`grpc_refusal`] turns it into a gRPC one for a gRPC call).
     pub fn into_response(self) -> Response<Body> {
-        let mut response = json_error(self.status(), &self.to_string());
+        let message = self.to_string();
+        let mut response = json_error(self.status(), &message);
+        response.extensions_mut().insert(Refusal(message));
         match &self {
             Self::ClientTableFull { retry_after } => {
                 response.headers_mut().insert(
@@ -140,6 +151,55 @@ impl ProxyError {
         }
         response
     }
+}
+
+/// Marks a response as one of tollgate's refusals, with its message.
+#[derive(Debug, Clone)]
+struct Refusal(String);
+
+/// The gRPC status code that a refusal answered with HTTP `status`
+/// stands for. Envoy's mapping (the gRPC project's table for HTTP
+/// statuses, `source/common/grpc/status.cc`) where it has one, except:
+/// 429 is RESOURCE_EXHAUSTED (8), as Envoy's rate limit filters send it
+/// (`rate_limited_as_resource_exhausted`), since the caller may retry
+/// later but not at once; 504 and 408 are DEADLINE_EXCEEDED (4), what a
+/// gRPC client reports for a deadline that passed.
+pub fn grpc_status(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        429 => 8,
+        408 | 504 => 4,
+        502 | 503 => 14,
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        _ => 2,
+    }
+}
+
+/// `response` as a gRPC client reads it, if it is one of tollgate's
+/// refusals (backends' answers pass untouched): status 200, no body,
+/// `grpc-status` ([`grpc_status`] of the HTTP status) and `grpc-message`
+/// in the headers, the others kept but for the body's type and length.
+pub fn grpc_refusal(mut response: Response<Body>) -> Response<Body> {
+    let Some(Refusal(message)) = response.extensions_mut().remove::<Refusal>() else {
+        return response;
+    };
+    let code = grpc_status(response.status());
+    let (mut parts, _json) = response.into_parts();
+    parts.status = StatusCode::OK;
+    let h = &mut parts.headers;
+    h.remove(header::CONTENT_LENGTH);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(crate::grpc::GRPC_STATUS, HeaderValue::from(u16::from(code)));
+    // Percent-encoded, so always a valid value.
+    if let Ok(text) = HeaderValue::from_str(&crate::grpc::percent_encode(&message)) {
+        h.insert(crate::grpc::GRPC_MESSAGE, text);
+    }
+    Response::from_parts(parts, full(bytes::Bytes::new()))
 }
 
 /// Why an admin API request failed.
@@ -320,4 +380,51 @@ pub fn parser_error_body(status: StatusCode) -> String {
         _ => "Malformed HTTP request",
     };
     json_text(status, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_become_trailers_only_grpc_answers() {
+        let mut r = ProxyError::NoHealthyBackend.into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let r = grpc_refusal(r);
+        assert_eq!(r.status(), StatusCode::OK);
+        let h = r.headers();
+        assert_eq!(h["grpc-status"], "14");
+        assert_eq!(h["grpc-message"], "No healthy backends");
+        assert_eq!(h[header::CONTENT_TYPE], "application/grpc");
+        assert_eq!(h[header::RETRY_AFTER], "1");
+        assert!(http_body::Body::is_end_stream(r.body()));
+    }
+
+    #[test]
+    fn backend_answers_are_not_refusals() {
+        let mut backend = Response::new(full("from the backend"));
+        *backend.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        let r = grpc_refusal(backend);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().get("grpc-status").is_none());
+    }
+
+    #[test]
+    fn the_grpc_status_table() {
+        for (http, grpc) in [
+            (429, 8),
+            (503, 14),
+            (502, 14),
+            (504, 4),
+            (408, 4),
+            (400, 13),
+            (404, 12),
+            (405, 2),
+            (501, 2),
+        ] {
+            let status = StatusCode::from_u16(http).expect("status");
+            assert_eq!(grpc_status(status), grpc, "{http}");
+        }
+    }
 }

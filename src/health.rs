@@ -13,6 +13,12 @@
 //! configuration (same roots, SNI = the URL's host), so a backend whose
 //! certificate the proxy would refuse is not reported healthy.
 //!
+//! A pool with `protocol: http2` is checked over HTTP/2 (prior knowledge
+//! for `http://`, ALPN `h2` for `https://`): a backend that cannot speak
+//! it would fail every request, so it must fail its checks too. With
+//! `health_check.grpc` the check is the standard `grpc.health.v1`
+//! `Check` call instead of `GET path`, and only SERVING is healthy.
+//!
 //! A check that fails because this process is out of sockets (no file
 //! descriptor, no local port: [`is_local_exhaustion`]) says nothing about
 //! the backend and is not counted either way; otherwise a flood of client
@@ -27,7 +33,7 @@ use futures_util::future::join_all;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
-use crate::balancer::{Backend, BackendSpec, Pool, Replaced};
+use crate::balancer::{Backend, BackendSpec, Pool, Protocol, Replaced};
 use crate::shutdown::{Signal, Ticks};
 use crate::telemetry::Throttle;
 
@@ -46,35 +52,69 @@ pub struct Checker {
     tls: Arc<rustls::ClientConfig>,
 }
 
+/// What one check asks, in which protocol, and how long it may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckSpec {
+    /// Path requested (`GET`), unless `grpc` is set.
+    pub path: String,
+    /// For one check, connection included.
+    pub timeout: Duration,
+    /// The pool's protocol: checks speak it too.
+    pub protocol: Protocol,
+    /// `Some(service)`: a `grpc.health.v1.Health/Check` call for that
+    /// service (empty: the server as a whole) instead of `GET path`.
+    pub grpc: Option<String>,
+}
+
 /// How one check is made.
 #[derive(Debug)]
 struct Probe {
     client: reqwest::Client,
-    path: String,
+    ask: Ask,
+}
+
+/// The request of one check.
+#[derive(Debug)]
+enum Ask {
+    /// `GET` this path; a 2xx is healthy.
+    Get(String),
+    /// A gRPC health check with this (framed) request message.
+    Grpc(bytes::Bytes),
 }
 
 impl Checker {
-    /// A checker of `pool` requesting `path` with `timeout`, verifying
-    /// `https://` backends with `tls` (the proxy's configuration).
+    /// A checker of `pool` requesting `path` with `timeout` over
+    /// HTTP/1.1, verifying `https://` backends with `tls` (the proxy's
+    /// configuration).
     pub fn new(
         pool: Arc<Pool>,
         path: &str,
         timeout: Duration,
         tls: &Arc<rustls::ClientConfig>,
     ) -> Self {
+        let spec = CheckSpec {
+            path: path.to_owned(),
+            timeout,
+            protocol: Protocol::Http1,
+            grpc: None,
+        };
+        Self::with_spec(pool, &spec, tls)
+    }
+
+    /// A checker of `pool` making the checks `spec` describes.
+    pub fn with_spec(pool: Arc<Pool>, spec: &CheckSpec, tls: &Arc<rustls::ClientConfig>) -> Self {
         Self {
             pool,
-            probe: Arc::new(ArcSwap::from_pointee(Probe::new(path, timeout, tls))),
+            probe: Arc::new(ArcSwap::from_pointee(Probe::new(spec, tls))),
             interval: Arc::new(watch::Sender::new(None)),
             tls: tls.clone(),
         }
     }
 
-    /// Checks `path` with `timeout` every `interval` from the next round
-    /// on; a round under way finishes as it started.
-    pub fn reconfigure(&self, path: &str, timeout: Duration, interval: Duration) {
-        self.probe
-            .store(Arc::new(Probe::new(path, timeout, &self.tls)));
+    /// Makes the checks `spec` describes every `interval` from the next
+    /// round on; a round under way finishes as it started.
+    pub fn reconfigure(&self, spec: &CheckSpec, interval: Duration) {
+        self.probe.store(Arc::new(Probe::new(spec, &self.tls)));
         self.interval.send_if_modified(|current| {
             let changed = current.is_some_and(|c| c != interval);
             if changed {
@@ -86,15 +126,22 @@ impl Checker {
 }
 
 impl Probe {
-    fn new(path: &str, timeout: Duration, tls: &Arc<rustls::ClientConfig>) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
+    fn new(spec: &CheckSpec, tls: &Arc<rustls::ClientConfig>) -> Self {
+        let mut tls = rustls::ClientConfig::clone(tls);
+        let mut builder = reqwest::Client::builder()
+            .timeout(spec.timeout)
+            .connect_timeout(spec.timeout)
             .no_proxy()
             // A fresh connection for every check: a pooled one could hide
             // a backend that no longer accepts connections.
-            .pool_max_idle_per_host(0)
-            .use_preconfigured_tls(rustls::ClientConfig::clone(tls))
+            .pool_max_idle_per_host(0);
+        if spec.protocol == Protocol::Http2 {
+            // The proxy's own h2 connections offer only `h2` too.
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+            builder = builder.http2_prior_knowledge();
+        }
+        let client = builder
+            .use_preconfigured_tls(tls)
             .build()
             .unwrap_or_else(|e| {
                 // Without our roots every https:// check fails, so such
@@ -102,18 +149,58 @@ impl Probe {
                 tracing::error!(error = %e, "health-check client: falling back to defaults");
                 reqwest::Client::new()
             });
-        Self {
-            client,
-            path: path.to_owned(),
+        let ask = match &spec.grpc {
+            Some(service) => Ask::Grpc(crate::grpc::health_request(service)),
+            None => Ask::Get(spec.path.clone()),
+        };
+        Self { client, ask }
+    }
+
+    /// The check's request to `backend`.
+    fn request(&self, backend: &Backend) -> reqwest::RequestBuilder {
+        match &self.ask {
+            Ask::Get(path) => self.client.get(format!("{}{path}", backend.url())),
+            Ask::Grpc(message) => self
+                .client
+                .post(format!(
+                    "{}{}",
+                    backend.url(),
+                    crate::grpc::HEALTH_CHECK_PATH
+                ))
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header(http::header::TE, "trailers")
+                .body(message.clone()),
+        }
+    }
+
+    /// Whether `response` says healthy: a 2xx, or for gRPC a SERVING
+    /// answer (a refusal comes as `grpc-status` in the headers with no
+    /// message).
+    async fn healthy(&self, response: reqwest::Response) -> bool {
+        match self.ask {
+            Ask::Get(_) => response.status().is_success(),
+            Ask::Grpc(_) => {
+                let refused = response
+                    .headers()
+                    .get(crate::grpc::GRPC_STATUS)
+                    .is_some_and(|s| s != "0");
+                if response.status() != http::StatusCode::OK || refused {
+                    return false;
+                }
+                // Bounded by the client's timeout; the answer is 7 bytes.
+                match response.bytes().await {
+                    Ok(body) => crate::grpc::health_serving(&body),
+                    Err(_) => false,
+                }
+            }
         }
     }
 
     /// `Some(healthy)`, or `None` when the check could not be made for
     /// want of a socket here.
     async fn check(&self, backend: &Backend) -> Option<bool> {
-        let url = format!("{}{}", backend.url(), self.path);
-        match self.client.get(&url).send().await {
-            Ok(r) => Some(r.status().is_success()),
+        match self.request(backend).send().await {
+            Ok(r) => Some(self.healthy(r).await),
             Err(e) if error_chain_is_local_exhaustion(&e) => {
                 LOCAL_EXHAUSTION.note(|skipped| {
                     tracing::warn!(

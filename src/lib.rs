@@ -12,6 +12,7 @@
 //! - [`routing`]: routes and pools: which pool a request goes to, the
 //!   live pools with their health checkers.
 //! - [`health`]: active health checks (passive ones are in [`proxy`]).
+//! - [`grpc`]: the little of gRPC tollgate reads and writes itself.
 //! - [`error`]: errors a client sees, turned into JSON responses.
 //! - [`body`]: the one body type of every request and response.
 //! - [`escape`]: control characters made visible for terminals and logs.
@@ -46,6 +47,7 @@ pub mod demo;
 pub mod error;
 pub mod escape;
 pub mod events;
+pub mod grpc;
 pub mod health;
 pub mod limiter;
 pub mod logging;

@@ -43,6 +43,10 @@ enum Command {
         /// Name reported in responses (default: the listen address).
         #[arg(long)]
         name: Option<String>,
+        /// Serve HTTP/2 cleartext with prior knowledge as well (for pools
+        /// with `protocol: http2`).
+        #[arg(long)]
+        h2c: bool,
     },
     /// Validate the config and exit 0, or print every problem and exit 2.
     Check,
@@ -222,7 +226,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => tollgate::cli::serve(cli.config),
         Command::Demo => tollgate::cli::demo(cli.config),
-        Command::Backend { listen, name } => tollgate::cli::backend(listen, name),
+        Command::Backend { listen, name, h2c } => tollgate::cli::backend(listen, name, h2c),
         Command::Check => tollgate::cli::check(cli.config),
         Command::Health { url } => tollgate::cli::health(cli.config, url),
         Command::Backends { api, action } => {

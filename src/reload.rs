@@ -306,6 +306,7 @@ pub async fn routing_for(config: &Config, pools: &PoolSet, stats: &StatsByRoute)
                 strategy: s.strategy,
                 timeouts: s.timeouts,
                 retries: s.retries,
+                protocol: s.protocol,
             };
             Some((s.name.clone(), Arc::new(use_)))
         })

@@ -141,6 +141,8 @@ pub(super) struct PoolView {
     /// `default` (the top-level `backends`) or a key of `pools`.
     name: String,
     strategy: StrategyName,
+    /// How its backends are spoken to (`proxy.protocol` or the pool's own).
+    protocol: crate::balancer::Protocol,
     timeouts: TimeoutsView,
     retries: RetriesView,
     /// Its backends, in configuration order.
@@ -171,6 +173,7 @@ impl PoolView {
         Self {
             name: p.name.to_string(),
             strategy: p.strategy,
+            protocol: p.protocol,
             timeouts: TimeoutsView {
                 connect_ms: ms(t.connect),
                 request_ms: ms(t.request),

@@ -211,6 +211,7 @@ impl From<&ServerConfig> for crate::proxy::server::ServeOptions {
             metrics: crate::telemetry::Metrics::default(),
             // The proxy's, set when it starts.
             access_log: None,
+            h2c: true,
         }
     }
 }
@@ -249,6 +250,7 @@ impl Config {
     fn pool_spec(&self, name: &str, p: &PoolConfig) -> PoolSpec {
         let (hc, o) = (&self.health_check, &p.health_check);
         let px = &self.proxy;
+        let protocol = p.protocol.unwrap_or(px.protocol);
         PoolSpec {
             name: name.to_owned(),
             backends: p.backends.iter().map(BackendSpec::from).collect(),
@@ -265,6 +267,12 @@ impl Config {
                     healthy: o.healthy_threshold.unwrap_or(hc.healthy_threshold).get(),
                 },
                 passive: PassiveSettings::from(o.passive.as_ref().unwrap_or(&hc.passive)),
+                protocol,
+                grpc: o.grpc.unwrap_or(hc.grpc).then(|| {
+                    o.grpc_service
+                        .clone()
+                        .unwrap_or_else(|| hc.grpc_service.clone())
+                }),
             },
             timeouts: Timeouts {
                 connect: p.proxy.connect_timeout.unwrap_or(px.connect_timeout),
@@ -279,6 +287,7 @@ impl Config {
                     .unwrap_or(px.upgrade_idle_timeout),
             },
             retries: Retries::from(&p.retries),
+            protocol,
         }
     }
 

@@ -801,3 +801,82 @@ routes:
     assert!(c.backends.is_empty(), "no default pool unless written");
     assert_eq!(c.route_specs().len(), 2);
 }
+
+#[test]
+fn protocols_and_grpc_checks_resolve_per_pool() {
+    let text = "
+backends: [{url: 'http://127.0.0.1:1'}]
+proxy: {protocol: http2}
+health_check: {grpc: true, grpc_service: test.Echo}
+pools:
+  web:
+    protocol: http1
+    health_check: {grpc: false}
+    backends: [{url: 'http://127.0.0.1:2'}]
+  grpc:
+    backends: [{url: 'http://127.0.0.1:3'}]
+    health_check: {grpc_service: other.Svc}
+routes:
+  - name: web
+    match: {path_prefix: /web}
+    pool: web
+  - name: grpc
+    match: {path_prefix: /grpc}
+    pool: grpc
+";
+    let c = Config::parse(text).expect("valid");
+    let specs = c.pool_specs();
+    let by = |name: &str| {
+        specs
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    use crate::balancer::Protocol;
+    assert_eq!(by("default").protocol, Protocol::Http2);
+    assert_eq!(by("default").health.grpc.as_deref(), Some("test.Echo"));
+    assert_eq!(by("web").protocol, Protocol::Http1);
+    assert_eq!(by("web").health.grpc, None);
+    assert_eq!(by("grpc").protocol, Protocol::Http2);
+    assert_eq!(by("grpc").health.grpc.as_deref(), Some("other.Svc"));
+    assert_eq!(by("grpc").health.protocol, Protocol::Http2);
+    // The default is HTTP/1.1 and plain GET checks.
+    let c = Config::parse("").expect("defaults");
+    assert_eq!(c.pool_specs()[0].protocol, Protocol::Http1);
+    assert_eq!(c.pool_specs()[0].health.grpc, None);
+}
+
+#[test]
+fn grpc_checks_need_http2() {
+    let text = "
+backends: [{url: 'http://127.0.0.1:1'}]
+health_check: {grpc: true}
+pools:
+  api:
+    backends: [{url: 'http://127.0.0.1:2'}]
+    protocol: http2
+    health_check: {grpc: true}
+  web:
+    backends: [{url: 'http://127.0.0.1:3'}]
+routes:
+  - name: api
+    match: {path_prefix: /api}
+    pool: api
+  - name: web
+    match: {path_prefix: /web}
+    pool: web
+";
+    let problems = Config::parse(text).expect_err("invalid");
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["health_check.grpc", "pools.web.health_check.grpc"],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[0].reason.contains("need protocol: http2"),
+        "{problems:#?}"
+    );
+    let bad = Config::parse("proxy: {protocol: http3}\n").expect_err("unknown protocol");
+    assert_eq!(bad[0].field, "proxy.protocol", "{bad:#?}");
+}

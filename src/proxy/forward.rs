@@ -134,15 +134,20 @@ impl Proxy {
             };
             headers.insert(header::HOST, host);
         }
+        // A gRPC call's own deadline, when shorter, bounds the wait too:
+        // past it the client has given up (504 → DEADLINE_EXCEEDED).
+        let wait = crate::grpc::timeout(&headers)
+            .map_or(pool.timeouts.request, |t| t.min(pool.timeouts.request));
         let mut upstream = Request::new(body);
         *upstream.method_mut() = parts.method.clone();
         *upstream.uri_mut() = parts.uri.clone();
         *upstream.headers_mut() = headers;
-        // HTTP/1.1 to the backend, whatever the client spoke.
-        *upstream.version_mut() = http::Version::HTTP_11;
+        // The pool's protocol to the backend, whatever the client spoke
+        // (`Upstreams::send` picks the connection pool by it).
+        *upstream.version_mut() = pool.protocol.version();
 
         let outcome = tokio::time::timeout(
-            pool.timeouts.request,
+            wait,
             self.upstreams
                 .send(backend, upstream, in_flight, (upgrade.is_some(), pool)),
         )
@@ -262,7 +267,7 @@ fn prepare(
         parts.uri = with_path(&parts.uri, &path);
     }
     let upgrade = tunnel::requested(parts.version, &parts.headers);
-    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_request_hop_by_hop(&mut parts.headers);
     if let Some(protocols) = &upgrade {
         tunnel::restore(&mut parts.headers, protocols.clone());
     }

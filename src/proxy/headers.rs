@@ -9,14 +9,16 @@ use http::{header, HeaderMap, HeaderName, HeaderValue};
 use crate::limiter::Decision;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus `Proxy-Connection`, which some clients still send.
-static HOP_BY_HOP: [HeaderName; 9] = [
+/// plus `Proxy-Connection`, which some clients still send. Not `Trailer`:
+/// it announces the message's trailer fields end to end (RFC 9110
+/// §6.6.2), and an HTTP/1.1 hop sends trailers only for fields announced
+/// so (RFC 2616's list named a "Trailers" that no message carries).
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     HeaderName::from_static("proxy-connection"),
@@ -65,6 +67,29 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         if present {
             h.remove(hop);
         }
+    }
+}
+
+/// [`strip_hop_by_hop`] for a request on its way to a backend, keeping
+/// `TE: trailers` (as `trailers` alone) when the client sent it: gRPC
+/// servers require it, and an HTTP/1.1 backend sends trailers only to a
+/// request that says it accepts them. Every other `TE` coding is this
+/// hop's business and goes.
+pub fn strip_request_hop_by_hop(h: &mut HeaderMap) {
+    let trailers = h.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|c| {
+                c.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("trailers")
+            })
+        })
+    });
+    strip_hop_by_hop(h);
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -246,6 +271,30 @@ pub(crate) fn rate_limit_policies(h: &mut HeaderMap, p: &super::admission::Polic
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn te_trailers_is_kept_on_requests_and_nothing_else_of_te() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("TE"));
+        h.insert(header::TE, HeaderValue::from_static("gzip;q=0.5, Trailers"));
+        strip_request_hop_by_hop(&mut h);
+        assert_eq!(
+            h.get(header::TE).map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
+        assert_eq!(h.len(), 1);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_request_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+
+        // Responses: TE means nothing there and goes as before.
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {

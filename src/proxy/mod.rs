@@ -322,11 +322,16 @@ impl Proxy {
                     .client_ip(req.headers(), conn.peer.ip()),
             )
         });
+        // A gRPC client reads refusals from `grpc-status`, not from JSON.
+        let grpc = crate::grpc::is_grpc(req.headers());
         let mut outcome = Outcome::default();
         let mut response = self
             .answer(req, conn, started, &request_id, &mut outcome)
             .await;
         let (Some(log), Some((ts, method, uri, ip))) = (&self.access_log, seen) else {
+            if grpc {
+                response = crate::error::grpc_refusal(response);
+            }
             response
                 .headers_mut()
                 .insert(request_id::X_REQUEST_ID.clone(), request_id);
@@ -335,12 +340,18 @@ impl Proxy {
         response
             .headers_mut()
             .insert(request_id::X_REQUEST_ID.clone(), request_id.clone());
+        // Logged (and counted) by the status the refusal stands for: a
+        // refused gRPC call shows as the 429 or 503 it is, not as 200.
+        let status = response.status().as_u16();
+        if grpc {
+            response = crate::error::grpc_refusal(response);
+        }
         let record = Record {
             ts,
             client: outcome.admission.client.map_or(Client::Ip(ip), Client::Key),
             method: Some(method),
             uri,
-            status: response.status().as_u16(),
+            status,
             backend: outcome.backend,
             duration: Duration::ZERO,
             bytes_sent: 0,

@@ -105,6 +105,9 @@ pub struct ServeOptions {
     /// Where requests the HTTP/1.1 parser refuses are logged
     /// (`log.access`); every other request is logged by the handler.
     pub access_log: Option<AccessLog>,
+    /// Plain connections may speak HTTP/2 with prior knowledge (h2c);
+    /// `false`: HTTP/1.1 only (the demo backend without `--h2c`).
+    pub h2c: bool,
 }
 
 impl Default for ServeOptions {
@@ -119,6 +122,7 @@ impl Default for ServeOptions {
             proxy_protocol: None,
             metrics: Metrics::default(),
             access_log: None,
+            h2c: true,
         }
     }
 }
@@ -404,6 +408,7 @@ where
         proxy_protocol: options.proxy_protocol.clone(),
         metrics: options.metrics.clone(),
         access_log: options.access_log.clone(),
+        h2c: options.h2c,
     });
     let graceful = GracefulShutdown::new();
     // Tells connections to give up (still waiting for their first bytes)
@@ -464,6 +469,8 @@ struct Shared<H> {
     proxy_protocol: Option<ProxyProtocol>,
     metrics: Metrics,
     access_log: Option<AccessLog>,
+    /// Whether plain connections may speak h2c.
+    h2c: bool,
     /// Completes when the drain is over: open tunnels are cut.
     cut: Signal,
 }
@@ -553,7 +560,7 @@ async fn open_connection<H>(
     // The TLS handshake is boxed (rustls' state is large); a plain
     // connection allocates nothing for this step.
     let opened = match tls {
-        None => futures_util::future::Either::Left(sniff_plain(stream, deadline)),
+        None => futures_util::future::Either::Left(sniff_plain(stream, deadline, shared.h2c)),
         Some(tls) => futures_util::future::Either::Right(Box::pin(handshake(
             tls,
             stream,
@@ -633,12 +640,14 @@ where
 /// are HTTP/2; `None` if the connection ended or went silent first.
 type Opened = Option<(Transport, Bytes, bool)>;
 
-/// Plain TCP: reads the first bytes to tell HTTP/1.1 from h2c.
+/// Plain TCP: reads the first bytes to tell HTTP/1.1 from h2c (when `h2c`
+/// is allowed; otherwise a preface goes to the HTTP/1.1 parser, which
+/// refuses it as an HTTP/1.1-only server does).
 ///
 /// hyper-util's auto-detecting server read at most 24 bytes for that, so
 /// every connection took two reads before a request could be parsed; one
 /// read of up to 4 KiB usually holds the whole request head.
-async fn sniff_plain(mut stream: TcpStream, deadline: Instant) -> Opened {
+async fn sniff_plain(mut stream: TcpStream, deadline: Instant, h2c: bool) -> Opened {
     let mut first = BytesMut::with_capacity(4096);
     loop {
         match tokio::time::timeout_at(deadline, stream.read_buf(&mut first)).await {
@@ -650,7 +659,7 @@ async fn sniff_plain(mut stream: TcpStream, deadline: Instant) -> Opened {
             break;
         }
     }
-    let h2 = first.starts_with(H2_PREFACE);
+    let h2 = h2c && first.starts_with(H2_PREFACE);
     Some((Transport::Plain(stream), first.freeze(), h2))
 }
 

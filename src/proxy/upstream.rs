@@ -25,6 +25,12 @@
 //! request is handed to it; hyper then gives the request back unsent, and
 //! it goes out on another connection. That is safe for any method, because
 //! nothing of it reached the backend.
+//!
+//! A request marked HTTP/2 (its pool has `protocol: http2`) takes the
+//! other path, [`multiplexed`]: a few shared connections per backend
+//! instead of one connection per request at a time.
+
+mod multiplexed;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,9 +115,13 @@ pub(crate) enum ConnectError {
     /// version or cipher in common, or the connection broke during it.
     #[error("TLS handshake failed: {0}")]
     Tls(#[source] std::io::Error),
-    /// The HTTP/1.1 handshake on a new connection failed.
+    /// The HTTP/1.1 or HTTP/2 handshake on a new connection failed.
     #[error("handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
+    /// A pool speaks HTTP/2, and its `https://` backend did not choose
+    /// `h2` in the TLS handshake (ALPN): it does not speak HTTP/2 there.
+    #[error("the backend did not agree to HTTP/2 in the TLS handshake (ALPN h2)")]
+    NotHttp2,
 }
 
 /// Backend connections of one proxy thread.
@@ -124,6 +134,10 @@ pub(crate) struct Upstreams {
 struct Inner {
     /// For `https://` backends (built once at start, see `tls::client`).
     tls: Arc<rustls::ClientConfig>,
+    /// The same, offering `h2` alone (ALPN), for pools that speak HTTP/2.
+    tls_h2: Arc<rustls::ClientConfig>,
+    /// HTTP/2 connections, for pools that speak it.
+    h2: multiplexed::Connections,
     /// Keyed by the backend's address in memory; the entry holds the
     /// backend, so the address cannot be reused by another while keyed.
     idle: Mutex<HashMap<usize, IdleStack, foldhash::fast::RandomState>>,
@@ -163,9 +177,14 @@ impl Upstreams {
     /// `backend_body_timeout` without a byte; `https://` backends are
     /// verified with `tls`.
     pub(crate) fn new(tls: Arc<rustls::ClientConfig>, metrics: Metrics) -> Self {
+        // A clone shares the roots and verifier (Arcs): cheap per thread.
+        let mut h2 = rustls::ClientConfig::clone(&tls);
+        h2.alpn_protocols = vec![b"h2".to_vec()];
         Self {
             inner: Arc::new(Inner {
                 tls,
+                tls_h2: Arc::new(h2),
+                h2: multiplexed::Connections::default(),
                 idle: Mutex::new(HashMap::default()),
                 removals_seen: AtomicU64::new(balancer::removals()),
                 backend_body_idle: metrics.idle_timeouts(Direction::BackendBody.label()),
@@ -179,7 +198,8 @@ impl Upstreams {
     /// connection comes back to the pool when the body has been read.
     /// `in_flight` stays alive until then too. A 101 is an answer only to
     /// a request that `asks_upgrade`. `pool`: the backend's pool (its
-    /// timeouts, and the label of the connections it opens).
+    /// timeouts, and the label of the connections it opens). A request
+    /// whose version is HTTP/2 goes out over HTTP/2.
     pub(crate) async fn send(
         &self,
         backend: &Arc<Backend>,
@@ -188,6 +208,10 @@ impl Upstreams {
         (asks_upgrade, pool): (bool, &PoolUse),
     ) -> Result<Answer, SendError> {
         let timeouts = &pool.timeouts;
+        if req.version() == http::Version::HTTP_2 {
+            // Boxed: the HTTP/1.1 path's future stays the size it was.
+            return Box::pin(self.send_h2(backend, req, in_flight, pool)).await;
+        }
         loop {
             let (mut sender, reused) = match self.checkout(backend) {
                 Some(idle) => (idle.sender, true),
@@ -275,25 +299,13 @@ impl Upstreams {
         connect_timeout: std::time::Duration,
         pool_label: Option<&str>,
     ) -> Result<SendRequest<Body>, SendError> {
-        let url = backend.url();
         // One deadline for TCP and TLS together: `connect_timeout` bounds
         // how long a request waits before it can be sent.
         let deadline = Deadline::now() + connect_timeout;
-        let stream =
-            tokio::time::timeout_at(deadline, TcpStream::connect((url.host(), url.port())))
-                .await
-                .map_err(|_| SendError::Connect(ConnectError::TimedOut(connect_timeout)))?
-                .map_err(|e| {
-                    if crate::health::is_local_exhaustion(&e) {
-                        SendError::Local(e)
-                    } else {
-                        SendError::Connect(ConnectError::Io(e))
-                    }
-                })?;
-        let _ = stream.set_nodelay(true);
+        let stream = tcp(backend, (deadline, connect_timeout)).await?;
         // Two monomorphic paths rather than one boxed stream: the plain
         // one stays what it was, with no dynamic dispatch per read.
-        match url.server_name() {
+        match backend.url().server_name() {
             None => http1(backend, stream, (&self.inner.metrics, pool_label)).await,
             // Boxed: the TLS handshake is a large future, and inline it
             // would grow every request's future (moved several times per
@@ -315,13 +327,58 @@ impl Upstreams {
         (deadline, connect_timeout): (Deadline, Duration),
         pool_label: Option<&str>,
     ) -> Result<SendRequest<Body>, SendError> {
-        let tls = TlsConnector::from(self.inner.tls.clone());
-        let stream = tokio::time::timeout_at(deadline, tls.connect(name.clone(), stream))
-            .await
-            .map_err(|_| SendError::Connect(ConnectError::TimedOut(connect_timeout)))?
-            .map_err(|e| SendError::Connect(ConnectError::Tls(e)))?;
+        let stream = tls(&self.inner.tls, name, stream, (deadline, connect_timeout)).await?;
         http1(backend, stream, (&self.inner.metrics, pool_label)).await
     }
+}
+
+/// A TCP connection to `backend` by `deadline` (`connect_timeout` from
+/// when the attempt began), `TCP_NODELAY` set.
+async fn tcp(
+    backend: &Backend,
+    (deadline, connect_timeout): (Deadline, Duration),
+) -> Result<TcpStream, SendError> {
+    let url = backend.url();
+    let stream = tokio::time::timeout_at(deadline, TcpStream::connect((url.host(), url.port())))
+        .await
+        .map_err(|_| SendError::Connect(ConnectError::TimedOut(connect_timeout)))?
+        .map_err(|e| {
+            if crate::health::is_local_exhaustion(&e) {
+                SendError::Local(e)
+            } else {
+                SendError::Connect(ConnectError::Io(e))
+            }
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// The TLS handshake with `config` (SNI and verification by `name`) on
+/// `stream`, by `deadline`.
+async fn tls(
+    config: &Arc<rustls::ClientConfig>,
+    name: &ServerName<'static>,
+    stream: TcpStream,
+    (deadline, connect_timeout): (Deadline, Duration),
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SendError> {
+    let tls = TlsConnector::from(config.clone());
+    tokio::time::timeout_at(deadline, tls.connect(name.clone(), stream))
+        .await
+        .map_err(|_| SendError::Connect(ConnectError::TimedOut(connect_timeout)))?
+        .map_err(|e| SendError::Connect(ConnectError::Tls(e)))
+}
+
+/// Counts a new connection to a backend
+/// (`tollgate_backend_connections_opened_total`), labelled with its pool
+/// when pools or routes are configured (`pool_label`).
+fn count_connection(metrics: &Metrics, label: &str, pool_label: Option<&str>) {
+    let labels: &[(&'static str, &str)] = match pool_label {
+        Some(pool) => &[("backend", label), ("pool", pool)],
+        None => &[("backend", label)],
+    };
+    metrics
+        .counter(crate::telemetry::BACKEND_CONNECTIONS, labels)
+        .increment(1);
 }
 
 /// The HTTP/1.1 handshake on a new connection to `backend`, its
@@ -339,13 +396,7 @@ where
         .await
         .map_err(|e| SendError::Connect(ConnectError::Handshake(e)))?;
     let label = backend.label().to_string();
-    let labels: &[(&'static str, &str)] = match pool_label {
-        Some(pool) => &[("backend", &label), ("pool", pool)],
-        None => &[("backend", &label)],
-    };
-    metrics
-        .counter(crate::telemetry::BACKEND_CONNECTIONS, labels)
-        .increment(1);
+    count_connection(metrics, &label, pool_label);
     // With upgrades: after a 101 the socket goes to the tunnel (only a
     // request that asked gets there; any other 101 drops it, closed).
     let connection = connection.with_upgrades();
@@ -391,12 +442,17 @@ impl Inner {
     /// sockets nor the backends are kept for good. One relaxed load when
     /// nothing was removed.
     fn sweep_removed(&self, idle: &mut HashMap<usize, IdleStack, foldhash::fast::RandomState>) {
-        let now = balancer::removals();
-        if self.removals_seen.swap(now, Ordering::Relaxed) == now {
-            return;
+        if removed_since(&self.removals_seen) {
+            idle.retain(|_, stack| !stack.backend.is_removed());
         }
-        idle.retain(|_, stack| !stack.backend.is_removed());
     }
+}
+
+/// Whether backends were removed since `seen` was last brought up to
+/// date (which this does): one relaxed load when none was.
+fn removed_since(seen: &AtomicU64) -> bool {
+    let now = balancer::removals();
+    seen.swap(now, Ordering::Relaxed) != now
 }
 
 fn key(backend: &Arc<Backend>) -> usize {

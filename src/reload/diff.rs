@@ -197,6 +197,7 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
             Some(Proxy),
         )
         .key("ca_file", |p| &mut p.ca_file, restart)
+        .key("protocol", |p| &mut p.protocol, Some(Proxy))
         .rest();
 
     c.section("health_check", &old.health_check, &new.health_check)
@@ -214,6 +215,8 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
             Some(Health),
         )
         .key("passive", |h| &mut h.passive, Some(Backends))
+        .key("grpc", |h| &mut h.grpc, Some(Health))
+        .key("grpc_service", |h| &mut h.grpc_service, Some(Health))
         .rest();
 
     let (o, n) = (&old.rate_limit, &new.rate_limit);

@@ -13,8 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::balancer::{strategy_for, BackendSpec, PassiveSettings, Pool, StrategyName, Thresholds};
-use crate::health::Checker;
+use crate::balancer::{
+    strategy_for, BackendSpec, PassiveSettings, Pool, Protocol, StrategyName, Thresholds,
+};
+use crate::health::{CheckSpec, Checker};
 use crate::shutdown::{self, Signal, Trigger};
 use crate::telemetry::Metrics;
 
@@ -94,6 +96,23 @@ pub struct HealthSpec {
     pub thresholds: Thresholds,
     /// Outlier ejection.
     pub passive: PassiveSettings,
+    /// The pool's protocol, which checks speak too.
+    pub protocol: Protocol,
+    /// `Some(service)`: checked with `grpc.health.v1.Health/Check` for
+    /// that service (empty: the server) instead of `GET path`.
+    pub grpc: Option<String>,
+}
+
+impl HealthSpec {
+    /// What one check of the pool asks.
+    fn check(&self) -> CheckSpec {
+        CheckSpec {
+            path: self.path.clone(),
+            timeout: self.timeout,
+            protocol: self.protocol,
+            grpc: self.grpc.clone(),
+        }
+    }
 }
 
 /// One pool as the config describes it, resolved against the top level.
@@ -111,6 +130,8 @@ pub struct PoolSpec {
     pub timeouts: Timeouts,
     /// Its retries.
     pub retries: Retries,
+    /// How its backends are spoken to.
+    pub protocol: Protocol,
 }
 
 /// What a request needs of its pool, swapped with the routes.
@@ -127,6 +148,8 @@ pub struct PoolUse {
     pub timeouts: Timeouts,
     /// Its retry policy.
     pub retries: Retries,
+    /// How its backends are spoken to.
+    pub protocol: Protocol,
 }
 
 impl PoolUse {
@@ -139,6 +162,7 @@ impl PoolUse {
             strategy: StrategyName::RoundRobin,
             timeouts: Timeouts::default(),
             retries: Retries::default(),
+            protocol: Protocol::Http1,
         }
     }
 }
@@ -262,7 +286,7 @@ impl PoolSet {
                 .with_passive(h.passive)
                 .with_metrics(self.metrics.clone()),
         );
-        let checker = Checker::new(pool.clone(), &h.path, h.timeout, &self.tls);
+        let checker = Checker::with_spec(pool.clone(), &h.check(), &self.tls);
         checker.initial_round().await;
         let (stop, stopped) = shutdown::channel();
         let (run, global, interval) = (checker.clone(), self.shutdown.clone(), h.interval);
@@ -314,7 +338,7 @@ impl PoolSet {
         }
         let h = &spec.health;
         if health != h {
-            checker.reconfigure(&h.path, h.timeout, h.interval);
+            checker.reconfigure(&h.check(), h.interval);
             pool.set_thresholds(h.thresholds);
             pool.set_passive(h.passive);
         }

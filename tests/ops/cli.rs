@@ -1107,3 +1107,70 @@ async fn the_demo_runs_the_shipped_config_two_pools_behind_three_routes() {
     let _ = p.child.kill();
     let _ = p.child.wait();
 }
+
+/// Starts `tollgate backend` on a free port with `extra` arguments and
+/// returns it once it says it listens.
+fn demo_backend(extra: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let addr = crate::support::closed_port();
+    let mut child = tollgate()
+        .args(["backend", "--listen", &addr.to_string(), "--name", "cli-b"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let stderr = child.stderr.take().expect("stderr");
+    let listening = std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("demo backend listening"));
+    assert!(listening, "tollgate backend did not start");
+    (child, addr)
+}
+
+/// `GET /trailers` over h2c with prior knowledge: the response's status
+/// and its trailer, or the error.
+async fn h2c_trailers(addr: std::net::SocketAddr) -> Result<(u16, Option<String>), String> {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{addr}/trailers"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let r = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let body = r.into_body().collect().await.map_err(|e| e.to_string())?;
+    let trailer = body
+        .trailers()
+        .and_then(|t| t.get("x-trailer"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((status, trailer))
+}
+
+#[tokio::test]
+async fn backend_speaks_h2c_with_the_flag_only() {
+    let (mut child, addr) = demo_backend(&["--h2c"]);
+    let answered = h2c_trailers(addr).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answered, Ok((200, Some("yes".to_owned()))));
+
+    let (mut child, addr) = demo_backend(&[]);
+    let answered = h2c_trailers(addr).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        answered.is_err(),
+        "HTTP/1.1 only without --h2c: {answered:?}"
+    );
+}

@@ -6,11 +6,12 @@
 //! through Redis (exact and leased; one server, a Redis Cluster,
 //! Sentinel), limit rules and dry-run, the TLS
 //! listener,
-//! bodies streamed both ways, WebSocket tunnels, config reloads, and the access log with its request
-//! ids.
+//! bodies streamed both ways, WebSocket tunnels, config reloads, the access log with its request
+//! ids, and HTTP/2 and gRPC to backends.
 
 #[path = "../support"]
 mod support {
+    pub mod grpc;
     pub mod h2c;
     pub mod metrics;
     pub mod net;
@@ -27,6 +28,7 @@ mod access_log;
 mod balancing;
 mod end_to_end;
 mod front_door;
+mod grpc;
 mod health;
 mod https_backend;
 mod ipv6;

@@ -34,14 +34,26 @@ pub async fn backend(name: &str) -> TestBackend {
 /// Starts a demo backend on `addr` (a fixed address only to bring back
 /// one that was stopped).
 pub async fn backend_on(addr: SocketAddr, name: &str) -> TestBackend {
+    start_backend(addr, name, false).await
+}
+
+/// Starts a demo backend on 127.0.0.1:0 that speaks h2c as well
+/// (`tollgate backend --h2c`).
+#[allow(dead_code)] // not every test binary needs one
+pub async fn backend_h2c(name: &str) -> TestBackend {
+    start_backend("127.0.0.1:0".parse().expect("addr"), name, true).await
+}
+
+async fn start_backend(addr: SocketAddr, name: &str, h2c: bool) -> TestBackend {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .expect("bind a test backend");
     let addr = listener.local_addr().expect("local addr");
     let (stop, signal) = shutdown::channel();
-    let task = tokio::spawn(tollgate::demo::serve(
+    let task = tokio::spawn(tollgate::demo::serve_with(
         listener,
         name.to_string(),
+        h2c,
         signal.wait(),
     ));
     TestBackend { addr, stop, task }

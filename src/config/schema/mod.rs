@@ -17,7 +17,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
-use crate::balancer::{BackendUrl, StrategyName, Weight};
+use crate::balancer::{BackendUrl, Protocol, StrategyName, Weight};
 use crate::limiter::shared::{OnFailure, SharedMode};
 use crate::limiter::{Limits, Rate};
 use crate::proxy::path::EscapedSlashes;
@@ -284,6 +284,9 @@ pub struct ProxyConfig {
     /// `%2F` and `%5C` in a request path: refused (400), or forwarded
     /// untouched and matched as text.
     pub escaped_slashes: EscapedSlashes,
+    /// The HTTP version the default pool's backends are spoken to in, and
+    /// that of every pool that does not set `protocol`.
+    pub protocol: Protocol,
 }
 
 impl Default for ProxyConfig {
@@ -296,6 +299,7 @@ impl Default for ProxyConfig {
             ca_file: None,
             upgrade_idle_timeout: Duration::from_secs(600),
             escaped_slashes: EscapedSlashes::Reject,
+            protocol: Protocol::Http1,
         }
     }
 }
@@ -318,6 +322,11 @@ pub struct HealthCheckConfig {
     pub healthy_threshold: NonZeroU32,
     /// Outlier ejection on answers.
     pub passive: PassiveConfig,
+    /// Check with the gRPC health protocol (`grpc.health.v1.Health/Check`,
+    /// SERVING = healthy) instead of `GET path`; needs `protocol: http2`.
+    pub grpc: bool,
+    /// The service named in the gRPC check; empty: the server as a whole.
+    pub grpc_service: String,
 }
 
 /// `health_check.passive`: outlier ejection on consecutive 5xx answers.
@@ -353,6 +362,8 @@ impl Default for HealthCheckConfig {
             unhealthy_threshold: NonZeroU32::MIN.saturating_add(1),
             healthy_threshold: NonZeroU32::MIN.saturating_add(1),
             passive: PassiveConfig::default(),
+            grpc: false,
+            grpc_service: String::new(),
         }
     }
 }

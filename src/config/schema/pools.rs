@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{duration, BackendConfig, PassiveConfig};
-use crate::balancer::StrategyName;
+use crate::balancer::{Protocol, StrategyName};
 
 pub use crate::routing::DEFAULT_POOL;
 
@@ -31,6 +31,9 @@ pub struct PoolConfig {
     pub proxy: ProxyOverrides,
     /// Which failed attempts are tried again, and how often.
     pub retries: RetriesConfig,
+    /// The HTTP version its backends are spoken to in (`proxy.protocol`
+    /// when absent).
+    pub protocol: Option<Protocol>,
 }
 
 /// `pools.NAME.health_check`: each key absent takes the top-level value.
@@ -51,6 +54,10 @@ pub struct HealthCheckOverrides {
     pub healthy_threshold: Option<NonZeroU32>,
     /// Outlier ejection on answers (a whole `passive` block).
     pub passive: Option<PassiveConfig>,
+    /// Check with the gRPC health protocol instead of `GET path`.
+    pub grpc: Option<bool>,
+    /// The service named in the gRPC check.
+    pub grpc_service: Option<String>,
 }
 
 /// `pools.NAME.proxy`: each key absent takes the top-level value.

@@ -30,6 +30,17 @@ fn backend_name_problem(name: &str) -> Option<String> {
         .then(|| format!("{name:?}: a name is made of letters, digits and - _ . : only"))
 }
 
+/// Why a pool speaking `protocol` cannot be checked with gRPC, if it is
+/// (`grpc`) and cannot: gRPC runs over HTTP/2 only.
+fn grpc_check_problem(grpc: bool, protocol: crate::balancer::Protocol) -> Option<String> {
+    (grpc && protocol != crate::balancer::Protocol::Http2).then(|| {
+        format!(
+            "gRPC health checks need protocol: http2, and this pool speaks {}",
+            protocol.as_str()
+        )
+    })
+}
+
 /// Collects problems with their field paths.
 pub(super) type Add<'a> = dyn FnMut(&str, String) + 'a;
 
@@ -114,13 +125,19 @@ impl Config {
         }
     }
 
-    /// `health_check`: a path the backends can be asked for.
+    /// `health_check`: a path the backends can be asked for; gRPC checks
+    /// only where the default pool speaks HTTP/2.
     fn check_health(&self, add: &mut Add<'_>) {
         if !self.health_check.path.starts_with('/') {
             add(
                 "health_check.path",
                 format!("{:?} must start with /", self.health_check.path),
             );
+        }
+        if !self.backends.is_empty() {
+            if let Some(p) = grpc_check_problem(self.health_check.grpc, self.proxy.protocol) {
+                add("health_check.grpc", p);
+            }
         }
     }
 

@@ -53,6 +53,11 @@ impl Config {
                     "must start with /".into(),
                 );
             }
+            let protocol = pool.protocol.unwrap_or(self.proxy.protocol);
+            let grpc = hc.grpc.unwrap_or(self.health_check.grpc);
+            if let Some(p) = super::grpc_check_problem(grpc, protocol) {
+                add(&format!("{at}.health_check.grpc"), p);
+            }
             let px = &pool.proxy;
             let durations: [(&str, Option<Duration>); 6] = [
                 ("health_check.interval", hc.interval),
