@@ -28,6 +28,15 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Units of the old README reworded on purpose: (start of the unit, why).
 REWORDED = [
+    ("| `src/proxy/` | request path",
+     "the row gained the HTTP/2 backend pool (`upstream/multiplexed.rs`, issue 28) "
+     "(docs/architecture.md, Module map)"),
+    ("| `src/admin/` | admin API",
+     "the row gained `guard.rs` and `backends.rs` and the pools/routes commands "
+     "(issues 23 and 25; docs/architecture.md, Module map)"),
+    ("Helpers live in `tests/support/`",
+     "the list gained grpc.rs, redis_cluster.rs, webdriver.rs, and the lone test "
+     "binaries are gone (issue 24 item 4; docs/architecture.md, Development)"),
     ("| `server.tls.certificates[].cert` / `.key` |",
      "split into one row per key so the docs test can find each key "
      "(docs/configuration.md, server section)"),
