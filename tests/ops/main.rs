@@ -30,6 +30,7 @@ mod fd_limit;
 mod metrics;
 mod openapi;
 mod paging;
+mod rates;
 mod reload;
 mod replicas;
 mod routes;
