@@ -49,8 +49,9 @@ pub struct Reloader {
     metrics: crate::telemetry::Metrics,
 }
 
-/// The config file, the config running now, and what a change is applied
-/// to.
+/// The config file, the config running now (what was started, with each
+/// reload's in-place changes made; never a key that waits for a restart),
+/// and what a change is applied to.
 #[derive(Debug)]
 struct FileReload {
     path: PathBuf,
@@ -196,8 +197,17 @@ impl Reloader {
                 None => reloaded.restart_required.push(change.key.clone()),
             }
         }
-        file.apply(&changes, &new).await;
-        *running = new;
+        // What runs from now on: the new value of each key applied in
+        // place, the old one of each that waits for a restart. It is what
+        // the next reload compares with (so it reports that restart
+        // again) and what the running parts are rebuilt from (so a key
+        // reported as waiting does not slip in with its section).
+        let mut in_force = changes.running.clone();
+        if !log_switched {
+            in_force.log.clone_from(&running.log);
+        }
+        file.apply(&changes, &in_force).await;
+        *running = in_force;
         Ok(reloaded)
     }
 

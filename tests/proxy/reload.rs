@@ -584,3 +584,72 @@ async fn rules_and_dry_run_change_on_reload_and_rules_keep_their_buckets() {
     assert_eq!(r.get("/r", &[]).await, (200, 1, 0));
     r.lb.shutdown().await;
 }
+
+/// A file emptied or cut down to sections that say neither where to
+/// listen nor where to send is refused (400 JSON saying why), and the
+/// running config keeps serving (issue 23, item 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_sectionless_file_is_refused_and_the_running_config_stays() {
+    let (r, s) = Reloadable::start(|s| {
+        s.capacity = 10;
+        s.rate = 0.001;
+    })
+    .await;
+    assert_eq!(r.get("/", &[]).await, (200, 10, 9));
+    for text in [
+        "",
+        "# truncated\n",
+        "---\n",
+        "{}\n",
+        "log: {level: warn}\n",
+        "rate_limit:\n  enabled: false\nlog:\n  level: debug\n",
+        "server:\nbackends:\n",
+    ] {
+        std::fs::write(&r.path, text).expect("write config");
+        let (status, body) = r.post_reload().await;
+        assert_eq!(status, 400, "{text:?}: {body}");
+        let problems = strings(&body["problems"]).join("\n");
+        assert!(
+            problems.contains("none of server, backends, pools or routes is set"),
+            "{text:?}: {body}"
+        );
+    }
+    // Still the running config: the same backend, the same limits.
+    assert_eq!(r.get("/", &[]).await, (200, 10, 8));
+    let (status, body) = r.reload_with(&s).await;
+    assert_eq!(status, 200, "{body}");
+    r.lb.shutdown().await;
+}
+
+/// A change that needs a restart is reported by every reload until the
+/// process runs it: the second reload of the same file compares with
+/// what runs, not with the file the first one read; writing the running
+/// value back clears it (issue 23, item 18).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_restart_is_reported_by_every_reload_until_reverted() {
+    let (r, mut s) = Reloadable::start(|_| {}).await;
+    s.listen = "127.0.0.1:1";
+    s.capacity = 10;
+    for round in 0..2 {
+        let (status, body) = r.reload_with(&s).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            strings(&body["restart_required"]),
+            vec!["server.listen"],
+            "round {round}: {body}"
+        );
+        let applied = if round == 0 {
+            vec!["rate_limit.default"]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(strings(&body["applied"]), applied, "round {round}: {body}");
+    }
+    assert_eq!(r.get("/", &[]).await.1, 10);
+    s.listen = "127.0.0.1:0";
+    let (status, body) = r.reload_with(&s).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(strings(&body["restart_required"]), Vec::<String>::new());
+    assert_eq!(strings(&body["applied"]), Vec::<String>::new());
+    r.lb.shutdown().await;
+}
