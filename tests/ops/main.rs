@@ -9,6 +9,7 @@
 mod support {
     pub mod db;
     pub use db::*;
+    pub mod fifo;
     pub mod metrics;
     pub mod net;
     pub use net::*;

@@ -653,3 +653,58 @@ async fn a_pending_restart_is_reported_by_every_reload_until_reverted() {
     assert_eq!(strings(&body["applied"]), Vec::<String>::new());
     r.lb.shutdown().await;
 }
+
+/// A config path that blocks on read (a FIFO with no writer, as a hung
+/// mount would): the reload answers 503 JSON after the read timeout
+/// instead of hanging, the next one is refused at once instead of
+/// queueing behind it, requests keep being served, and once the read
+/// returns reloads work again (issue 23, item 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_path_that_blocks_on_read_does_not_hang_reloads() {
+    use crate::support::fifo::{release_fifo, replace_with_fifo};
+    let (r, s) = Reloadable::start(|_| {}).await;
+    replace_with_fifo(&r.path);
+    // Bounds on the test, not on tollgate: before, this never answered.
+    let bound = std::time::Duration::from_secs(30);
+    let (status, body) = tokio::time::timeout(bound, r.post_reload())
+        .await
+        .expect("a reload of a blocking file answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not read within 5s")),
+        "{body}"
+    );
+    let (status, body) = tokio::time::timeout(bound, r.post_reload())
+        .await
+        .expect("a second reload answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("has not returned yet")),
+        "{body}"
+    );
+    assert_eq!(r.get("/", &[]).await.0, 200);
+
+    // The stuck read returns (its result is not applied); a file again
+    // reloads once it has.
+    let released = release_fifo(&r.path, &s.yaml());
+    tokio::task::spawn_blocking(move || released.join())
+        .await
+        .expect("join")
+        .expect("writer");
+    std::fs::remove_file(&r.path).expect("remove the FIFO");
+    std::fs::write(&r.path, s.yaml()).expect("write config");
+    let mut last = r.post_reload().await;
+    for _ in 0..500 {
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        last = r.post_reload().await;
+    }
+    assert_eq!(last.0, 200, "{}", last.1);
+    r.lb.shutdown().await;
+}
