@@ -324,7 +324,8 @@ mod tests {
         });
         let found = pp
             .client_addr(&mut server, peer, Instant::now() + Duration::from_secs(5))
-            .await;
+            .await
+            .map(|(client, _named)| client);
         let mut rest = Vec::new();
         let _client = writer.await.expect("writer");
         if found.is_ok() {
