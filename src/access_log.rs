@@ -7,6 +7,16 @@
 //! up. When the channel is full the record is dropped and counted
 //! ([`crate::telemetry::ACCESS_LOG_DROPPED`]) instead of waiting.
 //!
+//! The queue is bounded twice: in records ([`DEFAULT_CAPACITY`]) and in
+//! bytes ([`DEFAULT_MAX_BYTES`]), each record charged its own size and
+//! the bytes of its path and request id. A record owns those bytes: the
+//! path and id of a parsed request are slices of the whole request head
+//! (up to `server.max_header_bytes`, 1 MiB), and a queued slice kept all
+//! of it alive: with stdout blocked, 16,384 records with 30 KB headers
+//! held 581 MB. Sending copies the path (not the query, which is not
+//! logged) and the id, a few dozen bytes, so what the queue holds is
+//! what it counts.
+//!
 //! A record is sent when the response body is finished (or abandoned by a
 //! client that went away), not when the response head leaves: operators
 //! read `duration_ms` and `bytes_sent` as the whole exchange.
@@ -14,7 +24,7 @@
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -34,6 +44,11 @@ use crate::telemetry::{self, Throttle};
 /// bytes each, 4 MB; half a second of lines at 30k requests/s, many
 /// times what arrives during one [`BATCH_PAUSE`].
 pub const DEFAULT_CAPACITY: usize = 16 * 1024;
+
+/// Bytes the queued records may hold before new ones are dropped
+/// ([`Record::cost`]): 8 MiB, twice [`DEFAULT_CAPACITY`] records of the
+/// usual size, and what bounds the queue when paths are long.
+pub const DEFAULT_MAX_BYTES: usize = 8 << 20;
 
 /// How long the writer waits after writing a batch before taking the
 /// next one (see `write_lines`).
@@ -134,6 +149,27 @@ pub struct Place {
     pub pool: Option<Arc<str>>,
 }
 
+impl Record {
+    /// What this record holds in the queue: its own size and the bytes
+    /// of its path and request id.
+    pub fn cost(&self) -> usize {
+        std::mem::size_of::<Message>()
+            + self.uri.as_ref().map_or(0, |u| u.as_str().len())
+            + self.request_id.len()
+    }
+
+    /// The path (without the query) and the request id in bytes of their
+    /// own, not slices of the request head they were parsed from.
+    fn detach(&mut self) {
+        if let Some(uri) = &self.uri {
+            self.uri = PathAndQuery::try_from(uri.path()).ok();
+        }
+        if let Ok(id) = HeaderValue::from_bytes(self.request_id.as_bytes()) {
+            self.request_id = id;
+        }
+    }
+}
+
 /// The name a backend goes by in the access log: its configured `name`
 /// (default `host:port`), as in `/backends` and the metrics.
 fn backend_name(backend: &Backend) -> Arc<str> {
@@ -153,6 +189,9 @@ enum Message {
 #[derive(Clone)]
 pub struct AccessLog {
     tx: SyncSender<Message>,
+    /// Bytes the queued records hold ([`Record::cost`]).
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
     dropped: Arc<AtomicU64>,
     /// [`telemetry::ACCESS_LOG_DROPPED`].
     dropped_metric: metrics::Counter,
@@ -176,22 +215,45 @@ pub struct Writer {
 static DROPS: Throttle = Throttle::new();
 static WRITE_ERRORS: Throttle = Throttle::new();
 
+/// How many records, and how many bytes of them, may wait for the
+/// writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Records.
+    pub records: usize,
+    /// Bytes ([`Record::cost`]).
+    pub bytes: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            records: DEFAULT_CAPACITY,
+            bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
 /// Starts the writer thread: lines in `format` to `sink`, at most
-/// `capacity` records waiting.
+/// `bounds` waiting.
 /// Dropped lines are counted in `metrics`.
 pub fn start(
     format: Format,
     sink: Sink,
-    capacity: usize,
+    bounds: Bounds,
     metrics: &telemetry::Metrics,
 ) -> Result<(AccessLog, Writer), AccessLogError> {
-    let (tx, rx) = mpsc::sync_channel(capacity);
+    let (tx, rx) = mpsc::sync_channel(bounds.records);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let written = queued.clone();
     let thread = std::thread::Builder::new()
         .name("access-log".into())
-        .spawn(move || write_lines(&rx, format, sink))
+        .spawn(move || write_lines(&rx, format, sink, &written))
         .map_err(AccessLogError::Spawn)?;
     let log = AccessLog {
         tx: tx.clone(),
+        queued,
+        max_bytes: bounds.bytes,
         dropped: Arc::new(AtomicU64::new(0)),
         dropped_metric: metrics.counter(telemetry::ACCESS_LOG_DROPPED, &[]),
     };
@@ -200,21 +262,39 @@ pub fn start(
 
 impl AccessLog {
     /// Offers `record` to the writer; drops and counts it when the writer
-    /// is behind (or gone).
-    pub fn send(&self, record: Record) {
-        match self.tx.try_send(Message::Line(record)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                self.dropped_metric.increment(1);
-                DROPS.note(|before| {
-                    tracing::warn!(
-                        dropped = before + 1,
-                        "access log writer is behind; lines dropped"
-                    );
-                });
-            }
+    /// is behind (the queue holds its records or its bytes already) or
+    /// gone.
+    pub fn send(&self, mut record: Record) {
+        record.detach();
+        let cost = record.cost();
+        let before = self.queued.fetch_add(cost, Ordering::Relaxed);
+        if before + cost > self.max_bytes {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+            self.drop_one();
+            return;
         }
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Message::Line(record))
+        {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+            self.drop_one();
+        }
+    }
+
+    fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.dropped_metric.increment(1);
+        DROPS.note(|before| {
+            tracing::warn!(
+                dropped = before + 1,
+                "access log writer is behind; lines dropped"
+            );
+        });
+    }
+
+    /// Bytes the records waiting for the writer hold now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Records dropped so far by this log.
@@ -262,7 +342,7 @@ impl Writer {
 /// request path and a context switch per request); while it pauses,
 /// senders only move a record into the queue. A quiet balancer's line is
 /// written at once (the writer waits in `recv` when the queue is empty).
-fn write_lines(rx: &Receiver<Message>, format: Format, sink: Sink) {
+fn write_lines(rx: &Receiver<Message>, format: Format, sink: Sink, queued: &AtomicUsize) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let mut line = Vec::with_capacity(512);
     let mut stop = false;
@@ -276,6 +356,7 @@ fn write_lines(rx: &Receiver<Message>, format: Format, sink: Sink) {
                     break;
                 }
                 Message::Line(record) => {
+                    queued.fetch_sub(record.cost(), Ordering::Relaxed);
                     line.clear();
                     format_line(&mut line, &record, format);
                     if let Err(e) = out.write_all(&line) {
@@ -637,6 +718,83 @@ mod tests {
         }
     }
 
+    /// A gate whose writer is stuck on its first line.
+    fn blocked(bounds: Bounds) -> (AccessLog, Writer, mpsc::Sender<()>) {
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let gate = Gate {
+            entered: entered_tx,
+            release: release_rx,
+            seen: Arc::default(),
+        };
+        let (log, writer) = start(
+            Format::Json,
+            Box::new(gate),
+            bounds,
+            &telemetry::Metrics::new(),
+        )
+        .expect("start");
+        log.send(record());
+        entered.recv().expect("writer reached the sink");
+        (log, writer, release)
+    }
+
+    /// A record as the proxy fills it from a parsed request: its path and
+    /// id are slices of the whole head, here of `head`.
+    fn record_in(head: &Bytes, path_len: usize) -> Record {
+        let mut r = record();
+        r.uri = Some(PathAndQuery::from_maybe_shared(head.slice(..path_len)).expect("path"));
+        r.request_id = HeaderValue::from_maybe_shared(head.slice(..16)).expect("id");
+        r
+    }
+
+    #[test]
+    fn queued_records_do_not_keep_their_request_heads() {
+        let (log, writer, release) = blocked(Bounds::default());
+        // 30 KB heads behind a blocked writer (issue 23: 581 MB RSS).
+        let heads: Vec<Bytes> = (0..50)
+            .map(|_| Bytes::from([b"/a?".as_slice(), &[b'x'; 30 * 1024]].concat()))
+            .collect();
+        for head in &heads {
+            log.send(record_in(head, 30));
+        }
+        assert_eq!(log.dropped(), 0);
+        assert!(
+            heads.iter().all(Bytes::is_unique),
+            "a queued record keeps its head"
+        );
+        // Each is charged its own few dozen bytes.
+        assert!(log.queued_bytes() <= 50 * (std::mem::size_of::<Message>() + 64));
+        drop(release);
+        writer.stop();
+        assert_eq!(log.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        let bound = 1 << 20;
+        let (log, writer, release) = blocked(Bounds {
+            records: DEFAULT_CAPACITY,
+            bytes: bound,
+        });
+        // Paths of 30 KB: 34 fit in 1 MiB, the record cap (16,384) would
+        // take all 200.
+        let head = Bytes::from([b"/".as_slice(), &[b'p'; 30 * 1024]].concat());
+        for _ in 0..200 {
+            log.send(record_in(&head, head.len()));
+            assert!(log.queued_bytes() <= bound, "{}", log.queued_bytes());
+        }
+        assert!(log.dropped() >= 160, "dropped {}", log.dropped());
+        assert!(
+            log.queued_bytes() > bound - 31 * 1024,
+            "{}",
+            log.queued_bytes()
+        );
+        drop(release);
+        writer.stop();
+        assert_eq!(log.queued_bytes(), 0);
+    }
+
     #[test]
     fn a_blocked_sink_drops_and_counts_instead_of_blocking() {
         let (entered_tx, entered) = mpsc::channel();
@@ -647,8 +805,17 @@ mod tests {
             release: release_rx,
             seen: seen.clone(),
         };
-        let (log, writer) =
-            start(Format::Json, Box::new(gate), 4, &telemetry::Metrics::new()).expect("start");
+        let bounds = Bounds {
+            records: 4,
+            bytes: DEFAULT_MAX_BYTES,
+        };
+        let (log, writer) = start(
+            Format::Json,
+            Box::new(gate),
+            bounds,
+            &telemetry::Metrics::new(),
+        )
+        .expect("start");
         log.send(record());
         // The writer holds the first line and is stuck writing it; the
         // queue is empty.

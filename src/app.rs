@@ -340,7 +340,7 @@ async fn build_core(
         let (log, writer) = access_log::start(
             access_log_format(config.log.format),
             sink,
-            access_log::DEFAULT_CAPACITY,
+            access_log::Bounds::default(),
             metrics,
         )
         .map_err(StartError::AccessLog)?;

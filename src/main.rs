@@ -153,8 +153,8 @@ struct LimitsArgs {
 #[group(required = true, multiple = false)]
 struct RateArgs {
     /// Refill rate in tokens per second.
-    // Negative numbers are values, not flags: the server says why -1 is
-    // refused.
+    // Negative numbers are values, not flags: the parser says why -1 is
+    // refused, in the words the server would use.
     #[arg(
         long,
         value_name = "R",
@@ -162,8 +162,14 @@ struct RateArgs {
         value_parser = admin_client::parse_rate_per_sec
     )]
     rate_per_sec: Option<f64>,
-    /// Refill rate as N/unit (s, min, hour, day), sent as written.
-    #[arg(long, value_name = "N/UNIT", value_parser = admin_client::parse_rate)]
+    /// Refill rate as N/unit (s, min, hour, day), no spaces.
+    // `-0/s` is a value too, judged by the parser like any other.
+    #[arg(
+        long,
+        value_name = "N/UNIT",
+        allow_hyphen_values = true,
+        value_parser = admin_client::parse_rate
+    )]
     rate: Option<String>,
 }
 

@@ -42,6 +42,8 @@ use diff::Part;
 #[derive(Debug, Clone, Default)]
 pub struct Reloader {
     certificates: Option<Arc<Certificates>>,
+    /// Set while a file read that timed out has not returned.
+    reading: Arc<std::sync::atomic::AtomicBool>,
     file: Option<Arc<FileReload>>,
     /// Where each reload's outcome is recorded for the status page.
     events: Option<Arc<Events>>,
@@ -49,8 +51,9 @@ pub struct Reloader {
     metrics: crate::telemetry::Metrics,
 }
 
-/// The config file, the config running now, and what a change is applied
-/// to.
+/// The config file, the config running now (what was started, with each
+/// reload's in-place changes made; never a key that waits for a restart),
+/// and what a change is applied to.
 #[derive(Debug)]
 struct FileReload {
     path: PathBuf,
@@ -83,9 +86,26 @@ pub enum ReloadError {
     /// use stay, all of them, and nothing else changed.
     #[error("TLS certificates not reloaded, the ones in use stay: {0}")]
     Certificates(#[source] CertError),
-    /// The reload task did not finish (the runtime is shutting down).
+    /// The files were not read within [`FILE_READ_TIMEOUT`] (a FIFO, a
+    /// hung network mount); nothing changed. The read goes on in the
+    /// background and is not waited for, by this reload or by a shutdown.
+    #[error(
+        "config or certificate files not read within {}s (a FIFO, or a hung \
+         mount?); nothing changed",
+        FILE_READ_TIMEOUT.as_secs()
+    )]
+    ReadTimeout,
+    /// The files of an earlier reload are still being read (it timed
+    /// out); a new read of the same paths would hang the same way.
+    #[error(
+        "an earlier reload's read of the config or certificate files has not \
+         returned yet; nothing changed"
+    )]
+    StillReading,
+    /// The thread that reads the files could not be started, or ended
+    /// without an answer.
     #[error("reload interrupted: {0}")]
-    Interrupted(#[source] tokio::task::JoinError),
+    Interrupted(String),
 }
 
 /// A [`ConfigError`] on one log line.
@@ -103,7 +123,10 @@ impl ReloadError {
     fn result(&self) -> &'static str {
         match self {
             Self::Invalid(_) => "invalid",
-            Self::Certificates(_) | Self::Interrupted(_) => "failed",
+            Self::Certificates(_)
+            | Self::Interrupted(_)
+            | Self::ReadTimeout
+            | Self::StillReading => "failed",
         }
     }
 }
@@ -126,6 +149,7 @@ impl Reloader {
     pub fn new(certificates: Option<Arc<Certificates>>) -> Self {
         Self {
             certificates,
+            reading: Arc::default(),
             file: None,
             events: None,
             metrics: crate::telemetry::Metrics::default(),
@@ -162,11 +186,15 @@ impl Reloader {
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let Some(file) = &self.file else {
             let certificates = self.certificates.clone();
-            return blocking(move || reread_certificates(certificates.as_deref(), None)).await;
+            return self
+                .read_files(move || reread_certificates(certificates.as_deref(), None))
+                .await;
         };
         let mut running = file.running.lock().await;
         let path = file.path.clone();
-        let new = blocking(move || Config::load(&path).map_err(ReloadError::Invalid)).await?;
+        let new = self
+            .read_files(move || Config::load(&path).map_err(ReloadError::Invalid))
+            .await?;
         let changes = diff::diff(&running, &new);
         let mut reloaded = Reloaded::default();
         // Certificates first: the one step that can still fail, and a
@@ -182,10 +210,10 @@ impl Reloader {
                     .map(CertificatePaths::from)
                     .collect()
             });
-        reloaded.certificates =
-            blocking(move || reread_certificates(certificates.as_deref(), paths))
-                .await?
-                .certificates;
+        let certs = self
+            .read_files(move || reread_certificates(certificates.as_deref(), paths))
+            .await?;
+        reloaded.certificates = certs.certificates;
         let log_switched = changes.touches(Part::Log) && apply_log(&new);
         for change in &changes.keys {
             match change.part {
@@ -196,8 +224,24 @@ impl Reloader {
                 None => reloaded.restart_required.push(change.key.clone()),
             }
         }
-        file.apply(&changes, &new).await;
-        *running = new;
+        // Renewed files under the same names: listed once, first, where
+        // the diff lists a new list of files (TLS keys come first).
+        if certs.applied.iter().any(|k| k == CERTIFICATES_KEY)
+            && !changes.touches(Part::Certificates)
+        {
+            reloaded.applied.insert(0, CERTIFICATES_KEY.to_owned());
+        }
+        // What runs from now on: the new value of each key applied in
+        // place, the old one of each that waits for a restart. It is what
+        // the next reload compares with (so it reports that restart
+        // again) and what the running parts are rebuilt from (so a key
+        // reported as waiting does not slip in with its section).
+        let mut in_force = changes.running.clone();
+        if !log_switched {
+            in_force.log.clone_from(&running.log);
+        }
+        file.apply(&changes, &in_force).await;
+        *running = in_force;
         Ok(reloaded)
     }
 
@@ -335,6 +379,9 @@ fn apply_log(new: &Config) -> bool {
     }
 }
 
+/// The config key a certificate swap is reported under in `applied`.
+const CERTIFICATES_KEY: &str = "server.tls.certificates";
+
 /// Reads the certificate files again (`paths`: a new list of them).
 fn reread_certificates(
     certificates: Option<&Certificates>,
@@ -342,22 +389,76 @@ fn reread_certificates(
 ) -> Result<Reloaded, ReloadError> {
     let mut reloaded = Reloaded::default();
     if let Some(certificates) = certificates {
-        reloaded.certificates = match paths {
+        let swapped = match paths {
             Some(paths) => certificates.replace(paths),
             None => certificates.reload(),
         }
         .map_err(ReloadError::Certificates)?;
+        reloaded.certificates = swapped.served;
+        // New certificates under the same file names are a change the
+        // reload applied, as a new list of files is.
+        if swapped.changed {
+            reloaded.applied.push(CERTIFICATES_KEY.to_owned());
+        }
     }
     Ok(reloaded)
 }
 
-/// Runs file work on a blocking thread.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ReloadError> + Send + 'static,
-) -> Result<T, ReloadError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(ReloadError::Interrupted)?
+/// Longest a reload waits for its files (the config and the certificates
+/// it names): a local file takes milliseconds; one that takes this long
+/// is a FIFO or a hung mount, and would hold the reload lock, and every
+/// reload queued behind it, for as long as it blocks.
+pub const FILE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Reloader {
+    /// Runs file work on a thread of its own, waiting at most
+    /// [`FILE_READ_TIMEOUT`]. Not the runtime's blocking pool: a read
+    /// that never returns would keep a pool thread, and the runtime's
+    /// shutdown waits for those, so the process would outlive its drain.
+    /// A detached thread is given up on instead; until it returns, later
+    /// reloads are refused at once rather than starting another one.
+    async fn read_files<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, ReloadError> + Send + 'static,
+    ) -> Result<T, ReloadError> {
+        use std::sync::atomic::Ordering;
+        if self.reading.swap(true, Ordering::AcqRel) {
+            return Err(ReloadError::StillReading);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let reading = self.reading.clone();
+        let spawned = std::thread::Builder::new()
+            .name("reload-files".into())
+            .spawn(move || {
+                // Cleared however the work ends, a panic included, and
+                // before the answer goes: the reload that gets it may
+                // be followed at once by another.
+                let done = Cleared(reading);
+                let result = work();
+                drop(done);
+                let _ = tx.send(result);
+            });
+        if let Err(e) = spawned {
+            self.reading.store(false, Ordering::Release);
+            return Err(ReloadError::Interrupted(e.to_string()));
+        }
+        match tokio::time::timeout(FILE_READ_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ReloadError::Interrupted(
+                "the file reader ended without an answer".into(),
+            )),
+            Err(_) => Err(ReloadError::ReadTimeout),
+        }
+    }
+}
+
+/// Clears the "still reading" flag when dropped.
+struct Cleared(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Cleared {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Catches SIGHUP from now on. Installed before any port opens: SIGHUP's

@@ -158,35 +158,24 @@ impl ClientLimits {
     }
 }
 
-/// `--rate-per-sec`: a finite number. JSON has no NaN or infinity
-/// (serde_json would send `null`), so those are usage errors here; the
-/// range is the server's to judge.
+/// `--rate-per-sec`: judged by the server's own check
+/// ([`crate::limiter::check_rate_per_sec`]), so `-0`, `-1`, `NaN` or a
+/// rate above the maximum is a usage error with the message the config
+/// and the admin API give.
 pub fn parse_rate_per_sec(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if r.is_finite() => Ok(r),
-        _ => Err(format!("{s:?} is not a number (e.g. 10 or 0.5)")),
-    }
+    let rate = s
+        .parse::<f64>()
+        .map_err(|_| format!("{s:?} is not a number (e.g. 10 or 0.5)"))?;
+    crate::limiter::check_rate_per_sec(rate).map_err(|e| e.to_string())
 }
 
-/// `--rate`: checks only the shape `N/unit` (a number, a slash, a word),
-/// so a typo is a usage error; the string goes to the server unchanged,
-/// which knows the units and the limits.
+/// `--rate`: parsed by the one rate parser ([`crate::limiter::Rate`]),
+/// so the command line accepts and refuses exactly what the config and
+/// the admin API do, with the same message; sent in its canonical form.
 pub fn parse_rate(s: &str) -> Result<String, String> {
-    let shaped = s.split_once('/').is_some_and(|(n, unit)| {
-        let (whole, fraction) = n.split_once('.').unwrap_or((n, "0"));
-        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
-        digits(whole)
-            && digits(fraction)
-            && !unit.is_empty()
-            && unit.bytes().all(|b| b.is_ascii_alphabetic())
-    });
-    if shaped {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "{s:?} is not N/unit (e.g. 10/s, 100/min, 5000/hour, 1000/day)"
-        ))
-    }
+    s.parse::<crate::limiter::Rate>()
+        .map(|rate| rate.to_string())
+        .map_err(|e| e.to_string())
 }
 
 impl AdminClientError {
@@ -855,29 +844,40 @@ mod tests {
     }
 
     #[test]
-    fn a_rate_is_checked_for_its_shape_only() {
-        for ok in ["10/s", "100/min", "1000/day", "0.5/hour", "1/fortnight"] {
+    fn a_rate_is_judged_as_the_server_judges_it() {
+        for ok in ["10/s", "100/min", "1000/day", "0/hour"] {
             assert_eq!(parse_rate(ok).as_deref(), Ok(ok));
         }
         for bad in [
-            "", "10", "10/", "/s", "ten/s", "1.5.2/s", ".5/s", "5./s", "-1/s", "10/s2", " 10/s",
+            "",
+            "10",
+            "10/",
+            "/s",
+            "ten/s",
+            "0.5/hour",
+            "1/fortnight",
+            "-1/s",
+            "-0/s",
+            "10/s2",
+            " 10/s",
             "10 /s",
+            "10 / s",
         ] {
-            assert!(parse_rate(bad).is_err(), "{bad:?}");
+            let cli = parse_rate(bad).expect_err(bad);
+            let server = bad.parse::<crate::limiter::Rate>().expect_err(bad);
+            assert_eq!(cli, server.to_string(), "{bad:?}");
         }
     }
 
     #[test]
-    fn a_rate_per_sec_is_a_finite_number() {
+    fn a_rate_per_sec_is_judged_as_the_server_judges_it() {
         assert_eq!(parse_rate_per_sec("2.5"), Ok(2.5));
-        assert_eq!(
-            parse_rate_per_sec("-1"),
-            Ok(-1.0),
-            "the server judges the range"
-        );
-        for bad in ["fast", "NaN", "inf", "-inf", ""] {
+        assert_eq!(parse_rate_per_sec("0"), Ok(0.0));
+        for bad in ["fast", "NaN", "inf", "-inf", "", "-1", "-0", "-0.0", "2e9"] {
             assert!(parse_rate_per_sec(bad).is_err(), "{bad:?}");
         }
+        let minus_zero = parse_rate_per_sec("-0.0").expect_err("-0");
+        assert!(minus_zero.contains("must not be negative"), "{minus_zero}");
     }
 
     #[test]

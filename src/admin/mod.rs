@@ -869,7 +869,8 @@ fn apply(state: &AdminState, key: &ClientKey, limits: Option<Limits>) {
 }
 
 /// `POST /reload`: 200 with what changed; 400 with every problem of an
-/// invalid file (the running configuration stays). The 404 of a state
+/// invalid file, or a certificate that cannot be used (the running
+/// configuration stays); 503 when the files did not answer in time. The 404 of a state
 /// without a reloader is not documented: a running tollgate always has one.
 #[utoipa::path(
     post,
@@ -877,8 +878,9 @@ fn apply(state: &AdminState, key: &ClientKey, limits: Option<Limits>) {
     summary = "Re-read the config file (as SIGHUP does) and apply what changed",
     responses(
         (status = 200, description = "what changed", body = Reloaded),
-        (status = 400, description = "invalid config file; the running configuration stays", body = InvalidConfigBody<'static>),
-        (status = 500, description = "a certificate file could not be used; nothing changed", body = ErrorBody<'static>),
+        (status = 400, description = "invalid config file, or a certificate file that cannot be used; the running configuration stays", body = InvalidConfigBody<'static>),
+        (status = 500, description = "the reload could not run; nothing changed", body = ErrorBody<'static>),
+        (status = 503, description = "the config or certificate files were not read within 5 s (a FIFO, a hung mount); nothing changed", body = ErrorBody<'static>),
     )
 )]
 async fn reload(State(state): State<AdminState>) -> Result<Json<Reloaded>, AdminError> {
@@ -891,7 +893,16 @@ async fn reload(State(state): State<AdminState>) -> Result<Json<Reloaded>, Admin
         Err(ReloadError::Invalid(e)) => Err(AdminError::InvalidConfig(
             e.problems.iter().map(ToString::to_string).collect(),
         )),
-        Err(e) => Err(AdminError::Internal(e.to_string())),
+        // A file that cannot be used is a bad input, as an invalid config
+        // file is: 400 whether the config names new files or the same
+        // names hold new contents.
+        Err(e @ ReloadError::Certificates(_)) => {
+            Err(AdminError::InvalidConfig(vec![e.to_string()]))
+        }
+        Err(e @ (ReloadError::ReadTimeout | ReloadError::StillReading)) => {
+            Err(AdminError::Unavailable(e.to_string()))
+        }
+        Err(e @ ReloadError::Interrupted(_)) => Err(AdminError::Internal(e.to_string())),
     }
 }
 

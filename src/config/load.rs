@@ -112,6 +112,10 @@ impl Config {
                 }])
             }
         };
+        let mut problems = Vec::new();
+        if files == Files::Check {
+            problems.extend(no_sections(&map));
+        }
         // The demo's three backends are the default of a file that names
         // none; one that routes to pools of its own has no default pool
         // unless it lists `backends`.
@@ -124,7 +128,6 @@ impl Config {
             },
             ..Config::default()
         };
-        let mut problems = Vec::new();
         for (key, value) in map {
             let Some(name) = key.as_str() else {
                 problems.push(Problem {
@@ -162,13 +165,49 @@ impl Config {
     }
 }
 
-/// Whether validation opens the files a config names.
+/// Whether validation opens the files a config names, and judges the
+/// text as a file to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Files {
-    /// The text alone (tests, configs meant for another machine).
+    /// The text alone (tests, configs meant for another machine, the
+    /// all-defaults config code starts from).
     Skip,
-    /// Load them as a start would.
+    /// Load them as a start would, and refuse a file that says nothing
+    /// of where to listen or where to send ([`no_sections`]).
     Check,
+}
+
+/// The sections that say where tollgate listens and where it sends.
+const ESSENTIAL: [&str; 4] = ["server", "backends", "pools", "routes"];
+
+/// A file with none of [`ESSENTIAL`] set (empty, only comments,
+/// truncated to its `log:` section, or with everything indented under
+/// one key) would run on defaults alone: 0.0.0.0:8080 to the demo's
+/// backends on 127.0.0.1:9001-9003, which in production answers every
+/// request 503. Such a file is not a config anyone meant to run, so
+/// `check`, a start and a reload all refuse it (a reload keeps the
+/// running config). An empty section (`server:` and nothing under it)
+/// counts as not set.
+fn no_sections(map: &serde_yaml::Mapping) -> Option<Problem> {
+    let set = |key: &str| map.get(key).is_some_and(|v| !v.is_null());
+    if ESSENTIAL.iter().any(|k| set(k)) {
+        return None;
+    }
+    let found: Vec<&str> = map.keys().filter_map(serde_yaml::Value::as_str).collect();
+    let found = if found.is_empty() {
+        "the file has no keys (empty, or only comments)".to_owned()
+    } else {
+        format!("it has only {}", found.join(", "))
+    };
+    Some(Problem {
+        field: "(file)".into(),
+        reason: format!(
+            "none of server, backends, pools or routes is set ({found}): a file that \
+             says neither where to listen nor where to send would run on defaults \
+             alone (every request 503 without the demo backends); an empty or \
+             truncated file is refused, and a reload keeps the running config"
+        ),
+    })
 }
 
 /// Largest config file read.

@@ -33,9 +33,13 @@ pub enum LimitsError {
         /// The refused capacity.
         got: u64,
     },
-    /// Rate that is NaN, infinite or negative.
+    /// Rate that is NaN or infinite.
     #[error("rate_per_sec must be a finite number >= 0 (got {0})")]
     InvalidRate(f64),
+    /// Rate with a minus sign, `-0` included: every place a rate is
+    /// written refuses it the same way (see [`check_rate_per_sec`]).
+    #[error("rate_per_sec must not be negative (got {0}); 0 is a rate that never refills")]
+    NegativeRate(f64),
     /// Rate above [`MAX_RATE_PER_SEC`].
     #[error("rate_per_sec must be at most {MAX_RATE_PER_SEC} (got {0})")]
     RateTooLarge(f64),
@@ -86,12 +90,7 @@ impl Limits {
     pub fn new(capacity: u64, rate_per_sec: f64) -> Result<Self, LimitsError> {
         let capacity = valid_capacity(capacity)?;
         let cap = capacity.get();
-        if !rate_per_sec.is_finite() || rate_per_sec < 0.0 {
-            return Err(LimitsError::InvalidRate(rate_per_sec));
-        }
-        if rate_per_sec > MAX_RATE_PER_SEC {
-            return Err(LimitsError::RateTooLarge(rate_per_sec));
-        }
+        let rate_per_sec = check_rate_per_sec(rate_per_sec)?;
         let emission = if rate_per_sec == 0.0 {
             0
         } else {
@@ -187,6 +186,24 @@ impl Limits {
     }
 }
 
+/// The one judge of a `rate_per_sec`, wherever it was written (config,
+/// admin API body, command line, a client table row): finite, at most
+/// [`MAX_RATE_PER_SEC`], and without a minus sign. `-0.0` compares equal
+/// to `0.0`, so a plain `< 0.0` let it through here while other checks
+/// refused it; the sign bit is what is tested.
+pub fn check_rate_per_sec(rate_per_sec: f64) -> Result<f64, LimitsError> {
+    if !rate_per_sec.is_finite() {
+        return Err(LimitsError::InvalidRate(rate_per_sec));
+    }
+    if rate_per_sec.is_sign_negative() {
+        return Err(LimitsError::NegativeRate(rate_per_sec));
+    }
+    if rate_per_sec > MAX_RATE_PER_SEC {
+        return Err(LimitsError::RateTooLarge(rate_per_sec));
+    }
+    Ok(rate_per_sec)
+}
+
 fn valid_capacity(capacity: u64) -> Result<NonZeroU32, LimitsError> {
     let cap =
         u32::try_from(capacity).map_err(|_| LimitsError::CapacityTooLarge { got: capacity })?;
@@ -206,8 +223,11 @@ mod tests {
         ));
         assert!(matches!(
             Limits::new(1, -0.1),
-            Err(LimitsError::InvalidRate(_))
+            Err(LimitsError::NegativeRate(_))
         ));
+        let zero = Limits::new(1, -0.0).expect_err("-0 is negative");
+        assert!(matches!(zero, LimitsError::NegativeRate(_)));
+        assert!(zero.to_string().contains("got -0"), "{zero}");
         assert!(matches!(
             Limits::new(1, f64::NAN),
             Err(LimitsError::InvalidRate(_))

@@ -57,7 +57,7 @@ mod units;
 
 pub use clock::{Clock, FakeClock, MonotonicClock};
 pub use key::{ApiKey, ClientKey, KeyError, MAX_API_KEY_LEN};
-pub use limits::{Limits, LimitsError, MAX_FILL_SECS, MAX_RATE_PER_SEC};
+pub use limits::{check_rate_per_sec, Limits, LimitsError, MAX_FILL_SECS, MAX_RATE_PER_SEC};
 pub use rate::{Rate, RateError, RateUnit};
 pub use registry::{
     BucketView, Decision, RefillReport, Registry, RegistryConfig, RegistryError, MAX_CLIENTS,

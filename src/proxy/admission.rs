@@ -12,13 +12,12 @@
 //! refused (or would have, in dry-run), else the one with the fewest tokens
 //! left; `RateLimit-Policy` lists every policy that applied.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::Request;
 use hyper::body::Incoming;
 
-use super::{Live, SharedLimits};
+use super::{Conn, Live, SharedLimits};
 use crate::access_log::Limited;
 use crate::error::ProxyError;
 use crate::limiter::rules::{Place, Rule, RuleSet};
@@ -195,14 +194,14 @@ impl Admission {
     pub(crate) async fn admit(
         &self,
         req: &Request<Incoming>,
-        peer: SocketAddr,
+        conn: Conn,
         (live, target): (&Live, Target<'_>),
         report: &mut Report,
     ) -> Result<Option<Decision>, ProxyError> {
         let Some(limiter) = self.limiter.as_ref().filter(|_| live.limiting) else {
             return Ok(None);
         };
-        let Identified { key, local, ip } = identify(limiter, req, peer, live)?;
+        let Identified { key, local, ip } = identify(limiter, req, conn, live)?;
         let client = self.charge(None, key.clone(), local, 1).await?;
         report.client = Some(key.clone());
         let route = target.route.map(|r| &*r.name);
@@ -226,7 +225,7 @@ impl Admission {
         }
         let asked = Asked {
             req,
-            peer,
+            conn,
             live,
             key: &key,
             ip,
@@ -462,7 +461,7 @@ impl Admission {
 /// What the rules' keys are made from.
 struct Asked<'a> {
     req: &'a Request<Incoming>,
-    peer: SocketAddr,
+    conn: Conn,
     live: &'a Live,
     /// The client's key.
     key: &'a ClientKey,
@@ -474,10 +473,10 @@ impl Asked<'_> {
     /// The key of `rule`'s bucket for this request: `None` when it is
     /// keyed by a header the request lacks; an error for a malformed one.
     fn rule_key(&mut self, rule: &Rule) -> Option<Result<ClientKey, String>> {
-        let (req, peer, live) = (self.req, self.peer, self.live);
+        let (req, conn, live) = (self.req, self.conn, self.live);
         let ip = self
             .ip
-            .get_or_insert_with(|| live.identifier.client_key(req.headers(), peer.ip()));
+            .get_or_insert_with(|| live.identifier.client_key_of(req.headers(), conn));
         rule.key_of(self.key, ip, req.headers())
     }
 }
@@ -488,7 +487,7 @@ impl Asked<'_> {
 fn identify(
     limiter: &Registry,
     req: &Request<Incoming>,
-    peer: SocketAddr,
+    conn: Conn,
     live: &Live,
 ) -> Result<Identified, ProxyError> {
     let api_key = live
@@ -505,7 +504,7 @@ fn identify(
             ip: None,
         });
     }
-    let ip = live.identifier.client_key(req.headers(), peer.ip());
+    let ip = live.identifier.client_key_of(req.headers(), conn);
     let local = limiter
         .check(&ip)
         .map_err(|RegistryError::Full(_)| full(limiter))?;

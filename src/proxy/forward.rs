@@ -277,7 +277,7 @@ fn prepare(
             .headers
             .insert(request_id::X_REQUEST_ID.clone(), request_id.clone());
     }
-    let trusted = live.identifier.is_trusted(conn.peer.ip());
+    let trusted = live.identifier.trusts_forwarded_for(conn);
     headers::set_forwarded(
         &mut parts.headers,
         conn.peer.ip(),

@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use ipnet::IpNet;
 
+use super::Conn;
 use crate::limiter::{ApiKey, ClientKey, KeyError};
 
 /// Resolves client identities.
@@ -98,6 +99,28 @@ impl Identifier {
     /// [`Identifier::client_ip`], an IPv6 one as its network.
     pub fn client_key(&self, headers: &HeaderMap, peer: IpAddr) -> ClientKey {
         ClientKey::grouped(self.client_ip(headers, peer), self.ipv6_prefix)
+    }
+
+    /// Whether a request on `conn` has its `X-Forwarded-For` believed:
+    /// its peer is a trusted proxy that may name others (not a PROXY
+    /// connection whose header named no client; see [`Conn`]).
+    pub fn trusts_forwarded_for(&self, conn: Conn) -> bool {
+        conn.forwarded_for && self.is_trusted(conn.peer.ip())
+    }
+
+    /// [`Identifier::client_ip`] of a request on `conn`: its peer alone
+    /// when `X-Forwarded-For` may not be read there.
+    pub fn client_ip_of(&self, headers: &HeaderMap, conn: Conn) -> IpAddr {
+        if conn.forwarded_for {
+            self.client_ip(headers, conn.peer.ip())
+        } else {
+            canonical(conn.peer.ip())
+        }
+    }
+
+    /// [`Identifier::client_key`] of a request on `conn`.
+    pub fn client_key_of(&self, headers: &HeaderMap, conn: Conn) -> ClientKey {
+        ClientKey::grouped(self.client_ip_of(headers, conn), self.ipv6_prefix)
     }
 }
 

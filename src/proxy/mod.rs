@@ -55,10 +55,17 @@ pub use crate::body::{Body, BoxError};
 /// What the request path knows of the connection a request came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conn {
-    /// The client's address (the TCP peer).
+    /// The client's address (the TCP peer, or the client a PROXY header
+    /// named).
     pub peer: SocketAddr,
     /// Whether the connection is TLS (`X-Forwarded-Proto: https`).
     pub tls: bool,
+    /// Whether `peer` may name other clients in `X-Forwarded-For` (when
+    /// it is a trusted proxy). `false` on a PROXY protocol connection
+    /// whose header named no client (v2 `LOCAL`, v1 `UNKNOWN`): `peer` is
+    /// then the balancer in front itself, and what its request says in
+    /// `X-Forwarded-For` is a client's claim it did not vouch for.
+    pub forwarded_for: bool,
 }
 
 /// Proxy settings taken from the config.
@@ -319,7 +326,7 @@ impl Proxy {
                 self.live
                     .load()
                     .identifier
-                    .client_ip(req.headers(), conn.peer.ip()),
+                    .client_ip_of(req.headers(), conn),
             )
         });
         // A gRPC client reads refusals from `grpc-status`, not from JSON.
@@ -406,7 +413,7 @@ impl Proxy {
         let report = &mut outcome.admission;
         let decision = match self
             .admission
-            .admit(&req, conn.peer, (&live, target), report)
+            .admit(&req, conn, (&live, target), report)
             .await
         {
             Ok(d) => d,

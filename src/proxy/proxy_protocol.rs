@@ -105,9 +105,11 @@ impl ProxyProtocol {
         Self { trusted }
     }
 
-    /// Takes the header off `stream` and returns the client it names,
-    /// or `peer` itself for a header that names none (v1 `UNKNOWN`, v2
-    /// `LOCAL`: the balancer's own health checks). `None`: the
+    /// Takes the header off `stream` and returns the client it names
+    /// (and `true`), or `peer` itself for a header that names none (v1
+    /// `UNKNOWN`, v2 `LOCAL`: the balancer's own health checks) and
+    /// `false`: that peer speaks for itself only, its requests'
+    /// `X-Forwarded-For` is not read ([`super::Conn::forwarded_for`]). `None`: the
     /// connection is refused, counted and logged, and must be dropped
     /// without an answer. The header must be complete by `deadline`, the
     /// same one the request head after it has (`server.header_read_timeout`
@@ -118,7 +120,7 @@ impl ProxyProtocol {
         peer: SocketAddr,
         deadline: Instant,
         metrics: &telemetry::Metrics,
-    ) -> Option<SocketAddr> {
+    ) -> Option<(SocketAddr, bool)> {
         match self.client_addr(stream, peer, deadline).await {
             Ok(client) => Some(client),
             Err(refused) => {
@@ -134,14 +136,14 @@ impl ProxyProtocol {
         stream: &mut TcpStream,
         peer: SocketAddr,
         deadline: Instant,
-    ) -> Result<SocketAddr, Refused> {
+    ) -> Result<(SocketAddr, bool), Refused> {
         // Checked before reading anything: an untrusted peer gets no
         // chance to make tollgate parse its bytes.
         if !identity::is_in(&self.trusted, peer.ip()) {
             return Err(Refused::Untrusted(peer.ip()));
         }
         match tokio::time::timeout_at(deadline, read_header(stream)).await {
-            Ok(named) => Ok(named?.unwrap_or(peer)),
+            Ok(named) => Ok(named?.map_or((peer, false), |client| (client, true))),
             Err(_) => Err(Refused::Timeout),
         }
     }
@@ -322,7 +324,8 @@ mod tests {
         });
         let found = pp
             .client_addr(&mut server, peer, Instant::now() + Duration::from_secs(5))
-            .await;
+            .await
+            .map(|(client, _named)| client);
         let mut rest = Vec::new();
         let _client = writer.await.expect("writer");
         if found.is_ok() {

@@ -496,7 +496,7 @@ async fn serve_connection<H, F>(
     H: Fn(Request<Incoming>, Conn) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let Some((peer, transport, first, h2)) =
+    let Some(((peer, forwarded_for), transport, first, h2)) =
         open_connection(&shared, stream, peer, tls, &closing).await
     else {
         return;
@@ -504,6 +504,7 @@ async fn serve_connection<H, F>(
     let conn = Conn {
         peer,
         tls: transport.is_tls(),
+        forwarded_for,
     };
     let state = Arc::new(ConnState::new(shared.metrics.clone()));
     let io = TokioIo::new(ClientStream {
@@ -547,10 +548,10 @@ async fn open_connection<H>(
     peer: SocketAddr,
     tls: Option<TlsTerminator>,
     closing: &Signal,
-) -> Option<(SocketAddr, Transport, Bytes, bool)> {
+) -> Option<((SocketAddr, bool), Transport, Bytes, bool)> {
     let deadline = Instant::now() + shared.header_read_timeout;
     let peer = match &shared.proxy_protocol {
-        None => peer,
+        None => (peer, true),
         Some(pp) => tokio::select! {
             biased;
             () = closing.clone().wait() => return None,

@@ -5,6 +5,13 @@
 //! that differs in a key not listed (one added to the config later) is
 //! reported whole as needing a restart, so a change is never silently
 //! ignored.
+//!
+//! Besides the changed keys, a diff says what runs once the in-place
+//! changes are made ([`Changes::running`]): the new value of every key
+//! applied in place, the old one of every key only a restart applies.
+//! The reloader keeps that, not the file it read, as the running config,
+//! so the next reload of the same file still reports the restart it is
+//! waiting for.
 
 use crate::config::Config;
 
@@ -38,10 +45,13 @@ pub(super) struct Change {
     pub(super) part: Option<Part>,
 }
 
-/// Every changed key, in config order.
+/// Every changed key, in config order, and the config that runs once
+/// the in-place ones are made.
 #[derive(Debug, Default)]
 pub(super) struct Changes {
     pub(super) keys: Vec<Change>,
+    /// The old config with the keys applied in place taken from the new.
+    pub(super) running: Config,
 }
 
 impl Changes {
@@ -69,6 +79,7 @@ impl Changes {
             name,
             seen: old.clone(),
             new: new.clone(),
+            running: old.clone(),
         }
     }
 }
@@ -77,12 +88,14 @@ impl Changes {
 /// copied from the new section into `seen`; at the end, a `seen` that
 /// still differs from the new section means a key nobody listed changed
 /// (one added to the config later), and the section is reported whole as
-/// needing a restart.
+/// needing a restart. `running` starts as the old section and takes the
+/// new value of each key applied in place.
 struct Section<'a, T: std::fmt::Debug> {
     changes: &'a mut Changes,
     name: &'a str,
     seen: T,
     new: T,
+    running: T,
 }
 
 impl<T: std::fmt::Debug> Section<'_, T> {
@@ -97,45 +110,60 @@ impl<T: std::fmt::Debug> Section<'_, T> {
         let new = field(&mut self.new).clone();
         let seen = field(&mut self.seen);
         if *seen != new {
-            *seen = new;
+            *seen = new.clone();
+            if part.is_some() {
+                *field(&mut self.running) = new;
+            }
             let path = format!("{}.{key}", self.name);
             self.changes.note(&path, part);
         }
         self
     }
 
-    /// Reports the section whole if an unlisted key changed.
-    fn rest(&mut self) {
+    /// Reports the section whole if an unlisted key changed (its old
+    /// value keeps running), and returns the section as it now runs.
+    fn rest(&mut self) -> T
+    where
+        T: Clone,
+    {
         if format!("{:?}", self.seen) != format!("{:?}", self.new) {
             let name = self.name.to_owned();
             self.changes.note(&name, None);
         }
+        self.running.clone()
     }
 }
 
-/// The keys that differ between `old` (running) and `new`.
+/// The keys that differ between `old` (running) and `new`, and what runs
+/// once the in-place ones are applied.
 pub(super) fn diff(old: &Config, new: &Config) -> Changes {
     use Part::*;
     let mut c = Changes::default();
+    let mut running = old.clone();
     let restart = None;
 
     // TLS first: its keys are listed under `server.tls`, and the server
     // section below then takes the TLS listener as compared.
-    match (&old.server.tls, &new.server.tls) {
-        (Some(o), Some(n)) => c
-            .section("server.tls", o, n)
-            .key("listen", |t| &mut t.listen, restart)
-            .key("certificates", |t| &mut t.certificates, Some(Certificates))
-            .key("min_version", |t| &mut t.min_version, restart)
-            .key("alpn", |t| &mut t.alpn, restart)
-            .rest(),
-        (None, None) => {}
+    let tls = match (&old.server.tls, &new.server.tls) {
+        (Some(o), Some(n)) => Some(
+            c.section("server.tls", o, n)
+                .key("listen", |t| &mut t.listen, restart)
+                .key("certificates", |t| &mut t.certificates, Some(Certificates))
+                .key("min_version", |t| &mut t.min_version, restart)
+                .key("alpn", |t| &mut t.alpn, restart)
+                .rest(),
+        ),
+        (None, None) => None,
         // A TLS listener added or removed.
-        _ => c.note("server.tls", restart),
-    }
+        _ => {
+            c.note("server.tls", restart);
+            old.server.tls.clone()
+        }
+    };
     let mut server_new = new.server.clone();
     server_new.tls.clone_from(&old.server.tls);
-    c.section("server", &old.server, &server_new)
+    running.server = c
+        .section("server", &old.server, &server_new)
         .key("listen", |s| &mut s.listen, restart)
         .key("drain_timeout", |s| &mut s.drain_timeout, restart)
         .key(
@@ -158,8 +186,10 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
         )
         .key("proxy_protocol", |s| &mut s.proxy_protocol, restart)
         .rest();
+    running.server.tls = tls;
 
-    c.section("admin", &old.admin, &new.admin)
+    running.admin = c
+        .section("admin", &old.admin, &new.admin)
         .key("listen", |a| &mut a.listen, restart)
         .key("token", |a| &mut a.token, restart)
         .key(
@@ -173,12 +203,15 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
 
     if old.backends != new.backends {
         c.note("backends", Some(Backends));
+        running.backends.clone_from(&new.backends);
     }
-    c.section("balancing", &old.balancing, &new.balancing)
+    running.balancing = c
+        .section("balancing", &old.balancing, &new.balancing)
         .key("strategy", |b| &mut b.strategy, Some(Backends))
         .rest();
 
-    c.section("proxy", &old.proxy, &new.proxy)
+    running.proxy = c
+        .section("proxy", &old.proxy, &new.proxy)
         .key("connect_timeout", |p| &mut p.connect_timeout, Some(Proxy))
         .key("request_timeout", |p| &mut p.request_timeout, Some(Proxy))
         .key(
@@ -200,7 +233,8 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
         .key("protocol", |p| &mut p.protocol, Some(Proxy))
         .rest();
 
-    c.section("health_check", &old.health_check, &new.health_check)
+    running.health_check = c
+        .section("health_check", &old.health_check, &new.health_check)
         .key("path", |h| &mut h.path, Some(Health))
         .key("interval", |h| &mut h.interval, Some(Health))
         .key("timeout", |h| &mut h.timeout, Some(Health))
@@ -220,7 +254,8 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
         .rest();
 
     let (o, n) = (&old.rate_limit, &new.rate_limit);
-    c.section("rate_limit.shared", &o.shared, &n.shared)
+    let shared = c
+        .section("rate_limit.shared", &o.shared, &n.shared)
         .key("redis_url", |s| &mut s.redis_url, restart)
         .key("on_failure", |s| &mut s.on_failure, restart)
         .key("timeout", |s| &mut s.timeout, restart)
@@ -235,7 +270,8 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
     };
     let mut rate_limit_new = n.clone();
     rate_limit_new.shared.clone_from(&o.shared);
-    c.section("rate_limit", o, &rate_limit_new)
+    running.rate_limit = c
+        .section("rate_limit", o, &rate_limit_new)
         .key("enabled", |r| &mut r.enabled, enabled_part)
         .key("api_key_header", |r| &mut r.api_key_header, Some(Proxy))
         .key("trusted_proxies", |r| &mut r.trusted_proxies, Some(Proxy))
@@ -247,8 +283,10 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
         .key("max_clients", |r| &mut r.max_clients, restart)
         .key("idle_timeout", |r| &mut r.idle_timeout, restart)
         .rest();
+    running.rate_limit.shared = shared;
 
-    c.section("store", &old.store, &new.store)
+    running.store = c
+        .section("store", &old.store, &new.store)
         .key("url", |s| &mut s.url, restart)
         .key("snapshot_interval", |s| &mut s.snapshot_interval, restart)
         .key("reload_interval", |s| &mut s.reload_interval, restart)
@@ -263,15 +301,19 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
             c.note(&format!("pools.{name}"), Some(Routing));
         }
     }
+    running.pools.clone_from(&new.pools);
     if old.routes != new.routes {
         c.note("routes", Some(Routing));
+        running.routes.clone_from(&new.routes);
     }
 
-    c.section("log", &old.log, &new.log)
+    running.log = c
+        .section("log", &old.log, &new.log)
         .key("level", |l| &mut l.level, Some(Log))
         .key("format", |l| &mut l.format, Some(Log))
         .key("access", |l| &mut l.access, restart)
         .rest();
+    c.running = running;
     c
 }
 
@@ -331,5 +373,31 @@ mod tests {
             found,
             vec![("rate_limit.enabled".to_owned(), Some(Part::Proxy))]
         );
+    }
+
+    #[test]
+    fn what_runs_takes_only_the_keys_applied_in_place() {
+        let old = Config::parse("server:\n  listen: 127.0.0.1:1\n").expect("old");
+        let new = Config::parse(
+            "server:\n  listen: 127.0.0.1:2\n  client_body_timeout: 7s\n\
+             rate_limit:\n  default: {capacity: 5, rate_per_sec: 1}\n  max_clients: 9\n",
+        )
+        .expect("new");
+        let changes = diff(&old, &new);
+        let running = &changes.running;
+        assert_eq!(running.server.listen, old.server.listen, "restart only");
+        assert_eq!(running.rate_limit.max_clients, old.rate_limit.max_clients);
+        assert_eq!(
+            running.server.client_body_timeout,
+            new.server.client_body_timeout
+        );
+        assert_eq!(running.rate_limit.default, new.rate_limit.default);
+        // The same file again still differs from what runs.
+        let again: Vec<String> = diff(running, &new)
+            .keys
+            .into_iter()
+            .map(|c| c.key)
+            .collect();
+        assert_eq!(again, vec!["server.listen", "rate_limit.max_clients"]);
     }
 }

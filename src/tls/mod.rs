@@ -8,4 +8,5 @@
 //! 370 µs, client and server together).
 
 pub mod client;
+mod leaf;
 pub mod server;

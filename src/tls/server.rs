@@ -137,6 +137,17 @@ pub enum CertError {
         #[source]
         source: webpki::Error,
     },
+    /// The first certificate is a CA's (`basicConstraints: CA:true`):
+    /// clients refuse it as a server's.
+    #[error(
+        "{}: the first certificate is a CA certificate (basicConstraints CA:true), \
+         not a server's: list the server's certificate first, then its chain",
+        path.display()
+    )]
+    CaCertificate {
+        /// The file.
+        path: PathBuf,
+    },
     /// The key file is not PEM or holds no private key.
     #[error("{}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it: {source}", path.display())]
     BadKey {
@@ -176,7 +187,9 @@ impl CertError {
     pub fn file(&self) -> Option<PairFile> {
         match self {
             CertError::Read { file, .. } | CertError::TooLarge { file, .. } => Some(*file),
-            CertError::BadCertificate { .. } | CertError::BadLeaf { .. } => Some(PairFile::Cert),
+            CertError::BadCertificate { .. }
+            | CertError::BadLeaf { .. }
+            | CertError::CaCertificate { .. } => Some(PairFile::Cert),
             CertError::BadKey { .. }
             | CertError::UnsupportedKey { .. }
             | CertError::Mismatch { .. } => Some(PairFile::Key),
@@ -247,6 +260,11 @@ fn load_pair(paths: &CertificatePaths, provider: &CryptoProvider) -> Result<Load
             .map(str::to_ascii_lowercase)
             .collect()
     };
+    if super::leaf::is_ca(&chain[0]) {
+        return Err(CertError::CaCertificate {
+            path: paths.cert.clone(),
+        });
+    }
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| CertError::BadKey {
         path: paths.key.clone(),
         source,
@@ -359,32 +377,54 @@ impl Certificates {
 
     /// Reads the files again; new handshakes get the new certificates.
     /// On any error the certificates in use stay, all of them.
-    pub fn reload(&self) -> Result<usize, CertError> {
+    pub fn reload(&self) -> Result<Swapped, CertError> {
         let paths = self
             .paths
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let set = CertSet::load(&paths, &self.provider)?;
-        let n = set.keys.len();
-        self.current.store(Arc::new(set));
-        Ok(n)
+        Ok(self.swap(set))
     }
 
     /// Reads `paths` (a reloaded config's list) and serves them from now
     /// on, the first as the default; on any error the files and
     /// certificates in use stay.
-    pub fn replace(&self, paths: Vec<CertificatePaths>) -> Result<usize, CertError> {
+    pub fn replace(&self, paths: Vec<CertificatePaths>) -> Result<Swapped, CertError> {
         let mut current = self
             .paths
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let set = CertSet::load(&paths, &self.provider)?;
-        let n = set.keys.len();
-        self.current.store(Arc::new(set));
+        let swapped = self.swap(set);
         *current = paths;
-        Ok(n)
+        Ok(swapped)
+    }
+
+    fn swap(&self, set: CertSet) -> Swapped {
+        let old = self.current.load();
+        let changed = old.keys.len() != set.keys.len()
+            || old
+                .keys
+                .iter()
+                .zip(&set.keys)
+                .any(|(a, b)| a.cert != b.cert);
+        let served = set.keys.len();
+        self.current.store(Arc::new(set));
+        Swapped { served, changed }
     }
 }
+
+/// What a certificate reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swapped {
+    /// Certificates served now.
+    pub served: usize,
+    /// Whether any of them differs from what was served before (a
+    /// renewed file, another list): what a reload reports as applied.
+    pub changed: bool,
+}
+
+impl Certificates {}
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {

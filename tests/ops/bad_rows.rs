@@ -33,7 +33,7 @@ fn rows(postgres: bool) -> Vec<(&'static str, i64, f64, Option<&'static str>)> {
 /// Writes `rows` into the client table at `db_url` behind tollgate's
 /// back (the tables made first), with bound values: the ids hold bytes no
 /// SQL literal should.
-async fn write_by_hand(db_url: &str, rows: &[(&str, i64, f64, Option<&str>)]) {
+pub(crate) async fn write_by_hand(db_url: &str, rows: &[(&str, i64, f64, Option<&str>)]) {
     drop(tollgate::store::open(db_url).await.expect("open the store"));
     let sql_sqlite = "INSERT INTO clients (client_id, capacity, rate_per_sec, rate, created_at, \
                       updated_at) VALUES (?, ?, ?, ?, 0, 0)";

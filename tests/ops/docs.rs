@@ -420,3 +420,27 @@ fn every_link_between_the_docs_resolves() {
     assert!(broken.is_empty(), "broken links: {broken:#?}");
     assert!(checked > 50, "only {checked} links found");
 }
+
+/// Where the limits of persistence are documented, the loss a kill -9
+/// between snapshots causes is stated with its measured figure and the
+/// command that measured it (issue 23, item 20; the measurement is
+/// `durability::kill_9_between_snapshots_hands_back_the_spending_since_the_last_one`).
+#[test]
+fn the_crash_bound_between_snapshots_is_stated_with_its_figure() {
+    let ops = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .expect("docs/operations.md");
+    let (_, section) = ops
+        .split_once("**A crash between snapshots.**")
+        .expect("the crash bound is documented under Persistence");
+    let section = section.split("\n- ").next().unwrap_or(section);
+    for needed in [
+        "store.snapshot_interval",
+        "durability::kill_9_between",
+        "20 handed back",
+    ] {
+        assert!(
+            section.contains(needed),
+            "{needed:?} missing from: {section}"
+        );
+    }
+}

@@ -9,6 +9,7 @@
 mod support {
     pub mod db;
     pub use db::*;
+    pub mod fifo;
     pub mod metrics;
     pub mod net;
     pub use net::*;
@@ -30,6 +31,7 @@ mod fd_limit;
 mod metrics;
 mod openapi;
 mod paging;
+mod rates;
 mod reload;
 mod replicas;
 mod routes;

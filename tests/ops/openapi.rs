@@ -23,6 +23,9 @@ const NOT_PRODUCED: &[(&str, &str, u16)] = &[
     // Metrics are off only in a process where something installed another
     // metrics recorder before tollgate; the tests' process has tollgate's.
     ("/metrics", "get", 404),
+    // A reload that cannot run at all: its file-reading thread could not
+    // be started, or ended without an answer.
+    ("/reload", "post", 500),
 ];
 
 /// An admin API client that checks each answer against the document.
@@ -520,14 +523,22 @@ async fn every_documented_answer_is_what_the_server_sends() {
     );
     // A certificate that became unusable: a reload from a file checks the
     // certificate files as part of the file (400 above); a process
-    // started without a file re-reads them alone, and that fails with 500.
+    // started without a file re-reads them alone, and that is a 400 too.
+    // Then a certificate path that blocks on read (a FIFO): 503.
     std::fs::write(&path, config_file(&moved_db, 200)).expect("write config");
     let fileless = tollgate::app::start(&Config::load(&path).expect("valid config"))
         .await
         .expect("second balancer starts");
     api.admin = fileless.admin_addr();
     std::fs::write(&site.cert, "not a certificate").expect("spoil the certificate");
-    api.expect("/reload", api.req("POST", "/reload"), 500).await;
+    api.expect("/reload", api.req("POST", "/reload"), 400).await;
+    support::fifo::replace_with_fifo(&site.cert);
+    api.expect("/reload", api.req("POST", "/reload"), 503).await;
+    let released = support::fifo::release_fifo(&site.cert, "");
+    tokio::task::spawn_blocking(move || released.join())
+        .await
+        .expect("join")
+        .expect("writer");
     fileless.shutdown().await;
 
     let missing = api.spec.unexercised(NOT_PRODUCED);

@@ -73,3 +73,29 @@ async fn sighup_applies_a_changed_default_limit_and_log_level() {
     let _ = p.child.wait();
     b.stop().await;
 }
+
+/// SIGHUP with the config file emptied: refused and logged, the running
+/// config keeps serving (issue 23, item 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_refuses_an_emptied_file() {
+    let b = backend("b").await;
+    let yaml = serve_yaml(
+        &[b.addr],
+        &temp_db(),
+        "rate_limit:\n  default: {capacity: 10, rate_per_sec: 0.001}\n",
+    );
+    let mut p = spawn_serve(&yaml);
+    assert_eq!(limit_and_remaining(&p).await, ("10".into(), "9".into()));
+    std::fs::write(&p.config, "").expect("empty the config");
+    p.hup();
+    let line = p.wait_for_log("reload failed");
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("none of server, backends, pools or routes is set"),
+        "{line}"
+    );
+    assert_eq!(limit_and_remaining(&p).await, ("10".into(), "8".into()));
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+    b.stop().await;
+}

@@ -307,3 +307,51 @@ async fn a_hung_postgres_bounds_admin_calls_and_shutdown() {
     b.stop().await;
     db.drop_db().await;
 }
+
+/// SIGTERM while a SIGHUP reload waits on a config file that blocks on
+/// read (a FIFO with no writer): the process exits within
+/// `drain_timeout`, not after the read (before, the runtime's shutdown
+/// waited for the blocked read forever, after "drained; bye"). A POST
+/// /reload hanging the same way is cut with the admin listener's drain
+/// (issue 23, item 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_drain_timeout_while_a_reload_blocks_on_a_fifo() {
+    use crate::support::fifo::{release_fifo, replace_with_fifo};
+    let yaml = serve_yaml(&[support::closed_port()], &temp_db(), "")
+        .replace("drain_timeout: 10s", "drain_timeout: 1s");
+    let mut p = spawn_serve(&yaml);
+    replace_with_fifo(&p.config);
+    p.hup();
+    p.wait_for_log("SIGHUP: reloading");
+    let admin = p.admin;
+    let posted = tokio::spawn(async move {
+        support::client()
+            .post(url(admin, "/reload"))
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    signal(&p.child, "-TERM");
+    // The bound is drain_timeout plus the time to start and stop: before
+    // the fix the process was still there when any bound ran out.
+    let start = Instant::now();
+    let mut exited = None;
+    while start.elapsed() < Duration::from_secs(4) {
+        if let Some(status) = p.child.try_wait().expect("wait") {
+            exited = Some((status, start.elapsed()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if exited.is_none() {
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+    // Nobody is left blocked on the FIFO (a writer with no reader left
+    // waits on a thread of its own, detached).
+    drop(release_fifo(&p.config, ""));
+    let (status, took) = exited.expect("tollgate exited within 4 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+    println!("SIGTERM during a blocked reload: exit after {took:?}");
+    let _ = posted.await;
+}

@@ -11,6 +11,7 @@
 
 #[path = "../support"]
 mod support {
+    pub mod fifo;
     pub mod grpc;
     pub mod h2c;
     pub mod metrics;

@@ -187,6 +187,51 @@ async fn v2_local_and_v1_unknown_keep_the_peer_address() {
     lb.shutdown().await;
 }
 
+/// `header`, then a `GET /headers` carrying `X-Forwarded-For: xff`.
+async fn get_with_xff_after(
+    lb: SocketAddr,
+    header: &[u8],
+    xff: &str,
+) -> (u16, Option<serde_json::Value>) {
+    let request = format!(
+        "GET /headers HTTP/1.1\r\nHost: app.example\r\nX-Forwarded-For: {xff}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let mut c = RawClient::connect(lb).await;
+    c.send(&[header, request.as_bytes()].concat()).await;
+    let r = c.response().await;
+    let seen = (r.status == 200).then(|| r.json());
+    (r.status, seen)
+}
+
+/// A LOCAL / UNKNOWN header makes the balancer in front the client, and
+/// it does not vouch for what its request says: `X-Forwarded-For` is not
+/// read for limits nor passed on as a trusted chain, even though the peer
+/// is a trusted proxy (issue 23, item 19). A spoofed address per request
+/// would otherwise get a fresh bucket each time.
+#[tokio::test]
+async fn v2_local_and_v1_unknown_do_not_read_x_forwarded_for() {
+    let b = backend("b").await;
+    let lb = proxy_protocol_balancer("127.0.0.0/8", b.addr).await;
+    let local = v2(0, 0x00, &[]);
+    let (status, seen) = get_with_xff_after(lb.proxy_addr(), &local, "203.0.113.7").await;
+    assert_eq!(status, 200);
+    // The chain starts at the peer: the claim is not forwarded as trusted.
+    assert_eq!(seen.expect("headers")["x-forwarded-for"], "127.0.0.1");
+    // The peer's one token is spent: another spoofed address changes
+    // nothing, on LOCAL or UNKNOWN.
+    let (status, _) = get_with_xff_after(lb.proxy_addr(), &local, "203.0.113.8").await;
+    assert_eq!(status, 429);
+    let unknown = b"PROXY UNKNOWN\r\n";
+    let (status, _) = get_with_xff_after(lb.proxy_addr(), unknown, "203.0.113.9").await;
+    assert_eq!(status, 429);
+    // A header that names a client still is that client.
+    let named = b"PROXY TCP4 198.51.100.40 192.0.2.1 4000 80\r\n";
+    assert_eq!(get_headers_after(lb.proxy_addr(), named).await.0, 200);
+    lb.shutdown().await;
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn a_header_in_pieces_is_read_whole() {
     let b = backend("b").await;

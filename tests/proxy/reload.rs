@@ -584,3 +584,127 @@ async fn rules_and_dry_run_change_on_reload_and_rules_keep_their_buckets() {
     assert_eq!(r.get("/r", &[]).await, (200, 1, 0));
     r.lb.shutdown().await;
 }
+
+/// A file emptied or cut down to sections that say neither where to
+/// listen nor where to send is refused (400 JSON saying why), and the
+/// running config keeps serving (issue 23, item 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_sectionless_file_is_refused_and_the_running_config_stays() {
+    let (r, s) = Reloadable::start(|s| {
+        s.capacity = 10;
+        s.rate = 0.001;
+    })
+    .await;
+    assert_eq!(r.get("/", &[]).await, (200, 10, 9));
+    for text in [
+        "",
+        "# truncated\n",
+        "---\n",
+        "{}\n",
+        "log: {level: warn}\n",
+        "rate_limit:\n  enabled: false\nlog:\n  level: debug\n",
+        "server:\nbackends:\n",
+    ] {
+        std::fs::write(&r.path, text).expect("write config");
+        let (status, body) = r.post_reload().await;
+        assert_eq!(status, 400, "{text:?}: {body}");
+        let problems = strings(&body["problems"]).join("\n");
+        assert!(
+            problems.contains("none of server, backends, pools or routes is set"),
+            "{text:?}: {body}"
+        );
+    }
+    // Still the running config: the same backend, the same limits.
+    assert_eq!(r.get("/", &[]).await, (200, 10, 8));
+    let (status, body) = r.reload_with(&s).await;
+    assert_eq!(status, 200, "{body}");
+    r.lb.shutdown().await;
+}
+
+/// A change that needs a restart is reported by every reload until the
+/// process runs it: the second reload of the same file compares with
+/// what runs, not with the file the first one read; writing the running
+/// value back clears it (issue 23, item 18).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_restart_is_reported_by_every_reload_until_reverted() {
+    let (r, mut s) = Reloadable::start(|_| {}).await;
+    s.listen = "127.0.0.1:1";
+    s.capacity = 10;
+    for round in 0..2 {
+        let (status, body) = r.reload_with(&s).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            strings(&body["restart_required"]),
+            vec!["server.listen"],
+            "round {round}: {body}"
+        );
+        let applied = if round == 0 {
+            vec!["rate_limit.default"]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(strings(&body["applied"]), applied, "round {round}: {body}");
+    }
+    assert_eq!(r.get("/", &[]).await.1, 10);
+    s.listen = "127.0.0.1:0";
+    let (status, body) = r.reload_with(&s).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(strings(&body["restart_required"]), Vec::<String>::new());
+    assert_eq!(strings(&body["applied"]), Vec::<String>::new());
+    r.lb.shutdown().await;
+}
+
+/// A config path that blocks on read (a FIFO with no writer, as a hung
+/// mount would): the reload answers 503 JSON after the read timeout
+/// instead of hanging, the next one is refused at once instead of
+/// queueing behind it, requests keep being served, and once the read
+/// returns reloads work again (issue 23, item 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_path_that_blocks_on_read_does_not_hang_reloads() {
+    use crate::support::fifo::{release_fifo, replace_with_fifo};
+    let (r, s) = Reloadable::start(|_| {}).await;
+    replace_with_fifo(&r.path);
+    // Bounds on the test, not on tollgate: before, this never answered.
+    let bound = std::time::Duration::from_secs(30);
+    let (status, body) = tokio::time::timeout(bound, r.post_reload())
+        .await
+        .expect("a reload of a blocking file answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not read within 5s")),
+        "{body}"
+    );
+    let (status, body) = tokio::time::timeout(bound, r.post_reload())
+        .await
+        .expect("a second reload answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("has not returned yet")),
+        "{body}"
+    );
+    assert_eq!(r.get("/", &[]).await.0, 200);
+
+    // The stuck read returns (its result is not applied); a file again
+    // reloads once it has.
+    let released = release_fifo(&r.path, &s.yaml());
+    tokio::task::spawn_blocking(move || released.join())
+        .await
+        .expect("join")
+        .expect("writer");
+    std::fs::remove_file(&r.path).expect("remove the FIFO");
+    std::fs::write(&r.path, s.yaml()).expect("write config");
+    let mut last = r.post_reload().await;
+    for _ in 0..500 {
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        last = r.post_reload().await;
+    }
+    assert_eq!(last.0, 200, "{}", last.1);
+    r.lb.shutdown().await;
+}

@@ -652,6 +652,106 @@ async fn a_config_reload_takes_a_new_list_of_certificate_files() {
     b.stop().await;
 }
 
+/// Certificate reload answers (issue 23, item 19): new contents under
+/// the same file names are listed in `applied`; a broken certificate and
+/// a CA certificate (basicConstraints CA:true) listed as the server's are
+/// a 400 naming the file, and the certificate in use stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_swap_is_applied_and_a_ca_certificate_is_refused() {
+    let b = backend("b").await;
+    let ca = TestCa::new("swap CA");
+    let site = ca.issue("site", &["app.test"]);
+    let renewed = ca.issue("renewed", &["app.test"]);
+    let intermediate = ca.issue_ca("intermediate", &["app.test"]);
+    let path = tempfile::tempdir()
+        .expect("tempdir")
+        .keep()
+        .join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "server:\n  listen: 127.0.0.1:0\n  tls:\n    listen: 127.0.0.1:0\n    certificates:\n\
+             \x20     - {{cert: {:?}, key: {:?}}}\n\
+             admin:\n  listen: 127.0.0.1:0\nbackends:\n  - url: http://{}\nstore:\n  url: {}\n",
+            site.cert,
+            site.key,
+            b.addr,
+            crate::support::temp_db()
+        ),
+    )
+    .expect("write");
+    let cfg = Config::load(&path).expect("valid");
+    let lb = tollgate::app::start_with_file(&cfg, Some(path.clone()))
+        .await
+        .expect("start");
+    let addr = tls_addr(&lb);
+    let post_reload = || async {
+        let r = client()
+            .post(url(lb.admin_addr(), "/reload"))
+            .send()
+            .await
+            .expect("POST /reload");
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.expect("JSON"))
+    };
+
+    // Same files, same contents: nothing to list.
+    assert_eq!(
+        post_reload().await,
+        (
+            200,
+            serde_json::json!({"applied": [], "restart_required": []})
+        )
+    );
+    // Renewed contents under the same names: applied.
+    let original_der = site.der.clone();
+    std::fs::copy(&renewed.cert, &site.cert).expect("copy cert");
+    std::fs::copy(&renewed.key, &site.key).expect("copy key");
+    assert_eq!(
+        post_reload().await,
+        (
+            200,
+            serde_json::json!({"applied": ["server.tls.certificates"], "restart_required": []})
+        )
+    );
+    assert_eq!(presented(addr, Some("app.test")).await, renewed.der);
+    assert_ne!(renewed.der, original_der);
+
+    // A CA certificate with its key: 400 naming the file, the renewed
+    // certificate stays.
+    std::fs::copy(&intermediate.cert, &site.cert).expect("copy CA cert");
+    std::fs::copy(&intermediate.key, &site.key).expect("copy CA key");
+    let (status, body) = post_reload().await;
+    assert_eq!(status, 400, "{body}");
+    let problems = body["problems"].to_string();
+    assert!(problems.contains("CA certificate"), "{body}");
+    assert!(
+        problems.contains("server.tls.certificates[0].cert"),
+        "{body}"
+    );
+    assert_eq!(presented(addr, Some("app.test")).await, renewed.der);
+
+    // A broken certificate: 400 as well (the docs say so).
+    std::fs::write(&site.cert, "not a certificate").expect("spoil");
+    let (status, body) = post_reload().await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(presented(addr, Some("app.test")).await, renewed.der);
+
+    // A process started without a file re-reads the files alone: the
+    // same answers.
+    let mut fileless_cfg = config(&[b.addr]);
+    let direct = ca.issue("direct", &["app.test"]);
+    with_tls(&mut fileless_cfg, &[&direct]);
+    let fileless = balancer(&fileless_cfg).await;
+    std::fs::copy(&intermediate.cert, &direct.cert).expect("copy CA cert");
+    std::fs::copy(&intermediate.key, &direct.key).expect("copy CA key");
+    let e = fileless.reload().await.expect_err("a CA certificate");
+    assert!(e.to_string().contains("CA certificate"), "{e}");
+    fileless.shutdown().await;
+    lb.shutdown().await;
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn parser_refusals_over_tls_get_the_json_answer_plain_tcp_gets() {
     let b = backend("b").await;

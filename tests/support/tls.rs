@@ -86,6 +86,30 @@ impl TestCa {
         files
     }
 
+    /// Issues an intermediate CA certificate (`basicConstraints: CA:true`)
+    /// for `names`, written as [`TestCa::issue`] writes a leaf: what an
+    /// operator lists by mistake as a server's certificate.
+    pub fn issue_ca(&self, file: &str, names: &[&str]) -> CertFiles {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, file.to_owned());
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("CA key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("CA certificate");
+        let files = CertFiles {
+            cert: self.dir.path().join(format!("{file}.pem")),
+            key: self.dir.path().join(format!("{file}.key")),
+            der: cert.der().to_vec(),
+        };
+        std::fs::write(&files.cert, cert.pem()).expect("write cert");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write key");
+        files
+    }
+
     /// A reqwest client that trusts only this CA (HTTP/1.1 and h2 by ALPN).
     pub fn client(&self) -> reqwest::Client {
         self.client_builder().build().expect("client")
