@@ -288,6 +288,11 @@ impl Config {
             },
             retries: Retries::from(&p.retries),
             protocol,
+            limits: crate::balancer::Limits {
+                max_connections: usize::try_from(p.max_connections).unwrap_or(usize::MAX),
+                queue_size: usize::try_from(p.queue.size).unwrap_or(usize::MAX),
+                queue_timeout: p.queue.timeout,
+            },
         }
     }
 
@@ -316,6 +321,7 @@ impl From<&RetriesConfig> for Retries {
                 unavailable: has(ConfigRetryOn::Unavailable),
                 timeout: has(ConfigRetryOn::Timeout),
             },
+            budget_percent: r.budget_percent,
         }
     }
 }

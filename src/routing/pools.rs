@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::balancer::{
-    strategy_for, BackendSpec, PassiveSettings, Pool, Protocol, StrategyName, Thresholds,
+    strategy_for, BackendSpec, Limits, PassiveSettings, Pool, Protocol, StrategyName, Thresholds,
 };
 use crate::health::{CheckSpec, Checker};
 use crate::shutdown::{self, Signal, Trigger};
@@ -42,6 +42,8 @@ pub struct Retries {
     pub attempts: u32,
     /// Which failures are retried.
     pub on: RetryOn,
+    /// Retries at most this percent of the pool's requests over 10 s.
+    pub budget_percent: Option<u32>,
 }
 
 impl Default for Retries {
@@ -55,6 +57,7 @@ impl Default for Retries {
                 reset: true,
                 ..RetryOn::default()
             },
+            budget_percent: None,
         }
     }
 }
@@ -132,6 +135,8 @@ pub struct PoolSpec {
     pub retries: Retries,
     /// How its backends are spoken to.
     pub protocol: Protocol,
+    /// `max_connections` and `queue`.
+    pub limits: Limits,
 }
 
 /// What a request needs of its pool, swapped with the routes.
@@ -286,6 +291,8 @@ impl PoolSet {
                 .with_passive(h.passive)
                 .with_metrics(self.metrics.clone()),
         );
+        pool.set_limits(spec.limits);
+        pool.set_retry_budget(spec.retries.budget_percent);
         let checker = Checker::with_spec(pool.clone(), &h.check(), &self.tls);
         checker.initial_round().await;
         let (stop, stopped) = shutdown::channel();
@@ -336,6 +343,8 @@ impl PoolSet {
         if strategy != spec.strategy {
             pool.set_strategy(strategy_for(spec.strategy));
         }
+        pool.set_limits(spec.limits);
+        pool.set_retry_budget(spec.retries.budget_percent);
         let h = &spec.health;
         if health != h {
             checker.reconfigure(&h.check(), h.interval);

@@ -43,5 +43,6 @@ mod streaming;
 mod strict;
 mod tls;
 mod topologies;
+mod traffic;
 mod upgrade;
 mod upstream;
