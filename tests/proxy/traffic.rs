@@ -7,6 +7,7 @@
 //! share, not a retry per request).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde_json::Value;
 use tollgate::config::Config;
@@ -286,4 +287,53 @@ async fn a_post_is_retried_only_when_nothing_was_sent() {
     let after = concurrency(&c, live.addr).await["requests"].as_u64();
     assert_eq!(after.zip(before).map(|(a, b)| a - b), Some(1));
     lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn max_connections_and_the_queue_change_on_reload() {
+    let b = backend("b0").await;
+    let file = |extra: &str| {
+        format!(
+            "server:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nstore:\n  url: {}\nbackends: []\n{}",
+            crate::support::temp_db(),
+            pool_yaml(&[&b], extra)
+        )
+    };
+    let path = tempfile::tempdir()
+        .expect("tempdir")
+        .keep()
+        .join("config.yaml");
+    std::fs::write(
+        &path,
+        file("    max_connections: 1\n    queue: {size: 0}\n"),
+    )
+    .expect("write");
+    let cfg = Config::load(&path).expect("valid");
+    let lb = tollgate::app::start_with_file(&cfg, Some(path.clone()))
+        .await
+        .expect("starts");
+    let pool = lb.pool_named("api").expect("pool");
+    let (c, proxy) = (client(), lb.proxy_addr());
+    let busy = spawn_get(&c, proxy, "/delay/1000");
+    eventually("the slot taken", || pool.backends()[0].in_flight() == 1).await;
+    assert_eq!(
+        get_status(&c, proxy).await,
+        503,
+        "queue size 0: refused at once"
+    );
+
+    std::fs::write(&path, file("    max_connections: 2\n")).expect("write");
+    lb.reload().await.expect("reloaded");
+    assert!(
+        Arc::ptr_eq(&pool, &lb.pool_named("api").expect("pool")),
+        "the same pool"
+    );
+    assert_eq!(pool.max_connections(), 2);
+    assert_eq!(get_status(&c, proxy).await, 200, "a second slot now");
+    assert_eq!(busy.await.expect("task").0, 200);
+    lb.shutdown().await;
+}
+
+async fn get_status(c: &reqwest::Client, proxy: SocketAddr) -> u16 {
+    crate::support::get_status(c, proxy, "/").await
 }
