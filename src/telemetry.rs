@@ -101,6 +101,10 @@ pub const QUEUE_DEPTH: &str = "tollgate_queue_depth";
 /// Time a request waited for a free slot, seconds, by `pool` (those that
 /// got one and those that timed out).
 pub const QUEUE_WAIT: &str = "tollgate_queue_wait_seconds";
+/// DNS discovery lookups, by `pool` and `result`: `changed` (the backend
+/// set was replaced), `unchanged`, `empty` and `failed` (both keep the
+/// last known set).
+pub const DISCOVERY_UPDATES: &str = "tollgate_discovery_updates_total";
 /// Buckets of every `_seconds` histogram.
 const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -392,6 +396,10 @@ fn describe(r: &PrometheusRecorder) {
         "Requests waiting for a free slot of a pool with max_connections",
     );
     seconds(QUEUE_WAIT, "Time requests waited for a free slot, by pool");
+    counter(
+        DISCOVERY_UPDATES,
+        "DNS discovery lookups by pool and result (changed, unchanged, empty, failed)",
+    );
     gauge(BACKEND_HEALTHY, "1 if the backend is in the pool");
     gauge(BACKEND_IN_FLIGHT, "Requests in flight per backend");
     counter(BACKEND_CONNECTIONS, "Connections opened to each backend");

@@ -293,6 +293,7 @@ impl Config {
                 queue_size: usize::try_from(p.queue.size).unwrap_or(usize::MAX),
                 queue_timeout: p.queue.timeout,
             },
+            discovery: p.discovery.as_ref().and_then(discovery_spec),
         }
     }
 
@@ -307,6 +308,21 @@ impl Config {
     pub fn is_routed(&self) -> bool {
         !self.pools.is_empty() || !self.routes.is_empty()
     }
+}
+
+/// `discovery`, validated (`Config::load` refused one that is not).
+fn discovery_spec(d: &DiscoveryConfig) -> Option<crate::discovery::DiscoverySpec> {
+    let lookup = match (&d.dns, &d.dns_srv) {
+        (Some(dns), None) => crate::discovery::parse_dns(dns).ok()?,
+        (None, Some(srv)) => crate::discovery::parse_srv(srv).ok()?,
+        _ => return None,
+    };
+    Some(crate::discovery::DiscoverySpec {
+        lookup,
+        https: d.scheme == DiscoveryScheme::Https,
+        interval: d.interval,
+        resolvers: d.resolvers.clone(),
+    })
 }
 
 impl From<&RetriesConfig> for Retries {

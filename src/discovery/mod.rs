@@ -6,6 +6,100 @@
 //! backends are checked before they get traffic, removed ones drain. An
 //! answer that fails or is empty keeps the last known set: a DNS outage
 //! must not empty a pool whose backends are fine.
+//!
+//! [`resolve`] asks DNS (hickory-resolver) and turns the answer into
+//! backend specs; [`run`] is the loop per pool; [`Membership`] is the one
+//! place a pool's backend set is replaced, so a reload (the configured
+//! backends) and a lookup (the discovered ones) never undo each other.
+
+mod resolve;
+mod run;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::balancer::BackendSpec;
+use crate::balancer::Replaced;
+use crate::health::Checker;
+
+pub use run::{spawn, Discovered};
+
+/// `pools.NAME.discovery`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverySpec {
+    /// What is looked up.
+    pub lookup: Lookup,
+    /// `https` for `https://` backends.
+    pub https: bool,
+    /// Time between lookups (shorter when the TTL is).
+    pub interval: Duration,
+    /// DNS servers asked; empty: the system's.
+    pub resolvers: Vec<SocketAddr>,
+}
+
+/// A pool's backend set: the configured backends and the discovered ones,
+/// replaced together under one lock so a reload and a lookup are applied
+/// one after the other.
+#[derive(Debug)]
+pub struct Membership {
+    sets: tokio::sync::Mutex<(Vec<BackendSpec>, Vec<BackendSpec>)>,
+}
+
+impl Membership {
+    /// A pool's set of these configured backends, none discovered yet.
+    pub fn new(configured: Vec<BackendSpec>) -> Self {
+        Self {
+            sets: tokio::sync::Mutex::new((configured, Vec::new())),
+        }
+    }
+
+    /// Forgets the discovered backends (the pool's `discovery` was
+    /// removed): the configured ones alone remain.
+    pub async fn clear_discovered(&self, checker: &Checker) {
+        let mut sets = self.sets.lock().await;
+        if !sets.1.is_empty() {
+            sets.1.clear();
+            checker.replace_backends(sets.0.clone()).await;
+        }
+    }
+
+    /// A reload's configured backends, with the last discovered ones.
+    pub async fn set_configured(
+        &self,
+        checker: &Checker,
+        configured: Vec<BackendSpec>,
+    ) -> Replaced {
+        let mut sets = self.sets.lock().await;
+        sets.0 = configured;
+        checker.replace_backends(merged(&sets.0, &sets.1)).await
+    }
+
+    /// A lookup's backends, with the configured ones; `None` when they are
+    /// the ones already in place.
+    pub async fn set_discovered(
+        &self,
+        checker: &Checker,
+        discovered: Vec<BackendSpec>,
+    ) -> Option<Replaced> {
+        let mut sets = self.sets.lock().await;
+        if sets.1 == discovered {
+            return None;
+        }
+        sets.1 = discovered;
+        Some(checker.replace_backends(merged(&sets.0, &sets.1)).await)
+    }
+}
+
+/// The configured backends, then the discovered ones not already listed.
+fn merged(configured: &[BackendSpec], discovered: &[BackendSpec]) -> Vec<BackendSpec> {
+    let mut all = configured.to_vec();
+    for d in discovered {
+        if !all.iter().any(|c| c.url == d.url) {
+            all.push(d.clone());
+        }
+    }
+    all
+}
 
 /// Where a discovered pool looks, as validated from the config.
 #[derive(Debug, Clone, PartialEq, Eq)]

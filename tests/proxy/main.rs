@@ -7,10 +7,12 @@
 //! Sentinel), limit rules and dry-run, the TLS
 //! listener,
 //! bodies streamed both ways, WebSocket tunnels, config reloads, the access log with its request
-//! ids, and HTTP/2 and gRPC to backends.
+//! ids, HTTP/2 and gRPC to backends, connection limits with a queue,
+//! retry budgets and DNS discovery.
 
 #[path = "../support"]
 mod support {
+    pub mod dns;
     pub mod grpc;
     pub mod h2c;
     pub mod metrics;
@@ -26,6 +28,7 @@ mod support {
 
 mod access_log;
 mod balancing;
+mod discovery;
 mod end_to_end;
 mod front_door;
 mod grpc;
