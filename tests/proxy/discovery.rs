@@ -165,3 +165,36 @@ async fn srv_records_give_ports_and_weights() {
     assert!(dns.queries() > 0);
     lb.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_discovered_backends() {
+    let dns = DnsServer::start().await;
+    let b0 = backend("b0").await;
+    let port = b0.addr.port();
+    dns.set("api.test", vec![Rec::A([127, 0, 0, 1].into())]);
+    let file = |strategy: &str| {
+        format!(
+            "server:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nstore:\n  url: {}\nbackends: []\npools:\n  api:\n    strategy: {strategy}\n    discovery: {{dns: \"api.test:{port}\", interval: 1h, resolvers: [\"{}\"]}}\nroutes:\n  - name: all\n    pool: api\n",
+            crate::support::temp_db(),
+            dns.addr
+        )
+    };
+    let path = tempfile::tempdir()
+        .expect("tempdir")
+        .keep()
+        .join("config.yaml");
+    std::fs::write(&path, file("round_robin")).expect("write");
+    let cfg = Config::load(&path).expect("valid");
+    let lb = tollgate::app::start_with_file(&cfg, Some(path.clone()))
+        .await
+        .expect("starts");
+    let (c, proxy) = (client(), lb.proxy_addr());
+    until("b0 found", || async { served_by(&c, proxy).await == "b0" }).await;
+    // The next lookup is an hour away: what the pool has after the reload
+    // is what the reload left.
+    std::fs::write(&path, file("p2c")).expect("write");
+    lb.reload().await.expect("reloaded");
+    assert_eq!(lb.pool_named("api").map(|p| p.backends().len()), Some(1));
+    assert_eq!(served_by(&c, proxy).await, "b0");
+    lb.shutdown().await;
+}
