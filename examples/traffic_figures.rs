@@ -71,7 +71,10 @@ async fn overload() {
     );
     let lb = tollgate::app::start(&cfg).await.expect("starts");
     let proxy = lb.proxy_addr();
-    let c = reqwest::Client::builder().no_proxy().build().expect("client");
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
     let until = Instant::now() + Duration::from_secs(5);
     let clients: Vec<_> = (0..64)
         .map(|_| {
@@ -138,7 +141,10 @@ async fn failing_pool(budget: &str) -> (u64, u64, f64) {
     );
     let lb = tollgate::app::start(&cfg).await.expect("starts");
     let proxy = lb.proxy_addr();
-    let c = reqwest::Client::builder().no_proxy().build().expect("client");
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
     let n = 2000u64;
     let start = Instant::now();
     let clients: Vec<_> = (0..8)
@@ -167,7 +173,10 @@ async fn failing_pool(budget: &str) -> (u64, u64, f64) {
 async fn main() {
     overload().await;
     println!("\n## A pool whose 3 backends all answer 503, retries {{attempts: 2, on: [503]}}");
-    for (label, budget) in [("no budget", ""), ("budget_percent 20", ", budget_percent: 20")] {
+    for (label, budget) in [
+        ("no budget", ""),
+        ("budget_percent 20", ", budget_percent: 20"),
+    ] {
         let (n, hits, secs) = failing_pool(budget).await;
         println!(
             "{label}: {n} client requests in {secs:.2} s -> {hits} backend hits ({:.2} per request; {:.0} hits/s for {:.0} requests/s)",
