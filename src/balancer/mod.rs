@@ -467,6 +467,7 @@ impl Pool {
             eligible,
             strategy: m.strategy.clone(),
         }));
+        self.dispatch_waiting();
     }
 }
 

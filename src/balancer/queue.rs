@@ -211,9 +211,35 @@ enum Joined<'a> {
 
 impl Pool {
     /// Uses these limits from the next request on; a larger limit lets
-    /// waiting requests through as slots are given back.
+    /// waiting requests through at once.
     pub fn set_limits(&self, limits: Limits) {
         self.gate.set(limits);
+        self.dispatch_waiting();
+    }
+
+    /// Hands the free slots of every backend that takes requests to the
+    /// waiting requests, oldest first: called when the set of such
+    /// backends changed (health, drain, a reload's or discovery's new
+    /// backends) or the limit grew, since no slot given back would wake
+    /// the waiters then.
+    pub(super) fn dispatch_waiting(&self) {
+        let max = self.gate.max.load(Ordering::SeqCst);
+        if max == 0 || self.gate.queued.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let mut unsent = Vec::new();
+        {
+            let mut w = self.gate.lock();
+            while !w.line.is_empty() {
+                let Some(slot) = self.take_free(max, &[]) else {
+                    break;
+                };
+                if let Some(e) = self.gate.hand_over(&mut w, slot) {
+                    unsent.push(e);
+                }
+            }
+        }
+        drop(unsent);
     }
 
     /// The pool's per-backend limit (0: unlimited).
@@ -402,6 +428,21 @@ mod tests {
         assert!(pool.backends().iter().all(|b| b.in_flight() <= 1));
         drop(slot);
         assert_eq!(rx.recv().await.map(|(i, _)| i), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_back_in_rotation_takes_a_waiter_at_once() {
+        let pool = limited(2, 1, 10);
+        let b1 = pool.backends()[1].clone();
+        assert!(pool.set_healthy(&b1, false));
+        let _a = pool.admit().await.expect("free");
+        let p = pool.clone();
+        let waiting = tokio::spawn(async move { p.admit().await.map(|s| s.backend().clone()) });
+        tokio::task::yield_now().await;
+        assert_eq!(pool.queue_stats().depth, 1);
+        assert!(pool.set_healthy(&b1, true));
+        let got = waiting.await.expect("task").expect("slot");
+        assert!(Arc::ptr_eq(&got, &b1), "the restored backend's slot");
     }
 
     #[tokio::test(start_paused = true)]
