@@ -301,8 +301,9 @@ impl Pool {
                 self.gate.record_wait(since.elapsed(), true);
                 Ok(slot)
             }
-            // The sender is dropped only by a reload's retire of the
-            // queue, never while the ticket is in the line: a timeout.
+            // A sender leaves the line only by sending, or with the
+            // ticket (dropped above): a closed channel cannot happen
+            // while waiting, and would be a wait without a slot.
             Ok(Err(_)) | Err(_) => {
                 self.gate.record_wait(since.elapsed(), false);
                 Err(Refused::QueueTimeout)

@@ -109,12 +109,12 @@ async fn a_full_queue_and_a_long_wait_answer_503_with_retry_after() {
     let b = backend("b0").await;
     let yaml = pool_yaml(
         &[&b],
-        "    max_connections: 1\n    queue: {size: 1, timeout: 300ms}\n",
+        "    max_connections: 1\n    queue: {size: 1, timeout: 1s}\n",
     );
     let lb = crate::support::balancer(&routed(&yaml)).await;
     let pool = lb.pool_named("api").expect("pool");
     let (c, proxy) = (client(), lb.proxy_addr());
-    let busy = spawn_get(&c, proxy, "/delay/2000");
+    let busy = spawn_get(&c, proxy, "/delay/3000");
     eventually("the slot taken", || pool.backends()[0].in_flight() == 1).await;
     let waiting = spawn_get(&c, proxy, "/delay/0");
     eventually("one request queued", || pool.queue_stats().depth == 1).await;
@@ -140,7 +140,7 @@ async fn a_full_queue_and_a_long_wait_answer_503_with_retry_after() {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["grpc-status"], "14");
 
-    // The queued one waited its 300 ms and gave up.
+    // The queued one waited its second and gave up.
     let (status, headers, body) = waiting.await.expect("task");
     assert_eq!(status, 503, "{body}");
     assert_eq!(headers["retry-after"], "1");
