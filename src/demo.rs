@@ -11,6 +11,7 @@
 //! | `GET /headers` | 200, the request headers as a JSON object |
 //! | `GET /ws` | WebSocket echo: text and binary messages sent back |
 //! | `GET /trailers` | 200, a short body, then the trailer `x-trailer: yes` |
+//! | `GET /concurrency` | 200 JSON `{"in_flight","max_in_flight","requests"}`: requests being handled now, the most at once, and all since start (this one and `/health` not counted) |
 //! | `GET /path`, anything else | 200 JSON `{"backend","method","path"}` (the path it received) |
 //!
 //! Every answer carries `X-Backend: NAME`. It speaks HTTP/1.1, and with
@@ -21,6 +22,7 @@
 //! them, and only for fields the `Trailer` header announced).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +61,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
     let name: Arc<str> = name.into();
+    let load = Arc::new(Load::default());
     let options = ServeOptions {
         header_read_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(5),
@@ -67,16 +70,55 @@ pub async fn serve_with(
     };
     serve_http(
         listener,
-        move |req, _conn: Conn| handle(req, name.clone()),
+        move |req, _conn: Conn| handle(req, name.clone(), load.clone()),
         options,
         shutdown,
     )
     .await
 }
 
-async fn handle(req: Request<Incoming>, name: Arc<str>) -> Response<Body> {
+/// How busy the backend is: what a test of tollgate's connection limits
+/// reads (`GET /concurrency`), since only the backend sees its own load.
+#[derive(Debug, Default)]
+struct Load {
+    now: AtomicUsize,
+    max: AtomicUsize,
+    requests: AtomicU64,
+}
+
+/// One request counted in [`Load`] while it is handled.
+struct Handling<'a>(&'a Load);
+
+impl<'a> Handling<'a> {
+    fn start(load: &'a Load) -> Self {
+        load.requests.fetch_add(1, Ordering::Relaxed);
+        let now = load.now.fetch_add(1, Ordering::SeqCst) + 1;
+        load.max.fetch_max(now, Ordering::SeqCst);
+        Self(load)
+    }
+}
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn handle(req: Request<Incoming>, name: Arc<str>, load: Arc<Load>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let _handling = match path.as_str() {
+        "/concurrency" => {
+            let body = serde_json::json!({
+                "in_flight": load.now.load(Ordering::SeqCst),
+                "max_in_flight": load.max.load(Ordering::SeqCst),
+                "requests": load.requests.load(Ordering::Relaxed),
+            });
+            return Response::new(full(body.to_string()));
+        }
+        "/health" => None,
+        _ => Some(Handling::start(&load)),
+    };
     let mut segments = path.trim_start_matches('/').splitn(2, '/');
     let first = segments.next().unwrap_or("");
     let arg = segments.next();

@@ -70,6 +70,13 @@ pub enum ProxyError {
     /// Every backend is out of the pool.
     #[error("No healthy backends")]
     NoHealthyBackend,
+    /// Every backend of the pool is at `max_connections` and its queue is
+    /// full.
+    #[error("Every backend is busy and the queue is full")]
+    QueueFull,
+    /// The request waited `queue.timeout` for a free backend slot.
+    #[error("Every backend stayed busy for the whole queue timeout")]
+    QueueTimeout,
     /// Routes are configured, none matches, and there is no default pool.
     #[error("no route")]
     NoRoute,
@@ -111,6 +118,8 @@ impl ProxyError {
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::ClientTableFull { .. }
             | Self::NoHealthyBackend
+            | Self::QueueFull
+            | Self::QueueTimeout
             | Self::LimiterUnavailable
             | Self::OutOfSockets => StatusCode::SERVICE_UNAVAILABLE,
             Self::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -138,6 +147,13 @@ impl ProxyError {
                     HeaderValue::from(whole_seconds(*retry_after)),
                 );
             }
+            // A busy pool frees slots as its requests end: a second is a
+            // fair first wait, as the client cannot see the queue.
+            Self::QueueFull | Self::QueueTimeout => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+            }
             // RFC 9110 §15.5.6: a 405 names what is allowed. Which methods
             // a path supports is the backend's business; these are the
             // common ones tollgate passes on (any method but CONNECT is).
@@ -150,6 +166,17 @@ impl ProxyError {
             _ => {}
         }
         response
+    }
+}
+
+impl From<crate::balancer::Refused> for ProxyError {
+    fn from(r: crate::balancer::Refused) -> Self {
+        use crate::balancer::Refused;
+        match r {
+            Refused::NoBackend => Self::NoHealthyBackend,
+            Refused::QueueFull => Self::QueueFull,
+            Refused::QueueTimeout => Self::QueueTimeout,
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 //! - [`tls`]: the TLS listener's certificates and handshakes, and the
 //!   verification of `https://` backends.
 //! - [`demo`]: the demo backend.
+//! - [`discovery`]: pools whose backends are found in DNS.
 //! - [`store`]: the client table and bucket snapshots (SQLite via sqlx).
 //! - [`admin`]: the admin API (axum).
 //! - [`telemetry`]: Prometheus metrics.
@@ -44,6 +45,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod error;
 pub mod escape;
 pub mod events;

@@ -95,6 +95,16 @@ pub const SNAPSHOT: &str = "tollgate_snapshot_seconds";
 /// Gauge: upgraded (WebSocket) connections open now, tunnelled to a backend.
 pub const UPGRADED_CONNECTIONS: &str = "tollgate_upgraded_connections";
 
+/// Requests waiting for a free slot of a pool with `max_connections`,
+/// by `pool`.
+pub const QUEUE_DEPTH: &str = "tollgate_queue_depth";
+/// Time a request waited for a free slot, seconds, by `pool` (those that
+/// got one and those that timed out).
+pub const QUEUE_WAIT: &str = "tollgate_queue_wait_seconds";
+/// DNS discovery lookups, by `pool` and `result`: `changed` (the backend
+/// set was replaced), `unchanged`, `empty` and `failed` (both keep the
+/// last known set).
+pub const DISCOVERY_UPDATES: &str = "tollgate_discovery_updates_total";
 /// Buckets of every `_seconds` histogram.
 const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -189,6 +199,17 @@ impl Metrics {
         self.0
             .recorder
             .register_histogram(&key(name, &[]), &METADATA)
+    }
+
+    /// The histogram `name` with these labels.
+    pub fn histogram_with(
+        &self,
+        name: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> metrics::Histogram {
+        self.0
+            .recorder
+            .register_histogram(&owned_key(name, labels), &METADATA)
     }
 
     /// The counters of requests answered by `backend`, one per status
@@ -370,6 +391,15 @@ fn describe(r: &PrometheusRecorder) {
         "Requests refused with 429 by policy (client or a rule's name); dry_run=true: refusals a dry run did not enforce"
     );
     seconds(REQUEST_DURATION, "Time to response headers");
+    gauge(
+        QUEUE_DEPTH,
+        "Requests waiting for a free slot of a pool with max_connections",
+    );
+    seconds(QUEUE_WAIT, "Time requests waited for a free slot, by pool");
+    counter(
+        DISCOVERY_UPDATES,
+        "DNS discovery lookups by pool and result (changed, unchanged, empty, failed)",
+    );
     gauge(BACKEND_HEALTHY, "1 if the backend is in the pool");
     gauge(BACKEND_IN_FLIGHT, "Requests in flight per backend");
     counter(BACKEND_CONNECTIONS, "Connections opened to each backend");

@@ -130,8 +130,13 @@ struct RetriesView {
     /// Retries after the first try, each on another backend.
     #[schema(format = Int64)]
     attempts: u32,
-    /// The failures retried (idempotent requests without a body only).
+    /// The failures retried (requests without a body only; a method
+    /// that is not idempotent only after `connect_failure`).
     on: Vec<RetryReason>,
+    /// Retries at most this percent of the pool's requests over 10 s;
+    /// null: no budget.
+    #[schema(required = true, minimum = 1, maximum = 100)]
+    budget_percent: Option<u32>,
 }
 
 /// A pool as `/pools` shows it.
@@ -145,6 +150,9 @@ pub(super) struct PoolView {
     protocol: crate::balancer::Protocol,
     timeouts: TimeoutsView,
     retries: RetriesView,
+    /// Requests in flight per backend at most (`max_connections`; 0:
+    /// unlimited).
+    max_connections: usize,
     /// Its backends, in configuration order.
     backends: Vec<BackendView>,
 }
@@ -187,7 +195,9 @@ impl PoolView {
                     .filter(|(on, _)| *on)
                     .map(|(_, r)| r)
                     .collect(),
+                budget_percent: p.retries.budget_percent,
             },
+            max_connections: p.pool.max_connections(),
             backends: views(p).collect(),
         }
     }

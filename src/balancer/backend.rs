@@ -259,16 +259,32 @@ impl Backend {
     /// Counts one request as in flight until the guard is dropped, which
     /// happens on every path out, errors and cancellation included.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone(), None)
+    }
+
+    /// Counts one request in flight if fewer than `max` are; the guard
+    /// hands its slot to `gate`'s waiters when dropped.
+    pub(super) fn try_start_request(
+        self: &Arc<Self>,
+        max: usize,
+        gate: &Arc<super::queue::Gate>,
+    ) -> Option<InFlight> {
+        self.in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InFlight(self.clone(), Some(gate.clone())))
     }
 }
 
 /// Keeps a request counted in its backend's in-flight total. It holds the
 /// backend, so a backend removed by a reload stays valid until its last
-/// request ends.
+/// request ends; in a pool with `max_connections` it is the request's
+/// slot, and holds the pool's queue to hand the slot on.
 #[derive(Debug)]
-pub struct InFlight(Arc<Backend>);
+pub struct InFlight(Arc<Backend>, Option<Arc<super::queue::Gate>>);
 
 impl InFlight {
     /// The backend this request went to.
@@ -279,6 +295,10 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // SeqCst: the queue's hand-over order (see `queue`).
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Some(gate) = &self.1 {
+            gate.released(&self.0);
+        }
     }
 }

@@ -15,8 +15,10 @@ mod least_connections;
 mod p2c;
 mod passive;
 mod protocol;
+mod queue;
 mod random;
 mod replace;
+mod retry_budget;
 mod round_robin;
 mod url;
 
@@ -34,6 +36,7 @@ pub use least_connections::LeastConnections;
 pub use p2c::PowerOfTwo;
 pub use passive::PassiveSettings;
 pub use protocol::Protocol;
+pub use queue::{Limits, QueueStats, Refused};
 pub use random::Random;
 pub use replace::{removals, BackendSpec, Replaced, Replacement};
 pub use round_robin::RoundRobin;
@@ -168,6 +171,10 @@ pub struct Pool {
     /// `pools` or `routes` are configured, so a config without them
     /// exports exactly the series it always did.
     labelled: AtomicBool,
+    /// `max_connections` and the queue for a free slot.
+    gate: Arc<queue::Gate>,
+    /// `retries.budget_percent` and its window.
+    budget: retry_budget::RetryBudget,
 }
 
 impl Pool {
@@ -199,6 +206,8 @@ impl Pool {
             metrics: crate::telemetry::Metrics::default(),
             name: Arc::from("default"),
             labelled: AtomicBool::new(false),
+            gate: Arc::new(queue::Gate::new(queue::Limits::default())),
+            budget: retry_budget::RetryBudget::default(),
         }
     }
 
@@ -458,6 +467,7 @@ impl Pool {
             eligible,
             strategy: m.strategy.clone(),
         }));
+        self.dispatch_waiting();
     }
 }
 

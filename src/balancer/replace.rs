@@ -152,6 +152,8 @@ impl Pool {
             strategy: m.strategy.clone(),
         }));
         drop(changes);
+        // New backends' free slots go to requests already waiting.
+        self.dispatch_waiting();
         if !report.removed.is_empty() {
             REMOVALS.fetch_add(1, Ordering::Release);
         }

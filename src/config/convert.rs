@@ -288,6 +288,12 @@ impl Config {
             },
             retries: Retries::from(&p.retries),
             protocol,
+            limits: crate::balancer::Limits {
+                max_connections: usize::try_from(p.max_connections).unwrap_or(usize::MAX),
+                queue_size: usize::try_from(p.queue.size).unwrap_or(usize::MAX),
+                queue_timeout: p.queue.timeout,
+            },
+            discovery: p.discovery.as_ref().and_then(discovery_spec),
         }
     }
 
@@ -304,6 +310,21 @@ impl Config {
     }
 }
 
+/// `discovery`, validated (`Config::load` refused one that is not).
+fn discovery_spec(d: &DiscoveryConfig) -> Option<crate::discovery::DiscoverySpec> {
+    let lookup = match (&d.dns, &d.dns_srv) {
+        (Some(dns), None) => crate::discovery::parse_dns(dns).ok()?,
+        (None, Some(srv)) => crate::discovery::parse_srv(srv).ok()?,
+        _ => return None,
+    };
+    Some(crate::discovery::DiscoverySpec {
+        lookup,
+        https: d.scheme == DiscoveryScheme::Https,
+        interval: d.interval,
+        resolvers: d.resolvers.clone(),
+    })
+}
+
 impl From<&RetriesConfig> for Retries {
     fn from(r: &RetriesConfig) -> Self {
         let has = |what| r.on.contains(&what);
@@ -316,6 +337,7 @@ impl From<&RetriesConfig> for Retries {
                 unavailable: has(ConfigRetryOn::Unavailable),
                 timeout: has(ConfigRetryOn::Timeout),
             },
+            budget_percent: r.budget_percent,
         }
     }
 }

@@ -880,3 +880,65 @@ routes:
     let bad = Config::parse("proxy: {protocol: http3}\n").expect_err("unknown protocol");
     assert_eq!(bad[0].field, "proxy.protocol", "{bad:#?}");
 }
+
+#[test]
+fn traffic_control_keys_are_checked_with_their_field() {
+    let pool = |keys: &str| {
+        format!(
+            "backends: []\npools:\n  api:\n    backends: [{{url: http://127.0.0.1:9000}}]\n{keys}routes:\n  - {{name: all, pool: api}}\n"
+        )
+    };
+    let ok = Config::parse(&pool(
+        "    max_connections: 10\n    queue: {size: 5, timeout: 1s}\n    retries: {budget_percent: 20}\n",
+    ))
+    .expect("valid");
+    let api = &ok.pools["api"];
+    assert_eq!((api.max_connections, api.queue.size), (10, 5));
+    assert_eq!(api.retries.budget_percent, Some(20));
+    let spec = ok.pool_specs();
+    assert_eq!(spec[1].limits.max_connections, 10);
+    assert_eq!(spec[1].retries.budget_percent, Some(20));
+
+    for (keys, field, says) in [
+        (
+            "    max_connections: 1\n    queue: {timeout: 0s}\n",
+            "pools.api.queue.timeout",
+            "greater than 0",
+        ),
+        (
+            "    retries: {budget_percent: 0}\n",
+            "pools.api.retries.budget_percent",
+            "1 to 100",
+        ),
+        (
+            "    discovery: {dns: api.internal}\n",
+            "pools.api.discovery.dns",
+            "name:port",
+        ),
+        (
+            "    discovery: {dns: \"a:1\", dns_srv: _http._tcp.a}\n",
+            "pools.api.discovery",
+            "exactly one",
+        ),
+        (
+            "    discovery: {dns_srv: api.internal}\n",
+            "pools.api.discovery.dns_srv",
+            "_service._proto",
+        ),
+        (
+            "    discovery: {dns: \"a:80\", interval: 0s}\n",
+            "pools.api.discovery.interval",
+            "greater than 0",
+        ),
+    ] {
+        let yaml = pool(keys);
+        let problems = Config::parse(&yaml).expect_err(&yaml);
+        assert_eq!(problems.len(), 1, "{yaml}: {problems:?}");
+        assert_eq!(problems[0].field, field, "{yaml}: {problems:?}");
+        assert!(problems[0].reason.contains(says), "{yaml}: {problems:?}");
+    }
+    // Discovery alone is a pool: no configured backend is needed.
+    let yaml = "backends: []\npools:\n  api:\n    discovery: {dns: \"api.internal:80\"}\nroutes:\n  - {name: all, pool: api}\n";
+    let c = Config::parse(yaml).expect("discovery alone");
+    assert!(c.pool_specs()[1].discovery.is_some());
+}

@@ -33,12 +33,15 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let upgrade = prepare(&mut parts, conn, host.as_ref(), (live, target), request_id);
         let pool = target.pool;
-        // Only a request that can be sent again unchanged is retried: an
-        // idempotent method and no body.
-        let retryable = pool.retries.attempts > 0
-            && is_idempotent(&parts.method)
-            && http_body::Body::is_end_stream(&body);
-        let first = pool.pool.pick().ok_or(ProxyError::NoHealthyBackend)?;
+        // Only a request that can be sent again unchanged is retried (no
+        // body), and one that reached a backend only if its method is
+        // idempotent: a POST is retried when no connection was made.
+        let retryable = pool.retries.attempts > 0 && http_body::Body::is_end_stream(&body);
+        let idempotent = is_idempotent(&parts.method);
+        pool.pool.count_request();
+        // A slot on a backend (waiting in the pool's queue when every
+        // backend is at `max_connections`).
+        let first = pool.pool.admit().await?;
         // The marker tells a failed read of the client's body from a
         // backend's failure; the idle timer bounds its pauses.
         let body = idle_body(
@@ -63,11 +66,13 @@ impl Proxy {
             host: host.as_ref(),
             upgrade: upgrade.as_ref(),
             pool,
+            idempotent,
         };
-        let result = self.attempt(&first, &outgoing, first_headers, body).await;
+        let backend = first.backend().clone();
+        let result = self.attempt(first, &outgoing, first_headers, body).await;
         match again {
-            None => result.map(|r| (r, first)).map_err(ProxyError::from),
-            Some(headers) => self.retry(result, first, &outgoing, headers).await,
+            None => result.map(|r| (r, backend)).map_err(ProxyError::from),
+            Some(headers) => self.retry(result, backend, &outgoing, headers).await,
         }
     }
 
@@ -84,12 +89,17 @@ impl Proxy {
         let pool = outgoing.pool;
         let mut tried = vec![first];
         for _ in 0..pool.retries.attempts {
-            let Some(reason) = retry_reason(&result, pool.retries.on) else {
+            let Some(reason) = retry_reason(&result, pool.retries.on, outgoing.idempotent) else {
                 break;
             };
-            let Some(next) = pool.pool.pick_excluding(&tried) else {
+            if !pool.pool.take_retry() {
+                tracing::debug!(pool = %pool.name, reason, "retry budget spent: not retried");
+                break;
+            }
+            let Some(slot) = pool.pool.admit_excluding(&tried) else {
                 break;
             };
+            let next = slot.backend().clone();
             tracing::debug!(pool = %pool.name, reason, to = %next.url(), "retrying on another backend");
             self.metrics
                 .counter(
@@ -100,22 +110,24 @@ impl Proxy {
             let empty = http_body_util::Empty::new()
                 .map_err(|never| match never {})
                 .boxed_unsync();
-            result = self.attempt(&next, outgoing, headers.clone(), empty).await;
+            result = self.attempt(slot, outgoing, headers.clone(), empty).await;
             tried.push(next);
         }
         let last = tried.pop().ok_or(ProxyError::NoHealthyBackend)?;
         result.map(|r| (r, last)).map_err(ProxyError::from)
     }
 
-    /// One try against one backend. Connect failures and timeouts count
-    /// against the backend's health (passive checks).
+    /// One try against the backend whose slot `in_flight` is. Connect
+    /// failures and timeouts count against the backend's health (passive
+    /// checks).
     async fn attempt(
         &self,
-        backend: &Arc<Backend>,
+        in_flight: crate::balancer::InFlight,
         outgoing: &Outgoing<'_>,
         mut headers: http::HeaderMap,
         body: Body,
     ) -> Result<Response<Body>, Failure> {
+        let backend = &in_flight.backend().clone();
         let Outgoing {
             parts,
             host,
@@ -123,7 +135,6 @@ impl Proxy {
             pool,
             ..
         } = *outgoing;
-        let in_flight = backend.start_request();
         // HTTP/1.1 needs a Host. `strict::check` left the client's in the
         // headers; an HTTP/1.0 client may have sent none: name the backend.
         if !headers.contains_key(header::HOST) {
@@ -304,9 +315,16 @@ fn with_path(uri: &Uri, path: &str) -> Uri {
 
 /// Why the last attempt's outcome is worth another under `on`, if it is
 /// (the reason label of `tollgate_retries_total`).
-fn retry_reason(result: &Result<Response<Body>, Failure>, on: RetryOn) -> Option<&'static str> {
+/// Only a connect failure sent nothing, so only that is retried for a
+/// method that is not `idempotent`.
+fn retry_reason(
+    result: &Result<Response<Body>, Failure>,
+    on: RetryOn,
+    idempotent: bool,
+) -> Option<&'static str> {
     match result {
         Err(Failure::Connect) if on.connect_failure => Some("connect_failure"),
+        _ if !idempotent => None,
         Err(Failure::Other(_)) if on.reset => Some("reset"),
         Err(Failure::Timeout) if on.timeout => Some("504"),
         Ok(r) if r.status() == http::StatusCode::BAD_GATEWAY && on.bad_gateway => Some("502"),
@@ -327,6 +345,8 @@ struct Outgoing<'a> {
     upgrade: Option<&'a HeaderValue>,
     /// The pool the request goes to: its timeouts and retry policy.
     pool: &'a PoolUse,
+    /// Whether the method may be sent twice.
+    idempotent: bool,
 }
 
 /// How one attempt failed.

@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::balancer::{
-    strategy_for, BackendSpec, PassiveSettings, Pool, Protocol, StrategyName, Thresholds,
+    strategy_for, BackendSpec, Limits, PassiveSettings, Pool, Protocol, StrategyName, Thresholds,
 };
+use crate::discovery::{Discovered, DiscoverySpec, Membership};
 use crate::health::{CheckSpec, Checker};
 use crate::shutdown::{self, Signal, Trigger};
 use crate::telemetry::Metrics;
@@ -42,6 +43,8 @@ pub struct Retries {
     pub attempts: u32,
     /// Which failures are retried.
     pub on: RetryOn,
+    /// Retries at most this percent of the pool's requests over 10 s.
+    pub budget_percent: Option<u32>,
 }
 
 impl Default for Retries {
@@ -55,6 +58,7 @@ impl Default for Retries {
                 reset: true,
                 ..RetryOn::default()
             },
+            budget_percent: None,
         }
     }
 }
@@ -132,6 +136,10 @@ pub struct PoolSpec {
     pub retries: Retries,
     /// How its backends are spoken to.
     pub protocol: Protocol,
+    /// `max_connections` and `queue`.
+    pub limits: Limits,
+    /// Backends found in DNS besides `backends`.
+    pub discovery: Option<DiscoverySpec>,
 }
 
 /// What a request needs of its pool, swapped with the routes.
@@ -176,6 +184,10 @@ struct Managed {
     health: HealthSpec,
     /// Stops its checker when the pool is removed.
     stop: Trigger,
+    /// Its configured and discovered backends.
+    membership: Arc<Membership>,
+    /// Its DNS discovery, and what stops that.
+    discovery: Option<(DiscoverySpec, Trigger)>,
 }
 
 /// Every pool, by name, and what they share.
@@ -235,13 +247,18 @@ impl PoolSet {
     /// changes the set meanwhile; the request path never takes this lock.
     pub async fn apply(&self, specs: &[PoolSpec], labelled: bool) -> BTreeMap<String, Arc<Pool>> {
         for spec in specs {
-            let existing = self
-                .lock()
-                .get(&spec.name)
-                .map(|m| (m.checker.clone(), m.strategy, m.health.clone()));
+            let existing = self.lock().get(&spec.name).map(|m| {
+                (
+                    m.checker.clone(),
+                    m.strategy,
+                    m.health.clone(),
+                    m.membership.clone(),
+                )
+            });
             match existing {
-                Some((checker, strategy, health)) => {
+                Some((checker, strategy, health, membership)) => {
                     self.change(spec, &checker, strategy, &health).await;
+                    self.rediscover(spec, &checker, &membership).await;
                 }
                 None => self.add(spec).await,
             }
@@ -271,6 +288,9 @@ impl PoolSet {
         };
         for m in gone {
             m.stop.fire();
+            if let Some((_, stop)) = &m.discovery {
+                stop.fire();
+            }
             m.checker.replace_backends(Vec::new()).await;
         }
     }
@@ -286,6 +306,8 @@ impl PoolSet {
                 .with_passive(h.passive)
                 .with_metrics(self.metrics.clone()),
         );
+        pool.set_limits(spec.limits);
+        pool.set_retry_budget(spec.retries.budget_percent);
         let checker = Checker::with_spec(pool.clone(), &h.check(), &self.tls);
         checker.initial_round().await;
         let (stop, stopped) = shutdown::channel();
@@ -296,6 +318,8 @@ impl PoolSet {
                 () = global.wait() => {}
             }
         });
+        let membership = Arc::new(Membership::new(spec.backends.clone()));
+        let discovery = self.discover(spec, &checker, &membership);
         self.lock().insert(
             spec.name.clone(),
             Managed {
@@ -304,8 +328,50 @@ impl PoolSet {
                 strategy: spec.strategy,
                 health: h.clone(),
                 stop,
+                membership,
+                discovery,
             },
         );
+    }
+
+    /// Starts `spec`'s DNS discovery, if it has one.
+    fn discover(
+        &self,
+        spec: &PoolSpec,
+        checker: &Checker,
+        membership: &Arc<Membership>,
+    ) -> Option<(DiscoverySpec, Trigger)> {
+        let d = spec.discovery.clone()?;
+        let (stop, stopped) = shutdown::channel();
+        let on = Discovered {
+            pool: Arc::from(spec.name.as_str()),
+            membership: membership.clone(),
+            checker: checker.clone(),
+            metrics: self.metrics.clone(),
+        };
+        crate::discovery::spawn(d.clone(), on, stopped, self.shutdown.clone());
+        Some((d, stop))
+    }
+
+    /// A kept pool whose `discovery` changed: the old lookups stop, the
+    /// new ones start (without any, the discovered backends go).
+    async fn rediscover(&self, spec: &PoolSpec, checker: &Checker, membership: &Arc<Membership>) {
+        let old = self
+            .lock()
+            .get(&spec.name)
+            .and_then(|m| m.discovery.as_ref().map(|(d, _)| d.clone()));
+        if old == spec.discovery {
+            return;
+        }
+        let new = self.discover(spec, checker, membership);
+        if new.is_none() {
+            membership.clear_discovered(checker).await;
+        }
+        if let Some(m) = self.lock().get_mut(&spec.name) {
+            if let Some((_, stop)) = std::mem::replace(&mut m.discovery, new) {
+                stop.fire();
+            }
+        }
     }
 
     /// A kept pool: backends replaced (kept ones keep their state), then
@@ -317,7 +383,11 @@ impl PoolSet {
         strategy: StrategyName,
         health: &HealthSpec,
     ) {
-        let replaced = checker.replace_backends(spec.backends.clone()).await;
+        let membership = self.lock().get(&spec.name).map(|m| m.membership.clone());
+        let replaced = match membership {
+            Some(m) => m.set_configured(checker, spec.backends.clone()).await,
+            None => checker.replace_backends(spec.backends.clone()).await,
+        };
         if !(replaced.added.is_empty()
             && replaced.removed.is_empty()
             && replaced.changed.is_empty())
@@ -336,6 +406,8 @@ impl PoolSet {
         if strategy != spec.strategy {
             pool.set_strategy(strategy_for(spec.strategy));
         }
+        pool.set_limits(spec.limits);
+        pool.set_retry_budget(spec.retries.budget_percent);
         let h = &spec.health;
         if health != h {
             checker.reconfigure(&h.check(), h.interval);

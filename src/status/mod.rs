@@ -237,6 +237,7 @@ impl Board {
         };
         let routing = self.routing.current();
         let backends = backend_statuses(&routing, samples);
+        let queues = queue_statuses(&routing);
         let routes = route_statuses(&routing, samples);
         let mut refused: HashMap<&str, u64> = HashMap::new();
         for s in samples {
@@ -264,6 +265,7 @@ impl Board {
             now,
             series,
             backends,
+            queues,
             routes,
             top_refused,
             unattributed_refusals: samples.iter().map(|s| s.unattributed).sum(),
@@ -330,6 +332,25 @@ fn backend_statuses(
         }
     }
     out
+}
+
+/// The queue of every pool of `routing` with `max_connections`.
+fn queue_statuses(routing: &crate::routing::Routing) -> Vec<QueueStatus> {
+    routing
+        .pools_in_order()
+        .filter_map(|p| {
+            let q = p.pool.queue_stats();
+            (q.max_connections > 0).then(|| QueueStatus {
+                pool: p.name.to_string(),
+                max_connections: q.max_connections,
+                depth: q.depth,
+                served: q.served,
+                refused: q.refused,
+                mean_wait_ms: ms(q.mean_wait_secs),
+                max_wait_ms: ms(q.max_wait_secs),
+            })
+        })
+        .collect()
 }
 
 /// Every route of `routing`, in order, with its rates over `samples`.
@@ -525,6 +546,9 @@ pub struct StatusDocument {
     /// Every backend, pool by pool (the default pool first, then the
     /// others by name), each pool's in configuration order.
     pub backends: Vec<BackendStatus>,
+    /// The queue of each pool with `max_connections`, in the order of
+    /// `backends`' pools.
+    pub queues: Vec<QueueStatus>,
     /// Every route, in the order they are tried; empty without `routes`.
     pub routes: Vec<RouteStatus>,
     /// The clients refused most (429) in the last 60 seconds, most first;
@@ -602,6 +626,27 @@ pub struct BackendStatus {
     pub error_rate: Option<f64>,
     /// Its answers per second over the last 60 seconds, oldest first.
     pub requests_per_sec_series: Vec<f64>,
+}
+
+/// A pool's wait for a free backend slot (`max_connections`, `queue`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueStatus {
+    /// The pool.
+    pub pool: String,
+    /// Requests in flight per backend at most.
+    pub max_connections: usize,
+    /// Requests waiting now.
+    pub depth: usize,
+    /// Requests that waited and got a slot, since start.
+    #[schema(format = Int64, minimum = 0)]
+    pub served: u64,
+    /// Requests refused with 503 (queue full or queue timeout), since start.
+    #[schema(format = Int64, minimum = 0)]
+    pub refused: u64,
+    /// Mean wait of those that got a slot, milliseconds.
+    pub mean_wait_ms: f64,
+    /// Longest wait of one that got a slot, milliseconds.
+    pub max_wait_ms: f64,
 }
 
 /// One route: its requests and refusals.

@@ -185,13 +185,14 @@ async fn pools_and_routes_are_listed_as_configured_with_counts_after_traffic() {
     );
     assert_eq!(
         pools[0]["retries"],
-        json!({"attempts": 1, "on": ["connect_failure", "reset"]})
+        json!({"attempts": 1, "on": ["connect_failure", "reset"], "budget_percent": null})
     );
+    assert_eq!(pools[0]["max_connections"], 0);
     assert_eq!(pools[1]["strategy"], "p2c");
     assert_eq!(pools[1]["timeouts"]["request_ms"], 5000);
     assert_eq!(
         pools[1]["retries"],
-        json!({"attempts": 2, "on": ["connect_failure", "503"]})
+        json!({"attempts": 2, "on": ["connect_failure", "503"], "budget_percent": null})
     );
     assert_eq!(names(&pools[0]["backends"], "name"), ["shared", "web-2"]);
     assert_eq!(names(&pools[1]["backends"], "name"), ["shared", "api-2"]);

@@ -7,10 +7,12 @@
 //! Sentinel), limit rules and dry-run, the TLS
 //! listener,
 //! bodies streamed both ways, WebSocket tunnels, config reloads, the access log with its request
-//! ids, and HTTP/2 and gRPC to backends.
+//! ids, HTTP/2 and gRPC to backends, connection limits with a queue,
+//! retry budgets and DNS discovery.
 
 #[path = "../support"]
 mod support {
+    pub mod dns;
     pub mod fifo;
     pub mod grpc;
     pub mod h2c;
@@ -27,6 +29,7 @@ mod support {
 
 mod access_log;
 mod balancing;
+mod discovery;
 mod end_to_end;
 mod front_door;
 mod grpc;
@@ -44,5 +47,6 @@ mod streaming;
 mod strict;
 mod tls;
 mod topologies;
+mod traffic;
 mod upgrade;
 mod upstream;

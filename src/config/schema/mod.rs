@@ -25,6 +25,8 @@ use crate::tls::server::{Alpn, MinVersion};
 
 mod pools;
 pub use pools::*;
+mod traffic;
+pub use traffic::*;
 
 /// Environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "TOLLGATE_CONFIG";

@@ -34,6 +34,13 @@ pub struct PoolConfig {
     /// The HTTP version its backends are spoken to in (`proxy.protocol`
     /// when absent).
     pub protocol: Option<Protocol>,
+    /// Requests in flight per backend at most (0: unlimited).
+    pub max_connections: u32,
+    /// Waiting for a free slot when every backend is at
+    /// `max_connections`.
+    pub queue: super::QueueConfig,
+    /// Backends found in DNS instead of (or besides) `backends`.
+    pub discovery: Option<super::DiscoveryConfig>,
 }
 
 /// `pools.NAME.health_check`: each key absent takes the top-level value.
@@ -105,6 +112,9 @@ pub struct RetriesConfig {
     pub attempts: u32,
     /// Which failures are retried.
     pub on: Vec<RetryOn>,
+    /// Retries at most this share (percent) of the pool's requests over
+    /// the last 10 s; absent: no budget.
+    pub budget_percent: Option<u32>,
 }
 
 impl Default for RetriesConfig {
@@ -116,6 +126,7 @@ impl Default for RetriesConfig {
         Self {
             attempts: 1,
             on: vec![RetryOn::ConnectFailure, RetryOn::Reset],
+            budget_percent: None,
         }
     }
 }

@@ -36,10 +36,10 @@ impl Config {
                     "`default` is the top-level backends list: write its backends there".into(),
                 );
             }
-            if pool.backends.is_empty() {
+            if pool.backends.is_empty() && pool.discovery.is_none() {
                 add(
                     &format!("{at}.backends"),
-                    "at least one backend is required".into(),
+                    "at least one backend is required (or `discovery`)".into(),
                 );
             }
             check_backend_list(&pool.backends, &format!("{at}.backends"), add);
@@ -72,6 +72,7 @@ impl Config {
                     add(&format!("{at}.{field}"), "must be greater than 0".into());
                 }
             }
+            super::traffic::check_pool_traffic(pool, &at, add);
             if pool.retries.attempts > MAX_RETRIES {
                 add(
                     &format!("{at}.retries.attempts"),
