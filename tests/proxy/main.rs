@@ -7,7 +7,7 @@
 //! Sentinel), limit rules and dry-run, the TLS
 //! listener,
 //! bodies streamed both ways, WebSocket tunnels, config reloads, the access log with its request
-//! ids, and HTTP/2 and gRPC to backends.
+//! ids, HTTP/2 and gRPC to backends, and trace context and spans.
 
 #[path = "../support"]
 mod support {
@@ -15,6 +15,7 @@ mod support {
     pub mod h2c;
     pub mod metrics;
     pub mod net;
+    pub mod otlp;
     pub use net::*;
     pub mod raw;
     pub mod redis_cluster;
@@ -43,5 +44,6 @@ mod streaming;
 mod strict;
 mod tls;
 mod topologies;
+mod tracing;
 mod upgrade;
 mod upstream;

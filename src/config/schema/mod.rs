@@ -24,7 +24,9 @@ use crate::proxy::path::EscapedSlashes;
 use crate::tls::server::{Alpn, MinVersion};
 
 mod pools;
+mod telemetry;
 pub use pools::*;
+pub use telemetry::*;
 
 /// Environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "TOLLGATE_CONFIG";
@@ -54,6 +56,8 @@ pub struct Config {
     pub pools: std::collections::BTreeMap<String, PoolConfig>,
     /// Routes to the pools, first match wins.
     pub routes: Vec<RouteConfig>,
+    /// Span export (`telemetry.otlp`).
+    pub telemetry: TelemetryConfig,
 }
 
 /// `server`: the public listener.
