@@ -427,16 +427,7 @@ impl Proxy {
             Ok(target) => target,
             Err(e) => return refuse(e, None),
         };
-        if live.routing.labelled() {
-            outcome.place = Some(Box::new(Place {
-                route: target.route.map(|r| r.name.clone()),
-                pool: Some(target.pool.name.clone()),
-            }));
-        }
-        if let Some(r) = target.route {
-            r.stats.request();
-        }
-        trace.place(target.route.map(|r| &*r.name), &target.pool.name);
+        note_target(&live.routing, target, outcome, trace);
         let report = &mut outcome.admission;
         let decision = match self
             .admission
@@ -459,10 +450,10 @@ impl Proxy {
                 return response;
             }
         };
+        outcome.decision = "allowed";
         // Boxed: forwarding is most of this future's size, and each
         // enclosing future (this one, `handle`, the connection's service)
         // would otherwise copy it when it is moved into place.
-        outcome.decision = "allowed";
         let forwarding =
             Box::pin(self.forward(req, conn, host, (&live, target), (request_id, trace)));
         let (mut response, backend) = match forwarding.await {
@@ -548,6 +539,26 @@ fn route<'a>(routing: &'a Routing, req: &Request<Incoming>) -> Result<Target<'a>
                 ProxyError::BadRequest("More than one value of a header routes match on".into())
             }
         })
+}
+
+/// Notes where the request goes: in `outcome` for the access log (with
+/// pools or routes), in the route's count, on the request's span.
+fn note_target(
+    routing: &Routing,
+    target: Target<'_>,
+    outcome: &mut Outcome,
+    trace: &RequestTrace<'_>,
+) {
+    if routing.labelled() {
+        outcome.place = Some(Box::new(Place {
+            route: target.route.map(|r| r.name.clone()),
+            pool: Some(target.pool.name.clone()),
+        }));
+    }
+    if let Some(r) = target.route {
+        r.stats.request();
+    }
+    trace.place(target.route.map(|r| &*r.name), &target.pool.name);
 }
 
 /// The route's response header edits, on every answer to its requests.

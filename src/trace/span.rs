@@ -89,26 +89,23 @@ impl<'a> RequestTrace<'a> {
             }
             None => (Context::new(), None),
         };
-        let span = tracer
+        let mut span = tracer
             .span_builder(method_name(method))
             .with_kind(SpanKind::Server)
             .start_with_context(tracer, &parent);
-        let ids = span.span_context().clone();
         if span.is_recording() {
-            let mut span = span;
             span.set_attribute(KeyValue::new("http.request.method", method_name(method)));
-            return Self::with_span(tracer, &parent, span, ids, state);
         }
-        Self::with_span(tracer, &parent, span, ids, state)
+        Self::with_span(tracer, &parent, span, state)
     }
 
     fn with_span(
         tracer: &'a SdkTracer,
         parent: &Context,
         span: opentelemetry_sdk::trace::Span,
-        ids: SpanContext,
         state: Option<HeaderValue>,
     ) -> Self {
+        let ids = span.span_context();
         Self {
             trace_id: ids.trace_id().to_bytes(),
             flags: ids.trace_flags().to_u8(),
