@@ -10,6 +10,9 @@
 #   RULES=10 scripts/instructions.sh   # adds tollgate+10rules (rules the load never matches)
 #   ROUTES=50 scripts/instructions.sh  # adds tollgate+1route and tollgate+50routes+20rules
 #                                      # (the load takes the last route; no rule matches it)
+#   OTLP=1 scripts/instructions.sh     # adds tollgate+otlp0, +otlp0.01, +otlp1: spans
+#                                      # exported (telemetry.otlp) at those sample ratios
+#                                      # to scripts/otlp_sink.py (answers 200)
 #   BIN=/tmp/tollgate-old scripts/instructions.sh   # another build, not rebuilt
 #
 # Each server runs under callgrind; counting is switched on only around
@@ -131,6 +134,28 @@ if [ "${ROUTES:-0}" -gt 0 ]; then
     wait_http "http://127.0.0.1:$port/health"
     while read -r line; do RESULTS+=("$line"); done < <(measure "tollgate+$variant" "$XPID" "http://127.0.0.1:$port/")
     kill "$XPID" 2>/dev/null || true
+  done
+fi
+
+# Tracing: spans exported over OTLP/HTTP at three sample ratios. The
+# export (batching, protobuf, the POSTs) runs in tollgate's process off
+# the request path, and is counted too: the figure is the whole cost.
+# The baseline `tollgate` above already sends a traceparent to backends.
+if [ "${OTLP:-0}" = 1 ]; then
+  sink=$(free_port)
+  python3 scripts/otlp_sink.py "$sink" & PIDS+=($!)
+  wait_http "http://127.0.0.1:$sink/"
+  for ratio in 0 0.01 1; do
+    port=$(free_port); admin=$(free_port)
+    tollgate_conf "$WORK/tollgate-otlp$ratio.yaml" "$port" "$admin"
+    printf 'telemetry:\n  otlp: {endpoint: "http://127.0.0.1:%s", sample_ratio: %s, batch_delay: 1s}\n' \
+      "$sink" "$ratio" >>"$WORK/tollgate-otlp$ratio.yaml"
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
+      "$BIN" serve --config "$WORK/tollgate-otlp$ratio.yaml" >"$WORK/tollgate-otlp$ratio.log" 2>&1 & OPID=$!; PIDS+=("$OPID")
+    wait_http "http://127.0.0.1:$port/health"
+    while read -r line; do RESULTS+=("$line"); done < <(measure "tollgate+otlp$ratio" "$OPID" "http://127.0.0.1:$port/")
+    curl -fs "http://127.0.0.1:$admin/metrics" | grep '^tollgate_trace_spans' | sed "s/^/otlp$ratio: /" >&2 || true
+    kill "$OPID" 2>/dev/null || true
   done
 fi
 

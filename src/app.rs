@@ -69,6 +69,9 @@ pub enum StartError {
     /// `log.access` is on and its writer could not start.
     #[error("access log: {0}")]
     AccessLog(#[source] AccessLogError),
+    /// `telemetry.otlp` is set and span export could not be set up.
+    #[error("span export: {0}")]
+    Otlp(#[source] crate::trace::otlp::OtlpError),
 }
 
 /// What [`start_with`] takes besides the config: things a config file
@@ -212,6 +215,10 @@ impl Running {
                 tracing::error!(error = %e, "a background task failed");
             }
         }
+        // The requests' last spans are queued by now.
+        if let Some(otlp) = self.proxy.tracing().otlp() {
+            otlp.shutdown(self.drain_timeout).await;
+        }
         if let Some(writer) = self.access_log {
             stop_access_log(writer, self.drain_timeout).await;
         }
@@ -334,7 +341,21 @@ async fn build_core(
     let pools = Arc::new(PoolSet::new(backend_tls.clone(), metrics.clone(), signal));
     let route_stats = Arc::new(StatsByRoute::default());
     let routing = reload::routing_for(config, &pools, &route_stats).await;
-    let (proxy, shared_limiter) = build_proxy(config, registry, routing, backend_tls, metrics)?;
+    let (proxy, shared_limiter) =
+        build_proxy(config, registry, routing, backend_tls.clone(), metrics)?;
+    let proxy = match &config.telemetry.otlp {
+        Some(otlp) => {
+            let exporting = crate::trace::otlp::Otlp::start(otlp, &backend_tls, metrics)
+                .map_err(StartError::Otlp)?;
+            tracing::info!(
+                endpoint = %crate::redact::url(&otlp.endpoint),
+                sample_ratio = otlp.sample_ratio,
+                "spans exported over OTLP/HTTP"
+            );
+            proxy.with_tracing(crate::trace::Tracing::exporting(exporting))
+        }
+        None => proxy,
+    };
     let (proxy, access_log) = if config.log.access {
         let sink = sink.unwrap_or_else(|| Box::new(std::io::stdout()));
         let (log, writer) = access_log::start(

@@ -26,7 +26,8 @@
 //! - [`discovery`]: pools whose backends are found in DNS.
 //! - [`store`]: the client table and bucket snapshots (SQLite via sqlx).
 //! - [`admin`]: the admin API (axum).
-//! - [`telemetry`]: Prometheus metrics.
+//! - [`telemetry`]: Prometheus metrics; [`trace`]: W3C trace context to
+//!   backends and OpenTelemetry spans (`telemetry.otlp`).
 //! - [`status`]: the status page's numbers, sampled once a second;
 //!   [`events`]: the recent transitions and reloads it lists.
 //! - [`access_log`]: one line per request, written off the request path.
@@ -64,3 +65,4 @@ pub mod store;
 mod sync;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;

@@ -25,6 +25,12 @@ use crate::shutdown::Ticks;
 /// Requests answered, by `status` class (`2xx`...) and `backend`
 /// (`none` when no backend was involved).
 pub const REQUESTS: &str = "tollgate_requests_total";
+/// Spans lost before reaching the collector, by `reason`: `queue_full`
+/// (more waiting than `telemetry.otlp.max_queue_size`) or
+/// `export_failed` (the collector refused, failed or timed out).
+pub const TRACE_SPANS_DROPPED: &str = "tollgate_trace_spans_dropped_total";
+/// Spans the collector accepted.
+pub const TRACE_SPANS_EXPORTED: &str = "tollgate_trace_spans_exported_total";
 /// Requests refused with 429.
 pub const RATE_LIMITED: &str = "tollgate_rate_limited_total";
 /// Time from request to response headers, seconds.
@@ -386,6 +392,11 @@ fn describe(r: &PrometheusRecorder) {
         r.describe_histogram(name.into(), Some(metrics::Unit::Seconds), text.into())
     };
     counter(REQUESTS, "Requests answered, by status class and backend");
+    counter(
+        TRACE_SPANS_DROPPED,
+        "Sampled spans that never reached the collector, by reason (queue_full, export_failed)",
+    );
+    counter(TRACE_SPANS_EXPORTED, "Spans the OTLP collector accepted");
     counter(
         RATE_LIMITED,
         "Requests refused with 429 by policy (client or a rule's name); dry_run=true: refusals a dry run did not enforce"

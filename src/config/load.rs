@@ -148,10 +148,11 @@ impl Config {
                 "log" => section(name, value, &mut config.log, &mut problems),
                 "pools" => section(name, value, &mut config.pools, &mut problems),
                 "routes" => section(name, value, &mut config.routes, &mut problems),
+                "telemetry" => section(name, value, &mut config.telemetry, &mut problems),
                 other => problems.push(Problem {
                     field: other.into(),
                     reason: "unknown section (expected server, admin, backends, balancing, \
-                             proxy, health_check, rate_limit, store, log, pools or routes)"
+                             proxy, health_check, rate_limit, store, log, pools, routes or telemetry)"
                         .into(),
                 }),
             }

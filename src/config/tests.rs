@@ -942,3 +942,32 @@ fn traffic_control_keys_are_checked_with_their_field() {
     let c = Config::parse(yaml).expect("discovery alone");
     assert!(c.pool_specs()[1].discovery.is_some());
 }
+
+#[test]
+fn span_export_settings_are_checked_with_their_field() {
+    let c = Config::parse("telemetry:\n  otlp: {endpoint: 'http://c:4318'}\n").expect("valid");
+    let otlp = c.telemetry.otlp.expect("set");
+    assert_eq!(otlp.sample_ratio, 0.01);
+    assert_eq!(otlp.service_name, "tollgate");
+    assert_eq!(otlp.max_queue_size.get(), 2048);
+    assert_eq!(Config::parse("").expect("valid").telemetry.otlp, None);
+
+    let text = "telemetry:\n  otlp:\n    endpoint: 'collector:4318'\n    sample_ratio: 1.5\n    \
+                service_name: ' '\n    max_queue_size: 1000000\n    timeout: 0s\n    batch_delay: 0s\n";
+    let problems = Config::parse(text).expect_err("invalid");
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    for field in [
+        "telemetry.otlp.endpoint",
+        "telemetry.otlp.sample_ratio",
+        "telemetry.otlp.service_name",
+        "telemetry.otlp.max_queue_size",
+        "telemetry.otlp.timeout",
+        "telemetry.otlp.batch_delay",
+    ] {
+        assert!(fields.contains(&field), "{field} not in {problems:?}");
+    }
+    let missing =
+        Config::parse("telemetry:\n  otlp: {sample_ratio: 1}\n").expect_err("no endpoint");
+    assert_eq!(missing[0].field, "telemetry.otlp", "{missing:?}");
+    assert!(missing[0].reason.contains("endpoint"), "{missing:?}");
+}

@@ -1,7 +1,7 @@
 //! Forwarding: the request as the backend gets it (origin-form target,
 //! hop-by-hop headers out, `X-Forwarded-*` in, the route's rewrite and
-//! header edits), one attempt per backend, and retries as the pool's
-//! policy allows.
+//! header edits), one attempt per backend, each with its own
+//! `traceparent`, and retries as the pool's policy allows.
 
 use std::sync::Arc;
 
@@ -16,6 +16,8 @@ use crate::balancer::{Backend, Pool};
 use crate::error::ProxyError;
 use crate::routing::pools::{PoolUse, RetryOn, Timeouts};
 use crate::routing::Target;
+use crate::trace::context::{TRACEPARENT, TRACESTATE};
+use crate::trace::RequestTrace;
 
 impl Proxy {
     /// Sends the request to its pool, retrying as the pool's policy
@@ -28,7 +30,7 @@ impl Proxy {
         conn: Conn,
         host: Option<HeaderValue>,
         (live, target): (&Live, Target<'_>),
-        request_id: &HeaderValue,
+        (request_id, trace): (&HeaderValue, &RequestTrace<'_>),
     ) -> Result<(Response<Body>, Arc<Backend>), ProxyError> {
         let (mut parts, body) = req.into_parts();
         let upgrade = prepare(&mut parts, conn, host.as_ref(), (live, target), request_id);
@@ -67,6 +69,7 @@ impl Proxy {
             upgrade: upgrade.as_ref(),
             pool,
             idempotent,
+            trace,
         };
         let backend = first.backend().clone();
         let result = self.attempt(first, &outgoing, first_headers, body).await;
@@ -117,10 +120,34 @@ impl Proxy {
         result.map(|r| (r, last)).map_err(ProxyError::from)
     }
 
-    /// One try against the backend whose slot `in_flight` is. Connect
-    /// failures and timeouts count against the backend's health (passive
-    /// checks).
+    /// One try against one backend, a span of the request's trace: the
+    /// backend gets a `traceparent` naming it (and the trusted caller's
+    /// `tracestate`).
     async fn attempt(
+        &self,
+        in_flight: crate::balancer::InFlight,
+        outgoing: &Outgoing<'_>,
+        mut headers: http::HeaderMap,
+        body: Body,
+    ) -> Result<Response<Body>, Failure> {
+        let span = outgoing
+            .trace
+            .attempt(&outgoing.parts.method, in_flight.backend());
+        headers.insert(TRACEPARENT.clone(), span.traceparent().clone());
+        if let Some(state) = outgoing.trace.state() {
+            headers.insert(TRACESTATE.clone(), state.clone());
+        }
+        let result = self.send_once(in_flight, outgoing, headers, body).await;
+        match &result {
+            Ok(r) => span.answered(r.status()),
+            Err(f) => span.failed(f.kind()),
+        }
+        result
+    }
+
+    /// Sends one attempt. Connect failures and timeouts count against the
+    /// backend's health (passive checks).
+    async fn send_once(
         &self,
         in_flight: crate::balancer::InFlight,
         outgoing: &Outgoing<'_>,
@@ -347,6 +374,8 @@ struct Outgoing<'a> {
     pool: &'a PoolUse,
     /// Whether the method may be sent twice.
     idempotent: bool,
+    /// The request's trace, each attempt a span of it.
+    trace: &'a RequestTrace<'a>,
 }
 
 /// How one attempt failed.
@@ -368,6 +397,21 @@ enum Failure {
     Answer(&'static str),
     /// The client's request body failed to read (the client's fault).
     ClientBody(String),
+}
+
+impl Failure {
+    /// The attempt span's `error.type`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Timeout => "timeout",
+            Failure::Local => "out_of_sockets",
+            Failure::ClientBodyIdle => "client_body_timeout",
+            Failure::Other(_) => "reset",
+            Failure::Answer(_) => "bad_answer",
+            Failure::ClientBody(_) => "client_body",
+        }
+    }
 }
 
 impl From<Failure> for ProxyError {

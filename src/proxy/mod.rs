@@ -5,7 +5,9 @@
 //! charged. Bodies stream both ways (nothing is buffered whole), hop-by-hop
 //! headers are dropped in both directions, `X-Forwarded-*` are set, and
 //! every answer past the limiter, forwarded or refused, carries the
-//! client's rate-limit headers. An HTTP/1.1 request asking to upgrade
+//! client's rate-limit headers. Every request carries a W3C trace
+//! context to its backend, and with span export on is a server span with
+//! a client span per attempt ([`crate::trace`]). An HTTP/1.1 request asking to upgrade
 //! (WebSocket) keeps its `Connection: upgrade` and `Upgrade`, and a 101 for
 //! it opens a tunnel ([`tunnel`]).
 
@@ -44,6 +46,7 @@ use crate::routing::pools::PoolUse;
 use crate::routing::{Miss, Routing, Target};
 use crate::status::refusals::Refusals;
 use crate::telemetry::Metrics;
+use crate::trace::{RequestTrace, Tracing};
 use admission::Admission;
 use identity::Identifier;
 use labels::LabelledCounters;
@@ -147,9 +150,13 @@ pub struct SharedLimits {
     pub on_failure: OnFailure,
 }
 
-/// What the access log wants to know of an answer besides its status.
+/// What the access log and the server span want to know of an answer
+/// besides its status.
 #[derive(Debug, Default)]
 struct Outcome {
+    /// What became of the request, for its span: `allowed` (admitted),
+    /// `limited` (429) or `rejected` (refused otherwise).
+    decision: &'static str,
     /// What admission learned: the client, what refused, the policies.
     admission: admission::Report,
     /// The backend that answered.
@@ -179,6 +186,8 @@ pub struct Proxy {
     client_body_idle: metrics::Counter,
     /// This thread's request counters by route and pool.
     labelled: LabelledCounters,
+    /// Trace context for backends, spans when exported.
+    tracing: Tracing,
 }
 
 impl crate::routing::InForce for Proxy {
@@ -216,6 +225,7 @@ impl Proxy {
             live,
             access_log: None,
             refusals: Arc::new(Refusals::new()),
+            tracing: Tracing::context_only(),
         }
     }
 
@@ -239,7 +249,19 @@ impl Proxy {
             live: self.live.clone(),
             access_log: self.access_log.clone(),
             refusals: self.refusals.clone(),
+            tracing: self.tracing.clone(),
         }
+    }
+
+    /// The same proxy, recording spans as `tracing` says.
+    pub fn with_tracing(mut self, tracing: Tracing) -> Self {
+        self.tracing = tracing;
+        self
+    }
+
+    /// How requests are traced.
+    pub fn tracing(&self) -> &Tracing {
+        &self.tracing
     }
 
     /// Where answered requests are logged, if anywhere (`log.access`).
@@ -316,6 +338,9 @@ impl Proxy {
     pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = std::time::Instant::now();
         let request_id = request_id::settle(req.headers_mut());
+        let trusted = self.live.load().identifier.is_trusted(conn.peer.ip());
+        let method = req.method().clone();
+        let trace = self.tracing.start(req.headers_mut(), trusted, &method);
         // What the log line needs of the request, taken before `answer`
         // consumes it.
         let seen = self.access_log.as_ref().map(|_| {
@@ -333,8 +358,14 @@ impl Proxy {
         let grpc = crate::grpc::is_grpc(req.headers());
         let mut outcome = Outcome::default();
         let mut response = self
-            .answer(req, conn, started, &request_id, &mut outcome)
+            .answer(req, conn, started, &request_id, &mut outcome, &trace)
             .await;
+        // The status the answer stands for (a gRPC refusal's 429 or 503).
+        trace.finish(crate::trace::span::Finished {
+            status: response.status(),
+            client: outcome.admission.client.as_ref(),
+            decision: outcome.decision,
+        });
         let (Some(log), Some((ts, method, uri, ip))) = (&self.access_log, seen) else {
             if grpc {
                 response = crate::error::grpc_refusal(response);
@@ -379,7 +410,9 @@ impl Proxy {
         started: std::time::Instant,
         request_id: &HeaderValue,
         outcome: &mut Outcome,
+        trace: &RequestTrace<'_>,
     ) -> Response<Body> {
+        outcome.decision = "rejected";
         let live = self.live.load_full();
         if live.routing.labelled() {
             outcome.place = Some(Box::default());
@@ -401,15 +434,7 @@ impl Proxy {
             Ok(target) => target,
             Err(e) => return refuse(e, None),
         };
-        if live.routing.labelled() {
-            outcome.place = Some(Box::new(Place {
-                route: target.route.map(|r| r.name.clone()),
-                pool: Some(target.pool.name.clone()),
-            }));
-        }
-        if let Some(r) = target.route {
-            r.stats.request();
-        }
+        note_target(&live.routing, target, outcome, trace);
         let report = &mut outcome.admission;
         let decision = match self
             .admission
@@ -418,6 +443,9 @@ impl Proxy {
         {
             Ok(d) => d,
             Err(e) => {
+                if matches!(e, ProxyError::RateLimited(_)) {
+                    outcome.decision = "limited";
+                }
                 let mut response = self.refused(e, target, report);
                 self.count(
                     &live.routing,
@@ -429,10 +457,12 @@ impl Proxy {
                 return response;
             }
         };
+        outcome.decision = "allowed";
         // Boxed: forwarding is most of this future's size, and each
         // enclosing future (this one, `handle`, the connection's service)
         // would otherwise copy it when it is moved into place.
-        let forwarding = Box::pin(self.forward(req, conn, host, (&live, target), request_id));
+        let forwarding =
+            Box::pin(self.forward(req, conn, host, (&live, target), (request_id, trace)));
         let (mut response, backend) = match forwarding.await {
             Ok((r, backend)) => (r, Some(backend)),
             Err(e) => (e.into_response(), None),
@@ -516,6 +546,26 @@ fn route<'a>(routing: &'a Routing, req: &Request<Incoming>) -> Result<Target<'a>
                 ProxyError::BadRequest("More than one value of a header routes match on".into())
             }
         })
+}
+
+/// Notes where the request goes: in `outcome` for the access log (with
+/// pools or routes), in the route's count, on the request's span.
+fn note_target(
+    routing: &Routing,
+    target: Target<'_>,
+    outcome: &mut Outcome,
+    trace: &RequestTrace<'_>,
+) {
+    if routing.labelled() {
+        outcome.place = Some(Box::new(Place {
+            route: target.route.map(|r| r.name.clone()),
+            pool: Some(target.pool.name.clone()),
+        }));
+    }
+    if let Some(r) = target.route {
+        r.stats.request();
+    }
+    trace.place(target.route.map(|r| &*r.name), &target.pool.name);
 }
 
 /// The route's response header edits, on every answer to its requests.

@@ -313,6 +313,11 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
         .key("format", |l| &mut l.format, Some(Log))
         .key("access", |l| &mut l.access, restart)
         .rest();
+
+    // The exporter, its queue and the sampler are built at start.
+    c.section("telemetry", &old.telemetry, &new.telemetry)
+        .key("otlp", |t| &mut t.otlp, restart)
+        .rest();
     c.running = running;
     c
 }
@@ -360,6 +365,15 @@ mod tests {
             );
         }
         assert_eq!(found.len(), 7, "{found:?}");
+    }
+
+    #[test]
+    fn span_export_changes_need_a_restart() {
+        let on = "telemetry:\n  otlp: {endpoint: 'http://c:4318'}\n";
+        let other = "telemetry:\n  otlp: {endpoint: 'http://c:4318', sample_ratio: 1}\n";
+        assert_eq!(keys("", on), vec![("telemetry.otlp".to_owned(), None)]);
+        assert_eq!(keys(on, other), vec![("telemetry.otlp".to_owned(), None)]);
+        assert!(keys(on, on).is_empty());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAc
 use serde::de::{Deserializer, Visitor};
 use tollgate::config::{
     AdminConfig, BackendConfig, BalancingConfig, Config, HealthCheckConfig, LogConfig, PoolConfig,
-    ProxyConfig, RateLimitConfig, RouteConfig, ServerConfig, StoreConfig,
+    ProxyConfig, RateLimitConfig, RouteConfig, ServerConfig, StoreConfig, TelemetryConfig,
 };
 
 fn repo(p: &str) -> String {
@@ -44,6 +44,7 @@ fn all_keys() -> BTreeSet<String> {
         "pools",
     ));
     keys.extend(keys_of::<Vec<RouteConfig>>("routes"));
+    keys.extend(keys_of::<TelemetryConfig>("telemetry"));
     let sections: BTreeSet<String> = top_level_fields(&format!("{:?}", Config::default()));
     for s in &sections {
         assert!(

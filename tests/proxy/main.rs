@@ -8,7 +8,7 @@
 //! listener,
 //! bodies streamed both ways, WebSocket tunnels, config reloads, the access log with its request
 //! ids, HTTP/2 and gRPC to backends, connection limits with a queue,
-//! retry budgets and DNS discovery.
+//! retry budgets, DNS discovery, and trace context and spans.
 
 #[path = "../support"]
 mod support {
@@ -18,6 +18,7 @@ mod support {
     pub mod h2c;
     pub mod metrics;
     pub mod net;
+    pub mod otlp;
     pub use net::*;
     pub mod raw;
     pub mod redis_cluster;
@@ -47,6 +48,7 @@ mod streaming;
 mod strict;
 mod tls;
 mod topologies;
+mod tracing;
 mod traffic;
 mod upgrade;
 mod upstream;

@@ -24,8 +24,10 @@ use crate::proxy::path::EscapedSlashes;
 use crate::tls::server::{Alpn, MinVersion};
 
 mod pools;
+mod telemetry;
 pub use pools::*;
 mod traffic;
+pub use telemetry::*;
 pub use traffic::*;
 
 /// Environment variable naming the config file when `--config` is absent.
@@ -56,6 +58,8 @@ pub struct Config {
     pub pools: std::collections::BTreeMap<String, PoolConfig>,
     /// Routes to the pools, first match wins.
     pub routes: Vec<RouteConfig>,
+    /// Span export (`telemetry.otlp`).
+    pub telemetry: TelemetryConfig,
 }
 
 /// `server`: the public listener.

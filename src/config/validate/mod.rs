@@ -42,6 +42,10 @@ fn grpc_check_problem(grpc: bool, protocol: crate::balancer::Protocol) -> Option
     })
 }
 
+/// Most spans `telemetry.otlp.max_queue_size` may hold: a span is a few
+/// hundred bytes, so this bounds the queue at some tens of megabytes.
+const MAX_SPAN_QUEUE: usize = 100_000;
+
 /// Collects problems with their field paths.
 pub(super) type Add<'a> = dyn FnMut(&str, String) + 'a;
 
@@ -66,6 +70,7 @@ impl Config {
         self.check_store(add);
         self.check_pools(add);
         self.check_routes(add);
+        self.check_telemetry(add);
     }
 
     /// `admin`: a token where the listener is reachable from elsewhere, a
@@ -227,6 +232,38 @@ impl Config {
                 "rate_limit.max_clients",
                 format!("must be at most {}", crate::limiter::MAX_CLIENTS),
             );
+        }
+    }
+
+    /// `telemetry.otlp`: a collector URL the exporter can post to, a
+    /// ratio, a name, a timeout.
+    fn check_telemetry(&self, add: &mut Add<'_>) {
+        let Some(otlp) = &self.telemetry.otlp else {
+            return;
+        };
+        if let Err(reason) = crate::trace::otlp::traces_url(&otlp.endpoint) {
+            add("telemetry.otlp.endpoint", reason);
+        }
+        if !(0.0..=1.0).contains(&otlp.sample_ratio) {
+            add(
+                "telemetry.otlp.sample_ratio",
+                format!("{} is not between 0 and 1", otlp.sample_ratio),
+            );
+        }
+        if otlp.service_name.trim().is_empty() {
+            add("telemetry.otlp.service_name", "must not be empty".into());
+        }
+        if otlp.max_queue_size.get() > MAX_SPAN_QUEUE {
+            add(
+                "telemetry.otlp.max_queue_size",
+                format!("must be at most {MAX_SPAN_QUEUE}"),
+            );
+        }
+        if otlp.timeout.is_zero() {
+            add("telemetry.otlp.timeout", "must be more than 0".into());
+        }
+        if otlp.batch_delay.is_zero() {
+            add("telemetry.otlp.batch_delay", "must be more than 0".into());
         }
     }
 
