@@ -16,9 +16,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::Request;
-use hyper::body::Incoming;
 
-use super::{Live, SharedLimits};
+use super::{ClientBody, Live, SharedLimits};
 use crate::access_log::Limited;
 use crate::error::ProxyError;
 use crate::limiter::rules::{Place, Rule, RuleSet};
@@ -194,7 +193,7 @@ impl Admission {
     /// policies when rules applied.
     pub(crate) async fn admit(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         peer: SocketAddr,
         (live, target): (&Live, Target<'_>),
         report: &mut Report,
@@ -461,7 +460,7 @@ impl Admission {
 
 /// What the rules' keys are made from.
 struct Asked<'a> {
-    req: &'a Request<Incoming>,
+    req: &'a Request<ClientBody>,
     peer: SocketAddr,
     live: &'a Live,
     /// The client's key.
@@ -487,7 +486,7 @@ impl Asked<'_> {
 /// address like no key at all.
 fn identify(
     limiter: &Registry,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     peer: SocketAddr,
     live: &Live,
 ) -> Result<Identified, ProxyError> {
@@ -520,7 +519,7 @@ fn identify(
 /// worked out at the first rule that names hosts, if one does.
 fn matching_rules<'r>(
     rules: &'r [Arc<Rule>],
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     route: Option<&str>,
 ) -> Vec<&'r Arc<Rule>> {
     let mut host: Option<Option<&str>> = None;

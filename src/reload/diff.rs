@@ -157,6 +157,8 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
             restart,
         )
         .key("proxy_protocol", |s| &mut s.proxy_protocol, restart)
+        // A UDP socket and its thread: bound at start like the others.
+        .key("http3", |s| &mut s.http3, restart)
         .rest();
 
     c.section("admin", &old.admin, &new.admin)
