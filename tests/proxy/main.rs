@@ -30,6 +30,7 @@ mod end_to_end;
 mod front_door;
 mod grpc;
 mod health;
+mod http3;
 mod https_backend;
 mod ipv6;
 mod lease;
