@@ -323,6 +323,17 @@ mod tests {
     }
 
     #[test]
+    fn http3_changes_need_a_restart() {
+        let tls = "server:\n  tls:\n    certificates: [{cert: a.pem, key: a.key}]\n";
+        let on = format!("{tls}  http3: {{listen: 127.0.0.1:8443}}\n");
+        let restart = vec![("server.http3".to_owned(), None)];
+        assert_eq!(keys(tls, &on), restart, "turned on");
+        assert_eq!(keys(&on, tls), restart, "turned off");
+        let longer = format!("{tls}  http3: {{listen: 127.0.0.1:8443, alt_svc_max_age: 1h}}\n");
+        assert_eq!(keys(&on, &longer), restart, "another max age");
+    }
+
+    #[test]
     fn enabling_limits_with_redis_needs_a_restart() {
         let shared = "rate_limit:\n  shared:\n    redis_url: redis://127.0.0.1:6379\n";
         let off = format!("{shared}  enabled: false\n");

@@ -52,6 +52,11 @@ struct H3Client {
 impl H3Client {
     /// Connects to `addr` as `app.test`, trusting only `ca`.
     async fn connect(ca: &TestCa, addr: SocketAddr) -> Self {
+        Self::try_connect(ca, addr).await.expect("an h3 connection")
+    }
+
+    /// [`H3Client::connect`], failing with the reason.
+    async fn try_connect(ca: &TestCa, addr: SocketAddr) -> Result<Self, String> {
         let mut roots = rustls::RootCertStore::empty();
         let ca_der = CertificateDer::from_pem_slice(ca.ca_pem().as_bytes()).expect("CA pem");
         roots.add(ca_der).expect("root");
@@ -70,17 +75,17 @@ impl H3Client {
         let conn = tokio::time::timeout(PATIENCE, connecting)
             .await
             .expect("QUIC handshake in time")
-            .expect("QUIC handshake");
+            .map_err(|e| e.to_string())?;
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
             .await
-            .expect("h3 connection");
+            .map_err(|e| e.to_string())?;
         let driver = tokio::spawn(async move { driver.wait_idle().await });
-        Self {
+        Ok(Self {
             send,
             driver,
             port: addr.port(),
             _endpoint: endpoint,
-        }
+        })
     }
 
     /// A request head for `path` on this connection.
@@ -398,4 +403,31 @@ async fn shutdown_sends_goaway_and_the_request_in_flight_still_completes() {
         .expect("closed in time")
         .expect("driver");
     assert!(closed.is_h3_no_error(), "a graceful close, not {closed:?}");
+}
+
+#[tokio::test]
+async fn a_certificate_reload_reaches_new_h3_connections() {
+    let old_ca = TestCa::new("old CA");
+    let cert = old_ca.issue("app", &["app.test"]);
+    let new_ca = TestCa::new("new CA");
+    let renewed = new_ca.issue("app", &["app.test"]);
+    let b = backend("b0").await;
+    let mut cfg = config(&[b.addr]);
+    with_http3(&mut cfg, &cert);
+    let lb = balancer(&cfg).await;
+    let addr = lb.http3_addr().expect("an HTTP/3 listener");
+    let mut before = H3Client::connect(&old_ca, addr).await;
+    assert_eq!(before.get("/").await.head.status(), StatusCode::OK);
+
+    std::fs::copy(&renewed.cert, &cert.cert).expect("renew cert");
+    std::fs::copy(&renewed.key, &cert.key).expect("renew key");
+    lb.reload_certificates().await.expect("reload");
+
+    let mut after = H3Client::connect(&new_ca, addr).await;
+    assert_eq!(after.get("/").await.head.status(), StatusCode::OK);
+    let refused = H3Client::try_connect(&old_ca, addr).await;
+    assert!(refused.is_err(), "the old certificate is no longer served");
+    // The connection made before the reload keeps its keys.
+    assert_eq!(before.get("/").await.head.status(), StatusCode::OK);
+    lb.shutdown().await;
 }
