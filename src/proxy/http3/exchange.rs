@@ -73,7 +73,7 @@ pub(super) async fn serve<H, F>(
             return;
         }
         Err(_) => {
-            limits.metrics.idle_timeout("header");
+            limits.metrics.idle_timeout("h3_idle");
             return;
         }
     };
