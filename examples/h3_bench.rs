@@ -56,10 +56,10 @@ async fn run() {
     );
     let (mut h2, mut h3) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let a = requests_per_second(length, connections, in_flight, || h2_sender(tls_addr, &der))
-            .await;
-        let b = requests_per_second(length, connections, in_flight, || h3_sender(h3_addr, &der))
-            .await;
+        let a =
+            requests_per_second(length, connections, in_flight, || h2_sender(tls_addr, &der)).await;
+        let b =
+            requests_per_second(length, connections, in_flight, || h3_sender(h3_addr, &der)).await;
         println!("round {round}: h2 over TLS {a:.0} req/s, h3 {b:.0} req/s");
         h2.push(a);
         h3.push(b);
@@ -100,7 +100,11 @@ fn backend_thread() -> SocketAddr {
     addr
 }
 
-fn config(backend: SocketAddr, cert: std::path::PathBuf, key: std::path::PathBuf) -> tollgate::config::Config {
+fn config(
+    backend: SocketAddr,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+) -> tollgate::config::Config {
     let yaml = format!(
         "server:\n  listen: null\n  tls:\n    listen: 127.0.0.1:0\n    certificates: [{{cert: {cert:?}, key: {key:?}}}]\n\
          \x20 http3: {{listen: 127.0.0.1:0}}\n\
@@ -153,10 +157,11 @@ async fn h2_sender(addr: SocketAddr, der: &CertificateDer<'static>) -> H2 {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(der, b"h2")));
     let name = rustls::pki_types::ServerName::try_from("app.test").expect("name");
     let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-    let (send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .expect("h2 handshake");
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
     tokio::spawn(conn);
     H2(send, addr.port())
 }

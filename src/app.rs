@@ -13,11 +13,11 @@ use crate::config::{Config, LogConfig, LogFormat};
 use crate::limiter::rules::{RuleBounds, RuleSet};
 use crate::limiter::shared::{SharedLimiter, SharedOptions};
 use crate::limiter::{self, Registry, RegistryConfig};
+use crate::proxy::http3::{self, Http3Listener};
 use crate::proxy::identity::Identifier;
 use crate::proxy::server::{
     bind_reuseport, serve_per_core, ConnectionBudget, Drained, Listener, ServeOptions,
 };
-use crate::proxy::http3::{self, Http3Listener};
 use crate::proxy::{ClientBody, Live, Proxy, ProxySettings, SharedLimits};
 use crate::reload::{self, ReloadError, Reloaded, Reloader};
 use crate::routing::pools::PoolSet;

@@ -185,10 +185,18 @@ fn http3_needs_tls_and_takes_a_max_age() {
     let h3 = c.server.http3.expect("http3");
     assert_eq!(h3.listen, SocketAddr::from(([0, 0, 0, 0], 8443)));
     assert_eq!(h3.alt_svc_max_age, std::time::Duration::from_secs(3600));
-    let problems = Config::parse(&format!("{tls}  http3: {{listen: 127.0.0.1:8443, port: 1}}\n"))
-        .expect_err("unknown key");
-    assert!(problems[0].field.starts_with("server.http3"), "{problems:?}");
-    assert!(Config::parse("").expect("defaults").server.http3.is_none(), "off by default");
+    let problems = Config::parse(&format!(
+        "{tls}  http3: {{listen: 127.0.0.1:8443, port: 1}}\n"
+    ))
+    .expect_err("unknown key");
+    assert!(
+        problems[0].field.starts_with("server.http3"),
+        "{problems:?}"
+    );
+    assert!(
+        Config::parse("").expect("defaults").server.http3.is_none(),
+        "off by default"
+    );
 }
 
 #[test]

@@ -375,7 +375,9 @@ impl ClientBodyError {
     /// error's text ("Invalid chunk size line: ...").
     fn find(e: &hyper::Error) -> Option<String> {
         let ClientBodyError(inner) = crate::error::find_in_chain::<ClientBodyError>(e)?;
-        crate::error::chain(inner.as_ref()).last().map(|e| e.to_string())
+        crate::error::chain(inner.as_ref())
+            .last()
+            .map(|e| e.to_string())
     }
 }
 

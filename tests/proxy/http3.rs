@@ -224,7 +224,10 @@ async fn a_rate_limit_refuses_with_429_json_over_h3() {
     assert_eq!(refused.header("content-type"), "application/json");
     assert_eq!(refused.header("x-ratelimit-remaining"), "0");
     let retry_after: u64 = refused.header("retry-after").parse().expect("seconds");
-    assert!((1..=100).contains(&retry_after), "retry-after {retry_after}");
+    assert!(
+        (1..=100).contains(&retry_after),
+        "retry-after {retry_after}"
+    );
     assert_eq!(
         &refused.body[..],
         br#"{"code":429,"message":"Rate limit exceeded"}"#
@@ -303,7 +306,10 @@ async fn tls_answers_advertise_h3_and_plain_ones_do_not() {
         .await
         .expect("request");
     assert_eq!(plain.status(), StatusCode::OK);
-    assert!(!plain.headers().contains_key("alt-svc"), "not over plain HTTP");
+    assert!(
+        !plain.headers().contains_key("alt-svc"),
+        "not over plain HTTP"
+    );
     lb.shutdown().await;
 }
 

@@ -224,9 +224,7 @@ where
 /// A place in the connection budget (shared with the TCP listeners), or
 /// `None` if it is spent: the connection is refused rather than queued,
 /// as UDP has no listen queue to leave it in.
-fn admit(
-    budget: Option<&ConnectionBudget>,
-) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
+fn admit(budget: Option<&ConnectionBudget>) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
     let Some(budget) = budget else {
         return Some(None);
     };
