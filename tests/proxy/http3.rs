@@ -25,7 +25,7 @@ type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
 /// `cfg` with a TLS listener and an HTTP/3 listener (both port 0) on
 /// `cert`.
-fn with_http3(cfg: &mut Config, cert: &CertFiles) {
+pub(crate) fn with_http3(cfg: &mut Config, cert: &CertFiles) {
     cfg.server.tls = Some(TlsConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         certificates: vec![CertificateConfig {
@@ -42,7 +42,7 @@ fn with_http3(cfg: &mut Config, cert: &CertFiles) {
 
 /// One h3 client connection: the request side, and the task driving the
 /// connection, which ends with the reason it closed.
-struct H3Client {
+pub(crate) struct H3Client {
     send: SendRequest,
     driver: tokio::task::JoinHandle<h3::error::ConnectionError>,
     port: u16,
@@ -51,7 +51,7 @@ struct H3Client {
 
 impl H3Client {
     /// Connects to `addr` as `app.test`, trusting only `ca`.
-    async fn connect(ca: &TestCa, addr: SocketAddr) -> Self {
+    pub(crate) async fn connect(ca: &TestCa, addr: SocketAddr) -> Self {
         Self::try_connect(ca, addr).await.expect("an h3 connection")
     }
 
@@ -124,16 +124,16 @@ impl H3Client {
             .expect("answer in time")
     }
 
-    async fn get(&mut self, path: &str) -> Answer {
+    pub(crate) async fn get(&mut self, path: &str) -> Answer {
         let req = self.request("GET", path).body(()).expect("request");
         self.exchange(req, b"").await
     }
 }
 
 /// What came back for one request.
-struct Answer {
-    head: Response<()>,
-    body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) head: Response<()>,
+    pub(crate) body: Bytes,
     trailers: Option<HeaderMap>,
 }
 
@@ -142,7 +142,7 @@ impl Answer {
         serde_json::from_slice(&self.body).expect("JSON body")
     }
 
-    fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.head
             .headers()
             .get(name)

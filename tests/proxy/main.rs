@@ -7,7 +7,7 @@
 //! Sentinel), limit rules and dry-run, the TLS
 //! listener,
 //! bodies streamed both ways, WebSocket tunnels, config reloads, the access log with its request
-//! ids, and HTTP/2 and gRPC to backends.
+//! ids, HTTP/2 and gRPC to backends, and HTTP/3 at the front door.
 
 #[path = "../support"]
 mod support {
