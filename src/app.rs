@@ -13,11 +13,12 @@ use crate::config::{Config, LogConfig, LogFormat};
 use crate::limiter::rules::{RuleBounds, RuleSet};
 use crate::limiter::shared::{SharedLimiter, SharedOptions};
 use crate::limiter::{self, Registry, RegistryConfig};
+use crate::proxy::http3::{self, Http3Listener};
 use crate::proxy::identity::Identifier;
 use crate::proxy::server::{
     bind_reuseport, serve_per_core, ConnectionBudget, Drained, Listener, ServeOptions,
 };
-use crate::proxy::{Live, Proxy, ProxySettings, SharedLimits};
+use crate::proxy::{ClientBody, Live, Proxy, ProxySettings, SharedLimits};
 use crate::reload::{self, ReloadError, Reloaded, Reloader};
 use crate::routing::pools::PoolSet;
 use crate::routing::{Routing, StatsByRoute};
@@ -66,6 +67,9 @@ pub enum StartError {
     /// `server.tls` could not be set up (a certificate or key file).
     #[error("TLS listener: {0}")]
     Tls(#[source] CertError),
+    /// `server.http3` could not be set up (its UDP socket, QUIC's TLS).
+    #[error("HTTP/3 listener: {0}")]
+    Http3(#[source] crate::proxy::http3::Http3Error),
     /// `log.access` is on and its writer could not start.
     #[error("access log: {0}")]
     AccessLog(#[source] AccessLogError),
@@ -98,6 +102,7 @@ impl std::fmt::Debug for StartOptions {
 pub struct Running {
     plain_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
+    http3_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
     reloader: Reloader,
     proxy: Arc<Proxy>,
@@ -137,6 +142,11 @@ impl Running {
     /// The address of the TLS listener, if there is one.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The UDP address of the HTTP/3 listener, if there is one.
+    pub fn http3_addr(&self) -> Option<SocketAddr> {
+        self.http3_addr
     }
 
     /// What a reload re-reads (the SIGHUP task holds the same).
@@ -283,15 +293,18 @@ pub async fn start_with(config: &Config, options: StartOptions) -> Result<Runnin
         &mut tasks, config, &core, &registry, restored, &metrics, &signal,
     );
     let (plain_addr, tls_addr) = (bound.plain_addr, bound.tls_addr);
+    let http3_addr = bound.http3.as_ref().map(Http3Listener::local_addr);
     let listening = Listening {
         plain: plain_addr,
         tls: tls_addr,
+        http3: http3_addr,
         admin: admin_addr,
     };
     let workers = serve(config, bound, &core.proxy, (signal, metrics), listening)?;
     Ok(Running {
         plain_addr,
         tls_addr,
+        http3_addr,
         admin_addr,
         reloader,
         proxy: core.proxy,
@@ -543,17 +556,32 @@ fn serve(
     let max_connections = serve_options.budget.as_ref().map(ConnectionBudget::limit);
     let threads = bound.threads.len();
     let parts = proxy.clone();
-    let workers = serve_per_core(
+    // Advertised on the TLS listener's answers only: a client learns of
+    // HTTP/3 from a TLS connection to the same name (RFC 7838, RFC 9114
+    // §3.1.1), and must not be sent there from plain HTTP.
+    let alt_svc = listening
+        .http3
+        .zip(config.server.http3.as_ref())
+        .and_then(|(addr, h3)| alt_svc(addr.port(), h3.alt_svc_max_age));
+    let mut workers = serve_per_core(
         bound.threads,
         move || {
             let proxy = Arc::new(parts.for_another_thread());
-            move |req, conn| {
+            let alt_svc = alt_svc.clone();
+            move |req: http::Request<hyper::body::Incoming>, conn: crate::proxy::Conn| {
                 let proxy = proxy.clone();
-                async move { proxy.handle(req, conn).await }
+                let alt_svc = if conn.tls { alt_svc.clone() } else { None };
+                async move {
+                    let mut response = proxy.handle(req.map(ClientBody::Hyper), conn).await;
+                    if let Some(value) = alt_svc {
+                        response.headers_mut().insert(http::header::ALT_SVC, value);
+                    }
+                    response
+                }
             }
         },
-        serve_options,
-        signal,
+        serve_options.clone(),
+        signal.clone(),
     )
     .map_err(|source| StartError::Bind {
         addr: listening
@@ -562,8 +590,31 @@ fn serve(
             .unwrap_or(config.admin.listen),
         source,
     })?;
+    if let Some(listener) = bound.http3 {
+        let addr = listener.local_addr();
+        let proxy = proxy.clone();
+        let worker = http3::serve_thread(
+            listener,
+            move || {
+                let proxy = Arc::new(proxy.for_another_thread());
+                move |req, conn| {
+                    let proxy = proxy.clone();
+                    async move { proxy.handle(req, conn).await }
+                }
+            },
+            serve_options,
+            signal,
+        )
+        .map_err(|source| StartError::Bind { addr, source })?;
+        workers.push(worker);
+    }
     log_started(config, listening, threads, max_connections, proxy);
     Ok(workers)
+}
+
+/// The `Alt-Svc` value offering HTTP/3 on `port` for `max_age`.
+fn alt_svc(port: u16, max_age: std::time::Duration) -> Option<http::HeaderValue> {
+    http::HeaderValue::try_from(format!("h3=\":{port}\"; ma={}", max_age.as_secs())).ok()
 }
 
 fn access_log_format(format: LogFormat) -> access_log::Format {
@@ -655,6 +706,8 @@ struct Bound {
     plain_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     tls: Option<TlsTerminator>,
+    /// `server.http3`: its UDP socket, on the TLS listener's certificates.
+    http3: Option<Http3Listener>,
 }
 
 /// One `SO_REUSEPORT` listener per core on `server.listen` and one on
@@ -703,11 +756,23 @@ fn bind_proxy(config: &Config) -> Result<Bound, StartError> {
     if plain_addr.is_none() && tls_addr.is_none() {
         return Err(StartError::NoListener);
     }
+    let http3 = match (&config.server.http3, &tls) {
+        (Some(h3), Some(terminator)) => Some(
+            Http3Listener::bind(
+                h3.listen,
+                terminator,
+                config.server.http2_max_concurrent_streams.get(),
+            )
+            .map_err(StartError::Http3)?,
+        ),
+        _ => None,
+    };
     Ok(Bound {
         threads,
         plain_addr,
         tls_addr,
         tls,
+        http3,
     })
 }
 
@@ -767,6 +832,7 @@ async fn open_store(
 struct Listening {
     plain: Option<SocketAddr>,
     tls: Option<SocketAddr>,
+    http3: Option<SocketAddr>,
     admin: SocketAddr,
 }
 
@@ -793,6 +859,9 @@ fn log_started(
             alpn = ?tls.alpn,
             "TLS listening"
         );
+    }
+    if let Some(addr) = listening.http3 {
+        tracing::info!(listen = %addr, "HTTP/3 (QUIC) listening");
     }
     tracing::info!(listen = %listening.admin, auth = config.admin.token.is_some(), "admin API listening");
     if config.is_routed() {

@@ -170,6 +170,36 @@ fn tls_problems_are_reported_with_their_field() {
 }
 
 #[test]
+fn http3_needs_tls_and_takes_a_max_age() {
+    let problems = Config::parse("server:\n  http3: {listen: 127.0.0.1:8443}\n")
+        .expect_err("HTTP/3 without TLS");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field, "server.http3");
+    assert!(problems[0].reason.contains("server.tls"), "{problems:?}");
+    let tls = "server:\n  tls:\n    certificates: [{cert: a.pem, key: a.key}]\n";
+    let c = Config::parse(&format!("{tls}  http3: {{listen: 127.0.0.1:8443}}\n")).expect("valid");
+    let h3 = c.server.http3.expect("http3");
+    assert_eq!(h3.listen, SocketAddr::from(([127, 0, 0, 1], 8443)));
+    assert_eq!(h3.alt_svc_max_age, std::time::Duration::from_secs(86_400));
+    let c = Config::parse(&format!("{tls}  http3: {{alt_svc_max_age: 1h}}\n")).expect("valid");
+    let h3 = c.server.http3.expect("http3");
+    assert_eq!(h3.listen, SocketAddr::from(([0, 0, 0, 0], 8443)));
+    assert_eq!(h3.alt_svc_max_age, std::time::Duration::from_secs(3600));
+    let problems = Config::parse(&format!(
+        "{tls}  http3: {{listen: 127.0.0.1:8443, port: 1}}\n"
+    ))
+    .expect_err("unknown key");
+    assert!(
+        problems[0].field.starts_with("server.http3"),
+        "{problems:?}"
+    );
+    assert!(
+        Config::parse("").expect("defaults").server.http3.is_none(),
+        "off by default"
+    );
+}
+
+#[test]
 fn tls_versions_and_alpn_names_are_checked() {
     let tls = |body: &str| format!("server:\n  tls:\n    certificates: []\n    {body}\n");
     let c = Config::parse(&tls("min_version: 1.3")).map(|c| c.server.tls);

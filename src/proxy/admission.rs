@@ -15,9 +15,8 @@
 use std::sync::Arc;
 
 use http::Request;
-use hyper::body::Incoming;
 
-use super::{Conn, Live, SharedLimits};
+use super::{ClientBody, Conn, Live, SharedLimits};
 use crate::access_log::Limited;
 use crate::error::ProxyError;
 use crate::limiter::rules::{Place, Rule, RuleSet};
@@ -193,7 +192,7 @@ impl Admission {
     /// policies when rules applied.
     pub(crate) async fn admit(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         conn: Conn,
         (live, target): (&Live, Target<'_>),
         report: &mut Report,
@@ -460,7 +459,7 @@ impl Admission {
 
 /// What the rules' keys are made from.
 struct Asked<'a> {
-    req: &'a Request<Incoming>,
+    req: &'a Request<ClientBody>,
     conn: Conn,
     live: &'a Live,
     /// The client's key.
@@ -486,7 +485,7 @@ impl Asked<'_> {
 /// address like no key at all.
 fn identify(
     limiter: &Registry,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     conn: Conn,
     live: &Live,
 ) -> Result<Identified, ProxyError> {
@@ -519,7 +518,7 @@ fn identify(
 /// worked out at the first rule that names hosts, if one does.
 fn matching_rules<'r>(
     rules: &'r [Arc<Rule>],
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     route: Option<&str>,
 ) -> Vec<&'r Arc<Rule>> {
     let mut host: Option<Option<&str>> = None;

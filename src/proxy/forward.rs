@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::timeout::{idle_body, Direction, IdleTimeout};
 use super::upstream::{self, Answer, SendError};
-use super::{headers, request_id, tunnel, Body, BoxError, Conn, Live, Proxy};
+use super::{headers, request_id, tunnel, Body, BoxError, ClientBody, Conn, Live, Proxy};
 use crate::balancer::{Backend, Pool};
 use crate::error::ProxyError;
 use crate::routing::pools::{PoolUse, RetryOn, Timeouts};
@@ -26,7 +25,7 @@ impl Proxy {
     /// the `Host` header).
     pub(super) async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         conn: Conn,
         host: Option<HeaderValue>,
         (live, target): (&Live, Target<'_>),
@@ -433,14 +432,16 @@ impl From<Failure> for ProxyError {
 /// backend's failure (hyper reports both as the exchange failing).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct ClientBodyError(hyper::Error);
+struct ClientBodyError(BoxError);
 
 impl ClientBodyError {
     /// The reason, if `e` was caused by the client's body: the innermost
     /// error's text ("Invalid chunk size line: ...").
     fn find(e: &hyper::Error) -> Option<String> {
         let ClientBodyError(inner) = crate::error::find_in_chain::<ClientBodyError>(e)?;
-        crate::error::chain(inner).last().map(|e| e.to_string())
+        crate::error::chain(inner.as_ref())
+            .last()
+            .map(|e| e.to_string())
     }
 }
 

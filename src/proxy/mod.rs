@@ -12,9 +12,11 @@
 //! it opens a tunnel ([`tunnel`]).
 
 mod admission;
+mod client_body;
 mod forward;
 mod h2_stall;
 pub mod headers;
+pub mod http3;
 pub mod identity;
 mod labels;
 mod parser_refusal;
@@ -34,7 +36,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response};
-use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, Client, Place, Record};
 use crate::balancer::{Backend, Pool};
@@ -54,6 +55,7 @@ use timeout::Direction;
 use upstream::Upstreams;
 
 pub use crate::body::{Body, BoxError};
+pub use client_body::{ClientBody, SyncBody};
 
 /// What the request path knows of the connection a request came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,7 +337,7 @@ impl Proxy {
 
     /// Answers one client request. Every answer carries the request's
     /// `X-Request-Id` and, with the access log on, leads to one line.
-    pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<ClientBody>, conn: Conn) -> Response<Body> {
         let started = std::time::Instant::now();
         let request_id = request_id::settle(req.headers_mut());
         let trusted = self.live.load().identifier.is_trusted(conn.peer.ip());
@@ -405,7 +407,7 @@ impl Proxy {
     /// admission, forwarding, each answer counted.
     async fn answer(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         conn: Conn,
         started: std::time::Instant,
         request_id: &HeaderValue,
@@ -536,7 +538,7 @@ impl Proxy {
 }
 
 /// Where `req` goes: the route it takes and its pool.
-fn route<'a>(routing: &'a Routing, req: &Request<Incoming>) -> Result<Target<'a>, ProxyError> {
+fn route<'a>(routing: &'a Routing, req: &Request<ClientBody>) -> Result<Target<'a>, ProxyError> {
     let host = req.headers().get(header::HOST).map(HeaderValue::as_bytes);
     routing
         .target(host, req.method(), req.uri().path(), req.headers())

@@ -189,6 +189,11 @@ impl ConnectionBudget {
         self.limit
     }
 
+    /// A place for one more connection, if there is one now.
+    pub(super) fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
     /// Connections open now.
     pub fn in_use(&self) -> usize {
         self.limit.saturating_sub(self.permits.available_permits())

@@ -185,6 +185,8 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
             restart,
         )
         .key("proxy_protocol", |s| &mut s.proxy_protocol, restart)
+        // A UDP socket and its thread: bound at start like the others.
+        .key("http3", |s| &mut s.http3, restart)
         .rest();
     running.server.tls = tls;
 
@@ -374,6 +376,17 @@ mod tests {
         assert_eq!(keys("", on), vec![("telemetry.otlp".to_owned(), None)]);
         assert_eq!(keys(on, other), vec![("telemetry.otlp".to_owned(), None)]);
         assert!(keys(on, on).is_empty());
+    }
+
+    #[test]
+    fn http3_changes_need_a_restart() {
+        let tls = "server:\n  tls:\n    certificates: [{cert: a.pem, key: a.key}]\n";
+        let on = format!("{tls}  http3: {{listen: 127.0.0.1:8443}}\n");
+        let restart = vec![("server.http3".to_owned(), None)];
+        assert_eq!(keys(tls, &on), restart, "turned on");
+        assert_eq!(keys(&on, tls), restart, "turned off");
+        let longer = format!("{tls}  http3: {{listen: 127.0.0.1:8443, alt_svc_max_age: 1h}}\n");
+        assert_eq!(keys(&on, &longer), restart, "another max age");
     }
 
     #[test]

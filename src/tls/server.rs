@@ -72,6 +72,9 @@ impl Alpn {
     }
 }
 
+/// The ALPN identifier of HTTP/3 (RFC 9114 §3.1).
+pub const ALPN_H3: &[u8] = b"h3";
+
 /// How the TLS listener terminates TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
@@ -478,6 +481,19 @@ impl TlsTerminator {
     /// The certificates, for reloading them.
     pub fn certificates(&self) -> &Arc<Certificates> {
         &self.certificates
+    }
+
+    /// The server configuration of the HTTP/3 listener: the same
+    /// certificates (a reload reaches both listeners at once), TLS 1.3
+    /// only as QUIC requires (RFC 9001 §4.2), ALPN `h3`.
+    pub fn quic_config(&self) -> Result<ServerConfig, CertError> {
+        let mut config = ServerConfig::builder_with_provider(self.certificates.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(CertError::Settings)?
+            .with_no_client_auth()
+            .with_cert_resolver(self.certificates.clone());
+        config.alpn_protocols = vec![ALPN_H3.to_vec()];
+        Ok(config)
     }
 
     /// Runs the handshake on `stream` until `deadline`. A failure is

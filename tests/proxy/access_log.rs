@@ -88,6 +88,29 @@ fn request_id(r: &reqwest::Response) -> String {
 }
 
 #[tokio::test]
+async fn an_http3_request_gets_its_line_like_any_other() {
+    let ca = TestCa::new("h3 CA");
+    let cert = ca.issue("app", &["app.test"]);
+    let bs = backends(1).await;
+    let mut cfg = config(&[bs[0].addr]);
+    crate::http3::with_http3(&mut cfg, &cert);
+    let (lb, mut lines) = logged(cfg, LogFormat::Json).await;
+    let addr = lb.http3_addr().expect("an HTTP/3 listener");
+    let mut h3 = crate::http3::H3Client::connect(&ca, addr).await;
+    let answer = h3.get("/some/path?q=1").await;
+    assert_eq!(answer.head.status(), StatusCode::OK);
+    let line = lines.next_json().await;
+    assert_eq!(line["request_id"], answer.header("x-request-id"));
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/some/path");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["client"], "127.0.0.1");
+    assert_eq!(line["backend"], bs[0].addr.to_string().as_str(), "{line}");
+    assert_eq!(line["bytes_sent"], answer.body.len());
+    lb.shutdown().await;
+}
+
+#[tokio::test]
 async fn json_line_carries_the_request_id_the_backend_saw() {
     let bs = backends(1).await;
     let (lb, mut lines) = logged(config(&[bs[0].addr]), LogFormat::Json).await;

@@ -8,7 +8,8 @@
 //! listener,
 //! bodies streamed both ways, WebSocket tunnels, config reloads, the access log with its request
 //! ids, HTTP/2 and gRPC to backends, connection limits with a queue,
-//! retry budgets, DNS discovery, and trace context and spans.
+//! retry budgets, DNS discovery, trace context and spans, and HTTP/3 at
+//! the front door.
 
 #[path = "../support"]
 mod support {
@@ -35,6 +36,7 @@ mod end_to_end;
 mod front_door;
 mod grpc;
 mod health;
+mod http3;
 mod https_backend;
 mod ipv6;
 mod lease;

@@ -95,6 +95,32 @@ pub struct ServerConfig {
     pub proxy_protocol: bool,
     /// The TLS listener; `None`: none.
     pub tls: Option<TlsConfig>,
+    /// The HTTP/3 (QUIC) listener on the TLS listener's certificates;
+    /// `None`: none, and no `Alt-Svc` is sent.
+    pub http3: Option<Http3Config>,
+}
+
+/// `server.http3`: HTTP/3 over QUIC (UDP), advertised by `Alt-Svc` on
+/// the TLS listener's responses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http3Config {
+    /// UDP address to accept QUIC connections on.
+    pub listen: SocketAddr,
+    /// `ma` of the `Alt-Svc` header: how long a client may remember that
+    /// HTTP/3 is offered.
+    #[serde(deserialize_with = "duration")]
+    pub alt_svc_max_age: Duration,
+}
+
+impl Default for Http3Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            // RFC 7838's own default for `ma`.
+            alt_svc_max_age: Duration::from_secs(24 * 60 * 60),
+        }
+    }
 }
 
 /// `server.tls`: the TLS listener.
@@ -186,6 +212,7 @@ impl Default for ServerConfig {
             http2_max_concurrent_streams: NonZeroU32::MIN.saturating_add(127),
             proxy_protocol: false,
             tls: None,
+            http3: None,
         }
     }
 }

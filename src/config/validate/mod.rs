@@ -63,6 +63,7 @@ impl Config {
         self.check_admin(add);
         self.check_server(add);
         self.check_tls(add, files);
+        self.check_http3(add);
         self.check_health(add);
         self.check_timeouts(add);
         self.check_proxy(add);
@@ -343,6 +344,20 @@ impl Config {
                     e.to_string(),
                 );
             }
+        }
+    }
+
+    /// `server.http3`: the QUIC listener serves the TLS listener's
+    /// certificates, so it needs one; its UDP port may equal the TLS
+    /// listener's TCP port (the usual setup: `Alt-Svc: h3=":443"`).
+    fn check_http3(&self, add: &mut Add<'_>) {
+        if self.server.http3.is_some() && self.server.tls.is_none() {
+            add(
+                "server.http3",
+                "requires server.tls: HTTP/3 serves the TLS listener's certificates \
+                 and is advertised on its responses"
+                    .into(),
+            );
         }
     }
 }
