@@ -9,10 +9,11 @@ use http::{header, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::affinity::Affinity;
 use super::timeout::{idle_body, Direction, IdleTimeout};
 use super::upstream::{self, Answer, SendError};
 use super::{headers, request_id, tunnel, Body, BoxError, Conn, Live, Proxy};
-use crate::balancer::{Backend, Pool};
+use crate::balancer::{Backend, Pool, StrategyName};
 use crate::error::ProxyError;
 use crate::routing::pools::{PoolUse, RetryOn, Timeouts};
 use crate::routing::Target;
@@ -31,14 +32,16 @@ impl Proxy {
         request_id: &HeaderValue,
     ) -> Result<(Response<Body>, Arc<Backend>), ProxyError> {
         let (mut parts, body) = req.into_parts();
-        let upgrade = prepare(&mut parts, conn, host.as_ref(), (live, target), request_id);
         let pool = target.pool;
+        // Before `prepare`: a route's header edits must not change it.
+        let affinity = Affinity::read(&parts, conn, live, pool);
+        let upgrade = prepare(&mut parts, conn, host.as_ref(), (live, target), request_id);
         // Only a request that can be sent again unchanged is retried: an
         // idempotent method and no body.
         let retryable = pool.retries.attempts > 0
             && is_idempotent(&parts.method)
             && http_body::Body::is_end_stream(&body);
-        let first = pool.pool.pick().ok_or(ProxyError::NoHealthyBackend)?;
+        let first = affinity.pick(pool).ok_or(ProxyError::NoHealthyBackend)?;
         // The marker tells a failed read of the client's body from a
         // backend's failure; the idle timer bounds its pauses.
         let body = idle_body(
@@ -65,10 +68,17 @@ impl Proxy {
             pool,
         };
         let result = self.attempt(&first, &outgoing, first_headers, body).await;
-        match again {
+        let answered = match again {
             None => result.map(|r| (r, first)).map_err(ProxyError::from),
-            Some(headers) => self.retry(result, first, &outgoing, headers).await,
-        }
+            Some(headers) => {
+                self.retry(result, first, (&outgoing, &affinity), headers)
+                    .await
+            }
+        };
+        answered.map(|(mut r, backend)| {
+            affinity.stamp(pool, &mut r, &backend);
+            (r, backend)
+        })
     }
 
     /// Tries other backends of the pool while the last attempt failed in a
@@ -78,7 +88,7 @@ impl Proxy {
         &self,
         mut result: Result<Response<Body>, Failure>,
         first: Arc<Backend>,
-        outgoing: &Outgoing<'_>,
+        (outgoing, affinity): (&Outgoing<'_>, &Affinity),
         headers: http::HeaderMap,
     ) -> Result<(Response<Body>, Arc<Backend>), ProxyError> {
         let pool = outgoing.pool;
@@ -87,7 +97,7 @@ impl Proxy {
             let Some(reason) = retry_reason(&result, pool.retries.on) else {
                 break;
             };
-            let Some(next) = pool.pool.pick_excluding(&tried) else {
+            let Some(next) = affinity.pick_again(pool, &tried) else {
                 break;
             };
             tracing::debug!(pool = %pool.name, reason, to = %next.url(), "retrying on another backend");
@@ -146,12 +156,16 @@ impl Proxy {
         // (`Upstreams::send` picks the connection pool by it).
         *upstream.version_mut() = pool.protocol.version();
 
+        let sent = std::time::Instant::now();
         let outcome = tokio::time::timeout(
             wait,
             self.upstreams
                 .send(backend, upstream, in_flight, (upgrade.is_some(), pool)),
         )
         .await;
+        if pool.strategy == StrategyName::LeastTime && matches!(outcome, Ok(Ok(_))) {
+            backend.observe_response_time(sent.elapsed());
+        }
         let mut response = match outcome {
             Ok(Ok(Answer::Response(r))) => r,
             Ok(Ok(Answer::Switched(switched))) => {

@@ -10,6 +10,7 @@
 //! it opens a tunnel ([`tunnel`]).
 
 mod admission;
+mod affinity;
 mod forward;
 mod h2_stall;
 pub mod headers;

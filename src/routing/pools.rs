@@ -17,6 +17,7 @@ use crate::balancer::{
     strategy_for, BackendSpec, PassiveSettings, Pool, Protocol, StrategyName, Thresholds,
 };
 use crate::health::{CheckSpec, Checker};
+use crate::routing::traffic::{Traffic, TrafficSpec};
 use crate::shutdown::{self, Signal, Trigger};
 use crate::telemetry::Metrics;
 
@@ -132,6 +133,8 @@ pub struct PoolSpec {
     pub retries: Retries,
     /// How its backends are spoken to.
     pub protocol: Protocol,
+    /// Hashing, sticky sessions, slow start.
+    pub traffic: TrafficSpec,
 }
 
 /// What a request needs of its pool, swapped with the routes.
@@ -150,6 +153,8 @@ pub struct PoolUse {
     pub retries: Retries,
     /// How its backends are spoken to.
     pub protocol: Protocol,
+    /// Its hash key and sticky sessions.
+    pub traffic: Traffic,
 }
 
 impl PoolUse {
@@ -163,6 +168,7 @@ impl PoolUse {
             timeouts: Timeouts::default(),
             retries: Retries::default(),
             protocol: Protocol::Http1,
+            traffic: Traffic::default(),
         }
     }
 }
@@ -176,6 +182,9 @@ struct Managed {
     health: HealthSpec,
     /// Stops its checker when the pool is removed.
     stop: Trigger,
+    /// Its traffic-control settings (a new balance factor is a new
+    /// strategy object).
+    traffic: TrafficSpec,
 }
 
 /// Every pool, by name, and what they share.
@@ -235,10 +244,10 @@ impl PoolSet {
     /// changes the set meanwhile; the request path never takes this lock.
     pub async fn apply(&self, specs: &[PoolSpec], labelled: bool) -> BTreeMap<String, Arc<Pool>> {
         for spec in specs {
-            let existing = self
-                .lock()
-                .get(&spec.name)
-                .map(|m| (m.checker.clone(), m.strategy, m.health.clone()));
+            let existing = self.lock().get(&spec.name).map(|m| {
+                let strategy = (m.strategy, m.traffic.hash_balance_factor);
+                (m.checker.clone(), strategy, m.health.clone())
+            });
             match existing {
                 Some((checker, strategy, health)) => {
                     self.change(spec, &checker, strategy, &health).await;
@@ -279,12 +288,16 @@ impl PoolSet {
     async fn add(&self, spec: &PoolSpec) {
         let h = &spec.health;
         let pool = Arc::new(
-            Pool::of(spec.backends.iter().cloned(), strategy_for(spec.strategy))
-                .named(&spec.name)
-                .with_events(self.events.clone())
-                .with_thresholds(h.thresholds)
-                .with_passive(h.passive)
-                .with_metrics(self.metrics.clone()),
+            Pool::of(
+                spec.backends.iter().cloned(),
+                spec.traffic.strategy(spec.strategy),
+            )
+            .with_slow_start(spec.traffic.slow_start)
+            .named(&spec.name)
+            .with_events(self.events.clone())
+            .with_thresholds(h.thresholds)
+            .with_passive(h.passive)
+            .with_metrics(self.metrics.clone()),
         );
         let checker = Checker::with_spec(pool.clone(), &h.check(), &self.tls);
         checker.initial_round().await;
@@ -304,6 +317,7 @@ impl PoolSet {
                 strategy: spec.strategy,
                 health: h.clone(),
                 stop,
+                traffic: spec.traffic.clone(),
             },
         );
     }
@@ -314,7 +328,7 @@ impl PoolSet {
         &self,
         spec: &PoolSpec,
         checker: &Checker,
-        strategy: StrategyName,
+        (strategy, balance_factor): (StrategyName, u32),
         health: &HealthSpec,
     ) {
         let replaced = checker.replace_backends(spec.backends.clone()).await;
@@ -333,9 +347,10 @@ impl PoolSet {
         let Some(pool) = self.get(&spec.name) else {
             return;
         };
-        if strategy != spec.strategy {
-            pool.set_strategy(strategy_for(spec.strategy));
+        if (strategy, balance_factor) != (spec.strategy, spec.traffic.hash_balance_factor) {
+            pool.set_strategy(spec.traffic.strategy(spec.strategy));
         }
+        pool.set_slow_start(spec.traffic.slow_start);
         let h = &spec.health;
         if health != h {
             checker.reconfigure(&h.check(), h.interval);
@@ -345,6 +360,7 @@ impl PoolSet {
         if let Some(m) = self.lock().get_mut(&spec.name) {
             m.strategy = spec.strategy;
             m.health = h.clone();
+            m.traffic = spec.traffic.clone();
         }
     }
 }

@@ -24,7 +24,9 @@ use crate::proxy::path::EscapedSlashes;
 use crate::tls::server::{Alpn, MinVersion};
 
 mod pools;
+mod traffic;
 pub use pools::*;
+pub use traffic::*;
 
 /// Environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "TOLLGATE_CONFIG";

@@ -34,6 +34,18 @@ pub struct PoolConfig {
     /// The HTTP version its backends are spoken to in (`proxy.protocol`
     /// when absent).
     pub protocol: Option<Protocol>,
+    // Traffic control (schema/traffic.rs).
+    /// `strategy: hash`: what is hashed (`client` when absent).
+    pub hash_key: Option<String>,
+    /// `strategy: hash`: percent of the mean in-flight load a backend may
+    /// carry (0 or absent: no bound).
+    pub hash_balance_factor: Option<u32>,
+    /// Pins a client to the backend that first answered it, by cookie.
+    pub sticky: Option<super::StickyConfig>,
+    /// A backend that joins or returns ramps up to its full share over
+    /// this.
+    #[serde(deserialize_with = "optional_duration")]
+    pub slow_start: Option<Duration>,
 }
 
 /// `pools.NAME.health_check`: each key absent takes the top-level value.

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 mod routes;
+mod traffic;
 
 use super::load::{Files, Problem};
 use super::schema::{BackendConfig, Config, PassiveConfig};
