@@ -374,18 +374,30 @@ impl Pool {
     /// The strategy's choice among `candidates` (an index into them),
     /// through slow start.
     fn choose(&self, m: &Members, candidates: &[Arc<Backend>], key: Option<u64>) -> Option<usize> {
-        let pick = |c: &[Arc<Backend>]| match key {
-            Some(k) => m.strategy.pick_keyed(&m.all, c, k),
-            None => m.strategy.pick(c),
-        };
         if candidates.is_empty() {
             return None;
         }
-        let i = pick(candidates);
+        let i = match key {
+            Some(k) => m.strategy.pick_keyed(&m.all, candidates, k),
+            None => m.strategy.pick(candidates),
+        };
         if m.ramps.is_empty() {
             return Some(i);
         }
-        Some(slow_start::admit(m, candidates, i, self.slow_start(), pick))
+        // A pick given up goes on along the key's walk, or at random by
+        // weight: asking a stateful strategy (round robin) again would
+        // shift its rotation and skew every share.
+        let again = |c: &[Arc<Backend>]| match key {
+            Some(k) => m.strategy.pick_keyed(&m.all, c, k),
+            None => random::by_weight(c, &mut rand::rng(), None),
+        };
+        Some(slow_start::admit(
+            m,
+            candidates,
+            i,
+            self.slow_start(),
+            again,
+        ))
     }
 
     /// Chooses a backend that takes requests other than `not`, if there

@@ -7,7 +7,8 @@
 //!
 //! It works for every strategy the same way, after the strategy has
 //! chosen: a pick of a ramping backend stands with probability equal to
-//! its current share and is otherwise made again without it. With
+//! its current share and is otherwise made again without it (along the
+//! key's walk under `hash`, else at random by weight). With
 //! strategies that spread by weight (round robin, random, hash, p2c when
 //! loads are equal) that scales its weight; with strategies that chase the
 //! least loaded, it caps how often the idle newcomer wins. Backends that
@@ -155,10 +156,13 @@ mod tests {
         Pool::of(specs, strategy_for(strategy)).with_slow_start(Duration::from_secs(100))
     }
 
-    fn share(p: &Pool, name: &str, n: u32) -> f64 {
-        // Keyed, so the hash strategy spreads too; the others ignore it.
+    /// `name`'s share of `n` picks; keyed (as the request path does it)
+    /// only under `hash`.
+    fn share(p: &Pool, name: &str, n: u32, hashing: bool) -> f64 {
         let hits = (0..n)
-            .filter_map(|i| p.pick_for(Some(crate::balancer::key_hash(&i.to_le_bytes()))))
+            .filter_map(|i| {
+                p.pick_for(hashing.then(|| crate::balancer::key_hash(&i.to_le_bytes())))
+            })
             .filter(|b| &*b.name() == name)
             .count();
         hits as f64 / f64::from(n)
@@ -172,6 +176,8 @@ mod tests {
             StrategyName::Hash,
         ] {
             let p = pool(4, strategy);
+            let hashing = strategy == StrategyName::Hash;
+            let share = |p: &Pool, name: &str, n: u32| share(p, name, n, hashing);
             let b0 = p.backends()[0].clone();
             assert!(
                 (share(&p, "b0", 20_000) - 0.25).abs() < 0.02,
@@ -227,7 +233,7 @@ mod tests {
         off.replace(grown);
         let new = off.find("new").expect("added");
         assert_eq!(off.ramp_share(&new), 1.0);
-        let s = share(&off, "new", 30_000);
+        let s = share(&off, "new", 30_000, false);
         assert!((s - 1.0 / 3.0).abs() < 0.02, "{s}");
     }
 }

@@ -7,7 +7,8 @@
 //! Sentinel), limit rules and dry-run, the TLS
 //! listener,
 //! bodies streamed both ways, WebSocket tunnels, config reloads, the access log with its request
-//! ids, and HTTP/2 and gRPC to backends.
+//! ids, HTTP/2 and gRPC to backends, and per-pool traffic control
+//! (hashing, sticky sessions, least_time).
 
 #[path = "../support"]
 mod support {
@@ -43,5 +44,6 @@ mod streaming;
 mod strict;
 mod tls;
 mod topologies;
+mod traffic;
 mod upgrade;
 mod upstream;
