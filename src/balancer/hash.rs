@@ -10,10 +10,12 @@
 //! little more than the leaving backend's share then (measured in
 //! `examples/hash_figures.rs`).
 //!
-//! Maglev rather than a ring of virtual nodes: an O(1) lookup instead of a
-//! binary search, and an even split of the key space (a ring with 160
-//! points per backend leaves one backend with ~10 % more keys than the
-//! mean; see docs/traffic.md for the figures).
+//! Maglev rather than a ring of virtual nodes: an O(1) lookup in a table
+//! of fixed size whatever the weights (a ring needs points in proportion
+//! to weight, 160 per unit: 160,000 for one backend of weight 1000), and a
+//! split of the keys as even as a ring's with 160 points per unit (see
+//! docs/traffic.md for the figures), for ~0.1 % of other backends' keys
+//! moving when the set changes.
 //!
 //! Bounded load (`hash_balance_factor`, "Consistent Hashing with Bounded
 //! Loads", Mirrokni, Thorup and Zadimoghaddam, as HAProxy's

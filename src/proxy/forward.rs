@@ -156,14 +156,15 @@ impl Proxy {
         // (`Upstreams::send` picks the connection pool by it).
         *upstream.version_mut() = pool.protocol.version();
 
-        let sent = std::time::Instant::now();
+        // Timed only where a strategy learns from it.
+        let sent = (pool.strategy == StrategyName::LeastTime).then(std::time::Instant::now);
         let outcome = tokio::time::timeout(
             wait,
             self.upstreams
                 .send(backend, upstream, in_flight, (upgrade.is_some(), pool)),
         )
         .await;
-        if pool.strategy == StrategyName::LeastTime && matches!(outcome, Ok(Ok(_))) {
+        if let (Some(sent), Ok(Ok(_))) = (sent, &outcome) {
             backend.observe_response_time(sent.elapsed());
         }
         let mut response = match outcome {
