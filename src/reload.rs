@@ -351,6 +351,7 @@ pub async fn routing_for(config: &Config, pools: &PoolSet, stats: &StatsByRoute)
                 timeouts: s.timeouts,
                 retries: s.retries,
                 protocol: s.protocol,
+                traffic: crate::routing::traffic::Traffic::new(&s.name, s.strategy, &s.traffic),
             };
             Some((s.name.clone(), Arc::new(use_)))
         })

@@ -132,6 +132,8 @@ pub struct Backend {
     /// Smooth weighted round robin's running weight; only changed under
     /// that strategy's lock.
     pub(super) swrr_current: AtomicI64,
+    /// Peak-EWMA response time (least_time).
+    pub(super) latency: super::PeakEwma,
 }
 
 /// The name a backend gets when none is configured: `host:port`.
@@ -162,6 +164,7 @@ impl Backend {
             failures: AtomicU32::new(0),
             answers_5xx: AtomicU32::new(0),
             swrr_current: AtomicI64::new(0),
+            latency: super::PeakEwma::default(),
         }
     }
 

@@ -9,9 +9,14 @@
 //! Choosing among the backends that take requests is the job of a
 //! [`Strategy`], one small type per file, so a new strategy is one new
 //! file and one line in [`strategy_for`]. Every strategy honours weights.
+//! What applies across strategies lives beside them: slow start
+//! ([`slow_start`]) filters any strategy's pick, and a request's affinity
+//! key reaches the strategy through [`Strategy::pick_keyed`].
 
 mod backend;
+mod hash;
 mod least_connections;
+mod least_time;
 mod p2c;
 mod passive;
 mod protocol;
@@ -20,10 +25,12 @@ mod random;
 mod replace;
 mod retry_budget;
 mod round_robin;
+mod slow_start;
+mod sticky;
 mod url;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -32,7 +39,9 @@ use serde::Deserialize;
 use crate::events::{EventKind, Events};
 
 pub use backend::{default_name, Backend, InFlight, State, Weight};
+pub use hash::{key_hash, Hash};
 pub use least_connections::LeastConnections;
+pub use least_time::{LeastTime, PeakEwma};
 pub use p2c::PowerOfTwo;
 pub use passive::PassiveSettings;
 pub use protocol::Protocol;
@@ -40,6 +49,9 @@ pub use queue::{Limits, QueueStats, Refused};
 pub use random::Random;
 pub use replace::{removals, BackendSpec, Replaced, Replacement};
 pub use round_robin::RoundRobin;
+pub use slow_start::MIN_SHARE;
+pub(crate) use sticky::cookie_value;
+pub use sticky::{Sticky, StickyToken};
 
 pub use url::{BackendUrl, Scheme};
 
@@ -47,6 +59,20 @@ pub use url::{BackendUrl, Scheme};
 pub trait Strategy: Send + Sync + fmt::Debug + 'static {
     /// Chooses from `healthy`, which is never empty. Returns an index into it.
     fn pick(&self, healthy: &[Arc<Backend>]) -> usize;
+
+    /// Chooses for a request with an affinity key (`strategy: hash`) from
+    /// `healthy`, never empty; `all` is every configured backend, so a
+    /// key can keep its backend while others come and go. Strategies that
+    /// have no use for a key pick as [`Strategy::pick`] does.
+    fn pick_keyed(
+        &self,
+        all: &Arc<Vec<Arc<Backend>>>,
+        healthy: &[Arc<Backend>],
+        key: u64,
+    ) -> usize {
+        let _ = (all, key);
+        self.pick(healthy)
+    }
 }
 
 /// Names of the balancing strategies (`balancing.strategy`).
@@ -68,6 +94,12 @@ pub enum StrategyName {
     /// with fewer requests in flight (per unit of weight) wins.
     #[serde(rename = "p2c")]
     P2c,
+    /// Consistent hashing of a request key (`hash_key`), with an optional
+    /// load bound (`hash_balance_factor`).
+    Hash,
+    /// Power of two choices by peak EWMA of response time times requests
+    /// in flight: slow backends get less traffic.
+    LeastTime,
 }
 
 /// The strategy configured under `balancing.strategy`.
@@ -77,6 +109,8 @@ pub fn strategy_for(name: StrategyName) -> Box<dyn Strategy> {
         StrategyName::LeastConnections => Box::new(LeastConnections),
         StrategyName::Random => Box::new(Random),
         StrategyName::P2c => Box::new(PowerOfTwo),
+        StrategyName::Hash => Box::new(Hash::new(0)),
+        StrategyName::LeastTime => Box::new(LeastTime),
     }
 }
 
@@ -147,6 +181,8 @@ struct Members {
     /// The ones that take requests ([`Backend::takes_requests`]).
     eligible: Vec<Arc<Backend>>,
     strategy: Arc<dyn Strategy>,
+    /// Eligible backends still in their slow start.
+    ramps: Vec<slow_start::Ramp>,
 }
 
 /// Every configured backend, and the ones that take requests.
@@ -175,6 +211,8 @@ pub struct Pool {
     gate: Arc<queue::Gate>,
     /// `retries.budget_percent` and its window.
     budget: retry_budget::RetryBudget,
+    /// `slow_start`, in milliseconds (0: none).
+    slow_start_ms: AtomicU64,
 }
 
 impl Pool {
@@ -196,6 +234,7 @@ impl Pool {
                 eligible: all.clone(),
                 all: Arc::new(all),
                 strategy: Arc::from(strategy),
+                ramps: Vec::new(),
             }),
             changes: Mutex::new(()),
             unhealthy_threshold: AtomicU32::new(defaults.unhealthy),
@@ -208,6 +247,7 @@ impl Pool {
             labelled: AtomicBool::new(false),
             gate: Arc::new(queue::Gate::new(queue::Limits::default())),
             budget: retry_budget::RetryBudget::default(),
+            slow_start_ms: AtomicU64::new(0),
         }
     }
 
@@ -329,12 +369,44 @@ impl Pool {
 
     /// Chooses a backend that takes requests, or `None` when there is none.
     pub fn pick(&self) -> Option<Arc<Backend>> {
+        self.pick_for(None)
+    }
+
+    /// Chooses a backend that takes requests for a request with this
+    /// affinity key (`strategy: hash`), or `None` when there is none.
+    pub fn pick_for(&self, key: Option<u64>) -> Option<Arc<Backend>> {
         let m = self.members.load();
-        if m.eligible.is_empty() {
+        let i = self.choose(&m, &m.eligible, key)?;
+        m.eligible.get(i).cloned()
+    }
+
+    /// The strategy's choice among `candidates` (an index into them),
+    /// through slow start.
+    fn choose(&self, m: &Members, candidates: &[Arc<Backend>], key: Option<u64>) -> Option<usize> {
+        if candidates.is_empty() {
             return None;
         }
-        let i = m.strategy.pick(&m.eligible);
-        m.eligible.get(i).cloned()
+        let i = match key {
+            Some(k) => m.strategy.pick_keyed(&m.all, candidates, k),
+            None => m.strategy.pick(candidates),
+        };
+        if m.ramps.is_empty() {
+            return Some(i);
+        }
+        // A pick given up goes on along the key's walk, or at random by
+        // weight: asking a stateful strategy (round robin) again would
+        // shift its rotation and skew every share.
+        let again = |c: &[Arc<Backend>]| match key {
+            Some(k) => m.strategy.pick_keyed(&m.all, c, k),
+            None => random::by_weight(c, &mut rand::rng(), None),
+        };
+        Some(slow_start::admit(
+            m,
+            candidates,
+            i,
+            self.slow_start(),
+            again,
+        ))
     }
 
     /// Chooses a backend that takes requests other than `not`, if there
@@ -346,6 +418,15 @@ impl Pool {
     /// Chooses a backend that takes requests and is none of `tried`, if
     /// there is one (a retry goes to a backend not tried yet).
     pub fn pick_excluding(&self, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+        self.pick_excluding_for(tried, None)
+    }
+
+    /// [`Pool::pick_excluding`] for a request with this affinity key.
+    pub fn pick_excluding_for(
+        &self,
+        tried: &[Arc<Backend>],
+        key: Option<u64>,
+    ) -> Option<Arc<Backend>> {
         let m = self.members.load();
         let others: Vec<Arc<Backend>> = m
             .eligible
@@ -353,10 +434,7 @@ impl Pool {
             .filter(|b| !tried.iter().any(|t| Arc::ptr_eq(t, b)))
             .cloned()
             .collect();
-        if others.is_empty() {
-            return None;
-        }
-        let i = m.strategy.pick(&others);
+        let i = self.choose(&m, &others, key)?;
         others.get(i).cloned()
     }
 
@@ -438,6 +516,7 @@ impl Pool {
             all: m.all.clone(),
             eligible: m.eligible.clone(),
             strategy: Arc::from(strategy),
+            ramps: m.ramps.clone(),
         }));
     }
 
@@ -456,16 +535,23 @@ impl Pool {
     /// with the change lock held, so the last publisher saw every flag.
     fn republish(&self, _changes: &MutexGuard<'_, ()>) {
         let m = self.members.load();
-        let eligible = m
+        let eligible: Vec<Arc<Backend>> = m
             .all
             .iter()
             .filter(|b| b.takes_requests())
             .cloned()
             .collect();
+        let ramps = slow_start::next(
+            &m,
+            &eligible,
+            self.slow_start(),
+            tokio::time::Instant::now(),
+        );
         self.members.store(Arc::new(Members {
             all: m.all.clone(),
             eligible,
             strategy: m.strategy.clone(),
+            ramps,
         }));
         self.dispatch_waiting();
     }

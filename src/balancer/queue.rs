@@ -231,7 +231,7 @@ impl Pool {
         {
             let mut w = self.gate.lock();
             while !w.line.is_empty() {
-                let Some(slot) = self.take_free(max, &[]) else {
+                let Some(slot) = self.take_free(max, &[], None) else {
                     break;
                 };
                 if let Some(e) = self.gate.hand_over(&mut w, slot) {
@@ -271,15 +271,35 @@ impl Pool {
     /// when there is none (waiting at most `queue.timeout`, after those
     /// that came earlier).
     pub async fn admit(&self) -> Result<InFlight, Refused> {
+        self.admit_for(None, None).await
+    }
+
+    /// [`Pool::admit`] for a request with an affinity key (`strategy:
+    /// hash`) and perhaps a backend its sticky cookie names. The pinned
+    /// backend is taken when it has a free slot and nobody waits; when it
+    /// is full the request goes where the key or the strategy sends it,
+    /// like any other (a sticky client never waits behind its backend
+    /// while others are free).
+    pub async fn admit_for(
+        &self,
+        key: Option<u64>,
+        pinned: Option<&Arc<Backend>>,
+    ) -> Result<InFlight, Refused> {
         let max = self.gate.max.load(Ordering::SeqCst);
         if max == 0 {
+            if let Some(b) = pinned {
+                return Ok(b.start_request());
+            }
             return self
-                .pick()
+                .pick_for(key)
                 .map(|b| b.start_request())
                 .ok_or(Refused::NoBackend);
         }
         if self.gate.queued.load(Ordering::SeqCst) == 0 {
-            if let Some(slot) = self.take_free(max, &[]) {
+            if let Some(slot) = pinned.and_then(|b| b.try_start_request(max, &self.gate)) {
+                return Ok(slot);
+            }
+            if let Some(slot) = self.take_free(max, &[], key) {
                 return Ok(slot);
             }
         }
@@ -313,18 +333,20 @@ impl Pool {
 
     /// A slot on a backend that takes requests and is none of `tried`,
     /// without waiting (a retry does not queue).
-    pub fn admit_excluding(&self, tried: &[Arc<Backend>]) -> Option<InFlight> {
+    pub fn admit_excluding(&self, tried: &[Arc<Backend>], key: Option<u64>) -> Option<InFlight> {
         let max = self.gate.max.load(Ordering::SeqCst);
         if max == 0 {
-            return self.pick_excluding(tried).map(|b| b.start_request());
+            return self
+                .pick_excluding_for(tried, key)
+                .map(|b| b.start_request());
         }
-        self.take_free(max, tried)
+        self.take_free(max, tried, key)
     }
 
     /// A free slot chosen by the strategy among the backends below `max`
     /// (none of `tried`); a few tries when another request takes the
     /// chosen slot first.
-    fn take_free(&self, max: usize, tried: &[Arc<Backend>]) -> Option<InFlight> {
+    fn take_free(&self, max: usize, tried: &[Arc<Backend>], key: Option<u64>) -> Option<InFlight> {
         for _ in 0..4 {
             let m = self.members.load();
             let free: Vec<Arc<Backend>> = m
@@ -336,7 +358,8 @@ impl Pool {
             if free.is_empty() {
                 return None;
             }
-            let chosen = free.get(m.strategy.pick(&free))?;
+            // Through the key's walk and slow start, as without a limit.
+            let chosen = free.get(self.choose(&m, &free, key)?)?;
             if let Some(slot) = chosen.try_start_request(max, &self.gate) {
                 return Some(slot);
             }
@@ -368,7 +391,7 @@ impl Pool {
         w.line.push_back((id, tx));
         gate.counted(&w);
         while !w.line.is_empty() {
-            let Some(slot) = self.take_free(max, &[]) else {
+            let Some(slot) = self.take_free(max, &[], None) else {
                 break;
             };
             if let Some(e) = gate.hand_over(&mut w, slot) {

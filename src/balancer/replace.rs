@@ -144,12 +144,20 @@ impl Pool {
             report.removed.push(gone.name());
         }
         // One swap from the old set to the new one: a request sees either.
-        let eligible = all.iter().filter(|b| b.takes_requests()).cloned().collect();
+        let eligible: Vec<Arc<Backend>> =
+            all.iter().filter(|b| b.takes_requests()).cloned().collect();
         let m = self.members.load();
+        let ramps = super::slow_start::next(
+            &m,
+            &eligible,
+            self.slow_start(),
+            tokio::time::Instant::now(),
+        );
         self.members.store(Arc::new(Members {
             all: Arc::new(all),
             eligible,
             strategy: m.strategy.clone(),
+            ramps,
         }));
         drop(changes);
         // New backends' free slots go to requests already waiting.

@@ -10,6 +10,7 @@ use crate::limiter::rules::{RuleKey, RuleSpec};
 use crate::proxy::path::EscapedSlashes;
 use crate::routing::hosts::HostPattern;
 use crate::routing::pools::{HealthSpec, PoolSpec, Retries, RetryOn, Timeouts};
+use crate::routing::traffic::{HashKey, StickySpec, TrafficSpec};
 use crate::routing::trie::PathRule;
 use crate::routing::{Edits, RouteSpec};
 use crate::tls::server::{CertificatePaths, TlsSettings};
@@ -232,6 +233,25 @@ impl From<&Config> for crate::proxy::server::ServeOptions {
 // ---------------------------------------------------------------------
 // Pools and routes.
 
+/// A pool's traffic-control keys, resolved (`Config::load` refused values
+/// that do not parse, so a bad `hash_key` here is the default's).
+fn traffic_spec(p: &PoolConfig) -> TrafficSpec {
+    TrafficSpec {
+        hash_key: p
+            .hash_key
+            .as_deref()
+            .and_then(|k| HashKey::parse(k).ok())
+            .unwrap_or_default(),
+        hash_balance_factor: p.hash_balance_factor.unwrap_or(0),
+        sticky: p.sticky.as_ref().map(|s| StickySpec {
+            cookie: s.cookie.clone(),
+            ttl: s.ttl,
+            secret: s.secret.clone(),
+        }),
+        slow_start: p.slow_start.unwrap_or_default(),
+    }
+}
+
 impl Config {
     /// Every pool, resolved against the top-level settings: `default`
     /// (the top-level `backends`, `balancing`, `health_check`, `proxy`)
@@ -294,6 +314,7 @@ impl Config {
                 queue_timeout: p.queue.timeout,
             },
             discovery: p.discovery.as_ref().and_then(discovery_spec),
+            traffic: traffic_spec(p),
         }
     }
 

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 
+use super::affinity::Affinity;
 use super::timeout::{idle_body, Direction, IdleTimeout};
 use super::upstream::{self, Answer, SendError};
 use super::{headers, request_id, tunnel, Body, BoxError, ClientBody, Conn, Live, Proxy};
-use crate::balancer::{Backend, Pool};
+use crate::balancer::{Backend, Pool, StrategyName};
 use crate::error::ProxyError;
 use crate::routing::pools::{PoolUse, RetryOn, Timeouts};
 use crate::routing::Target;
@@ -32,17 +33,20 @@ impl Proxy {
         (request_id, trace): (&HeaderValue, &RequestTrace<'_>),
     ) -> Result<(Response<Body>, Arc<Backend>), ProxyError> {
         let (mut parts, body) = req.into_parts();
-        let upgrade = prepare(&mut parts, conn, host.as_ref(), (live, target), request_id);
         let pool = target.pool;
+        // Before `prepare`: a route's header edits must not change it.
+        let affinity = Affinity::read(&parts, conn, live, pool);
+        let upgrade = prepare(&mut parts, conn, host.as_ref(), (live, target), request_id);
         // Only a request that can be sent again unchanged is retried (no
         // body), and one that reached a backend only if its method is
         // idempotent: a POST is retried when no connection was made.
         let retryable = pool.retries.attempts > 0 && http_body::Body::is_end_stream(&body);
         let idempotent = is_idempotent(&parts.method);
         pool.pool.count_request();
-        // A slot on a backend (waiting in the pool's queue when every
-        // backend is at `max_connections`).
-        let first = pool.pool.admit().await?;
+        // A slot on a backend: the sticky one, the key's, or the
+        // strategy's (waiting in the pool's queue when every backend is at
+        // `max_connections`).
+        let first = affinity.admit(pool).await?;
         // The marker tells a failed read of the client's body from a
         // backend's failure; the idle timer bounds its pauses.
         let body = idle_body(
@@ -72,10 +76,17 @@ impl Proxy {
         };
         let backend = first.backend().clone();
         let result = self.attempt(first, &outgoing, first_headers, body).await;
-        match again {
+        let answered = match again {
             None => result.map(|r| (r, backend)).map_err(ProxyError::from),
-            Some(headers) => self.retry(result, backend, &outgoing, headers).await,
-        }
+            Some(headers) => {
+                self.retry(result, backend, (&outgoing, &affinity), headers)
+                    .await
+            }
+        };
+        answered.map(|(mut r, backend)| {
+            affinity.stamp(pool, &mut r, &backend);
+            (r, backend)
+        })
     }
 
     /// Tries other backends of the pool while the last attempt failed in a
@@ -85,7 +96,7 @@ impl Proxy {
         &self,
         mut result: Result<Response<Body>, Failure>,
         first: Arc<Backend>,
-        outgoing: &Outgoing<'_>,
+        (outgoing, affinity): (&Outgoing<'_>, &Affinity),
         headers: http::HeaderMap,
     ) -> Result<(Response<Body>, Arc<Backend>), ProxyError> {
         let pool = outgoing.pool;
@@ -98,7 +109,7 @@ impl Proxy {
                 tracing::debug!(pool = %pool.name, reason, "retry budget spent: not retried");
                 break;
             }
-            let Some(slot) = pool.pool.admit_excluding(&tried) else {
+            let Some(slot) = affinity.admit_again(pool, &tried) else {
                 break;
             };
             let next = slot.backend().clone();
@@ -183,12 +194,17 @@ impl Proxy {
         // (`Upstreams::send` picks the connection pool by it).
         *upstream.version_mut() = pool.protocol.version();
 
+        // Timed only where a strategy learns from it.
+        let sent = (pool.strategy == StrategyName::LeastTime).then(std::time::Instant::now);
         let outcome = tokio::time::timeout(
             wait,
             self.upstreams
                 .send(backend, upstream, in_flight, (upgrade.is_some(), pool)),
         )
         .await;
+        if let (Some(sent), Ok(Ok(_))) = (sent, &outcome) {
+            backend.observe_response_time(sent.elapsed());
+        }
         let mut response = match outcome {
             Ok(Ok(Answer::Response(r))) => r,
             Ok(Ok(Answer::Switched(switched))) => {

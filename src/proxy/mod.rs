@@ -12,6 +12,7 @@
 //! it opens a tunnel ([`tunnel`]).
 
 mod admission;
+mod affinity;
 mod client_body;
 mod forward;
 mod h2_stall;

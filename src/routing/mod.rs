@@ -21,6 +21,7 @@
 pub mod hosts;
 pub mod pools;
 pub mod route;
+pub mod traffic;
 pub mod trie;
 
 use std::collections::{BTreeMap, HashMap};

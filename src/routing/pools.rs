@@ -18,6 +18,7 @@ use crate::balancer::{
 };
 use crate::discovery::{Discovered, DiscoverySpec, Membership};
 use crate::health::{CheckSpec, Checker};
+use crate::routing::traffic::{Traffic, TrafficSpec};
 use crate::shutdown::{self, Signal, Trigger};
 use crate::telemetry::Metrics;
 
@@ -140,6 +141,8 @@ pub struct PoolSpec {
     pub limits: Limits,
     /// Backends found in DNS besides `backends`.
     pub discovery: Option<DiscoverySpec>,
+    /// Hashing, sticky sessions, slow start.
+    pub traffic: TrafficSpec,
 }
 
 /// What a request needs of its pool, swapped with the routes.
@@ -158,6 +161,8 @@ pub struct PoolUse {
     pub retries: Retries,
     /// How its backends are spoken to.
     pub protocol: Protocol,
+    /// Its hash key and sticky sessions.
+    pub traffic: Traffic,
 }
 
 impl PoolUse {
@@ -171,6 +176,7 @@ impl PoolUse {
             timeouts: Timeouts::default(),
             retries: Retries::default(),
             protocol: Protocol::Http1,
+            traffic: Traffic::default(),
         }
     }
 }
@@ -188,6 +194,9 @@ struct Managed {
     membership: Arc<Membership>,
     /// Its DNS discovery, and what stops that.
     discovery: Option<(DiscoverySpec, Trigger)>,
+    /// Its traffic-control settings (a new balance factor is a new
+    /// strategy object).
+    traffic: TrafficSpec,
 }
 
 /// Every pool, by name, and what they share.
@@ -248,9 +257,10 @@ impl PoolSet {
     pub async fn apply(&self, specs: &[PoolSpec], labelled: bool) -> BTreeMap<String, Arc<Pool>> {
         for spec in specs {
             let existing = self.lock().get(&spec.name).map(|m| {
+                let strategy = (m.strategy, m.traffic.hash_balance_factor);
                 (
                     m.checker.clone(),
-                    m.strategy,
+                    strategy,
                     m.health.clone(),
                     m.membership.clone(),
                 )
@@ -299,12 +309,16 @@ impl PoolSet {
     async fn add(&self, spec: &PoolSpec) {
         let h = &spec.health;
         let pool = Arc::new(
-            Pool::of(spec.backends.iter().cloned(), strategy_for(spec.strategy))
-                .named(&spec.name)
-                .with_events(self.events.clone())
-                .with_thresholds(h.thresholds)
-                .with_passive(h.passive)
-                .with_metrics(self.metrics.clone()),
+            Pool::of(
+                spec.backends.iter().cloned(),
+                spec.traffic.strategy(spec.strategy),
+            )
+            .with_slow_start(spec.traffic.slow_start)
+            .named(&spec.name)
+            .with_events(self.events.clone())
+            .with_thresholds(h.thresholds)
+            .with_passive(h.passive)
+            .with_metrics(self.metrics.clone()),
         );
         pool.set_limits(spec.limits);
         pool.set_retry_budget(spec.retries.budget_percent);
@@ -330,6 +344,7 @@ impl PoolSet {
                 stop,
                 membership,
                 discovery,
+                traffic: spec.traffic.clone(),
             },
         );
     }
@@ -380,7 +395,7 @@ impl PoolSet {
         &self,
         spec: &PoolSpec,
         checker: &Checker,
-        strategy: StrategyName,
+        (strategy, balance_factor): (StrategyName, u32),
         health: &HealthSpec,
     ) {
         let membership = self.lock().get(&spec.name).map(|m| m.membership.clone());
@@ -403,11 +418,12 @@ impl PoolSet {
         let Some(pool) = self.get(&spec.name) else {
             return;
         };
-        if strategy != spec.strategy {
-            pool.set_strategy(strategy_for(spec.strategy));
+        if (strategy, balance_factor) != (spec.strategy, spec.traffic.hash_balance_factor) {
+            pool.set_strategy(spec.traffic.strategy(spec.strategy));
         }
         pool.set_limits(spec.limits);
         pool.set_retry_budget(spec.retries.budget_percent);
+        pool.set_slow_start(spec.traffic.slow_start);
         let h = &spec.health;
         if health != h {
             checker.reconfigure(&h.check(), h.interval);
@@ -417,6 +433,7 @@ impl PoolSet {
         if let Some(m) = self.lock().get_mut(&spec.name) {
             m.strategy = spec.strategy;
             m.health = h.clone();
+            m.traffic = spec.traffic.clone();
         }
     }
 }

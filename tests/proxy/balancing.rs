@@ -94,14 +94,14 @@ async fn weights_1_to_3_split_random_3_to_1() {
 
 /// A backend that answers every request but `/health` after `delay` with
 /// `status`, and every one with `X-Backend: name`.
-struct Scripted {
-    addr: SocketAddr,
+pub(crate) struct Scripted {
+    pub(crate) addr: SocketAddr,
     stop: Trigger,
     task: tokio::task::JoinHandle<tollgate::proxy::server::Drained>,
 }
 
 impl Scripted {
-    async fn start(name: &'static str, delay: Duration, status: u16) -> Self {
+    pub(crate) async fn start(name: &'static str, delay: Duration, status: u16) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -129,7 +129,7 @@ impl Scripted {
         Self { addr, stop, task }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.fire();
         let _ = self.task.await;
     }

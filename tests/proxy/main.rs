@@ -7,9 +7,10 @@
 //! Sentinel), limit rules and dry-run, the TLS
 //! listener,
 //! bodies streamed both ways, WebSocket tunnels, config reloads, the access log with its request
-//! ids, HTTP/2 and gRPC to backends, connection limits with a queue,
-//! retry budgets, DNS discovery, trace context and spans, and HTTP/3 at
-//! the front door.
+//! ids, HTTP/2 and gRPC to backends, per-pool traffic control (hashing,
+//! sticky sessions, slow start, least_time, connection limits with a
+//! queue, retry budgets, DNS discovery), trace context and spans, and
+//! HTTP/3 at the front door.
 
 #[path = "../support"]
 mod support {
@@ -45,6 +46,7 @@ mod proxy_protocol;
 mod reload;
 mod routing;
 mod rules;
+mod selection;
 mod shared;
 mod streaming;
 mod strict;

@@ -26,7 +26,9 @@ use crate::tls::server::{Alpn, MinVersion};
 mod pools;
 mod telemetry;
 pub use pools::*;
+mod selection;
 mod traffic;
+pub use selection::*;
 pub use telemetry::*;
 pub use traffic::*;
 

@@ -41,6 +41,18 @@ pub struct PoolConfig {
     pub queue: super::QueueConfig,
     /// Backends found in DNS instead of (or besides) `backends`.
     pub discovery: Option<super::DiscoveryConfig>,
+    // Backend selection (schema/selection.rs).
+    /// `strategy: hash`: what is hashed (`client` when absent).
+    pub hash_key: Option<String>,
+    /// `strategy: hash`: percent of the mean in-flight load a backend may
+    /// carry (0 or absent: no bound).
+    pub hash_balance_factor: Option<u32>,
+    /// Pins a client to the backend that first answered it, by cookie.
+    pub sticky: Option<super::StickyConfig>,
+    /// A backend that joins or returns ramps up to its full share over
+    /// this.
+    #[serde(deserialize_with = "optional_duration")]
+    pub slow_start: Option<Duration>,
 }
 
 /// `pools.NAME.health_check`: each key absent takes the top-level value.

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 mod routes;
+mod selection;
 mod traffic;
 
 use super::load::{Files, Problem};

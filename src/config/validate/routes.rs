@@ -43,6 +43,8 @@ impl Config {
                 );
             }
             check_backend_list(&pool.backends, &format!("{at}.backends"), add);
+            let strategy = pool.strategy.unwrap_or(self.balancing.strategy);
+            super::selection::check(pool, strategy, &at, add);
             let hc = &pool.health_check;
             if let Some(p) = &hc.passive {
                 check_passive(p, &format!("{at}.health_check.passive"), add);
