@@ -84,34 +84,7 @@ impl Config {
     }
 
     fn parse_text(text: &str, files: Files) -> Result<Self, Vec<Problem>> {
-        let file_problem = |reason: String| {
-            vec![Problem {
-                field: "(file)".into(),
-                reason,
-            }]
-        };
-        if text.len() > MAX_FILE_BYTES {
-            return Err(file_problem(format!(
-                "{} bytes: a config file is at most {MAX_FILE_BYTES} bytes",
-                text.len()
-            )));
-        }
-        if let Some(line) = too_deep(text) {
-            return Err(file_problem(format!(
-                "line {line}: [ and {{ nested more than {MAX_FLOW_DEPTH} levels deep"
-            )));
-        }
-        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(yaml_problem)?;
-        let map = match value {
-            serde_yaml::Value::Null => serde_yaml::Mapping::new(),
-            serde_yaml::Value::Mapping(m) => m,
-            _ => {
-                return Err(vec![Problem {
-                    field: "(file)".into(),
-                    reason: "expected a mapping of sections (server:, backends:, ...)".into(),
-                }])
-            }
-        };
+        let map = sections_of(text)?;
         let mut problems = Vec::new();
         if files == Files::Check {
             problems.extend(no_sections(&map));
@@ -163,6 +136,37 @@ impl Config {
         } else {
             Err(problems)
         }
+    }
+}
+
+/// The file's top-level mapping, after the guards that keep a hostile
+/// file from the YAML parser (size, nesting); an empty file is an empty
+/// mapping.
+fn sections_of(text: &str) -> Result<serde_yaml::Mapping, Vec<Problem>> {
+    let file_problem = |reason: String| {
+        vec![Problem {
+            field: "(file)".into(),
+            reason,
+        }]
+    };
+    if text.len() > MAX_FILE_BYTES {
+        return Err(file_problem(format!(
+            "{} bytes: a config file is at most {MAX_FILE_BYTES} bytes",
+            text.len()
+        )));
+    }
+    if let Some(line) = too_deep(text) {
+        return Err(file_problem(format!(
+            "line {line}: [ and {{ nested more than {MAX_FLOW_DEPTH} levels deep"
+        )));
+    }
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(yaml_problem)?;
+    match value {
+        serde_yaml::Value::Null => Ok(serde_yaml::Mapping::new()),
+        serde_yaml::Value::Mapping(m) => Ok(m),
+        _ => Err(file_problem(
+            "expected a mapping of sections (server:, backends:, ...)".into(),
+        )),
     }
 }
 
