@@ -307,6 +307,7 @@ pub async fn routing_for(config: &Config, pools: &PoolSet, stats: &StatsByRoute)
                 timeouts: s.timeouts,
                 retries: s.retries,
                 protocol: s.protocol,
+                idle_connections: s.idle_connections,
             };
             Some((s.name.clone(), Arc::new(use_)))
         })

@@ -288,6 +288,10 @@ impl Config {
             },
             retries: Retries::from(&p.retries),
             protocol,
+            idle_connections: p
+                .proxy
+                .backend_idle_connections
+                .unwrap_or(px.backend_idle_connections),
         }
     }
 

@@ -15,6 +15,7 @@ mod h2_stall;
 pub mod headers;
 pub mod identity;
 mod labels;
+mod park;
 mod parser_refusal;
 pub mod path;
 pub mod proxy_protocol;

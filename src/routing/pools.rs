@@ -132,6 +132,8 @@ pub struct PoolSpec {
     pub retries: Retries,
     /// How its backends are spoken to.
     pub protocol: Protocol,
+    /// Idle keep-alive connections kept per backend and proxy thread.
+    pub idle_connections: usize,
 }
 
 /// What a request needs of its pool, swapped with the routes.
@@ -150,6 +152,9 @@ pub struct PoolUse {
     pub retries: Retries,
     /// How its backends are spoken to.
     pub protocol: Protocol,
+    /// Idle keep-alive connections kept per backend and proxy thread
+    /// (`proxy.backend_idle_connections`).
+    pub idle_connections: usize,
 }
 
 impl PoolUse {
@@ -163,6 +168,7 @@ impl PoolUse {
             timeouts: Timeouts::default(),
             retries: Retries::default(),
             protocol: Protocol::Http1,
+            idle_connections: crate::config::DEFAULT_BACKEND_IDLE_CONNECTIONS,
         }
     }
 }

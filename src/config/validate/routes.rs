@@ -72,6 +72,12 @@ impl Config {
                     add(&format!("{at}.{field}"), "must be greater than 0".into());
                 }
             }
+            if let Some(p) = px
+                .backend_idle_connections
+                .and_then(super::idle_connections_problem)
+            {
+                add(&format!("{at}.proxy.backend_idle_connections"), p);
+            }
             if pool.retries.attempts > MAX_RETRIES {
                 add(
                     &format!("{at}.retries.attempts"),
