@@ -212,6 +212,7 @@ impl From<&ServerConfig> for crate::proxy::server::ServeOptions {
             // The proxy's, set when it starts.
             access_log: None,
             h2c: true,
+            park_after: crate::proxy::server::PARK_AFTER,
         }
     }
 }

@@ -14,6 +14,8 @@ mod forward;
 mod h2_stall;
 pub mod headers;
 pub mod identity;
+#[cfg(test)]
+mod idle_tests;
 mod labels;
 mod park;
 mod parser_refusal;

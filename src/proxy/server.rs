@@ -69,6 +69,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::h2_stall::{self, Stalls, StreamExec, StreamWatch};
+pub use super::park::PARK_AFTER;
 use super::park::{self, HeadTimer, Woken};
 use super::parser_refusal::{self, Refused};
 use super::proxy_protocol::ProxyProtocol;
@@ -109,6 +110,9 @@ pub struct ServeOptions {
     /// Plain connections may speak HTTP/2 with prior knowledge (h2c);
     /// `false`: HTTP/1.1 only (the demo backend without `--h2c`).
     pub h2c: bool,
+    /// How long an idle HTTP/1.1 connection stays with hyper before it
+    /// waits outside it (`proxy::park`).
+    pub park_after: Duration,
 }
 
 impl Default for ServeOptions {
@@ -124,6 +128,7 @@ impl Default for ServeOptions {
             metrics: Metrics::default(),
             access_log: None,
             h2c: true,
+            park_after: PARK_AFTER,
         }
     }
 }
@@ -410,6 +415,7 @@ where
         metrics: options.metrics.clone(),
         access_log: options.access_log.clone(),
         h2c: options.h2c,
+        park_after: options.park_after,
     });
     let graceful = GracefulShutdown::new();
     // Tells connections to give up (still waiting for their first bytes)
@@ -472,6 +478,8 @@ struct Shared<H> {
     access_log: Option<AccessLog>,
     /// Whether plain connections may speak h2c.
     h2c: bool,
+    /// How long an idle HTTP/1.1 connection stays with hyper.
+    park_after: Duration,
     /// Completes when the drain is over: open tunnels are cut.
     cut: Signal,
 }
@@ -551,7 +559,7 @@ where
     S::Error: Into<BoxError>,
 {
     let mut http1 = shared.http1.clone();
-    http1.timer(HeadTimer::new(state.clone()));
+    http1.timer(HeadTimer::new(state.clone(), shared.park_after));
     loop {
         // Boxed, and dropped while the connection waits: hyper's state and
         // buffers are what an idle connection no longer holds.
@@ -572,7 +580,9 @@ where
             // Empty, but still a view of hyper's whole read buffer: it
             // goes before the wait, or the wait holds those 8 KiB.
             drop(parts.read_buf);
-            let deadline = Instant::now() + shared.header_read_timeout;
+            // hyper's header timer ran for the grace period already.
+            let left = shared.header_read_timeout.saturating_sub(shared.park_after);
+            let deadline = Instant::now() + left;
             if park::wait(&io.stream, deadline, &closing).await == Woken::Close {
                 return Ok(());
             }
