@@ -193,7 +193,7 @@ for r in "${RESULTS[@]}"; do
   printf '| %s | %s | %s |\n' "$name" "$load" "$ir"
 done
 echo
-STAMP="$(valgrind --version); $(date -u +%Y-%m-%dT%H:%MZ); $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+STAMP="$(valgrind --version); $(date -u +%Y-%m-%dT%H:%MZ); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $BIN"
 echo "$STAMP"
 
 case "$MODE" in
