@@ -401,8 +401,7 @@ where
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on the listener");
         }
     }
-    // Tells open tunnels the drain is over (fired, or dropped, when this
-    // function returns).
+    // Tells open tunnels the drain is over (fired, or dropped, on return).
     let (cut, cut_signal) = crate::shutdown::channel();
     let shared = Arc::new(Shared {
         cut: cut_signal,
