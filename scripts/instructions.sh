@@ -26,8 +26,29 @@
 # (CARGO_PROFILE_PRODUCTION_DEBUG=line-tables-only), keep the files
 # (KEEP=1) and read them with callgrind_annotate --inclusive=yes.
 # Needs valgrind, wrk and ab (Debian: valgrind wrk apache2-utils).
+#
+# The regression guard (docs/benchmarks.md, "Instruction counts"):
+#   scripts/instructions.sh --update   # counts the standard set and writes
+#                                      # benches/instructions.txt
+#   scripts/instructions.sh --check    # counts it again; exits 1 if a figure
+#                                      # grew by more than 10% (CHECK_PERCENT)
+# The standard set is tollgate alone, with the access log, and with one
+# route and with 50 routes + 20 rules, each under both loads; no nginx, no
+# Redis. About 3 minutes, so it is run by hand (and in review), not in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+MODE=${1:-}
+FIGURES=benches/instructions.txt
+case "$MODE" in
+  "") ;;
+  --check | --update)
+    ACCESS_LOG=1 ROUTES=50 RULES=0 NGINX=0
+    unset REDIS_URL
+    [ "$MODE" = --check ] && [ ! -f "$FIGURES" ] && { echo "no $FIGURES: run --update first" >&2; exit 2; }
+    ;;
+  *) echo "usage: scripts/instructions.sh [--check|--update]" >&2; exit 2 ;;
+esac
 
 ACCESS_LOG=${ACCESS_LOG:-0}
 if [ -z "${BIN:-}" ]; then
@@ -175,7 +196,9 @@ if [ -n "${REDIS_URL:-}" ]; then
   done
 fi
 
-if command -v nginx >/dev/null; then
+if [ "${NGINX:-1}" = 0 ]; then
+  :
+elif command -v nginx >/dev/null; then
   NG=$(free_port)
   nginx_conf "$WORK/nginx.conf" "$NG" "worker_processes 1;
 master_process off;
@@ -195,4 +218,45 @@ for r in "${RESULTS[@]}"; do
   printf '| %s | %s | %s |\n' "$name" "$load" "$ir"
 done
 echo
-echo "$(valgrind --version); $(date -u +%Y-%m-%dT%H:%MZ)"
+STAMP="$(valgrind --version); $(date -u +%Y-%m-%dT%H:%MZ); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $BIN"
+echo "$STAMP"
+
+case "$MODE" in
+  --update)
+    {
+      echo "# User-space instructions per proxied request (scripts/instructions.sh --update;"
+      echo "# --check fails when a figure grows by more than 10%). $STAMP"
+      for r in "${RESULTS[@]}"; do echo "$r"; done
+    } >"$FIGURES"
+    echo "wrote $FIGURES"
+    ;;
+  --check)
+    limit=${CHECK_PERCENT:-10}
+    failed=0
+    printf '\n| server | load | committed | now | change |\n|---|---|---|---|---|\n'
+    while read -r name load was; do
+      case "$name" in "#"* | "") continue ;; esac
+      now=""
+      for r in "${RESULTS[@]}"; do
+        read -r n l ir <<<"$r"
+        [ "$n $l" = "$name $load" ] && now=$ir
+      done
+      if [ -z "$now" ]; then
+        echo "| $name | $load | $was | missing | |"
+        failed=1
+        continue
+      fi
+      change=$(awk -v a="$was" -v b="$now" 'BEGIN { printf "%+.1f%%", (b - a) * 100 / a }')
+      echo "| $name | $load | $was | $now | $change |"
+      if [ $((now * 100)) -gt $((was * (100 + limit))) ]; then
+        echo "  ^ more than ${limit}% above $FIGURES" >&2
+        failed=1
+      fi
+    done <"$FIGURES"
+    if [ "$failed" = 1 ]; then
+      echo "instruction counts grew by more than ${limit}% (or a figure is missing)" >&2
+      exit 1
+    fi
+    echo "within ${limit}% of $FIGURES"
+    ;;
+esac

@@ -352,6 +352,7 @@ pub async fn routing_for(config: &Config, pools: &PoolSet, stats: &StatsByRoute)
                 retries: s.retries,
                 protocol: s.protocol,
                 traffic: crate::routing::traffic::Traffic::new(&s.name, s.strategy, &s.traffic),
+                idle_connections: s.idle_connections,
             };
             Some((s.name.clone(), Arc::new(use_)))
         })

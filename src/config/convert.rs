@@ -213,6 +213,7 @@ impl From<&ServerConfig> for crate::proxy::server::ServeOptions {
             // The proxy's, set when it starts.
             access_log: None,
             h2c: true,
+            park_after: crate::proxy::server::PARK_AFTER,
         }
     }
 }
@@ -315,6 +316,10 @@ impl Config {
             },
             discovery: p.discovery.as_ref().and_then(discovery_spec),
             traffic: traffic_spec(p),
+            idle_connections: p
+                .proxy
+                .backend_idle_connections
+                .unwrap_or(px.backend_idle_connections),
         }
     }
 

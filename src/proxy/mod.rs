@@ -19,7 +19,10 @@ mod h2_stall;
 pub mod headers;
 pub mod http3;
 pub mod identity;
+#[cfg(test)]
+mod idle_tests;
 mod labels;
+mod park;
 mod parser_refusal;
 pub mod path;
 pub mod proxy_protocol;

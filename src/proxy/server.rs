@@ -69,6 +69,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::h2_stall::{self, Stalls, StreamExec, StreamWatch};
+pub use super::park::PARK_AFTER;
+use super::park::{self, HeadTimer, Woken};
 use super::parser_refusal::{self, Refused};
 use super::proxy_protocol::ProxyProtocol;
 use super::timeout::IdleTimer;
@@ -108,6 +110,9 @@ pub struct ServeOptions {
     /// Plain connections may speak HTTP/2 with prior knowledge (h2c);
     /// `false`: HTTP/1.1 only (the demo backend without `--h2c`).
     pub h2c: bool,
+    /// How long an idle HTTP/1.1 connection stays with hyper before it
+    /// waits outside it (`proxy::park`).
+    pub park_after: Duration,
 }
 
 impl Default for ServeOptions {
@@ -123,6 +128,7 @@ impl Default for ServeOptions {
             metrics: Metrics::default(),
             access_log: None,
             h2c: true,
+            park_after: PARK_AFTER,
         }
     }
 }
@@ -400,8 +406,7 @@ where
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on the listener");
         }
     }
-    // Tells open tunnels the drain is over (fired, or dropped, when this
-    // function returns).
+    // Tells open tunnels the drain is over (fired, or dropped, on return).
     let (cut, cut_signal) = crate::shutdown::channel();
     let shared = Arc::new(Shared {
         cut: cut_signal,
@@ -414,6 +419,7 @@ where
         metrics: options.metrics.clone(),
         access_log: options.access_log.clone(),
         h2c: options.h2c,
+        park_after: options.park_after,
     });
     let graceful = GracefulShutdown::new();
     // Tells connections to give up (still waiting for their first bytes)
@@ -476,6 +482,8 @@ struct Shared<H> {
     access_log: Option<AccessLog>,
     /// Whether plain connections may speak h2c.
     h2c: bool,
+    /// How long an idle HTTP/1.1 connection stays with hyper.
+    park_after: Duration,
     /// Completes when the drain is over: open tunnels are cut.
     cut: Signal,
 }
@@ -523,20 +531,72 @@ async fn serve_connection<H, F>(
     });
     let service = request_service(shared.clone(), conn, h2, &state);
     let result = if h2 {
-        let stalls = Arc::new(Stalls::default());
-        let exec = StreamExec::new(shared.send_timeout, stalls.clone(), &shared.metrics);
-        let conn = http2_builder(shared.http2, exec).serve_connection(io, service);
-        drive_h2(conn, &state, &stalls, shared.header_read_timeout, closing).await
+        // Boxed: hyper's HTTP/2 connection is large, and inline it would
+        // be part of every connection's state, idle HTTP/1.1 ones too.
+        Box::pin(async {
+            let stalls = Arc::new(Stalls::default());
+            let exec = StreamExec::new(shared.send_timeout, stalls.clone(), &shared.metrics);
+            let conn = http2_builder(shared.http2, exec).serve_connection(io, service);
+            drive_h2(conn, &state, &stalls, shared.header_read_timeout, closing).await
+        })
+        .await
     } else {
-        let conn = shared.http1.serve_connection(io, service);
-        let (result, refused) = drive_h1(conn, &state, closing, shared.cut.clone()).await;
-        if let (Some(log), Some(refused)) = (&shared.access_log, refused) {
-            parser_refusal::log(log, peer.ip(), &refused);
-        }
-        result
+        serve_h1(&shared, io.into_inner(), service, &state, peer, closing).await
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves an HTTP/1.1 connection to its end. Between two requests it
+/// waits outside hyper, holding no buffer ([`park`]); the next bytes go
+/// to a new hyper connection.
+async fn serve_h1<H, S>(
+    shared: &Shared<H>,
+    mut io: ClientStream,
+    mut service: S,
+    state: &Arc<ConnState>,
+    peer: SocketAddr,
+    closing: Signal,
+) -> Result<(), hyper::Error>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin,
+    S::Error: Into<BoxError>,
+{
+    let mut http1 = shared.http1.clone();
+    http1.timer(HeadTimer::new(state.clone(), shared.park_after));
+    loop {
+        // Boxed, and dropped while the connection waits: hyper's state and
+        // buffers are what an idle connection no longer holds.
+        let conn = Box::new(http1.serve_connection(TokioIo::new(io), service));
+        let parts = match drive_h1(conn, state, closing.clone(), shared.cut.clone()).await {
+            H1End::Parked(parts) => parts,
+            H1End::Closed(result, refused) => {
+                if let (Some(log), Some(refused)) = (&shared.access_log, refused) {
+                    parser_refusal::log(log, peer.ip(), &refused);
+                }
+                return result;
+            }
+        };
+        state.park.set_parking(false);
+        service = parts.service;
+        io = parts.io.into_inner();
+        if parts.read_buf.is_empty() {
+            // Empty, but still a view of hyper's whole read buffer: it
+            // goes before the wait, or the wait holds those 8 KiB.
+            drop(parts.read_buf);
+            // hyper's header timer ran for the grace period already.
+            let left = shared.header_read_timeout.saturating_sub(shared.park_after);
+            let deadline = Instant::now() + left;
+            if park::wait(&io.stream, deadline, &closing).await == Woken::Close {
+                return Ok(());
+            }
+        } else {
+            // A pipelined head begun: hyper's next connection reads it
+            // first (and, having served nothing yet, is not handed back
+            // before it is whole).
+            io.ahead = parts.read_buf;
+        }
     }
 }
 
@@ -612,6 +672,9 @@ where
         // connection on a 101 to it): the 101 may carry a tunnel. Any
         // other request pays only this look into empty extensions.
         // (HTTP/2 marks extended CONNECT the same way; not an upgrade.)
+        if !h2 {
+            upgrades.park.served();
+        }
         let switching = (!h2
             && req
                 .extensions()
@@ -681,16 +744,26 @@ async fn handshake(
     Some((Transport::Tls(Box::new(stream)), Bytes::new(), h2))
 }
 
-/// Runs an HTTP/1.1 connection to its end; then sends whatever
+/// How one hyper connection over a client connection ended.
+enum H1End<S> {
+    /// The client connection ended too (closed, failed, or became a
+    /// tunnel that has now closed), with the parser's refusal if any.
+    Closed(Result<(), hyper::Error>, Option<Refused>),
+    /// Idle between requests, handed back by hyper ([`park`]).
+    Parked(http1::Parts<TokioIo<ClientStream>, S>),
+}
+
+/// Runs an HTTP/1.1 connection until it is idle between requests and
+/// handed back ([`park`]), or to its end; then sends whatever
 /// [`ClientStream`] held back, or the JSON error in place of hyper's own
 /// (and returns that refusal, for the access log); or, if it ended in an
 /// upgrade, runs the tunnel until it closes or `cut` completes.
 async fn drive_h1<S>(
-    mut conn: http1::Connection<TokioIo<ClientStream>, S>,
+    mut conn: Box<http1::Connection<TokioIo<ClientStream>, S>>,
     state: &ConnState,
     closing: Signal,
     cut: Signal,
-) -> (Result<(), hyper::Error>, Option<Refused>)
+) -> H1End<S>
 where
     S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin,
     S::Error: Into<BoxError>,
@@ -701,41 +774,54 @@ where
     let result = std::future::poll_fn(|cx| {
         if !draining && closing.as_mut().poll(cx).is_ready() {
             draining = true;
-            Pin::new(&mut conn).graceful_shutdown();
+            Pin::new(&mut *conn).graceful_shutdown();
         }
         state.round.fetch_add(1, Ordering::Relaxed);
-        let polled = Pin::new(&mut conn).poll(cx);
-        // A response held back in this round that did not turn out to be
-        // hyper's last word must go out: poll again so that hyper's next
-        // flush sends it.
-        if polled.is_pending() && state.holding.load(Ordering::Relaxed) {
-            cx.waker().wake_by_ref();
+        let polled = Pin::new(&mut *conn).poll(cx);
+        if polled.is_pending() {
+            // A response held back in this round that did not turn out to
+            // be hyper's last word must go out: poll again so that hyper's
+            // next flush sends it.
+            if state.holding.load(Ordering::Relaxed) {
+                cx.waker().wake_by_ref();
+            } else if !draining && state.park.may_park() {
+                // Idle: closing an idle connection writes nothing, and
+                // its shutdown is not passed on to the stream.
+                state.park.set_parking(true);
+                draining = true;
+                Pin::new(&mut *conn).graceful_shutdown();
+                return Pin::new(&mut *conn).poll(cx);
+            }
         }
         polled
     })
     .await;
     // hyper's connection ends without closing the socket after a 101
     // (Connection::poll leaves an upgrade to whoever takes the socket).
-    let parts = conn.into_parts();
+    let parts = (*conn).into_parts();
+    if state.park.parking() && result.is_ok() {
+        return H1End::Parked(parts);
+    }
     let mut stream = parts.io.into_inner();
     if result.is_ok() {
         if let Some(tunnel) = state.take_tunnel() {
             stream.upgraded(parts.read_buf);
-            tunnel::run(stream, tunnel, cut).await;
-            return (Ok(()), None);
+            // Boxed, like the rare path below: inline, their state would
+            // be part of every connection's, idle ones included.
+            Box::pin(tunnel::run(stream, tunnel, cut)).await;
+            return H1End::Closed(Ok(()), None);
         }
     }
     let parse_error = result.as_ref().err().is_some_and(hyper::Error::is_parse);
     // On a parse error hyper's read buffer still holds the refused head.
-    let refused = stream
-        .finish(parse_error)
+    let refused = Box::pin(stream.finish(parse_error))
         .await
         .map(|(status, body_len)| Refused {
             status,
             body_len,
             head: parts.read_buf,
         });
-    (result, refused)
+    H1End::Closed(result, refused)
 }
 
 /// Runs an HTTP/2 connection to its end, closing it once it has had no
@@ -825,6 +911,14 @@ struct ConnState {
     tunnel: Mutex<Option<Tunnel>>,
     /// Where its idle timeouts are counted.
     metrics: Metrics,
+    /// HTTP/1.1: whether the connection can leave hyper while idle.
+    park: park::Flags,
+}
+
+impl AsRef<park::Flags> for ConnState {
+    fn as_ref(&self) -> &park::Flags {
+        &self.park
+    }
 }
 
 impl ConnState {
@@ -837,6 +931,7 @@ impl ConnState {
             round: AtomicU32::new(0),
             holding: AtomicBool::new(false),
             tunnel: Mutex::new(None),
+            park: park::Flags::default(),
         }
     }
 
@@ -1156,7 +1251,9 @@ impl AsyncRead for ClientStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         if self.ahead.is_empty() {
-            return Pin::new(&mut self.stream).poll_read(cx, buf);
+            let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+            self.state.park.read(polled.is_pending());
+            return polled;
         }
         let n = self.ahead.len().min(buf.remaining());
         buf.put_slice(&self.ahead.split_to(n));
@@ -1171,6 +1268,7 @@ impl AsyncWrite for ClientStream {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
+        this.state.park.flushed(false);
         ready!(this.poll_release(cx))?;
         if this.hold(&[std::io::IoSlice::new(buf)]) {
             return Poll::Ready(Ok(buf.len()));
@@ -1184,6 +1282,7 @@ impl AsyncWrite for ClientStream {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
+        this.state.park.flushed(false);
         ready!(this.poll_release(cx))?;
         if this.hold(bufs) {
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
@@ -1201,10 +1300,18 @@ impl AsyncWrite for ClientStream {
         if this.held.as_ref().is_some_and(|h| h.round != round) {
             ready!(this.poll_release(cx))?;
         }
-        Pin::new(&mut this.stream).poll_flush(cx)
+        let flushed = Pin::new(&mut this.stream).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            this.state.park.flushed(true);
+        }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.state.park.parking() {
+            // hyper lets go of an idle connection: it stays open.
+            return Poll::Ready(Ok(()));
+        }
         if self.held.is_some() {
             // hyper shuts the connection right after writing its parser
             // error answer, which is held back: a TLS close_notify now

@@ -8,6 +8,12 @@
 //! stack only once its response body was read to the end, so a
 //! half-read response can never be answered to the next request.
 //!
+//! The stack holds at most the pool's `backend_idle_connections` (nginx's
+//! `keepalive`): a burst of N concurrent requests opens N connections,
+//! and each one past the bound is closed as it falls idle instead of
+//! holding a socket, a task and hyper's buffers (about 20 KiB) until the
+//! backend or [`IDLE_TIMEOUT`] ends it.
+//!
 //! Why not hyper-util's pooled `Client`: on this path it hashed a pool key
 //! with SipHash, took a mutex, built a URI and, whenever a response body was
 //! still streaming when the headers arrived, spawned a task per request
@@ -53,10 +59,6 @@ use crate::balancer::{self, Backend, InFlight};
 use crate::body::Watched;
 use crate::routing::pools::PoolUse;
 use crate::telemetry::Metrics;
-
-/// Idle connections kept per backend and thread; more than this are closed
-/// when they fall idle.
-const MAX_IDLE_PER_BACKEND: usize = 1024;
 
 /// An idle connection older than this is closed instead of reused (backends
 /// commonly drop idle keep-alive connections after a minute or two).
@@ -242,6 +244,7 @@ impl Upstreams {
                         // before it is polled.
                         finished: http_body::Body::is_end_stream(&body),
                         connection: Some((sender, self.inner.clone(), backend.clone())),
+                        idle_limit: pool.idle_connections,
                         _in_flight: in_flight,
                     };
                     let body = idle_body(
@@ -409,10 +412,12 @@ where
 }
 
 impl Inner {
-    fn give_back(&self, backend: Arc<Backend>, sender: SendRequest<Body>) {
+    /// Puts `sender` on `backend`'s idle stack, which holds at most
+    /// `limit` (the oldest go first).
+    fn give_back(&self, backend: Arc<Backend>, sender: SendRequest<Body>, limit: usize) {
         // A backend a reload removed gets no more requests: its
         // connection closes now rather than idling.
-        if sender.is_closed() || backend.is_removed() {
+        if sender.is_closed() || backend.is_removed() || limit == 0 {
             return;
         }
         let now = Instant::now();
@@ -430,9 +435,11 @@ impl Inner {
         while stack.front().is_some_and(|c| !c.usable(now)) {
             stack.pop_front();
         }
-        if stack.len() < MAX_IDLE_PER_BACKEND {
-            stack.push_back(Idle { sender, since: now });
+        // A bound lowered by a reload takes the surplus too.
+        while stack.len() >= limit {
+            stack.pop_front();
         }
+        stack.push_back(Idle { sender, since: now });
     }
 }
 
@@ -466,6 +473,8 @@ fn key(backend: &Arc<Backend>) -> usize {
 struct Returning {
     finished: bool,
     connection: Option<(SendRequest<Body>, Arc<Inner>, Arc<Backend>)>,
+    /// The pool's `backend_idle_connections`.
+    idle_limit: usize,
     _in_flight: InFlight,
 }
 
@@ -489,7 +498,7 @@ impl Drop for Returning {
         // mid-response; it closes with the sender instead.
         if self.finished {
             if let Some((sender, pool, backend)) = self.connection.take() {
-                pool.give_back(backend, sender);
+                pool.give_back(backend, sender, self.idle_limit);
             }
         }
     }

@@ -233,6 +233,11 @@ pub(super) fn diff(old: &Config, new: &Config) -> Changes {
         )
         .key("ca_file", |p| &mut p.ca_file, restart)
         .key("protocol", |p| &mut p.protocol, Some(Proxy))
+        .key(
+            "backend_idle_connections",
+            |p| &mut p.backend_idle_connections,
+            Some(Proxy),
+        )
         .rest();
 
     running.health_check = c

@@ -143,6 +143,8 @@ pub struct PoolSpec {
     pub discovery: Option<DiscoverySpec>,
     /// Hashing, sticky sessions, slow start.
     pub traffic: TrafficSpec,
+    /// Idle keep-alive connections kept per backend and proxy thread.
+    pub idle_connections: usize,
 }
 
 /// What a request needs of its pool, swapped with the routes.
@@ -163,6 +165,9 @@ pub struct PoolUse {
     pub protocol: Protocol,
     /// Its hash key and sticky sessions.
     pub traffic: Traffic,
+    /// Idle keep-alive connections kept per backend and proxy thread
+    /// (`proxy.backend_idle_connections`).
+    pub idle_connections: usize,
 }
 
 impl PoolUse {
@@ -177,6 +182,7 @@ impl PoolUse {
             retries: Retries::default(),
             protocol: Protocol::Http1,
             traffic: Traffic::default(),
+            idle_connections: crate::config::DEFAULT_BACKEND_IDLE_CONNECTIONS,
         }
     }
 }

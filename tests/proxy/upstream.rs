@@ -221,3 +221,77 @@ fn tokio_stream_from(
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// A backend that holds every `GET /burst` until `expected` of them are
+/// in, then answers them all (keep-alive); `GET /health` is answered at
+/// once. Counts its open connections.
+async fn gathering_backend(expected: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let open = Arc::new(AtomicUsize::new(0));
+    let counter = open.clone();
+    let gate = Arc::new(tokio::sync::Barrier::new(expected));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let open = counter.clone();
+            let gate = gate.clone();
+            open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(request_line)) = lines.next_line().await {
+                    // The rest of the head (requests here have no body).
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if line.is_empty() {
+                            break;
+                        }
+                    }
+                    if request_line.starts_with("GET /burst ") {
+                        gate.wait().await;
+                    }
+                    let reply = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_burst_no_more_than_backend_idle_connections_stay_open() {
+    const BURST: usize = 24;
+    const BOUND: usize = 2;
+    let (addr, open) = gathering_backend(BURST).await;
+    let mut c = config(&[addr]);
+    c.health_check.interval = std::time::Duration::from_secs(3600);
+    c.proxy.backend_idle_connections = BOUND;
+    let lb = balancer(&c).await;
+    crate::support::eventually("the health check's connection closed", || {
+        open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    // One client connection per request, so they all run at once.
+    let answers = (0..BURST).map(|_| {
+        let c = client();
+        let u = url(lb.proxy_addr(), "/burst");
+        tokio::spawn(async move { c.get(u).send().await.expect("answer").status() })
+    });
+    for answer in futures_util::future::join_all(answers).await {
+        assert_eq!(answer.expect("task"), StatusCode::OK);
+    }
+    // The bound holds per backend and proxy thread.
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    crate::support::eventually("the surplus backend connections closed", || {
+        open.load(Ordering::SeqCst) <= BOUND * threads
+    })
+    .await;
+    assert!(
+        open.load(Ordering::SeqCst) >= 1,
+        "some stay for the next request"
+    );
+    lb.shutdown().await;
+}

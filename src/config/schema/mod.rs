@@ -322,6 +322,10 @@ pub struct ProxyConfig {
     /// The HTTP version the default pool's backends are spoken to in, and
     /// that of every pool that does not set `protocol`.
     pub protocol: Protocol,
+    /// Idle keep-alive connections kept per backend and proxy thread
+    /// (nginx's `keepalive`, per worker); more are closed as they fall
+    /// idle. 0: every backend connection closes after its response.
+    pub backend_idle_connections: usize,
 }
 
 impl Default for ProxyConfig {
@@ -335,9 +339,18 @@ impl Default for ProxyConfig {
             upgrade_idle_timeout: Duration::from_secs(600),
             escaped_slashes: EscapedSlashes::Reject,
             protocol: Protocol::Http1,
+            backend_idle_connections: DEFAULT_BACKEND_IDLE_CONNECTIONS,
         }
     }
 }
+
+/// `proxy.backend_idle_connections` unless set: nginx's usual
+/// `keepalive 64`. A burst of N concurrent requests opens N backend
+/// connections; only this many per backend and thread stay for the next.
+pub const DEFAULT_BACKEND_IDLE_CONNECTIONS: usize = 64;
+
+/// Largest `backend_idle_connections` accepted.
+pub const MAX_BACKEND_IDLE_CONNECTIONS: usize = 65_536;
 
 /// `health_check`: active backend checks.
 #[derive(Debug, Clone, Deserialize)]

@@ -95,6 +95,8 @@ pub struct ProxyOverrides {
     /// An upgraded tunnel idle this long is closed.
     #[serde(deserialize_with = "optional_duration")]
     pub upgrade_idle_timeout: Option<Duration>,
+    /// Idle keep-alive connections kept per backend and proxy thread.
+    pub backend_idle_connections: Option<usize>,
 }
 
 /// What makes a failed attempt worth another (`retries.on`).

@@ -184,8 +184,11 @@ impl Config {
         }
     }
 
-    /// `proxy`: a CA file that loads.
+    /// `proxy`: a CA file that loads, a bounded idle pool.
     fn check_proxy(&self, add: &mut Add<'_>) {
+        if let Some(p) = idle_connections_problem(self.proxy.backend_idle_connections) {
+            add("proxy.backend_idle_connections", p);
+        }
         if let Some(path) = &self.proxy.ca_file {
             // The same reading start-up does, so `check` passing means the
             // file will load.
@@ -423,4 +426,14 @@ pub(super) fn check_passive(passive: &PassiveConfig, field: &str, add: &mut Add<
             "must be greater than 0 when consecutive_5xx is set".into(),
         );
     }
+}
+
+/// What is wrong with a `backend_idle_connections` of `n`, if anything.
+fn idle_connections_problem(n: usize) -> Option<String> {
+    (n > super::MAX_BACKEND_IDLE_CONNECTIONS).then(|| {
+        format!(
+            "{n}: at most {} idle connections per backend and thread",
+            super::MAX_BACKEND_IDLE_CONNECTIONS
+        )
+    })
 }

@@ -75,6 +75,12 @@ impl Config {
                 }
             }
             super::traffic::check_pool_traffic(pool, &at, add);
+            if let Some(p) = px
+                .backend_idle_connections
+                .and_then(super::idle_connections_problem)
+            {
+                add(&format!("{at}.proxy.backend_idle_connections"), p);
+            }
             if pool.retries.attempts > MAX_RETRIES {
                 add(
                     &format!("{at}.retries.attempts"),
