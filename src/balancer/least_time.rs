@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::random::by_weight;
 use super::{Backend, Strategy};
 
 /// The EWMA's time constant (Finagle's and Linkerd's default).
@@ -109,21 +108,10 @@ pub struct LeastTime;
 
 impl Strategy for LeastTime {
     fn pick(&self, healthy: &[Arc<Backend>]) -> usize {
-        if healthy.len() < 2 {
-            return 0;
-        }
-        let mut rng = rand::rng();
-        let a = by_weight(healthy, &mut rng, None);
-        let b = by_weight(healthy, &mut rng, Some(a));
         let now = now_ns();
-        match (healthy.get(a), healthy.get(b)) {
-            (Some(first), Some(second))
-                if second.least_time_score(now) < first.least_time_score(now) =>
-            {
-                b
-            }
-            _ => a,
-        }
+        super::p2c::better_of_two(healthy, |second, first| {
+            second.least_time_score(now) < first.least_time_score(now)
+        })
     }
 }
 

@@ -15,15 +15,25 @@ pub struct PowerOfTwo;
 
 impl Strategy for PowerOfTwo {
     fn pick(&self, healthy: &[Arc<Backend>]) -> usize {
-        if healthy.len() < 2 {
-            return 0;
-        }
-        let mut rng = rand::rng();
-        let a = by_weight(healthy, &mut rng, None);
-        let b = by_weight(healthy, &mut rng, Some(a));
-        match (healthy.get(a), healthy.get(b)) {
-            (Some(first), Some(second)) if lighter(second, first) => b,
-            _ => a,
-        }
+        better_of_two(healthy, lighter)
+    }
+}
+
+/// Draws two distinct backends at random by weight and returns the
+/// second's index if `second_wins(second, first)`, else the first's: the
+/// draw every two-choice strategy shares, each with its own comparison.
+pub(super) fn better_of_two(
+    healthy: &[Arc<Backend>],
+    second_wins: impl Fn(&Backend, &Backend) -> bool,
+) -> usize {
+    if healthy.len() < 2 {
+        return 0;
+    }
+    let mut rng = rand::rng();
+    let a = by_weight(healthy, &mut rng, None);
+    let b = by_weight(healthy, &mut rng, Some(a));
+    match (healthy.get(a), healthy.get(b)) {
+        (Some(first), Some(second)) if second_wins(second, first) => b,
+        _ => a,
     }
 }
