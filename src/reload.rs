@@ -314,7 +314,7 @@ impl FileReload {
         {
             let routing = routing_for(new, &t.pools, &t.route_stats).await;
             let rl = &new.rate_limit;
-            t.proxy.reconfigure(
+            let before = t.proxy.reconfigure(
                 Live::new(
                     Identifier::from(rl),
                     ProxySettings::from(new),
@@ -323,9 +323,10 @@ impl FileReload {
                 )
                 .with_dry_run(rl.dry_run),
             );
-            // Only now that no route reaches them: requests on the old
-            // routes picked from them until the swap.
-            t.pools.retire(&new.pool_specs()).await;
+            let retired = t.pools.detach(&new.pool_specs());
+            if !retired.is_empty() {
+                tokio::spawn(retire_when_unused(before, retired));
+            }
         }
         if changes.touches(Part::Rules) {
             t.proxy.replace_rules(&new.rate_limit.rule_specs());
@@ -333,8 +334,33 @@ impl FileReload {
     }
 }
 
+/// How long a removed pool keeps serving requests routed to it before the
+/// reload that removed it. Past this a request still holding the old
+/// routes (one whose backend has not answered its head yet) that retries
+/// finds no backend.
+const RETIRE_AFTER_AT_MOST: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Stops removed pools once no request still holds the routes that
+/// reached them: a request keeps the settings it was routed with
+/// (`before`) until it has its answer, so a request routed just before
+/// the swap can still pick from its pool after it.
+async fn retire_when_unused(before: Arc<Live>, retired: crate::routing::pools::Retired) {
+    released(before, RETIRE_AFTER_AT_MOST).await;
+    retired.stop().await;
+}
+
+/// Returns once `snapshot` is the last holder of what it points to, or
+/// after `bound`. Polled: the count drops as requests end, and nothing
+/// signals the last one.
+async fn released<T>(snapshot: Arc<T>, bound: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + bound;
+    while Arc::strong_count(&snapshot) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The pools `config` describes, made live in `pools` (new ones checked
-/// once first, kept ones changed in place; removed ones are retired by the
+/// once first, kept ones changed in place; removed ones are detached by the
 /// caller once the new routes are in force), and
 /// the routes to them. Start-up and every reload build it this way.
 pub async fn routing_for(config: &Config, pools: &PoolSet, stats: &StatsByRoute) -> Arc<Routing> {
@@ -487,4 +513,33 @@ pub async fn on_sighup(mut signals: Signals, reloader: Reloader, stop: Signal) {
         }
     }
     signals.handle().close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_is_released_when_its_last_request_ends_or_at_the_bound() {
+        let snapshot = Arc::new(());
+        let request = snapshot.clone();
+        let start = tokio::time::Instant::now();
+        let waiting = tokio::spawn(released(snapshot, Duration::from_secs(60)));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished(), "released while a request held it");
+        drop(request);
+        waiting.await.expect("no panic");
+        let waited = start.elapsed();
+        assert!(
+            waited < Duration::from_millis(5_100),
+            "took {waited:?} after the request ended"
+        );
+
+        let snapshot = Arc::new(());
+        let _stuck = snapshot.clone();
+        let start = tokio::time::Instant::now();
+        released(snapshot, Duration::from_secs(60)).await;
+        assert!(start.elapsed() >= Duration::from_secs(60));
+    }
 }

@@ -237,8 +237,8 @@ impl Proxy {
 
     /// Switches every thread's copy to `live` (config reload): requests
     /// that start from now on use it, running ones finish on theirs.
-    pub fn reconfigure(&self, live: Live) {
-        self.live.store(Arc::new(live));
+    pub fn reconfigure(&self, live: Live) -> Arc<Live> {
+        self.live.swap(Arc::new(live))
     }
 
     /// The same proxy with its own backend connection pool, for another

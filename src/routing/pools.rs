@@ -205,6 +205,31 @@ struct Managed {
     traffic: TrafficSpec,
 }
 
+/// Pools a reload took out of the set, still serving the requests that
+/// were routed to them before it.
+#[must_use = "retired pools keep their checkers running until stopped"]
+pub struct Retired(Vec<Managed>);
+
+impl Retired {
+    /// Nothing was taken out.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Stops them: their checkers end and their backends are marked
+    /// removed (no new requests; idle connections to them close; requests
+    /// in flight finish).
+    pub async fn stop(self) {
+        for m in self.0 {
+            m.stop.fire();
+            if let Some((_, stop)) = &m.discovery {
+                stop.fire();
+            }
+            m.checker.replace_backends(Vec::new()).await;
+        }
+    }
+}
+
 /// Every pool, by name, and what they share.
 #[derive(Debug)]
 pub struct PoolSet {
@@ -255,8 +280,8 @@ impl PoolSet {
     /// Makes the set have what `specs` say: new pools built and checked
     /// once before this returns, kept ones changed in place (new backends
     /// checked first). Pools `specs` no longer name stay until
-    /// [`PoolSet::retire`]: requests on the routes in force still pick from
-    /// them until the new routes replace those. `labelled`: `pools` or
+    /// [`PoolSet::detach`]: requests on the routes in force still pick from
+    /// them until the new routes replace those (see [`PoolSet::detach`]). `labelled`: `pools` or
     /// `routes` are configured, so backend metrics carry `pool`. Returns
     /// the pools by name. Reloads run one at a time, so nothing else
     /// changes the set meanwhile; the request path never takes this lock.
@@ -288,27 +313,19 @@ impl PoolSet {
             .collect()
     }
 
-    /// Stops the pools `specs` do not name: their checkers end and their
-    /// backends are marked removed (no new requests; idle connections to
-    /// them close; requests in flight finish). Called once routes that no
-    /// longer reach them are in force.
-    pub async fn retire(&self, specs: &[PoolSpec]) {
-        let gone: Vec<Managed> = {
-            let mut pools = self.lock();
-            let names: Vec<String> = pools
-                .keys()
-                .filter(|n| !specs.iter().any(|s| &s.name == *n))
-                .cloned()
-                .collect();
-            names.iter().filter_map(|n| pools.remove(n)).collect()
-        };
-        for m in gone {
-            m.stop.fire();
-            if let Some((_, stop)) = &m.discovery {
-                stop.fire();
-            }
-            m.checker.replace_backends(Vec::new()).await;
-        }
+    /// Takes the pools `specs` do not name out of the set, so that no
+    /// lookup finds them and a later reload that names one again builds
+    /// it afresh. They keep serving (and being checked) until
+    /// [`Retired::stop`]: requests routed before the swap still pick from
+    /// them.
+    pub fn detach(&self, specs: &[PoolSpec]) -> Retired {
+        let mut pools = self.lock();
+        let names: Vec<String> = pools
+            .keys()
+            .filter(|n| !specs.iter().any(|s| &s.name == *n))
+            .cloned()
+            .collect();
+        Retired(names.iter().filter_map(|n| pools.remove(n)).collect())
     }
 
     /// A new pool: built, its backends checked once, its checker started.
