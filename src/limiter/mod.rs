@@ -51,6 +51,7 @@ mod loom_tests;
 mod rate;
 pub mod refill;
 mod registry;
+mod rule_paths;
 pub mod rules;
 pub mod shared;
 mod units;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, Method};
 
+use super::rule_paths::RulePaths;
 use super::{ClientKey, Limits, Registry, RegistryConfig};
 use crate::routing::hosts::HostPattern;
 
@@ -181,10 +182,72 @@ pub struct RuleBounds {
     pub refill_interval: Duration,
 }
 
+/// Rules in order, with their prefixes indexed.
+#[derive(Debug, Default)]
+pub struct Rules {
+    list: Vec<Arc<Rule>>,
+    paths: RulePaths,
+}
+
+impl std::ops::Deref for Rules {
+    type Target = [Arc<Rule>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.list
+    }
+}
+
+impl Rules {
+    fn new(list: Vec<Arc<Rule>>) -> Self {
+        let paths = RulePaths::new(
+            list.iter()
+                .map(|r| (r.spec.path_prefix.as_str(), r.spec.ignore_case)),
+        );
+        Self { list, paths }
+    }
+
+    /// The rules a request with this method and (normalized) path on
+    /// `route` is subject to, in order. `host` is asked for (once) only
+    /// if a rule whose prefix the path has names hosts.
+    pub fn matching<'r, 'h>(
+        &'r self,
+        method: &Method,
+        path: &str,
+        route: Option<&str>,
+        host: impl FnOnce() -> Option<&'h str>,
+    ) -> Vec<&'r Arc<Rule>> {
+        // Candidates by index: a bit each for the first 128 rules (no
+        // allocation), a list past that; either way in rule order.
+        let (mut first, mut rest) = (0u128, Vec::new());
+        self.paths.candidates(path, |i| match i {
+            0..128 => first |= 1 << i,
+            _ => rest.push(i),
+        });
+        if first == 0 && rest.is_empty() {
+            return Vec::new();
+        }
+        rest.sort_unstable();
+        let bits = (0..128).filter(|i| first & (1 << i) != 0);
+        let mut host = Some(host);
+        let mut known: Option<&str> = None;
+        bits.chain(rest)
+            .map(|i| &self.list[i])
+            .filter(|r| {
+                if !r.spec.hosts.is_empty() {
+                    if let Some(ask) = host.take() {
+                        known = ask();
+                    }
+                }
+                r.spec.matches(method, path, Place { route, host: known })
+            })
+            .collect()
+    }
+}
+
 /// The rules in force, swapped whole by a reload.
 #[derive(Debug)]
 pub struct RuleSet {
-    rules: ArcSwap<Vec<Arc<Rule>>>,
+    rules: ArcSwap<Rules>,
     bounds: RuleBounds,
 }
 
@@ -192,7 +255,7 @@ impl RuleSet {
     /// Rules built from `specs`, each with an empty registry.
     pub fn new(specs: &[RuleSpec], bounds: RuleBounds) -> Self {
         let set = Self {
-            rules: ArcSwap::from_pointee(Vec::new()),
+            rules: ArcSwap::from_pointee(Rules::default()),
             bounds,
         };
         set.replace(specs);
@@ -200,7 +263,7 @@ impl RuleSet {
     }
 
     /// The rules in force now, in order.
-    pub fn current(&self) -> Arc<Vec<Arc<Rule>>> {
+    pub fn current(&self) -> Arc<Rules> {
         self.rules.load_full()
     }
 
@@ -238,7 +301,7 @@ impl RuleSet {
                 })
             })
             .collect();
-        self.rules.store(Arc::new(rules));
+        self.rules.store(Arc::new(Rules::new(rules)));
     }
 
     /// One refill tick for every rule's buckets.
@@ -321,5 +384,63 @@ mod tests {
         assert!(Arc::ptr_eq(&now[0].registry, &a), "a kept its buckets");
         assert_eq!(now[1].spec.name, "c");
         assert_eq!(a.tokens(&key), Some(9.0));
+    }
+
+    fn names(rules: &[&Arc<Rule>]) -> Vec<String> {
+        rules.iter().map(|r| r.spec.name.clone()).collect()
+    }
+
+    #[test]
+    fn matching_rules_come_in_rule_order_past_128_rules() {
+        let bounds = RuleBounds {
+            max_clients: std::num::NonZeroUsize::new(10).expect("non-zero"),
+            idle_timeout: Duration::from_secs(600),
+            refill_interval: Duration::from_millis(100),
+        };
+        let mut specs: Vec<RuleSpec> = (0..140)
+            .map(|i| spec(&format!("r{i}"), &format!("/r{i}/"), &[]))
+            .collect();
+        specs[3] = spec("any", "", &[]);
+        specs[130] = spec("late", "/r", &[Method::GET]);
+        specs[135] = spec("post", "/r1", &[Method::POST]);
+        specs[139] = spec("upper", "/R13", &[]);
+        specs[139].ignore_case = true;
+        let set = RuleSet::new(&specs, bounds);
+        let rules = set.current();
+        let found = rules.matching(&Method::GET, "/r137/x", None, || None);
+        assert_eq!(names(&found), ["any", "late", "r137", "upper"]);
+        let found = rules.matching(&Method::POST, "/r1/x", None, || None);
+        assert_eq!(names(&found), ["r1", "any", "post"]);
+    }
+
+    #[test]
+    fn the_host_is_asked_for_only_when_a_reached_rule_names_hosts() {
+        let bounds = RuleBounds {
+            max_clients: std::num::NonZeroUsize::new(10).expect("non-zero"),
+            idle_timeout: Duration::from_secs(600),
+            refill_interval: Duration::from_millis(100),
+        };
+        let mut hosted = spec("hosted", "/api", &[]);
+        hosted.hosts = vec![HostPattern::parse("*.example.com").expect("pattern")];
+        hosted.routes = vec!["api".into()];
+        let set = RuleSet::new(&[spec("web", "/web", &[]), hosted], bounds);
+        let rules = set.current();
+        let mut asked = 0;
+        let found = rules.matching(&Method::GET, "/web/x", Some("api"), || {
+            asked += 1;
+            Some("a.example.com")
+        });
+        assert_eq!((names(&found), asked), (vec!["web".to_owned()], 0));
+        let found = rules.matching(&Method::GET, "/api/x", Some("api"), || {
+            asked += 1;
+            Some("a.example.com")
+        });
+        assert_eq!((names(&found), asked), (vec!["hosted".to_owned()], 1));
+        let found = rules.matching(&Method::GET, "/api/x", Some("web"), || {
+            Some("a.example.com")
+        });
+        assert!(found.is_empty(), "another route");
+        let found = rules.matching(&Method::GET, "/api/x", Some("api"), || Some("example.org"));
+        assert!(found.is_empty(), "another host");
     }
 }

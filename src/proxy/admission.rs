@@ -19,7 +19,7 @@ use http::Request;
 use super::{ClientBody, Conn, Live, SharedLimits};
 use crate::access_log::Limited;
 use crate::error::ProxyError;
-use crate::limiter::rules::{Place, Rule, RuleSet};
+use crate::limiter::rules::{Rule, RuleSet, Rules};
 use crate::limiter::shared::{Bucket, OnFailure, SharedLimiter};
 use crate::limiter::{ClientKey, Decision, Limits, Registry, RegistryError};
 use crate::routing::hosts::request_host;
@@ -515,28 +515,17 @@ fn identify(
 }
 
 /// The rules that apply to `req` on `route`. The request's host is
-/// worked out at the first rule that names hosts, if one does.
+/// worked out only if a rule its path reaches names hosts.
 fn matching_rules<'r>(
-    rules: &'r [Arc<Rule>],
+    rules: &'r Rules,
     req: &Request<ClientBody>,
     route: Option<&str>,
 ) -> Vec<&'r Arc<Rule>> {
-    let mut host: Option<Option<&str>> = None;
-    rules
-        .iter()
-        .filter(|r| {
-            let host = match r.spec.hosts.is_empty() {
-                true => None,
-                false => *host.get_or_insert_with(|| {
-                    req.headers()
-                        .get(http::header::HOST)
-                        .and_then(|h| request_host(h.as_bytes()))
-                }),
-            };
-            r.spec
-                .matches(req.method(), req.uri().path(), Place { route, host })
-        })
-        .collect()
+    rules.matching(req.method(), req.uri().path(), route, || {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| request_host(h.as_bytes()))
+    })
 }
 
 /// The answer for a registry with no room for another client.
