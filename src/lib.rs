@@ -31,6 +31,7 @@
 //! - [`status`]: the status page's numbers, sampled once a second;
 //!   [`events`]: the recent transitions and reloads it lists.
 //! - [`access_log`]: one line per request, written off the request path.
+//! - [`memory`]: freed memory handed back to the OS after a burst.
 //! - [`redact`]: passwords out of every URL and error text that is shown.
 //! - [`app`]: wiring everything together; [`cli`]: the commands;
 //!   [`probe`]: `tollgate health`, the container health check's probe.
@@ -54,6 +55,7 @@ pub mod grpc;
 pub mod health;
 pub mod limiter;
 pub mod logging;
+pub mod memory;
 pub mod probe;
 pub mod proxy;
 pub mod redact;

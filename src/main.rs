@@ -14,6 +14,14 @@ use tollgate::admin::client::{self as admin_client, BackendRef, BackendsCommand,
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Returns the calling thread's freed pages whose purge delay has passed
+/// (see `tollgate::memory`).
+fn collect_freed_memory() {
+    // SAFETY: `mi_collect` takes no pointers and may be called from any
+    // thread at any time; it only walks this thread's own heap.
+    unsafe { libmimalloc_sys::mi_collect(false) }
+}
+
 /// Layer-7 HTTP load balancer with per-client rate limiting.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -226,6 +234,7 @@ enum ListAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tollgate::memory::on_collect(collect_freed_memory);
     if cli.check_config {
         return tollgate::cli::check(cli.config);
     }

@@ -1396,6 +1396,8 @@ where
                             return Drained::TimedOut;
                         }
                     };
+                    // Ends with the runtime, when the drain is over.
+                    rt.spawn(crate::memory::collect_periodically());
                     rt.block_on(async move {
                         serve_all(listeners, make_handler(), options, shutdown.wait())
                             .await
