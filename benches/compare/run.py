@@ -25,8 +25,9 @@ the load), so every ratio compares figures of the same run. Medians of
 the reps are shown.
 
 --quick: 3 s loads, 1 rep, 10 s settle after the burst, 3 s callgrind
-loads (about 8 minutes); default: 10 s loads, 3 reps, 60 s settle (about
-20 minutes). --markdown prints the table for docs/benchmarks.md.
+loads (200-225 s on the shared 2-core box); default: 10 s loads, 3 reps, 60 s
+settle (about 17 minutes, estimated from those settings). --markdown
+prints the table for docs/benchmarks.md.
 TG_BIN selects the tollgate binary (default target/production/tollgate);
 KEEP=1 keeps the rendered configs and the proxies' logs.
 
