@@ -109,6 +109,12 @@ log: {{level: warn}}
         self.procs.append(self.tollgate)
         wait_http(f"http://127.0.0.1:{self.port}/health")
 
+    def rss(self):
+        return rss_kib(self.tollgate.pid)
+
+    def fds(self):
+        return open_fds(self.tollgate.pid)
+
     def stop(self):
         for p in self.procs:
             p.terminate()
@@ -144,24 +150,25 @@ async def warm_up(port, n=200):
     await asyncio.sleep(1)
 
 
-async def settle(pid, seconds=2.0):
+async def settle(servers, seconds=2.0):
     """Waits until RSS stops moving (at most `seconds`), then reads it."""
     await asyncio.sleep(seconds)
-    return rss_kib(pid)
+    return servers.rss()
 
 
 async def sequential(servers, n):
-    pid = servers.tollgate.pid
+    """`servers` is anything with `port`, `rss()` (KiB) and `fds()`:
+    benches/compare/run.py passes nginx and HAProxy too."""
     await warm_up(servers.port)
-    before = rss_kib(pid)
+    before = servers.rss()
     conns = []
     for _ in range(n):
         r, w = await asyncio.open_connection("127.0.0.1", servers.port)
         w.write(REQUEST)
         await read_response(r)
         conns.append((r, w))
-    after = await settle(pid)
-    fds = open_fds(pid)
+    after = await settle(servers)
+    fds = servers.fds()
     for _, w in conns:
         w.close()
     per = (after - before) / n
@@ -172,27 +179,29 @@ async def sequential(servers, n):
 
 
 async def at_once(servers, n, settle_s):
-    pid = servers.tollgate.pid
+    """Returns (KiB per connection at once, idle RSS before, RSS settle_s
+    after the clients closed)."""
     await warm_up(servers.port)
-    baseline = rss_kib(pid)
+    baseline = servers.rss()
     conns = [await asyncio.open_connection("127.0.0.1", servers.port) for _ in range(n)]
     for _, w in conns:
         w.write(REQUEST)
     await asyncio.gather(*(read_response(r) for r, _ in conns))
-    after = await settle(pid)
-    fds = open_fds(pid)
+    after = await settle(servers)
+    fds = servers.fds()
     per = (after - baseline) / n
     print(f"at-once n={n}: RSS {baseline} KiB -> {after} KiB "
           f"({fds} fds open), {per:.2f} KiB per idle connection", flush=True)
     for _, w in conns:
         w.close()
     await asyncio.sleep(1)
-    closed = rss_kib(pid)
+    closed = servers.rss()
     await asyncio.sleep(max(settle_s - 1, 0))
-    later = rss_kib(pid)
+    later = servers.rss()
     print(f"after the burst: RSS {closed} KiB 1 s after the clients closed, "
-          f"{later} KiB {settle_s} s after ({open_fds(pid)} fds open); "
+          f"{later} KiB {settle_s} s after ({servers.fds()} fds open); "
           f"{later / baseline:.2f}x the idle baseline ({baseline} KiB)", flush=True)
+    return per, baseline, later
 
 
 def main():

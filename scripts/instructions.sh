@@ -14,10 +14,12 @@
 #                                      # exported (telemetry.otlp) at those sample ratios
 #                                      # to scripts/otlp_sink.py (answers 200)
 #   BIN=/tmp/tollgate-old scripts/instructions.sh   # another build, not rebuilt
+#   HAPROXY=1 scripts/instructions.sh  # adds HAProxy with benches/compare/haproxy.cfg.in
+#   IR_SECONDS=3 scripts/instructions.sh   # shorter keep-alive load (default 10)
 #
 # Each server runs under callgrind; counting is switched on only around
 # each load (callgrind_control -z before, -d after):
-#   keep-alive:      wrk -t1 -c10 -d10s   (requests counted by wrk)
+#   keep-alive:      wrk -t1 -c10 -d10s   (requests counted by wrk; IR_SECONDS)
 #   new connection:  ab -n 3000 -c 50     (one connection per request)
 # and the table shows instructions / requests. nginx (optional) runs one
 # worker with the configuration scripts/bench.sh gives it.
@@ -78,7 +80,7 @@ measure() {
   local name=$1 pid=$2 u=$3 n total
   wrk -t1 -c10 -d2s "$u" >/dev/null # warm-up: backend connections, caches
   callgrind_control -z "$pid" >/dev/null 2>&1
-  n=$(wrk -t1 -c10 -d10s "$u" | awk '/requests in/ {print $1}')
+  n=$(wrk -t1 -c10 -d"${IR_SECONDS:-10}s" "$u" | awk '/requests in/ {print $1}')
   total=$(dump "$pid" "$name-keepalive")
   echo "$name keep-alive $((total / n))"
   callgrind_control -z "$pid" >/dev/null 2>&1
@@ -210,6 +212,22 @@ events { worker_connections 4096; }"
   while read -r line; do RESULTS+=("$line"); done < <(measure nginx "$NPID" "http://127.0.0.1:$NG/")
 else
   echo "(nginx not installed: tollgate only)" >&2
+fi
+
+# HAProxy with the configuration benches/compare/run.py compares (its
+# plain listener is measured; the TLS one needs a certificate to start).
+if [ "${HAPROXY:-0}" = 1 ]; then
+  command -v haproxy >/dev/null || { echo "missing haproxy (apt-get install haproxy)" >&2; exit 1; }
+  sh scripts/dev-cert.sh "$WORK/tls" >/dev/null 2>&1
+  cat "$WORK/tls/site.pem" "$WORK/tls/site.key" >"$WORK/tls/bundle.pem"
+  HP=$(free_port)
+  sed -e "s#@PORT@#$HP#g; s#@TLS_PORT@#$(free_port)#g; s#@WORK@#$WORK#g" \
+    -e "s#@CERT_BUNDLE@#$WORK/tls/bundle.pem#g; s#@B0@#${B[0]}#g; s#@B1@#${B[1]}#g; s#@B2@#${B[2]}#g" \
+    benches/compare/haproxy.cfg.in >"$WORK/haproxy.cfg"
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
+    haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & HXPID=$!; PIDS+=("$HXPID")
+  wait_http "http://127.0.0.1:$HP/health"
+  while read -r line; do RESULTS+=("$line"); done < <(measure haproxy "$HXPID" "http://127.0.0.1:$HP/")
 fi
 
 printf '\n| server | load | user-space instructions per request |\n|---|---|---|\n'

@@ -1,7 +1,8 @@
 //! The documentation against the code: `docs/configuration.md` names
 //! every key the config accepts and no key it does not, and every
 //! ```` ```yaml ```` block in the README and `docs/` is a config that
-//! `Config::parse` accepts.
+//! `Config::parse` accepts, as are the tollgate configs the side-by-side
+//! benchmark (`benches/compare/`) runs.
 //!
 //! The key paths come from the config types themselves, not from a list
 //! kept here: [`keys_of`] feeds each section's `Deserialize` a
@@ -341,6 +342,50 @@ fn every_yaml_example_in_the_docs_is_a_valid_config() {
     }
     // The README's example, the rules, TLS and PROXY protocol examples.
     assert!(checked >= 4, "only {checked} yaml blocks found");
+}
+
+/// `benches/compare/run.py` fills only these placeholders: ports, paths
+/// and Redis's address, so the committed files are the configs it runs.
+const COMPARE_PLACEHOLDERS: [(&str, &str); 10] = [
+    ("@PORT@", "18080"),
+    ("@TLS_PORT@", "18443"),
+    ("@ADMIN_PORT@", "18081"),
+    ("@B0@", "19001"),
+    ("@B1@", "19002"),
+    ("@B2@", "19003"),
+    ("@WORK@", "/tmp/tg-compare"),
+    ("@CERT@", "/tmp/tg-compare/tls/site.pem"),
+    ("@KEY@", "/tmp/tg-compare/tls/site.key"),
+    ("@REDIS_URL@", "redis://127.0.0.1:6379"),
+];
+
+#[test]
+fn the_compare_bench_runs_valid_tollgate_configs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/compare");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("benches/compare/") {
+        let name = entry.expect("benches/compare entry").file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("tollgate") && name.ends_with(".yaml.in")) {
+            continue;
+        }
+        let mut text = repo(&format!("benches/compare/{name}"));
+        for (placeholder, value) in COMPARE_PLACEHOLDERS {
+            text = text.replace(placeholder, value);
+        }
+        assert!(
+            !text
+                .lines()
+                .any(|l| !l.trim_start().starts_with('#') && l.contains('@')),
+            "{name}: a placeholder run.py does not fill"
+        );
+        if let Err(problems) = Config::parse(&text) {
+            panic!("benches/compare/{name} is not a valid config: {problems:#?}");
+        }
+        checked += 1;
+    }
+    // Alone, access log, 1 route, 50 routes, lease.
+    assert_eq!(checked, 5, "tollgate configs in benches/compare");
 }
 
 #[test]
