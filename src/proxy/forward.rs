@@ -320,12 +320,16 @@ fn prepare(
         parts.uri = with_path(&parts.uri, &path);
     }
     let upgrade = tunnel::requested(parts.version, &parts.headers);
+    // Only a `Connection` header names further headers to remove (such as
+    // `x-request-id`). Asking for a standard name hashes one tag; a custom
+    // name is hashed byte by byte, so it is looked for only then.
+    let connection_named = parts.headers.contains_key(header::CONNECTION);
     headers::strip_request_hop_by_hop(&mut parts.headers);
     if let Some(protocols) = &upgrade {
         tunnel::restore(&mut parts.headers, protocols.clone());
     }
     // A client's `Connection: x-request-id` just removed it.
-    if !parts.headers.contains_key(&request_id::X_REQUEST_ID) {
+    if connection_named && !parts.headers.contains_key(&request_id::X_REQUEST_ID) {
         parts
             .headers
             .insert(request_id::X_REQUEST_ID.clone(), request_id.clone());
