@@ -184,10 +184,16 @@ enum Message {
     Stop,
 }
 
-/// The request path's handle on the access log: cheap to clone, never
-/// blocks.
+/// The request path's handle on the access log: cheap to clone (one
+/// reference count: every response that is logged holds a clone, and
+/// cloning each field was four atomic writes to lines every proxy thread
+/// shares), never blocks.
 #[derive(Clone)]
 pub struct AccessLog {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     tx: SyncSender<Message>,
     /// Bytes the queued records hold ([`Record::cost`]).
     queued: Arc<AtomicUsize>,
@@ -251,11 +257,13 @@ pub fn start(
         .spawn(move || write_lines(&rx, format, sink, &written))
         .map_err(AccessLogError::Spawn)?;
     let log = AccessLog {
-        tx: tx.clone(),
-        queued,
-        max_bytes: bounds.bytes,
-        dropped: Arc::new(AtomicU64::new(0)),
-        dropped_metric: metrics.counter(telemetry::ACCESS_LOG_DROPPED, &[]),
+        shared: Arc::new(Shared {
+            tx: tx.clone(),
+            queued,
+            max_bytes: bounds.bytes,
+            dropped: Arc::new(AtomicU64::new(0)),
+            dropped_metric: metrics.counter(telemetry::ACCESS_LOG_DROPPED, &[]),
+        }),
     };
     Ok((log, Writer { tx, thread }))
 }
@@ -267,23 +275,23 @@ impl AccessLog {
     pub fn send(&self, mut record: Record) {
         record.detach();
         let cost = record.cost();
-        let before = self.queued.fetch_add(cost, Ordering::Relaxed);
-        if before + cost > self.max_bytes {
-            self.queued.fetch_sub(cost, Ordering::Relaxed);
+        let before = self.shared.queued.fetch_add(cost, Ordering::Relaxed);
+        if before + cost > self.shared.max_bytes {
+            self.shared.queued.fetch_sub(cost, Ordering::Relaxed);
             self.drop_one();
             return;
         }
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.tx.try_send(Message::Line(record))
+            self.shared.tx.try_send(Message::Line(record))
         {
-            self.queued.fetch_sub(cost, Ordering::Relaxed);
+            self.shared.queued.fetch_sub(cost, Ordering::Relaxed);
             self.drop_one();
         }
     }
 
     fn drop_one(&self) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-        self.dropped_metric.increment(1);
+        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        self.shared.dropped_metric.increment(1);
         DROPS.note(|before| {
             tracing::warn!(
                 dropped = before + 1,
@@ -294,12 +302,12 @@ impl AccessLog {
 
     /// Bytes the records waiting for the writer hold now.
     pub fn queued_bytes(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.shared.queued.load(Ordering::Relaxed)
     }
 
     /// Records dropped so far by this log.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.load(Ordering::Relaxed)
     }
 
     /// `response` with a body that sends `record` (its duration and byte
