@@ -221,6 +221,9 @@ def main():
     print(f"{args.bin}; env {env or '-'}; open-file limit {hard}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     with tempfile.TemporaryDirectory() as work:
+        if os.environ.get("KEEP"):
+            work = tempfile.mkdtemp(prefix="idle-memory-")
+            print(f"logs kept in {work}")
         for n in [int(x) for x in args.conns.split(",") if x]:
             servers = Servers(args.bin, env, args.idle_pool, work)
             try:
