@@ -60,9 +60,12 @@ def open_fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def wait_http(url, timeout=30):
+def wait_http(url, timeout=30, proc=None):
+    """Until `url` answers 2xx; exits if `proc` (the server) ends first."""
     end = time.time() + timeout
     while time.time() < end:
+        if proc is not None and proc.poll() is not None:
+            sys.exit(f"{proc.args[0]} exited ({proc.returncode}) before answering {url}")
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status < 300:

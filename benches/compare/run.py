@@ -37,6 +37,7 @@ h2load (Debian: wrk apache2-utils nginx haproxy valgrind nghttp2-client).
 Run from anywhere; all load stays on 127.0.0.1.
 """
 import argparse
+import functools
 import importlib.util
 import os
 import platform
@@ -50,7 +51,6 @@ import sys
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -82,17 +82,7 @@ def free_port():
 
 
 def wait_http(url, proc, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            sys.exit(f"{proc.args[0]} exited ({proc.returncode}) before answering {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status < 300:
-                    return
-        except Exception:
-            time.sleep(0.05)
-    sys.exit(f"no answer from {url}")
+    load_idle_memory().wait_http(url, timeout, proc)
 
 
 def children(pid):
@@ -414,6 +404,7 @@ def instruction_rows(tg_bin, s):
     return out
 
 
+@functools.cache
 def load_idle_memory():
     spec = importlib.util.spec_from_file_location("idle_memory", os.path.join(ROOT, "scripts", "idle_memory.py"))
     module = importlib.util.module_from_spec(spec)
