@@ -206,6 +206,33 @@ REWORDED = [
     ("| `streaming` | alone:",
      "gone: a module of `proxy`, the RSS figure is `benches/streaming_memory.rs` (issue 24 "
      "item 4; docs/architecture.md, Development)"),
+    # Units later issues changed on purpose after the list above was made.
+    ("- `add` and `set` take `--capacity`",
+     "the CLI judges rates with the server's parser (issue 23 item 12b; docs/admin-api.md, CLI)"),
+    ("`config.yaml` in the repository lists every key",
+     "a file must set server, backends, pools or routes (issue 23 item 15; docs/configuration.md)"),
+    ("| `balancing.strategy` |",
+     "gained `hash` and `least_time` (issue 26; docs/configuration.md, keys)"),
+    ("| `rate_limit.default.rate_per_sec` |",
+     "negative numbers and -0.0 refused (issue 23 item 12b; docs/configuration.md, keys)"),
+    ("| `rate_limit.default.rate` |",
+     "no spaces in a rate (issue 23 item 12b; docs/configuration.md, keys)"),
+    ("3. **Balance.**",
+     "gained hash, least_time, sticky cookies and slow start (issue 26; docs/architecture.md, request path)"),
+    ("| `POST /reload` |",
+     "400 for an unusable certificate, 503 for a read that blocks (issue 23 item 17; docs/admin-api.md)"),
+    ("Any other path is 404 and any other method 405",
+     "rate_per_sec without a minus sign, -0.0 refused (issue 23 item 12b; docs/admin-api.md)"),
+    ("- The certificate files are read again on every reload",
+     "changed files listed in applied; an unusable one is a 400 like an invalid file (issue 23; docs/operations.md, Reload)"),
+    ("Everything else is listed in `restart_required`",
+     "gained telemetry.otlp (issue 28; docs/operations.md, Reload)"),
+    ("Tested in process (`tests/proxy/reload.rs`)",
+     "gained the empty-file and blocked-read cases (issue 23 items 15, 17; docs/operations.md, Reload)"),
+    ("The request path does not format or write anything",
+     "records copy their path and id; the queue is bounded in bytes too (issue 23 item 16; docs/operations.md, Access log)"),
+    ("| `src/balancer/` |",
+     "the row gained slow start and the new strategies (issue 26; docs/architecture.md, Module map)"),
 ]
 
 
