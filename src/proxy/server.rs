@@ -1386,19 +1386,7 @@ where
             std::thread::Builder::new()
                 .name(format!("tollgate-proxy-{i}"))
                 .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot start a proxy thread runtime");
-                            return Drained::TimedOut;
-                        }
-                    };
-                    // Ends with the runtime, when the drain is over.
-                    rt.spawn(crate::memory::collect_periodically());
-                    rt.block_on(async move {
+                    on_proxy_runtime(async move {
                         serve_all(listeners, make_handler(), options, shutdown.wait())
                             .await
                             .unwrap_or_else(|e| {
@@ -1409,4 +1397,23 @@ where
                 })
         })
         .collect()
+}
+
+/// Runs `serve` to its end on a current-thread runtime of the calling
+/// thread: what every thread that serves clients (HTTP/1.1 and HTTP/2
+/// per core, HTTP/3) runs on. The thread's periodic allocator collect
+/// ([`crate::memory`]) runs beside it and ends with the runtime.
+pub(crate) fn on_proxy_runtime(serve: impl Future<Output = Drained>) -> Drained {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a proxy thread's runtime");
+            return Drained::TimedOut;
+        }
+    };
+    rt.spawn(crate::memory::collect_periodically());
+    rt.block_on(serve)
 }

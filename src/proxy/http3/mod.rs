@@ -141,17 +141,12 @@ where
     std::thread::Builder::new()
         .name("tollgate-h3".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the HTTP/3 thread's runtime");
-                    return Drained::TimedOut;
-                }
-            };
-            rt.block_on(serve(listener, make_handler(), options, shutdown))
+            crate::proxy::server::on_proxy_runtime(serve(
+                listener,
+                make_handler(),
+                options,
+                shutdown,
+            ))
         })
 }
 
