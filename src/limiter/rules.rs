@@ -227,7 +227,12 @@ impl Rules {
             return Vec::new();
         }
         rest.sort_unstable();
-        let bits = (0..128).filter(|i| first & (1 << i) != 0);
+        // The set bits, lowest first: one step per candidate, not 128.
+        let bits = std::iter::from_fn(|| {
+            let i = first.trailing_zeros() as usize;
+            first &= first.checked_sub(1)?;
+            Some(i)
+        });
         let mut host = Some(host);
         let mut known: Option<&str> = None;
         bits.chain(rest)
